@@ -1,0 +1,183 @@
+"""Domain types of the keeper: markets, oracle prices, positions and the actions taken on them.
+
+Pure core: plain frozen dataclasses, integers in canonical fixed-point units (see docs/design.md):
+
+* USD amounts (collateral, fees, equity, margin): ``_e6`` (1e-6 USD, the collateral token's units)
+* prices: ``_e8`` (Chainlink-style answers)
+* position sizes: ``_e18`` (1e-18 of the base asset)
+* on-chain ratios: ``_wad`` (1e-18)
+
+Protocol adapters convert their native units to these; the risk code converts to floats.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+WAD = 10**18
+NOTIONAL_DIVISOR = 10**20  # size_e18 * price_e8 // 10**20 -> USD e6
+SECONDS_PER_YEAR = 365 * 24 * 3600
+
+
+class Side(enum.Enum):
+    """Direction of a perpetual position."""
+
+    LONG = "long"
+    SHORT = "short"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.LONG else -1
+
+
+def notional_e6(size_e18: int, price_e8: int) -> int:
+    """USD value (e6) of ``size_e18`` base units at ``price_e8``."""
+    return size_e18 * price_e8 // NOTIONAL_DIVISOR
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """A perpetual market's risk parameters, as the protocol enforces them."""
+
+    market_id: int
+    symbol: str
+    maintenance_margin_wad: int
+    max_leverage_wad: int
+    liquidation_penalty_wad: int
+    fee_rate_per_s_wad: int
+    heartbeat_s: int
+    feed: str = ""
+
+    @property
+    def maintenance_margin_ratio(self) -> float:
+        return self.maintenance_margin_wad / WAD
+
+    @property
+    def max_leverage(self) -> float:
+        return self.max_leverage_wad / WAD
+
+    @property
+    def liquidation_penalty_ratio(self) -> float:
+        return self.liquidation_penalty_wad / WAD
+
+    @property
+    def fee_rate_annual(self) -> float:
+        """Borrow fee as a fraction of entry notional per year."""
+        return self.fee_rate_per_s_wad * SECONDS_PER_YEAR / WAD
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRound:
+    """One oracle round (Chainlink ``latestRoundData`` / ``getRoundData``)."""
+
+    round_id: int
+    price_e8: int
+    updated_at_s: int
+
+    def age_s(self, now_s: int) -> int:
+        return max(0, now_s - self.updated_at_s)
+
+    def is_stale(self, now_s: int, heartbeat_s: int) -> bool:
+        """True when the round is older than the feed's heartbeat (the protocol then refuses it)."""
+        return now_s - self.updated_at_s > heartbeat_s
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """An isolated-margin perpetual position of ``account`` on ``market_id``.
+
+    ``pending_fee_e6`` is the borrow fee accrued since the last settlement, as of the read.
+    """
+
+    account: str
+    market_id: int
+    side: Side
+    size_e18: int
+    entry_price_e8: int
+    collateral_e6: int
+    pending_fee_e6: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.account.lower(), self.market_id)
+
+    def pnl_e6(self, price_e8: int) -> int:
+        """Unrealised PnL, floored (the protocol never over-credits)."""
+        return (self.side.sign * self.size_e18 * (price_e8 - self.entry_price_e8)) // NOTIONAL_DIVISOR
+
+    def equity_e6(self, price_e8: int) -> int:
+        return self.collateral_e6 + self.pnl_e6(price_e8) - self.pending_fee_e6
+
+    def maintenance_margin_e6(self, market: Market, price_e8: int) -> int:
+        return self.size_e18 * price_e8 * market.maintenance_margin_wad // (NOTIONAL_DIVISOR * WAD)
+
+    def is_liquidatable(self, market: Market, price_e8: int) -> bool:
+        return self.equity_e6(price_e8) < self.maintenance_margin_e6(market, price_e8)
+
+    def liquidation_price(self, market: Market, collateral_e6: int | None = None) -> float:
+        """Mark price (USD, float) at which equity equals maintenance margin.
+
+        Long ``(P0 - (C - F)/q) / (1 - m)``, short ``(P0 + (C - F)/q) / (1 + m)``, with maintenance
+        ``m`` of current notional (dYdX / Hyperliquid style). ``0.0`` for a long that can never reach it.
+        """
+        c = (self.collateral_e6 if collateral_e6 is None else collateral_e6) - self.pending_fee_e6
+        q = self.size_e18 / 1e18
+        p0 = self.entry_price_e8 / 1e8
+        m = market.maintenance_margin_ratio
+        per_unit = (c / 1e6) / q
+        if self.side is Side.LONG:
+            return max(0.0, (p0 - per_unit) / (1.0 - m))
+        return (p0 + per_unit) / (1.0 + m)
+
+
+# ---- actions -------------------------------------------------------------------------------------
+
+
+class ActionKind(enum.Enum):
+    TOP_UP = "top_up"  # wallet -> position (addMargin)
+    MOVE_MARGIN = "move_margin"  # safe position -> endangered position of the same owner
+    RELEASE = "release"  # position -> owner's wallet (removeMargin), opt-in
+    REDUCE_SIZE = "reduce_size"  # last resort, opt-in
+    ALERT = "alert"  # nothing sent on chain
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing the keeper decides to do, with the reason in the trader's words.
+
+    ``amount_e6`` is collateral moved (top-up, move, release); ``size_delta_e18`` is the size removed
+    by a reduction. ``from_market_id`` is the source of a move. ``needs_approval`` marks an action above
+    the manual-approval threshold: it is alerted, not sent.
+    """
+
+    kind: ActionKind
+    account: str
+    market_id: int
+    amount_e6: int = 0
+    size_delta_e18: int = 0
+    from_market_id: int | None = None
+    reason: str = ""
+    breach_probability: float = 0.0
+    urgent: bool = False
+    needs_approval: bool = False
+
+    @property
+    def idempotency_key(self) -> str:
+        src = "" if self.from_market_id is None else f":{self.from_market_id}"
+        return (
+            f"{self.kind.value}:{self.account.lower()}:{self.market_id}{src}"
+            f":{self.amount_e6}:{self.size_delta_e18}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The planner's output: actions in execution order plus one explanation per position."""
+
+    actions: tuple[Action, ...] = ()
+    decisions: tuple[dict, ...] = field(default_factory=tuple)
+
+    @property
+    def onchain_actions(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind is not ActionKind.ALERT and not a.needs_approval)
