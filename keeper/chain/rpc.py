@@ -1,0 +1,490 @@
+"""JSON-RPC access to a chain through one or more endpoints, with failover and read retries.
+
+The client holds a list of :class:`Transport` objects (one method, :meth:`Transport.send`, bytes in and
+bytes out, like httpx's ``handle_request``), so tests swap in a fault-injecting transport or put a proxy in
+front of a real node. Foreign exceptions are mapped here, at the boundary::
+
+    TransientRpcError      timeout, connection error, HTTP 429 / 5xx, JSON-RPC rate limit -> retry a read
+    │                      with backoff on the next healthy endpoint; a send is NEVER retried here
+    ChainMismatchError     an endpoint reports another chain id (checked at start and after each reconnect)
+    RpcRejectedError
+    └── RpcErrorResponse   the node answered with a JSON-RPC error (``code``, ``message``, ``data``)
+        └── ExecutionReverted  ``eth_call`` / ``eth_estimateGas`` revert, ``data`` = revert bytes
+
+Resubmitting a transaction is the transaction manager's decision alone (keeper/tx/manager.py): the
+transport treats ``eth_sendRawTransaction`` as non-idempotent and raises on the first failure. It still
+marks the endpoint unhealthy so the next request goes elsewhere.
+
+No hidden requests: the client sends exactly what it is asked to, plus one ``eth_chainId`` when it starts
+using an endpoint (first use, or after that endpoint failed). :meth:`ChainClient.web3` gives a ``Web3``
+over the same client with no middleware (web3's validation middleware adds two ``eth_chainId`` per call).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import requests
+import structlog
+
+from keeper.errors import ChainMismatchError, RpcRejectedError, TransientRpcError
+
+log = structlog.get_logger(__name__)
+
+NON_IDEMPOTENT_METHODS = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
+_TRANSIENT_RPC_CODES = frozenset({-32005, 429})  # "limit exceeded" / rate limited
+_TRANSIENT_MESSAGES = ("rate limit", "too many requests", "header not found", "try again")
+
+
+class Transport(Protocol):
+    """Moves one JSON-RPC request body (single or batch) to a node and returns the raw answer."""
+
+    url: str
+
+    def send(self, body: bytes, timeout_s: float) -> bytes:
+        """Raise :class:`TransientRpcError` for anything a retry or another endpoint could fix."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RpcErrorResponse(RpcRejectedError):
+    """The node answered with a JSON-RPC error object."""
+
+    def __init__(self, method: str, code: int | None, message: str, data: Any = None) -> None:
+        super().__init__(f"{method}: [{code}] {message}")
+        self.method = method
+        self.code = code
+        self.message = message
+        self.data = data
+
+    @property
+    def data_bytes(self) -> bytes | None:
+        """The error's ``data`` as bytes when it is a hex string (revert data), else ``None``."""
+        data = self.data
+        if isinstance(data, dict):  # some nodes nest it: {"data": "0x..."}
+            data = data.get("data")
+        if isinstance(data, str) and data.startswith("0x"):
+            try:
+                return bytes.fromhex(data[2:])
+            except ValueError:
+                return None
+        return None
+
+
+class ExecutionReverted(RpcErrorResponse):
+    """``eth_call`` or ``eth_estimateGas`` reverted; :attr:`data_bytes` holds the revert data."""
+
+
+class HttpTransport:
+    """HTTP(S) JSON-RPC over a keep-alive ``requests.Session``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._session = requests.Session()
+        self._headers = {"Content-Type": "application/json"}
+
+    def send(self, body: bytes, timeout_s: float) -> bytes:
+        try:
+            resp = self._session.post(self.url, data=body, headers=self._headers, timeout=timeout_s)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise TransientRpcError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        except requests.RequestException as exc:
+            raise TransientRpcError(f"{self.url}: {exc}") from exc
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TransientRpcError(f"{self.url}: HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            raise RpcRejectedError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}")
+        return resp.content
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class WebSocketTransport:
+    """JSON-RPC over one WebSocket connection (requests are serialised; reconnects on failure)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def send(self, body: bytes, timeout_s: float) -> bytes:
+        from websockets.exceptions import WebSocketException
+        from websockets.sync.client import connect
+
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = connect(self.url, open_timeout=timeout_s, max_size=2**27)
+                self._conn.send(body.decode())
+                answer = self._conn.recv(timeout=timeout_s)
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                self._drop()
+                raise TransientRpcError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+            return answer.encode() if isinstance(answer, str) else answer
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken socket may fail in any way
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+def transport_for(url: str) -> Transport:
+    """An HTTP or WebSocket transport, chosen by the URL scheme."""
+    if url.startswith(("ws://", "wss://")):
+        return WebSocketTransport(url)
+    if url.startswith(("http://", "https://")):
+        return HttpTransport(url)
+    raise RpcRejectedError(f"unsupported RPC URL scheme: {url!r} (use http(s):// or ws(s)://)")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Reads: up to ``attempts`` tries, sleeping ``base_s * 2**k`` (capped at ``max_s``) between them."""
+
+    attempts: int = 5
+    base_s: float = 0.05
+    max_s: float = 1.0
+    cooldown_s: float = 5.0  # a failed endpoint is skipped for this long while another one is healthy
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if self.base_s < 0 or self.max_s < 0:
+            raise ValueError("backoff times must be non-negative")
+
+    def delay_s(self, attempt: int) -> float:
+        return min(self.max_s, self.base_s * (2**attempt))
+
+
+@dataclass
+class _Endpoint:
+    transport: Transport
+    verified: bool = False
+    failed_at: float | None = None
+    failures: int = 0
+
+
+@dataclass
+class RpcStats:
+    """Counters for benchmarks and metrics: HTTP/WS round trips and JSON-RPC requests inside them."""
+
+    round_trips: int = 0
+    requests: int = 0
+    retries: int = 0
+    failovers: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.round_trips = self.requests = self.retries = self.failovers = 0
+        self.by_method.clear()
+
+
+class ChainClient:
+    """A chain seen through one or more RPC endpoints, all expected to serve ``chain_id``."""
+
+    def __init__(
+        self,
+        transports: Sequence[Transport],
+        chain_id: int | None = None,
+        *,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not transports:
+            raise ValueError("at least one RPC endpoint is required")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self._endpoints = [_Endpoint(t) for t in transports]
+        self._current = 0
+        self.chain_id = chain_id
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.stats = RpcStats()
+
+    @classmethod
+    def connect(
+        cls,
+        urls: Sequence[str] | str,
+        chain_id: int | None = None,
+        timeout_s: float = 10.0,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> ChainClient:
+        """Open endpoints for ``urls`` (first = preferred) and check the chain id on the first reachable one.
+
+        With ``chain_id=None`` the first endpoint's chain id is adopted and every later endpoint must match it.
+        """
+        if isinstance(urls, str):
+            urls = [urls]
+        client = cls([transport_for(u) for u in urls], chain_id, timeout_s=timeout_s, retry=retry)
+        client.request("eth_blockNumber", [])  # forces a chain-id check of the endpoint in use
+        return client
+
+    # ---- endpoint selection ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """URL of the endpoint currently in use."""
+        return self._endpoints[self._current].transport.url
+
+    @property
+    def urls(self) -> list[str]:
+        return [e.transport.url for e in self._endpoints]
+
+    def _pick(self) -> _Endpoint:
+        now = self._clock()
+        n = len(self._endpoints)
+        for k in range(n):
+            idx = (self._current + k) % n
+            ep = self._endpoints[idx]
+            if ep.failed_at is None or now - ep.failed_at >= self.retry.cooldown_s:
+                if idx != self._current:
+                    log.warning("rpc_failover", from_url=self.url, to_url=ep.transport.url)
+                    self.stats.failovers += 1
+                    self._current = idx
+                return ep
+        # everything failed recently: try the one that failed longest ago
+        idx = min(range(n), key=lambda i: self._endpoints[i].failed_at or 0.0)
+        if idx != self._current:
+            self.stats.failovers += 1
+            self._current = idx
+        return self._endpoints[idx]
+
+    def _mark_failed(self, ep: _Endpoint, exc: Exception) -> None:
+        ep.failed_at = self._clock()
+        ep.failures += 1
+        ep.verified = False  # the next use is a reconnect: check the chain id again
+        log.warning("rpc_endpoint_failed", url=ep.transport.url, error=str(exc)[:200])
+
+    def _verify(self, ep: _Endpoint) -> None:
+        raw = self._roundtrip(ep, [self._payload("eth_chainId", [])])[0]
+        chain_id = int(self._unwrap("eth_chainId", raw), 16)
+        if self.chain_id is None:
+            self.chain_id = chain_id
+        elif chain_id != self.chain_id:
+            raise ChainMismatchError(
+                f"{ep.transport.url} serves chain id {chain_id}, expected {self.chain_id}"
+            )
+        ep.verified = True
+        ep.failed_at = None
+
+    # ---- wire ------------------------------------------------------------------------------------
+
+    def _payload(self, method: str, params: Any) -> dict:
+        return {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+
+    def _roundtrip(self, ep: _Endpoint, payloads: list[dict]) -> list[dict]:
+        body = json.dumps(payloads if len(payloads) > 1 else payloads[0], separators=(",", ":")).encode()
+        self.stats.round_trips += 1
+        self.stats.requests += len(payloads)
+        for p in payloads:
+            self.stats.by_method[p["method"]] = self.stats.by_method.get(p["method"], 0) + 1
+        raw = ep.transport.send(body, self.timeout_s)
+        try:
+            answer = json.loads(raw)
+        except ValueError as exc:
+            raise TransientRpcError(f"{ep.transport.url}: answer is not JSON: {raw[:100]!r}") from exc
+        if isinstance(answer, dict):
+            if len(payloads) > 1:  # a batch answered with one error object (node refuses batches)
+                self._unwrap("batch", answer)
+                raise TransientRpcError(f"{ep.transport.url}: batch answered with a single object")
+            answer = [answer]
+        by_id = {a.get("id"): a for a in answer if isinstance(a, dict)}
+        try:
+            return [by_id[p["id"]] for p in payloads]
+        except KeyError as exc:
+            raise TransientRpcError(f"{ep.transport.url}: answer misses request id {exc}") from exc
+
+    @staticmethod
+    def _unwrap(method: str, answer: dict) -> Any:
+        err = answer.get("error")
+        if err is None:
+            if "result" not in answer:
+                raise TransientRpcError(f"{method}: answer has neither result nor error")
+            return answer["result"]
+        code = err.get("code")
+        message = str(err.get("message", ""))
+        lowered = message.lower()
+        if code in _TRANSIENT_RPC_CODES or any(m in lowered for m in _TRANSIENT_MESSAGES):
+            raise TransientRpcError(f"{method}: [{code}] {message}")
+        if code == 3 or "revert" in lowered:
+            raise ExecutionReverted(method, code, message, err.get("data"))
+        raise RpcErrorResponse(method, code, message, err.get("data"))
+
+    def _execute(self, payloads: list[dict], *, retry: bool) -> list[dict]:
+        attempts = self.retry.attempts if retry else 1
+        last: Exception | None = None
+        for attempt in range(attempts):
+            with self._lock:
+                ep = self._pick()
+            try:
+                if not ep.verified:
+                    self._verify(ep)
+                answers = self._roundtrip(ep, payloads)
+                for a in answers:  # a rate-limit error inside the answer counts as transient
+                    err = a.get("error")
+                    if err and (
+                        err.get("code") in _TRANSIENT_RPC_CODES
+                        or any(m in str(err.get("message", "")).lower() for m in _TRANSIENT_MESSAGES)
+                    ):
+                        raise TransientRpcError(f"{ep.transport.url}: {err.get('message')}")
+                return answers
+            except TransientRpcError as exc:
+                last = exc
+                with self._lock:
+                    self._mark_failed(ep, exc)
+                if attempt + 1 < attempts:
+                    self.stats.retries += 1
+                    self._sleep(self.retry.delay_s(attempt))
+        assert last is not None
+        raise last
+
+    # ---- public ----------------------------------------------------------------------------------
+
+    def request(self, method: str, params: list | None = None) -> Any:
+        """One JSON-RPC call; reads are retried/failed over, sends are tried exactly once."""
+        retry = method not in NON_IDEMPOTENT_METHODS
+        answer = self._execute([self._payload(method, params or [])], retry=retry)[0]
+        return self._unwrap(method, answer)
+
+    def batch(self, calls: Sequence[tuple[str, list]], *, raise_errors: bool = True) -> list[Any]:
+        """Several read calls in one round trip (a JSON-RPC batch); results in order.
+
+        With ``raise_errors=False`` a failed item is returned as its :class:`RpcErrorResponse` instead.
+        """
+        if not calls:
+            return []
+        if any(m in NON_IDEMPOTENT_METHODS for m, _ in calls):
+            raise RpcRejectedError("sends cannot be batched: they are never retried")
+        answers = self._execute([self._payload(m, p) for m, p in calls], retry=True)
+        out: list[Any] = []
+        for (method, _), answer in zip(calls, answers, strict=True):
+            try:
+                out.append(self._unwrap(method, answer))
+            except RpcErrorResponse as exc:
+                if raise_errors:
+                    raise
+                out.append(exc)
+        return out
+
+    # ---- typed helpers ---------------------------------------------------------------------------
+
+    def block_number(self) -> int:
+        return int(self.request("eth_blockNumber"), 16)
+
+    def get_block(self, block: int | str = "latest", full: bool = False) -> dict | None:
+        tag = hex(block) if isinstance(block, int) else block
+        return self.request("eth_getBlockByNumber", [tag, full])
+
+    def call(self, to: str, data: bytes | str, block: int | str = "latest", sender: str | None = None,
+             value: int = 0, gas: int | None = None) -> bytes:
+        """``eth_call``; raises :class:`ExecutionReverted` with the revert data on a revert."""
+        tx: dict[str, Any] = {"to": to, "data": _hex(data)}
+        if sender:
+            tx["from"] = sender
+        if value:
+            tx["value"] = hex(value)
+        if gas is not None:
+            tx["gas"] = hex(gas)
+        tag = hex(block) if isinstance(block, int) else block
+        return bytes.fromhex(self.request("eth_call", [tx, tag])[2:])
+
+    def estimate_gas(self, tx: dict) -> int:
+        return int(self.request("eth_estimateGas", [tx]), 16)
+
+    def get_transaction_count(self, address: str, block: str = "pending") -> int:
+        return int(self.request("eth_getTransactionCount", [address, block]), 16)
+
+    def get_balance(self, address: str, block: str = "latest") -> int:
+        return int(self.request("eth_getBalance", [address, block]), 16)
+
+    def get_code(self, address: str, block: str = "latest") -> bytes:
+        return bytes.fromhex(self.request("eth_getCode", [address, block])[2:])
+
+    def get_receipt(self, tx_hash: str) -> dict | None:
+        return self.request("eth_getTransactionReceipt", [tx_hash])
+
+    def get_transaction(self, tx_hash: str) -> dict | None:
+        return self.request("eth_getTransactionByHash", [tx_hash])
+
+    def fee_history(self, blocks: int, newest: str = "latest", percentiles: Sequence[float] = ()) -> dict:
+        return self.request("eth_feeHistory", [hex(blocks), newest, list(percentiles)])
+
+    def get_logs(self, flt: dict) -> list[dict]:
+        return self.request("eth_getLogs", [flt])
+
+    def send_raw_transaction(self, raw: bytes) -> str:
+        """Broadcast a signed transaction ONCE (no retry, see module docstring); returns its hash."""
+        return self.request("eth_sendRawTransaction", [_hex(raw)])
+
+    def web3(self):
+        """A ``Web3`` over this client (no middleware: no hidden ``eth_chainId``), for non-hot paths."""
+        from web3 import Web3
+
+        return Web3(ClientProvider(self), middleware=[])
+
+    def close(self) -> None:
+        for ep in self._endpoints:
+            ep.transport.close()
+
+
+def _hex(data: bytes | str) -> str:
+    if isinstance(data, str):
+        return data if data.startswith("0x") else "0x" + data
+    return "0x" + data.hex()
+
+
+def _make_provider_class():
+    from web3.providers.base import JSONBaseProvider
+
+    class _ClientProvider(JSONBaseProvider):
+        """web3 provider that sends through a :class:`ChainClient` (same failover and retries)."""
+
+        def __init__(self, client: ChainClient) -> None:
+            super().__init__()
+            self._client = client
+
+        def make_request(self, method, params):  # type: ignore[override]
+            try:
+                result = self._client.request(str(method), list(params))
+            except RpcErrorResponse as exc:
+                return {"jsonrpc": "2.0", "id": 0,
+                        "error": {"code": exc.code, "message": exc.message, "data": exc.data}}
+            return {"jsonrpc": "2.0", "id": 0, "result": result}
+
+        def is_connected(self, show_traceback: bool = False) -> bool:
+            return True
+
+    return _ClientProvider
+
+
+def ClientProvider(client: ChainClient):  # noqa: N802 - reads as a class at the call site
+    """Build the web3 provider class lazily (web3 import is slow and off the hot path)."""
+    global _PROVIDER_CLS
+    if _PROVIDER_CLS is None:
+        _PROVIDER_CLS = _make_provider_class()
+    return _PROVIDER_CLS(client)
+
+
+_PROVIDER_CLS = None

@@ -1,0 +1,481 @@
+"""The transaction manager: every top-up happens exactly once, or the journal says why not.
+
+Life of an action (each step is journaled before the next side effect, see keeper/tx/journal.py)::
+
+    submit(call, key, value_at_stake_e6, lane)
+      ├─ same key open (or confirmed < dedupe window)  -> that intent is returned, nothing is sent
+      ├─ intent written
+      ├─ one batched round trip: eth_call (simulate) + eth_estimateGas + eth_feeHistory + eth_blockNumber
+      │     revert -> intent ``rejected`` with the decoded reason, SimulationRevert raised, nothing signed
+      ├─ gas = estimate * 1.2 + 10,000; fees from FeePolicy (capped by the value at stake)
+      └─ under the lane's nonce lock: allocate nonce, sign, journal the signed bytes, broadcast once
+    poll()  (call every block or few seconds)
+      ├─ receipts of every attempt (original, replacements, cancel) in one batch
+      ├─ mined -> ``mined``; at ``confirmations`` depth on a canonical block -> confirmed | reverted | cancelled
+      ├─ receipt gone after ``mined`` (reorg)            -> re-evaluate: still needed ? rebroadcast : cancel
+      ├─ nonce used, no receipt of ours (same key used elsewhere) -> re-evaluate: new nonce ? abandon
+      ├─ unknown to the node (dropped, lost send)        -> rebroadcast the same signed bytes (same hash)
+      │     refused for a too-low fee                    -> replacement priced at the market, within the cap
+      └─ not mined after ``stuck_blocks`` / ``stuck_s``  -> still needed ? replace (+12.5% both fees) : cancel
+    reconcile()  (at start, before anything new): intents never signed -> abandoned; then poll();
+                 then the nonce allocators are re-read.
+
+"Still needed" is a callback the caller gives (per submit, or one for the manager) that looks at the
+intent (its ``meta`` carries the action) and today's chain state; default: always needed.
+
+Lanes: each lane has its own key, nonce allocator and stuck/fee settings, so an urgent top-up never waits
+behind a routine rebalance stuck in another lane's nonce queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from eth_account import Account
+
+from keeper.chain.abi import ErrorDecoder
+from keeper.chain.rpc import ChainClient, ExecutionReverted, RpcErrorResponse
+from keeper.errors import SimulationRevert, TransactionRejected, TransientRpcError
+from keeper.tx.call import ContractCall
+from keeper.tx.fees import FeeCapExceeded, FeePolicy, Fees
+from keeper.tx.journal import AttemptRecord, IntentRecord, Journal
+from keeper.tx.nonce import NonceAllocator
+
+log = structlog.get_logger(__name__)
+
+GAS_MARGIN_NUM, GAS_MARGIN_DEN, GAS_EXTRA = 12, 10, 10_000  # estimate * 1.2 + 10k (GUIDE.md §2)
+CANCEL_GAS = 21_000
+
+StillNeeded = Callable[[IntentRecord], bool]
+
+
+@dataclass
+class Lane:
+    """A signing key with its own nonce queue and timing. ``account`` is an eth_account LocalAccount."""
+
+    name: str
+    account: Any
+    tip_percentile: float = 50.0
+    stuck_blocks: int = 3
+    stuck_s: float = 30.0
+
+    @classmethod
+    def from_key(cls, name: str, private_key: str, **kw: Any) -> Lane:
+        return cls(name, Account.from_key(private_key), **kw)
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Lane({self.name!r}, {self.address})"
+
+
+@dataclass
+class _LaneState:
+    lane: Lane
+    nonces: NonceAllocator
+
+
+@dataclass
+class PollReport:
+    """What one :meth:`TransactionManager.poll` changed."""
+
+    head: int = 0
+    finalized: list[IntentRecord] = field(default_factory=list)
+    actions: list[tuple[int, str]] = field(default_factory=list)  # (intent id, what was done)
+
+
+class TransactionManager:
+    """Submits, watches, replaces and cancels transactions; the journal is the source of truth."""
+
+    def __init__(
+        self,
+        client: ChainClient,
+        journal: Journal,
+        lanes: Sequence[Lane],
+        fee_policy: FeePolicy | None = None,
+        *,
+        confirmations: int = 2,
+        dedupe_window_s: float = 120.0,
+        still_needed: StillNeeded | None = None,
+        error_decoder: ErrorDecoder | None = None,
+        clock: Callable[[], float] = time.time,
+        on_signed: Callable[[AttemptRecord], None] | None = None,
+    ) -> None:
+        if not lanes:
+            raise ValueError("at least one signer lane is required")
+        if confirmations < 1:
+            raise ValueError("confirmations must be at least 1 (1 = the inclusion block itself)")
+        names = [ln.name for ln in lanes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lane names must be unique: {names}")
+        self.client = client
+        self.journal = journal
+        self.fees = fee_policy or FeePolicy()
+        self.confirmations = confirmations
+        self.dedupe_window_s = dedupe_window_s
+        self._still_needed_default = still_needed
+        self._still_needed: dict[int, StillNeeded] = {}
+        self.errors = error_decoder or ErrorDecoder()
+        self._clock = clock
+        self._on_signed = on_signed  # test hook (e.g. SIGKILL between signing and broadcasting)
+        self._lanes: dict[str, _LaneState] = {}
+        by_address: dict[str, _LaneState] = {}
+        for ln in lanes:
+            addr = ln.address.lower()
+            state = by_address.get(addr) or _LaneState(ln, NonceAllocator(client, journal, ln.address))
+            by_address[addr] = state  # two lanes with one key share one nonce queue
+            self._lanes[ln.name] = _LaneState(ln, state.nonces)
+        self._head = 0
+
+    # ---- public API ------------------------------------------------------------------------------
+
+    def lane(self, name: str) -> Lane:
+        return self._lane(name).lane
+
+    def submit(
+        self,
+        call: ContractCall,
+        idempotency_key: str,
+        value_at_stake_e6: int,
+        lane: str = "urgent",
+        *,
+        still_needed: StillNeeded | None = None,
+        meta: dict | None = None,
+    ) -> IntentRecord:
+        """Simulate, sign and broadcast ``call`` once per idempotency key; returns the journaled intent.
+
+        Raises SimulationRevert (decoded reason), FeeCapExceeded, TransactionRejected; a transient error
+        while broadcasting is NOT raised: the intent stays ``signed`` and :meth:`poll` resolves it.
+        """
+        ls = self._lane(lane)
+        existing = self.journal.find_active(idempotency_key, self.dedupe_window_s)
+        if existing is not None:
+            log.info("tx_deduplicated", key=idempotency_key, intent=existing.id, state=existing.state)
+            if still_needed is not None:
+                self._still_needed[existing.id] = still_needed
+            return existing
+        intent = self.journal.create_intent(
+            idempotency_key=idempotency_key, lane=lane, sender=ls.lane.address, to=call.to, data=call.data,
+            value_wei=call.value_wei, value_at_stake_e6=value_at_stake_e6,
+            meta={**call.meta, **(meta or {}), "description": call.description},
+        )
+        if still_needed is not None:
+            self._still_needed[intent.id] = still_needed
+        tx = {"from": ls.lane.address, "to": call.to, "data": "0x" + call.data.hex(),
+              "value": hex(call.value_wei)}
+        try:
+            sim, est, hist, head = self.client.batch(
+                [("eth_call", [tx, "latest"]), ("eth_estimateGas", [tx]),
+                 ("eth_feeHistory", [hex(self.fees.history_blocks), "latest", [ls.lane.tip_percentile]]),
+                 ("eth_blockNumber", [])],
+                raise_errors=False,
+            )
+        except TransientRpcError as exc:
+            self.journal.update(intent.id, state="abandoned", reason=f"rpc unavailable: {exc}",
+                                event="tx_abandoned")
+            raise
+        for answer in (sim, est):
+            if isinstance(answer, RpcErrorResponse):
+                self._reject_simulation(intent, answer)
+        for answer in (hist, head):
+            if isinstance(answer, RpcErrorResponse):
+                self.journal.update(intent.id, state="rejected", reason=str(answer), event="tx_rejected")
+                raise TransactionRejected(str(answer))
+        self._head = int(head, 16)
+        gas_limit = int(est, 16) * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_EXTRA
+        market = self.fees.market_from_history(hist)
+        cap = self.fees.cap_per_gas(gas_limit, value_at_stake_e6)
+        try:
+            fees = self.fees.initial(market, cap)
+        except FeeCapExceeded as exc:
+            self.journal.update(intent.id, state="rejected", reason=str(exc), event="tx_fee_cap_exceeded")
+            log.warning("tx_fee_cap_exceeded", intent=intent.id, key=idempotency_key, error=str(exc))
+            raise
+        intent = self.journal.update(intent.id, gas_limit=gas_limit)
+        self._send_new_nonce(intent, ls, fees)
+        return self.journal.get(intent.id)
+
+    def poll(self) -> PollReport:
+        """Advance every open intent of this manager's lanes by one step (see module docstring)."""
+        report = PollReport()
+        intents = [i for i in self.journal.open_intents() if i.lane in self._lanes and i.state != "intent"]
+        senders = sorted({i.sender for i in intents})
+        first = self.client.batch([("eth_blockNumber", [])]
+                                  + [("eth_getTransactionCount", [s, "latest"]) for s in senders])
+        head = self._head = int(first[0], 16)
+        report.head = head
+        mined_nonce = {s.lower(): int(n, 16) for s, n in zip(senders, first[1:], strict=True)}
+        if not intents:
+            return report
+        attempts = {i.id: self.journal.attempts(i.id) for i in intents}
+        hashes = [a.tx_hash for i in intents for a in attempts[i.id]]
+        receipts = dict(zip(hashes, self.client.batch([("eth_getTransactionReceipt", [h]) for h in hashes]),
+                            strict=True))
+        mined_blocks = sorted({int(r["blockNumber"], 16) for r in receipts.values() if r})
+        canon = dict(zip(mined_blocks, self.client.batch(
+            [("eth_getBlockByNumber", [hex(b), False]) for b in mined_blocks]), strict=True))
+        for intent in intents:
+            try:
+                final = self._advance(intent, attempts[intent.id], receipts, canon, head,
+                                      mined_nonce[intent.sender.lower()], report)
+            except TransientRpcError as exc:
+                log.warning("tx_poll_rpc_error", intent=intent.id, error=str(exc))
+                continue
+            if final is not None:
+                report.finalized.append(final)
+        return report
+
+    def reconcile(self) -> PollReport:
+        """Bring the journal in line with the chain after a restart; call before submitting anything."""
+        for intent in self.journal.open_intents():
+            if intent.lane in self._lanes and intent.state == "intent":
+                self.journal.update(intent.id, state="abandoned", reason="not signed before restart",
+                                    event="tx_abandoned")
+        report = self.poll()
+        seen = set()
+        for ls in self._lanes.values():
+            if id(ls.nonces) not in seen:
+                seen.add(id(ls.nonces))
+                ls.nonces.sync()
+        log.info("journal_reconciled", open=len(self.journal.open_intents()), finalized=len(report.finalized))
+        return report
+
+    def wait(self, intent_id: int, timeout_s: float = 60.0, poll_interval_s: float = 0.25,
+             between_polls: Callable[[], None] | None = None) -> IntentRecord:
+        """Poll until the intent is final (or ``timeout_s`` passes); returns its latest record."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.poll()
+            rec = self.journal.get(intent_id)
+            if not rec.is_open or time.monotonic() >= deadline:
+                return rec
+            if between_polls is not None:
+                between_polls()
+            else:
+                time.sleep(poll_interval_s)
+
+    # ---- submission internals --------------------------------------------------------------------
+
+    def _lane(self, name: str) -> _LaneState:
+        try:
+            return self._lanes[name]
+        except KeyError:
+            raise ValueError(f"unknown lane {name!r}; lanes: {sorted(self._lanes)}") from None
+
+    def _reject_simulation(self, intent: IntentRecord, err: RpcErrorResponse) -> None:
+        data = err.data_bytes
+        reason = str(self.errors.decode(data)) if isinstance(err, ExecutionReverted) else err.message
+        if isinstance(err, ExecutionReverted) and not data:
+            reason = err.message
+        self.journal.update(intent.id, state="rejected", reason=reason, event="tx_simulation_reverted")
+        log.warning("tx_simulation_reverted", intent=intent.id, key=intent.idempotency_key, reason=reason)
+        raise SimulationRevert(reason, data)
+
+    def _sign(self, ls: _LaneState, *, nonce: int, to: str, data: bytes, value: int, gas: int,
+              fees: Fees) -> tuple[str, bytes]:
+        signed = ls.lane.account.sign_transaction({
+            "type": 2, "chainId": self.client.chain_id, "nonce": nonce, "to": to, "value": value,
+            "data": data, "gas": gas, "maxFeePerGas": fees.max_fee_per_gas,
+            "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+        })
+        return "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction)
+
+    def _sign_and_journal(self, intent: IntentRecord, ls: _LaneState, *, kind: str, nonce: int,
+                          fees: Fees) -> AttemptRecord:
+        if kind == "cancel":
+            to, data, value, gas = intent.sender, b"", 0, CANCEL_GAS
+        else:
+            to, data, value, gas = intent.to, intent.data, intent.value_wei, intent.gas_limit
+        tx_hash, raw = self._sign(ls, nonce=nonce, to=to, data=data, value=value, gas=gas, fees=fees)
+        attempt = self.journal.add_attempt(
+            intent.id, kind=kind, nonce=nonce, tx_hash=tx_hash, raw_tx=raw, max_fee_per_gas=fees.max_fee_per_gas,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas, gas_limit=gas,
+        )
+        if self._on_signed is not None:
+            self._on_signed(attempt)
+        return attempt
+
+    def _send_new_nonce(self, intent: IntentRecord, ls: _LaneState, fees: Fees, retries: int = 3) -> None:
+        """Allocate a nonce, sign, journal, broadcast; on a nonce conflict resync and try the next nonce."""
+        with ls.nonces.lock:
+            for _ in range(retries):
+                nonce = ls.nonces.allocate()
+                attempt = self._sign_and_journal(intent, ls, kind="send", nonce=nonce, fees=fees)
+                outcome = self._broadcast(attempt)
+                if outcome in ("sent", "unknown"):
+                    return
+                if outcome == "nonce_taken":
+                    ls.nonces.sync()
+                    continue
+                ls.nonces.release(nonce)
+                self.journal.update(intent.id, state="rejected", reason=outcome, event="tx_rejected")
+                raise TransactionRejected(f"intent {intent.id}: node refused the transaction: {outcome}")
+            self.journal.update(intent.id, state="rejected", reason="nonce conflicts persisted",
+                                event="tx_rejected")
+            raise TransactionRejected(f"intent {intent.id}: nonce kept being taken by another sender")
+
+    def _broadcast(self, attempt: AttemptRecord) -> str:
+        """Send signed bytes once. Returns sent | unknown | nonce_taken | underpriced | <refusal message>."""
+        try:
+            self.client.send_raw_transaction(attempt.raw_tx)
+        except TransientRpcError as exc:
+            self.journal.mark_send_error(attempt.id, f"transient: {exc}")
+            log.warning("tx_send_outcome_unknown", intent=attempt.intent_id, tx_hash=attempt.tx_hash,
+                        error=str(exc))
+            return "unknown"
+        except RpcErrorResponse as exc:
+            msg = exc.message.lower()
+            if "already known" in msg or "already imported" in msg or "known transaction" in msg:
+                self.journal.mark_sent(attempt.id, self._head)
+                return "sent"
+            self.journal.mark_send_error(attempt.id, exc.message)
+            log.warning("tx_send_refused", intent=attempt.intent_id, tx_hash=attempt.tx_hash,
+                        nonce=attempt.nonce, error=exc.message)
+            if "nonce too low" in msg or "nonce has already been used" in msg:
+                return "nonce_taken"
+            if "replacement" in msg and "underpriced" in msg:
+                return "nonce_taken" if attempt.kind == "send" else "underpriced"
+            if "base fee" in msg or "fee cap" in msg or "underpriced" in msg:
+                return "underpriced"
+            return exc.message
+        self.journal.mark_sent(attempt.id, self._head)
+        log.info("tx_sent", intent=attempt.intent_id, kind=attempt.kind, tx_hash=attempt.tx_hash,
+                 nonce=attempt.nonce, max_fee_per_gas=attempt.max_fee_per_gas,
+                 max_priority_fee_per_gas=attempt.max_priority_fee_per_gas)
+        return "sent"
+
+    # ---- polling internals -----------------------------------------------------------------------
+
+    def _needed(self, intent: IntentRecord) -> bool:
+        fn = self._still_needed.get(intent.id) or self._still_needed_default
+        if fn is None:
+            return True
+        try:
+            return bool(fn(intent))
+        except Exception as exc:  # noqa: BLE001 - a broken callback must not stop the manager; keep going
+            log.error("still_needed_failed", intent=intent.id, error=str(exc))
+            return True
+
+    def _advance(self, intent: IntentRecord, attempts: list[AttemptRecord], receipts: dict, canon: dict,
+                 head: int, mined_nonce: int, report: PollReport) -> IntentRecord | None:
+        ls = self._lanes[intent.lane]
+        mined = None
+        for a in attempts:
+            r = receipts.get(a.tx_hash)
+            if r:
+                block = canon.get(int(r["blockNumber"], 16))
+                if block is not None and block["hash"] == r["blockHash"]:
+                    mined = (a, r)
+        if mined is not None:
+            a, r = mined
+            bn, bh = int(r["blockNumber"], 16), r["blockHash"]
+            if intent.state != "mined" or intent.block_hash != bh or intent.tx_hash != a.tx_hash:
+                intent = self.journal.update(intent.id, state="mined", tx_hash=a.tx_hash, block_number=bn,
+                                             block_hash=bh, nonce=a.nonce, event="tx_mined",
+                                             detail={"status": r["status"], "kind": a.kind})
+                log.info("tx_mined", intent=intent.id, tx_hash=a.tx_hash, block=bn, status=r["status"])
+            if head - bn + 1 >= self.confirmations:
+                ok = int(r["status"], 16) == 1
+                state = "cancelled" if a.kind == "cancel" and ok else ("confirmed" if ok else "reverted")
+                final = self.journal.update(intent.id, state=state, event=f"tx_{state}",
+                                            detail={"gas_used": int(r["gasUsed"], 16), "depth": head - bn + 1})
+                log.info(f"tx_{state}", intent=intent.id, tx_hash=a.tx_hash, block=bn,
+                         key=intent.idempotency_key)
+                self._still_needed.pop(intent.id, None)
+                return final
+            return None
+
+        if intent.state == "mined":  # the receipt we recorded is gone: reorg
+            log.warning("tx_reorged", intent=intent.id, tx_hash=intent.tx_hash, block=intent.block_number)
+            intent = self.journal.update(intent.id, state="sent", block_number=None, block_hash=None,
+                                         tx_hash=None, event="tx_reorged",
+                                         detail={"old_block": intent.block_number})
+            report.actions.append((intent.id, "reorged"))
+
+        live = [a for a in attempts if a.nonce == intent.nonce]
+        if not live:
+            return None
+        if mined_nonce > intent.nonce:
+            # our nonce was used, and none of our transactions is in a canonical block: someone else
+            # (the same key in another process) took it. Nothing of ours can mine at that nonce any more.
+            log.warning("tx_nonce_taken", intent=intent.id, nonce=intent.nonce, sender=intent.sender)
+            self.journal.event(intent.id, "tx_nonce_taken", nonce=intent.nonce)
+            report.actions.append((intent.id, "nonce_taken"))
+            if not self._needed(intent):
+                return self.journal.update(intent.id, state="abandoned", reason="nonce taken; no longer needed",
+                                           event="tx_abandoned")
+            ls.nonces.sync()
+            fees = self._fees_for(intent, None, ls)
+            if fees is None:
+                return None
+            try:
+                self._send_new_nonce(intent, ls, fees)
+            except TransactionRejected as exc:
+                return self.journal.get(intent.id) if "refused" in str(exc) else None
+            return None
+
+        last = live[-1]
+        needed = self._needed(intent)
+        known = self.client.get_transaction(last.tx_hash)
+        if known is None and not (last.kind != "cancel" and not needed):
+            # dropped from the pool (or the broadcast was lost): the same signed bytes again
+            outcome = self._broadcast(last)
+            report.actions.append((intent.id, f"rebroadcast:{outcome}"))
+            self.journal.event(intent.id, "tx_rebroadcast", tx_hash=last.tx_hash, outcome=outcome)
+            if outcome == "underpriced":
+                self._replace(intent, ls, last, kind=last.kind, report=report)
+            elif outcome == "nonce_taken":
+                pass  # resolved next poll (a receipt of ours, or nonce taken by someone else)
+            return None
+        sent_block = last.sent_block if last.sent_block is not None else head
+        sent_at = last.sent_at or last.signed_at
+        stuck = head - sent_block >= ls.lane.stuck_blocks or self._clock() - sent_at >= ls.lane.stuck_s
+        if last.kind != "cancel" and not needed:
+            self._replace(intent, ls, last, kind="cancel", report=report)
+        elif stuck:
+            self._replace(intent, ls, last, kind=last.kind if last.kind == "cancel" else "replace",
+                          report=report)
+        return None
+
+    def _fees_for(self, intent: IntentRecord, previous: Fees | None, ls: _LaneState,
+                  gas: int | None = None) -> Fees | None:
+        market = self.fees.market(self.client, ls.lane.tip_percentile)
+        cap = self.fees.cap_per_gas(gas or intent.gas_limit, intent.value_at_stake_e6)
+        try:
+            if previous is None:
+                return self.fees.initial(market, cap)
+            return self.fees.bumped(previous, market, cap)
+        except FeeCapExceeded as exc:
+            log.warning("tx_fee_cap_reached", intent=intent.id, error=str(exc))
+            self.journal.event(intent.id, "tx_fee_cap_reached", error=str(exc))
+            return None
+
+    def _replace(self, intent: IntentRecord, ls: _LaneState, last: AttemptRecord, *, kind: str,
+                 report: PollReport) -> None:
+        """Same nonce, both fee fields raised (>= bump and >= market), within the cap."""
+        previous = Fees(last.max_fee_per_gas, last.max_priority_fee_per_gas)
+        gas = CANCEL_GAS if kind == "cancel" else intent.gas_limit
+        fees = self._fees_for(intent, previous, ls, gas=gas)
+        if fees is None:
+            log.warning("tx_fee_cap_reached", intent=intent.id, kind=kind, max_fee=previous.max_fee_per_gas)
+            self.journal.event(intent.id, "tx_fee_cap_reached", kind=kind)
+            report.actions.append((intent.id, f"{kind}:capped"))
+            return
+        with ls.nonces.lock:
+            attempt = self._sign_and_journal(intent, ls, kind=kind, nonce=last.nonce, fees=fees)
+            outcome = self._broadcast(attempt)
+        log.info(f"tx_{kind}d" if kind != "cancel" else "tx_cancel_sent", intent=intent.id,
+                 old_hash=last.tx_hash, new_hash=attempt.tx_hash, nonce=last.nonce,
+                 max_fee_per_gas=fees.max_fee_per_gas, outcome=outcome)
+        report.actions.append((intent.id, f"{kind}:{outcome}"))
+
+
+def default_lanes(keys: Iterable[tuple[str, str]], **kw: Any) -> list[Lane]:
+    """Lanes from ``(name, private_key)`` pairs, e.g. ``[("urgent", k1), ("routine", k2)]``."""
+    return [Lane.from_key(name, key, **kw) for name, key in keys]
