@@ -1,0 +1,521 @@
+"""Configuration: a TOML file plus ``KEEPER_*`` environment variables, validated into a frozen model.
+
+Precedence (later wins): defaults < TOML file < ``.env`` file < process environment.
+
+Environment names: ``KEEPER_<SECTION>__<FIELD>`` (double underscore between levels), e.g.
+``KEEPER_CHAIN__CHAIN_ID=31337``, ``KEEPER_LIMITS__MAX_TOP_UP_USD=500``; top-level fields are
+``KEEPER_DRY_RUN``, ``KEEPER_WATCH_ALL``. Lists are comma-separated (``KEEPER_CHAIN__RPC_URLS``) or JSON.
+``KEEPER_ACCOUNTS`` is ``0xaddr[:protect|watch],...``. Secrets: ``KEEPER_PRIVATE_KEY`` and
+``KEEPER_ALERTS__WEBHOOK_URL`` (a Slack webhook URL is a bearer token). ``KEEPER_CONFIG`` and
+``KEEPER_ENV_FILE`` are reserved for the CLI and not configuration fields.
+
+Every bad value raises :class:`keeper.errors.ConfigError` naming the field path (and the environment
+variable when it came from one), the value (never for secrets) and what is allowed. Secrets are
+``SecretStr`` and the error is raised outside the pydantic exception, so neither ``repr``, ``str``,
+validation errors nor tracebacks show them (tests/runtime/test_config.py checks each).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from keeper.errors import ConfigError
+from keeper.planner import PlanLimits
+from keeper.risk.policy import RiskPolicy
+
+__all__ = [
+    "KeeperConfig",
+    "load_config",
+    "ENV_PREFIX",
+    "SECRET_FIELDS",
+    "MULTICALL3_ADDRESS",
+]
+
+ENV_PREFIX = "KEEPER_"
+RESERVED_ENV = {"KEEPER_CONFIG", "KEEPER_ENV_FILE"}
+ENV_ALIASES = {"KEEPER_PRIVATE_KEY": ("signer", "private_key")}
+SECRET_FIELDS = frozenset({"private_key", "webhook_url", "password", "password_file_content"})
+MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+_DEFAULT_POLICY = RiskPolicy()
+
+
+def _usd_to_e6(value: Decimal) -> int:
+    """USD (decimal) to the canonical 1e-6 USD integer, exact (no float rounding)."""
+    return int(value * 1_000_000)
+
+
+def _check_address(v: str) -> str:
+    if not isinstance(v, str) or not _ADDRESS.match(v):
+        raise ValueError("must be a 0x-prefixed 20-byte hex address (42 characters)")
+    return v
+
+
+def _check_usd(v: Decimal | None) -> Decimal | None:
+    if v is not None and v.as_tuple().exponent < -6:  # type: ignore[operator]
+        raise ValueError("at most 6 decimals (the collateral token has 6)")
+    return v
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+
+
+class ChainConfig(_Model):
+    """Where to read and send. ``rpc_urls`` are tried in order (failover); ws:// enables newHeads."""
+
+    rpc_urls: tuple[str, ...] = Field(min_length=1)
+    chain_id: int = Field(gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("rpc_urls")
+    @classmethod
+    def _urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.netloc:
+                raise ValueError(f"{url!r} is not an http(s):// or ws(s):// URL")
+        return urls
+
+
+class MarketConfig(_Model):
+    symbol: str = Field(min_length=1, max_length=16)
+
+
+class ProtocolConfig(_Model):
+    """The deployment: a deployment JSON file (written by ``keeper devchain``) or explicit addresses."""
+
+    name: Literal["reference"] = "reference"
+    deployment: Path | None = None
+    engine: str | None = None
+    collateral: str | None = None
+    multicall: str = MULTICALL3_ADDRESS
+    markets: dict[int, MarketConfig] = Field(default_factory=dict)
+
+    @field_validator("engine", "collateral", "multicall")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        return None if v is None else _check_address(v)
+
+    @field_validator("markets", mode="before")
+    @classmethod
+    def _markets(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):  # TOML: markets = { 0 = "ETH" } or [protocol.markets.0] symbol = "ETH"
+            return {k: ({"symbol": s} if isinstance(s, str) else s) for k, s in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> ProtocolConfig:
+        if self.deployment is not None and (self.engine or self.collateral):
+            raise ValueError("give either deployment (a file) or engine + collateral addresses, not both")
+        if self.deployment is None and not (self.engine and self.collateral):
+            raise ValueError("needs deployment = 'path/to/deployment.json' or both engine and collateral addresses")
+        if self.deployment is not None and not self.deployment.is_file():
+            raise ValueError(f"deployment file {str(self.deployment)!r} does not exist")
+        return self
+
+
+class AccountConfig(_Model):
+    """An account to look after: ``protect`` (the keeper may transact) or ``watch`` (alerts only)."""
+
+    address: str
+    mode: Literal["protect", "watch"] = "protect"
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        return _check_address(v)
+
+
+class SignerConfig(_Model):
+    """The key the keeper signs with: ``KEEPER_PRIVATE_KEY`` (env only) or an encrypted keystore file."""
+
+    private_key: SecretStr | None = None
+    keystore: Path | None = None
+    password_file: Path | None = None
+
+    @field_validator("private_key")
+    @classmethod
+    def _key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not _PRIVATE_KEY.match(v.get_secret_value().strip()):
+            raise ValueError("must be 64 hex characters with an optional 0x prefix (value hidden)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SignerConfig:
+        if self.private_key is not None and self.keystore is not None:
+            raise ValueError("set either KEEPER_PRIVATE_KEY or keystore + password_file, not both")
+        if self.keystore is not None:
+            if self.password_file is None:
+                raise ValueError("keystore needs password_file (a file holding the keystore password)")
+            if not self.keystore.is_file():
+                raise ValueError(f"keystore file {str(self.keystore)!r} does not exist")
+            if not self.password_file.is_file():
+                raise ValueError(f"password_file {str(self.password_file)!r} does not exist")
+        elif self.password_file is not None:
+            raise ValueError("password_file given without keystore")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.private_key is not None or self.keystore is not None
+
+
+class RiskConfig(_Model):
+    """Every :class:`~keeper.risk.policy.RiskPolicy` field; defaults are the policy's own defaults."""
+
+    p_trigger: float = Field(default=_DEFAULT_POLICY.p_trigger, gt=0, lt=1)
+    p_target: float = Field(default=_DEFAULT_POLICY.p_target, gt=0, lt=1)
+    p_release: float = Field(default=_DEFAULT_POLICY.p_release, gt=0, lt=1)
+    kappa: float = Field(default=_DEFAULT_POLICY.kappa, ge=1, le=10)
+    stress_gap: float = Field(default=_DEFAULT_POLICY.stress_gap, ge=0, lt=1)
+    inclusion_latency_s: float = Field(default=_DEFAULT_POLICY.inclusion_latency_s, ge=0, le=3600)
+    oracle_lag_s: float = Field(default=_DEFAULT_POLICY.oracle_lag_s, ge=0, le=3600)
+    check_interval_min_s: float = Field(default=_DEFAULT_POLICY.check_interval_min_s, gt=0)
+    check_interval_max_s: float = Field(default=_DEFAULT_POLICY.check_interval_max_s, gt=0, le=86_400)
+    k_sigmas: float = Field(default=_DEFAULT_POLICY.k_sigmas, gt=0, le=20)
+    min_action_usd: Decimal = Field(default=Decimal(_DEFAULT_POLICY.min_action_e6) / 10**6, ge=0)
+    sigma_floor_annual: float = Field(default=_DEFAULT_POLICY.sigma_floor_annual, ge=0, le=20)
+    sigma_fallback_annual: float = Field(default=_DEFAULT_POLICY.sigma_fallback_annual, gt=0, le=20)
+
+    @field_validator("min_action_usd")
+    @classmethod
+    def _usd(cls, v: Decimal) -> Decimal | None:
+        return _check_usd(v)
+
+    @model_validator(mode="after")
+    def _order(self) -> RiskConfig:
+        if not self.p_release < self.p_target < self.p_trigger:
+            raise ValueError(
+                f"need p_release < p_target < p_trigger, got {self.p_release} / {self.p_target} / {self.p_trigger}"
+            )
+        if self.check_interval_min_s > self.check_interval_max_s:
+            raise ValueError("check_interval_min_s must be <= check_interval_max_s")
+        return self
+
+    def to_policy(self) -> RiskPolicy:
+        data = self.model_dump()
+        data["min_action_e6"] = _usd_to_e6(data.pop("min_action_usd"))
+        return RiskPolicy(**data)
+
+
+class LimitsConfig(_Model):
+    """Spending caps (USD) and escalation switches of the planner."""
+
+    max_top_up_usd: Decimal = Field(default=Decimal(5_000), gt=0)
+    max_per_day_usd: Decimal = Field(default=Decimal(20_000), gt=0)
+    manual_approval_above_usd: Decimal | None = Field(default=None, ge=0)
+    allow_release: bool = False
+    allow_reduce: bool = False
+    alert_only: bool = False
+    urgent_probability: float = Field(default=1e-2, gt=0, le=1)
+
+    @field_validator("max_top_up_usd", "max_per_day_usd", "manual_approval_above_usd")
+    @classmethod
+    def _usd(cls, v: Decimal | None) -> Decimal | None:
+        return _check_usd(v)
+
+    @model_validator(mode="after")
+    def _caps(self) -> LimitsConfig:
+        if self.max_top_up_usd > self.max_per_day_usd:
+            raise ValueError("max_top_up_usd must be <= max_per_day_usd")
+        return self
+
+    @property
+    def max_per_tx_e6(self) -> int:
+        return _usd_to_e6(self.max_top_up_usd)
+
+    @property
+    def max_per_day_e6(self) -> int:
+        return _usd_to_e6(self.max_per_day_usd)
+
+
+class FeesConfig(_Model):
+    """EIP-1559 fee policy: an absolute cap on maxFeePerGas, a tip, confirmations, replacement timing."""
+
+    max_fee_gwei: Decimal = Field(default=Decimal(200), gt=0, le=100_000)
+    priority_fee_gwei: Decimal = Field(default=Decimal("1.5"), ge=0)
+    confirmations: int = Field(default=1, ge=1, le=64)
+    replace_after_blocks: int = Field(default=3, ge=1, le=1_000)
+    replace_after_s: float = Field(default=36.0, gt=0, le=3_600)
+
+    @model_validator(mode="after")
+    def _tip(self) -> FeesConfig:
+        if self.priority_fee_gwei > self.max_fee_gwei:
+            raise ValueError("priority_fee_gwei must be <= max_fee_gwei")
+        return self
+
+    @property
+    def max_fee_wei(self) -> int:
+        return int(self.max_fee_gwei * 10**9)
+
+    @property
+    def priority_fee_wei(self) -> int:
+        return int(self.priority_fee_gwei * 10**9)
+
+
+class JournalConfig(_Model):
+    path: Path = Path(".keeper/journal.sqlite")
+
+
+class HttpConfig(_Model):
+    """The /healthz + /metrics listener. Loopback only unless ``allow_public`` (metrics reveal the book)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65_535)
+    allow_public: bool = False
+    max_cycle_age_s: float = Field(default=600.0, gt=0)
+    max_head_age_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _loopback(self) -> HttpConfig:
+        if not self.allow_public and not _is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address (127.0.0.0/8, ::1, localhost); "
+                "set http.allow_public = true to expose metrics beyond this machine"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AlertsConfig(_Model):
+    """Webhook alerts (JSON POST, Slack-compatible), token-bucket rate limit, dedup window."""
+
+    webhook_url: SecretStr | None = None
+    rate_per_minute: float = Field(default=10.0, gt=0, le=600)
+    burst: int = Field(default=5, ge=1, le=100)
+    dedup_window_s: float = Field(default=900.0, ge=0)
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parts = urlsplit(v.get_secret_value())
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise ValueError("must be an http(s):// URL (value hidden: webhook URLs carry a token)")
+        return v
+
+
+class LogConfig(_Model):
+    format: Literal["auto", "json", "pretty"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class KeeperConfig(_Model):
+    """The whole, validated configuration (frozen). Build it with :func:`load_config`."""
+
+    chain: ChainConfig
+    protocol: ProtocolConfig
+    accounts: tuple[AccountConfig, ...] = ()
+    watch_all: bool = False
+    signer: SignerConfig = SignerConfig()
+    risk: RiskConfig = RiskConfig()
+    limits: LimitsConfig = LimitsConfig()
+    fees: FeesConfig = FeesConfig()
+    journal: JournalConfig = JournalConfig()
+    http: HttpConfig = HttpConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    log: LogConfig = LogConfig()
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _book(self) -> KeeperConfig:
+        if not self.accounts and not self.watch_all:
+            raise ValueError("no accounts: add [[accounts]] entries or set watch_all = true")
+        seen: set[str] = set()
+        for a in self.accounts:
+            if a.address.lower() in seen:
+                raise ValueError(f"account {a.address} is listed twice")
+            seen.add(a.address.lower())
+        if self.protected_accounts and not self.dry_run and not self.limits.alert_only and not self.signer.configured:
+            raise ValueError(
+                "accounts in protect mode need a signer: set KEEPER_PRIVATE_KEY or signer.keystore + "
+                "signer.password_file (or dry_run = true, or limits.alert_only = true)"
+            )
+        return self
+
+    @property
+    def protected_accounts(self) -> tuple[str, ...]:
+        return tuple(a.address for a in self.accounts if a.mode == "protect")
+
+    @property
+    def watched_accounts(self) -> tuple[str, ...]:
+        return tuple(a.address for a in self.accounts if a.mode == "watch")
+
+    def risk_policy(self) -> RiskPolicy:
+        return self.risk.to_policy()
+
+    def plan_limits(self) -> PlanLimits:
+        policy = self.risk_policy()
+        approval = self.limits.manual_approval_above_usd
+        return PlanLimits.from_policy(
+            policy,
+            max_per_tx_e6=self.limits.max_per_tx_e6,
+            max_per_day_e6=self.limits.max_per_day_e6,
+            manual_approval_above_e6=None if approval is None else _usd_to_e6(approval),
+            allow_release=self.limits.allow_release,
+            allow_reduce=self.limits.allow_reduce,
+            alert_only=self.limits.alert_only,
+            urgent_probability=self.limits.urgent_probability,
+        )
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+_SECTIONS = {name for name, f in KeeperConfig.model_fields.items()}
+
+
+def _env_value(name: str, raw: str) -> Any:
+    raw = raw.strip()
+    if raw.startswith(("[", "{")):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _split_list(raw: Any) -> Any:
+    return [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
+
+
+def _accounts_from_env(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    out = []
+    for item in _split_list(raw):
+        address, _, mode = item.partition(":")
+        out.append({"address": address, **({"mode": mode} if mode else {})})
+    return out
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[tuple[str, ...], str]) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        if name in ENV_ALIASES:
+            path = ENV_ALIASES[name]
+        else:
+            path = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
+            if path[0] not in _SECTIONS:
+                continue  # not ours (KEEPER_HOME, ...); nested typos below a section are rejected
+        value = _env_value(name, env[name])
+        if path == ("chain", "rpc_urls"):
+            value = _split_list(value)
+        elif path == ("accounts",):
+            value = _accounts_from_env(value)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+        origin[path] = name
+
+
+def _is_secret(loc: tuple[Any, ...]) -> bool:
+    return any(str(p) in SECRET_FIELDS for p in loc)
+
+
+def _describe(err: Mapping[str, Any], origin: Mapping[tuple[str, ...], str], source: str) -> tuple[str, str]:
+    loc = tuple(str(p) for p in err["loc"])
+    field = ".".join(loc) if loc else "(top level)"
+    where = next((f" (from ${v})" for k, v in origin.items() if loc[: len(k)] == k), f" (in {source})")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see examples/keeper.toml)"
+    value = err.get("input")
+    scalar = isinstance(value, str | int | float | bool | Decimal) or (
+        isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value)
+    )
+    # a section's own check receives the whole section (which may hold a secret): show scalars only
+    shown = f" = {value!r}" if scalar and not _is_secret(loc) and err["type"] != "missing" else ""
+    return field, f"{field}{shown}{where}: {msg}"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    dotenv_path: str | os.PathLike[str] | None = ".env",
+) -> KeeperConfig:
+    """Read the TOML file at ``path`` (``None``: environment only), overlay ``.env`` then ``env``.
+
+    ``env`` defaults to ``os.environ``; ``dotenv_path`` (default ``.env`` in the working directory;
+    ``None`` to skip) is read with python-dotenv without touching ``os.environ``. Raises
+    :class:`ConfigError` (``.field`` = dotted path) on the first file problem or with every
+    validation problem listed, one per line.
+    """
+    env = os.environ if env is None else env
+    source = "defaults"
+    data: dict[str, Any] = {}
+    problem: ConfigError | None = None
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source!r} does not exist", field="--config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {source!r} is not valid TOML: {exc}", field="--config") from None
+        if "private_key" in data.get("signer", {}):
+            raise ConfigError(
+                "signer.private_key must not be written in the config file (value hidden): "
+                "set KEEPER_PRIVATE_KEY in the environment or .env, or use signer.keystore",
+                field="signer.private_key",
+            )
+    merged: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    merged.update(env)
+    origin: dict[tuple[str, ...], str] = {}
+    _apply_env(data, merged, origin)
+    try:
+        return KeeperConfig.model_validate(data)
+    except ValidationError as exc:
+        described = [_describe(e, origin, source) for e in exc.errors()]
+        problem = ConfigError(
+            "invalid configuration: " + "; ".join(text for _, text in described),
+            field=described[0][0] if described else None,
+        )
+    # raised here, outside the `except`, so the pydantic error (which holds the inputs) is not chained
+    raise problem
