@@ -1,0 +1,95 @@
+"""Tests of keeper/runtime/logging.py: redaction of secrets, renderer choice, levels."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from keeper.runtime.logging import REDACTED, SecretRedactor, configure_logging
+
+KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+TX_HASH = "0x" + "ab" * 32
+MNEMONIC = "test test test test test test test test test test test junk"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog():
+    yield
+    structlog.reset_defaults()
+
+
+class TestSecretRedactor:
+    def test_masks_by_field_name(self):
+        """Fields named like secrets are masked whatever their value."""
+        with capture_logs(processors=[SecretRedactor()]) as logs:
+            structlog.get_logger().info("signer_loaded", private_key="abc", keystore_password="pw", address="0x1")
+        assert logs[0]["private_key"] == REDACTED and logs[0]["keystore_password"] == REDACTED
+        assert logs[0]["address"] == "0x1" and logs[0]["event"] == "signer_loaded"
+
+    def test_masks_key_shaped_values_anywhere(self):
+        """A 0x+64-hex value is masked in any field, inside strings, and nested in dicts and lists."""
+        with capture_logs(processors=[SecretRedactor()]) as logs:
+            structlog.get_logger().error(
+                "oops", detail=f"bad key {KEY} given", nested={"inner": [KEY[2:]]}, phrase=MNEMONIC
+            )
+        entry = logs[0]
+        assert KEY[2:] not in repr(entry)
+        assert entry["detail"] == f"bad key {REDACTED} given"
+        assert entry["nested"] == {"inner": [REDACTED]} and entry["phrase"] == REDACTED
+
+    def test_hash_fields_are_public(self):
+        """tx_hash / block_hash keep their 32-byte hex values (public, same shape as a key)."""
+        with capture_logs(processors=[SecretRedactor()]) as logs:
+            structlog.get_logger().info("tx_sent", tx_hash=TX_HASH, block_hash=TX_HASH, nonce=3)
+        assert logs[0]["tx_hash"] == TX_HASH and logs[0]["block_hash"] == TX_HASH
+
+    def test_shorter_hex_left_alone(self):
+        """Addresses (20 bytes) and prices are not mistaken for keys."""
+        red = SecretRedactor()
+        out = red(None, "info", {"event": "x", "account": "0x" + "12" * 20, "price_e8": 300000000000})
+        assert out["account"] == "0x" + "12" * 20 and out["price_e8"] == 300000000000
+
+
+class TestConfigureLogging:
+    def test_json_on_non_tty_with_timestamp_and_level(self):
+        """auto picks JSON off a terminal; each line carries event, level, ISO UTC timestamp and fields."""
+        buf = io.StringIO()
+        assert configure_logging("auto", "info", stream=buf) == "json"
+        structlog.get_logger().info("cycle_done", positions=3, duration_s=0.25)
+        line = json.loads(buf.getvalue())
+        assert line["event"] == "cycle_done" and line["level"] == "info" and line["positions"] == 3
+        assert line["timestamp"].endswith("Z")
+
+    def test_exception_traceback_redacted(self):
+        """A key inside an exception's message is masked in the rendered traceback."""
+        buf = io.StringIO()
+        configure_logging("json", "info", stream=buf)
+        try:
+            raise RuntimeError(f"cannot use {KEY}")
+        except RuntimeError:
+            structlog.get_logger().exception("load_failed")
+        line = json.loads(buf.getvalue())
+        assert "RuntimeError" in line["exception"] and KEY[2:] not in buf.getvalue()
+
+    def test_pretty_renderer_and_level_filter(self):
+        """pretty uses the console renderer; debug events are dropped at info level."""
+        buf = io.StringIO()
+        configure_logging("pretty", "info", stream=buf)
+        log = structlog.get_logger()
+        log.debug("hidden_event")
+        log.info("shown_event", password="pw123")
+        out = buf.getvalue()
+        assert "shown_event" in out and "hidden_event" not in out and "pw123" not in out
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(out)
+
+    def test_bad_arguments(self):
+        """Unknown format or level fail at configuration time."""
+        with pytest.raises(ValueError, match="format"):
+            configure_logging("xml")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="level"):
+            configure_logging("json", "loud")
