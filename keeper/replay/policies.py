@@ -1,0 +1,222 @@
+"""Policies a replay compares: the keeper's risk-sized policy, fixed-ratio baselines, and no keeper.
+
+A policy sees an :class:`Observation` after every oracle round (prices, positions, wallets, and each
+market's volatility estimated only from bars that closed before the decision) and returns
+:class:`keeper.domain.Action` objects (``TOP_UP``, ``RELEASE``, ``MOVE_MARGIN``, ``REDUCE_SIZE``; ``ALERT``
+is ignored). The replay engine lands them after the inclusion delay (see :mod:`keeper.replay.fast`).
+
+Names (``parse_policy``):
+
+* ``none`` — no keeper.
+* ``risk`` — the keeper itself: :func:`keeper.risk.policy.assess_position` for every position, then
+  :func:`keeper.planner.plan_actions` (top-ups, moves, opt-in release). ``risk:norelease`` keeps the
+  release band off.
+* ``fixed:X:Y`` — DeFi Saver / Instadapp style automation on the **margin ratio**
+  ``R = equity / maintenance_margin`` (``equity = collateral + pnl - pending fee``; the protocol liquidates
+  at ``R < 1``): when ``R < X`` top up to ``R = Y`` (``X < Y``). ``fixed:X:Y:Z`` adds the "boost" side: when
+  ``R > Z`` release collateral back to the owner down to ``R = Y`` (``Y < Z``), never below the protocol's
+  initial margin (``equity * maxLeverage >= notional``), like DeFi Saver's repay/boost pair with the target
+  in the middle. At 0.5 % maintenance, ``R = 4`` is 50x (the most a release may leave), ``R = 20`` is 10x.
+  Actions below ``min_action_e6`` ($10, as the keeper's) are not sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from keeper.domain import WAD, Action, ActionKind, Market, Position, PriceRound, notional_e6
+from keeper.errors import InputError
+
+DEFAULT_MIN_ACTION_E6 = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a policy knows when it decides (nothing from the future).
+
+    ``prices`` are the latest oracle rounds per market id; ``sigma_annual`` per market id comes from bars
+    closed at or before ``now_s``; ``check_interval_s`` is the time to the next round (the keeper's
+    reaction time); ``wallet_e6`` per account (the account's own wallet pays its top-ups).
+    """
+
+    now_s: int
+    round_index: int
+    positions: tuple[Position, ...]
+    markets: Mapping[int, Market]
+    prices: Mapping[int, PriceRound]
+    wallet_e6: Mapping[str, int]
+    sigma_annual: Mapping[int, float]
+    check_interval_s: float
+    spent_today_e6: int = 0
+
+
+class Policy(Protocol):
+    """Anything with a ``name`` and ``decide(observation) -> list[Action]``."""
+
+    name: str
+
+    def decide(self, obs: Observation) -> list[Action]: ...
+
+
+def margin_ratio(position: Position, market: Market, price_e8: int) -> float:
+    """``equity / maintenance_margin`` (inf for a zero maintenance margin); < 1 means liquidatable."""
+    mm = position.maintenance_margin_e6(market, price_e8)
+    eq = position.equity_e6(price_e8)
+    return math.inf if mm <= 0 else eq / mm
+
+
+@dataclass(slots=True)
+class NoKeeper:
+    """No keeper: positions live or die on their opening collateral."""
+
+    name: str = "none"
+
+    def decide(self, obs: Observation) -> list[Action]:
+        return []
+
+
+@dataclass(slots=True)
+class FixedRatio:
+    """``fixed:X:Y[:Z]``: below margin ratio X top up to Y; above Z (optional) release down to Y."""
+
+    trigger: float
+    target: float
+    release_above: float | None = None
+    min_action_e6: int = DEFAULT_MIN_ACTION_E6
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.trigger < self.target:
+            raise InputError(f"fixed policy needs 1 <= X < Y, got X={self.trigger:g} Y={self.target:g}")
+        if self.release_above is not None and not self.release_above > self.target:
+            raise InputError(f"fixed policy needs Z > Y, got Y={self.target:g} Z={self.release_above:g}")
+        if not self.name:
+            tail = "" if self.release_above is None else f":{self.release_above:g}"
+            self.name = f"fixed:{self.trigger:g}:{self.target:g}{tail}"
+
+    def decide(self, obs: Observation) -> list[Action]:
+        out: list[Action] = []
+        wallet = dict(obs.wallet_e6)
+        for pos in sorted(obs.positions, key=lambda p: p.key):
+            market = obs.markets[pos.market_id]
+            rnd = obs.prices[pos.market_id]
+            price = rnd.price_e8
+            mm = pos.maintenance_margin_e6(market, price)
+            eq = pos.equity_e6(price)
+            if mm <= 0:
+                continue
+            ratio = eq / mm
+            acct = pos.account.lower()
+            if ratio < self.trigger:
+                need = math.ceil(self.target * mm) - eq
+                amount = min(max(need, self.min_action_e6), wallet.get(acct, 0))
+                if amount >= self.min_action_e6:
+                    wallet[acct] = wallet.get(acct, 0) - amount
+                    out.append(
+                        Action(
+                            ActionKind.TOP_UP, acct, pos.market_id, amount_e6=amount,
+                            reason=f"margin ratio {ratio:.2f} < {self.trigger:g}: top up to {self.target:g}",
+                        )
+                    )
+            elif (
+                self.release_above is not None
+                and ratio > self.release_above
+                and not rnd.is_stale(obs.now_s, market.heartbeat_s)
+            ):
+                # equity after >= max(Y * mm, initial margin); removal comes out of collateral (fee settles first)
+                im = -(-notional_e6(pos.size_e18, price) * WAD // market.max_leverage_wad)
+                keep_equity = max(math.ceil(self.target * mm), im) + 1
+                # the fee keeps accruing until the release lands: leave a day of it in the collateral
+                fee_day = notional_e6(pos.size_e18, pos.entry_price_e8) * market.fee_rate_per_s_wad * 86_400 // WAD
+                amount = min(eq - keep_equity - fee_day, pos.collateral_e6 - pos.pending_fee_e6 - fee_day)
+                if amount >= self.min_action_e6:
+                    out.append(
+                        Action(
+                            ActionKind.RELEASE, acct, pos.market_id, amount_e6=amount,
+                            reason=f"margin ratio {ratio:.2f} > {self.release_above:g}: release down to {self.target:g}",
+                        )
+                    )
+        return out
+
+
+@dataclass(slots=True)
+class RiskSized:
+    """The keeper's own decision path: risk engine per position, then the planner.
+
+    ``risk_policy`` and ``limits`` are the keeper's (``keeper.risk.policy.RiskPolicy``,
+    ``keeper.planner.PlanLimits``); ``allow_release`` defaults to on (the policy is meant to hold the
+    risk-sized buffer, not the opening collateral). ``sigma_annual`` below the policy's floor is floored.
+    """
+
+    risk_policy: object = None
+    limits: object = None
+    name: str = "risk"
+    _assess: object = field(default=None, repr=False)
+    _plan: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from keeper.planner import BookState, PlanLimits, plan_actions  # noqa: F401  (checked once here)
+        from keeper.risk.policy import RiskPolicy, assess_position
+
+        if self.risk_policy is None:
+            self.risk_policy = RiskPolicy()
+        if self.limits is None:
+            self.limits = PlanLimits.from_policy(
+                self.risk_policy, max_per_tx_e6=10**15, max_per_day_e6=10**15, allow_release=True
+            )
+        self._assess = assess_position
+        self._plan = plan_actions
+
+    def decide(self, obs: Observation) -> list[Action]:
+        from keeper.planner import BookState
+
+        pol = self.risk_policy
+        risks = []
+        for pos in obs.positions:
+            market = obs.markets[pos.market_id]
+            rnd = obs.prices[pos.market_id]
+            sigma = max(obs.sigma_annual.get(pos.market_id, pol.sigma_fallback_annual), pol.sigma_floor_annual)
+            risks.append(
+                self._assess(pos, market, rnd.price_e8, sigma, pol, obs.check_interval_s, obs.now_s)
+            )
+        state = BookState.from_reads(
+            markets=obs.markets.values(),
+            prices=dict(obs.prices),
+            wallet_e6=dict(obs.wallet_e6),
+            now_s=obs.now_s,
+            spent_today_e6=obs.spent_today_e6,
+        )
+        plan = self._plan(state, risks, self.limits)
+        return list(plan.onchain_actions)
+
+
+def parse_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> Policy:
+    """``none`` | ``risk`` | ``risk:norelease`` | ``fixed:X:Y`` | ``fixed:X:Y:Z`` -> a policy object."""
+    s = spec.strip().lower()
+    if s == "none":
+        return NoKeeper()
+    if s in ("risk", "risk:norelease"):
+        try:
+            if s == "risk":
+                return RiskSized()
+            from keeper.planner import PlanLimits
+            from keeper.risk.policy import RiskPolicy
+
+            rp = RiskPolicy()
+            lim = PlanLimits.from_policy(rp, max_per_tx_e6=10**15, max_per_day_e6=10**15, allow_release=False)
+            return RiskSized(risk_policy=rp, limits=lim, name="risk:norelease")
+        except ImportError as exc:  # pragma: no cover - until the risk engine and planner exist
+            raise InputError(f"policy {spec!r} needs the risk engine and planner: {exc}") from None
+    if s.startswith("fixed:"):
+        parts = s.split(":")[1:]
+        if len(parts) not in (2, 3):
+            raise InputError(f"bad policy {spec!r}: expected fixed:X:Y or fixed:X:Y:Z (margin ratios)")
+        try:
+            nums = [float(x) for x in parts]
+        except ValueError:
+            raise InputError(f"bad policy {spec!r}: X, Y, Z must be numbers (margin ratios)") from None
+        return FixedRatio(nums[0], nums[1], nums[2] if len(nums) == 3 else None, min_action_e6=min_action_e6)
+    raise InputError(f"unknown policy {spec!r}; allowed: none, risk, risk:norelease, fixed:X:Y, fixed:X:Y:Z")

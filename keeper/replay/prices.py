@@ -1,0 +1,230 @@
+"""Price bars from CSV files, and the oracle rounds a replay pushes for each bar.
+
+CSV format (the one of ``/work/shared/data``): a header ``timestamp_utc,unix_s,open,high,low,close,volume``
+(``timestamp_utc`` and ``volume`` are optional; the others are required, in any order), one bar per line,
+``unix_s`` = bar open in seconds, prices in USD (or USDT). Bad input raises :class:`keeper.errors.InputError`
+whose message names the file and the 1-based line: missing columns, unparsable or non-positive numbers,
+``high < max(open, close)`` or ``low > min(open, close)``, timestamps that do not increase, and gaps longer
+than ``max_gap_s`` (default: ``DEFAULT_MAX_GAP_BARS`` times the file's median bar interval). A missing bar is
+never filled: the caller decides whether a gap is acceptable.
+
+Intra-bar order. A bar only tells us its four prices, not the path between them; a replay that pushed the
+close alone would miss every intra-bar extreme. Each bar becomes four oracle rounds, at ``t``, ``t + d/4``,
+``t + d/2`` and ``t + 3d/4`` (``d`` = bar length):
+
+* ``"adverse"`` (default): ``O, H, L, C`` when ``close < open`` and ``O, L, H, C`` otherwise. The bar's whole
+  range is crossed in ONE round, in the direction of the bar's net move: a long in a falling bar first sees
+  the high (a keeper may feel safe, a release policy may release) and then the full drop to the low with no
+  round in between to react; a short in a rising bar gets the mirror image. This is the adverse order for
+  the side that loses on the bar; both extremes are always pushed, so every position's worst price of the
+  bar is seen by the liquidator whatever its side.
+* ``"long_adverse"``: always ``O, H, L, C``; ``"short_adverse"``: always ``O, L, H, C`` (for one-sided books
+  or sensitivity checks).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from keeper.errors import InputError
+
+REQUIRED_COLUMNS = ("unix_s", "open", "high", "low", "close")
+DEFAULT_MAX_GAP_BARS = 4.0
+INTRABAR_ORDERS = ("adverse", "long_adverse", "short_adverse")
+SUBROUNDS_PER_BAR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Bars:
+    """OHLC bars of one asset, column arrays (``t_s`` = bar open, int seconds; prices float USD)."""
+
+    symbol: str
+    source: str
+    t_s: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    step_s: int  # median bar interval
+
+    def __len__(self) -> int:
+        return int(self.t_s.size)
+
+    def slice_time(self, start_s: int, end_s: int) -> Bars:
+        """Bars whose open lies in ``[start_s, end_s]``."""
+        m = (self.t_s >= start_s) & (self.t_s <= end_s)
+        return Bars(
+            self.symbol, self.source, self.t_s[m], self.open[m], self.high[m], self.low[m], self.close[m], self.step_s
+        )
+
+
+def _num(text: str, path: Path, line: int, column: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise InputError(f"{path}:{line}: column {column!r}: cannot parse {text!r} as a number") from None
+    if not math.isfinite(v):
+        raise InputError(f"{path}:{line}: column {column!r}: {text!r} is not a finite number")
+    return v
+
+
+def load_bars(
+    path: str | Path,
+    symbol: str,
+    *,
+    max_gap_s: float | None = None,
+    max_gap_bars: float = DEFAULT_MAX_GAP_BARS,
+) -> Bars:
+    """Read and validate one OHLC CSV; raises :class:`InputError` naming the file and line of the first problem.
+
+    ``max_gap_s`` (default ``max_gap_bars`` x the median interval) is the longest accepted distance
+    between consecutive bar opens.
+    """
+    p = Path(path)
+    try:
+        fh = p.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{p}: cannot open price file: {exc.strerror or exc}") from None
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError(f"{p}:1: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}") from None
+        cols = [h.strip().lower() for h in header]
+        missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+        if missing:
+            raise InputError(
+                f"{p}:1: bad header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
+                f"(expected timestamp_utc,unix_s,open,high,low,close,volume)"
+            )
+        idx = {c: cols.index(c) for c in REQUIRED_COLUMNS}
+        t: list[int] = []
+        o: list[float] = []
+        h: list[float] = []
+        lo: list[float] = []
+        c: list[float] = []
+        lines: list[int] = []
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not x.strip() for x in row):
+                continue
+            if len(row) < len(cols):
+                raise InputError(f"{p}:{line}: expected {len(cols)} fields, found {len(row)}")
+            ts = _num(row[idx["unix_s"]], p, line, "unix_s")
+            if ts != int(ts):
+                raise InputError(f"{p}:{line}: column 'unix_s': {row[idx['unix_s']]!r} is not whole seconds")
+            vals = {k: _num(row[idx[k]], p, line, k) for k in ("open", "high", "low", "close")}
+            for k, v in vals.items():
+                if v <= 0:
+                    raise InputError(f"{p}:{line}: column {k!r}: price {v} must be positive")
+            if vals["high"] < vals["low"]:
+                raise InputError(f"{p}:{line}: high {vals['high']} < low {vals['low']}")
+            if vals["high"] < max(vals["open"], vals["close"]) or vals["low"] > min(vals["open"], vals["close"]):
+                raise InputError(
+                    f"{p}:{line}: open/close outside [low, high]: o={vals['open']} h={vals['high']} "
+                    f"l={vals['low']} c={vals['close']}"
+                )
+            if t and int(ts) <= t[-1]:
+                raise InputError(
+                    f"{p}:{line}: timestamp {int(ts)} does not increase (previous bar at line {lines[-1]}: {t[-1]})"
+                )
+            t.append(int(ts))
+            o.append(vals["open"])
+            h.append(vals["high"])
+            lo.append(vals["low"])
+            c.append(vals["close"])
+            lines.append(line)
+    if len(t) < 2:
+        raise InputError(f"{p}: needs at least 2 bars, found {len(t)}")
+    ta = np.asarray(t, dtype=np.int64)
+    diffs = np.diff(ta)
+    step = int(np.median(diffs))
+    limit = max_gap_s if max_gap_s is not None else max_gap_bars * step
+    bad = np.nonzero(diffs > limit)[0]
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"{p}:{lines[i + 1]}: gap of {int(diffs[i])} s after the bar at line {lines[i]} "
+            f"(median interval {step} s, tolerance {limit:g} s); a missing bar is not filled — "
+            f"pass a larger --max-gap-s or cut the window"
+        )
+    return Bars(
+        symbol=symbol,
+        source=str(p),
+        t_s=ta,
+        open=np.asarray(o),
+        high=np.asarray(h),
+        low=np.asarray(lo),
+        close=np.asarray(c),
+        step_s=step,
+    )
+
+
+def bar_path(o: float, h: float, lo: float, c: float, order: str = "adverse") -> tuple[float, float, float, float]:
+    """The four prices a bar is pushed as, in the intra-bar order documented in the module docstring."""
+    if order == "adverse":
+        down = c < o
+    elif order == "long_adverse":
+        down = True
+    elif order == "short_adverse":
+        down = False
+    else:
+        raise InputError(f"unknown intra-bar order {order!r}; allowed: {', '.join(INTRABAR_ORDERS)}")
+    return (o, h, lo, c) if down else (o, lo, h, c)
+
+
+def to_e8(price: float) -> int:
+    """USD float -> e8 integer (round half to even of the decimal value, as the CSV is in cents or finer)."""
+    return int(round(price * 1e8))
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One replay round: the time and the oracle answers pushed at it (symbol -> price e8).
+
+    ``closes`` lists the symbols whose bar completes at this round (its close is known from here on).
+    """
+
+    t_s: int
+    prices_e8: dict[str, int]
+    closes: tuple[str, ...] = ()
+
+
+def build_rounds(series: Sequence[Bars], order: str = "adverse", start_s: int | None = None) -> list[Round]:
+    """Merge the sub-rounds of every series on one clock (series updating at the same second share a round).
+
+    Only the common window of all series is used (from the latest first bar to the earliest last bar),
+    optionally from ``start_s`` on.
+    """
+    if not series:
+        raise InputError("no price series given")
+    lo_t = max(int(b.t_s[0]) for b in series)
+    hi_t = min(int(b.t_s[-1]) for b in series)
+    if start_s is not None:
+        lo_t = max(lo_t, start_s)
+    if hi_t <= lo_t:
+        raise InputError(
+            "the price series do not overlap in time: "
+            + "; ".join(f"{b.symbol} {int(b.t_s[0])}..{int(b.t_s[-1])}" for b in series)
+        )
+    by_t: dict[int, dict[str, int]] = {}
+    closes: dict[int, list[str]] = {}
+    for b in series:
+        d = b.step_s
+        offs = [0, d // 4, d // 2, (3 * d) // 4]
+        for i in range(len(b)):
+            t0 = int(b.t_s[i])
+            if t0 < lo_t or t0 > hi_t:
+                continue
+            path = bar_path(float(b.open[i]), float(b.high[i]), float(b.low[i]), float(b.close[i]), order)
+            for k in range(SUBROUNDS_PER_BAR):
+                by_t.setdefault(t0 + offs[k], {})[b.symbol] = to_e8(path[k])
+            closes.setdefault(t0 + offs[-1], []).append(b.symbol)
+    return [Round(t, by_t[t], tuple(closes.get(t, ()))) for t in sorted(by_t)]
