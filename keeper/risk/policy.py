@@ -1,14 +1,49 @@
 """The buffer policy: how much collateral a position needs, and how often to look at it.
 
 OWNER: risk engine. The dataclasses below are the interface the planner, daemon and replay consume
-(see docs/design.md); ``assess_position`` is implemented by the risk engine.
+(see docs/design.md).
+
+Over the horizon :math:`h` = check interval + inclusion latency + oracle lag, with
+:math:`\\sigma_h = \\sigma\\sqrt{h/\\text{year}}`, the log-distance to liquidation that keeps the breach
+probability at :math:`p` is
+
+.. math::
+
+    d_{req}(p) = \\max\\big(\\kappa\\,\\Phi^{-1}(1 - p/2)\\,\\sigma_h,\\ d_{stress}\\big) + d_{cost}
+
+(reflection principle for driftless Brownian motion, :math:`P(\\min \\le -d) = 2\\Phi(-d/\\sigma_h)`; GUIDE.md
+section 4), with :math:`\\kappa` a fat-tail multiplier calibrated by Monte Carlo (:func:`calibrate_kappa`,
+``scripts/calibrate_kappa.py``), :math:`d_{stress}` the largest single-round price gap to survive and
+:math:`d_{cost}` the fees accruing over :math:`h` (as a fraction of price). The reported breach
+probability is the inverse of the volatility branch, :math:`2\\Phi(-(d - d_{cost})/(\\kappa\\sigma_h))`.
+
+Hysteresis: a top-up is due when that probability exceeds ``p_trigger`` and restores ``d_req(p_target)``;
+excess above ``d_req(p_target)`` is offered only when the probability is below ``p_release`` (and the
+collateral above the ``d_req(p_release)`` level), so a position between the bands is left alone. The
+suggested check interval is :math:`\\mathrm{clip}((d/(\\kappa k \\sigma))^2 - L, \\Delta_{min}, \\Delta_{max})`
+(:math:`\\sigma` per root-second, :math:`L` = latency + oracle lag): the next look comes before the price
+can plausibly travel :math:`k` fat-tailed standard deviations.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from keeper.domain import Market, Position
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import ndtr, ndtri
+
+from keeper.domain import SECONDS_PER_YEAR, Market, Position
+from keeper.risk.barrier import fee_drift, gaussian_distance, liquidation_price
+
+DEFAULT_KAPPA = 1.60
+"""Fat-tail multiplier: the larger of the two Monte Carlo calibrations at p = 1e-4 (p_target) of
+``scripts/calibrate_kappa.py`` (Student-t increments with nu fitted by GARCH-t to ETH hourly returns
+2017-2024, and Merton jumps 0.2/h with 1.2 % log-jump std, both at the same variance as the Gaussian,
+sigma = 0.8, one hour in one-minute steps, 1,000,000 paths): t(nu=3.43) 1.40, Merton 1.58 -> 1.60 (rounded
+up to 0.05). See docs/readme/risk.md."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +53,7 @@ class RiskPolicy:
     p_trigger: float = 1e-3
     p_target: float = 1e-4
     p_release: float = 1e-7
-    kappa: float = 1.0
+    kappa: float = DEFAULT_KAPPA
     stress_gap: float = 0.12
     inclusion_latency_s: float = 12.0
     oracle_lag_s: float = 0.0
@@ -28,6 +63,35 @@ class RiskPolicy:
     min_action_e6: int = 10_000_000
     sigma_floor_annual: float = 0.0
     sigma_fallback_annual: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p_release <= self.p_target <= self.p_trigger < 1.0:
+            raise ValueError("need 0 < p_release <= p_target <= p_trigger < 1")
+        if not self.kappa > 0 or not self.k_sigmas > 0:
+            raise ValueError("kappa and k_sigmas must be > 0")
+        if not 0.0 <= self.stress_gap < 1.0:
+            raise ValueError("stress_gap must be in [0, 1)")
+        if self.inclusion_latency_s < 0 or self.oracle_lag_s < 0:
+            raise ValueError("latencies must be >= 0")
+        if not 0 < self.check_interval_min_s <= self.check_interval_max_s:
+            raise ValueError("need 0 < check_interval_min_s <= check_interval_max_s")
+        if self.min_action_e6 < 0 or self.sigma_floor_annual < 0 or not self.sigma_fallback_annual > 0:
+            raise ValueError("min_action_e6 and sigma_floor_annual must be >= 0, sigma_fallback_annual > 0")
+
+    @property
+    def latency_s(self) -> float:
+        """L: inclusion latency plus oracle lag (seconds)."""
+        return self.inclusion_latency_s + self.oracle_lag_s
+
+    def horizon_s(self, check_interval_s: float) -> float:
+        """h = check interval + inclusion latency + oracle lag."""
+        return check_interval_s + self.latency_s
+
+    def effective_sigma(self, sigma_annual: ArrayLike) -> NDArray[np.float64]:
+        """Volatility used: the fallback when missing/non-positive/NaN, never below the floor."""
+        s = np.asarray(sigma_annual, dtype=float)
+        s = np.where(np.isfinite(s) & (s > 0), s, self.sigma_fallback_annual)
+        return np.maximum(s, self.sigma_floor_annual)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +111,194 @@ class PositionRisk:
     excess_e6: int
     suggested_check_interval_s: float
     liquidatable: bool
+    required_distance: float = 0.0  # d_req(p_target), log-distance
+    stress_bound: bool = False  # the stress gap, not volatility, sets d_req(p_target)
+
+
+# ---- formulas (vectorised) ------------------------------------------------------------------------
+
+
+def sigma_horizon(sigma_annual: ArrayLike, horizon_s: ArrayLike) -> NDArray[np.float64]:
+    """sigma_h = sigma sqrt(h / year)."""
+    return np.asarray(sigma_annual, dtype=float) * np.sqrt(np.asarray(horizon_s, dtype=float) / SECONDS_PER_YEAR)
+
+
+def required_distance(
+    p: ArrayLike, sigma_h: ArrayLike, kappa: float, d_stress: float, d_cost: ArrayLike = 0.0
+) -> NDArray[np.float64]:
+    """d_req(p) = max(kappa Phi^-1(1 - p/2) sigma_h, d_stress) + d_cost."""
+    return np.maximum(kappa * gaussian_distance(p, sigma_h), d_stress) + np.asarray(d_cost, dtype=float)
+
+
+def fat_tail_probability(distance: ArrayLike, sigma_h: ArrayLike, kappa: float, d_cost: ArrayLike = 0.0) -> NDArray[np.float64]:
+    """2 Phi(-(d - d_cost)/(kappa sigma_h)), clipped to [0, 1]; 1 at or past the liquidation price."""
+    x = (np.asarray(distance, dtype=float) - np.asarray(d_cost, dtype=float)) / (kappa * np.asarray(sigma_h, dtype=float))
+    with np.errstate(invalid="ignore"):
+        p = 2.0 * ndtr(-x)
+    return np.clip(np.where(np.isnan(p), 1.0, p), 0.0, 1.0)
+
+
+def suggested_check_interval(distance: ArrayLike, sigma_annual: ArrayLike, policy: RiskPolicy) -> NDArray[np.float64]:
+    """clip((d/(kappa k sigma_s))^2 - L, min, max) with sigma_s the volatility per root-second."""
+    d = np.asarray(distance, dtype=float)
+    sig_s = np.asarray(sigma_annual, dtype=float) / math.sqrt(SECONDS_PER_YEAR)
+    with np.errstate(invalid="ignore", over="ignore"):
+        raw = (np.maximum(d, 0.0) / (policy.kappa * policy.k_sigmas * sig_s)) ** 2 - policy.latency_s
+    raw = np.where(np.isnan(raw), policy.check_interval_max_s, raw)
+    return np.clip(raw, policy.check_interval_min_s, policy.check_interval_max_s)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskArrays:
+    """Vectorised result of :func:`assess_arrays` (USD as floats; one entry per position)."""
+
+    sigma_annual: NDArray[np.float64]
+    horizon_s: float
+    liquidation_price: NDArray[np.float64]
+    distance: NDArray[np.float64]
+    breach_probability: NDArray[np.float64]
+    required_collateral: NDArray[np.float64]
+    release_collateral: NDArray[np.float64]
+    top_up: NDArray[np.float64]
+    excess: NDArray[np.float64]
+    check_interval_s: NDArray[np.float64]
+    liquidatable: NDArray[np.bool_]
+    required_distance: NDArray[np.float64]
+    stress_bound: NDArray[np.bool_]
+
+
+def _collateral_at_distance(is_long, size, entry, price, maintenance, pending_fee, d):
+    sign = np.where(is_long, 1.0, -1.0)
+    s_liq = price * np.exp(-sign * d)
+    return sign * size * (entry - s_liq * (1.0 - sign * maintenance)) + pending_fee
+
+
+def assess_arrays(
+    *,
+    is_long: ArrayLike,
+    size: ArrayLike,
+    entry: ArrayLike,
+    collateral: ArrayLike,
+    pending_fee: ArrayLike,
+    price: ArrayLike,
+    maintenance: ArrayLike,
+    fee_rate_annual: ArrayLike,
+    sigma_annual: ArrayLike,
+    policy: RiskPolicy,
+    check_interval_s: float,
+) -> RiskArrays:
+    """Closed-form policy for many positions at once (floats: base units, USD, USD per unit).
+
+    The vectorised kernel behind :func:`assess_positions`; ``liquidatable`` here is the float version of
+    the protocol rule (equity < maintenance); :func:`assess_positions` replaces it with the exact integer rule.
+    """
+    if not check_interval_s > 0:
+        raise ValueError("check_interval_s must be > 0")
+    is_long = np.asarray(is_long, dtype=bool)
+    size, entry, coll, fee, price, mm, rate = (
+        np.asarray(a, dtype=float) for a in (size, entry, collateral, pending_fee, price, maintenance, fee_rate_annual)
+    )
+    sign = np.where(is_long, 1.0, -1.0)
+    sigma = policy.effective_sigma(sigma_annual) * np.ones_like(price)
+    h = policy.horizon_s(check_interval_s)
+    sig_h = sigma_horizon(sigma, h)
+    s_liq = liquidation_price(is_long, size, entry, coll - fee, mm)
+    with np.errstate(divide="ignore"):
+        distance = np.where(s_liq > 0, sign * np.log(np.where(s_liq > 0, price / np.where(s_liq > 0, s_liq, 1.0), 1.0)), np.inf)
+    d_cost = fee_drift(is_long, entry, price, rate, mm) * h / SECONDS_PER_YEAR
+    p = fat_tail_probability(distance, sig_h, policy.kappa, d_cost)
+    d_vol_target = policy.kappa * gaussian_distance(policy.p_target, sig_h)
+    d_target = np.maximum(d_vol_target, policy.stress_gap) + d_cost
+    d_release = required_distance(policy.p_release, sig_h, policy.kappa, policy.stress_gap, d_cost)
+    req = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_target), 0.0)
+    rel = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_release), 0.0)
+    min_action = policy.min_action_e6 / 1e6
+    top_up = np.where(p > policy.p_trigger, np.maximum(req - coll, min_action), 0.0)
+    excess_raw = np.where((p < policy.p_release) & (coll > rel), coll - req, 0.0)
+    excess = np.where(excess_raw >= min_action, excess_raw, 0.0)
+    equity = coll - fee + sign * size * (price - entry)
+    return RiskArrays(
+        sigma_annual=sigma,
+        horizon_s=h,
+        liquidation_price=s_liq,
+        distance=distance,
+        breach_probability=p,
+        required_collateral=req,
+        release_collateral=rel,
+        top_up=top_up,
+        excess=excess,
+        check_interval_s=suggested_check_interval(distance, sigma, policy),
+        liquidatable=equity < mm * size * price,
+        required_distance=d_target,
+        stress_bound=policy.stress_gap > d_vol_target,
+    )
+
+
+def _ceil_e6(x: float) -> int:
+    return int(math.ceil(x * 1e6 - 1e-6)) if math.isfinite(x) else 0
+
+
+def assess_positions(
+    positions: Sequence[Position],
+    markets: Mapping[int, Market],
+    prices_e8: Mapping[int, int],
+    sigmas_annual: Mapping[int, float],
+    policy: RiskPolicy,
+    check_interval_s: float,
+    now_s: int,
+) -> list[PositionRisk]:
+    """:func:`assess_position` for a whole book in one vectorised pass (prices and sigmas per market id).
+
+    A market missing from ``sigmas_annual`` uses ``policy.sigma_fallback_annual``. Amounts are rounded up
+    to whole e6 units (more collateral, never less); ``liquidatable`` is the protocol's exact integer rule.
+    ``now_s`` is accepted for the interface: pending fees are taken as of the read.
+    """
+    del now_s  # fees are as of the read; kept so callers need not change when accrual is modelled
+    if not positions:
+        return []
+    n = len(positions)
+    mk = [markets[p.market_id] for p in positions]
+    px = [prices_e8[p.market_id] for p in positions]
+    if any(v <= 0 for v in px):
+        raise ValueError("prices must be > 0")
+    arr = assess_arrays(
+        is_long=np.fromiter((p.side.sign > 0 for p in positions), bool, n),
+        size=np.fromiter((p.size_e18 for p in positions), float, n) / 1e18,
+        entry=np.fromiter((p.entry_price_e8 for p in positions), float, n) / 1e8,
+        collateral=np.fromiter((p.collateral_e6 for p in positions), float, n) / 1e6,
+        pending_fee=np.fromiter((p.pending_fee_e6 for p in positions), float, n) / 1e6,
+        price=np.asarray(px, dtype=float) / 1e8,
+        maintenance=np.fromiter((m.maintenance_margin_ratio for m in mk), float, n),
+        fee_rate_annual=np.fromiter((m.fee_rate_annual for m in mk), float, n),
+        sigma_annual=np.fromiter((sigmas_annual.get(p.market_id, math.nan) for p in positions), float, n),
+        policy=policy,
+        check_interval_s=check_interval_s,
+    )
+    out = []
+    for i, pos in enumerate(positions):
+        liq = pos.is_liquidatable(mk[i], px[i])
+        out.append(
+            PositionRisk(
+                position=pos,
+                price_e8=px[i],
+                sigma_annual=float(arr.sigma_annual[i]),
+                horizon_s=arr.horizon_s,
+                liquidation_price_e8=int(round(float(arr.liquidation_price[i]) * 1e8)),
+                distance=float(arr.distance[i]),
+                breach_probability=1.0 if liq else float(arr.breach_probability[i]),
+                required_collateral_e6=_ceil_e6(float(arr.required_collateral[i])),
+                release_collateral_e6=_ceil_e6(float(arr.release_collateral[i])),
+                top_up_e6=_ceil_e6(float(arr.top_up[i]))
+                if (arr.top_up[i] > 0 or liq)
+                else 0,
+                excess_e6=int(math.floor(float(arr.excess[i]) * 1e6)) if not liq else 0,
+                suggested_check_interval_s=policy.check_interval_min_s if liq else float(arr.check_interval_s[i]),
+                liquidatable=liq,
+                required_distance=float(arr.required_distance[i]),
+                stress_bound=bool(arr.stress_bound[i]),
+            )
+        )
+    return out
 
 
 def assess_position(
@@ -58,4 +310,74 @@ def assess_position(
     check_interval_s: float,
     now_s: int,
 ) -> PositionRisk:
-    raise NotImplementedError("risk engine: implemented in the risk issue")
+    """Closed-form risk of one position: breach probability over h, collateral to restore ``p_target``,
+    top-up when above ``p_trigger``, excess when below ``p_release``, next check interval.
+
+    See the module docstring for the formulas. A liquidatable position reports probability 1 and the top-up
+    that would restore ``p_target`` (``addMargin`` needs no fresh price).
+    """
+    return assess_positions(
+        [position], {market.market_id: market}, {position.market_id: price_e8},
+        {position.market_id: sigma_annual}, policy, check_interval_s, now_s,
+    )[0]
+
+
+# ---- kappa calibration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KappaCalibration:
+    """kappa = d_fat / d_gauss at probability ``p`` (both log-distances), from ``n_paths`` paths."""
+
+    kappa: float
+    p: float
+    d_fat: float
+    d_gauss: float
+    n_paths: int
+    model: str
+
+
+def calibrate_kappa(
+    p: float,
+    sigma_annual: float,
+    horizon_s: float,
+    rng: np.random.Generator,
+    *,
+    n_paths: int = 200_000,
+    n_steps: int = 60,
+    student_t_nu: float | None = None,
+    jump_intensity_annual: float = 0.0,
+    jump_std: float = 0.0,
+) -> KappaCalibration:
+    """Fat-tail multiplier by Monte Carlo: the distance d_fat with P(breach) = p under a fat-tailed model
+    of the same variance, over the Gaussian :math:`\\Phi^{-1}(1-p/2)\\sigma_h`.
+
+    Paths (exact-bridge extremes, :mod:`keeper.risk.montecarlo`) have zero log drift; Student-t increments
+    with ``student_t_nu`` and/or Merton jumps (zero-mean log jumps of std ``jump_std``) whose variance is
+    taken out of the diffusion so the total variance stays sigma^2. Both tails are pooled (the lower tail of
+    the minimum and the upper tail of the maximum): d_fat is the level the pooled excursions exceed with
+    probability ``p``, the one-sided breach probability the Gaussian formula describes.
+    """
+    from keeper.risk.montecarlo import PathModel, simulate_paths
+
+    if not 0 < p < 1:
+        raise ValueError("p must be in (0, 1)")
+    jump_var = jump_intensity_annual * jump_std**2
+    diff_var = sigma_annual**2 - jump_var
+    if diff_var <= 0:
+        raise ValueError("jump variance exceeds the total variance sigma^2")
+    model = PathModel(
+        sigma_annual=(math.sqrt(diff_var),),
+        drift_annual=(0.5 * diff_var,),  # zero log drift: the Gaussian reference is driftless
+        student_t_nu=student_t_nu,
+        jump_intensity_annual=jump_intensity_annual,
+        jump_std=jump_std,
+    )
+    paths = simulate_paths(model, horizon_s, n_steps, n_paths, rng)
+    excursion = np.concatenate((-paths.path_min[0], paths.path_max[0]))
+    d_fat = float(np.quantile(excursion, 1.0 - p))
+    d_gauss = float(ndtri(1.0 - p / 2.0) * sigma_annual * math.sqrt(horizon_s / SECONDS_PER_YEAR))
+    name = "+".join(
+        x for x in (f"t{student_t_nu:g}" if student_t_nu else "", f"jumps{jump_intensity_annual:g}/y" if jump_intensity_annual else "") if x
+    ) or "gaussian"
+    return KappaCalibration(d_fat / d_gauss, p, d_fat, d_gauss, n_paths, name)
