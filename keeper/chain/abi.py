@@ -59,10 +59,12 @@ def abi_signature(item: dict) -> str:
 
 
 def load_abi(name: str, abi_dir: Path = ABI_DIR) -> list[dict]:
-    """ABI list from ``abis/<name>.json`` (a bare list or an object with an ``abi`` key)."""
-    path = abi_dir / f"{name}.json"
-    data = json.loads(path.read_text())
-    return data["abi"] if isinstance(data, dict) else data
+    """ABI of contract ``name``: ``abis/<name>.json`` (committed), else the forge build in contracts/out."""
+    for path in (abi_dir / f"{name}.json", PROJECT_ROOT / "contracts" / "out" / f"{name}.sol" / f"{name}.json"):
+        if path.exists():
+            data = json.loads(path.read_text())
+            return data["abi"] if isinstance(data, dict) else data
+    raise FileNotFoundError(f"no ABI for {name}: run `make abis` (or `forge build --offline`)")
 
 
 class Function:

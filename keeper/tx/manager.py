@@ -36,6 +36,7 @@ from typing import Any
 
 import structlog
 from eth_account import Account
+from eth_utils import to_checksum_address
 
 from keeper.chain.abi import ErrorDecoder
 from keeper.chain.rpc import ChainClient, ExecutionReverted, RpcErrorResponse
@@ -104,7 +105,6 @@ class TransactionManager:
         dedupe_window_s: float = 120.0,
         still_needed: StillNeeded | None = None,
         error_decoder: ErrorDecoder | None = None,
-        clock: Callable[[], float] = time.time,
         on_signed: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
         if not lanes:
@@ -122,7 +122,6 @@ class TransactionManager:
         self._still_needed_default = still_needed
         self._still_needed: dict[int, StillNeeded] = {}
         self.errors = error_decoder or ErrorDecoder()
-        self._clock = clock
         self._on_signed = on_signed  # test hook (e.g. SIGKILL between signing and broadcasting)
         self._lanes: dict[str, _LaneState] = {}
         by_address: dict[str, _LaneState] = {}
@@ -280,7 +279,7 @@ class TransactionManager:
     def _sign(self, ls: _LaneState, *, nonce: int, to: str, data: bytes, value: int, gas: int,
               fees: Fees) -> tuple[str, bytes]:
         signed = ls.lane.account.sign_transaction({
-            "type": 2, "chainId": self.client.chain_id, "nonce": nonce, "to": to, "value": value,
+            "type": 2, "chainId": self.client.chain_id, "nonce": nonce, "to": to_checksum_address(to), "value": value,
             "data": data, "gas": gas, "maxFeePerGas": fees.max_fee_per_gas,
             "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
         })
@@ -435,7 +434,7 @@ class TransactionManager:
             return None
         sent_block = last.sent_block if last.sent_block is not None else head
         sent_at = last.sent_at or last.signed_at
-        stuck = head - sent_block >= ls.lane.stuck_blocks or self._clock() - sent_at >= ls.lane.stuck_s
+        stuck = head - sent_block >= ls.lane.stuck_blocks or self.journal.clock() - sent_at >= ls.lane.stuck_s
         if last.kind != "cancel" and not needed:
             self._replace(intent, ls, last, kind="cancel", report=report)
         elif stuck:

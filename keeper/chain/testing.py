@@ -1,0 +1,120 @@
+"""Fault injection for the chain layer, shipped as public test helpers.
+
+* :class:`FaultTransport` wraps any :class:`~keeper.chain.rpc.Transport` in-process: fail the next N
+  requests (timeout, connection error, HTTP 503/429), or every request of a method, and count what passed.
+* :class:`FaultProxy` is a real HTTP server on a free loopback port in front of a node: switch it to answer
+  503, to reset connections, or stop it entirely, to test failover against a real anvil.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from keeper.chain.anvil import free_port
+from keeper.errors import TransientRpcError
+
+
+def _methods(body: bytes) -> list[str]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return []
+    items = payload if isinstance(payload, list) else [payload]
+    return [str(p.get("method")) for p in items if isinstance(p, dict)]
+
+
+class FaultTransport:
+    """Wraps a transport; ``fail_next(n)`` makes the next ``n`` sends raise TransientRpcError."""
+
+    def __init__(self, inner, *, down: bool = False) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.down = down
+        self._fail_next = 0
+        self.fail_methods: set[str] = set()
+        self.seen = Counter()  # method -> requests that reached this transport (including failed ones)
+
+    def fail_next(self, n: int = 1) -> None:
+        self._fail_next += n
+
+    def send(self, body: bytes, timeout_s: float) -> bytes:
+        methods = _methods(body)
+        self.seen.update(methods)
+        if self.down:
+            raise TransientRpcError(f"{self.url}: injected: endpoint down")
+        if self._fail_next > 0:
+            self._fail_next -= 1
+            raise TransientRpcError(f"{self.url}: injected: HTTP 503")
+        if self.fail_methods.intersection(methods):
+            raise TransientRpcError(f"{self.url}: injected: timeout")
+        return self.inner.send(body, timeout_s)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class FaultProxy:
+    """An HTTP JSON-RPC proxy to ``upstream``; ``mode`` is ``"pass"``, ``"503"``, ``"429"`` or ``"reset"``."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "pass"
+        self.seen: Counter = Counter()
+        self.port = free_port()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # silence
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.seen.update(_methods(body))
+                if proxy.mode == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if proxy.mode in ("503", "429"):
+                    self._reply(int(proxy.mode), b"unavailable")
+                    return
+                req = urllib.request.Request(proxy.upstream, data=body,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        self._reply(resp.status, resp.read())
+                except urllib.error.URLError:
+                    self._reply(502, b"bad gateway")
+
+            def _reply(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Shut the proxy down: later connections are refused."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
