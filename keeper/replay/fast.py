@@ -38,6 +38,7 @@ import numpy as np
 from keeper.domain import SECONDS_PER_YEAR, Action, ActionKind, PriceRound, Side
 from keeper.errors import InputError
 from keeper.replay.book import Book, opening_collateral_e6
+from keeper.replay.metrics import Event, PolicyResult
 from keeper.replay.model import ModelRevert, PerpModel
 from keeper.replay.policies import Observation, Policy
 from keeper.replay.prices import Bars, Round, build_rounds, to_e8
@@ -104,88 +105,6 @@ class ReplayConfig:
             raise InputError("inclusion_delay_rounds must be >= 1 (a decision cannot land before it is taken)")
         if self.warmup_s < 0:
             raise InputError("warmup_s must be >= 0")
-
-
-@dataclass(slots=True)
-class Event:
-    """One thing that happened in a replay (for the report and the on-chain comparison)."""
-
-    t_s: int
-    round_index: int
-    kind: str  # top_up, release, move_margin, reduce_size, liquidation, revert
-    account: str
-    market_id: int
-    amount_e6: int = 0
-    price_e8: int = 0
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class PolicyResult:
-    """Per-policy metrics (USD e6 internally; :meth:`summary` converts to USD) and recorded series."""
-
-    name: str
-    liquidations: int = 0
-    liquidation_penalty_e6: int = 0
-    liquidated: list[str] = field(default_factory=list)
-    top_ups: int = 0
-    collateral_added_e6: int = 0
-    releases: int = 0
-    collateral_released_e6: int = 0
-    moves: int = 0
-    collateral_moved_e6: int = 0
-    reductions: int = 0
-    reverted: int = 0
-    gas_used: int = 0
-    idle_time_integral: float = 0.0  # e6 * s
-    duration_s: int = 0
-    peak_idle_e6: int = 0
-    min_margin_ratio: float = math.inf
-    min_margin_ratio_at: str = ""
-    wallet_start_e6: int = 0
-    wallet_end_e6: int = 0
-    wallet_min_e6: int = 0
-    final_equity_e6: int = 0
-    events: list[Event] = field(default_factory=list)
-    # recorded series (one row per round): idle collateral, per-position margin ratio and liquidation price
-    t_s: np.ndarray | None = None
-    idle_e6: np.ndarray | None = None
-    ratio: np.ndarray | None = None
-    liq_price: np.ndarray | None = None
-
-    @property
-    def transactions(self) -> int:
-        return self.top_ups + self.releases + self.moves + self.reductions + self.reverted
-
-    @property
-    def avg_idle_e6(self) -> float:
-        return self.idle_time_integral / self.duration_s if self.duration_s else 0.0
-
-    def summary(self) -> dict:
-        """JSON-ready metrics in USD (the collateral token's units)."""
-        return {
-            "liquidations": self.liquidations,
-            "liquidation_penalty": self.liquidation_penalty_e6 / 1e6,
-            "liquidated_positions": list(self.liquidated),
-            "top_ups": self.top_ups,
-            "collateral_added": self.collateral_added_e6 / 1e6,
-            "releases": self.releases,
-            "collateral_released": self.collateral_released_e6 / 1e6,
-            "moves": self.moves,
-            "collateral_moved": self.collateral_moved_e6 / 1e6,
-            "reductions": self.reductions,
-            "reverted": self.reverted,
-            "transactions": self.transactions,
-            "gas_used": self.gas_used,
-            "avg_idle_collateral": self.avg_idle_e6 / 1e6,
-            "peak_idle_collateral": self.peak_idle_e6 / 1e6,
-            "min_margin_ratio": None if math.isinf(self.min_margin_ratio) else self.min_margin_ratio,
-            "min_margin_ratio_at": self.min_margin_ratio_at,
-            "wallet_start": self.wallet_start_e6 / 1e6,
-            "wallet_end": self.wallet_end_e6 / 1e6,
-            "wallet_min": self.wallet_min_e6 / 1e6,
-            "final_equity": self.final_equity_e6 / 1e6,
-        }
 
 
 @dataclass(slots=True)

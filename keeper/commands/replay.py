@@ -1,0 +1,131 @@
+"""``keeper replay``: replay real price bars through the protocol with several keeper policies side by side.
+
+``keeper replay --prices ETH=eth.csv --prices BTC=btc.csv [--book book.toml] [--policy P ...] [--out DIR] --fast``
+
+Without ``--policy`` it compares ``risk``, the default fixed-ratio baselines and ``none``. ``--fast`` runs
+the pure-Python protocol model (keeper.replay.fast); the on-chain replay is not built yet (see
+docs/readme/replay.md) and is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from keeper.errors import InputError
+
+DEFAULT_POLICIES = (
+    "risk",
+    "fixed:1.5:3",
+    "fixed:3:6",
+    "fixed:5:10",
+    "fixed:8:16",
+    "fixed:12:24",
+    "fixed:3:6:12",
+    "fixed:5:10:20",
+    "fixed:8:16:32",
+    "fixed:12:24:48",
+    "none",
+)
+
+
+def _parse_prices(items: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for item in items:
+        sym, sep, path = item.partition("=")
+        if not sep or not sym.strip() or not path.strip():
+            raise InputError(f"--prices {item!r}: expected SYMBOL=path.csv (e.g. ETH=data/eth.csv)")
+        out[sym.strip().upper()] = Path(path.strip())
+    if not out:
+        raise InputError("give at least one --prices SYMBOL=path.csv")
+    return out
+
+
+def replay_command(
+    prices: list[str] = typer.Option(..., "--prices", help="SYMBOL=path.csv (OHLC bars); repeat per market."),
+    book: Path | None = typer.Option(None, "--book", help="Book TOML (default: keeper/data/default_book.toml)."),
+    policy: list[str] = typer.Option(
+        [], "--policy", help="risk | risk:norelease | fixed:X:Y | fixed:X:Y:Z | none; repeat (default: a standard set)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Directory for summary.json, report.md and PNG plots."),
+    fast: bool = typer.Option(False, "--fast", help="Use the pure-Python protocol model (no chain)."),
+    warmup_h: float = typer.Option(24.0, "--warmup-h", help="Hours at the start used only to calibrate volatility."),
+    delay: int = typer.Option(1, "--delay-rounds", help="Rounds between a decision and its inclusion (>= 1)."),
+    order: str = typer.Option("adverse", "--order", help="Intra-bar order: adverse | long_adverse | short_adverse."),
+    max_gap_s: float | None = typer.Option(None, "--max-gap-s", help="Longest accepted gap between bars (s)."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
+) -> None:
+    """Replay real prices through the protocol: keeper policies vs fixed-ratio baselines vs no keeper."""
+    from keeper.replay.book import load_book
+    from keeper.replay.fast import ReplayConfig, run_fast
+    from keeper.replay.metrics import check_target
+    from keeper.replay.policies import parse_policy
+    from keeper.replay.prices import INTRABAR_ORDERS, load_bars
+    from keeper.replay.report import comparison_table, write_report
+
+    if not fast:
+        raise InputError(
+            "the on-chain replay is not available yet: run with --fast (pure protocol model); "
+            "see docs/readme/replay.md"
+        )
+    if order not in INTRABAR_ORDERS:
+        raise InputError(f"--order {order!r}: allowed {', '.join(INTRABAR_ORDERS)}")
+    files = _parse_prices(prices)
+    bk = load_book(book)
+    series = [load_bars(p, sym, max_gap_s=max_gap_s) for sym, p in files.items()]
+    specs = policy or list(DEFAULT_POLICIES)
+    pols = [parse_policy(s) for s in specs]
+    names = [p.name for p in pols]
+    if len(set(names)) != len(names):
+        raise InputError(f"a policy is given twice: {', '.join(names)}")
+    config = ReplayConfig(order=order, warmup_s=int(warmup_h * 3600), inclusion_delay_rounds=delay)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]replay[/bold]"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as prog:
+        task = prog.add_task("replay", total=None)
+
+        def progress(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        result = run_fast(bk, series, pols, config, progress=progress)
+    command = "keeper replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
+    table = Table(title="replay (USD)")
+    for col in ("policy", "liq", "penalty", "top-ups", "added", "releases", "released", "txs", "gas", "avg idle",
+                "peak idle", "min ratio"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, r in result.results.items():
+        table.add_row(
+            name, str(r.liquidations), f"{r.liquidation_penalty_e6 / 1e6:,.0f}", str(r.top_ups),
+            f"{r.collateral_added_e6 / 1e6:,.0f}", str(r.releases), f"{r.collateral_released_e6 / 1e6:,.0f}",
+            str(r.transactions), f"{r.gas_used:,}", f"{r.avg_idle_e6 / 1e6:,.0f}", f"{r.peak_idle_e6 / 1e6:,.0f}",
+            f"{r.min_margin_ratio:.2f}",
+        )
+    Console().print(table)
+    if "risk" in result.results:
+        tc = check_target(result.results)
+        red = "n/a" if tc.idle_reduction is None else f"{tc.idle_reduction:.1%}"
+        Console().print(f"target vs best zero-liquidation baseline {tc.baseline}: idle reduction {red} -> "
+                        f"{'MET' if tc.met else 'NOT MET'} ({tc.reason})")
+    if out is not None:
+        paths = write_report(result, out, command=command, plots=not no_plots)
+        Console().print(f"wrote {paths['summary']} and {paths['report']}")
+    elif not table.row_count:
+        Console().print(comparison_table(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``keeper replay`` to the CLI."""
+    app.command("replay")(replay_command)

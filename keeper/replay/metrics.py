@@ -1,0 +1,161 @@
+"""Per-policy metrics of a replay, and the comparison against the issue's target.
+
+Definitions (all amounts in the collateral token's units, USD; internally e6):
+
+* ``liquidations`` / ``liquidation_penalty``: positions the liquidator closed, and the penalty they paid.
+* ``top_ups`` / ``collateral_added``: ``addMargin`` transactions from the owner's wallet and their sum.
+* ``releases`` / ``collateral_released``: ``removeMargin`` back to the owner; ``moves``: ``moveMargin``.
+* ``transactions``: every keeper transaction sent, reverted ones included; ``gas_used``: their gas
+  (per-kind constants, see :mod:`keeper.replay.fast`).
+* idle collateral: ``sum over live positions of max(0, equity - maintenance margin)`` — the capital sitting
+  in positions above what the protocol needs to keep them open (unrealised profit counts: it is in the
+  position and could be withdrawn). ``avg_idle_collateral`` is its time-weighted mean over the replay
+  (after the warm-up), ``peak_idle_collateral`` its maximum.
+* ``min_margin_ratio``: closest approach to liquidation, the least ``equity / maintenance`` seen at any
+  round, before the liquidator acted (< 1: liquidated).
+
+Target (issue 6): the risk policy has zero liquidations and its average idle collateral is at least 30 %
+below that of the best (least idle) fixed-ratio baseline that also has zero liquidations, with no more
+transactions than that baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TARGET_IDLE_REDUCTION = 0.30
+
+
+@dataclass(slots=True)
+class Event:
+    """One thing that happened in a replay (for the report and the on-chain comparison)."""
+
+    t_s: int
+    round_index: int
+    kind: str  # top_up, release, move_margin, reduce_size, liquidation, revert
+    account: str
+    market_id: int
+    amount_e6: int = 0
+    price_e8: int = 0
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class PolicyResult:
+    """Per-policy metrics (USD e6 internally; :meth:`summary` converts to USD) and recorded series."""
+
+    name: str
+    liquidations: int = 0
+    liquidation_penalty_e6: int = 0
+    liquidated: list[str] = field(default_factory=list)
+    top_ups: int = 0
+    collateral_added_e6: int = 0
+    releases: int = 0
+    collateral_released_e6: int = 0
+    moves: int = 0
+    collateral_moved_e6: int = 0
+    reductions: int = 0
+    reverted: int = 0
+    gas_used: int = 0
+    idle_time_integral: float = 0.0  # e6 * s
+    duration_s: int = 0
+    peak_idle_e6: int = 0
+    min_margin_ratio: float = math.inf
+    min_margin_ratio_at: str = ""
+    wallet_start_e6: int = 0
+    wallet_end_e6: int = 0
+    wallet_min_e6: int = 0
+    final_equity_e6: int = 0
+    events: list[Event] = field(default_factory=list)
+    # recorded series (one row per round): idle collateral, per-position margin ratio and liquidation price
+    t_s: np.ndarray | None = None
+    idle_e6: np.ndarray | None = None
+    ratio: np.ndarray | None = None
+    liq_price: np.ndarray | None = None
+
+    @property
+    def transactions(self) -> int:
+        return self.top_ups + self.releases + self.moves + self.reductions + self.reverted
+
+    @property
+    def avg_idle_e6(self) -> float:
+        return self.idle_time_integral / self.duration_s if self.duration_s else 0.0
+
+    def summary(self) -> dict:
+        """JSON-ready metrics in USD (the collateral token's units)."""
+        return {
+            "liquidations": self.liquidations,
+            "liquidation_penalty": self.liquidation_penalty_e6 / 1e6,
+            "liquidated_positions": list(self.liquidated),
+            "top_ups": self.top_ups,
+            "collateral_added": self.collateral_added_e6 / 1e6,
+            "releases": self.releases,
+            "collateral_released": self.collateral_released_e6 / 1e6,
+            "moves": self.moves,
+            "collateral_moved": self.collateral_moved_e6 / 1e6,
+            "reductions": self.reductions,
+            "reverted": self.reverted,
+            "transactions": self.transactions,
+            "gas_used": self.gas_used,
+            "avg_idle_collateral": self.avg_idle_e6 / 1e6,
+            "peak_idle_collateral": self.peak_idle_e6 / 1e6,
+            "min_margin_ratio": None if math.isinf(self.min_margin_ratio) else self.min_margin_ratio,
+            "min_margin_ratio_at": self.min_margin_ratio_at,
+            "wallet_start": self.wallet_start_e6 / 1e6,
+            "wallet_end": self.wallet_end_e6 / 1e6,
+            "wallet_min": self.wallet_min_e6 / 1e6,
+            "final_equity": self.final_equity_e6 / 1e6,
+        }
+
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    """How the risk policy compares with the best zero-liquidation fixed baseline."""
+
+    policy: str
+    baseline: str | None
+    idle_reduction: float | None  # 1 - idle(policy) / idle(baseline)
+    policy_liquidations: int
+    policy_transactions: int
+    baseline_transactions: int | None
+    met: bool
+    reason: str
+
+
+def best_fixed_baseline(results: dict[str, PolicyResult]) -> str | None:
+    """The fixed-ratio baseline with zero liquidations and the least average idle collateral (ties: fewer txs)."""
+    ok = [r for n, r in results.items() if n.startswith("fixed:") and r.liquidations == 0]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (r.avg_idle_e6, r.transactions, r.name)).name
+
+
+def check_target(results: dict[str, PolicyResult], policy: str = "risk") -> TargetCheck:
+    """Evaluate the issue's target for ``policy`` against the best zero-liquidation fixed baseline."""
+    if policy not in results:
+        return TargetCheck(policy, None, None, -1, -1, None, False, f"policy {policy!r} was not replayed")
+    r = results[policy]
+    base = best_fixed_baseline(results)
+    if base is None:
+        return TargetCheck(
+            policy, None, None, r.liquidations, r.transactions, None, False,
+            "no fixed baseline avoided every liquidation",
+        )
+    b = results[base]
+    red = 1.0 - r.avg_idle_e6 / b.avg_idle_e6 if b.avg_idle_e6 > 0 else math.nan
+    reasons = []
+    if r.liquidations:
+        reasons.append(f"{r.liquidations} liquidation(s)")
+    if not red >= TARGET_IDLE_REDUCTION:
+        reasons.append(f"idle only {red:.1%} below {base} (target {TARGET_IDLE_REDUCTION:.0%})")
+    if r.transactions > b.transactions:
+        reasons.append(f"{r.transactions} transactions > {b.transactions} of {base}")
+    met = not reasons
+    return TargetCheck(
+        policy, base, red, r.liquidations, r.transactions, b.transactions, met,
+        "met" if met else "; ".join(reasons),
+    )

@@ -1,0 +1,221 @@
+"""Replay output: ``summary.json``, a Markdown report with the comparison table, and matplotlib PNG plots.
+
+Plots (Agg backend, no display needed):
+
+* ``price_<SYM>.png`` — the price, each position's liquidation price under the highlighted policy (``risk``
+  when replayed, else the first), top-up markers (^) and liquidation markers (x);
+* ``margin_ratio.png`` — per policy, the lowest margin ratio (equity / maintenance) over the book at each
+  round (log scale; 1 = liquidation);
+* ``idle.png`` — per policy, idle collateral (equity above maintenance, summed over live positions).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from keeper.replay.fast import GAS_PER_ACTION, GAS_REVERT, ReplayResult
+from keeper.replay.metrics import TARGET_IDLE_REDUCTION, best_fixed_baseline, check_target
+
+MAX_PLOT_POINTS = 4000
+
+
+def _iso(t_s: int) -> str:
+    return _dt.datetime.fromtimestamp(int(t_s), tz=_dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def summary_dict(result: ReplayResult, command: str = "") -> dict:
+    """The JSON summary: window, book, config, ``policies`` -> metrics (USD), target check."""
+    tc = check_target(result.results) if "risk" in result.results else None
+    return {
+        "window": {
+            "start_utc": _iso(result.start_s),
+            "end_utc": _iso(result.end_s),
+            "start_s": result.start_s,
+            "end_s": result.end_s,
+            "rounds": int(result.t_s.size),
+            "sources": result.sources,
+        },
+        "book": {
+            "source": result.book.source,
+            "positions": len(result.book.positions),
+            "wallets_usd": sum(result.book.wallets_e6.values()) / 1e6,
+        },
+        "config": {
+            "intrabar_order": result.config.order,
+            "warmup_s": result.config.warmup_s,
+            "inclusion_delay_rounds": result.config.inclusion_delay_rounds,
+            "gas_per_action": {k.value: v for k, v in GAS_PER_ACTION.items()},
+            "gas_revert": GAS_REVERT,
+        },
+        "units": "USD (collateral token units); gas in gas units",
+        "command": command,
+        "policies": {name: r.summary() for name, r in result.results.items()},
+        "best_fixed_baseline": best_fixed_baseline(result.results),
+        "target": None
+        if tc is None
+        else {
+            "policy": tc.policy,
+            "baseline": tc.baseline,
+            "idle_reduction": None
+            if tc.idle_reduction is None or math.isnan(tc.idle_reduction)
+            else tc.idle_reduction,
+            "required_idle_reduction": TARGET_IDLE_REDUCTION,
+            "met": tc.met,
+            "reason": tc.reason,
+        },
+    }
+
+
+def comparison_table(result: ReplayResult) -> str:
+    """Markdown table, one row per policy."""
+    head = (
+        "| policy | liquidations | penalty $ | top-ups | added $ | releases | released $ | txs | gas | "
+        "avg idle $ | peak idle $ | min ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for name, r in result.results.items():
+        mr = "-" if math.isinf(r.min_margin_ratio) else f"{r.min_margin_ratio:.2f}"
+        rows.append(
+            f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | {r.top_ups} | "
+            f"{r.collateral_added_e6 / 1e6:,.0f} | {r.releases} | {r.collateral_released_e6 / 1e6:,.0f} | "
+            f"{r.transactions} | {r.gas_used:,} | {r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | {mr} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def _every(n: int) -> int:
+    return max(1, n // MAX_PLOT_POINTS)
+
+
+def write_plots(result: ReplayResult, out: Path) -> list[Path]:
+    """Write the PNG plots into ``out``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    t = result.t_s
+    step = _every(t.size)
+    dates = np.array([_dt.datetime.fromtimestamp(int(x), tz=_dt.UTC) for x in t[::step]])
+    highlight = "risk" if "risk" in result.results else next(iter(result.results))
+    hres = result.results[highlight]
+    for sym, price in result.prices.items():
+        fig, ax = plt.subplots(figsize=(11, 5.5))
+        ax.plot(dates, price[::step], color="black", lw=1.2, label=f"{sym} price")
+        mid = result.book.markets[sym].market_id
+        cols = [j for j, p in enumerate(result.book.positions) if p.symbol == sym]
+        cmap = plt.get_cmap("tab20")
+        if hres.liq_price is not None:
+            for c, j in enumerate(cols):
+                lp = hres.liq_price[::step, j].astype(float)
+                lp[lp <= 0] = np.nan
+                ax.plot(dates, lp, lw=0.8, color=cmap(c % 20), label=result.labels[j].split(":", 1)[0])
+        tu = [e for e in hres.events if e.kind == "top_up" and e.market_id == mid]
+        lq = [e for e in hres.events if e.kind == "liquidation" and e.market_id == mid]
+        if tu:
+            idx = np.searchsorted(t, [e.t_s for e in tu])
+            ax.scatter([_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in tu], price[idx], marker="^",
+                       color="tab:green", s=18, zorder=5, label="top-up")
+        if lq:
+            ax.scatter([_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in lq], [e.price_e8 / 1e8 for e in lq],
+                       marker="x", color="tab:red", s=40, zorder=6, label="liquidation")
+        lo, hi = float(np.nanmin(price)), float(np.nanmax(price))
+        ax.set_ylim(lo * 0.85, hi * 1.15)
+        ax.set_title(f"{sym}: price and liquidation prices under policy '{highlight}'")
+        ax.set_ylabel("USD")
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+        ax.legend(fontsize=7, ncol=4, loc="upper right")
+        ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
+        p = out / f"price_{sym}.png"
+        fig.savefig(p, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for name, r in result.results.items():
+        if r.ratio is None:
+            continue
+        with np.errstate(all="ignore"):
+            mins = np.nanmin(np.where(np.isnan(r.ratio), np.inf, r.ratio), axis=1)
+        mins[~np.isfinite(mins)] = np.nan
+        ax.plot(dates, np.clip(mins[::step], 0.05, None), lw=0.9, label=name)
+    ax.axhline(1.0, color="red", ls="--", lw=1, label="liquidation (ratio 1)")
+    ax.set_yscale("log")
+    ax.set_title("lowest margin ratio (equity / maintenance) in the book, per policy")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3, which="both")
+    fig.autofmt_xdate()
+    p = out / "margin_ratio.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for name, r in result.results.items():
+        if r.idle_e6 is not None:
+            ax.plot(dates, r.idle_e6[::step] / 1e6, lw=0.9, label=f"{name} (avg {r.avg_idle_e6 / 1e6:,.0f})")
+    ax.set_title("idle collateral (equity above maintenance, all live positions), USD")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    p = out / "idle.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def markdown_report(result: ReplayResult, plots: list[Path], command: str = "") -> str:
+    """The report text (comparison table, target verdict, definitions, plots)."""
+    lines = [
+        f"# Replay {_iso(result.start_s)} .. {_iso(result.end_s)} UTC",
+        "",
+        f"Prices: {', '.join(f'{s} `{src}`' for s, src in result.sources.items())}. Book: `{result.book.source}` "
+        f"({len(result.book.positions)} positions, wallets ${sum(result.book.wallets_e6.values()) / 1e6:,.0f}). "
+        f"{result.t_s.size} rounds (4 per bar, intra-bar order `{result.config.order}`), warm-up "
+        f"{result.config.warmup_s / 3600:g} h, inclusion delay {result.config.inclusion_delay_rounds} round(s).",
+        "",
+    ]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [comparison_table(result), ""]
+    if "risk" in result.results:
+        tc = check_target(result.results)
+        red = "n/a" if tc.idle_reduction is None else f"{tc.idle_reduction:.1%}"
+        lines += [
+            f"**Target** (zero liquidations, idle >= {TARGET_IDLE_REDUCTION:.0%} below the best zero-liquidation "
+            f"fixed baseline, no more transactions): baseline `{tc.baseline}`, idle reduction {red}: "
+            f"**{'met' if tc.met else 'not met'}** ({tc.reason}).",
+            "",
+        ]
+    lines += [
+        "Amounts in USD (collateral token). Idle collateral = sum of max(0, equity - maintenance) over live "
+        "positions, time-weighted; min ratio = lowest equity/maintenance seen before the liquidator acted. "
+        "Gas: per-action constants (see summary.json), not receipts.",
+        "",
+    ]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(result: ReplayResult, out_dir: str | Path, command: str = "", plots: bool = True) -> dict[str, Path]:
+    """Write ``summary.json``, ``report.md`` and the plots into ``out_dir``; returns the paths by name."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = write_plots(result, out) if plots else []
+    summary = out / "summary.json"
+    summary.write_text(json.dumps(summary_dict(result, command), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    report = out / "report.md"
+    report.write_text(markdown_report(result, pngs, command), encoding="utf-8")
+    return {"summary": summary, "report": report, **{p.stem: p for p in pngs}}
