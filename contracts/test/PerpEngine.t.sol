@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
+// Test values are small and known: casts between uint256 and int256 cannot truncate here.
+// forge-lint: disable-start(unsafe-typecast)
+
 import {Fixture} from "./Fixture.sol";
 import {PerpEngine} from "../src/PerpEngine.sol";
 import {PriceFeed} from "../src/PriceFeed.sol";
