@@ -7,7 +7,7 @@ Environment names: ``KEEPER_<SECTION>__<FIELD>`` (double underscore between leve
 ``KEEPER_DRY_RUN``, ``KEEPER_WATCH_ALL``. Lists are comma-separated (``KEEPER_CHAIN__RPC_URLS``) or JSON.
 ``KEEPER_ACCOUNTS`` is ``0xaddr[:protect|watch],...``. Secrets: ``KEEPER_PRIVATE_KEY`` and
 ``KEEPER_ALERTS__WEBHOOK_URL`` (a Slack webhook URL is a bearer token). ``KEEPER_CONFIG`` and
-``KEEPER_ENV_FILE`` are reserved for the CLI and not configuration fields.
+``KEEPER_ENV_FILE`` are reserved for the CLI and not configuration fields. An empty value means unset.
 
 Every bad value raises :class:`keeper.errors.ConfigError` naming the field path (and the environment
 variable when it came from one), the value (never for secrets) and what is allowed. Secrets are
@@ -427,8 +427,8 @@ def _accounts_from_env(raw: Any) -> Any:
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[tuple[str, ...], str]) -> None:
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
-            continue
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or not env[name].strip():
+            continue  # empty means unset (a copied .env.example has empty secrets)
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
         else:

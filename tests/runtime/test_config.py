@@ -240,3 +240,33 @@ def test_section_level_error_hides_section_values(tmp_path):
     assert exc.field == "signer" and "not both" in str(exc) and KEY[2:] not in all_text(exc)
     exc = error_of(tmp_path, MINIMAL.replace("[[accounts]]", "[x]"), env={"KEEPER_PRIVATE_KEY": KEY})
     assert KEY[2:] not in all_text(exc)
+
+
+def leaf_env_names(model=KeeperConfig, prefix="KEEPER_") -> set[str]:
+    """Every KEEPER_* name that sets a leaf field of the config model."""
+    from pydantic import BaseModel
+
+    names = set()
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names |= leaf_env_names(ann, f"{prefix}{name.upper()}__")
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def test_env_example_documents_every_variable():
+    """.env.example names every configuration variable (plus KEEPER_PRIVATE_KEY), so it cannot drift."""
+    text = (ROOT / ".env.example").read_text()
+    expected = (leaf_env_names() - {"KEEPER_SIGNER__PRIVATE_KEY"}) | {"KEEPER_PRIVATE_KEY"}
+    missing = sorted(n for n in expected if f"{n}=" not in text)
+    assert missing == []
+
+
+def test_env_example_copied_as_dotenv_loads(tmp_path):
+    """A .env copied from .env.example (empty secrets) is accepted: empty values mean unset."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text((ROOT / ".env.example").read_text())
+    cfg = load(tmp_path, dotenv_path=dotenv)
+    assert cfg.signer.private_key is None and cfg.alerts.webhook_url is None
