@@ -1,0 +1,128 @@
+"""The interface every protocol adapter implements, and the snapshot it returns.
+
+An adapter turns one protocol's contracts into the canonical domain types (keeper/domain.py, units in
+docs/design.md) and builds the transactions the keeper sends. Adding a protocol = one new module here
+implementing :class:`ProtocolAdapter`; nothing else in the keeper changes.
+
+Hot-path contract: :meth:`ProtocolAdapter.read_book` reads every watched position, every market and
+every oracle's latest round in one Multicall3 read (one JSON-RPC round trip, two at most), at one block.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from keeper.chain.abi import ErrorDecoder
+from keeper.domain import Action, ActionKind, Market, Position, PriceRound, notional_e6
+from keeper.errors import InputError
+from keeper.tx.call import ContractCall
+
+PositionKey = tuple[str, int]  # (lower-case account, market id)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionExtras:
+    """What the protocol itself reports about a position (to cross-check the keeper's own maths)."""
+
+    equity_e6: int
+    maintenance_margin_e6: int
+    liquidation_price_e8: int
+    liquidatable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BookSnapshot:
+    """Every watched position, market and latest oracle round, all read at ``block_number``.
+
+    ``positions`` holds only positions that exist; ``missing`` lists watched keys with no position (closed
+    or liquidated) or whose read failed (``failed``).
+    """
+
+    positions: dict[PositionKey, Position]
+    markets: dict[int, Market]
+    prices: dict[int, PriceRound]
+    block_number: int
+    block_timestamp: int
+    extras: dict[PositionKey, PositionExtras] = field(default_factory=dict)
+    missing: tuple[PositionKey, ...] = ()
+    failed: tuple[PositionKey, ...] = ()
+    round_trips: int = 1
+
+
+class ProtocolAdapter(ABC):
+    """Reads one protocol's state into domain types and builds its margin transactions."""
+
+    name: str = "protocol"
+    errors: ErrorDecoder
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def load_markets(self) -> dict[int, Market]:
+        """Read the market list and parameters (at start and when a market may have been added)."""
+
+    @abstractmethod
+    def read_book(self, keys: Iterable[PositionKey]) -> BookSnapshot:
+        """Positions for ``keys`` plus every market and latest price, in one batched read."""
+
+    @abstractmethod
+    def oracle_history(self, market_id: int, max_rounds: int = 500) -> list[PriceRound]:
+        """Past oracle rounds (oldest first), read incrementally: only rounds not yet cached are fetched."""
+
+    @abstractmethod
+    def discover_accounts(self, from_block: int | None = None, to_block: int | None = None) -> set[PositionKey]:
+        """Every (account, market) that ever opened a position, from events; the cursor persists."""
+
+    # ---- transactions ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def add_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall: ...
+
+    @abstractmethod
+    def remove_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall: ...
+
+    @abstractmethod
+    def move_margin_call(self, account: str, from_market_id: int, to_market_id: int,
+                         amount_e6: int) -> ContractCall: ...
+
+    @abstractmethod
+    def decrease_position_call(self, account: str, market_id: int, size_delta_e18: int) -> ContractCall: ...
+
+    @abstractmethod
+    def approve_collateral_call(self, amount_e6: int) -> ContractCall:
+        """Let the protocol pull ``amount_e6`` of collateral from the keeper's wallet (for top-ups)."""
+
+    def call_for_action(self, action: Action) -> ContractCall:
+        """The transaction that carries out ``action`` (ALERT actions have none)."""
+        meta = {"kind": action.kind.value, "account": action.account.lower(), "market_id": action.market_id,
+                "amount_e6": action.amount_e6, "size_delta_e18": action.size_delta_e18,
+                "from_market_id": action.from_market_id}
+        if action.kind is ActionKind.TOP_UP:
+            call = self.add_margin_call(action.account, action.market_id, action.amount_e6)
+        elif action.kind is ActionKind.RELEASE:
+            call = self.remove_margin_call(action.account, action.market_id, action.amount_e6)
+        elif action.kind is ActionKind.MOVE_MARGIN:
+            if action.from_market_id is None:
+                raise InputError("a move_margin action needs from_market_id")
+            call = self.move_margin_call(action.account, action.from_market_id, action.market_id,
+                                         action.amount_e6)
+        elif action.kind is ActionKind.REDUCE_SIZE:
+            call = self.decrease_position_call(action.account, action.market_id, action.size_delta_e18)
+        else:
+            raise InputError(f"{action.kind.value} actions are not sent on chain")
+        return ContractCall(call.to, call.data, call.value_wei, call.description, {**call.meta, **meta})
+
+    @staticmethod
+    def value_at_stake_e6(position: Position, market: Market, price_e8: int) -> int:
+        """What a protective action saves if it prevents liquidation: the penalty ``notional * penalty``."""
+        return notional_e6(position.size_e18, price_e8) * market.liquidation_penalty_wad // 10**18
+
+
+def keys_of(pairs: Sequence[tuple[str, int]]) -> list[PositionKey]:
+    """Normalise (account, market id) pairs to lower-case keys, order kept, duplicates removed."""
+    seen: dict[PositionKey, None] = {}
+    for account, market_id in pairs:
+        seen.setdefault((account.lower(), int(market_id)), None)
+    return list(seen)

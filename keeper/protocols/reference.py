@@ -1,0 +1,242 @@
+"""Adapter for the reference protocol (contracts/src/PerpEngine.sol + Chainlink-style PriceFeeds).
+
+Units on chain already match the canonical ones (collateral e6, prices e8, sizes e18, ratios WAD), so the
+conversion is a field mapping. The hot path uses precomputed selectors and decodes the all-static
+``PositionView`` (12 words), ``MarketView`` (9 words) and ``latestRoundData`` (5 words) by word slicing.
+
+Oracle history: PriceFeed round ids are consecutive from 1 (Chainlink's phase-encoded ids are not; an
+adapter for real feeds must walk ``getRoundData`` per phase). Rounds already read are cached per feed and
+never read again; ``oracle_history`` fetches only ids above the newest cached one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+from eth_utils import to_checksum_address
+
+from keeper.chain.abi import ErrorDecoder, Function, event_topic, load_abi
+from keeper.chain.discovery import LogScanner
+from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
+from keeper.chain.rpc import ChainClient
+from keeper.domain import Market, Position, PriceRound, Side
+from keeper.errors import ChainMismatchError
+from keeper.protocols.base import BookSnapshot, PositionExtras, PositionKey, ProtocolAdapter, keys_of
+from keeper.tx.call import ContractCall
+
+log = structlog.get_logger(__name__)
+
+MARKET_PARAMS = "(address,uint256,uint256,uint256,uint256,uint256)"
+F_MARKET_COUNT = Function("marketCount()", ["uint256"])
+F_GET_MARKET = Function("getMarket(uint256)")
+F_GET_POSITION = Function("getPosition(address,uint256)")
+F_LATEST_ROUND = Function("latestRoundData()")
+F_GET_ROUND = Function("getRoundData(uint80)")
+F_DESCRIPTION = Function("description()", ["string"])
+F_ADD_MARGIN = Function("addMargin(address,uint256,uint256)")
+F_REMOVE_MARGIN = Function("removeMargin(address,uint256,uint256)")
+F_MOVE_MARGIN = Function("moveMargin(address,uint256,uint256,uint256)")
+F_DECREASE = Function("decreasePosition(address,uint256,uint256)")
+F_APPROVE = Function("approve(address,uint256)")
+POSITION_OPENED = event_topic("PositionOpened(address,uint256,bool,uint256,uint256,uint256)")
+
+
+def _words(data: bytes, n: int) -> list[int]:
+    if len(data) < 32 * n:
+        raise ValueError(f"expected {n} words, got {len(data)} bytes")
+    return [int.from_bytes(data[i * 32 : (i + 1) * 32], "big") for i in range(n)]
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 256) if x >> 255 else x
+
+
+def decode_position(data: bytes) -> tuple:
+    """PositionView: exists, isLong, size, entry, collateral, pendingFee, equity(int), mm, liqPrice, mark,
+    markUpdatedAt, liquidatable."""
+    w = _words(data, 12)
+    return (w[0] == 1, w[1] == 1, w[2], w[3], w[4], w[5], _signed(w[6]), w[7], w[8], w[9], w[10], w[11] == 1)
+
+
+def decode_market(data: bytes) -> tuple:
+    """MarketView: (feed, mm, maxLev, penalty, feeRate, heartbeat), feeIndex, longOI, shortOI."""
+    w = _words(data, 9)
+    feed = "0x" + data[12:32].hex()
+    return (feed, w[1], w[2], w[3], w[4], w[5]), w[6], w[7], w[8]
+
+
+def decode_round(data: bytes) -> PriceRound:
+    """latestRoundData / getRoundData: roundId, answer(int), startedAt, updatedAt, answeredInRound."""
+    w = _words(data, 5)
+    return PriceRound(round_id=w[0], price_e8=_signed(w[1]), updated_at_s=w[3])
+
+
+class ReferenceAdapter(ProtocolAdapter):
+    """The reference PerpEngine at ``engine`` with collateral token ``collateral``."""
+
+    name = "reference"
+
+    def __init__(self, client: ChainClient, engine: str, collateral: str, *,
+                 multicall: str = MULTICALL3_ADDRESS, journal=None, start_block: int = 0,
+                 symbols: dict[str, int] | None = None, log_chunk_blocks: int = 5_000,
+                 reorg_depth: int = 12) -> None:
+        self.client = client
+        self.engine = to_checksum_address(engine)
+        self.collateral = to_checksum_address(collateral)
+        self.multicall = Multicall(client, multicall)
+        self.errors = ErrorDecoder()
+        for name in ("PerpEngine", "MockUSD", "PriceFeed"):
+            try:
+                self.errors.add_abi(load_abi(name))
+            except FileNotFoundError:
+                log.warning("abi_missing", contract=name)
+        self._symbols = {v: k for k, v in (symbols or {}).items()}
+        self.markets: dict[int, Market] = {}
+        self._history: dict[int, dict[int, PriceRound]] = {}
+        self.scanner = None
+        if journal is not None:
+            self.scanner = LogScanner(client, journal, f"{self.name}:{self.engine.lower()}:accounts",
+                                      self.engine, [POSITION_OPENED], start_block,
+                                      chunk_blocks=log_chunk_blocks, reorg_depth=reorg_depth)
+
+    @classmethod
+    def from_deployment(cls, client: ChainClient, deployment, journal=None, **kw) -> ReferenceAdapter:
+        """Adapter for a keeper.devchain.Deployment (addresses, markets, start block)."""
+        return cls(client, deployment.engine, deployment.collateral, multicall=deployment.multicall,
+                   journal=journal, start_block=deployment.start_block, symbols=dict(deployment.markets), **kw)
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def load_markets(self) -> dict[int, Market]:
+        count_res = self.multicall.aggregate3([Call(self.engine, F_MARKET_COUNT.encode(), False)])
+        if not count_res.results[0].data:
+            raise ChainMismatchError(f"no PerpEngine at {self.engine}")
+        count = int.from_bytes(count_res.results[0].data, "big")
+        res = self.multicall.aggregate3([Call(self.engine, F_GET_MARKET.encode(i), False) for i in range(count)])
+        views = [decode_market(r.data) for r in res.results]
+        feeds = [v[0][0] for v in views]
+        desc = self.multicall.aggregate3([Call(f, F_DESCRIPTION.encode()) for f in feeds])
+        markets = {}
+        for i, (view, d) in enumerate(zip(views, desc.results, strict=True)):
+            symbol = self._symbols.get(i)
+            if symbol is None and d.success:
+                symbol = F_DESCRIPTION.decode(d.data)[0].split("/")[0].strip()
+            markets[i] = self._market(i, symbol or f"M{i}", view)
+        self.markets = markets
+        return markets
+
+    @staticmethod
+    def _market(market_id: int, symbol: str, view: tuple) -> Market:
+        (feed, mm, max_lev, penalty, fee_rate, heartbeat), _, _, _ = view
+        return Market(market_id=market_id, symbol=symbol, maintenance_margin_wad=mm, max_leverage_wad=max_lev,
+                      liquidation_penalty_wad=penalty, fee_rate_per_s_wad=fee_rate, heartbeat_s=heartbeat,
+                      feed=to_checksum_address(feed))
+
+    def read_book(self, keys: Iterable[PositionKey]) -> BookSnapshot:
+        if not self.markets:
+            self.load_markets()
+        keys = keys_of(list(keys))
+        mids = sorted(self.markets)
+        calls = [Call(self.engine, F_GET_MARKET.encode(i)) for i in mids]
+        calls += [Call(self.markets[i].feed, F_LATEST_ROUND.encode()) for i in mids]
+        calls += [Call(self.engine, F_GET_POSITION.encode(a, m)) for a, m in keys]
+        res = self.multicall.aggregate3(calls)
+        r = res.results
+        markets: dict[int, Market] = {}
+        prices: dict[int, PriceRound] = {}
+        n = len(mids)
+        for j, i in enumerate(mids):
+            markets[i] = (self._market(i, self.markets[i].symbol, decode_market(r[j].data))
+                          if r[j].success else self.markets[i])
+            if r[n + j].success:
+                prices[i] = decode_round(r[n + j].data)
+        positions: dict[PositionKey, Position] = {}
+        extras: dict[PositionKey, PositionExtras] = {}
+        missing: list[PositionKey] = []
+        failed: list[PositionKey] = []
+        for key, result in zip(keys, r[2 * n :], strict=True):
+            if not result.success:
+                failed.append(key)
+                continue
+            (exists, is_long, size, entry, coll, fee, equity, mm, liq, _mark, _upd, liquidatable) = \
+                decode_position(result.data)
+            if not exists:
+                missing.append(key)
+                continue
+            positions[key] = Position(account=key[0], market_id=key[1], side=Side.LONG if is_long else Side.SHORT,
+                                      size_e18=size, entry_price_e8=entry, collateral_e6=coll, pending_fee_e6=fee)
+            extras[key] = PositionExtras(equity, mm, liq, liquidatable)
+        self.markets = markets
+        return BookSnapshot(positions, markets, prices, res.block_number, res.block_timestamp, extras,
+                            tuple(missing), tuple(failed), res.round_trips)
+
+    def oracle_history(self, market_id: int, max_rounds: int = 500) -> list[PriceRound]:
+        if market_id not in self.markets:
+            self.load_markets()
+        feed = self.markets[market_id].feed
+        cache = self._history.setdefault(market_id, {})
+        latest = decode_round(self.multicall.aggregate3([Call(feed, F_LATEST_ROUND.encode(), False)]).results[0].data)
+        first = max(1, latest.round_id - max_rounds + 1)
+        if cache:
+            first = max(first, max(cache) + 1)
+        wanted = list(range(first, latest.round_id + 1))
+        if wanted:
+            res = self.multicall.aggregate3([Call(feed, F_GET_ROUND.encode(rid)) for rid in wanted])
+            for rid, result in zip(wanted, res.results, strict=True):
+                if result.success:
+                    cache[rid] = decode_round(result.data)
+            log.debug("oracle_rounds_read", market=market_id, new=len(wanted), cached=len(cache))
+        keep = sorted(cache)[-max_rounds:]
+        for rid in list(cache):
+            if rid < keep[0]:
+                del cache[rid]
+        return [cache[rid] for rid in keep]
+
+    def discover_accounts(self, from_block: int | None = None, to_block: int | None = None) -> set[PositionKey]:
+        if self.scanner is None:
+            raise ValueError("discover_accounts needs a journal (cursor store): pass journal= to the adapter")
+        if from_block is not None and self.scanner.store.get_cursor(self.scanner.name) is None:
+            self.scanner.start_block = from_block
+        self.scanner.scan(self._accounts_from_logs, to_block)
+        return self.scanner.store.known_accounts(self.scanner.name)
+
+    @staticmethod
+    def _accounts_from_logs(logs: list[dict]) -> set[tuple[str, int, int]]:
+        out = set()
+        for lg in logs:
+            if lg.get("removed"):
+                continue
+            account = "0x" + lg["topics"][1][-40:]
+            market_id = int(lg["topics"][2], 16)
+            out.add((account.lower(), market_id, int(lg["blockNumber"], 16)))
+        return out
+
+    # ---- transactions ----------------------------------------------------------------------------
+
+    def _call(self, fn: Function, *args, description: str) -> ContractCall:
+        return ContractCall(self.engine, fn.encode(*args), 0, description)
+
+    def add_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall:
+        return self._call(F_ADD_MARGIN, to_checksum_address(account), market_id, amount_e6,
+                          description=f"addMargin {amount_e6} e6 to {account} market {market_id}")
+
+    def remove_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall:
+        return self._call(F_REMOVE_MARGIN, to_checksum_address(account), market_id, amount_e6,
+                          description=f"removeMargin {amount_e6} e6 from {account} market {market_id}")
+
+    def move_margin_call(self, account: str, from_market_id: int, to_market_id: int,
+                         amount_e6: int) -> ContractCall:
+        return self._call(F_MOVE_MARGIN, to_checksum_address(account), from_market_id, to_market_id, amount_e6,
+                          description=f"moveMargin {amount_e6} e6 {from_market_id}->{to_market_id} for {account}")
+
+    def decrease_position_call(self, account: str, market_id: int, size_delta_e18: int) -> ContractCall:
+        return self._call(F_DECREASE, to_checksum_address(account), market_id, size_delta_e18,
+                          description=f"decreasePosition {size_delta_e18} e18 for {account} market {market_id}")
+
+    def approve_collateral_call(self, amount_e6: int) -> ContractCall:
+        return ContractCall(self.collateral, F_APPROVE.encode(self.engine, amount_e6), 0,
+                            f"approve {amount_e6} e6 to the engine")
+
+
+__all__ = ["ReferenceAdapter", "decode_market", "decode_position", "decode_round"]
