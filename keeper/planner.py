@@ -243,7 +243,11 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
     summary: dict[tuple[str, int], list[str]] = {r.position.key: [] for r in ordered}
     notes: dict[tuple[str, int], str] = {}
 
-    def emit(r: PositionRisk, action: Action) -> None:
+    def act(kind: ActionKind, r: PositionRisk, reason: str, **kw: object) -> Action:
+        return Action(kind=kind, account=r.position.account, market_id=r.position.market_id, reason=reason, **kw)  # type: ignore[arg-type]
+
+    def emit(r: PositionRisk, kind: ActionKind, reason: str, **kw: object) -> None:
+        action = act(kind, r, reason, **kw)
         urgent = action.kind is not ActionKind.RELEASE and (
             r.liquidatable or r.breach_probability >= limits.urgent_probability
         )
@@ -316,27 +320,19 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
                 remaining = max(0, remaining - amount)
                 emit(
                     r,
-                    Action(
-                        kind=ActionKind.TOP_UP,
-                        account=pos.account,
-                        market_id=pos.market_id,
-                        amount_e6=amount,
-                        reason=(
-                            f"breach probability {pct} over {r.horizon_s:.0f}s is above the trigger "
-                            f"{limits.p_trigger:.2%}: top up {_usd(amount)} of {_usd(need)} needed to reach the target"
-                        ),
+                    ActionKind.TOP_UP,
+                    amount_e6=amount,
+                    reason=(
+                        f"breach probability {pct} over {r.horizon_s:.0f}s is above the trigger "
+                        f"{limits.p_trigger:.2%}: top up {_usd(amount)} of {_usd(need)} needed to reach the target"
                     ),
                 )
         elif remaining > 0:
             emit(
                 r,
-                Action(
-                    kind=ActionKind.TOP_UP,
-                    account=pos.account,
-                    market_id=pos.market_id,
-                    amount_e6=min(max(remaining, limits.min_action_e6), limits.max_per_tx_e6),
-                    reason=f"breach probability {pct} is above the trigger {limits.p_trigger:.2%}; {_usd(need)} needed",
-                ),
+                ActionKind.TOP_UP,
+                amount_e6=min(max(remaining, limits.min_action_e6), limits.max_per_tx_e6),
+                reason=f"breach probability {pct} is above the trigger {limits.p_trigger:.2%}; {_usd(need)} needed",
             )
             remaining = 0  # alerted in full; nothing else to plan for a watched position
         # 1b. move margin from safe positions of the same owner (fresh prices only)
@@ -359,17 +355,13 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
                 summary[s.position.key].append(f"move_source(to {pos.market_id})")
                 emit(
                     r,
-                    Action(
-                        kind=ActionKind.MOVE_MARGIN,
-                        account=pos.account,
-                        market_id=pos.market_id,
-                        from_market_id=s.position.market_id,
-                        amount_e6=amount,
-                        reason=(
-                            f"wallet short: move {_usd(amount)} from market {s.position.market_id} "
-                            f"(breach probability {s.breach_probability:.2e}, keeps its target buffer) to "
-                            f"market {pos.market_id} (breach probability {pct})"
-                        ),
+                    ActionKind.MOVE_MARGIN,
+                    from_market_id=s.position.market_id,
+                    amount_e6=amount,
+                    reason=(
+                        f"wallet short: move {_usd(amount)} from market {s.position.market_id} "
+                        f"(breach probability {s.breach_probability:.2e}, keeps its target buffer) to "
+                        f"market {pos.market_id} (breach probability {pct})"
                     ),
                 )
         # 1c. last resort: reduce size by the unfunded fraction of the target
@@ -384,16 +376,12 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
                     reduced = True
                     emit(
                         r,
-                        Action(
-                            kind=ActionKind.REDUCE_SIZE,
-                            account=pos.account,
-                            market_id=pos.market_id,
-                            size_delta_e18=delta,
-                            reason=(
-                                f"collateral short by {_usd(remaining)} after top-ups and moves: reduce size by "
-                                f"{delta / pos.size_e18:.1%} ({_usd(notional_e6(delta, r.price_e8))} notional) "
-                                "so the remaining collateral meets the target"
-                            ),
+                        ActionKind.REDUCE_SIZE,
+                        size_delta_e18=delta,
+                        reason=(
+                            f"collateral short by {_usd(remaining)} after top-ups and moves: reduce size by "
+                            f"{delta / pos.size_e18:.1%} ({_usd(notional_e6(delta, r.price_e8))} notional) "
+                            "so the remaining collateral meets the target"
                         ),
                     )
             why = "size reduction planned" if reduced else "cannot be saved by the keeper this cycle"
@@ -427,15 +415,11 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
             book.movable_left[pos.key] -= amount
             emit(
                 r,
-                Action(
-                    kind=ActionKind.RELEASE,
-                    account=pos.account,
-                    market_id=pos.market_id,
-                    amount_e6=amount,
-                    reason=(
-                        f"breach probability {r.breach_probability:.1e} is below the release band "
-                        f"{limits.p_release:.0e}: return {_usd(amount)} to the owner, keeping the target buffer"
-                    ),
+                ActionKind.RELEASE,
+                amount_e6=amount,
+                reason=(
+                    f"breach probability {r.breach_probability:.1e} is below the release band "
+                    f"{limits.p_release:.0e}: return {_usd(amount)} to the owner, keeping the target buffer"
                 ),
             )
 
