@@ -343,12 +343,18 @@ def account_breach_probability(
 
 
 def account_breach_screen(
-    margin_excess: float, gradient: ArrayLike, sigma_annual: ArrayLike, corr: ArrayLike | None, horizon_s: float
+    margin_excess: float,
+    gradient: ArrayLike,
+    sigma_annual: ArrayLike,
+    corr: ArrayLike | None,
+    horizon_s: float,
+    monitoring_dt_s: float | None = None,
 ) -> float:
     """Cross-margin screening probability :math:`2\\Phi(-M/(\\sigma_M\\sqrt h))` (GUIDE.md section 4).
 
     ``margin_excess`` M = equity - maintenance (USD); ``gradient`` :math:`g_i = (q_i - m_i|q_i|)S_i`
     aggregated per asset; :math:`\\sigma_M^2 = (g\\sigma)^T \\Sigma (g\\sigma)`. Within ~7% of correlated GBM MC.
+    ``monitoring_dt_s``: BGK correction for a check every dt, M -> M + beta sigma_M sqrt(dt).
     """
     from scipy.special import ndtr
 
@@ -359,4 +365,8 @@ def account_breach_screen(
     sig_m = math.sqrt(max(float(gs @ c @ gs), 0.0))
     if sig_m == 0:
         return 0.0
+    if monitoring_dt_s is not None:
+        from keeper.risk.barrier import BGK_BETA
+
+        margin_excess += BGK_BETA * sig_m * math.sqrt(monitoring_dt_s / SECONDS_PER_YEAR)
     return float(min(1.0, 2.0 * ndtr(-margin_excess / (sig_m * math.sqrt(horizon_s / SECONDS_PER_YEAR)))))
