@@ -82,6 +82,10 @@ class ExecutionReverted(RpcErrorResponse):
     """``eth_call`` or ``eth_estimateGas`` reverted; :attr:`data_bytes` holds the revert data."""
 
 
+class _NodeBusy(TransientRpcError):
+    """The node answered but asked us to back off (rate limit): the connection itself is fine."""
+
+
 class HttpTransport:
     """HTTP(S) JSON-RPC over a keep-alive ``requests.Session``."""
 
@@ -271,10 +275,11 @@ class ChainClient:
             self._current = idx
         return self._endpoints[idx]
 
-    def _mark_failed(self, ep: _Endpoint, exc: Exception) -> None:
+    def _mark_failed(self, ep: _Endpoint, exc: Exception, reconnect: bool = True) -> None:
         ep.failed_at = self._clock()
         ep.failures += 1
-        ep.verified = False  # the next use is a reconnect: check the chain id again
+        if reconnect:
+            ep.verified = False  # the next use is a reconnect: check the chain id again
         log.warning("rpc_endpoint_failed", url=ep.transport.url, error=str(exc)[:200])
 
     def _verify(self, ep: _Endpoint) -> None:
@@ -327,7 +332,7 @@ class ChainClient:
         message = str(err.get("message", ""))
         lowered = message.lower()
         if code in _TRANSIENT_RPC_CODES or any(m in lowered for m in _TRANSIENT_MESSAGES):
-            raise TransientRpcError(f"{method}: [{code}] {message}")
+            raise _NodeBusy(f"{method}: [{code}] {message}")
         if code == 3 or "revert" in lowered:
             raise ExecutionReverted(method, code, message, err.get("data"))
         raise RpcErrorResponse(method, code, message, err.get("data"))
@@ -348,12 +353,12 @@ class ChainClient:
                         err.get("code") in _TRANSIENT_RPC_CODES
                         or any(m in str(err.get("message", "")).lower() for m in _TRANSIENT_MESSAGES)
                     ):
-                        raise TransientRpcError(f"{ep.transport.url}: {err.get('message')}")
+                        raise _NodeBusy(f"{ep.transport.url}: {err.get('message')}")
                 return answers
             except TransientRpcError as exc:
                 last = exc
                 with self._lock:
-                    self._mark_failed(ep, exc)
+                    self._mark_failed(ep, exc, reconnect=not isinstance(exc, _NodeBusy))
                 if attempt + 1 < attempts:
                     self.stats.retries += 1
                     self._sleep(self.retry.delay_s(attempt))

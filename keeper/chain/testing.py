@@ -99,6 +99,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(data)
 
+        self._stopped = False
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -109,7 +110,10 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        """Shut the proxy down: later connections are refused."""
+        """Shut the proxy down: later connections are refused (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._server.shutdown()
         self._server.server_close()
 

@@ -1,0 +1,156 @@
+"""Read path on the deployed devchain: Multicall3 codec, book reads, oracle history, event discovery."""
+
+from __future__ import annotations
+
+import pytest
+from eth_abi import decode, encode
+
+from keeper.chain.abi import Function
+from keeper.chain.discovery import LogScanner
+from keeper.chain.multicall import AGGREGATE3, Call, Multicall, decode_aggregate3, encode_aggregate3
+from keeper.chain.rpc import ChainClient, HttpTransport, RpcErrorResponse
+from keeper.domain import Side
+from keeper.protocols.reference import POSITION_OPENED, ReferenceAdapter
+from keeper.tx.journal import Journal
+
+
+@pytest.fixture
+def client(chain):
+    c = ChainClient.connect([chain.anvil.url], chain.deployment.chain_id)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(tmp_path / "j.db")
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def adapter(chain, client, journal):
+    return ReferenceAdapter.from_deployment(client, chain.deployment, journal=journal)
+
+
+class TestCodec:
+    def test_encode_matches_eth_abi(self):
+        """The hand-written aggregate3 encoder produces exactly eth_abi's bytes (varied calldata lengths)."""
+        calls = [Call("0x" + f"{i:040x}", bytes(range(i % 70)), i % 2 == 0) for i in range(25)]
+        expected = AGGREGATE3 + encode(["(address,bool,bytes)[]"],
+                                       [[(c.target, c.allow_failure, c.data) for c in calls]])
+        assert encode_aggregate3(calls) == expected
+
+    def test_decode_matches_eth_abi(self):
+        """The hand-written result decoder agrees with eth_abi on (bool,bytes)[] data."""
+        items = [(i % 3 != 0, bytes([i]) * (i * 7 % 65)) for i in range(30)]
+        data = encode(["(bool,bytes)[]"], [items])
+        assert [(r.success, r.data) for r in decode_aggregate3(data)] == items
+        assert decode(["(bool,bytes)[]"], data)[0] == tuple(items)
+
+    def test_chunks_respect_count_and_size(self, client):
+        """Chunking keeps each chunk under max_calls and max_calldata_bytes, preserving order."""
+        mc = Multicall(client, max_calls=7, max_calldata_bytes=2_000)
+        calls = [Call("0x" + "11" * 20, bytes(100)) for _ in range(40)]
+        chunks = mc.chunks(calls)
+        assert [c for ch in chunks for c in ch] == calls
+        assert all(len(ch) <= 7 and len(encode_aggregate3(ch)) <= 2_000 + 100 for ch in chunks)
+
+
+class TestBook:
+    def test_read_book_matches_contract_views(self, chain, adapter, client):
+        """read_book returns the same positions, markets and prices as per-call web3 reads, in one request."""
+        chain.seed_book(chain.keys[1])
+        trader = chain.addresses[1].lower()
+        adapter.load_markets()
+        client.stats.reset()
+        book = adapter.read_book([(trader, 0), (trader, 1), ("0x" + "12" * 20, 0)])
+        assert client.stats.round_trips == 1 and client.stats.requests == 1
+        for symbol, mid in chain.deployment.markets.items():
+            view = chain.position(trader, symbol)
+            pos = book.positions[(trader, mid)]
+            assert (pos.size_e18, pos.entry_price_e8, pos.collateral_e6) == (view[2], view[3], view[4])
+            assert pos.side is (Side.LONG if view[1] else Side.SHORT)
+            assert book.extras[(trader, mid)].equity_e6 == view[6]
+            assert book.prices[mid].price_e8 == chain.latest_price_e8(symbol)
+        assert book.missing == (("0x" + "12" * 20, 0),)
+        assert book.markets[0].symbol == "ETH" and book.markets[0].heartbeat_s == 3600
+        assert book.block_number == chain.w3.eth.block_number
+
+    def test_failed_call_reported_not_raised(self, chain, adapter):
+        """A position read for an unknown market fails inside the multicall and is listed as failed."""
+        adapter.load_markets()
+        book = adapter.read_book([(chain.addresses[1], 7)])
+        assert book.failed == ((chain.addresses[1].lower(), 7),)
+
+    def test_oracle_history_incremental(self, chain, adapter, client):
+        """Oracle history reads only rounds newer than the cache on the second call."""
+        for p in (3010, 3020, 3030):
+            chain.push_price("ETH", p * 10**8)
+        first = adapter.oracle_history(0)
+        assert [r.price_e8 for r in first[-3:]] == [3010 * 10**8, 3020 * 10**8, 3030 * 10**8]
+        chain.push_price("ETH", 3040 * 10**8)
+        client.stats.reset()
+        second = adapter.oracle_history(0)
+        assert second[-1].price_e8 == 3040 * 10**8 and len(second) == len(first) + 1
+        get_round = Function("getRoundData(uint80)").selector
+        assert client.stats.requests == 2  # latestRoundData + one getRoundData batch
+        assert get_round  # selector precomputed
+
+
+class RangeLimitedTransport(HttpTransport):
+    """An HTTP transport that refuses eth_getLogs ranges wider than ``max_range`` blocks (like hosted RPCs)."""
+
+    def __init__(self, url, max_range):
+        super().__init__(url)
+        self.max_range = max_range
+        self.refused = 0
+
+    def send(self, body, timeout_s):
+        import json
+
+        req = json.loads(body)
+        if isinstance(req, dict) and req["method"] == "eth_getLogs":
+            f = req["params"][0]
+            if int(f["toBlock"], 16) - int(f["fromBlock"], 16) + 1 > self.max_range:
+                self.refused += 1
+                return json.dumps({"jsonrpc": "2.0", "id": req["id"],
+                                   "error": {"code": -32600, "message": "block range too large"}}).encode()
+        return super().send(body, timeout_s)
+
+
+class TestDiscovery:
+    def test_discovers_accounts_with_range_halving(self, chain, journal):
+        """A node refusing wide eth_getLogs ranges gets halved chunks and every opener is still found."""
+        chain.seed_book(chain.keys[1])
+        chain.seed_book(chain.keys[5])
+        t = RangeLimitedTransport(chain.anvil.url, max_range=3)
+        client = ChainClient([t], 31337)
+        adapter = ReferenceAdapter.from_deployment(client, chain.deployment, journal=journal, log_chunk_blocks=64)
+        found = adapter.discover_accounts()
+        expected = {(chain.addresses[k].lower(), m) for k in (1, 5) for m in (0, 1)}
+        assert expected <= found
+        assert t.refused > 0
+
+    def test_cursor_survives_restart_and_rereads_overlap(self, chain, client, tmp_path):
+        """After a restart the scan resumes at cursor - reorg_depth + 1 and finds later openers."""
+        path = tmp_path / "cursor.db"
+        j1 = Journal(path)
+        a1 = ReferenceAdapter.from_deployment(client, chain.deployment, journal=j1, reorg_depth=4)
+        chain.seed_book(chain.keys[1])
+        a1.discover_accounts()
+        cursor_block = j1.get_cursor(a1.scanner.name)[0]
+        j1.close()
+        chain.seed_book(chain.keys[6])
+        j2 = Journal(path)
+        a2 = ReferenceAdapter.from_deployment(client, chain.deployment, journal=j2, reorg_depth=4)
+        assert a2.scanner.resume_block() == cursor_block - 3
+        found = a2.discover_accounts()
+        assert (chain.addresses[6].lower(), 0) in found and (chain.addresses[1].lower(), 1) in found
+        j2.close()
+
+    def test_non_range_errors_propagate(self, chain, client, journal):
+        """An eth_getLogs error unrelated to range size is raised, not retried with smaller chunks."""
+        scanner = LogScanner(client, journal, "bad", "0xnotanaddress", [POSITION_OPENED])
+        with pytest.raises(RpcErrorResponse):
+            scanner.fetch(0, 10)

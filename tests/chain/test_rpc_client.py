@@ -1,0 +1,149 @@
+"""RPC client: retries, failover, chain-id checks and the never-retry-a-send rule (fault transport + anvil)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from keeper.chain.anvil import Anvil
+from keeper.chain.rpc import ChainClient, ExecutionReverted, HttpTransport, RetryPolicy, RpcErrorResponse
+from keeper.chain.testing import FaultProxy, FaultTransport
+from keeper.errors import ChainMismatchError, TransientRpcError
+
+FAST = RetryPolicy(attempts=4, base_s=0.0, max_s=0.0, cooldown_s=60.0)
+
+
+class ScriptedTransport:
+    """Answers from a list of canned JSON bodies (or raises), recording every request body."""
+
+    def __init__(self, answers, url="scripted://"):
+        self.answers = list(answers)
+        self.url = url
+        self.bodies = []
+
+    def send(self, body, timeout_s):
+        self.bodies.append(json.loads(body))
+        nxt = self.answers.pop(0)
+        if isinstance(nxt, Exception):
+            raise nxt
+        req = self.bodies[-1]
+        if callable(nxt):
+            return nxt(req)
+        return json.dumps({"jsonrpc": "2.0", "id": req["id"], **nxt}).encode()
+
+    def close(self):
+        pass
+
+
+CHAIN = {"result": "0x7a69"}
+
+
+@pytest.fixture(scope="module")
+def node():
+    a = Anvil.start()
+    yield a
+    a.stop()
+
+
+class TestRetries:
+    def test_read_retried_after_transient_errors(self):
+        """A read that hits two transport errors is retried (chain id re-checked after each) and succeeds."""
+        t = ScriptedTransport([CHAIN, TransientRpcError("503"), CHAIN, TransientRpcError("timeout"), CHAIN,
+                               {"result": "0x10"}])
+        sleeps = []
+        c = ChainClient([t], 31337, retry=RetryPolicy(attempts=4, base_s=0.1, max_s=1.0), sleep=sleeps.append)
+        assert c.block_number() == 16
+        assert sleeps == [0.1, 0.2]
+        assert c.stats.retries == 2
+
+    def test_send_not_retried(self):
+        """eth_sendRawTransaction is sent exactly once even when the transport fails transiently."""
+        t = ScriptedTransport([CHAIN, TransientRpcError("503"), {"result": "0x1"}])
+        c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None)
+        with pytest.raises(TransientRpcError):
+            c.send_raw_transaction(b"\x02")
+        sends = [b for b in t.bodies if b["method"] == "eth_sendRawTransaction"]
+        assert len(sends) == 1
+
+    def test_rate_limit_error_object_is_transient(self):
+        """A JSON-RPC error with code -32005 (rate limited) is retried like HTTP 429."""
+        t = ScriptedTransport([CHAIN, {"error": {"code": -32005, "message": "limit exceeded"}}, {"result": "0x2"}])
+        c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None)
+        assert c.block_number() == 2
+
+    def test_revert_maps_to_execution_reverted_with_data(self):
+        """An eth_call revert becomes ExecutionReverted carrying the revert bytes; it is not retried."""
+        t = ScriptedTransport([CHAIN, {"error": {"code": 3, "message": "execution reverted", "data": "0xdeadbeef"}}])
+        c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None)
+        with pytest.raises(ExecutionReverted) as err:
+            c.call("0x" + "11" * 20, b"")
+        assert err.value.data_bytes == bytes.fromhex("deadbeef")
+        assert len(t.bodies) == 2
+
+    def test_other_rpc_error_not_retried(self):
+        """A plain JSON-RPC error (bad params) raises RpcErrorResponse after one request."""
+        t = ScriptedTransport([CHAIN, {"error": {"code": -32602, "message": "invalid params"}}])
+        c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None)
+        with pytest.raises(RpcErrorResponse):
+            c.block_number()
+        assert len(t.bodies) == 2
+
+
+class TestFailoverOnAnvil:
+    def test_failover_to_second_endpoint_and_chain_id_rechecked(self, node):
+        """When the first endpoint goes down mid-run, reads continue on the second after an eth_chainId check."""
+        first = FaultTransport(HttpTransport(node.url))
+        second = FaultTransport(HttpTransport(node.url))
+        c = ChainClient([first, second], 31337, retry=FAST, sleep=lambda s: None)
+        c.block_number()
+        first.down = True
+        c.block_number()
+        assert c.stats.failovers == 1
+        assert second.seen["eth_chainId"] == 1 and second.seen["eth_blockNumber"] == 1
+
+    def test_failover_to_wrong_chain_halts(self, node):
+        """A failover endpoint serving another chain id raises ChainMismatchError instead of being used."""
+        other = Anvil.start(chain_id=999)
+        try:
+            first = FaultTransport(HttpTransport(node.url))
+            c = ChainClient([first, HttpTransport(other.url)], 31337, retry=FAST, sleep=lambda s: None)
+            c.block_number()
+            first.down = True
+            with pytest.raises(ChainMismatchError):
+                c.block_number()
+        finally:
+            other.stop()
+
+    def test_proxy_503_then_killed_fails_over(self, node):
+        """A real HTTP proxy answering 503 and then refusing connections is failed over to the direct URL."""
+        proxy = FaultProxy(node.url)
+        try:
+            c = ChainClient.connect([proxy.url, node.url], 31337, timeout_s=2.0)
+            c.retry = FAST
+            assert c.url == proxy.url
+            proxy.mode = "503"
+            c.block_number()
+            assert c.url == node.url
+            proxy.stop()
+            c._endpoints[0].failed_at = -1e9  # pretend the cooldown has passed: it is tried again
+            c.block_number()
+            assert c.url == node.url
+        finally:
+            proxy.stop()
+
+    def test_websocket_endpoint(self, node):
+        """The same client works over anvil's WebSocket endpoint."""
+        c = ChainClient.connect([node.ws_url], 31337)
+        assert c.block_number() >= 0
+        assert c.batch([("eth_chainId", []), ("eth_blockNumber", [])])[0] == "0x7a69"
+        c.close()
+
+    def test_web3_view_sends_no_hidden_chain_id(self, node):
+        """ChainClient.web3() calls add no eth_chainId requests beyond the one endpoint check."""
+        c = ChainClient.connect([node.url], 31337)
+        w3 = c.web3()
+        before = c.stats.by_method.get("eth_chainId", 0)
+        for _ in range(3):
+            w3.eth.get_balance("0x" + "11" * 20)
+        assert c.stats.by_method.get("eth_chainId", 0) == before
