@@ -400,3 +400,23 @@ def test_random_order_smoke():
         random.Random(seed).shuffle(rs)
         assert plan_actions(state(150), rs, limits(allow_release=True)) == base
     assert notional_e6(10**18, PRICES[0]) == 3_000 * USD
+
+
+class TestWithRiskEngine:
+    def test_top_up_restores_target_per_risk_engine(self):
+        """Applying the planned top-up to a 40x ETH long and re-assessing brings it to the p_target level."""
+        from dataclasses import replace as dc_replace
+
+        from keeper.risk.policy import assess_position
+
+        policy = RiskPolicy()
+        p = pos(collateral_usd=75)  # 1 ETH at 3,000: 40x, liquidation ~2 % away
+        before = assess_position(p, ETH, PRICES[0], 1.5, policy, 300.0, 0)
+        assert before.breach_probability > policy.p_trigger
+        plan = plan_actions(state(10_000), [before], PlanLimits.from_policy(policy, max_per_tx_e6=10**12, max_per_day_e6=10**12))
+        (top_up,) = plan.onchain_actions
+        after = assess_position(
+            dc_replace(p, collateral_e6=p.collateral_e6 + top_up.amount_e6), ETH, PRICES[0], 1.5, policy, 300.0, 0
+        )
+        assert after.breach_probability <= policy.p_target  # the target includes the 12 % stress gap: far below
+        assert after.top_up_e6 == 0 and after.excess_e6 == 0  # now in the hold band: no further action
