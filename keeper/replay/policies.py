@@ -148,7 +148,9 @@ class RiskSized:
 
     ``risk_policy`` and ``limits`` are the keeper's (``keeper.risk.policy.RiskPolicy``,
     ``keeper.planner.PlanLimits``); ``allow_release`` defaults to on (the policy is meant to hold the
-    risk-sized buffer, not the opening collateral). ``sigma_annual`` below the policy's floor is floored.
+    risk-sized buffer, not the opening collateral). The whole book is assessed in one vectorised call
+    (:func:`keeper.risk.policy.assess_positions`, the batch form of ``assess_position``); the check interval
+    is the time to the next round.
     """
 
     risk_policy: object = None
@@ -159,7 +161,7 @@ class RiskSized:
 
     def __post_init__(self) -> None:
         from keeper.planner import BookState, PlanLimits, plan_actions  # noqa: F401  (checked once here)
-        from keeper.risk.policy import RiskPolicy, assess_position
+        from keeper.risk.policy import RiskPolicy, assess_positions
 
         if self.risk_policy is None:
             self.risk_policy = RiskPolicy()
@@ -167,21 +169,23 @@ class RiskSized:
             self.limits = PlanLimits.from_policy(
                 self.risk_policy, max_per_tx_e6=10**15, max_per_day_e6=10**15, allow_release=True
             )
-        self._assess = assess_position
+        self._assess = assess_positions
         self._plan = plan_actions
 
     def decide(self, obs: Observation) -> list[Action]:
         from keeper.planner import BookState
 
-        pol = self.risk_policy
-        risks = []
-        for pos in obs.positions:
-            market = obs.markets[pos.market_id]
-            rnd = obs.prices[pos.market_id]
-            sigma = max(obs.sigma_annual.get(pos.market_id, pol.sigma_fallback_annual), pol.sigma_floor_annual)
-            risks.append(
-                self._assess(pos, market, rnd.price_e8, sigma, pol, obs.check_interval_s, obs.now_s)
-            )
+        if not obs.positions:
+            return []
+        risks = self._assess(
+            list(obs.positions),
+            obs.markets,
+            {mid: r.price_e8 for mid, r in obs.prices.items()},
+            obs.sigma_annual,
+            self.risk_policy,
+            obs.check_interval_s,
+            obs.now_s,
+        )
         state = BookState.from_reads(
             markets=obs.markets.values(),
             prices=dict(obs.prices),
