@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr, ndtri
 
-from keeper.domain import SECONDS_PER_YEAR, Market, Position
+from keeper.domain import SECONDS_PER_YEAR, Market, Position, Side
 from keeper.risk.barrier import fee_drift, gaussian_distance, liquidation_price
 
 DEFAULT_KAPPA = 1.60
@@ -234,8 +234,10 @@ def assess_arrays(
     )
 
 
-def _ceil_e6(x: float) -> int:
-    return int(math.ceil(x * 1e6 - 1e-6)) if math.isfinite(x) else 0
+def _ceil_e6(x: NDArray[np.float64]) -> list[int]:
+    """USD floats -> e6 ints rounded up (more collateral, never less); non-finite -> 0."""
+    y = np.where(np.isfinite(x), np.ceil(x * 1e6 - 1e-6), 0.0)
+    return y.astype(np.int64).tolist()
 
 
 def assess_positions(
@@ -250,55 +252,70 @@ def assess_positions(
     """:func:`assess_position` for a whole book in one vectorised pass (prices and sigmas per market id).
 
     A market missing from ``sigmas_annual`` uses ``policy.sigma_fallback_annual``. Amounts are rounded up
-    to whole e6 units (more collateral, never less); ``liquidatable`` is the protocol's exact integer rule.
+    to whole e6 units (more collateral, never less); ``liquidatable`` is the protocol's exact integer rule
+    (evaluated in integers whenever the float verdict is within rounding distance of the boundary).
     ``now_s`` is accepted for the interface: pending fees are taken as of the read.
     """
     del now_s  # fees are as of the read; kept so callers need not change when accrual is modelled
     if not positions:
         return []
     n = len(positions)
-    mk = [markets[p.market_id] for p in positions]
-    px = [prices_e8[p.market_id] for p in positions]
-    if any(v <= 0 for v in px):
+    mids = np.fromiter((p.market_id for p in positions), np.int64, n)
+    uniq = np.unique(mids)
+    if any(prices_e8[int(m)] <= 0 for m in uniq):
         raise ValueError("prices must be > 0")
+    pos_in_uniq = np.searchsorted(uniq, mids)
+
+    def per_market(values: list[float]) -> NDArray[np.float64]:
+        return np.asarray(values, dtype=float)[pos_in_uniq]
+
+    px_e8 = per_market([prices_e8[int(m)] for m in uniq])
+    price = px_e8 / 1e8
+    maintenance = per_market([markets[int(m)].maintenance_margin_ratio for m in uniq])
+    is_long = np.fromiter((p.side is Side.LONG for p in positions), bool, n)
+    size = np.fromiter((p.size_e18 for p in positions), float, n) / 1e18
+    entry = np.fromiter((p.entry_price_e8 for p in positions), float, n) / 1e8
+    collateral = np.fromiter((p.collateral_e6 for p in positions), float, n) / 1e6
+    pending_fee = np.fromiter((p.pending_fee_e6 for p in positions), float, n) / 1e6
     arr = assess_arrays(
-        is_long=np.fromiter((p.side.sign > 0 for p in positions), bool, n),
-        size=np.fromiter((p.size_e18 for p in positions), float, n) / 1e18,
-        entry=np.fromiter((p.entry_price_e8 for p in positions), float, n) / 1e8,
-        collateral=np.fromiter((p.collateral_e6 for p in positions), float, n) / 1e6,
-        pending_fee=np.fromiter((p.pending_fee_e6 for p in positions), float, n) / 1e6,
-        price=np.asarray(px, dtype=float) / 1e8,
-        maintenance=np.fromiter((m.maintenance_margin_ratio for m in mk), float, n),
-        fee_rate_annual=np.fromiter((m.fee_rate_annual for m in mk), float, n),
-        sigma_annual=np.fromiter((sigmas_annual.get(p.market_id, math.nan) for p in positions), float, n),
+        is_long=is_long,
+        size=size,
+        entry=entry,
+        collateral=collateral,
+        pending_fee=pending_fee,
+        price=price,
+        maintenance=maintenance,
+        fee_rate_annual=per_market([markets[int(m)].fee_rate_annual for m in uniq]),
+        sigma_annual=per_market([sigmas_annual.get(int(m), math.nan) for m in uniq]),
         policy=policy,
         check_interval_s=check_interval_s,
     )
-    out = []
-    for i, pos in enumerate(positions):
-        liq = pos.is_liquidatable(mk[i], px[i])
-        out.append(
-            PositionRisk(
-                position=pos,
-                price_e8=px[i],
-                sigma_annual=float(arr.sigma_annual[i]),
-                horizon_s=arr.horizon_s,
-                liquidation_price_e8=int(round(float(arr.liquidation_price[i]) * 1e8)),
-                distance=float(arr.distance[i]),
-                breach_probability=1.0 if liq else float(arr.breach_probability[i]),
-                required_collateral_e6=_ceil_e6(float(arr.required_collateral[i])),
-                release_collateral_e6=_ceil_e6(float(arr.release_collateral[i])),
-                top_up_e6=_ceil_e6(float(arr.top_up[i]))
-                if (arr.top_up[i] > 0 or liq)
-                else 0,
-                excess_e6=int(math.floor(float(arr.excess[i]) * 1e6)) if not liq else 0,
-                suggested_check_interval_s=policy.check_interval_min_s if liq else float(arr.check_interval_s[i]),
-                liquidatable=liq,
-                required_distance=float(arr.required_distance[i]),
-                stress_bound=bool(arr.stress_bound[i]),
-            )
-        )
-    return out
+    # the exact integer rule wherever the float verdict is within rounding distance of the boundary
+    notional = size * price
+    gap = collateral - pending_fee + np.where(is_long, 1.0, -1.0) * size * (price - entry) - maintenance * notional
+    liq = arr.liquidatable.copy()
+    for i in np.flatnonzero(np.abs(gap) <= 1e-9 * notional + 0.01).tolist():
+        p = positions[i]
+        liq[i] = p.is_liquidatable(markets[p.market_id], prices_e8[p.market_id])
+    p_breach = np.where(liq, 1.0, arr.breach_probability).tolist()
+    liq_e8 = np.round(arr.liquidation_price * 1e8).astype(np.int64).tolist()
+    req = _ceil_e6(arr.required_collateral)
+    rel = _ceil_e6(arr.release_collateral)
+    top = _ceil_e6(np.where(liq | (arr.top_up > 0), arr.top_up, 0.0))
+    exc = np.where(liq, 0, np.floor(arr.excess * 1e6)).astype(np.int64).tolist()
+    interval = np.where(liq, policy.check_interval_min_s, arr.check_interval_s).tolist()
+    sig = arr.sigma_annual.tolist()
+    dist = arr.distance.tolist()
+    d_req = arr.required_distance.tolist()
+    stress = np.broadcast_to(arr.stress_bound, (n,)).tolist()
+    liq_l = liq.tolist()
+    px_l = px_e8.astype(np.int64).tolist()
+    h = arr.horizon_s
+    return [
+        PositionRisk(positions[i], px_l[i], sig[i], h, liq_e8[i], dist[i], p_breach[i], req[i], rel[i], top[i], exc[i],
+                     interval[i], liq_l[i], d_req[i], stress[i])
+        for i in range(n)
+    ]
 
 
 def assess_position(

@@ -79,6 +79,13 @@ class TestPolicy:
         assert r.liquidatable and r.breach_probability == 1.0 and r.distance < 0
         assert r.top_up_e6 > 0 and r.suggested_check_interval_s == NO_STRESS.check_interval_min_s
 
+    def test_liquidatable_uses_the_strict_integer_rule_at_the_boundary(self):
+        """equity == maintenance is not liquidatable, one micro-dollar less is (protocol rule, strict)."""
+        at = pos(collateral_usd=15.0)  # mm = 1 x 3000 x 0.5 % = 15 USD, equity 15 at entry
+        below = dataclasses.replace(at, collateral_e6=at.collateral_e6 - 1)
+        assert not assess(at).liquidatable and assess(below).liquidatable
+        assert assess(below).breach_probability == 1.0
+
     def test_minimum_action_size(self):
         """A top-up smaller than min_action_e6 is raised to it; an excess smaller than it is not offered."""
         big_min = pol.RiskPolicy(stress_gap=0.0, min_action_e6=1_000_000_000)
