@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import typer
 from eth_account import Account
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -137,8 +138,12 @@ def open_book(
     return tuple(account_of(i) for i in accounts)
 
 
-def short_account(address: str) -> str:
-    return f"{address[:6]}…{address[-2:]}"
+def account_labels(addresses) -> dict[str, str]:
+    """``T1``, ``T2``, ... for the trader's accounts in book order (the full addresses are in the JSON)."""
+    out: dict[str, str] = {}
+    for a in addresses:
+        out.setdefault(Web3.to_checksum_address(a), f"T{len(out) + 1}")
+    return out
 
 
 def rpc(anvil: Anvil, method: str, params: list | None = None) -> Any:
@@ -387,6 +392,7 @@ class LiveView:
         self.scenario = scenario
         self.console = console
         self.start_collateral = {k: p.collateral_e6 for k, p in zip(self.keys, book, strict=True)}
+        self.labels = account_labels(a for a, _ in self.keys)
         self.live: Live | None = None
         self.title = ""
 
@@ -410,27 +416,26 @@ class LiveView:
             head = f"{self.title}: before the first round"
         else:
             r = played.round
-            prices = "  ".join(f"{s} {p / 1e8:,.2f}" for s, p in r.prices_e8.items())
-            head = f"{self.title}: round {r.index + 1}/{len(self.scenario.rounds)} ({r.label})  {prices}"
-        t = Table(title=head, title_justify="left", expand=False)
-        for col in ("account", "mkt", "side", "lev", "collateral", "added", "liq. price", "mark", "distance", "status"):
-            t.add_column(col, justify="right" if col not in ("account", "mkt", "side", "status") else "left")
+            prices = "  ".join(f"{s} {p / 1e8:,.0f}" for s, p in r.prices_e8.items())
+            head = f"{self.title}  round {r.index + 1}/{len(self.scenario.rounds)} {r.label}  {prices}"
+        t = Table(title=head, title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("acct", "mkt", "side", "lev", "collat.", "added", "liq. price", "dist."):
+            t.add_column(col, justify="left" if col in ("acct", "mkt", "side") else "right", no_wrap=True)
         for (acct, mid), p, v in zip(self.keys, self.book, views, strict=True):
             key = (acct.lower(), mid)
-            name = short_account(acct)
+            label = self.labels[acct]
             if not v[0]:
-                status = Text("LIQUIDATED", style="bold red") if key in liquidated else Text("closed", style="dim")
-                t.add_row(name, p.symbol, p.side.value, f"{p.leverage:.0f}x", "-", "-", "-", "-", "-", status)
+                gone = Text("LIQUIDATED", style="bold red") if key in liquidated else Text("closed", style="dim")
+                t.add_row(label, p.symbol, p.side.value, f"{p.leverage:.0f}x", "-", "-", gone, "-")
                 continue
             equity, mark, liq = v[6], v[9], v[8]
             lev = (v[2] * mark // 10**20) / equity if equity > 0 else float("inf")
             dist = (mark - liq) / mark if v[1] else (liq - mark) / mark
             added = (v[4] - self.start_collateral[(acct, mid)]) / 1e6
             style = "red" if dist < 0.05 else ("yellow" if dist < 0.12 else "green")
-            status = Text("at risk" if dist < 0.05 else ("thin" if dist < 0.12 else "ok"), style=style)
             t.add_row(
-                name, p.symbol, p.side.value, f"{lev:.1f}x", f"{v[4] / 1e6:,.0f}", f"{added:+,.0f}",
-                f"{liq / 1e8:,.2f}", f"{mark / 1e8:,.2f}", Text(f"{dist:+.1%}", style=style), status,
+                label, p.symbol, p.side.value, f"{lev:.1f}x", f"{v[4] / 1e6:,.0f}", f"{added:+,.0f}",
+                f"{liq / 1e8:,.2f}", Text(f"{dist:.1%}", style=style),
             )
         return Group(t)
 
@@ -541,10 +546,10 @@ def summarize(
 
 
 def summary_tables(summary: dict[str, Any]) -> Group:
-    t = Table(title="positions", title_justify="left")
-    cols = ["account", "mkt", "side", "lev", "without keeper", "with keeper", "top-ups", "moved in/out"]
-    for c in cols:
-        t.add_column(c)
+    t = Table(title="positions", title_justify="left", box=box.SIMPLE_HEAD)
+    labels = account_labels(r["account"] for r in summary["positions"])
+    for c in ("acct", "mkt", "side", "lev", "without keeper", "with keeper", "top-ups", "moved"):
+        t.add_column(c, no_wrap=True, justify="right" if c in ("top-ups", "moved") else "left")
     for r in summary["positions"]:
         def outcome(liq: dict | None, flag: bool | None) -> Text:
             if flag is None:
@@ -552,11 +557,11 @@ def summary_tables(summary: dict[str, Any]) -> Group:
             return Text(f"liq. @ {liq['price']:,.0f}", style="red") if flag else Text("survived", style="green")
         kept = "liquidated_with_keeper" in r
         t.add_row(
-            short_account(r["account"]), r["market"], r["side"], f"{r['leverage']:.0f}x",
+            labels[r["account"]], r["market"], r["side"], f"{r['leverage']:.0f}x",
             outcome(r["liquidation_without_keeper"], r["liquidated_without_keeper"]),
             outcome(r.get("liquidation_with_keeper"), r.get("liquidated_with_keeper")),
             f"{r['collateral_added']:,.0f}" if kept else "-",
-            f"{r['margin_moved_in']:,.0f} / {r['margin_moved_out']:,.0f}" if kept else "-",
+            f"{r['margin_moved_in'] - r['margin_moved_out']:+,.0f}" if kept else "-",
         )
     lines = [
         f"liquidations without the keeper: {summary['liquidated_without_keeper']}"
@@ -656,5 +661,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary, indent=2, default=str))
         else:
             assert console is not None
+            console.print()
             console.print(summary_tables(summary))
             console.print(f"summary: {path}")
