@@ -74,10 +74,14 @@ class FaultProxy:
             def log_message(self, *args) -> None:  # silence
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                proxy._conns.add(self.connection)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.seen.update(_methods(body))
-                if proxy.mode == "reset":
+                if proxy.mode == "reset" or proxy._stopped:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
@@ -100,6 +104,7 @@ class FaultProxy:
                 self.wfile.write(data)
 
         self._stopped = False
+        self._conns: set = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -116,6 +121,11 @@ class FaultProxy:
         self._stopped = True
         self._server.shutdown()
         self._server.server_close()
+        for conn in list(self._conns):  # keep-alive connections would otherwise keep being served
+            try:
+                conn.shutdown(2)
+            except OSError:
+                pass
 
     def __enter__(self) -> FaultProxy:
         return self
