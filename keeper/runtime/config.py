@@ -275,6 +275,14 @@ class FeesConfig(_Model):
         return int(self.priority_fee_gwei * 10**9)
 
 
+class ScheduleConfig(_Model):
+    """How often the daemon looks for news between risk-driven checks."""
+
+    head_poll_s: float = Field(default=1.0, gt=0, le=60)
+    stall_after_s: float = Field(default=120.0, gt=0, le=86_400)
+    initial_interval_s: float = Field(default=30.0, gt=0, le=86_400)
+
+
 class JournalConfig(_Model):
     path: Path = Path(".keeper/journal.sqlite")
 
@@ -349,6 +357,7 @@ class KeeperConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     fees: FeesConfig = FeesConfig()
     journal: JournalConfig = JournalConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     http: HttpConfig = HttpConfig()
     alerts: AlertsConfig = AlertsConfig()
     log: LogConfig = LogConfig()

@@ -1,0 +1,120 @@
+"""``keeper check`` (one cycle, prints the plan) and ``keeper status`` (the book, one row per position)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
+from keeper.runtime.service import CycleReport, KeeperService
+
+
+def _fmt_p(p: float) -> str:
+    return "1" if p >= 1 else f"{p:.2e}"
+
+
+def position_rows(report: CycleReport, service: KeeperService) -> list[dict]:
+    by_key = {(d.get("account", "").lower(), d.get("market_id")): d for d in report.plan.decisions}
+    rows = []
+    for r in report.risks:
+        p = r.position
+        market = service.adapter.markets[p.market_id]
+        d = by_key.get(p.key, {})
+        rows.append({
+            "account": p.account, "market": market.symbol, "market_id": p.market_id, "side": p.side.value,
+            "size": p.size_e18 / 1e18, "collateral": p.collateral_e6 / 1e6, "price": r.price_e8 / 1e8,
+            "liquidation_price": r.liquidation_price_e8 / 1e8, "distance": r.distance,
+            "sigma_annual": r.sigma_annual, "breach_probability": r.breach_probability,
+            "buffer_target": r.required_collateral_e6 / 1e6, "suggested_action": d.get("action", "hold"),
+            "reason": d.get("reason", ""), "liquidatable": r.liquidatable,
+        })
+    return rows
+
+
+def status_table(rows: list[dict]) -> Table:
+    t = Table(title="positions")
+    for col in ("account", "market", "side", "size", "collateral", "liq. price", "distance", "sigma",
+                "breach p", "buffer target", "action"):
+        t.add_column(col, justify="left" if col in ("account", "action") else "right")
+    for r in rows:
+        t.add_row(r["account"][:10] + "…", r["market"], r["side"], f"{r['size']:.4f}", f"{r['collateral']:,.2f}",
+                  f"{r['liquidation_price']:,.2f}", f"{r['distance']:.2%}", f"{r['sigma_annual']:.0%}",
+                  _fmt_p(r["breach_probability"]), f"{r['buffer_target']:,.2f}", r["suggested_action"])
+    return t
+
+
+def plan_table(report: CycleReport) -> Table:
+    t = Table(title=f"plan at block {report.block_number}")
+    for col in ("action", "account", "market", "amount (USD)", "urgent", "approval", "reason"):
+        t.add_column(col)
+    for a in report.plan.actions:
+        src = f"{a.from_market_id}→" if a.from_market_id is not None else ""
+        t.add_row(a.kind.value, a.account[:10] + "…", f"{src}{a.market_id}", f"{a.amount_e6 / 1e6:,.2f}",
+                  "yes" if a.urgent else "", "needed" if a.needs_approval else "", a.reason)
+    return t
+
+
+def one_cycle(config: Path | None, env_file: Path | None, *, execute: bool) -> tuple[KeeperService, CycleReport]:
+    cfg = load(config, env_file, log_level="warning")
+    service = KeeperService.from_config(cfg, execute=execute, send_alerts=execute)
+    service.start()
+    report = service.cycle(execute=execute)
+    if execute and service.txm is not None:
+        for sent in report.sent:
+            if "intent" in sent:
+                rec = service.txm.wait(sent["intent"], timeout_s=120)
+                sent.update(state=rec.state, tx_hash=rec.tx_hash, block=rec.block_number)
+    return service, report
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def check(
+        config: Path = CONFIG_OPTION, env_file: Path = ENV_FILE_OPTION,
+        execute: bool = typer.Option(False, "--execute", help="Send the planned transactions (default: dry run)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Run one cycle and print the plan; nothing is sent without --execute."""
+        service, report = one_cycle(config, env_file, execute=execute)
+        try:
+            out = {
+                "block": report.block_number, "executed": execute, "positions": position_rows(report, service),
+                "actions": [{"kind": a.kind.value, "account": a.account, "market_id": a.market_id,
+                             "from_market_id": a.from_market_id, "amount_e6": a.amount_e6,
+                             "size_delta_e18": a.size_delta_e18, "urgent": a.urgent,
+                             "needs_approval": a.needs_approval, "reason": a.reason} for a in report.plan.actions],
+                "sent": report.sent, "not_sent": report.skipped, "wallet_e6": report.wallet_e6,
+                "next_check_s": report.next_interval_s,
+            }
+            if as_json:
+                print(json.dumps(out, default=str))
+                return
+            console = Console()
+            console.print(status_table(out["positions"]))
+            console.print(plan_table(report) if report.plan.actions else "plan: nothing to do")
+            for s in report.sent:
+                console.print(f"sent {s['action']} {s['amount_e6'] / 1e6:,.2f} USD: {s.get('state')} {s.get('tx_hash')}")
+            if report.plan.onchain_actions and not execute:
+                console.print("dry run: nothing was sent (use --execute to send)")
+        finally:
+            service.close()
+
+    @app.command()
+    def status(
+        config: Path = CONFIG_OPTION, env_file: Path = ENV_FILE_OPTION,
+        as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+    ) -> None:
+        """Table of watched positions: liquidation price, distance, sigma, breach probability, buffer target."""
+        service, report = one_cycle(config, env_file, execute=False)
+        try:
+            rows = position_rows(report, service)
+            if as_json:
+                print(json.dumps({"block": report.block_number, "positions": rows}))
+            else:
+                Console().print(status_table(rows))
+        finally:
+            service.close()
