@@ -113,7 +113,7 @@ def replay_command(
             str(r.transactions), f"{r.gas_used:,}", f"{r.avg_idle_e6 / 1e6:,.0f}", f"{r.peak_idle_e6 / 1e6:,.0f}",
             f"{r.min_margin_ratio:.2f}",
         )
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)
     if "risk" in result.results:
         tc = check_target(result.results)
         red = "n/a" if tc.idle_reduction is None else f"{tc.idle_reduction:.1%}"
