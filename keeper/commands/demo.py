@@ -188,6 +188,9 @@ deployment = "{deployment_path}"
 max_top_up_usd = 50000
 max_per_day_usd = 1000000
 
+[schedule]
+head_poll_s = 0.1          # the demo pushes a round every ~1 s of wall time: notice it quickly
+
 [journal]
 path = "{journal}"
 
@@ -243,8 +246,7 @@ class DaemonKeeper:
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
         )
-        pushed = time.monotonic()
-        deadline = pushed + self.start_timeout_s
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
             h = self.health()
@@ -253,8 +255,8 @@ class DaemonKeeper:
             time.sleep(0.1)
         else:
             raise KeeperError(f"the keeper daemon did not complete a cycle in {self.start_timeout_s:.0f}s; see {self.log_path}")
-        # a second cycle after the first one's transactions: initial top-ups land before the scenario starts
-        self._wait_idle(time.monotonic(), ctx.ops.w3.eth.block_number, self.start_timeout_s)
+        # the first cycle's top-ups are mined, and (within 2 s) a cycle has seen them: then the scenario starts
+        self._wait_idle(time.monotonic(), ctx.ops.w3.eth.block_number, 2.0)
 
     def health(self) -> dict | None:
         try:
@@ -293,7 +295,7 @@ class DaemonKeeper:
         time.sleep(self.settle_s)
 
     def after_round(self, played: PlayedRound) -> None:
-        self._wait_idle(time.monotonic(), played.block_number, self.round_timeout_s)
+        self._wait_idle(played.landed_monotonic_s or time.monotonic(), played.block_number, self.round_timeout_s)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -22,6 +22,7 @@ each round (the liquidator's sweep, a live view, pacing for the keeper daemon).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -182,11 +183,13 @@ def demo_crash(
 
 @dataclass(frozen=True, slots=True)
 class PlayedRound:
-    """A round as it landed on chain: the block of its last price push and that block's timestamp."""
+    """A round as it landed on chain: the block of its last price push, that block's timestamp, and the
+    player's ``time.monotonic()`` when the push was mined (for pacing a keeper in wall time)."""
 
     round: OracleRound
     block_number: int
     timestamp_s: int
+    landed_monotonic_s: float = 0.0
 
 
 RoundHook = Callable[[PlayedRound], None]
@@ -226,7 +229,7 @@ class ScenarioPlayer:
             for h in hashes:
                 receipt = sender.wait(h)
             block = w3.eth.get_block(receipt["blockNumber"])
-            pr = PlayedRound(r, block["number"], block["timestamp"])
+            pr = PlayedRound(r, block["number"], block["timestamp"], time.monotonic())
             played.append(pr)
             for hook in self.on_round:
                 hook(pr)
