@@ -167,6 +167,17 @@ def initial_margin_collateral_e6(position: Position, market: Market, price_e8: i
     return max(0, min_equity - position.pnl_e6(price_e8) + position.pending_fee_e6)
 
 
+FEE_HEADROOM_S = 86_400
+
+
+def fee_headroom_e6(position: Position, market: Market) -> int:
+    """A day of borrow fee on the entry notional: kept back when collateral is taken out of a position,
+    because fees keep accruing between the read and the transaction landing (a removal of exactly the
+    settled collateral would revert)."""
+    entry = notional_e6(position.size_e18, position.entry_price_e8)
+    return -(-entry * market.fee_rate_per_s_wad * FEE_HEADROOM_S // 10**18)
+
+
 def _usd(amount_e6: int) -> str:
     return f"${amount_e6 / 1e6:,.2f}"
 
@@ -205,7 +216,7 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
         return r.position.market_id in state.stale_markets
 
     def endangered(r: PositionRisk) -> bool:
-        return r.liquidatable or r.breach_probability > limits.p_trigger
+        return r.liquidatable or r.breach_probability > limits.p_trigger or r.stress_breach
 
     def need_e6(r: PositionRisk) -> int:
         return max(r.top_up_e6, r.required_collateral_e6 - r.position.collateral_e6, 0)
@@ -216,7 +227,7 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
             return 0
         market = state.markets[r.position.market_id]
         floor_e6 = max(r.required_collateral_e6, initial_margin_collateral_e6(r.position, market, r.price_e8))
-        return max(0, r.position.collateral_e6 - floor_e6)
+        return max(0, r.position.collateral_e6 - floor_e6 - fee_headroom_e6(r.position, market))
 
     wallets: dict[str, int] = {}
     for r in ordered:
@@ -307,6 +318,11 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
         need = need_e6(r)
         remaining = need
         pct = f"{r.breach_probability:.2%}"
+        why = (
+            f"breach probability {pct} over {r.horizon_s:.0f}s is above the trigger {limits.p_trigger:.2%}"
+            if r.liquidatable or r.breach_probability > limits.p_trigger
+            else f"distance to liquidation {r.distance:.2%} is inside the stress gap (one oracle gap would liquidate)"
+        )
         if stale:
             alert(r, f"oracle price of market {pos.market_id} is stale: treated as danger, no release or move")
         # 1a. top-up from the payer's wallet
@@ -322,17 +338,14 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
                     r,
                     ActionKind.TOP_UP,
                     amount_e6=amount,
-                    reason=(
-                        f"breach probability {pct} over {r.horizon_s:.0f}s is above the trigger "
-                        f"{limits.p_trigger:.2%}: top up {_usd(amount)} of {_usd(need)} needed to reach the target"
-                    ),
+                    reason=f"{why}: top up {_usd(amount)} of {_usd(need)} needed to reach the target",
                 )
         elif remaining > 0:
             emit(
                 r,
                 ActionKind.TOP_UP,
                 amount_e6=min(max(remaining, limits.min_action_e6), limits.max_per_tx_e6),
-                reason=f"breach probability {pct} is above the trigger {limits.p_trigger:.2%}; {_usd(need)} needed",
+                reason=f"{why}; {_usd(need)} needed",
             )
             remaining = 0  # alerted in full; nothing else to plan for a watched position
         # 1b. move margin from safe positions of the same owner (fresh prices only)
@@ -429,7 +442,7 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
 
 def _decision(r: PositionRisk, state: BookState, limits: PlanLimits, done: list[str], need: int) -> dict:
     pos = r.position
-    if r.liquidatable or r.breach_probability > limits.p_trigger:
+    if r.liquidatable or r.breach_probability > limits.p_trigger or r.stress_breach:
         band = "trigger"
     elif r.breach_probability < limits.p_release:
         band = "release"

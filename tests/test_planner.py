@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keeper.domain import WAD, ActionKind, Market, Position, PriceRound, Side, notional_e6
-from keeper.planner import BookState, PlanLimits, initial_margin_collateral_e6, plan_actions
+from keeper.planner import BookState, PlanLimits, fee_headroom_e6, initial_margin_collateral_e6, plan_actions
 from keeper.risk.policy import PositionRisk, RiskPolicy
 
 ALICE = "0x00000000000000000000000000000000000A11cE"
@@ -119,7 +119,7 @@ class TestEscalation:
             state(0), [risk(pos(collateral_usd=100), 5e-2, 1_000), risk(src_pos, 1e-5, 500)], limits()
         )
         moved = sum(a.amount_e6 for a in plan.actions if a.kind is ActionKind.MOVE_MARGIN)
-        assert moved == 300 * USD
+        assert moved == 300 * USD - fee_headroom_e6(src_pos, BTC)  # a day of fees stays behind
         assert plan.actions[-1].kind is ActionKind.ALERT  # still short by 600: alert
 
     def test_other_owner_is_never_a_source(self):
@@ -228,8 +228,11 @@ class TestModesAndStaleness:
 class TestRelease:
     def test_release_down_to_target_when_opted_in(self):
         """Excess below p_release is returned to the owner down to the p_target collateral level."""
-        plan = plan_actions(state(), [risk(pos(collateral_usd=3_000), 1e-9, 1_000)], limits(allow_release=True))
-        assert kinds(plan) == ["release"] and plan.actions[0].amount_e6 == 2_000 * USD
+        p = pos(collateral_usd=3_000)
+        plan = plan_actions(state(), [risk(p, 1e-9, 1_000)], limits(allow_release=True))
+        headroom = fee_headroom_e6(p, MARKETS[p.market_id])
+        assert 0 < headroom < 10 * USD  # a day of 10 %/yr fees on this notional
+        assert kinds(plan) == ["release"] and plan.actions[0].amount_e6 == 2_000 * USD - headroom
 
     def test_no_release_by_default(self):
         """Release is opt-in."""

@@ -55,6 +55,7 @@ class RiskPolicy:
     p_release: float = 1e-7
     kappa: float = DEFAULT_KAPPA
     stress_gap: float = 0.12
+    stress_headroom: float = 0.25
     inclusion_latency_s: float = 12.0
     oracle_lag_s: float = 0.0
     check_interval_min_s: float = 5.0
@@ -71,6 +72,8 @@ class RiskPolicy:
             raise ValueError("kappa and k_sigmas must be > 0")
         if not 0.0 <= self.stress_gap < 1.0:
             raise ValueError("stress_gap must be in [0, 1)")
+        if not 0.0 <= self.stress_headroom <= 2.0:
+            raise ValueError("stress_headroom must be in [0, 2]")
         if self.inclusion_latency_s < 0 or self.oracle_lag_s < 0:
             raise ValueError("latencies must be >= 0")
         if not 0 < self.check_interval_min_s <= self.check_interval_max_s:
@@ -113,6 +116,7 @@ class PositionRisk:
     liquidatable: bool
     required_distance: float = 0.0  # d_req(p_target), log-distance
     stress_bound: bool = False  # the stress gap, not volatility, sets d_req(p_target)
+    stress_breach: bool = False  # a single-round gap of stress_gap would liquidate: act even if p is small
 
 
 # ---- formulas (vectorised) ------------------------------------------------------------------------
@@ -165,6 +169,7 @@ class RiskArrays:
     liquidatable: NDArray[np.bool_]
     required_distance: NDArray[np.float64]
     stress_bound: NDArray[np.bool_]
+    stress_breach: NDArray[np.bool_]
 
 
 def _collateral_at_distance(is_long, size, entry, price, maintenance, pending_fee, d):
@@ -208,12 +213,18 @@ def assess_arrays(
     d_cost = fee_drift(is_long, entry, price, rate, mm) * h / SECONDS_PER_YEAR
     p = fat_tail_probability(distance, sig_h, policy.kappa, d_cost)
     d_vol_target = policy.kappa * gaussian_distance(policy.p_target, sig_h)
-    d_target = np.maximum(d_vol_target, policy.stress_gap) + d_cost
-    d_release = required_distance(policy.p_release, sig_h, policy.kappa, policy.stress_gap, d_cost)
+    # Stress floor with its own hysteresis: act when one gap of stress_gap would liquidate, restore to
+    # stress_gap * (1 + stress_headroom) so a slow drift does not send a top-up every round.
+    d_stress_target = policy.stress_gap * (1.0 + policy.stress_headroom)
+    d_target = np.maximum(d_vol_target, d_stress_target) + d_cost
+    # release only well above the target (stress band twice the headroom), so excess is not returned in slices
+    d_release = required_distance(policy.p_release, sig_h, policy.kappa,
+                                  policy.stress_gap * (1.0 + 2.0 * policy.stress_headroom), d_cost)
     req = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_target), 0.0)
     rel = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_release), 0.0)
     min_action = policy.min_action_e6 / 1e6
-    top_up = np.where(p > policy.p_trigger, np.maximum(req - coll, min_action), 0.0)
+    stress_breach = distance < policy.stress_gap + d_cost
+    top_up = np.where((p > policy.p_trigger) | stress_breach, np.maximum(req - coll, min_action), 0.0)
     excess_raw = np.where((p < policy.p_release) & (coll > rel), coll - req, 0.0)
     excess = np.where(excess_raw >= min_action, excess_raw, 0.0)
     equity = coll - fee + sign * size * (price - entry)
@@ -230,7 +241,8 @@ def assess_arrays(
         check_interval_s=suggested_check_interval(distance, sigma, policy),
         liquidatable=equity < mm * size * price,
         required_distance=d_target,
-        stress_bound=policy.stress_gap > d_vol_target,
+        stress_bound=d_stress_target > d_vol_target,
+        stress_breach=stress_breach,
     )
 
 
@@ -308,12 +320,13 @@ def assess_positions(
     dist = arr.distance.tolist()
     d_req = arr.required_distance.tolist()
     stress = np.broadcast_to(arr.stress_bound, (n,)).tolist()
+    breach = np.broadcast_to(arr.stress_breach, (n,)).tolist()
     liq_l = liq.tolist()
     px_l = px_e8.astype(np.int64).tolist()
     h = arr.horizon_s
     return [
         PositionRisk(positions[i], px_l[i], sig[i], h, liq_e8[i], dist[i], p_breach[i], req[i], rel[i], top[i], exc[i],
-                     interval[i], liq_l[i], d_req[i], stress[i])
+                     interval[i], liq_l[i], d_req[i], stress[i], breach[i])
         for i in range(n)
     ]
 

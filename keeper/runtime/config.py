@@ -190,6 +190,7 @@ class RiskConfig(_Model):
     p_release: float = Field(default=_DEFAULT_POLICY.p_release, gt=0, lt=1)
     kappa: float = Field(default=_DEFAULT_POLICY.kappa, ge=1, le=10)
     stress_gap: float = Field(default=_DEFAULT_POLICY.stress_gap, ge=0, lt=1)
+    stress_headroom: float = Field(default=_DEFAULT_POLICY.stress_headroom, ge=0, le=2)
     inclusion_latency_s: float = Field(default=_DEFAULT_POLICY.inclusion_latency_s, ge=0, le=3600)
     oracle_lag_s: float = Field(default=_DEFAULT_POLICY.oracle_lag_s, ge=0, le=3600)
     check_interval_min_s: float = Field(default=_DEFAULT_POLICY.check_interval_min_s, gt=0)

@@ -67,11 +67,21 @@ class TestPolicy:
         assert r.top_up_e6 == 0 and r.excess_e6 == 0
 
     def test_stress_gap_sets_the_required_distance(self):
-        """With the default 12 % stress gap the required liquidation price sits 12 % (+ fees) below the price."""
+        """With the default 12 % stress gap (+25 % headroom) the required liquidation price sits 15 % below the price."""
         r = assess(pos(collateral_usd=40.0), policy=pol.RiskPolicy())
-        assert r.stress_bound and r.required_distance == pytest.approx(0.12, abs=1e-5)
+        assert r.stress_bound and r.required_distance == pytest.approx(0.12 * 1.25, abs=1e-5)
         new = dataclasses.replace(r.position, collateral_e6=r.required_collateral_e6)
-        assert math.log(3000.0 / new.liquidation_price(ETH)) >= 0.12
+        assert math.log(3000.0 / new.liquidation_price(ETH)) >= 0.15
+
+    def test_inside_the_stress_gap_triggers_even_when_probability_is_small(self):
+        """A position one stress gap from liquidation is topped up although its diffusion probability is tiny."""
+        policy = pol.RiskPolicy(sigma_floor_annual=0.0)
+        r = assess(pos(collateral_usd=200.0), policy=policy, sigma=0.05)
+        assert r.distance < policy.stress_gap and r.breach_probability < policy.p_trigger
+        assert r.stress_breach and r.top_up_e6 > 0
+        healed = assess(dataclasses.replace(r.position, collateral_e6=r.position.collateral_e6 + r.top_up_e6),
+                        policy=policy, sigma=0.05)
+        assert not healed.stress_breach and healed.top_up_e6 == 0
 
     def test_liquidatable_position(self):
         """Past the liquidation price: liquidatable, probability 1, a top-up that restores the target, shortest interval."""
@@ -92,10 +102,21 @@ class TestPolicy:
         r = assess(pos(collateral_usd=20.0), policy=big_min)
         assert r.required_collateral_e6 - r.position.collateral_e6 < big_min.min_action_e6
         assert r.top_up_e6 == big_min.min_action_e6
-        policy = pol.RiskPolicy()  # stress-bound: release level == target level, min action $10
+        policy = pol.RiskPolicy(stress_headroom=0.0)  # stress-bound: release level == target level, min $10
         req = assess(pos(collateral_usd=20.0), policy=policy).required_collateral_e6
         assert assess(pos(collateral_usd=req / 1e6 + 5.0), policy=policy).excess_e6 == 0
         assert assess(pos(collateral_usd=req / 1e6 + 50.0), policy=policy).excess_e6 == pytest.approx(50_000_000, abs=2)
+
+    def test_release_band_sits_above_the_target(self):
+        """With stress headroom, excess is offered only beyond stress_gap*(1+2*headroom), then down to the target."""
+        policy = pol.RiskPolicy()
+        r = assess(pos(collateral_usd=20.0), policy=policy)
+        assert r.release_collateral_e6 > r.required_collateral_e6
+        just_above_target = assess(pos(collateral_usd=(r.required_collateral_e6 + r.release_collateral_e6) / 2e6),
+                                   policy=policy)
+        assert just_above_target.excess_e6 == 0  # between target and release level: hold
+        far = assess(pos(collateral_usd=r.release_collateral_e6 / 1e6 + 100.0), policy=policy)
+        assert far.excess_e6 == pytest.approx(far.position.collateral_e6 - far.required_collateral_e6, abs=2)
 
     def test_check_interval_formula(self):
         """Interval = clip((d/(kappa k sigma_s))^2 - L, min, max) and shrinks with volatility."""
