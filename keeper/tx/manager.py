@@ -5,7 +5,8 @@ Life of an action (each step is journaled before the next side effect, see keepe
     submit(call, key, value_at_stake_e6, lane)
       ├─ same key open (or confirmed < dedupe window)  -> that intent is returned, nothing is sent
       ├─ intent written
-      ├─ one batched round trip: eth_call (simulate) + eth_estimateGas + eth_feeHistory + eth_blockNumber
+      ├─ one batched round trip: eth_call (simulate) + eth_feeHistory + latest block; then eth_estimateGas
+      │     at a block 60 s ahead (time-dependent storage writes cost more later; see _estimate_gas)
       │     revert -> intent ``rejected`` with the decoded reason, SimulationRevert raised, nothing signed
       ├─ gas = estimate * 1.2 + 10,000; fees from FeePolicy (capped by the value at stake)
       └─ under the lane's nonce lock: allocate nonce, sign, journal the signed bytes, broadcast once
@@ -50,6 +51,7 @@ log = structlog.get_logger(__name__)
 
 GAS_MARGIN_NUM, GAS_MARGIN_DEN, GAS_EXTRA = 12, 10, 10_000  # estimate * 1.2 + 10k (GUIDE.md §2)
 CANCEL_GAS = 21_000
+GAS_ESTIMATE_AHEAD_S = 60
 
 StillNeeded = Callable[[IntentRecord], bool]
 
@@ -169,25 +171,27 @@ class TransactionManager:
         tx = {"from": ls.lane.address, "to": call.to, "data": "0x" + call.data.hex(),
               "value": hex(call.value_wei)}
         try:
-            sim, est, hist, head = self.client.batch(
-                [("eth_call", [tx, "latest"]), ("eth_estimateGas", [tx]),
+            sim, hist, head = self.client.batch(
+                [("eth_call", [tx, "latest"]),
                  ("eth_feeHistory", [hex(self.fees.history_blocks), "latest", [ls.lane.tip_percentile]]),
-                 ("eth_blockNumber", [])],
+                 ("eth_getBlockByNumber", ["latest", False])],
                 raise_errors=False,
             )
+            if isinstance(sim, RpcErrorResponse):
+                self._reject_simulation(intent, sim)
+            for answer in (hist, head):
+                if isinstance(answer, RpcErrorResponse):
+                    self.journal.update(intent.id, state="rejected", reason=str(answer), event="tx_rejected")
+                    raise TransactionRejected(str(answer))
+            est = self._estimate_gas(tx, int(head["timestamp"], 16))
         except TransientRpcError as exc:
             self.journal.update(intent.id, state="abandoned", reason=f"rpc unavailable: {exc}",
                                 event="tx_abandoned")
             raise
-        for answer in (sim, est):
-            if isinstance(answer, RpcErrorResponse):
-                self._reject_simulation(intent, answer)
-        for answer in (hist, head):
-            if isinstance(answer, RpcErrorResponse):
-                self.journal.update(intent.id, state="rejected", reason=str(answer), event="tx_rejected")
-                raise TransactionRejected(str(answer))
-        self._head = int(head, 16)
-        gas_limit = int(est, 16) * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_EXTRA
+        except ExecutionReverted as exc:
+            self._reject_simulation(intent, exc)
+        self._head = int(head["number"], 16)
+        gas_limit = est * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_EXTRA
         market = self.fees.market_from_history(hist)
         cap = self.fees.cap_per_gas(gas_limit, value_at_stake_e6)
         try:
@@ -266,6 +270,24 @@ class TransactionManager:
             return self._lanes[name]
         except KeyError:
             raise ValueError(f"unknown lane {name!r}; lanes: {sorted(self._lanes)}") from None
+
+    def _estimate_gas(self, tx: dict, latest_ts: int) -> int:
+        """Gas estimate at a block ``GAS_ESTIMATE_AHEAD_S`` later than ``latest``.
+
+        Calls whose storage writes depend on elapsed time (PerpEngine's fee accrual writes zero -> non-zero
+        slots, +20k gas each, only once a second has passed) ran out of gas when estimated in the same
+        second as the previous accrual: measured 49.5k estimated vs 91.1k used. Estimating with a later
+        block timestamp (block override, 4th parameter) sees the costlier path. Nodes that do not accept
+        block overrides get a plain estimate.
+        """
+        try:
+            return int(self.client.request(
+                "eth_estimateGas", [tx, "latest", {}, {"time": hex(latest_ts + GAS_ESTIMATE_AHEAD_S)}]), 16)
+        except ExecutionReverted:
+            raise
+        except RpcErrorResponse as exc:
+            log.info("estimate_gas_no_block_override", error=exc.message[:120])
+            return self.client.estimate_gas(tx)
 
     def _reject_simulation(self, intent: IntentRecord, err: RpcErrorResponse) -> None:
         data = err.data_bytes

@@ -191,7 +191,8 @@ class TestFailoverMidCycle:
             assert proxy.seen["eth_sendRawTransaction"] == 1
             proxy.stop()
             book.anvil.request("evm_mine")
-            assert m.wait(rec.id, timeout_s=20).state == "confirmed"
+            fin = m.wait(rec.id, timeout_s=20)
+            assert fin.state == "confirmed"
             assert client.stats.failovers >= 1 and topped_up_once(before, collateral(book))
         finally:
             proxy.stop()
