@@ -53,7 +53,7 @@ from keeper.sim.scenario import PlayedRound, Scenario, ScenarioPlayer, demo_cras
 DEFAULT_DIR = Path(".keeper")
 SUMMARY_NAME = "demo-summary.json"
 KEEPER_KEY = ANVIL_KEYS[2]
-DEFAULT_RESERVE_USD = 150_000.0
+DEFAULT_RESERVE_USD = 60_000.0
 DEFAULT_SEED = 7
 
 
@@ -78,9 +78,9 @@ DEMO_BOOK: tuple[DemoPosition, ...] = (
     DemoPosition(4, "ETH", Side.SHORT, 10.0, 50_000.0),
     DemoPosition(4, "BTC", Side.SHORT, 25.0, 50_000.0),
     DemoPosition(5, "ETH", Side.LONG, 20.0, 50_000.0),
-    DemoPosition(5, "BTC", Side.SHORT, 40.0, 40_000.0),
-    DemoPosition(6, "ETH", Side.LONG, 5.0, 30_000.0),
-    DemoPosition(6, "BTC", Side.LONG, 10.0, 50_000.0),
+    DemoPosition(5, "BTC", Side.LONG, 10.0, 50_000.0),
+    DemoPosition(6, "ETH", Side.SHORT, 5.0, 40_000.0),
+    DemoPosition(6, "BTC", Side.SHORT, 40.0, 40_000.0),
 )
 
 

@@ -4,6 +4,9 @@ and its summary comes from chain events."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from eth_account import Account
@@ -63,21 +66,44 @@ def test_control_and_pluggable_keeper_run(tmp_path):
     loses none, and the summary's top-ups, amounts and gas come from the chain."""
     scenario = demo_crash(7)
     expected = expected_liquidations(scenario)
-    assert len(expected) == 5  # the 3 ETH longs and the 2 BTC shorts
+    assert len(expected) == 4  # the 2 ETH longs and the 2 BTC shorts
     keeper = StaticKeeper()
     summary = run_demo(seed=7, reserve_usd=150_000, keeper=keeper, workdir=tmp_path)
     index_of = {Account.from_key(k).address: i for i, k in enumerate(ANVIL_KEYS)}
     got = {(index_of[r["account"]], r["market"]) for r in summary["positions"] if r["liquidated_without_keeper"]}
     assert got == expected
-    assert summary["liquidated_without_keeper"] == 5
+    assert summary["liquidated_without_keeper"] == 4
     assert summary["liquidated_with_keeper"] == 0
-    assert summary["positions_saved"] == 5
+    assert summary["positions_saved"] == 4
     assert keeper.rounds == len(scenario.rounds)
-    assert summary["top_ups"] == 5
+    assert summary["top_ups"] == 4
     assert summary["collateral_added"] == pytest.approx(keeper.sent_e6 / 1e6, abs=1e-6)
     assert summary["rebalances"] == 0
-    assert summary["gas_used"] > 5 * 21_000 and summary["keeper_transactions"] == 5
+    assert summary["gas_used"] > 4 * 21_000 and summary["keeper_transactions"] == 4
     path = write_summary(summary, tmp_path / "demo-summary.json")
     data = json.loads(path.read_text())
     for field in ("positions", "liquidated_with_keeper", "liquidated_without_keeper", "top_ups", "collateral_added", "gas_used"):
         assert field in data
+
+
+@pytest.mark.slow
+def test_keeper_demo_json_end_to_end(tmp_path):
+    """`keeper demo --json` with the real daemon: liquidations without the keeper, none with it (the default
+    reserve funds the top-ups), and the printed summary is the one written to disk."""
+    out = tmp_path / "demo-summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "keeper", "demo", "--json", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == summary
+    assert summary["keeper_ran"] is True
+    assert summary["liquidated_without_keeper"] == 4
+    assert summary["liquidated_with_keeper"] == 0
+    assert summary["positions_saved"] == 4
+    assert summary["top_ups"] > 0 and 0 < summary["collateral_added"] <= summary["reserve"]
+    assert summary["gas_used"] > 0
+    # every amount in the summary is backed by an action with a transaction hash
+    assert sum(a["amount_e6"] for a in summary["actions"] if a["kind"] == "top_up") == summary["collateral_added_e6"]
