@@ -407,6 +407,7 @@ class LiveView:
         if self.live is not None:
             self.live.stop()
             self.live = None
+            self.console.print()
 
     def update(self, played: PlayedRound | None, liquidated: set[tuple[str, int]] | None = None) -> None:
         if self.live is not None:
