@@ -3,10 +3,11 @@
 Encoding and decoding of the ``aggregate3((address,bool,bytes)[]) -> (bool,bytes)[]`` envelope is done by
 hand (plain word arithmetic, checked against eth_abi in tests/chain): at 10,000 calls eth_abi's generic
 codec costs more than the node's execution. Calls are split into chunks by calldata size and count (a node
-caps request size and ``eth_call`` gas); every chunk starts with ``getBlockNumber()`` and
-``getCurrentBlockTimestamp()`` so the reader knows which block answered. All chunks go in ONE JSON-RPC
-batch at ``latest``; if a block arrived between chunks (their block numbers differ) the whole read is
-repeated pinned to the newest of them: at most two round trips, and every value comes from one block.
+caps request size and ``eth_call`` gas) and chunks are grouped into JSON-RPC batches of at most
+``max_request_bytes`` (anvil refuses bodies of a few MB); every chunk starts with ``getBlockNumber()`` and
+``getCurrentBlockTimestamp()`` so the reader knows which block answered. Up to ~5,000 position reads
+fit one batch (one round trip); if a block arrived between chunks (their block numbers differ) the whole
+read is repeated pinned to the newest of them, so every value always comes from one block.
 """
 
 from __future__ import annotations
@@ -94,13 +95,15 @@ class Multicall:
     """Batched view calls through Multicall3 at ``address`` on ``client``'s chain."""
 
     def __init__(self, client: ChainClient, address: str = MULTICALL3_ADDRESS, *,
-                 max_calldata_bytes: int = 100_000, max_calls: int = 400) -> None:
+                 max_calldata_bytes: int = 100_000, max_calls: int = 400,
+                 max_request_bytes: int = 1_500_000) -> None:
         if max_calldata_bytes < 1_000 or max_calls < 1:
             raise ValueError("max_calldata_bytes must be >= 1000 and max_calls >= 1")
         self.client = client
         self.address = address
         self.max_calldata_bytes = max_calldata_bytes
         self.max_calls = max_calls
+        self.max_request_bytes = max_request_bytes  # anvil refuses HTTP bodies of a few MB; hosted RPCs less
         self._meta = [Call(address, GET_BLOCK_NUMBER, False), Call(address, GET_TIMESTAMP, False)]
 
     def chunks(self, calls: Sequence[Call]) -> list[list[Call]]:
@@ -123,20 +126,28 @@ class Multicall:
         """Run ``calls``; results in order; one round trip (two if a block landed between chunks)."""
         chunks = self.chunks(calls)
         payloads = [encode_aggregate3(self._meta + chunk) for chunk in chunks]
+        trips_before = self.client.stats.round_trips
         results, numbers, stamps = self._run(payloads, block)
-        trips = 1
         if len(set(numbers)) > 1:  # chunks answered by different blocks: re-read at one block
             results, numbers, stamps = self._run(payloads, max(numbers))
-            trips = 2
         flat = [r for chunk_results in results for r in chunk_results]
-        return MulticallResult(flat, numbers[0], stamps[0], trips)
+        return MulticallResult(flat, numbers[0], stamps[0], self.client.stats.round_trips - trips_before)
 
     def _run(self, payloads: list[bytes], block: int | str) -> tuple[list[list[Result]], list[int], list[int]]:
         tag = hex(block) if isinstance(block, int) else block
-        answers = self.client.batch(
-            [("eth_call", [{"to": self.address, "data": "0x" + p.hex()}, tag]) for p in payloads],
-            raise_errors=False,
-        )
+        answers: list = []
+        group: list[bytes] = []
+        size = 0
+        for p in payloads + [b""]:  # JSON-RPC batches of at most max_request_bytes (hex doubles the size)
+            if group and (not p or size + 2 * len(p) > self.max_request_bytes):
+                answers += self.client.batch(
+                    [("eth_call", [{"to": self.address, "data": "0x" + q.hex()}, tag]) for q in group],
+                    raise_errors=False,
+                )
+                group, size = [], 0
+            if p:
+                group.append(p)
+                size += 2 * len(p) + 120
         results, numbers, stamps = [], [], []
         for answer in answers:
             if isinstance(answer, RpcErrorResponse):
