@@ -27,7 +27,6 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
         service.start()
         if cfg.http.enabled:
             server = HealthServer(health, metrics, cfg.http.host, cfg.http.port).start()
-            log.info("http_listening", url=server.url, endpoints=["/healthz", "/metrics"])
         policy = service.policy
 
         def on_stall(age_s: float) -> None:

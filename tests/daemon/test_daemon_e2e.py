@@ -1,0 +1,273 @@
+"""The keeper against a real chain: `keeper check` / `run` as processes, journal restarts, bad config, stale oracles,
+an empty wallet. Every assertion is read back from the chain (events, balances), not from the keeper's word."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from keeper.devchain import ANVIL_KEYS
+
+pytestmark = pytest.mark.chain
+
+TRADER = 1  # anvil key index; the keeper signs as the trader (own account)
+
+
+def write_config(chain, tmp_path: Path, **overrides: str) -> Path:
+    dep = chain.deployment.save(tmp_path / "deployment.json")
+    risk = overrides.pop("risk", "")
+    limits = overrides.pop("limits", "")
+    text = f"""
+[chain]
+rpc_urls = ["{chain.anvil.url}"]
+chain_id = {overrides.pop("chain_id", chain.deployment.chain_id)}
+
+[protocol]
+deployment = "{dep}"
+
+[[accounts]]
+address = "{chain.addresses[TRADER]}"
+mode = "protect"
+
+[risk]
+check_interval_min_s = 1.0
+{risk}
+
+[limits]
+max_top_up_usd = 50000
+max_per_day_usd = 200000
+{limits}
+
+[schedule]
+head_poll_s = 0.2
+initial_interval_s = 2.0
+
+[journal]
+path = "{tmp_path / 'journal.sqlite'}"
+
+[http]
+port = 0
+
+[log]
+format = "json"
+"""
+    path = tmp_path / "keeper.toml"
+    path.write_text(text)
+    return path
+
+
+def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
+    return subprocess.run([sys.executable, "-m", "keeper", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=os.getcwd())
+
+
+def open_book(chain, reserve_e6: int, eth_collateral_e6: int = 3_000 * 10**6, btc_collateral_e6: int = 20_000 * 10**6):
+    """Trader: ETH long 20 ETH at 3,000 (20x with $3k) and BTC short 2 BTC at 60,000; `reserve_e6` left in the wallet."""
+    key = ANVIL_KEYS[TRADER]
+    chain.mint(chain.addresses[TRADER], eth_collateral_e6 + btc_collateral_e6 + reserve_e6)
+    chain.approve_engine(key)
+    chain.open_position(key, "ETH", True, 20 * 10**18, eth_collateral_e6)
+    chain.open_position(key, "BTC", False, 2 * 10**18, btc_collateral_e6)
+
+
+def margin_events(chain, name: str) -> list[dict]:
+    event = getattr(chain.engine.events, name)
+    return [dict(e["args"]) for e in event.get_logs(from_block=chain.deployment.start_block)]
+
+
+def wallet(chain) -> int:
+    return chain.usd.functions.balanceOf(chain.addresses[TRADER]).call()
+
+
+class TestCheck:
+    def test_check_without_execute_sends_nothing(self, chain, tmp_path):
+        """`keeper check` plans a top-up for an endangered position but sends nothing: nonce, wallet, collateral unchanged."""
+        open_book(chain, reserve_e6=30_000 * 10**6)
+        chain.push_price("ETH", 2_900 * 10**8)
+        nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
+        before = chain.position(chain.addresses[TRADER], "ETH")[4]
+        cfg = write_config(chain, tmp_path)
+        proc = keeper("check", "--config", str(cfg), "--json")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert [a["kind"] for a in out["actions"]][:1] == ["top_up"]
+        assert out["sent"] == [] and out["executed"] is False
+        assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
+        assert chain.position(chain.addresses[TRADER], "ETH")[4] == before
+        assert margin_events(chain, "MarginAdded") == []
+
+    def test_check_execute_tops_up_on_chain(self, chain, tmp_path):
+        """`keeper check --execute` sends the planned top-up; the chain shows it and the position leaves the trigger band."""
+        open_book(chain, reserve_e6=30_000 * 10**6)
+        chain.push_price("ETH", 2_900 * 10**8)
+        cfg = write_config(chain, tmp_path)
+        proc = keeper("check", "--config", str(cfg), "--execute", "--json")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        added = margin_events(chain, "MarginAdded")
+        assert len(added) == 1 and added[0]["marketId"] == 0
+        assert added[0]["amount"] == out["actions"][0]["amount_e6"]
+        assert out["sent"][0]["state"] == "confirmed"
+        again = json.loads(keeper("check", "--config", str(cfg), "--json").stdout)
+        assert not any(a["kind"] == "top_up" for a in again["actions"])
+
+    def test_status_and_stress_tables(self, chain, tmp_path):
+        """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names liquidations."""
+        open_book(chain, reserve_e6=0)
+        cfg = write_config(chain, tmp_path)
+        status = json.loads(keeper("status", "--config", str(cfg), "--json").stdout)
+        rows = {r["market"]: r for r in status["positions"]}
+        assert set(rows) == {"ETH", "BTC"}
+        assert rows["ETH"]["liquidation_price"] == pytest.approx((3000 - 150) / 0.995, rel=1e-3)
+        stress = json.loads(keeper("stress", "--config", str(cfg), "--json").stdout)
+        down20 = next(s for s in stress["scenarios"] if s["scenario"].startswith("-20%"))
+        assert {"account": chain.addresses[TRADER].lower(), "market": "ETH"} in down20["liquidated"]
+
+
+class TestBadInput:
+    def test_bad_config_value_exits_2_naming_the_field(self, chain, tmp_path):
+        """An invalid value is reported at start with the field and what is allowed, exit code 2."""
+        cfg = write_config(chain, tmp_path, risk="p_trigger = 2.0")
+        proc = keeper("check", "--config", str(cfg))
+        assert proc.returncode == 2
+        assert "risk.p_trigger" in proc.stderr and "Traceback" not in proc.stderr
+
+    def test_bad_private_key_is_not_printed(self, chain, tmp_path):
+        """A malformed key exits 2 without echoing it."""
+        cfg = write_config(chain, tmp_path)
+        secret = "0x" + "ab" * 31 + "zz"
+        proc = keeper("check", "--config", str(cfg), env={"KEEPER_PRIVATE_KEY": secret})
+        assert proc.returncode == 2
+        assert secret not in proc.stderr + proc.stdout and "ab" * 31 not in proc.stderr
+
+    def test_wrong_chain_id_refused(self, chain, tmp_path):
+        """A config that expects another chain id stops at start (exit 2 for the mismatch between file and config)."""
+        cfg = write_config(chain, tmp_path, chain_id="5")
+        proc = keeper("check", "--config", str(cfg))
+        assert proc.returncode != 0
+        assert "chain id" in proc.stderr
+
+
+class TestDanger:
+    def test_stale_oracle_alerts_and_never_releases(self, chain, tmp_path):
+        """With release enabled and a huge excess, a stale oracle gives an alert and no release."""
+        open_book(chain, reserve_e6=0, btc_collateral_e6=100_000 * 10**6)
+        chain.anvil.request("evm_increaseTime", [3_700])
+        chain.anvil.request("evm_mine", [])
+        cfg = write_config(chain, tmp_path, limits="allow_release = true")
+        out = json.loads(keeper("check", "--config", str(cfg), "--json").stdout)
+        kinds = [a["kind"] for a in out["actions"]]
+        assert "release" not in kinds
+        assert any(a["kind"] == "alert" and "stale" in a["reason"] for a in out["actions"])
+        fresh = write_config(chain, tmp_path, limits="allow_release = true")
+        chain.push_price("BTC", 60_000 * 10**8)
+        chain.push_price("ETH", 3_000 * 10**8)
+        out = json.loads(keeper("check", "--config", str(fresh), "--json").stdout)
+        assert any(a["kind"] == "release" and a["market_id"] == 1 for a in out["actions"])
+
+    def test_empty_wallet_moves_margin_and_alerts_the_rest(self, chain, tmp_path):
+        """With no wallet funds the keeper moves excess from the BTC short to the endangered ETH long, on chain."""
+        open_book(chain, reserve_e6=0, btc_collateral_e6=60_000 * 10**6)  # BTC short at 2x: far from liquidation
+        chain.push_price("ETH", 2_880 * 10**8)
+        assert wallet(chain) == 0
+        cfg = write_config(chain, tmp_path)
+        proc = keeper("check", "--config", str(cfg), "--execute", "--json")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        moved = margin_events(chain, "MarginMoved")
+        assert len(moved) >= 1 and moved[0]["fromMarketId"] == 1 and moved[0]["toMarketId"] == 0
+        assert margin_events(chain, "MarginAdded") == []
+        eth = chain.position(chain.addresses[TRADER], "ETH")
+        btc = chain.position(chain.addresses[TRADER], "BTC")
+        fees = sum(f["fee"] for f in margin_events(chain, "FeeSettled") if f["marketId"] == 0)
+        assert not eth[11] and eth[4] == 3_000 * 10**6 + sum(m["amount"] for m in moved) - fees
+        planned = {r["market"]: r for r in out["positions"]}
+        assert btc[4] >= planned["BTC"]["buffer_target"] * 1e6  # the source keeps its own target buffer
+        short = eth[4] + fees < planned["ETH"]["buffer_target"] * 1e6 - 1  # the fee settled on the move is not a shortfall
+        alerts = [a for a in out["actions"] if a["kind"] == "alert" and a["market_id"] == 0]
+        assert bool(alerts) == short  # an alert exactly when the move could not reach the target
+
+
+class TestDaemon:
+    def test_killed_mid_crash_resumes_without_duplicate(self, chain, tmp_path):
+        """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second top-up."""
+        open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6,
+                  btc_collateral_e6=60_000 * 10**6)  # both far from liquidation: nothing to do at start
+        cfg = write_config(chain, tmp_path)
+        env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+        log1 = open(tmp_path / "run1.log", "w")
+        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log1,
+                                  stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_log(tmp_path / "run1.log", "cycle_finished", 60)
+            assert margin_events(chain, "MarginAdded") == []
+            chain.anvil.request("evm_setAutomine", [False])
+            chain.push_price("ETH", 2_500 * 10**8, wait=False)  # -17 %: inside the stress gap
+            chain.anvil.request("evm_mine", [])  # the price lands; the keeper's top-up now waits in the pool
+            _wait_log(tmp_path / "run1.log", "action_sent", 30)
+            pending = chain.anvil.request("txpool_status")
+            assert int(pending["pending"], 16) == 1
+        finally:
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(10)
+        log2 = open(tmp_path / "run2.log", "w")
+        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log2,
+                                  stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_log(tmp_path / "run2.log", "daemon_started", 60)
+            time.sleep(1.5)  # a few cycles while the first top-up is still pending
+            chain.anvil.request("evm_mine", [])
+            _wait_log(tmp_path / "run2.log", "tx_final", 30)
+            chain.anvil.request("evm_setAutomine", [True])
+            time.sleep(1.5)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(20)
+        assert daemon.returncode == 0
+        added = margin_events(chain, "MarginAdded")
+        assert len(added) == 1, added
+        assert '"event": "daemon_stopped"' in (tmp_path / "run2.log").read_text()
+
+    def test_sigterm_exits_cleanly_and_health_answers(self, chain, tmp_path):
+        """The daemon serves /healthz and /metrics while running and exits 0 on SIGTERM."""
+        import urllib.request
+
+        open_book(chain, reserve_e6=1_000 * 10**6)
+        cfg = write_config(chain, tmp_path)
+        log = open(tmp_path / "run.log", "w")
+        env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log,
+                                  stderr=subprocess.STDOUT, env=env)
+        try:
+            line = _wait_log(tmp_path / "run.log", "http_listening", 60)
+            listening = json.loads(line)
+            url = f"http://{listening['host']}:{listening['port']}"
+            _wait_log(tmp_path / "run.log", "cycle_finished", 30)
+            health = json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read())
+            assert health["status"] == "ok"
+            metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+            assert "keeper_position_breach_probability{" in metrics and "keeper_cycle_duration_seconds" in metrics
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(20)
+        assert daemon.returncode == 0
+        text = (tmp_path / "run.log").read_text()
+        assert ANVIL_KEYS[TRADER][2:] not in text
+
+
+def _wait_log(path: Path, event: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in path.read_text().splitlines():
+            if f'"event": "{event}"' in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no {event} in {path.name} within {timeout_s}s:\n{path.read_text()[-3000:]}")
