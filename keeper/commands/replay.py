@@ -3,8 +3,9 @@
 ``keeper replay --prices ETH=eth.csv --prices BTC=btc.csv [--book book.toml] [--policy P ...] [--out DIR] --fast``
 
 Without ``--policy`` it compares ``risk``, the default fixed-ratio baselines and ``none``. ``--fast`` runs
-the pure-Python protocol model (keeper.replay.fast); the on-chain replay is not built yet (see
-docs/readme/replay.md) and is refused with a clear message.
+the pure-Python protocol model (keeper.replay.fast); without it the same rounds are played on a local
+anvil with the real contracts, the real keeper daemon's cycle (one per account) for ``risk`` and a
+liquidator bot (keeper.replay.onchain): slower (rounds per second, not thousands), for windows of hours.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def replay_command(
         [], "--policy", help="risk | risk:norelease | fixed:X:Y | fixed:X:Y:Z | none; repeat (default: a standard set)."
     ),
     out: Path | None = typer.Option(None, "--out", help="Directory for summary.json, report.md and PNG plots."),
-    fast: bool = typer.Option(False, "--fast", help="Use the pure-Python protocol model (no chain)."),
+    fast: bool = typer.Option(False, "--fast", help="Use the pure-Python protocol model (no chain; default: anvil)."),
     warmup_h: float = typer.Option(24.0, "--warmup-h", help="Hours at the start used only to calibrate volatility."),
     delay: int = typer.Option(1, "--delay-rounds", help="Rounds between a decision and its inclusion (>= 1)."),
     order: str = typer.Option("adverse", "--order", help="Intra-bar order: adverse | long_adverse | short_adverse."),
@@ -69,11 +70,6 @@ def replay_command(
     from keeper.replay.prices import INTRABAR_ORDERS, load_bars
     from keeper.replay.report import comparison_table, write_report
 
-    if not fast:
-        raise InputError(
-            "the on-chain replay is not available yet: run with --fast (pure protocol model); "
-            "see docs/readme/replay.md"
-        )
     if order not in INTRABAR_ORDERS:
         raise InputError(f"--order {order!r}: allowed {', '.join(INTRABAR_ORDERS)}")
     files = _parse_prices(prices)
@@ -100,7 +96,12 @@ def replay_command(
         def progress(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
-        result = run_fast(bk, series, pols, config, progress=progress)
+        if fast:
+            result, stats = run_fast(bk, series, pols, config, progress=progress), None
+        else:
+            from keeper.replay.onchain import run_onchain
+
+            result, stats = run_onchain(bk, series, pols, config, progress=progress)
     command = "keeper replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     table = Table(title="replay (USD)")
     for col in ("policy", "liq", "penalty", "top-ups", "added", "releases", "released", "txs", "gas", "avg idle",
@@ -119,8 +120,17 @@ def replay_command(
         red = "n/a" if tc.idle_reduction is None else f"{tc.idle_reduction:.1%}"
         Console().print(f"target vs best zero-liquidation baseline {tc.baseline}: idle reduction {red} -> "
                         f"{'MET' if tc.met else 'NOT MET'} ({tc.reason})")
+    if stats is not None:
+        gas = ", ".join(f"{k} {g['median']:,}" for k, g in stats.gas_summary().items())
+        speed = ", ".join(f"{k} {v:.1f}" for k, v in stats.rounds_per_s().items())
+        Console().print(f"on chain: median gas per kind {gas or '-'}; rounds/s {speed}")
     if out is not None:
-        paths = write_report(result, out, command=command, plots=not no_plots)
+        if stats is None:
+            paths = write_report(result, out, command=command, plots=not no_plots)
+        else:
+            from keeper.replay.onchain import write_onchain_report
+
+            paths = write_onchain_report(result, stats, out, command=command, plots=not no_plots)
         Console().print(f"wrote {paths['summary']} and {paths['report']}")
     elif not table.row_count:
         Console().print(comparison_table(result))

@@ -16,20 +16,25 @@ first round after it, at that round's prices. Then, at every round ``k``:
    the time to the next round (time-weighted average; peak);
 6. the policy observes (prices, positions, wallets, volatility) and decides.
 
-No look-ahead: the volatility a decision sees is an EWMA over the log returns of bar closes at or before
-the decision's round (the close of a bar is known at its last sub-round); the recursion is the risk
-engine's (:func:`keeper.risk.volatility.ewma_variance_per_s`, RiskMetrics lambda 0.94, per-second variance
-samples, seeded with the mean of the first 30), run incrementally; fewer than 30 returns give the risk
-policy's fallback volatility.
+No look-ahead, and the keeper's own volatility input: the volatility a decision sees is the daemon's
+estimate (:class:`keeper.runtime.volatility_cache.VolatilityCache` over the feed's history, read back by
+``ReferenceAdapter.oracle_history``): :func:`keeper.risk.volatility.estimate_volatility` (EWMA, RiskMetrics
+lambda 0.94, per-second variance samples, seeded with the mean of the first 30) over the last
+``VOL_WINDOW_ROUNDS`` oracle rounds of the market up to and including the decision's round — every
+sub-round pushed, warm-up included, nothing after it (:class:`OracleVol`). The on-chain replay's keeper
+reads exactly these rounds from the feeds, so both modes feed the risk engine the same numbers; fewer
+than 30 returns give the policy's fallback volatility, and the policy's floor applies.
+(:class:`EwmaVol`, the earlier close-to-close estimator, is kept for comparison; the replay no longer uses it.)
 
-Gas. Each keeper transaction is charged a fixed gas figure per kind (:data:`GAS_PER_ACTION`), estimates
-for PerpEngine to be replaced by the on-chain replay's measured receipts; a reverted call is charged
-:data:`GAS_REVERT`. The liquidator's gas is not the keeper's and is not counted.
+Gas. Each keeper transaction is charged a gas figure per kind (:data:`GAS_PER_ACTION`), the medians of
+receipts measured by the on-chain replay (:mod:`keeper.replay.onchain`, docs/readme/replay.md); a
+reverted call is charged :data:`GAS_REVERT`. The liquidator's gas is not the keeper's and is not counted.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,22 +42,61 @@ import numpy as np
 
 from keeper.domain import SECONDS_PER_YEAR, Action, ActionKind, PriceRound, Side
 from keeper.errors import InputError
-from keeper.replay.book import Book, opening_collateral_e6
+from keeper.replay.book import Book, BookPosition, opening_collateral_e6
 from keeper.replay.metrics import Event, PolicyResult
 from keeper.replay.model import ModelRevert, PerpModel
 from keeper.replay.policies import Observation, Policy
 from keeper.replay.prices import Bars, Round, build_rounds, to_e8
+from keeper.risk.volatility import estimate_volatility
 
-GAS_PER_ACTION: dict[ActionKind, int] = {
-    ActionKind.TOP_UP: 62_000,  # addMargin: accrue + settle + transferFrom
-    ActionKind.RELEASE: 68_000,  # removeMargin: + oracle read + leverage check + transfer
-    ActionKind.MOVE_MARGIN: 85_000,  # moveMargin: two positions
-    ActionKind.REDUCE_SIZE: 70_000,  # decreasePosition
+GAS_PER_ACTION: dict[ActionKind, int] = {  # medians of receipts, measured by the on-chain replay (anvil, PerpEngine)
+    ActionKind.TOP_UP: 78_200,  # addMargin: 72.6k-78.3k (112k when a fee slot goes zero -> non-zero)
+    ActionKind.RELEASE: 88_600,  # removeMargin: 88.5k-94.2k
+    ActionKind.MOVE_MARGIN: 106_500,  # moveMargin: 106.5k (140.7k first time)
+    ActionKind.REDUCE_SIZE: 81_500,  # decreasePosition: 81.5k
 }
-GAS_REVERT = 35_000
+GAS_REVERT = 69_400  # removeMargin reverting InvalidAmount after the fee settlement (the planner's usual revert)
 EWMA_LAMBDA = 0.94
 EWMA_MIN_RETURNS = 30
 DEFAULT_WARMUP_S = 24 * 3600
+VOL_WINDOW_ROUNDS = 2_000  # keeper.runtime.volatility_cache.VolatilityCache.window (tested equal)
+
+
+@dataclass(slots=True)
+class OracleVol:
+    """The keeper's volatility input for one market: the last ``window`` oracle rounds and their EWMA.
+
+    Same inputs and same code as the daemon (``VolatilityCache.estimate``: times and ``price_e8 / 1e8`` as
+    float arrays into :func:`keeper.risk.volatility.estimate_volatility`, model ``"ewma"``), so the
+    result is bit-identical to what the keeper computes from the feed's rounds on chain.
+    """
+
+    window: int = VOL_WINDOW_ROUNDS
+    t_s: deque = field(default_factory=deque)
+    price_e8: deque = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.t_s = deque(self.t_s, maxlen=self.window)
+        self.price_e8 = deque(self.price_e8, maxlen=self.window)
+
+    def add(self, t_s: int, price_e8: int) -> None:
+        self.t_s.append(t_s)
+        self.price_e8.append(price_e8)
+
+    def raw_sigma_annual(self) -> float | None:
+        """EWMA sigma (annualised) of the kept rounds, or None with fewer than 30 returns (fallback)."""
+        n = len(self.t_s)
+        times = np.fromiter((float(x) for x in self.t_s), float, n)
+        prices = np.fromiter((float(x) for x in self.price_e8), float, n) / 1e8
+        est = estimate_volatility(times, prices, model="ewma", fallback_annual=1.0)
+        return None if est.model == "fallback" else est.raw_sigma_annual
+
+
+def policy_sigma(raw: float | None, policy: Policy, default_fallback: float) -> float:
+    """What the keeper's cache reports: the raw EWMA (or the policy's fallback), never below its floor."""
+    rp = getattr(policy, "risk_policy", None)
+    floor = float(getattr(rp, "sigma_floor_annual", 0.0))
+    return max(raw if raw is not None else _policy_sigma_fallback(policy, default_fallback), floor)
 
 
 @dataclass(slots=True)
@@ -127,6 +171,39 @@ def _policy_sigma_fallback(policy: Policy, default: float) -> float:
     return float(getattr(rp, "sigma_fallback_annual", default))
 
 
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """One ``openPosition`` of the book: who, where, side, size (e18) and collateral (e6)."""
+
+    position: BookPosition
+    market_id: int
+    is_long: bool
+    size_e18: int
+    collateral_e6: int
+
+
+def open_book(model: PerpModel, book: Book, now_s: int) -> list[OpenOrder]:
+    """Open every book position in ``model`` at its current prices; returns the orders that succeeded.
+
+    ``size = notional * 1e20 // price``, ``collateral = ceil(notional / leverage)`` (one more e6 unit when
+    the floor of the size makes the max-leverage check miss by one).
+    """
+    orders = []
+    for bp in book.positions:
+        mid = book.markets[bp.symbol].market_id
+        price = model.markets[mid].price_e8
+        size = bp.notional_e6 * 10**20 // price
+        coll = opening_collateral_e6(bp)
+        is_long = bp.side is Side.LONG
+        try:
+            model.open_position(bp.account, mid, is_long, size, coll, now_s)
+        except ModelRevert:
+            coll += 1
+            model.open_position(bp.account, mid, is_long, size, coll, now_s)
+        orders.append(OpenOrder(bp, mid, is_long, size, coll))
+    return orders
+
+
 class _Run:
     """State of one policy's replay (private)."""
 
@@ -190,16 +267,7 @@ class _Run:
 
     # ---- one round ------------------------------------------------------------------------------
     def open_book(self, now_s: int) -> None:
-        for bp in self.book.positions:
-            mid = self.book.markets[bp.symbol].market_id
-            price = self.model.markets[mid].price_e8
-            size = bp.notional_e6 * 10**20 // price
-            coll = opening_collateral_e6(bp)
-            try:
-                self.model.open_position(bp.account, mid, bp.side is Side.LONG, size, coll, now_s)
-            except ModelRevert:
-                # ceil(notional/leverage) can miss the check by the floor of size: add one unit and retry
-                self.model.open_position(bp.account, mid, bp.side is Side.LONG, size, coll + 1, now_s)
+        open_book(self.model, self.book, now_s)
 
     def step(
         self, k: int, rnd: Round, dt_next: float, sigma: dict[int, float], sym_to_id: dict[str, int], is_open: bool
@@ -266,17 +334,28 @@ class _Run:
         return res
 
 
-def run_fast(
-    book: Book,
-    series: Sequence[Bars],
-    policies: Sequence[Policy],
-    config: ReplayConfig = ReplayConfig(),
-    progress: Callable[[int, int], None] | None = None,
-) -> ReplayResult:
-    """Replay ``series`` (one :class:`Bars` per symbol of the book) for each policy; see the module docstring.
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """The rounds of a replay: every round of the window (warm-up included) and where the book opens."""
 
-    ``progress(done, total)`` is called now and then (``total`` = rounds x policies).
-    """
+    rounds_all: list[Round]
+    open_k: int  # index in rounds_all of the opening round (first after the warm-up with every market)
+    sym_to_id: dict[str, int]
+    sources: dict[str, str]
+
+    @property
+    def rounds(self) -> list[Round]:
+        """The replayed rounds (from the opening round on)."""
+        return self.rounds_all[self.open_k :]
+
+    def dt_next(self) -> np.ndarray:
+        """Seconds from each replayed round to the next (0 for the last)."""
+        t = np.array([r.t_s for r in self.rounds], dtype=np.int64)
+        return np.diff(t, append=t[-1])
+
+
+def plan_timeline(book: Book, series: Sequence[Bars], config: ReplayConfig) -> Timeline:
+    """Check the series against the book and build the rounds (shared by the fast and on-chain replays)."""
     by_sym = {b.symbol: b for b in series}
     missing = sorted(set(book.markets) - set(by_sym))
     if missing:
@@ -294,39 +373,71 @@ def run_fast(
     open_k = next((i for i in range(open_k, len(rounds_all)) if set(rounds_all[i].prices_e8) >= set(book.markets)), None)
     if open_k is None or open_k >= len(rounds_all) - 1:
         raise InputError("no round after the warm-up carries a price for every market of the book")
-    sym_to_id = {s: m.market_id for s, m in book.markets.items()}
-    # volatility known at every round (close-to-close EWMA), computed once for all policies
-    vols = {s: EwmaVol() for s in book.markets}
-    for r in rounds_all[:open_k]:
-        for s in r.closes:
-            vols[s].add_close(r.t_s, r.prices_e8[s] / 1e8)
-    rounds = rounds_all[open_k:]
-    n = len(rounds)
-    sigma_rows: list[dict[str, float | None]] = []
-    for r in rounds:
-        for s in r.closes:
-            vols[s].add_close(r.t_s, r.prices_e8[s] / 1e8)
-        sigma_rows.append({s: (math.sqrt(v.var_per_s * SECONDS_PER_YEAR) if v.var_per_s else None) for s, v in vols.items()})
-    t_arr = np.array([r.t_s for r in rounds], dtype=np.int64)
-    dts = np.diff(t_arr, append=t_arr[-1])  # the last round carries no time
+    return Timeline(
+        rounds_all=rounds_all,
+        open_k=open_k,
+        sym_to_id={s: m.market_id for s, m in book.markets.items()},
+        sources={b.symbol: b.source for b in used},
+    )
+
+
+def oracle_sigmas(timeline: Timeline) -> list[dict[int, float | None]]:
+    """Per replayed round, market id -> the keeper's raw EWMA sigma over the oracle rounds so far (None:
+    fewer than 30 returns). Computed once for all policies (:class:`OracleVol`)."""
+    vols = {s: OracleVol() for s in timeline.sym_to_id}
+    rows: list[dict[int, float | None]] = []
+    for i, r in enumerate(timeline.rounds_all):
+        for s, p in r.prices_e8.items():
+            vols[s].add(r.t_s, p)
+        if i >= timeline.open_k:
+            rows.append({timeline.sym_to_id[s]: v.raw_sigma_annual() for s, v in vols.items()})
+    return rows
+
+
+def price_columns(book: Book, rounds: Sequence[Round]) -> dict[str, np.ndarray]:
+    """symbol -> latest known price (USD float) at every round."""
     prices: dict[str, np.ndarray] = {}
     for s in book.markets:
-        col = np.empty(n)
+        col = np.empty(len(rounds))
         last = 0.0
         for i, r in enumerate(rounds):
             if s in r.prices_e8:
                 last = r.prices_e8[s] / 1e8
             col[i] = last
         prices[s] = col
+    return prices
+
+
+def run_fast(
+    book: Book,
+    series: Sequence[Bars],
+    policies: Sequence[Policy],
+    config: ReplayConfig = ReplayConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayResult:
+    """Replay ``series`` (one :class:`Bars` per symbol of the book) for each policy; see the module docstring.
+
+    ``progress(done, total)`` is called now and then (``total`` = rounds x policies).
+    """
+    tl = plan_timeline(book, series, config)
+    rounds = tl.rounds
+    n = len(rounds)
+    sigma_rows = oracle_sigmas(tl)
+    t_arr = np.array([r.t_s for r in rounds], dtype=np.int64)
+    dts = tl.dt_next()  # the last round carries no time
+    prices = price_columns(book, rounds)
     results: dict[str, PolicyResult] = {}
     total = n * len(policies)
     done = 0
     for pol in policies:
         run = _Run(book, pol, config, n)
-        fallback = _policy_sigma_fallback(pol, config.sigma_fallback_annual)
+        # the model must know the warm-up prices too (the feeds' history); only the last one matters
+        for r in tl.rounds_all[: tl.open_k]:
+            for sym, px in r.prices_e8.items():
+                run.model.push_price(tl.sym_to_id[sym], px, r.t_s)
         for k, r in enumerate(rounds):
-            sig = {sym_to_id[s]: (v if v is not None else fallback) for s, v in sigma_rows[k].items()}
-            run.step(k, r, float(dts[k]), sig, sym_to_id, is_open=k > 0)
+            sig = {mid: policy_sigma(v, pol, config.sigma_fallback_annual) for mid, v in sigma_rows[k].items()}
+            run.step(k, r, float(dts[k]), sig, tl.sym_to_id, is_open=k > 0)
             if progress is not None and (k % 500 == 0 or k == n - 1):
                 progress(done + k + 1, total)
         done += n
@@ -342,7 +453,7 @@ def run_fast(
         prices=prices,
         labels=[p.label for p in book.positions],
         results=results,
-        sources={b.symbol: b.source for b in used},
+        sources=dict(tl.sources),
     )
 
 
@@ -350,6 +461,10 @@ __all__ = [
     "GAS_PER_ACTION",
     "GAS_REVERT",
     "EwmaVol",
+    "OracleVol",
+    "Timeline",
+    "oracle_sigmas",
+    "plan_timeline",
     "Event",
     "PolicyResult",
     "ReplayConfig",

@@ -11,7 +11,7 @@ import pytest
 
 from keeper.domain import Action, ActionKind
 from keeper.replay.book import load_book
-from keeper.replay.fast import EwmaVol, ReplayConfig, run_fast
+from keeper.replay.fast import GAS_PER_ACTION, GAS_REVERT, EwmaVol, ReplayConfig, run_fast
 from keeper.replay.metrics import best_fixed_baseline, check_target
 from keeper.replay.policies import FixedRatio, NoKeeper, Observation, parse_policy
 from keeper.risk.volatility import estimate_volatility
@@ -41,7 +41,9 @@ class TestOutcomes:
         assert r.liquidations == 0
         assert r.min_margin_ratio > 1.0
         assert r.top_ups > 0 and r.collateral_added_e6 > 0
-        assert r.gas_used == r.top_ups * 62_000 + r.releases * 68_000 + r.reverted * 35_000
+        gas = GAS_PER_ACTION
+        assert r.gas_used == (r.top_ups * gas[ActionKind.TOP_UP] + r.releases * gas[ActionKind.RELEASE]
+                              + r.reverted * GAS_REVERT)
         assert best_fixed_baseline(baseline_run.results) == "fixed:12:24:48"
 
     def test_idle_is_time_weighted(self, baseline_run):
