@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from eth_abi import decode, encode
 
 from keeper.chain.abi import Function
@@ -154,3 +156,18 @@ class TestDiscovery:
         scanner = LogScanner(client, journal, "bad", "0xnotanaddress", [POSITION_OPENED])
         with pytest.raises(RpcErrorResponse):
             scanner.fetch(0, 10)
+
+
+class TestFastEncoder:
+    @given(st.binary(min_size=20, max_size=20), st.integers(0, 2**256 - 1), st.booleans(),
+           st.integers(-(2**255), 2**255 - 1), st.integers(0, 2**80 - 1))
+    def test_static_encoder_matches_eth_abi(self, addr, u, b, i, r):
+        """The hand-written static-argument encoder is byte-identical to eth_abi."""
+        f = Function("f(address,uint256,bool,int256,uint80)")
+        args = ("0x" + addr.hex(), u, b, i, r)
+        assert f.encode(*args) == f.selector + encode(list(f.input_types), list(args))
+
+    def test_out_of_range_falls_back_to_eth_abi_error(self):
+        """A value that does not fit its type raises eth_abi's encoding error, not a silent truncation."""
+        with pytest.raises(Exception, match="(?i)uint80|value"):
+            Function("g(uint80)").encode(2**80)
