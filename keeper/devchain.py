@@ -170,7 +170,9 @@ class Sender:
             "type": 2,
             **tx,
         }
-        tx["gas"] = gas or int(self.w3.eth.estimate_gas(tx) * 1.2) + 10_000
+        # Generous margin: the engine's fee index writes depend on block.timestamp, so an estimate made in
+        # the same second as the previous block can miss two cold SSTOREs (~44k gas) when mined a second later.
+        tx["gas"] = gas or int(self.w3.eth.estimate_gas(tx) * 1.5) + 60_000
         signed = self.account.sign_transaction(tx)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         self.nonce += 1
@@ -194,7 +196,11 @@ class Sender:
         for h in hashes:
             receipt = self.w3.eth.wait_for_transaction_receipt(h, timeout=30)
             if receipt["status"] != 1:
-                raise RuntimeError(f"setup transaction {h.hex()} reverted")
+                tx = self.w3.eth.get_transaction(h)
+                raise RuntimeError(
+                    f"setup transaction {h.to_0x_hex()} to {tx['to']} (selector {bytes(tx['input'][:4]).hex()}) "
+                    f"reverted in block {receipt['blockNumber']}: gas used {receipt['gasUsed']} of {tx['gas']}"
+                )
             if h in self.pending:
                 self.pending.remove(h)
         return receipt
