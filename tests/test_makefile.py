@@ -1,0 +1,51 @@
+"""`make` set-up prerequisites: a missing Node/npm or an old Python is one line saying what to install."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make(tmp_path: Path, python: str, path_dirs: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [shutil.which("make") or "make", "-s", "--no-print-directory", "check-prereqs", f"PYTHON={python}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PATH": os.pathsep.join(path_dirs)},
+    )
+
+
+def _bin_dir(tmp_path: Path, *tools: str) -> Path:
+    d = tmp_path / "bin"
+    d.mkdir(exist_ok=True)
+    for tool in tools:
+        real = shutil.which(tool)
+        assert real, tool
+        (d / tool).symlink_to(real)
+    return d
+
+
+def test_old_python_is_refused_with_one_line(tmp_path):
+    """A Python older than 3.11 stops make with a one-line message naming 3.11, exit non-zero."""
+    fake = tmp_path / "python3.10"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = -V ]; then echo 'Python 3.10.12'; exit 0; fi\nexit 1\n")
+    fake.chmod(0o755)
+    bins = _bin_dir(tmp_path, "sh", "node", "npm")
+    proc = _make(tmp_path, str(fake), [str(bins), "/usr/bin", "/bin"])
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Python 3.11 or newer is required" in lines[0] and "3.10.12" in lines[0]
+
+
+def test_missing_node_is_refused_with_one_line(tmp_path):
+    """Without node on PATH make says to install Node.js 20, exit non-zero."""
+    import sys
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _make(tmp_path, sys.executable, [str(empty)])
+    assert proc.returncode != 0
+    assert "Node.js 20 is required" in proc.stdout
