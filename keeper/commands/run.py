@@ -8,6 +8,7 @@ from pathlib import Path
 import structlog
 import typer
 
+from keeper.chain.heads import NewHeadsSubscription
 from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
 from keeper.runtime.health import HealthServer, HealthState
 from keeper.runtime.metrics import KeeperMetrics
@@ -23,6 +24,7 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
     health = HealthState(cfg.http.max_cycle_age_s, cfg.http.max_head_age_s)
     service = KeeperService.from_config(cfg, execute=True, metrics=metrics, health=health)
     server = None
+    heads = None
     try:
         service.start()
         if cfg.http.enabled:
@@ -47,6 +49,10 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
             on_stall=on_stall, on_recover=on_recover,
         )
 
+        ws_urls = [u for u in cfg.chain.rpc_urls if u.startswith(("ws://", "wss://"))]
+        if ws_urls:
+            heads = NewHeadsSubscription(ws_urls[0], lambda _n, _ts: scheduler.poll_head_now()).start()
+
         def stop(signum: int, _frame: object) -> None:
             log.info("shutdown_requested", signal=signal.Signals(signum).name)
             scheduler.stop()
@@ -59,6 +65,8 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
         log.info("daemon_stopped", cycles=scheduler.cycles_run, failed_cycles=scheduler.cycles_failed,
                  open_transactions=len(service.journal.open_intents()))
     finally:
+        if heads is not None:
+            heads.stop()
         if server is not None:
             server.stop()
         service.close()

@@ -148,6 +148,12 @@ class CycleScheduler:
             self.early_cycles += 1
             job.modify(next_run_time=datetime.now(timezone.utc))
 
+    def poll_head_now(self) -> None:
+        """Run the head watcher now (a newHeads notification arrived); coalesced with a running poll."""
+        job = self._scheduler.get_job("head")
+        if job is not None:
+            job.modify(next_run_time=datetime.now(timezone.utc))
+
     def start(self) -> None:
         now = datetime.now(timezone.utc)
         self._scheduler.add_job(

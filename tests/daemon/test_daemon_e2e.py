@@ -22,11 +22,13 @@ TRADER = 1  # anvil key index; the keeper signs as the trader (own account)
 
 def write_config(chain, tmp_path: Path, **overrides: str) -> Path:
     dep = chain.deployment.save(tmp_path / "deployment.json")
+    rpc = overrides.pop("rpc", chain.anvil.url)
+    head_poll_s = overrides.pop("head_poll_s", "0.2")
     risk = overrides.pop("risk", "")
     limits = overrides.pop("limits", "")
     text = f"""
 [chain]
-rpc_urls = ["{chain.anvil.url}"]
+rpc_urls = ["{rpc}"]
 chain_id = {overrides.pop("chain_id", chain.deployment.chain_id)}
 
 [protocol]
@@ -46,7 +48,7 @@ max_per_day_usd = 200000
 {limits}
 
 [schedule]
-head_poll_s = 0.2
+head_poll_s = {head_poll_s}
 initial_interval_s = 2.0
 
 [journal]
@@ -261,6 +263,29 @@ class TestDaemon:
         assert daemon.returncode == 0
         text = (tmp_path / "run.log").read_text()
         assert ANVIL_KEYS[TRADER][2:] not in text
+
+
+class TestWebSocket:
+    def test_new_round_over_websocket_triggers_a_top_up(self, chain, tmp_path):
+        """With a ws:// endpoint and slow polling, a new oracle round still brings a top-up within seconds."""
+        open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
+        cfg = write_config(chain, tmp_path, rpc=chain.anvil.ws_url, head_poll_s="30")
+        log = open(tmp_path / "run.log", "w")
+        env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log,
+                                  stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
+            _wait_log(tmp_path / "run.log", "cycle_finished", 30)
+            time.sleep(0.5)
+            chain.push_price("ETH", 2_500 * 10**8)
+            pushed = time.monotonic()
+            _wait_log(tmp_path / "run.log", "action_sent", 10)
+            assert time.monotonic() - pushed < 10  # the 30 s poll and the 300 s interval could not have done it
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(20)
+        assert len(margin_events(chain, "MarginAdded")) == 1
 
 
 def _wait_log(path: Path, event: str, timeout_s: float) -> str:
