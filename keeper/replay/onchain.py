@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 from eth_account import Account
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 from web3 import Web3
 
 from keeper.chain.abi import Function, event_topic
