@@ -235,6 +235,7 @@ class KeeperService:
         for rec in report.finalized:
             kind = rec.meta.get("kind", "other")
             self.metrics.count_action(kind, rec.state)
+            self._count_gas(rec.tx_hash)
             log.info("tx_final", intent=rec.id, kind=kind, state=rec.state, tx_hash=rec.tx_hash,
                      block=rec.block_number, reason=rec.reason, account=rec.meta.get("account"),
                      market=rec.meta.get("market_id"), amount_e6=rec.meta.get("amount_e6"))
@@ -242,6 +243,18 @@ class KeeperService:
                 self.alerts.send(f"tx:{rec.idempotency_key}", f"transaction {rec.state}: {rec.meta.get('description')}"
                                  f" ({rec.reason})", severity="critical",
                                  fields={"tx_hash": rec.tx_hash, "state": rec.state})
+
+    def _count_gas(self, tx_hash: str | None) -> None:
+        if not tx_hash:
+            return
+        try:
+            receipt = self.client.get_receipt(tx_hash)
+        except TransientRpcError:
+            self.metrics.count_rpc_error("receipt")
+            return
+        if receipt:
+            gas = int(receipt["gasUsed"], 16)
+            self.metrics.add_gas(gas, gas * int(receipt.get("effectiveGasPrice", "0x0"), 16))
 
     # ---- the cycle -------------------------------------------------------------------------------
 
@@ -296,6 +309,13 @@ class KeeperService:
         return busy
 
     def cycle(self, *, execute: bool = True) -> CycleReport:
+        try:
+            return self._cycle(execute)
+        except TransientRpcError:
+            self.metrics.count_rpc_error("cycle")
+            raise
+
+    def _cycle(self, execute: bool) -> CycleReport:
         started = time.perf_counter()
         snap, wallet = self.read()
         risks, sigmas = self.assess(snap)

@@ -257,6 +257,13 @@ class TestDaemon:
             assert health["status"] == "ok"
             metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
             assert "keeper_position_breach_probability{" in metrics and "keeper_cycle_duration_seconds" in metrics
+            chain.push_price("ETH", 2_900 * 10**8)
+            _wait_log(tmp_path / "run.log", "tx_final", 30)
+            time.sleep(0.3)
+            metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+            samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
+            assert float(samples["keeper_gas_used_total"]) > 21_000
+            assert float(samples['keeper_actions_total{kind="top_up",outcome="confirmed"}']) == 1.0
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
