@@ -146,8 +146,11 @@ class KeeperService:
                 ]
                 txm = TransactionManager(client, journal, lanes, fees, confirmations=config.fees.confirmations,
                                          error_decoder=adapter.errors)
-        return cls(config, client=client, adapter=adapter, journal=journal, txm=txm,
-                   signer_address=signer_address, metrics=metrics, alerts=alerts, health=health)
+        service = cls(config, client=client, adapter=adapter, journal=journal, txm=txm,
+                      signer_address=signer_address, metrics=metrics, alerts=alerts, health=health)
+        if txm is not None:
+            txm._still_needed_default = service.still_needed
+        return service
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -255,6 +258,35 @@ class KeeperService:
         if receipt:
             gas = int(receipt["gasUsed"], 16)
             self.metrics.add_gas(gas, gas * int(receipt.get("effectiveGasPrice", "0x0"), 16))
+
+    def still_needed(self, intent) -> bool:
+        """Is a stuck transaction's purpose still there? Re-reads its position (the manager cancels it if not).
+
+        A top-up or move is needed while the target position exists and sits below its target buffer; a
+        release while the source still holds more than its target; a reduction while the position is
+        endangered. Errors answer "needed" (never cancel on doubt)."""
+        kind, account, market_id = intent.meta.get("kind"), intent.meta.get("account"), intent.meta.get("market_id")
+        if kind is None or account is None or market_id is None:
+            return True
+        try:
+            snap = self.adapter.read_book([(account, int(market_id))])
+            risks, _ = self.assess(snap)
+        except Exception as exc:  # keep the transaction when in doubt
+            log.warning("still_needed_unknown", intent=intent.id, error=str(exc))
+            return True
+        if not risks:
+            log.info("tx_purpose_gone", intent=intent.id, kind=kind, why="position closed or liquidated")
+            return False
+        r = risks[0]
+        if kind in (ActionKind.TOP_UP.value, ActionKind.MOVE_MARGIN.value):
+            needed = r.position.collateral_e6 < r.required_collateral_e6
+        elif kind == ActionKind.RELEASE.value:
+            needed = r.excess_e6 > 0
+        else:
+            needed = r.liquidatable or r.breach_probability > self.policy.p_trigger or r.stress_breach
+        if not needed:
+            log.info("tx_purpose_gone", intent=intent.id, kind=kind, why="position already at its target")
+        return needed
 
     # ---- the cycle -------------------------------------------------------------------------------
 

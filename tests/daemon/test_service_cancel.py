@@ -1,0 +1,47 @@
+"""A stuck top-up whose purpose is gone is cancelled at its nonce, not sent again (KeeperService.still_needed)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from keeper.devchain import ANVIL_KEYS
+from keeper.runtime.config import load_config
+from keeper.runtime.service import KeeperService
+
+from test_daemon_e2e import TRADER, margin_events, open_book, write_config
+
+pytestmark = pytest.mark.chain
+
+
+def test_dropped_top_up_is_cancelled_when_the_position_recovered(chain, tmp_path):
+    """Top-up sent, dropped from the pool, price recovers: the manager cancels with a self-transfer at that nonce."""
+    open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
+    cfg = load_config(write_config(chain, tmp_path), env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]},
+                      dotenv_path=None)
+    service = KeeperService.from_config(cfg, execute=True)
+    try:
+        service.start()
+        chain.push_price("ETH", 2_500 * 10**8)
+        chain.anvil.request("evm_setAutomine", [False])
+        report = service.cycle(execute=True)
+        sent = [s for s in report.sent if s["action"] == "top_up"]
+        assert len(sent) == 1 and sent[0]["state"] in ("sent", "signed")
+        nonce = sent[0]["nonce"]
+        chain.anvil.request("anvil_dropTransaction", [sent[0]["tx_hash"]])
+        chain.push_price("ETH", 3_000 * 10**8, wait=False)
+        chain.anvil.request("evm_mine", [])
+        assert service.still_needed(service.journal.get(sent[0]["intent"])) is False
+        service.txm.poll()  # unknown to the node and no longer needed -> cancel at the same nonce
+        chain.anvil.request("evm_mine", [])
+        rec = service.txm.wait(sent[0]["intent"], timeout_s=30,
+                               between_polls=lambda: chain.anvil.request("evm_mine", []))
+        assert rec.state == "cancelled"
+        attempts = service.journal.attempts(rec.id)
+        assert attempts[-1].kind == "cancel" and attempts[-1].nonce == nonce
+        assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce + 1
+        assert margin_events(chain, "MarginAdded") == []
+    finally:
+        chain.anvil.request("evm_setAutomine", [True])
+        service.close()
