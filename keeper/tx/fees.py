@@ -6,7 +6,7 @@ Initial fees for a transaction with gas limit ``G``::
     tip       = clamp(percentile p of the recent blocks' rewards, min_tip, max_tip)
     max_fee   = min(base_multiplier * base_next + tip, cap)
     cap       = min(max_fee_per_gas_cap_wei,
-                    min(max_tx_fee_wei, stake_fraction * value_at_stake in wei) // G)
+                    min(max_tx_fee_wei, max(min_budget_wei, stake_fraction * value_at_stake in wei)) // G)
 
 ``value_at_stake`` is what the action protects, in USD e6 (e.g. the liquidation penalty a top-up avoids);
 it is turned into wei with ``native_usd_e8`` (the gas token's USD price). A transaction whose cap does not
@@ -52,7 +52,8 @@ class FeePolicy:
 
     native_usd_e8: int = 3_000 * 10**8  # gas token price used to value the fee against the stake
     stake_fraction: float = 0.25  # spend at most this share of the value at stake on gas
-    min_budget_wei: int = 0  # per-tx budget floor (lets tiny stakes still pay on cheap chains)
+    min_budget_wei: int = ETHER // 1_000  # per-tx budget floor: approvals (nothing at stake) and small actions
+    #                                       can still pay ordinary fees; a ceiling, not what is paid
     max_tx_fee_wei: int = ETHER // 20  # absolute cap on gas_limit * max_fee_per_gas (0.05 ETH)
     max_fee_per_gas_cap_wei: int = 1_000 * GWEI  # absolute cap on max_fee_per_gas
     base_multiplier: int = 2  # headroom for 6 consecutive full blocks (+12.5% each)

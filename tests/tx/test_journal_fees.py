@@ -95,6 +95,7 @@ class TestFees:
         p = FeePolicy()
         assert p.budget_wei(1_000 * 10**6) == ETHER // 20
         assert p.budget_wei(120 * 10**6) == ETHER // 100  # $30 of gas at $3,000/ETH = 0.01 ETH
+        assert p.budget_wei(0) == ETHER // 1_000  # the floor: an approval has nothing at stake
 
     def test_initial_fee_formula(self):
         """max fee = 2 * next base fee + tip when under the cap."""

@@ -76,7 +76,7 @@ class TestSubmit:
         """A transaction whose fee budget (share of the value at stake) cannot pay the base fee is refused."""
         from keeper.tx.fees import FeeCapExceeded
 
-        m = make_manager()
+        m = make_manager(fee_policy=FeePolicy(min_budget_wei=0))
         with pytest.raises(FeeCapExceeded):
             m.submit(transfer(), "k:tiny", value_at_stake_e6=1)  # $0.000001 at stake
         assert m.journal.by_key("k:tiny")[0].state == "rejected"
