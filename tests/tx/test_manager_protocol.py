@@ -13,6 +13,7 @@ import pytest
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient, RetryPolicy
 from keeper.chain.testing import FaultProxy
+from keeper.devchain import ANVIL_KEYS as _KEYS
 from keeper.errors import SimulationRevert
 from keeper.protocols.reference import ReferenceAdapter
 from keeper.tx.fees import FeePolicy
@@ -47,9 +48,6 @@ def make(url_or_urls, journal, *, confirmations=1, still_needed=None, deployment
                                  confirmations=confirmations, still_needed=still_needed,
                                  error_decoder=adapter.errors, **kw)
     return client, adapter, manager
-
-
-from keeper.devchain import ANVIL_KEYS as _KEYS  # noqa: E402
 
 
 def collateral(chain, symbol="ETH", who=1) -> int:
