@@ -53,8 +53,11 @@ __all__ = [
 
 ENV_PREFIX = "KEEPER_"
 RESERVED_ENV = {"KEEPER_CONFIG", "KEEPER_ENV_FILE"}
-ENV_ALIASES = {"KEEPER_PRIVATE_KEY": ("signer", "private_key")}
-SECRET_FIELDS = frozenset({"private_key", "webhook_url", "password", "password_file_content"})
+ENV_ALIASES = {
+    "KEEPER_PRIVATE_KEY": ("signer", "private_key"),
+    "KEEPER_ROUTINE_PRIVATE_KEY": ("signer", "routine_private_key"),
+}
+SECRET_FIELDS = frozenset({"private_key", "routine_private_key", "webhook_url", "password", "password_file_content"})
 MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -154,8 +157,9 @@ class SignerConfig(_Model):
     private_key: SecretStr | None = None
     keystore: Path | None = None
     password_file: Path | None = None
+    routine_private_key: SecretStr | None = None  # optional second lane (releases); must be an approved operator
 
-    @field_validator("private_key")
+    @field_validator("private_key", "routine_private_key")
     @classmethod
     def _key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not _PRIVATE_KEY.match(v.get_secret_value().strip()):
@@ -190,7 +194,14 @@ class RiskConfig(_Model):
     p_release: float = Field(default=_DEFAULT_POLICY.p_release, gt=0, lt=1)
     kappa: float = Field(default=_DEFAULT_POLICY.kappa, ge=1, le=10)
     stress_gap: float = Field(default=_DEFAULT_POLICY.stress_gap, ge=0, lt=1)
-    stress_headroom: float = Field(default=_DEFAULT_POLICY.stress_headroom, ge=0, le=2)
+    stress_headroom: float = Field(default=_DEFAULT_POLICY.stress_headroom, ge=0, le=10)
+    release_headroom: float = Field(default=_DEFAULT_POLICY.release_headroom, ge=0, le=10)
+    release_min_fraction: float = Field(default=_DEFAULT_POLICY.release_min_fraction, ge=0, lt=1)
+    stress_window_s: float = Field(default=_DEFAULT_POLICY.stress_window_s, ge=0, le=30 * 86_400)
+    stress_factor: float = Field(default=_DEFAULT_POLICY.stress_factor, gt=0, le=20)
+    stress_floor: float = Field(default=_DEFAULT_POLICY.stress_floor, ge=0, lt=1)
+    stress_cap: float = Field(default=_DEFAULT_POLICY.stress_cap, ge=0, lt=1)
+    stress_min_rounds: int = Field(default=_DEFAULT_POLICY.stress_min_rounds, ge=1, le=100_000)
     inclusion_latency_s: float = Field(default=_DEFAULT_POLICY.inclusion_latency_s, ge=0, le=3600)
     oracle_lag_s: float = Field(default=_DEFAULT_POLICY.oracle_lag_s, ge=0, le=3600)
     check_interval_min_s: float = Field(default=_DEFAULT_POLICY.check_interval_min_s, gt=0)
@@ -213,6 +224,10 @@ class RiskConfig(_Model):
             )
         if self.check_interval_min_s > self.check_interval_max_s:
             raise ValueError("check_interval_min_s must be <= check_interval_max_s")
+        if self.stress_headroom > self.release_headroom:
+            raise ValueError("stress_headroom must be <= release_headroom")
+        if self.stress_floor > self.stress_cap:
+            raise ValueError("stress_floor must be <= stress_cap")
         return self
 
     def to_policy(self) -> RiskPolicy:
@@ -507,7 +522,7 @@ def load_config(
             raise ConfigError(f"config file {source!r} does not exist", field="--config") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {source!r} is not valid TOML: {exc}", field="--config") from None
-        if "private_key" in data.get("signer", {}):
+        if {"private_key", "routine_private_key"} & set(data.get("signer", {})):
             raise ConfigError(
                 "signer.private_key must not be written in the config file (value hidden): "
                 "set KEEPER_PRIVATE_KEY in the environment or .env, or use signer.keystore",

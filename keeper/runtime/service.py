@@ -132,16 +132,20 @@ class KeeperService:
         txm = None
         signer_address = None
         if config.signer.configured and config.protected_accounts:
-            from keeper.runtime.signer import load_signer
+            from keeper.runtime.signer import load_routine_signer, load_signer
 
             account = load_signer(config.signer)  # a wrong key or keystore password fails here, at start
+            routine = load_routine_signer(config.signer) or account
             signer_address = account.address
             if execute and not config.dry_run and not config.limits.alert_only:
                 fees = FeePolicy(max_fee_per_gas_cap_wei=config.fees.max_fee_wei)
+                # Protective actions (top-ups, moves, reductions) use the urgent lane; releases the routine
+                # lane. With a second key the lanes have separate nonce queues, so a stuck release can never
+                # hold back a top-up; with one key they share the queue (the manager keeps that safe).
                 lanes = [
                     Lane("urgent", account, stuck_blocks=config.fees.replace_after_blocks,
                          stuck_s=config.fees.replace_after_s, tip_percentile=75.0),
-                    Lane("routine", account, stuck_blocks=config.fees.replace_after_blocks * 2,
+                    Lane("routine", routine, stuck_blocks=config.fees.replace_after_blocks * 2,
                          stuck_s=config.fees.replace_after_s * 2),
                 ]
                 txm = TransactionManager(client, journal, lanes, fees, confirmations=config.fees.confirmations,
@@ -395,7 +399,7 @@ class KeeperService:
         market = snap.markets[action.market_id]
         stake = self.adapter.value_at_stake_e6(pos, market, price.price_e8) if pos else 0
         call = self.adapter.call_for_action(action)
-        lane = "urgent" if action.urgent or action.kind is ActionKind.TOP_UP else "routine"
+        lane = "routine" if action.kind is ActionKind.RELEASE else "urgent"
         out = {"action": action.kind.value, "account": action.account, "market_id": action.market_id,
                "amount_e6": action.amount_e6, "key": key, "lane": lane}
         try:

@@ -19,13 +19,21 @@ from keeper.runtime.config import SignerConfig
 __all__ = ["load_signer"]
 
 
-def _from_key(key: str) -> LocalAccount:
+def _from_key(key: str, variable: str = "KEEPER_PRIVATE_KEY", field: str = "signer.private_key") -> LocalAccount:
     problem: str | None = None
     try:
         return Account.from_key(key.strip())
     except Exception as exc:  # eth_keys ValidationError / ValueError: messages may echo the key
-        problem = f"KEEPER_PRIVATE_KEY is not a valid secp256k1 private key ({type(exc).__name__}; value hidden)"
-    raise ConfigError(problem, field="signer.private_key")
+        problem = f"{variable} is not a valid secp256k1 private key ({type(exc).__name__}; value hidden)"
+    raise ConfigError(problem, field=field)
+
+
+def load_routine_signer(config: SignerConfig) -> LocalAccount | None:
+    """The optional second signer of the routine lane (releases), or ``None`` when not configured."""
+    if config.routine_private_key is None:
+        return None
+    return _from_key(config.routine_private_key.get_secret_value(), "KEEPER_ROUTINE_PRIVATE_KEY",
+                     "signer.routine_private_key")
 
 
 def _from_keystore(keystore: Path, password_file: Path) -> LocalAccount:

@@ -257,9 +257,10 @@ def leaf_env_names(model=KeeperConfig, prefix="KEEPER_") -> set[str]:
 
 
 def test_env_example_documents_every_variable():
-    """.env.example names every configuration variable (plus KEEPER_PRIVATE_KEY), so it cannot drift."""
+    """.env.example names every configuration variable (keys by their short names), so it cannot drift."""
     text = (ROOT / ".env.example").read_text()
-    expected = (leaf_env_names() - {"KEEPER_SIGNER__PRIVATE_KEY"}) | {"KEEPER_PRIVATE_KEY"}
+    keys = {"KEEPER_SIGNER__PRIVATE_KEY", "KEEPER_SIGNER__ROUTINE_PRIVATE_KEY"}
+    expected = (leaf_env_names() - keys) | {"KEEPER_PRIVATE_KEY", "KEEPER_ROUTINE_PRIVATE_KEY"}
     missing = sorted(n for n in expected if f"{n}=" not in text)
     assert missing == []
 
@@ -270,3 +271,14 @@ def test_env_example_copied_as_dotenv_loads(tmp_path):
     dotenv.write_text((ROOT / ".env.example").read_text())
     cfg = load(tmp_path, dotenv_path=dotenv)
     assert cfg.signer.private_key is None and cfg.alerts.webhook_url is None
+
+
+def test_routine_key_is_secret_and_loads_a_second_signer(tmp_path):
+    """KEEPER_ROUTINE_PRIVATE_KEY is hidden like the main key and yields a second, different signer."""
+    from keeper.devchain import ANVIL_KEYS
+    from keeper.runtime.signer import load_routine_signer, load_signer
+
+    cfg = load(tmp_path, env={"KEEPER_PRIVATE_KEY": ANVIL_KEYS[1], "KEEPER_ROUTINE_PRIVATE_KEY": ANVIL_KEYS[2]})
+    assert ANVIL_KEYS[2][2:] not in repr(cfg) and ANVIL_KEYS[2][2:] not in str(cfg.model_dump())
+    assert load_routine_signer(cfg.signer).address != load_signer(cfg.signer).address
+    assert load_routine_signer(load(tmp_path, env={"KEEPER_PRIVATE_KEY": ANVIL_KEYS[1]}).signer) is None
