@@ -34,12 +34,15 @@ def main() -> None:
     for name, (eth, btc) in WINDOWS.items():
         t0 = time.perf_counter()
         bars = [load_bars(data / eth, "ETH"), load_bars(data / btc, "BTC")]
-        res = run_fast(book, bars, [parse_policy(p) for p in DEFAULT_POLICIES], ReplayConfig())
+        specs = [*DEFAULT_POLICIES[:1], "risk:norelease", *DEFAULT_POLICIES[1:]]
+        res = run_fast(book, bars, [parse_policy(p) for p in specs], ReplayConfig())
         write_report(res, out / name.split()[0], command=f"scripts/replay_sweep.py ({name})")
         tc = check_target(res.results)
         print(f"### {name} ({time.perf_counter() - t0:.0f} s)\n")
         print(comparison_table(res))
-        print(f"target: baseline {tc.baseline}, idle reduction {tc.idle_reduction}, met={tc.met} ({tc.reason})\n")
+        print(f"target: baseline {tc.baseline}, idle reduction {tc.idle_reduction}, met={tc.met} ({tc.reason})")
+        tn = check_target(res.results, "risk:norelease")
+        print(f"risk:norelease: idle reduction {tn.idle_reduction}, met={tn.met} ({tn.reason})\n")
 
 
 if __name__ == "__main__":

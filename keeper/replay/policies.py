@@ -23,6 +23,7 @@ Names (``parse_policy``):
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -158,6 +159,7 @@ class RiskSized:
     name: str = "risk"
     _assess: object = field(default=None, repr=False)
     _plan: object = field(default=None, repr=False)
+    _history: dict = field(default_factory=dict, repr=False)  # market id -> (deque of t_s, deque of price)
 
     def __post_init__(self) -> None:
         from keeper.planner import BookState, PlanLimits, plan_actions  # noqa: F401  (checked once here)
@@ -175,6 +177,7 @@ class RiskSized:
     def decide(self, obs: Observation) -> list[Action]:
         from keeper.planner import BookState
 
+        gaps = self._stress_gaps(obs)
         if not obs.positions:
             return []
         risks = self._assess(
@@ -185,6 +188,7 @@ class RiskSized:
             self.risk_policy,
             obs.check_interval_s,
             obs.now_s,
+            gaps,
         )
         state = BookState.from_reads(
             markets=obs.markets.values(),
@@ -195,6 +199,25 @@ class RiskSized:
         )
         plan = self._plan(state, risks, self.limits)
         return list(plan.onchain_actions)
+
+
+    def _stress_gaps(self, obs: Observation) -> dict[int, float]:
+        """Record each market's new oracle round and estimate its stress gap from the rounds seen so far
+        (the daemon does the same from its oracle-history cache; no round after ``obs.now_s`` exists here).
+        The window is bounded by ``stress_window_s`` (plus one round before it, as the estimator needs)."""
+        rp = self.risk_policy
+        window = getattr(rp, "stress_window_s", 0.0)
+        out: dict[int, float] = {}
+        for mid, rnd in obs.prices.items():
+            ts, ps = self._history.setdefault(mid, (deque(), deque()))
+            if not ts or rnd.updated_at_s > ts[-1]:
+                ts.append(rnd.updated_at_s)
+                ps.append(rnd.price_e8)
+            while len(ts) > 2 and ts[1] <= obs.now_s - window:
+                ts.popleft()
+                ps.popleft()
+            out[mid] = rp.estimate_stress_gap(ts, ps, obs.check_interval_s, now_s=obs.now_s).stress_gap
+        return out
 
 
 def parse_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> Policy:

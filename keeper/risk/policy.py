@@ -13,13 +13,18 @@ probability at :math:`p` is
 
 (reflection principle for driftless Brownian motion, :math:`P(\\min \\le -d) = 2\\Phi(-d/\\sigma_h)`; GUIDE.md
 section 4), with :math:`\\kappa` a fat-tail multiplier calibrated by Monte Carlo (:func:`calibrate_kappa`,
-``scripts/calibrate_kappa.py``), :math:`d_{stress}` the largest single-round price gap to survive and
+``scripts/calibrate_kappa.py``), :math:`d_{stress}` the largest single-round price gap to survive (adaptive:
+:mod:`keeper.risk.gaps` estimates it per market from recent oracle rounds; the constant ``stress_gap`` is
+the fallback) and
 :math:`d_{cost}` the fees accruing over :math:`h` (as a fraction of price). The reported breach
 probability is the inverse of the volatility branch, :math:`2\\Phi(-(d - d_{cost})/(\\kappa\\sigma_h))`.
 
-Hysteresis: a top-up is due when that probability exceeds ``p_trigger`` and restores ``d_req(p_target)``;
-excess above ``d_req(p_target)`` is offered only when the probability is below ``p_release`` (and the
-collateral above the ``d_req(p_release)`` level), so a position between the bands is left alone. The
+Hysteresis, with the stress term scaled consistently in every band: a top-up is due when that probability
+exceeds ``p_trigger`` or the distance is inside :math:`d_{stress}`, and restores
+:math:`\max(d_{vol}(p_{target}), d_{stress}(1 + \text{stress\_headroom})) + d_{cost}`; excess above that
+level is offered only when the probability is below ``p_release``, the distance beyond
+:math:`d_{stress}(1 + \text{release\_headroom})` and the excess at least ``release_min_fraction`` of the
+notional, so a position between the bands is left alone. The
 suggested check interval is :math:`\\mathrm{clip}((d/(\\kappa k \\sigma))^2 - L, \\Delta_{min}, \\Delta_{max})`
 (:math:`\\sigma` per root-second, :math:`L` = latency + oracle lag): the next look comes before the price
 can plausibly travel :math:`k` fat-tailed standard deviations.
@@ -37,6 +42,7 @@ from scipy.special import ndtr, ndtri
 
 from keeper.domain import SECONDS_PER_YEAR, Market, Position, Side
 from keeper.risk.barrier import fee_drift, gaussian_distance, liquidation_price
+from keeper.risk.gaps import GapEstimate, estimate_stress_gap
 
 DEFAULT_KAPPA = 1.60
 """Fat-tail multiplier: the larger of the two Monte Carlo calibrations at p = 1e-4 (p_target) of
@@ -55,7 +61,14 @@ class RiskPolicy:
     p_release: float = 1e-7
     kappa: float = DEFAULT_KAPPA
     stress_gap: float = 0.12
-    stress_headroom: float = 0.25
+    stress_headroom: float = 1.0
+    release_headroom: float = 3.0
+    release_min_fraction: float = 0.02
+    stress_window_s: float = 6 * 3600.0
+    stress_factor: float = 2.0
+    stress_floor: float = 0.03
+    stress_cap: float = 0.5
+    stress_min_rounds: int = 30
     inclusion_latency_s: float = 12.0
     oracle_lag_s: float = 0.0
     check_interval_min_s: float = 5.0
@@ -72,8 +85,14 @@ class RiskPolicy:
             raise ValueError("kappa and k_sigmas must be > 0")
         if not 0.0 <= self.stress_gap < 1.0:
             raise ValueError("stress_gap must be in [0, 1)")
-        if not 0.0 <= self.stress_headroom <= 2.0:
-            raise ValueError("stress_headroom must be in [0, 2]")
+        if not 0.0 <= self.stress_headroom <= self.release_headroom <= 10.0:
+            raise ValueError("need 0 <= stress_headroom <= release_headroom <= 10")
+        if not 0.0 <= self.release_min_fraction < 1.0:
+            raise ValueError("release_min_fraction must be in [0, 1)")
+        if self.stress_window_s < 0 or not self.stress_factor > 0 or self.stress_min_rounds < 1:
+            raise ValueError("need stress_window_s >= 0, stress_factor > 0, stress_min_rounds >= 1")
+        if not 0.0 <= self.stress_floor <= self.stress_cap < 1.0:
+            raise ValueError("need 0 <= stress_floor <= stress_cap < 1")
         if self.inclusion_latency_s < 0 or self.oracle_lag_s < 0:
             raise ValueError("latencies must be >= 0")
         if not 0 < self.check_interval_min_s <= self.check_interval_max_s:
@@ -89,6 +108,21 @@ class RiskPolicy:
     def horizon_s(self, check_interval_s: float) -> float:
         """h = check interval + inclusion latency + oracle lag."""
         return check_interval_s + self.latency_s
+
+    def estimate_stress_gap(
+        self, times_s: ArrayLike, prices: ArrayLike, check_interval_s: float, now_s: float | None = None
+    ) -> GapEstimate:
+        """This policy's stress gap for one market from its oracle rounds (:mod:`keeper.risk.gaps`).
+
+        ``stress_window_s = 0`` switches the estimator off: the constant ``stress_gap`` is used.
+        """
+        if self.stress_window_s <= 0:
+            return GapEstimate(self.stress_gap, math.nan, 1, 0, "adaptive stress gap off (stress_window_s = 0)")
+        return estimate_stress_gap(
+            times_s, prices, now_s=now_s, horizon_s=self.horizon_s(check_interval_s), window_s=self.stress_window_s,
+            factor=self.stress_factor, floor=self.stress_floor, cap=self.stress_cap, fallback=self.stress_gap,
+            min_rounds=self.stress_min_rounds,
+        )
 
     def effective_sigma(self, sigma_annual: ArrayLike) -> NDArray[np.float64]:
         """Volatility used: the fallback when missing/non-positive/NaN, never below the floor."""
@@ -117,6 +151,7 @@ class PositionRisk:
     required_distance: float = 0.0  # d_req(p_target), log-distance
     stress_bound: bool = False  # the stress gap, not volatility, sets d_req(p_target)
     stress_breach: bool = False  # a single-round gap of stress_gap would liquidate: act even if p is small
+    stress_gap: float = 0.0  # the stress gap d_s used (log-distance; adaptive or the constant)
 
 
 # ---- formulas (vectorised) ------------------------------------------------------------------------
@@ -170,6 +205,7 @@ class RiskArrays:
     required_distance: NDArray[np.float64]
     stress_bound: NDArray[np.bool_]
     stress_breach: NDArray[np.bool_]
+    stress_gap: NDArray[np.float64]
 
 
 def _collateral_at_distance(is_long, size, entry, price, maintenance, pending_fee, d):
@@ -191,11 +227,14 @@ def assess_arrays(
     sigma_annual: ArrayLike,
     policy: RiskPolicy,
     check_interval_s: float,
+    stress_gap: ArrayLike | None = None,
 ) -> RiskArrays:
     """Closed-form policy for many positions at once (floats: base units, USD, USD per unit).
 
     The vectorised kernel behind :func:`assess_positions`; ``liquidatable`` here is the float version of
     the protocol rule (equity < maintenance); :func:`assess_positions` replaces it with the exact integer rule.
+    ``stress_gap`` (per position, log-distance; default ``policy.stress_gap``) is the stress gap ``d_s``
+    to survive, e.g. from :meth:`RiskPolicy.estimate_stress_gap`.
     """
     if not check_interval_s > 0:
         raise ValueError("check_interval_s must be > 0")
@@ -212,21 +251,24 @@ def assess_arrays(
         distance = np.where(s_liq > 0, sign * np.log(np.where(s_liq > 0, price / np.where(s_liq > 0, s_liq, 1.0), 1.0)), np.inf)
     d_cost = fee_drift(is_long, entry, price, rate, mm) * h / SECONDS_PER_YEAR
     p = fat_tail_probability(distance, sig_h, policy.kappa, d_cost)
+    d_s = policy.stress_gap if stress_gap is None else np.asarray(stress_gap, dtype=float)
+    d_s = np.broadcast_to(np.asarray(d_s, dtype=float), price.shape)
     d_vol_target = policy.kappa * gaussian_distance(policy.p_target, sig_h)
-    # Stress floor with its own hysteresis: act when one gap of stress_gap would liquidate, restore to
-    # stress_gap * (1 + stress_headroom) so a slow drift does not send a top-up every round.
-    d_stress_target = policy.stress_gap * (1.0 + policy.stress_headroom)
+    # Bands in distance, the stress term scaled consistently in all three (see the module docstring):
+    # act inside d_s (one gap of d_s would liquidate) or above p_trigger; restore to d_s * (1 + headroom);
+    # release only beyond d_s * (1 + release_headroom) and below p_release, down to the target again.
+    d_stress_target = d_s * (1.0 + policy.stress_headroom)
     d_target = np.maximum(d_vol_target, d_stress_target) + d_cost
-    # release only well above the target (stress band twice the headroom), so excess is not returned in slices
-    d_release = required_distance(policy.p_release, sig_h, policy.kappa,
-                                  policy.stress_gap * (1.0 + 2.0 * policy.stress_headroom), d_cost)
+    d_release = required_distance(policy.p_release, sig_h, policy.kappa, d_s * (1.0 + policy.release_headroom), d_cost)
     req = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_target), 0.0)
     rel = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_release), 0.0)
     min_action = policy.min_action_e6 / 1e6
-    stress_breach = distance < policy.stress_gap + d_cost
+    stress_breach = distance < d_s + d_cost
     top_up = np.where((p > policy.p_trigger) | stress_breach, np.maximum(req - coll, min_action), 0.0)
+    # a release is worth a transaction only when it is a real slice of the position (release_min_fraction)
+    min_release = np.maximum(min_action, policy.release_min_fraction * size * price)
     excess_raw = np.where((p < policy.p_release) & (coll > rel), coll - req, 0.0)
-    excess = np.where(excess_raw >= min_action, excess_raw, 0.0)
+    excess = np.where(excess_raw >= min_release, excess_raw, 0.0)
     equity = coll - fee + sign * size * (price - entry)
     return RiskArrays(
         sigma_annual=sigma,
@@ -242,6 +284,7 @@ def assess_arrays(
         liquidatable=equity < mm * size * price,
         required_distance=d_target,
         stress_bound=d_stress_target > d_vol_target,
+        stress_gap=d_s,
         stress_breach=stress_breach,
     )
 
@@ -260,10 +303,13 @@ def assess_positions(
     policy: RiskPolicy,
     check_interval_s: float,
     now_s: int,
+    stress_gaps: Mapping[int, float] | None = None,
 ) -> list[PositionRisk]:
     """:func:`assess_position` for a whole book in one vectorised pass (prices and sigmas per market id).
 
-    A market missing from ``sigmas_annual`` uses ``policy.sigma_fallback_annual``. Amounts are rounded up
+    A market missing from ``sigmas_annual`` uses ``policy.sigma_fallback_annual``; one missing from
+    ``stress_gaps`` (per market id, from :meth:`RiskPolicy.estimate_stress_gap`) uses ``policy.stress_gap``.
+    Amounts are rounded up
     to whole e6 units (more collateral, never less); ``liquidatable`` is the protocol's exact integer rule
     (evaluated in integers whenever the float verdict is within rounding distance of the boundary).
     ``now_s`` is accepted for the interface: pending fees are taken as of the read.
@@ -301,6 +347,7 @@ def assess_positions(
         sigma_annual=per_market([sigmas_annual.get(int(m), math.nan) for m in uniq]),
         policy=policy,
         check_interval_s=check_interval_s,
+        stress_gap=per_market([(stress_gaps or {}).get(int(m), policy.stress_gap) for m in uniq]),
     )
     # the exact integer rule wherever the float verdict is within rounding distance of the boundary
     notional = size * price
@@ -322,11 +369,12 @@ def assess_positions(
     stress = np.broadcast_to(arr.stress_bound, (n,)).tolist()
     breach = np.broadcast_to(arr.stress_breach, (n,)).tolist()
     liq_l = liq.tolist()
+    gaps = arr.stress_gap.tolist()
     px_l = px_e8.astype(np.int64).tolist()
     h = arr.horizon_s
     return [
         PositionRisk(positions[i], px_l[i], sig[i], h, liq_e8[i], dist[i], p_breach[i], req[i], rel[i], top[i], exc[i],
-                     interval[i], liq_l[i], d_req[i], stress[i], breach[i])
+                     interval[i], liq_l[i], d_req[i], stress[i], breach[i], gaps[i])
         for i in range(n)
     ]
 
@@ -339,6 +387,7 @@ def assess_position(
     policy: RiskPolicy,
     check_interval_s: float,
     now_s: int,
+    stress_gap: float | None = None,
 ) -> PositionRisk:
     """Closed-form risk of one position: breach probability over h, collateral to restore ``p_target``,
     top-up when above ``p_trigger``, excess when below ``p_release``, next check interval.
@@ -349,6 +398,7 @@ def assess_position(
     return assess_positions(
         [position], {market.market_id: market}, {position.market_id: price_e8},
         {position.market_id: sigma_annual}, policy, check_interval_s, now_s,
+        None if stress_gap is None else {position.market_id: stress_gap},
     )[0]
 
 

@@ -67,11 +67,12 @@ class TestPolicy:
         assert r.top_up_e6 == 0 and r.excess_e6 == 0
 
     def test_stress_gap_sets_the_required_distance(self):
-        """With the default 12 % stress gap (+25 % headroom) the required liquidation price sits 15 % below the price."""
+        """With the constant 12 % stress gap (+100 % headroom) the required liquidation price sits 24 % below the price."""
         r = assess(pos(collateral_usd=40.0), policy=pol.RiskPolicy())
-        assert r.stress_bound and r.required_distance == pytest.approx(0.12 * 1.25, abs=1e-5)
+        assert r.stress_bound and r.stress_gap == 0.12
+        assert r.required_distance == pytest.approx(0.12 * 2.0, abs=1e-5)
         new = dataclasses.replace(r.position, collateral_e6=r.required_collateral_e6)
-        assert math.log(3000.0 / new.liquidation_price(ETH)) >= 0.15
+        assert math.log(3000.0 / new.liquidation_price(ETH)) >= 0.24
 
     def test_inside_the_stress_gap_triggers_even_when_probability_is_small(self):
         """A position one stress gap from liquidation is topped up although its diffusion probability is tiny."""
@@ -102,13 +103,14 @@ class TestPolicy:
         r = assess(pos(collateral_usd=20.0), policy=big_min)
         assert r.required_collateral_e6 - r.position.collateral_e6 < big_min.min_action_e6
         assert r.top_up_e6 == big_min.min_action_e6
-        policy = pol.RiskPolicy(stress_headroom=0.0)  # stress-bound: release level == target level, min $10
+        # stress-bound, release level == target level, min $10
+        policy = pol.RiskPolicy(stress_headroom=0.0, release_headroom=0.0, release_min_fraction=0.0)
         req = assess(pos(collateral_usd=20.0), policy=policy).required_collateral_e6
         assert assess(pos(collateral_usd=req / 1e6 + 5.0), policy=policy).excess_e6 == 0
         assert assess(pos(collateral_usd=req / 1e6 + 50.0), policy=policy).excess_e6 == pytest.approx(50_000_000, abs=2)
 
     def test_release_band_sits_above_the_target(self):
-        """With stress headroom, excess is offered only beyond stress_gap*(1+2*headroom), then down to the target."""
+        """Excess is offered only beyond stress_gap*(1+release_headroom), then down to the target."""
         policy = pol.RiskPolicy()
         r = assess(pos(collateral_usd=20.0), policy=policy)
         assert r.release_collateral_e6 > r.required_collateral_e6

@@ -1,0 +1,137 @@
+"""Adaptive stress gap (keeper.risk.gaps) and its use by the buffer policy (bands, release size)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keeper.domain import SECONDS_PER_YEAR, WAD, Market, Position, Side
+from keeper.risk import gaps
+from keeper.risk import policy as pol
+
+ETH = Market(0, "ETH", 5 * 10**15, 50 * WAD, 10**16, int(0.10 * WAD / SECONDS_PER_YEAR), 3600)
+KW = dict(horizon_s=60.0, window_s=3600.0, factor=2.0, floor=0.03, cap=0.5, fallback=0.12, min_rounds=30)
+
+
+def series(log_moves, dt=60.0, p0=3000.0):
+    """Rounds every ``dt`` seconds whose log-returns are ``log_moves``."""
+    x = np.concatenate(([0.0], np.cumsum(log_moves)))
+    return np.arange(x.size) * dt, p0 * np.exp(x)
+
+
+def test_largest_move_times_factor_closed_form():
+    """60 moves of 0.5 % and one of -2.5 %: d_s = 2 x 2.5 % = 5 % (one-round spans: h = dt)."""
+    t, p = series([0.005] * 30 + [-0.025] + [0.005] * 29)
+    est = gaps.estimate_stress_gap(t, p, **KW)
+    assert est.fallback_reason is None and est.span_rounds == 1
+    assert est.raw_gap == pytest.approx(0.025, rel=1e-12)
+    assert est.stress_gap == pytest.approx(0.05, rel=1e-12)
+
+
+def test_floor_cap_and_fallback():
+    """Calm history gives the floor; a huge move is capped; too few rounds give the fallback with a reason."""
+    t, p = series([0.001] * 60)
+    assert gaps.estimate_stress_gap(t, p, **KW).stress_gap == 0.03
+    t, p = series([0.001] * 40 + [-0.4] + [0.001] * 19)
+    assert gaps.estimate_stress_gap(t, p, **KW).stress_gap == 0.5
+    t, p = series([0.001] * 10)
+    est = gaps.estimate_stress_gap(t, p, **KW)
+    assert est.stress_gap == 0.12 and "10 moves" in est.fallback_reason
+
+
+def test_window_forgets_old_moves_and_ignores_the_future():
+    """A 10 % move older than the window no longer counts; rounds after now_s are never used."""
+    t, p = series([-0.10] + [0.002] * 100)  # the big move at t=60, window 3600 s ends at t=6060
+    assert gaps.estimate_stress_gap(t, p, **KW).raw_gap == pytest.approx(0.002, rel=1e-9)
+    t2, p2 = series([0.002] * 100 + [-0.10])
+    cut = float(t2[-2])
+    assert gaps.estimate_stress_gap(t2, p2, now_s=cut, **KW).raw_gap == pytest.approx(0.002, rel=1e-9)
+
+
+def test_span_rounds_covers_moves_over_the_horizon():
+    """With h = 3 round intervals, three -2 % rounds in a row count as one 6 % move."""
+    t, p = series([0.001] * 40 + [-0.02] * 3 + [0.001] * 20)
+    est = gaps.estimate_stress_gap(t, p, **{**KW, "horizon_s": 180.0})
+    assert est.span_rounds == 3 and est.raw_gap == pytest.approx(0.06, rel=1e-9)
+    assert gaps.span_rounds(87.0, 75.0) == 1 and gaps.span_rounds(300.0, 60.0) == 5
+    assert gaps.span_rounds(10.0, float("nan")) == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-0.2, 0.2), min_size=31, max_size=80), st.integers(1, 5))
+def test_max_span_move_matches_brute_force(moves, n):
+    """max_span_move equals the brute-force max over i < j <= i + n of |x_j - x_i|."""
+    x = np.concatenate(([0.0], np.cumsum(moves)))
+    brute = max(abs(x[j] - x[i]) for i in range(x.size) for j in range(i + 1, min(x.size, i + n + 1)))
+    assert gaps.max_span_move(x, n) == pytest.approx(brute, abs=1e-12)
+
+
+def test_policy_estimator_switch():
+    """stress_window_s = 0 returns the constant stress_gap; otherwise the policy's parameters are used."""
+    t, p = series([0.01] * 60)
+    assert pol.RiskPolicy(stress_window_s=0).estimate_stress_gap(t, p, 60.0).stress_gap == 0.12
+    est = pol.RiskPolicy(stress_window_s=3600).estimate_stress_gap(t, p, 60.0)
+    assert est.raw_gap == pytest.approx(0.01, rel=1e-9) and est.stress_gap == 0.03  # floor 3 % > 2 x 1 %
+
+
+def _pos(collateral_usd, side=Side.LONG):
+    return Position("0xA", 0, side, 10**18, 3000 * 10**8, int(collateral_usd * 1e6), 0)
+
+
+@pytest.mark.parametrize("side", [Side.LONG, Side.SHORT])
+def test_adaptive_gap_sets_trigger_target_and_release_bands(side):
+    """With d_s = 5 %: act inside 5 %, restore to 10 %, release only beyond 20 % and then down to 10 %."""
+    policy = pol.RiskPolicy(release_min_fraction=0.0)
+
+    def assess(c):
+        return pol.assess_position(_pos(c, side), ETH, 3000 * 10**8, 0.3, policy, 60.0, 0, stress_gap=0.05)
+
+    r = assess(150.0)
+    assert r.stress_gap == 0.05 and r.required_distance == pytest.approx(0.10, abs=1e-5)
+    topped = assess(_collateral(r, 0.049) / 1e6)
+    assert topped.stress_breach and topped.top_up_e6 > 0
+    after = assess((topped.position.collateral_e6 + topped.top_up_e6) / 1e6)
+    assert after.distance == pytest.approx(0.10, abs=1e-4) and after.top_up_e6 == 0 and after.excess_e6 == 0
+    hold = assess(_collateral(r, 0.19) / 1e6)
+    assert hold.top_up_e6 == 0 and hold.excess_e6 == 0  # between target and release level
+    far = assess(_collateral(r, 0.21) / 1e6)
+    assert far.excess_e6 > 0
+    released = assess((far.position.collateral_e6 - far.excess_e6) / 1e6)
+    assert released.distance == pytest.approx(0.10, abs=1e-4)
+
+
+def _collateral(r, d):
+    """Collateral (e6) that puts r's position at log-distance d (fees 0, current price 3000)."""
+    m = 0.005
+    if r.position.side is Side.LONG:
+        return (3000.0 - 3000.0 * math.exp(-d) * (1 - m)) * 1e6
+    return (3000.0 * math.exp(d) * (1 + m) - 3000.0) * 1e6
+
+
+def test_release_needs_a_minimum_fraction_of_notional():
+    """An excess below release_min_fraction x notional is not offered; above it, it is."""
+    policy = pol.RiskPolicy(release_headroom=1.0, release_min_fraction=0.05)  # release level = target; min $150
+
+    def assess(c):
+        return pol.assess_position(_pos(c), ETH, 3000 * 10**8, 0.3, policy, 60.0, 0, stress_gap=0.03)
+
+    base = assess(100.0)
+    small = assess(base.release_collateral_e6 / 1e6 + 1.0)
+    assert 0 < small.position.collateral_e6 - small.required_collateral_e6 < 150e6 and small.excess_e6 == 0
+    big = assess(base.required_collateral_e6 / 1e6 + 400.0)
+    assert big.excess_e6 == pytest.approx(big.position.collateral_e6 - big.required_collateral_e6, abs=2)
+
+
+def test_batch_uses_per_market_gaps():
+    """assess_positions applies each market's stress gap and defaults a missing market to stress_gap."""
+    btc = dataclasses.replace(ETH, market_id=1, symbol="BTC")
+    p0, p1 = _pos(300.0), dataclasses.replace(_pos(300.0), market_id=1)
+    rs = pol.assess_positions([p0, p1], {0: ETH, 1: btc}, {0: 3000 * 10**8, 1: 3000 * 10**8}, {0: 0.3, 1: 0.3},
+                              pol.RiskPolicy(), 60.0, 0, {0: 0.04})
+    assert rs[0].stress_gap == 0.04 and rs[1].stress_gap == 0.12
+    assert rs[0].required_distance == pytest.approx(0.08, abs=1e-5) and rs[1].required_distance == pytest.approx(0.24, abs=1e-5)
