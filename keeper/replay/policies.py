@@ -201,6 +201,14 @@ class RiskSized:
         return list(plan.onchain_actions)
 
 
+    def observe_round(self, market_id: int, t_s: int, price_e8: int) -> None:
+        """Remember one oracle round of a market (the decide path calls it; a replay may feed warm-up rounds
+        so the policy knows the same history as a daemon reading the feed)."""
+        ts, ps = self._history.setdefault(market_id, (deque(), deque()))
+        if not ts or t_s > ts[-1]:
+            ts.append(t_s)
+            ps.append(price_e8)
+
     def _stress_gaps(self, obs: Observation) -> dict[int, float]:
         """Record each market's new oracle round and estimate its stress gap from the rounds seen so far
         (the daemon does the same from its oracle-history cache; no round after ``obs.now_s`` exists here).
@@ -209,10 +217,8 @@ class RiskSized:
         window = getattr(rp, "stress_window_s", 0.0)
         out: dict[int, float] = {}
         for mid, rnd in obs.prices.items():
-            ts, ps = self._history.setdefault(mid, (deque(), deque()))
-            if not ts or rnd.updated_at_s > ts[-1]:
-                ts.append(rnd.updated_at_s)
-                ps.append(rnd.price_e8)
+            self.observe_round(mid, rnd.updated_at_s, rnd.price_e8)
+            ts, ps = self._history[mid]
             while len(ts) > 2 and ts[1] <= obs.now_s - window:
                 ts.popleft()
                 ps.popleft()

@@ -45,3 +45,13 @@ def test_window_drops_old_rounds():
             assert gap == pytest.approx(0.08, rel=1e-6)
     assert gap == 0.03
     assert len(pol._history[0][0]) <= 1800 / 60 + 2
+
+
+def test_warm_up_rounds_fed_through_observe_round_skip_the_fallback():
+    """40 calm rounds fed with observe_round before the first decision: the first gap is the floor, not 12 %."""
+    pol = RiskSized(risk_policy=RiskPolicy(stress_window_s=3600.0))
+    price = 3000.0
+    for k in range(-40, 0):
+        price *= math.exp(0.001)
+        pol.observe_round(0, 1_000_000 + 60 * k, int(price * 1e8))
+    assert pol._stress_gaps(_obs(0, price * math.exp(0.001)))[0] == 0.03
