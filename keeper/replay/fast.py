@@ -432,9 +432,13 @@ def run_fast(
     for pol in policies:
         run = _Run(book, pol, config, n)
         # the model must know the warm-up prices too (the feeds' history); only the last one matters
+        # the policy sees them as well, as the daemon reads them from the feeds (stress-gap history)
+        observe = getattr(pol, "observe_round", None)
         for r in tl.rounds_all[: tl.open_k]:
             for sym, px in r.prices_e8.items():
                 run.model.push_price(tl.sym_to_id[sym], px, r.t_s)
+                if observe is not None:
+                    observe(tl.sym_to_id[sym], r.t_s, px)
         for k, r in enumerate(rounds):
             sig = {mid: policy_sigma(v, pol, config.sigma_fallback_annual) for mid, v in sigma_rows[k].items()}
             run.step(k, r, float(dts[k]), sig, tl.sym_to_id, is_open=k > 0)

@@ -21,9 +21,9 @@ probability is the inverse of the volatility branch, :math:`2\\Phi(-(d - d_{cost
 
 Hysteresis, with the stress term scaled consistently in every band: a top-up is due when that probability
 exceeds ``p_trigger`` or the distance is inside :math:`d_{stress}`, and restores
-:math:`\max(d_{vol}(p_{target}), d_{stress}(1 + \text{stress\_headroom})) + d_{cost}`; excess above that
+:math:`\\max(d_{vol}(p_{target}), d_{stress}(1 + \\text{stress\\_headroom})) + d_{cost}`; excess above that
 level is offered only when the probability is below ``p_release``, the distance beyond
-:math:`d_{stress}(1 + \text{release\_headroom})` and the excess at least ``release_min_fraction`` of the
+:math:`d_{stress}(1 + \\text{release\\_headroom})` and the excess at least ``release_min_fraction`` of the
 notional, so a position between the bands is left alone. The
 suggested check interval is :math:`\\mathrm{clip}((d/(\\kappa k \\sigma))^2 - L, \\Delta_{min}, \\Delta_{max})`
 (:math:`\\sigma` per root-second, :math:`L` = latency + oracle lag): the next look comes before the price

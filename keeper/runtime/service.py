@@ -114,6 +114,7 @@ class KeeperService:
         self._last_rounds: dict[int, int] = {}
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
+        self.stress_gaps: dict[int, float] = {}
 
     # ---- construction ----------------------------------------------------------------------------
 
@@ -307,20 +308,30 @@ class KeeperService:
         return int.from_bytes(out or b"\0", "big")
 
     def assess(self, snap: BookSnapshot) -> tuple[list[PositionRisk], dict[int, float]]:
-        """Volatility per market (oracle history read only past the last cached round) and the risk verdicts."""
+        """Volatility and stress gap per market from the oracle history (read only past the last cached
+        round), then the risk verdicts."""
         sigmas: dict[int, float] = {}
+        gaps: dict[int, float] = {}
         for mid, latest in snap.prices.items():
+            new_round = self._last_rounds.get(mid) != latest.round_id
             if self.vol.last_round_id(mid) != latest.round_id:
                 self.vol.add(mid, self.adapter.oracle_history(mid, max_rounds=self.vol.window))
             est = self.vol.estimate(mid)
             sigmas[mid] = est.sigma_annual
-            if est.fallback_reason and self._last_rounds.get(mid) != latest.round_id:
+            if est.fallback_reason and new_round:
                 log.info("volatility_fallback", market=mid, sigma_annual=est.sigma_annual, model=est.model,
                          reason=est.fallback_reason)
+            rounds = self.vol.rounds(mid)
+            gap = self.policy.estimate_stress_gap([r.updated_at_s for r in rounds], [r.price_e8 for r in rounds],
+                                                  self.check_interval_s, now_s=snap.block_timestamp)
+            gaps[mid] = gap.stress_gap
+            if gap.fallback_reason and new_round:
+                log.info("stress_gap_fallback", market=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
         positions = [p for p in snap.positions.values() if p.market_id in snap.prices]
         prices = {mid: r.price_e8 for mid, r in snap.prices.items()}
         risks = assess_positions(positions, snap.markets, prices, sigmas, self.policy, self.check_interval_s,
-                                 snap.block_timestamp)
+                                 snap.block_timestamp, gaps)
+        self.stress_gaps = gaps
         return risks, sigmas
 
     def spent_today_e6(self, now_s: float) -> int:

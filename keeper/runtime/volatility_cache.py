@@ -52,6 +52,11 @@ class VolatilityCache:
             h.dirty = True
         return added
 
+    def rounds(self, market_id: int) -> list[PriceRound]:
+        """The kept oracle rounds of a market, oldest first."""
+        h = self._markets.get(market_id)
+        return list(h.rounds) if h else []
+
     def estimate(self, market_id: int) -> VolEstimate:
         h = self._markets.setdefault(market_id, MarketHistory(deque(maxlen=self.window)))
         if h.dirty or h.estimate is None:
