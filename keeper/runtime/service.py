@@ -161,6 +161,15 @@ class KeeperService:
 
     def start(self) -> None:
         """Check the deployment, reconcile the journal with the chain, make sure top-ups can be paid."""
+        for name in ("engine", "collateral"):
+            address = getattr(self.adapter, name, None)
+            if address is not None and not self.client.get_code(address):
+                raise ChainMismatchError(f"no contract at the configured {name} address {address} on chain id "
+                                         f"{self.config.chain.chain_id}: wrong deployment or a restarted chain?")
+        multicall = self.adapter.multicall.address
+        if not self.client.get_code(multicall):
+            raise ChainMismatchError(f"no Multicall3 at {multicall}: set protocol.multicall (on a local anvil, "
+                                     "`keeper devchain` installs it)")
         markets = self.adapter.load_markets()
         if not markets:
             raise ChainMismatchError("the protocol reports no markets: wrong engine address?")

@@ -158,6 +158,18 @@ class TestBadInput:
         assert "chain id" in proc.stderr
 
 
+    def test_deployment_without_code_refused(self, chain, tmp_path):
+        """A deployment naming an address with no code stops at start, naming which contract and why."""
+        from dataclasses import replace
+
+        cfg = write_config(chain, tmp_path)
+        replace(chain.deployment, collateral="0x000000000000000000000000000000000000dEaD").save(
+            tmp_path / "deployment.json")
+        proc = keeper("check", "--config", str(cfg))
+        assert proc.returncode == 1
+        assert "no contract at the configured collateral address" in proc.stderr and "Traceback" not in proc.stderr
+
+
 class TestDanger:
     def test_stale_oracle_alerts_and_never_releases(self, chain, tmp_path):
         """With release enabled and a huge excess, a stale oracle gives an alert and no release."""
