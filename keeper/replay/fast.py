@@ -280,7 +280,7 @@ class _Run:
             m.push_price(sym_to_id[sym], p, now)
         if not is_open:
             self.open_book(now)
-        idle = 0
+        idle = idle_equity = 0
         for j, (acct, mid) in enumerate(self.keys):  # 3 + 4 closest approach, liquidator
             if (acct, mid) not in m.positions:
                 continue
@@ -302,12 +302,9 @@ class _Run:
                     Event(now, k, "liquidation", acct, mid, penalty, v.mark_price, f"{self.labels[j]} returned {returned}")
                 )
                 continue
-            idle += max(0, v.equity - v.maintenance_margin)
-        res.idle_time_integral += idle * dt_next  # 5. idle
-        res.duration_s += int(dt_next)
-        res.peak_idle_e6 = max(res.peak_idle_e6, idle)
-        if res.idle_e6 is not None:
-            res.idle_e6[k] = idle
+            idle += max(0, v.collateral - v.pending_fee - v.maintenance_margin)
+            idle_equity += max(0, v.equity - v.maintenance_margin)
+        res.record_idle(k, idle, idle_equity, dt_next)  # 5. idle
         res.wallet_min_e6 = min(res.wallet_min_e6, sum(self.wallet.values()))
         # 6. decide
         obs = Observation(

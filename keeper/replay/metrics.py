@@ -7,10 +7,13 @@ Definitions (all amounts in the collateral token's units, USD; internally e6):
 * ``releases`` / ``collateral_released``: ``removeMargin`` back to the owner; ``moves``: ``moveMargin``.
 * ``transactions``: every keeper transaction sent, reverted ones included; ``gas_used``: their gas
   (per-kind constants, see :mod:`keeper.replay.fast`).
-* idle collateral: ``sum over live positions of max(0, equity - maintenance margin)`` — the capital sitting
-  in positions above what the protocol needs to keep them open (unrealised profit counts: it is in the
-  position and could be withdrawn). ``avg_idle_collateral`` is its time-weighted mean over the replay
-  (after the warm-up), ``peak_idle_collateral`` its maximum.
+* idle collateral (the issue's definition, "collateral above the maintenance margin"): ``sum over live
+  positions of max(0, collateral - accrued fee - maintenance margin)`` — the trader's deposited capital
+  committed beyond what the protocol needs. ``avg_idle_collateral`` is its time-weighted mean over the
+  replay (after the warm-up), ``peak_idle_collateral`` its maximum. The target is judged on it.
+* idle equity: ``sum of max(0, equity - maintenance margin)`` — the same with unrealised PnL counted (a
+  winning short's profit is idle by this measure, although ``removeMargin`` cannot hand it back);
+  ``avg_idle_equity`` / ``peak_idle_equity``, reported beside it.
 * ``min_margin_ratio``: closest approach to liquidation, the least ``equity / maintenance`` seen at any
   round, before the liquidator acted (< 1: liquidated).
 
@@ -63,6 +66,8 @@ class PolicyResult:
     idle_time_integral: float = 0.0  # e6 * s
     duration_s: int = 0
     peak_idle_e6: int = 0
+    idle_equity_time_integral: float = 0.0  # e6 * s
+    peak_idle_equity_e6: int = 0
     min_margin_ratio: float = math.inf
     min_margin_ratio_at: str = ""
     wallet_start_e6: int = 0
@@ -84,6 +89,20 @@ class PolicyResult:
     def avg_idle_e6(self) -> float:
         return self.idle_time_integral / self.duration_s if self.duration_s else 0.0
 
+    @property
+    def avg_idle_equity_e6(self) -> float:
+        return self.idle_equity_time_integral / self.duration_s if self.duration_s else 0.0
+
+    def record_idle(self, k: int, idle_e6: int, idle_equity_e6: int, dt_s: float) -> None:
+        """Accumulate one round's idle collateral and idle equity, weighted by the time to the next round."""
+        self.idle_time_integral += idle_e6 * dt_s
+        self.idle_equity_time_integral += idle_equity_e6 * dt_s
+        self.duration_s += int(dt_s)
+        self.peak_idle_e6 = max(self.peak_idle_e6, idle_e6)
+        self.peak_idle_equity_e6 = max(self.peak_idle_equity_e6, idle_equity_e6)
+        if self.idle_e6 is not None:
+            self.idle_e6[k] = idle_e6
+
     def summary(self) -> dict:
         """JSON-ready metrics in USD (the collateral token's units)."""
         return {
@@ -102,6 +121,8 @@ class PolicyResult:
             "gas_used": self.gas_used,
             "avg_idle_collateral": self.avg_idle_e6 / 1e6,
             "peak_idle_collateral": self.peak_idle_e6 / 1e6,
+            "avg_idle_equity": self.avg_idle_equity_e6 / 1e6,
+            "peak_idle_equity": self.peak_idle_equity_e6 / 1e6,
             "min_margin_ratio": None if math.isinf(self.min_margin_ratio) else self.min_margin_ratio,
             "min_margin_ratio_at": self.min_margin_ratio_at,
             "wallet_start": self.wallet_start_e6 / 1e6,

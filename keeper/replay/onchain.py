@@ -479,7 +479,7 @@ class _ChainRun:
         if snap.block_timestamp != now:
             raise RuntimeError(f"chain time {snap.block_timestamp} != round time {now}")
         to_liquidate = set()
-        idle = 0
+        idle = idle_equity = 0
         for j, key in enumerate(self.keys):
             x = snap.extras.get(key)
             if x is None:
@@ -494,7 +494,9 @@ class _ChainRun:
             if x.liquidatable:
                 to_liquidate.add(key)
             else:
-                idle += max(0, x.equity_e6 - x.maintenance_margin_e6)
+                pos = snap.positions[key]
+                idle += max(0, pos.collateral_e6 - pos.pending_fee_e6 - x.maintenance_margin_e6)
+                idle_equity += max(0, x.equity_e6 - x.maintenance_margin_e6)
         if to_liquidate:  # 4
             chain.request("evm_setAutomine", [True])
             try:
@@ -515,11 +517,7 @@ class _ChainRun:
                 self.stats.add_gas("liquidation", m.gas_used)
                 res.events.append(Event(now, k, "liquidation", acct, m.market_id, m.penalty_e6, m.price_e8,
                                         f"{self.labels[j]} returned {m.returned_e6}"))
-        res.idle_time_integral += idle * dt_next  # 5
-        res.duration_s += int(dt_next)
-        res.peak_idle_e6 = max(res.peak_idle_e6, idle)
-        if res.idle_e6 is not None:
-            res.idle_e6[k] = idle
+        res.record_idle(k, idle, idle_equity, dt_next)  # 5
         res.wallet_min_e6 = min(res.wallet_min_e6, sum(self.wallet.values()))
         self.last_snap, self.last_gone = snap, to_liquidate
         if last:  # what is decided at the last round never lands (as in the fast model)

@@ -6,7 +6,7 @@ Plots (Agg backend, no display needed):
   when replayed, else the first), top-up markers (^) and liquidation markers (x);
 * ``margin_ratio.png`` — per policy, the lowest margin ratio (equity / maintenance) over the book at each
   round (log scale; 1 = liquidation);
-* ``idle.png`` — per policy, idle collateral (equity above maintenance, summed over live positions).
+* ``idle.png`` — per policy, idle collateral (collateral net of fees above maintenance, summed over live positions).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def comparison_table(result: ReplayResult) -> str:
     """Markdown table, one row per policy."""
     head = (
         "| policy | liquidations | penalty $ | top-ups | added $ | releases | released $ | txs | gas | "
-        "avg idle $ | peak idle $ | min ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for name, r in result.results.items():
@@ -83,7 +84,8 @@ def comparison_table(result: ReplayResult) -> str:
         rows.append(
             f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | {r.top_ups} | "
             f"{r.collateral_added_e6 / 1e6:,.0f} | {r.releases} | {r.collateral_released_e6 / 1e6:,.0f} | "
-            f"{r.transactions} | {r.gas_used:,} | {r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | {mr} |"
+            f"{r.transactions} | {r.gas_used:,} | {r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | "
+            f"{r.avg_idle_equity_e6 / 1e6:,.0f} | {mr} |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -163,7 +165,7 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
     for name, r in result.results.items():
         if r.idle_e6 is not None:
             ax.plot(dates, r.idle_e6[::step] / 1e6, lw=0.9, label=f"{name} (avg {r.avg_idle_e6 / 1e6:,.0f})")
-    ax.set_title("idle collateral (equity above maintenance, all live positions), USD")
+    ax.set_title("idle collateral (collateral above maintenance, all live positions), USD")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
