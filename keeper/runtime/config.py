@@ -291,6 +291,14 @@ class FeesConfig(_Model):
         return int(self.priority_fee_gwei * 10**9)
 
 
+class ImpliedVolConfig(_Model):
+    """Optional implied-volatility floors per market symbol, from a JSON file or an http(s) URL."""
+
+    source: str | None = None
+    refresh_s: float = Field(default=300.0, gt=0, le=86_400)
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+
 class ScheduleConfig(_Model):
     """How often the daemon looks for news between risk-driven checks."""
 
@@ -374,6 +382,7 @@ class KeeperConfig(_Model):
     fees: FeesConfig = FeesConfig()
     journal: JournalConfig = JournalConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    implied_vol: ImpliedVolConfig = ImpliedVolConfig()
     http: HttpConfig = HttpConfig()
     alerts: AlertsConfig = AlertsConfig()
     log: LogConfig = LogConfig()

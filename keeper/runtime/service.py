@@ -46,6 +46,7 @@ from keeper.risk.policy import PositionRisk, RiskPolicy, assess_positions
 from keeper.runtime.alerts import AlertSink, alert_from_action
 from keeper.runtime.config import KeeperConfig
 from keeper.runtime.health import HealthState
+from keeper.runtime.implied_vol import ImpliedVolSource
 from keeper.runtime.metrics import KeeperMetrics
 from keeper.runtime.scheduler import HeadNews
 from keeper.runtime.volatility_cache import VolatilityCache
@@ -115,6 +116,11 @@ class KeeperService:
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
         self.stress_gaps: dict[int, float] = {}
+        self.implied_vol: ImpliedVolSource | None = None
+        if config.implied_vol.source:
+            self.implied_vol = ImpliedVolSource(config.implied_vol.source, refresh_s=config.implied_vol.refresh_s,
+                                                timeout_s=config.implied_vol.timeout_s)
+            self.implied_vol.load()  # a bad source is a configuration error, found at start
 
     # ---- construction ----------------------------------------------------------------------------
 
@@ -321,6 +327,7 @@ class KeeperService:
         round), then the risk verdicts."""
         sigmas: dict[int, float] = {}
         gaps: dict[int, float] = {}
+        floors = self.implied_vol.floors() if self.implied_vol is not None else {}
         for mid, latest in snap.prices.items():
             new_round = self._last_rounds.get(mid) != latest.round_id
             if self.vol.last_round_id(mid) != latest.round_id:
@@ -330,6 +337,11 @@ class KeeperService:
             if est.fallback_reason and new_round:
                 log.info("volatility_fallback", market=mid, sigma_annual=est.sigma_annual, model=est.model,
                          reason=est.fallback_reason)
+            implied = floors.get(snap.markets[mid].symbol.upper()) if mid in snap.markets else None
+            if implied is not None and implied > sigmas[mid]:
+                if new_round:
+                    log.info("implied_vol_floor", market=mid, history_sigma=round(sigmas[mid], 4), implied=implied)
+                sigmas[mid] = implied
             rounds = self.vol.rounds(mid)
             gap = self.policy.estimate_stress_gap([r.updated_at_s for r in rounds], [r.price_e8 for r in rounds],
                                                   self.check_interval_s, now_s=snap.block_timestamp)

@@ -121,6 +121,16 @@ class TestCheck:
         again = json.loads(keeper("check", "--config", str(cfg), "--json").stdout)
         assert not any(a["kind"] == "top_up" for a in again["actions"])
 
+    def test_implied_vol_floor_raises_sigma(self, chain, tmp_path):
+        """An implied volatility above the history estimate becomes the sigma used for that market only."""
+        open_book(chain, reserve_e6=0)
+        (tmp_path / "iv.json").write_text('{"ETH": 4.5}')
+        cfg = write_config(chain, tmp_path)
+        cfg.write_text(cfg.read_text() + f'\n[implied_vol]\nsource = "{tmp_path / "iv.json"}"\n')
+        rows = {r["market"]: r for r in json.loads(keeper("status", "--config", str(cfg), "--json").stdout)["positions"]}
+        assert rows["ETH"]["sigma_annual"] == pytest.approx(4.5)
+        assert rows["BTC"]["sigma_annual"] < 4.5
+
     def test_status_and_stress_tables(self, chain, tmp_path):
         """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names liquidations."""
         open_book(chain, reserve_e6=0)
@@ -168,6 +178,14 @@ class TestBadInput:
         proc = keeper("check", "--config", str(cfg))
         assert proc.returncode == 1
         assert "no contract at the configured collateral address" in proc.stderr and "Traceback" not in proc.stderr
+
+
+    def test_bad_implied_vol_source_exits_2(self, chain, tmp_path):
+        """A configured implied-vol file that does not exist stops `check` at start with exit 2."""
+        cfg = write_config(chain, tmp_path)
+        cfg.write_text(cfg.read_text() + f'\n[implied_vol]\nsource = "{tmp_path / "missing.json"}"\n')
+        proc = keeper("check", "--config", str(cfg))
+        assert proc.returncode == 2 and "implied_vol.source" in proc.stderr
 
 
 class TestDanger:
