@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python scripts/replay_sweep.py [DATA_DIR] [OUT_DIR]
 (defaults: ../shared/data relative to the repo, .keeper/replay). Writes OUT_DIR/<window>/{summary.json,
-report.md,*.png} and prints one Markdown table per window (the ones in docs/readme/replay.md).
+report.md,*.png} and prints one Markdown table per window (the ones in the README (crash replay section)).
 """
 
 from __future__ import annotations

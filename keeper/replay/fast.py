@@ -27,7 +27,7 @@ than 30 returns give the policy's fallback volatility, and the policy's floor ap
 (:class:`EwmaVol`, the earlier close-to-close estimator, is kept for comparison; the replay no longer uses it.)
 
 Gas. Each keeper transaction is charged a gas figure per kind (:data:`GAS_PER_ACTION`), the medians of
-receipts measured by the on-chain replay (:mod:`keeper.replay.onchain`, docs/readme/replay.md); a
+receipts measured by the on-chain replay (:mod:`keeper.replay.onchain`, the README (crash replay section)); a
 reverted call is charged :data:`GAS_REVERT`. The liquidator's gas is not the keeper's and is not counted.
 """
 

@@ -38,7 +38,7 @@ The book opens at the opening round; that state is snapshotted (``evm_snapshot``
 from it (``evm_revert``, then a new snapshot: an id is single-use).
 
 Speed: every round is several RPC calls (and, for ``risk``, a full keeper cycle per account), so this is
-for windows of hours, not days; see docs/readme/replay.md for measured rounds per second.
+for windows of hours, not days; see the README (crash replay section) for measured rounds per second.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ behaviour instead, without look-ahead (only rounds at or before the decision):
   fat-tailed distribution); ``c = 2`` keeps the out-of-sample rate at which the next round's move exceeds
   ``max(c g, floor)`` below ``p_trigger = 1e-3`` per round on the hourly ETH and BTC history 2017-2024
   (crash windows excluded) for windows of 96 rounds or more (a 6 h window of a 5-minute feed holds 288);
-  see docs/readme/risk.md for the table.
+  see the README (risk section) for the table.
 * ``d_floor`` (``floor``): a calm window says little about the next news shock; never thinner than this.
 * ``d_cap``: an upper bound so one bad print cannot ask for more than the cap.
 

@@ -1,7 +1,7 @@
 """The buffer policy: how much collateral a position needs, and how often to look at it.
 
-OWNER: risk engine. The dataclasses below are the interface the planner, daemon and replay consume
-(see docs/design.md).
+``RiskPolicy`` (the knobs), ``PositionRisk`` (the verdict) and ``assess_positions`` are what the planner,
+the daemon and the replay consume.
 
 Over the horizon :math:`h` = check interval + inclusion latency + oracle lag, with
 :math:`\\sigma_h = \\sigma\\sqrt{h/\\text{year}}`, the log-distance to liquidation that keeps the breach
@@ -49,7 +49,7 @@ DEFAULT_KAPPA = 1.60
 ``scripts/calibrate_kappa.py`` (Student-t increments with nu fitted by GARCH-t to ETH hourly returns
 2017-2024, and Merton jumps 0.2/h with 1.2 % log-jump std, both at the same variance as the Gaussian,
 sigma = 0.8, one hour in one-minute steps, 1,000,000 paths): t(nu=3.43) 1.40, Merton 1.58 -> 1.60 (rounded
-up to 0.05). See docs/readme/risk.md."""
+up to 0.05). See the README (risk section)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ class MarketFees:
 
 @dataclass(frozen=True, slots=True)
 class FeePolicy:
-    """Fee rules; every knob has a default explained in docs/readme/chain.md."""
+    """Fee rules; every knob has a default explained in the README (chain section)."""
 
     native_usd_e8: int = 3_000 * 10**8  # gas token price used to value the fee against the stake
     stake_fraction: float = 0.25  # spend at most this share of the value at stake on gas
