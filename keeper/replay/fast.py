@@ -285,13 +285,7 @@ class _Run:
             if (acct, mid) not in m.positions:
                 continue
             v = m.view(acct, mid, now)
-            ratio = v.equity / v.maintenance_margin if v.maintenance_margin > 0 else math.inf
-            if ratio < res.min_margin_ratio:
-                res.min_margin_ratio = ratio
-                res.min_margin_ratio_at = f"{self.labels[j]} @ {now}"
-            if res.ratio is not None:
-                res.ratio[k, j] = ratio
-                res.liq_price[k, j] = v.liquidation_price / 1e8
+            res.record_position(k, j, self.labels[j], now, v.equity, v.maintenance_margin, v.liquidation_price)
             if v.liquidatable:
                 penalty, returned = m.liquidate(acct, mid, now)
                 self.wallet[acct] = self.wallet.get(acct, 0) + returned

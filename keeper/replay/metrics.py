@@ -93,6 +93,17 @@ class PolicyResult:
     def avg_idle_equity_e6(self) -> float:
         return self.idle_equity_time_integral / self.duration_s if self.duration_s else 0.0
 
+    def record_position(self, k: int, j: int, label: str, now_s: int, equity_e6: int, maintenance_e6: int,
+                        liquidation_price_e8: int) -> None:
+        """Record position ``j``'s margin ratio (equity / maintenance) at round ``k`` and the closest approach."""
+        ratio = equity_e6 / maintenance_e6 if maintenance_e6 > 0 else math.inf
+        if ratio < self.min_margin_ratio:
+            self.min_margin_ratio = ratio
+            self.min_margin_ratio_at = f"{label} @ {now_s}"
+        if self.ratio is not None:
+            self.ratio[k, j] = ratio
+            self.liq_price[k, j] = liquidation_price_e8 / 1e8
+
     def record_idle(self, k: int, idle_e6: int, idle_equity_e6: int, dt_s: float) -> None:
         """Accumulate one round's idle collateral and idle equity, weighted by the time to the next round."""
         self.idle_time_integral += idle_e6 * dt_s

@@ -484,13 +484,8 @@ class _ChainRun:
             x = snap.extras.get(key)
             if x is None:
                 continue
-            ratio = x.equity_e6 / x.maintenance_margin_e6 if x.maintenance_margin_e6 > 0 else float("inf")
-            if ratio < res.min_margin_ratio:
-                res.min_margin_ratio = ratio
-                res.min_margin_ratio_at = f"{self.labels[j]} @ {now}"
-            if res.ratio is not None:
-                res.ratio[k, j] = ratio
-                res.liq_price[k, j] = x.liquidation_price_e8 / 1e8
+            res.record_position(k, j, self.labels[j], now, x.equity_e6, x.maintenance_margin_e6,
+                                x.liquidation_price_e8)
             if x.liquidatable:
                 to_liquidate.add(key)
             else:
