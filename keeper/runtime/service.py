@@ -187,21 +187,20 @@ class KeeperService:
             for rec in report.finalized:
                 log.info("journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state,
                          tx_hash=rec.tx_hash)
-            self._ensure_allowance()
+            self._ensure_allowance(self.txm, self.signer_address or "")
 
-    def _ensure_allowance(self) -> None:
-        assert self.txm is not None and self.signer_address is not None
+    def _ensure_allowance(self, txm: TransactionManager, signer: str) -> None:
         engine = getattr(self.adapter, "engine", None)
         collateral = getattr(self.adapter, "collateral", None)
         if engine is None or collateral is None:
             return
-        data = ALLOWANCE + _addr_word(self.signer_address) + _addr_word(engine)
+        data = ALLOWANCE + _addr_word(signer) + _addr_word(engine)
         allowance = int.from_bytes(self.client.call(collateral, data) or b"\0", "big")
         if allowance >= 2**128:
             return
         call = self.adapter.approve_collateral_call(MAX_APPROVAL_E6)
-        intent = self.txm.submit(call, f"approve:{engine.lower()}:{self.signer_address.lower()}", 0, "routine")
-        final = self.txm.wait(intent.id, timeout_s=120)
+        intent = txm.submit(call, f"approve:{engine.lower()}:{signer.lower()}", 0, "routine")
+        final = txm.wait(intent.id, timeout_s=120)
         log.info("collateral_approved", state=final.state, tx_hash=final.tx_hash)
 
     def close(self) -> None:
@@ -244,13 +243,12 @@ class KeeperService:
                 self.health.mark_head(res.block_number, res.block_timestamp)
             self.metrics.set_head_lag(max(0.0, self.clock() - res.block_timestamp))
             if self.txm is not None:
-                self._poll_transactions()
+                self._poll_transactions(self.txm)
         return HeadNews(res.block_number, res.block_timestamp, changed)
 
-    def _poll_transactions(self) -> None:
-        assert self.txm is not None
+    def _poll_transactions(self, txm: TransactionManager) -> None:
         try:
-            report = self.txm.poll()
+            report = txm.poll()
         except TransientRpcError as exc:
             self.metrics.count_rpc_error("poll")
             log.warning("tx_poll_failed", error=str(exc))
@@ -403,18 +401,18 @@ class KeeperService:
         plan = plan_actions(state, plannable, self.limits)
         report = CycleReport(snap.block_number, snap.block_timestamp, risks, plan, wallet_e6=wallet, sigmas=sigmas)
         self._explain(snap, risks, plan, busy)
-        executing = execute and self.txm is not None and not self.config.dry_run
+        txm = self.txm if execute and not self.config.dry_run else None
         for action in plan.actions:
             if action.kind is ActionKind.ALERT or action.needs_approval:
                 key, text, severity, fields = alert_from_action(action)
                 self.alerts.send(key, text, severity=severity, fields=fields)
                 continue
-            if not executing:
+            if txm is None:
                 report.skipped.append({"action": action.kind.value, "account": action.account,
                                        "market_id": action.market_id, "amount_e6": action.amount_e6,
                                        "why": "not executing (check without --execute, dry run or watch-only)"})
                 continue
-            report.sent.append(self._send(action, snap))
+            report.sent.append(self._send(txm, action, snap))
         report.next_interval_s = self._next_interval(risks)
         self.check_interval_s = report.next_interval_s
         self._last_rounds = {mid: r.round_id for mid, r in snap.prices.items()}
@@ -422,8 +420,7 @@ class KeeperService:
         self._observe(snap, risks, wallet, report)
         return report
 
-    def _send(self, action: Action, snap: BookSnapshot) -> dict:
-        assert self.txm is not None
+    def _send(self, txm: TransactionManager, action: Action, snap: BookSnapshot) -> dict:
         pos = snap.positions.get((action.account.lower(), action.market_id))
         price = snap.prices[action.market_id]
         basis = f"r{price.round_id}:c{pos.collateral_e6 if pos else 0}"
@@ -435,7 +432,7 @@ class KeeperService:
         out = {"action": action.kind.value, "account": action.account, "market_id": action.market_id,
                "amount_e6": action.amount_e6, "key": key, "lane": lane}
         try:
-            intent = self.txm.submit(call, key, stake, lane)
+            intent = txm.submit(call, key, stake, lane)
         except SimulationRevert as exc:
             out.update(state="rejected", reason=exc.reason)
             self.metrics.count_action(action.kind.value, "simulation_revert")
