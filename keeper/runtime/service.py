@@ -145,7 +145,9 @@ class KeeperService:
             routine = load_routine_signer(config.signer) or account
             signer_address = account.address
             if execute and not config.dry_run and not config.limits.alert_only:
-                fees = FeePolicy(max_fee_per_gas_cap_wei=config.fees.max_fee_wei)
+                tip = config.fees.priority_fee_wei  # a floor under the lane's percentile of recent tips
+                fees = FeePolicy(max_fee_per_gas_cap_wei=config.fees.max_fee_wei, min_tip_wei=tip,
+                                 max_tip_wei=max(FeePolicy().max_tip_wei, tip))
                 # Protective actions (top-ups, moves, reductions) use the urgent lane; releases the routine
                 # lane. With a second key the lanes have separate nonce queues, so a stuck release can never
                 # hold back a top-up; with one key they share the queue (the manager keeps that safe).

@@ -118,6 +118,8 @@ class TestCheck:
         assert len(added) == 1 and added[0]["marketId"] == 0
         assert added[0]["amount"] == out["actions"][0]["amount_e6"]
         assert out["sent"][0]["state"] == "confirmed"
+        tx = chain.w3.eth.get_transaction(out["sent"][0]["tx_hash"])
+        assert tx["type"] == 2 and tx["maxPriorityFeePerGas"] >= 1_500_000_000  # fees.priority_fee_gwei floor
         again = json.loads(keeper("check", "--config", str(cfg), "--json").stdout)
         assert not any(a["kind"] == "top_up" for a in again["actions"])
 
