@@ -133,6 +133,29 @@ class TestCheck:
         assert rows["ETH"]["sigma_annual"] == pytest.approx(4.5)
         assert rows["BTC"]["sigma_annual"] < 4.5
 
+    def test_watch_all_discovers_every_account_and_never_sends(self, chain, tmp_path):
+        """Risk-team mode: no accounts listed, watch_all = true; positions come from events, actions become alerts."""
+        open_book(chain, reserve_e6=30_000 * 10**6)
+        other = chain.keys[5]
+        chain.mint(chain.addresses[5], 5_000 * 10**6)
+        chain.approve_engine(other)
+        chain.open_position(other, "BTC", True, 10**17, 2_000 * 10**6)
+        chain.push_price("ETH", 2_900 * 10**8)
+        cfg = write_config(chain, tmp_path)
+        text = cfg.read_text()
+        start = text.index("[[accounts]]")
+        cfg.write_text("watch_all = true\n" + text[:start] + text[text.index("[risk]"):])
+        nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
+        proc = keeper("check", "--config", str(cfg), "--execute", "--json", env={"KEEPER_PRIVATE_KEY": ""})
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        seen = {(r["account"].lower(), r["market"]) for r in out["positions"]}
+        assert seen == {(chain.addresses[TRADER].lower(), "ETH"), (chain.addresses[TRADER].lower(), "BTC"),
+                        (chain.addresses[5].lower(), "BTC")}
+        assert out["sent"] == [] and all(a["kind"] == "alert" for a in out["actions"])
+        assert any("watch-only" in a["reason"] for a in out["actions"])
+        assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
+
     def test_status_and_stress_tables(self, chain, tmp_path):
         """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names liquidations."""
         open_book(chain, reserve_e6=0)
