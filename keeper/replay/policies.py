@@ -209,8 +209,8 @@ class RiskSized:
             ts.append(t_s)
             ps.append(price_e8)
 
-    def _stress_gaps(self, obs: Observation) -> dict[int, float]:
-        """Record each market's new oracle round and estimate its stress gap from the rounds seen so far
+    def _stress_gaps(self, obs: Observation) -> dict:
+        """Record each market's new oracle round and estimate its stress gaps (per side, ``SideGaps``) from the rounds seen so far
         (the daemon does the same from its oracle-history cache; no round after ``obs.now_s`` exists here).
         The window is bounded by ``stress_window_s`` (plus one round before it, as the estimator needs)."""
         rp = self.risk_policy
@@ -222,7 +222,7 @@ class RiskSized:
             while len(ts) > 2 and ts[1] <= obs.now_s - window:
                 ts.popleft()
                 ps.popleft()
-            out[mid] = rp.estimate_stress_gap(ts, ps, obs.check_interval_s, now_s=obs.now_s).stress_gap
+            out[mid] = rp.estimate_stress_gap(ts, ps, obs.check_interval_s, now_s=obs.now_s).side_gaps
         return out
 
 

@@ -26,6 +26,12 @@ behaviour instead, without look-ahead (only rounds at or before the decision):
 * ``d_floor`` (``floor``): a calm window says little about the next news shock; never thinner than this.
 * ``d_cap``: an upper bound so one bad print cannot ask for more than the cap.
 
+Per side: a long is liquidated by a fall and a short by a rise, so the estimate also carries
+``stress_gap_down`` (the same formula over falls only, :math:`\\max (\\ln P_i - \\ln P_j)`) and
+``stress_gap_up`` (rises only); the symmetric ``stress_gap`` is the larger of the two. The policy sizes a
+long's trigger and target from the down gap and a short's from the up gap, and releases only beyond the
+release band of the symmetric gap (:mod:`keeper.risk.policy`).
+
 Too little history (fewer than ``min_rounds`` moves in the window) gives ``fallback`` (the policy's constant
 ``stress_gap``) and says so: a keeper that just started knows nothing about the market's recent gaps and
 must assume the worst it is configured for. A history shorter than the window but with ``min_rounds``
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -53,6 +60,28 @@ class GapEstimate:
     span_rounds: int  # n
     rounds_used: int  # price rounds inside the window
     fallback_reason: str | None = None
+    stress_gap_down: float | None = None  # d_s for longs: from the largest FALL only (None: = stress_gap)
+    stress_gap_up: float | None = None  # d_s for shorts: from the largest RISE only (None: = stress_gap)
+
+    @property
+    def side_gaps(self) -> SideGaps:
+        """The per-side gaps (down for longs, up for shorts) to hand to ``assess_positions``."""
+        down = self.stress_gap if self.stress_gap_down is None else self.stress_gap_down
+        up = self.stress_gap if self.stress_gap_up is None else self.stress_gap_up
+        return SideGaps(down, up)
+
+
+class SideGaps(NamedTuple):
+    """Stress gaps per side (log-distances): a long is liquidated by a fall, a short by a rise.
+
+    ``max(down, up)`` is the symmetric gap (the largest |move|)."""
+
+    down: float
+    up: float
+
+    @property
+    def both(self) -> float:
+        return max(self.down, self.up)
 
 
 def span_rounds(horizon_s: float, median_dt_s: float) -> int:
@@ -69,6 +98,17 @@ def max_span_move(log_prices: ArrayLike, n: int) -> float:
     for m in range(1, min(n, x.size - 1) + 1):
         best = max(best, float(np.max(np.abs(x[m:] - x[:-m]))))
     return best
+
+
+def max_span_moves(log_prices: ArrayLike, n: int) -> tuple[float, float]:
+    """(largest fall, largest rise) over i < j <= i + n: max of x_i - x_j and of x_j - x_i, each >= 0."""
+    x = np.asarray(log_prices, dtype=float)
+    down = up = 0.0
+    for m in range(1, min(n, x.size - 1) + 1):
+        d = x[m:] - x[:-m]
+        up = max(up, float(np.max(d)))
+        down = max(down, float(-np.min(d)))
+    return down, up
 
 
 def estimate_stress_gap(
@@ -112,5 +152,10 @@ def estimate_stress_gap(
     if t.size - 1 < min_rounds:
         return GapEstimate(fb, math.nan, 1, int(t.size), f"{t.size - 1} moves in the window < {min_rounds}")
     n = span_rounds(horizon_s, float(np.median(np.diff(t))))
-    g = max_span_move(np.log(p), n)
-    return GapEstimate(float(min(max(factor * g, floor), cap)), g, n, int(t.size))
+    down, up = max_span_moves(np.log(p), n)
+    g = max(down, up)  # = max_span_move: the largest |move|
+
+    def clip(x: float) -> float:
+        return float(min(max(factor * x, floor), cap))
+
+    return GapEstimate(clip(g), g, n, int(t.size), None, clip(down), clip(up))

@@ -42,7 +42,7 @@ from scipy.special import ndtr, ndtri
 
 from keeper.domain import SECONDS_PER_YEAR, Market, Position, Side
 from keeper.risk.barrier import fee_drift, gaussian_distance, liquidation_price
-from keeper.risk.gaps import GapEstimate, estimate_stress_gap
+from keeper.risk.gaps import GapEstimate, SideGaps, estimate_stress_gap
 
 DEFAULT_KAPPA = 1.60
 """Fat-tail multiplier: the larger of the two Monte Carlo calibrations at p = 1e-4 (p_target) of
@@ -69,6 +69,7 @@ class RiskPolicy:
     stress_floor: float = 0.03
     stress_cap: float = 0.5
     stress_min_rounds: int = 30
+    stress_per_side: bool = True
     inclusion_latency_s: float = 12.0
     oracle_lag_s: float = 0.0
     check_interval_min_s: float = 5.0
@@ -228,13 +229,18 @@ def assess_arrays(
     policy: RiskPolicy,
     check_interval_s: float,
     stress_gap: ArrayLike | None = None,
+    release_stress_gap: ArrayLike | None = None,
 ) -> RiskArrays:
     """Closed-form policy for many positions at once (floats: base units, USD, USD per unit).
 
     The vectorised kernel behind :func:`assess_positions`; ``liquidatable`` here is the float version of
     the protocol rule (equity < maintenance); :func:`assess_positions` replaces it with the exact integer rule.
     ``stress_gap`` (per position, log-distance; default ``policy.stress_gap``) is the stress gap ``d_s``
-    to survive, e.g. from :meth:`RiskPolicy.estimate_stress_gap`.
+    to survive, e.g. from :meth:`RiskPolicy.estimate_stress_gap`; it sets the trigger and the target.
+    ``release_stress_gap`` (per position; default ``stress_gap``) sets the release band only: with per-side
+    gaps it is the symmetric gap, so a position is released only when it is beyond the release band of
+    both sides' gaps (a side's gap that is small only because the window's large moves went the other way
+    does not release collateral the next reversal would ask back).
     """
     if not check_interval_s > 0:
         raise ValueError("check_interval_s must be > 0")
@@ -259,7 +265,10 @@ def assess_arrays(
     # release only beyond d_s * (1 + release_headroom) and below p_release, down to the target again.
     d_stress_target = d_s * (1.0 + policy.stress_headroom)
     d_target = np.maximum(d_vol_target, d_stress_target) + d_cost
-    d_release = required_distance(policy.p_release, sig_h, policy.kappa, d_s * (1.0 + policy.release_headroom), d_cost)
+    d_s_rel = d_s if release_stress_gap is None else np.maximum(
+        d_s, np.broadcast_to(np.asarray(release_stress_gap, dtype=float), price.shape)
+    )
+    d_release = required_distance(policy.p_release, sig_h, policy.kappa, d_s_rel * (1.0 + policy.release_headroom), d_cost)
     req = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_target), 0.0)
     rel = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_release), 0.0)
     min_action = policy.min_action_e6 / 1e6
@@ -289,6 +298,15 @@ def assess_arrays(
     )
 
 
+def _side_pair(gap: float | SideGaps | tuple[float, float], per_side: bool) -> tuple[float, float]:
+    """A stress-gap entry -> (down, up); a float is both sides; ``per_side`` off collapses to the max."""
+    if isinstance(gap, tuple):
+        down, up = float(gap[0]), float(gap[1])
+    else:
+        down = up = float(gap)
+    return (down, up) if per_side else (max(down, up), max(down, up))
+
+
 def _ceil_e6(x: NDArray[np.float64]) -> list[int]:
     """USD floats -> e6 ints rounded up (more collateral, never less); non-finite -> 0."""
     y = np.where(np.isfinite(x), np.ceil(x * 1e6 - 1e-6), 0.0)
@@ -303,12 +321,16 @@ def assess_positions(
     policy: RiskPolicy,
     check_interval_s: float,
     now_s: int,
-    stress_gaps: Mapping[int, float] | None = None,
+    stress_gaps: Mapping[int, float | SideGaps | tuple[float, float]] | None = None,
 ) -> list[PositionRisk]:
     """:func:`assess_position` for a whole book in one vectorised pass (prices and sigmas per market id).
 
     A market missing from ``sigmas_annual`` uses ``policy.sigma_fallback_annual``; one missing from
     ``stress_gaps`` (per market id, from :meth:`RiskPolicy.estimate_stress_gap`) uses ``policy.stress_gap``.
+    A value is either one gap for both sides (a float) or a :class:`~keeper.risk.gaps.SideGaps` /
+    ``(down, up)`` pair (``GapEstimate.side_gaps``): with ``policy.stress_per_side`` a long's trigger and
+    target use ``down`` and a short's ``up``, and the release band uses ``max(down, up)`` for both;
+    without it every band uses ``max(down, up)``.
     Amounts are rounded up
     to whole e6 units (more collateral, never less); ``liquidatable`` is the protocol's exact integer rule
     (evaluated in integers whenever the float verdict is within rounding distance of the boundary).
@@ -328,6 +350,7 @@ def assess_positions(
         return np.asarray(values, dtype=float)[pos_in_uniq]
 
     px_e8 = per_market([prices_e8[int(m)] for m in uniq])
+    gd = [_side_pair((stress_gaps or {}).get(int(m), policy.stress_gap), policy.stress_per_side) for m in uniq]
     price = px_e8 / 1e8
     maintenance = per_market([markets[int(m)].maintenance_margin_ratio for m in uniq])
     is_long = np.fromiter((p.side is Side.LONG for p in positions), bool, n)
@@ -347,7 +370,8 @@ def assess_positions(
         sigma_annual=per_market([sigmas_annual.get(int(m), math.nan) for m in uniq]),
         policy=policy,
         check_interval_s=check_interval_s,
-        stress_gap=per_market([(stress_gaps or {}).get(int(m), policy.stress_gap) for m in uniq]),
+        stress_gap=np.where(is_long, per_market([g[0] for g in gd]), per_market([g[1] for g in gd])),
+        release_stress_gap=per_market([max(g) for g in gd]),
     )
     # the exact integer rule wherever the float verdict is within rounding distance of the boundary
     notional = size * price

@@ -42,6 +42,7 @@ from keeper.errors import ChainMismatchError, SimulationRevert, TransactionError
 from keeper.planner import BookState, PlanLimits, plan_actions
 from keeper.protocols.base import BookSnapshot, PositionKey, ProtocolAdapter
 from keeper.protocols.reference import ReferenceAdapter
+from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import PositionRisk, RiskPolicy, assess_positions
 from keeper.runtime.alerts import AlertSink, alert_from_action
 from keeper.runtime.config import KeeperConfig
@@ -115,7 +116,7 @@ class KeeperService:
         self._last_rounds: dict[int, int] = {}
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
-        self.stress_gaps: dict[int, float] = {}
+        self.stress_gaps: dict[int, SideGaps] = {}  # per market: (down for longs, up for shorts)
         self.implied_vol: ImpliedVolSource | None = None
         if config.implied_vol.source:
             self.implied_vol = ImpliedVolSource(config.implied_vol.source, refresh_s=config.implied_vol.refresh_s,
@@ -326,7 +327,7 @@ class KeeperService:
         """Volatility and stress gap per market from the oracle history (read only past the last cached
         round), then the risk verdicts."""
         sigmas: dict[int, float] = {}
-        gaps: dict[int, float] = {}
+        gaps: dict[int, SideGaps] = {}
         floors = self.implied_vol.floors() if self.implied_vol is not None else {}
         for mid, latest in snap.prices.items():
             new_round = self._last_rounds.get(mid) != latest.round_id
@@ -345,7 +346,7 @@ class KeeperService:
             rounds = self.vol.rounds(mid)
             gap = self.policy.estimate_stress_gap([r.updated_at_s for r in rounds], [r.price_e8 for r in rounds],
                                                   self.check_interval_s, now_s=snap.block_timestamp)
-            gaps[mid] = gap.stress_gap
+            gaps[mid] = gap.side_gaps
             if gap.fallback_reason and new_round:
                 log.info("stress_gap_fallback", market=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
         positions = [p for p in snap.positions.values() if p.market_id in snap.prices]

@@ -29,9 +29,11 @@ def test_gap_follows_the_rounds_seen_and_falls_back_before_enough_history():
     for k in range(60):
         price *= math.exp(-0.04 if k == 45 else 0.001)
         seen.append(pol._stress_gaps(_obs(k, price))[0])
-    assert seen[29] == 0.12  # 29 moves: not enough history
-    assert seen[30] == 0.03 and seen[44] == 0.03  # calm: the floor
-    assert seen[45] == pytest.approx(0.08, rel=1e-6) and seen[59] == pytest.approx(0.08, rel=1e-6)
+    assert seen[29] == (0.12, 0.12)  # 29 moves: not enough history (both sides fall back)
+    assert seen[30] == (0.03, 0.03) and seen[44] == (0.03, 0.03)  # calm: the floor
+    # the -4 % round is a fall: the longs' (down) gap rises to 8 %, the shorts' (up) gap stays at the floor
+    assert seen[45].down == pytest.approx(0.08, rel=1e-6) and seen[59].down == pytest.approx(0.08, rel=1e-6)
+    assert seen[45].up == 0.03 and seen[59].both == pytest.approx(0.08, rel=1e-6)
 
 
 def test_window_drops_old_rounds():
@@ -40,7 +42,7 @@ def test_window_drops_old_rounds():
     price = 3000.0
     for k in range(100):
         price *= math.exp(-0.04 if k == 35 else 0.001)
-        gap = pol._stress_gaps(_obs(k, price))[0]
+        gap = pol._stress_gaps(_obs(k, price))[0].both
         if k == 40:
             assert gap == pytest.approx(0.08, rel=1e-6)
     assert gap == 0.03
@@ -54,4 +56,4 @@ def test_warm_up_rounds_fed_through_observe_round_skip_the_fallback():
     for k in range(-40, 0):
         price *= math.exp(0.001)
         pol.observe_round(0, 1_000_000 + 60 * k, int(price * 1e8))
-    assert pol._stress_gaps(_obs(0, price * math.exp(0.001)))[0] == 0.03
+    assert pol._stress_gaps(_obs(0, price * math.exp(0.001)))[0] == (0.03, 0.03)

@@ -135,3 +135,50 @@ def test_batch_uses_per_market_gaps():
                               pol.RiskPolicy(), 60.0, 0, {0: 0.04})
     assert rs[0].stress_gap == 0.04 and rs[1].stress_gap == 0.12
     assert rs[0].required_distance == pytest.approx(0.08, abs=1e-5) and rs[1].required_distance == pytest.approx(0.24, abs=1e-5)
+
+
+def test_per_side_gaps_take_falls_for_longs_and_rises_for_shorts():
+    """A -2.5 % round among +0.5 % rounds: down gap 5 %, up gap 2 x 0.5 % -> floor 3 %; symmetric = the larger."""
+    t, p = series([0.005] * 30 + [-0.025] + [0.005] * 29)
+    est = gaps.estimate_stress_gap(t, p, **KW)
+    assert est.stress_gap_down == pytest.approx(0.05, rel=1e-12) and est.stress_gap_up == 0.03
+    assert est.side_gaps == (est.stress_gap_down, 0.03) and est.side_gaps.both == est.stress_gap
+    t, p = series([0.001] * 10)  # fallback: both sides get the fallback
+    assert gaps.estimate_stress_gap(t, p, **KW).side_gaps == (0.12, 0.12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-0.2, 0.2), min_size=31, max_size=80), st.integers(1, 5))
+def test_max_span_moves_matches_brute_force(moves, n):
+    """(largest fall, largest rise) over spans of up to n rounds, by brute force; their max is max_span_move."""
+    x = np.concatenate(([0.0], np.cumsum(moves)))
+    pairs = [(i, j) for i in range(x.size) for j in range(i + 1, min(x.size, i + n + 1))]
+    down, up = gaps.max_span_moves(x, n)
+    assert down == pytest.approx(max(0.0, max(x[i] - x[j] for i, j in pairs)), abs=1e-12)
+    assert up == pytest.approx(max(0.0, max(x[j] - x[i] for i, j in pairs)), abs=1e-12)
+    assert max(down, up) == pytest.approx(gaps.max_span_move(x, n), abs=1e-12)
+
+
+@pytest.mark.parametrize("side", [Side.LONG, Side.SHORT])
+def test_per_side_gaps_set_trigger_and_target_release_uses_the_larger(side):
+    """Gaps (down 6 %, up 3 %): a long is sized on 6 %, a short on 3 %; both release only beyond 4 x 6 %."""
+    policy = pol.RiskPolicy(release_min_fraction=0.0)
+    own, other = (0.06, 0.03) if side is Side.LONG else (0.03, 0.06)
+
+    def assess(c, gaps_=gaps.SideGaps(0.06, 0.03), p=policy):
+        return pol.assess_positions([_pos(c, side)], {0: ETH}, {0: 3000 * 10**8}, {0: 0.3}, p, 60.0, 0, {0: gaps_})[0]
+
+    r = assess(150.0)
+    assert r.stress_gap == own and r.required_distance == pytest.approx(2 * own, abs=1e-5)
+    assert assess(_collateral(r, own - 0.001) / 1e6).top_up_e6 > 0
+    assert assess(_collateral(r, own + 0.001) / 1e6).top_up_e6 == 0
+    # beyond the own side's release band (4 x own) but inside the symmetric one (4 x 6 %): hold
+    if own < other:
+        assert assess(_collateral(r, 4 * own + 0.01) / 1e6).excess_e6 == 0
+    far = assess(_collateral(r, 0.25) / 1e6)
+    assert far.excess_e6 > 0
+    released = assess((far.position.collateral_e6 - far.excess_e6) / 1e6)
+    assert released.distance == pytest.approx(2 * own, abs=1e-4)  # down to the own side's target
+    # a float is both sides (backward compatible); stress_per_side=False collapses the pair to the larger gap
+    assert assess(150.0, 0.06).stress_gap == 0.06
+    assert assess(150.0, p=dataclasses.replace(policy, stress_per_side=False)).stress_gap == 0.06
