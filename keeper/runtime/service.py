@@ -360,8 +360,8 @@ class KeeperService:
         midnight = datetime.fromtimestamp(now_s, timezone.utc).replace(hour=0, minute=0, second=0,
                                                                        microsecond=0).timestamp()
         spent = 0
-        for rec in self.journal.all_intents():
-            if rec.created_at >= midnight and rec.meta.get("kind") == ActionKind.TOP_UP.value \
+        for rec in self.journal.intents_since(midnight):
+            if rec.meta.get("kind") == ActionKind.TOP_UP.value \
                     and rec.state not in ("rejected", "abandoned", "cancelled", "reverted"):
                 spent += int(rec.meta.get("amount_e6") or 0)
         return spent

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS intents (
 );
 CREATE INDEX IF NOT EXISTS intents_key ON intents(idempotency_key);
 CREATE INDEX IF NOT EXISTS intents_state ON intents(state);
+CREATE INDEX IF NOT EXISTS intents_created ON intents(created_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     intent_id INTEGER NOT NULL REFERENCES intents(id),
@@ -226,6 +227,14 @@ class Journal:
             args = (lane,)
         with self._lock:
             rows = self._conn.execute(q + " ORDER BY id", args).fetchall()
+        return [_intent(r) for r in rows]
+
+    def intents_since(self, created_at: float) -> list[IntentRecord]:
+        """Intents created at or after ``created_at`` (unix seconds), oldest first (indexed: the day budget
+        reads this every cycle, so it must not scan the whole history)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM intents WHERE created_at >= ? ORDER BY id", (created_at,)).fetchall()
         return [_intent(r) for r in rows]
 
     def all_intents(self) -> list[IntentRecord]:

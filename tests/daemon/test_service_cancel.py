@@ -45,3 +45,29 @@ def test_dropped_top_up_is_cancelled_when_the_position_recovered(chain, tmp_path
     finally:
         chain.anvil.request("evm_setAutomine", [True])
         service.close()
+
+
+def test_day_budget_counts_journaled_top_ups(chain, tmp_path):
+    """With $5k per transaction and $6k per day, the second cycle's top-up is cut to the $1k left today."""
+    # BTC short below its own target buffer: nothing to move, so only the wallet (and its caps) can pay
+    open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=30_000 * 10**6)
+    path = write_config(chain, tmp_path, limits="")
+    text = path.read_text().replace("max_top_up_usd = 50000", "max_top_up_usd = 5000") \
+                           .replace("max_per_day_usd = 200000", "max_per_day_usd = 6000")
+    path.write_text(text)
+    cfg = load_config(path, env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None)
+    service = KeeperService.from_config(cfg, execute=True)
+    try:
+        service.start()
+        for price in (2_450, 2_200):  # each round leaves the position inside its stress gap again
+            chain.push_price("ETH", price * 10**8)
+            report = service.cycle(execute=True)
+            for sent in report.sent:
+                assert service.txm.wait(sent["intent"], timeout_s=30).state == "confirmed"
+        added = [e["amount"] for e in margin_events(chain, "MarginAdded")]
+        assert added == [5_000 * 10**6, 1_000 * 10**6]
+        assert service.spent_today_e6(service.clock()) == 6_000 * 10**6
+        third = service.cycle(execute=True)
+        assert third.sent == [] and any(a.kind.value == "alert" for a in third.plan.actions)
+    finally:
+        service.close()

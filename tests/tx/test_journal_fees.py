@@ -65,6 +65,17 @@ class TestJournal:
         jrnl.update(rec.id, state="rejected")
         assert jrnl.find_active("top_up:x", 1e9) is None
 
+    def test_intents_since_reads_only_the_recent_ones(self, jrnl):
+        """intents_since(t) returns the intents created at or after t, oldest first, and nothing earlier."""
+        old = _intent(jrnl, "a")
+        jrnl.test_clock.now += 100
+        cut = jrnl.test_clock.now
+        new1 = _intent(jrnl, "b")
+        jrnl.test_clock.now += 1
+        new2 = _intent(jrnl, "c")
+        assert [r.id for r in jrnl.intents_since(cut)] == [new1.id, new2.id]
+        assert old.id in [r.id for r in jrnl.intents_since(cut - 100)]
+
     def test_max_nonce_of_open_intents(self, jrnl):
         """max_nonce reports the highest nonce held by an open intent of that sender (case-insensitive)."""
         a, b = _intent(jrnl, "a"), _intent(jrnl, "b")
