@@ -135,10 +135,6 @@ class CycleScheduler:
         if news is not None and news.oracle_changed:
             self.run_now()
 
-    @property
-    def head_age_s(self) -> float:
-        return self._clock() - self._last_block_seen_at
-
     # ---- control ------------------------------------------------------------------------------------
 
     def run_now(self) -> None:
