@@ -5,7 +5,9 @@ Usage: .venv/bin/python scripts/replay_bound.py [DATA_DIR] [--window NAME ...]
 For each crash window of scripts/replay_sweep.py: replays the fixed-ratio baselines (fast mode, default
 book) to find the best zero-liquidation baseline (the issue's yardstick: least idle), then computes the
 lower bound of :mod:`keeper.replay.bound` on the idle collateral of any liquidation-free policy allowed no
-more transactions than that baseline, and compares it with the target (70 % of the baseline's idle).
+more transactions than that baseline, and compares it with the target (70 % of the baseline's idle):
+for a clairvoyant keeper, and for every keeper whose trigger leaves at least b of the notional above
+maintenance (``--buffers``).
 About 1 min (FTX, LUNA) and 4 min (May-19) on the 2-core dev machine.
 """
 
@@ -29,12 +31,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--window", action="append", choices=list(WINDOWS), help="default: all three")
+    ap.add_argument("--buffers", default="0.01,0.025",
+                    help="triggers b (fraction of the notional) to bound keepers with, comma-separated")
     args = ap.parse_args()
+    buffers = [float(x) for x in args.buffers.split(",") if x.strip()]
     book = load_book()
     config = ReplayConfig(record=False)
-    print("| window | best fixed baseline | its idle $ | its txs | target idle $ | bound (no moves) $ "
-          "| bound (moves) $ | verdict |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    heads = "".join(f" trigger >= {100 * b:g} % $ |" for b in buffers)
+    print(f"| window | best fixed baseline | its idle $ | its txs | target idle $ | clairvoyant, no moves $ "
+          f"| clairvoyant $ |{heads} verdict |")
+    print("|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(buffers) + "---|")
     for name in args.window or list(WINDOWS):
         t0 = time.perf_counter()
         eth, btc = WINDOWS[name]
@@ -43,12 +49,20 @@ def main() -> None:
         base = best_fixed_baseline(res.results)
         b = res.results[base]
         budget = b.transactions
-        bb = book_bound(book, plan_timeline(book, bars, config))
+        timeline = plan_timeline(book, bars, config)
+        bb = book_bound(book, timeline)
         no_moves, with_moves = bb.avg_idle_no_moves(budget), bb.avg_idle(budget)
+        buffered = [book_bound(book, timeline, buffer=x).avg_idle(budget) for x in buffers]
         target = (1 - TARGET_IDLE_REDUCTION) * b.avg_idle_e6 / 1e6
-        verdict = "target impossible for any policy" if with_moves > target else "not ruled out"
+        if with_moves > target:
+            verdict = "out of reach of any keeper"
+        else:
+            facts = ["without moves"] if no_moves > target else []
+            facts += [f"with a trigger >= {100 * x:g} %" for x, v in zip(buffers, buffered, strict=True) if v > target][:1]
+            verdict = "out of reach of any keeper " + " or ".join(facts) if facts else "not ruled out"
+        cells = "".join(f" {v:,.0f} |" for v in buffered)
         print(f"| {name} | `{base}` | {b.avg_idle_e6 / 1e6:,.0f} | {budget} | {target:,.0f} | {no_moves:,.0f} "
-              f"| {with_moves:,.0f} | {verdict} ({time.perf_counter() - t0:.0f} s) |", flush=True)
+              f"| {with_moves:,.0f} |{cells} {verdict} ({time.perf_counter() - t0:.0f} s) |", flush=True)
 
 
 if __name__ == "__main__":

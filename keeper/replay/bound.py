@@ -41,6 +41,14 @@ least :math:`\\max(0, C - \\sum \\mathrm{MM})`. With ``a + m <= B``:
 
 with :math:`f` the per-level budget bounds summed over positions (accounts). Reducing a position's size is
 not covered: the bound is for keepers that keep the trader's positions (as the replay's policies do).
+
+**Keepers with a trigger.** The clairvoyant keeper holds no cushion: it tops up exactly what the next round
+will take. Every keeper that cannot see the next round has a trigger instead: after each of its decisions,
+every position is at least ``b`` of its notional above the maintenance margin *at the price it decided on*
+(``fixed:X:Y[:Z]`` has ``b = (X - 1) m`` with ``m`` the maintenance rate, 3.5 % for ``X = 8``; the risk policy
+``b >= (1 - exp(-stress_floor)) (1 - m)``, 2.9 %). ``buffer = b`` adds that constraint (the level in effect at round
+``j`` covers round ``j - 1``'s price with the cushion); the bound then holds for every keeper with a trigger
+of at least ``b``.
 """
 
 from __future__ import annotations
@@ -98,20 +106,20 @@ def segment_frontier(need: ArrayLike, mm: ArrayLike, dt: ArrayLike, lams: Sequen
         raise ValueError("dt must be >= 0")
     T = np.concatenate([[0.0], np.cumsum(dt_)])
     S = np.concatenate([[0.0], np.cumsum(mm_ * dt_)])
-    costs: list[float] = []
-    changes: list[int] = []
-    for lam in lams:
-        F = np.empty(n_.size + 1)
-        segs = np.zeros(n_.size + 1, dtype=np.int64)
-        F[0] = 0.0
-        for j in range(1, n_.size + 1):
-            level = np.maximum.accumulate(n_[:j][::-1])[::-1]  # level[i] = max need[i:j]
-            total = F[:j] + np.maximum(0.0, level * (T[j] - T[:j]) - (S[j] - S[:j])) + lam
-            i = int(np.argmin(total))
-            F[j] = total[i]
-            segs[j] = segs[i] + 1
-        costs.append(float(F[-1] - lam))
-        changes.append(int(segs[-1] - 1))
+    lam = np.asarray(lams, dtype=float)[:, None]  # every lambda in one pass: the segment costs are shared
+    F = np.empty((lam.shape[0], n_.size + 1))
+    segs = np.zeros(F.shape, dtype=np.int64)
+    F[:, 0] = 0.0
+    rows = np.arange(lam.shape[0])
+    for j in range(1, n_.size + 1):
+        level = np.maximum.accumulate(n_[j - 1 :: -1])[::-1]  # level[i] = max need[i:j]
+        cost = np.maximum(0.0, level * (T[j] - T[:j]) - (S[j] - S[:j]))
+        total = F[:, :j] + cost + lam
+        i = np.argmin(total, axis=1)
+        F[:, j] = total[rows, i]
+        segs[:, j] = segs[rows, i] + 1
+    costs = (F[:, -1] - lam[:, 0]).tolist()
+    changes = (segs[:, -1] - 1).tolist()
     return Frontier(tuple(float(x) for x in lams), tuple(costs), tuple(changes))
 
 
@@ -126,12 +134,21 @@ def combined_bound(pos: Frontier, acct: Frontier, budget: int) -> tuple[float, i
 
 
 def survival_need(
-    side_sign: int, size: float, entry: float, prices: NDArray[np.float64], mm_rate: float
+    side_sign: int, size: float, entry: float, prices: NDArray[np.float64], mm_rate: float, buffer: float = 0.0
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(need, mm) per round for one position: need = max(0, MM - pnl), MM = mm_rate * size * price."""
+    """(need, mm) per round for one position, MM = mm_rate * size * price.
+
+    need[j] = max(0, MM_j - pnl_j): survive round j. With ``buffer`` b > 0 also
+    need[j] >= MM_{j-1} + b * notional_{j-1} - pnl_{j-1}: the level in effect at round j was decided on
+    round j-1's price and left the position at least b of the notional above maintenance there.
+    """
     pnl = side_sign * size * (prices - entry)
     mm = mm_rate * size * prices
-    return np.maximum(0.0, mm - pnl), mm
+    need = np.maximum(0.0, mm - pnl)
+    if buffer > 0:
+        seen = np.maximum(0.0, mm + buffer * size * prices - pnl)
+        need[1:] = np.maximum(need[1:], seen[:-1])
+    return need, mm
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +172,14 @@ DEFAULT_LAMS_USD = (2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0,
 """lambda grid, in USD of average idle per change (scaled by the duration)."""
 
 
-def book_bound(book: Book, timeline: Timeline, lams_usd: Sequence[float] = DEFAULT_LAMS_USD) -> BookBound:
+def book_bound(
+    book: Book, timeline: Timeline, lams_usd: Sequence[float] = DEFAULT_LAMS_USD, buffer: float = 0.0
+) -> BookBound:
     """Frontiers of a replay's book on its timeline (positions opened at the opening round's prices, as the
-    replay opens them); positions (accounts) with the same need path are computed once."""
+    replay opens them); positions (accounts) with the same need path are computed once.
+
+    ``buffer`` (fraction of the notional, default 0): the least cushion above maintenance each decision
+    leaves at the price it was taken on (0: the clairvoyant keeper; see the module doc)."""
     rounds = timeline.rounds
     dt = timeline.dt_next().astype(float)
     duration = float(dt.sum())
@@ -171,7 +193,7 @@ def book_bound(book: Book, timeline: Timeline, lams_usd: Sequence[float] = DEFAU
             px = cols[p.symbol]
             size = p.notional_e6 / 1e6 / px[0]
             sign = 1 if p.side == Side.LONG else -1
-            paths[key] = survival_need(sign, size, px[0], px, book.market(p.symbol).maintenance_margin_ratio)
+            paths[key] = survival_need(sign, size, px[0], px, book.market(p.symbol).maintenance_margin_ratio, buffer)
         by_account.setdefault(p.account, []).append(key)
     cache: dict[tuple, Frontier] = {}
 

@@ -115,3 +115,30 @@ def test_no_real_policy_beats_the_bound(ftx_bars):
         # and the bound is not vacuous: it is a real fraction of what the policies hold
         assert bb.avg_idle(r.transactions) > 0.4 * idle, r.name
     assert checked >= 2
+
+
+def test_trigger_buffer_bound_holds_for_policies_with_that_trigger(ftx_bars):
+    """fixed:8:16:32 never leaves a position below ratio 8 (3.5 % of the notional above maintenance) after a
+    decision, the risk policy never below its 3 % stress floor (2.9 % of the notional): each holds at least the bound of
+    its class, which is higher than the clairvoyant bound."""
+    book = load_book()
+    tl = plan_timeline(book, ftx_bars, CFG)
+    clair = book_bound(book, tl)
+    res = run_fast(book, ftx_bars, [parse_policy(p) for p in ("risk", "fixed:8:16:32")], CFG)
+    for name, b in (("fixed:8:16:32", 0.035), ("risk", 0.029)):
+        r = res.results[name]
+        assert r.liquidations == 0
+        bb = book_bound(book, tl, buffer=b)
+        assert clair.avg_idle(r.transactions) < bb.avg_idle(r.transactions) <= r.avg_idle_e6 / 1e6, name
+
+
+def test_buffer_constraint_uses_the_decision_price():
+    """need[j] covers round j, and round j-1 with the cushion (not round j with the cushion)."""
+    from keeper.replay.bound import survival_need
+
+    prices = np.array([100.0, 90.0, 95.0])
+    need0, mm = survival_need(1, 1.0, 100.0, prices, 0.005)
+    need, _ = survival_need(1, 1.0, 100.0, prices, 0.005, buffer=0.02)
+    assert need0.tolist() == pytest.approx([0.5, 10.45, 5.475])
+    # round 1: max(survive 90 -> 10.45, cushion at 100 -> 0.5 + 2 = 2.5); round 2: cushion at 90 -> 10.45 + 1.8
+    assert need.tolist() == pytest.approx([0.5, 10.45, 12.25])
