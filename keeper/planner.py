@@ -226,7 +226,13 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
         if endangered(r) or is_stale(r):
             return 0
         market = state.markets[r.position.market_id]
-        floor_e6 = max(r.required_collateral_e6, initial_margin_collateral_e6(r.position, market, r.price_e8))
+        # the pending fee settles out of the collateral before the removal: a winner whose profit covers the
+        # initial margin (floor 0) can still give only what is left after it, or the removal reverts
+        floor_e6 = max(
+            r.required_collateral_e6,
+            initial_margin_collateral_e6(r.position, market, r.price_e8),
+            r.position.pending_fee_e6,
+        )
         return max(0, r.position.collateral_e6 - floor_e6 - fee_headroom_e6(r.position, market))
 
     wallets: dict[str, int] = {}

@@ -8,6 +8,7 @@ work): ``top_up_e6`` and ``excess_e6`` follow the interface contract in docs/des
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -233,6 +234,15 @@ class TestRelease:
         headroom = fee_headroom_e6(p, MARKETS[p.market_id])
         assert 0 < headroom < 10 * USD  # a day of 10 %/yr fees on this notional
         assert kinds(plan) == ["release"] and plan.actions[0].amount_e6 == 2_000 * USD - headroom
+
+    def test_release_of_a_winner_leaves_the_pending_fee(self):
+        """A winner whose profit covers the initial margin needs no collateral, but the pending fee settles out
+        of the collateral first: the release stops short of it (and a day of fee), so it cannot revert."""
+        p = replace(pos(collateral_usd=300), entry_price_e8=2_000 * 10**8, pending_fee_e6=50 * USD)
+        plan = plan_actions(state(), [risk(p, 1e-9, 0)], limits(allow_release=True))
+        headroom = fee_headroom_e6(p, MARKETS[p.market_id])
+        assert kinds(plan) == ["release"]
+        assert plan.actions[0].amount_e6 == 300 * USD - 50 * USD - headroom
 
     def test_no_release_by_default(self):
         """Release is opt-in."""
