@@ -54,7 +54,7 @@ of at least ``b``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,7 @@ from numpy.typing import ArrayLike, NDArray
 from keeper.domain import Side
 from keeper.replay.book import Book
 from keeper.replay.fast import Timeline, price_columns
+from keeper.replay.metrics import TARGET_IDLE_REDUCTION, PolicyResult, best_fixed_baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +215,24 @@ def book_bound(
     pos = total(Counter((k,) for v in by_account.values() for k in v))
     acct = total(Counter(tuple(sorted(v)) for v in by_account.values()))
     return BookBound(pos, acct, duration)
+
+
+def idle_floors(bound: BookBound, results: Mapping[str, PolicyResult]) -> dict[str, float]:
+    """Per liquidation-free policy, the least average idle (USD) any keeper could hold with no more transactions
+    than it sent; ``"target"``: the same for the best fixed baseline's transactions (the issue's budget)."""
+    floors = {name: bound.avg_idle(r.transactions) for name, r in results.items() if r.liquidations == 0}
+    base = best_fixed_baseline(dict(results))
+    if base is not None:
+        floors["target"] = bound.avg_idle(results[base].transactions)
+    return floors
+
+
+def target_reach(floors: Mapping[str, float], results: Mapping[str, PolicyResult]) -> tuple[float, float, bool] | None:
+    """(idle floor at the best baseline's budget, the idle the target allows, out of reach: floor > that) — or
+    None when :func:`idle_floors` was not run or no baseline avoided every liquidation. A floor below the
+    target does not make it reachable (the floor is what a clairvoyant keeper could do); above, nothing can."""
+    base = best_fixed_baseline(dict(results))
+    if "target" not in floors or base is None:
+        return None
+    goal = (1 - TARGET_IDLE_REDUCTION) * results[base].avg_idle_e6 / 1e6
+    return floors["target"], goal, floors["target"] > goal

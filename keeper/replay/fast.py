@@ -164,6 +164,10 @@ class ReplayResult:
     labels: list[str]  # position labels, column order of the recorded series
     results: dict[str, PolicyResult]
     sources: dict[str, str]
+    # optional (``keeper replay --bound``, :func:`keeper.replay.bound.idle_floors`): per policy, the least average
+    # idle collateral any keeper could hold with that policy's transaction count (USD); "target" for the
+    # issue's target (the best baseline's transactions)
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 def _policy_sigma_fallback(policy: Policy, default: float) -> float:

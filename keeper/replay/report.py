@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keeper.replay.bound import target_reach
 from keeper.replay.fast import GAS_PER_ACTION, GAS_REVERT, ReplayResult
 from keeper.replay.metrics import TARGET_IDLE_REDUCTION, best_fixed_baseline, check_target
 
@@ -31,6 +32,7 @@ def _iso(t_s: int) -> str:
 def summary_dict(result: ReplayResult, command: str = "") -> dict:
     """The JSON summary: window, book, config, ``policies`` -> metrics (USD), target check."""
     tc = check_target(result.results) if "risk" in result.results else None
+    reach = target_reach(result.floors, result.results)
     return {
         "window": {
             "start_utc": _iso(result.start_s),
@@ -54,7 +56,10 @@ def summary_dict(result: ReplayResult, command: str = "") -> dict:
         },
         "units": "USD (collateral token units); gas in gas units",
         "command": command,
-        "policies": {name: r.summary() for name, r in result.results.items()},
+        "policies": {
+            name: {**r.summary(), **({"idle_floor": result.floors[name]} if name in result.floors else {})}
+            for name, r in result.results.items()
+        },
         "best_fixed_baseline": best_fixed_baseline(result.results),
         "target": None
         if tc is None
@@ -67,25 +72,28 @@ def summary_dict(result: ReplayResult, command: str = "") -> dict:
             "required_idle_reduction": TARGET_IDLE_REDUCTION,
             "met": tc.met,
             "reason": tc.reason,
+            **({} if reach is None else {"idle_floor_at_budget": reach[0], "out_of_reach": reach[2]}),
         },
     }
 
 
 def comparison_table(result: ReplayResult) -> str:
     """Markdown table, one row per policy."""
+    floors = bool(result.floors)
     head = (
         "| policy | liquidations | penalty $ | top-ups | added $ | releases | released $ | txs | gas | "
-        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |" + (" idle floor $ |" if floors else "") + "\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if floors else "") + "\n"
     )
     rows = []
     for name, r in result.results.items():
         mr = "-" if math.isinf(r.min_margin_ratio) else f"{r.min_margin_ratio:.2f}"
+        floor = f" {result.floors[name]:,.0f} |" if name in result.floors else (" - |" if floors else "")
         rows.append(
             f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | {r.top_ups} | "
             f"{r.collateral_added_e6 / 1e6:,.0f} | {r.releases} | {r.collateral_released_e6 / 1e6:,.0f} | "
             f"{r.transactions} | {r.gas_used:,} | {r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | "
-            f"{r.avg_idle_equity_e6 / 1e6:,.0f} | {mr} |"
+            f"{r.avg_idle_equity_e6 / 1e6:,.0f} | {mr} |{floor}"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -200,10 +208,21 @@ def markdown_report(result: ReplayResult, plots: list[Path], command: str = "") 
             f"**{'met' if tc.met else 'not met'}** ({tc.reason}).",
             "",
         ]
+        reach = target_reach(result.floors, result.results)
+        if reach is not None:
+            floor, goal, out_of_reach = reach
+            lines += [
+                f"Idle floor (`--bound`): with {result.results[tc.baseline].transactions} transactions no keeper, even "
+                f"one that knows every future price, holds less than {floor:,.0f} on average; the target asks for "
+                f"{goal:,.0f}: **{'out of reach of any keeper' if out_of_reach else 'not ruled out by the floor'}**.",
+                "",
+            ]
     lines += [
-        "Amounts in USD (collateral token). Idle collateral = sum of max(0, equity - maintenance) over live "
-        "positions, time-weighted; min ratio = lowest equity/maintenance seen before the liquidator acted. "
-        "Gas: per-action constants (see summary.json), not receipts.",
+        "Amounts in USD (collateral token). Idle collateral = sum of max(0, collateral - accrued fee - maintenance) "
+        "over live positions, time-weighted (idle equity counts unrealised PnL too); min ratio = lowest "
+        "equity/maintenance seen before the liquidator acted. Idle floor = the least average idle any keeper could "
+        "hold with that many transactions (keeper/replay/bound.py). Gas: per-action constants (see summary.json), "
+        "not receipts.",
         "",
     ]
     for p in plots:

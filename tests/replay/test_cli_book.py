@@ -31,6 +31,30 @@ def test_cli_fast_writes_summary_report_and_plots(tmp_path, capsys):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_bound_adds_idle_floors(tmp_path, capsys):
+    """--bound: every liquidation-free policy gets an idle floor below its own idle (none, liquidated, gets
+    none), the target gets the floor at the baseline's budget, and the report says what it means."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "--prices", f"ETH={ETH_CSV}", "--prices", f"BTC={BTC_CSV}", "--fast", "--warmup-h", "6",
+              "--policy", "risk", "--policy", "none", "--policy", "fixed:8:16:32", "--bound", "--no-plots",
+              "--out", str(out)])
+    assert exc.value.code in (0, None)
+    s = json.loads((out / "summary.json").read_text())
+    assert "idle_floor" not in s["policies"]["none"]
+    for name in ("risk", "fixed:8:16:32"):
+        p = s["policies"][name]
+        assert p["liquidations"] == 0 and 0 < p["idle_floor"] < p["avg_idle_collateral"]
+    t = s["target"]
+    assert t["baseline"] == "fixed:8:16:32"
+    assert t["idle_floor_at_budget"] == pytest.approx(s["policies"]["fixed:8:16:32"]["idle_floor"])
+    goal = 0.7 * s["policies"]["fixed:8:16:32"]["avg_idle_collateral"]
+    assert t["out_of_reach"] is (t["idle_floor_at_budget"] > goal)
+    report = (out / "report.md").read_text()
+    assert "Idle floor (`--bound`)" in report and "| idle floor $ |" in report
+    assert "idle floor with" in capsys.readouterr().out
+
+
 def test_cli_bad_csv_exits_2_naming_line(tmp_path, capsys):
     """A bad price file exits 2 with one line naming the file and line."""
     bad = tmp_path / "eth.csv"
