@@ -82,6 +82,11 @@ class ExecutionReverted(RpcErrorResponse):
     """``eth_call`` or ``eth_estimateGas`` reverted; :attr:`data_bytes` holds the revert data."""
 
 
+class LaggingNodeError(TransientRpcError):
+    """An endpoint's head is further behind the highest block already seen than ``max_head_lag_blocks``: its
+    state is stale (a backup node that stopped syncing). Treated like an outage: fail over, never use it."""
+
+
 class _NodeBusy(TransientRpcError):
     """The node answered but asked us to back off (rate limit): the connection itself is fine."""
 
@@ -210,11 +215,18 @@ class ChainClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        max_head_lag_blocks: int | None = None,
     ) -> None:
         if not transports:
             raise ValueError("at least one RPC endpoint is required")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        if max_head_lag_blocks is not None and max_head_lag_blocks < 0:
+            raise ValueError("max_head_lag_blocks must be >= 0 (or None: no check)")
+        # the highest head any endpoint has reported (eth_blockNumber); an endpoint answering more than
+        # max_head_lag_blocks below it is lagging (None: no check, e.g. on a dev chain that is reverted)
+        self.max_head_lag_blocks = max_head_lag_blocks
+        self.highest_block = -1
         self._endpoints = [_Endpoint(t) for t in transports]
         self._current = 0
         self.chain_id = chain_id
@@ -234,6 +246,7 @@ class ChainClient:
         timeout_s: float = 10.0,
         *,
         retry: RetryPolicy | None = None,
+        max_head_lag_blocks: int | None = None,
     ) -> ChainClient:
         """Open endpoints for ``urls`` (first = preferred) and check the chain id on the first reachable one.
 
@@ -241,7 +254,8 @@ class ChainClient:
         """
         if isinstance(urls, str):
             urls = [urls]
-        client = cls([transport_for(u) for u in urls], chain_id, timeout_s=timeout_s, retry=retry)
+        client = cls([transport_for(u) for u in urls], chain_id, timeout_s=timeout_s, retry=retry,
+                     max_head_lag_blocks=max_head_lag_blocks)
         client.request("eth_blockNumber", [])  # forces a chain-id check of the endpoint in use
         return client
 
@@ -354,16 +368,32 @@ class ChainClient:
                         or any(m in str(err.get("message", "")).lower() for m in _TRANSIENT_MESSAGES)
                     ):
                         raise _NodeBusy(f"{ep.transport.url}: {err.get('message')}")
+                self._check_head(ep, payloads, answers)
                 return answers
             except TransientRpcError as exc:
                 last = exc
                 with self._lock:
-                    self._mark_failed(ep, exc, reconnect=not isinstance(exc, _NodeBusy))
+                    self._mark_failed(ep, exc, reconnect=not isinstance(exc, _NodeBusy | LaggingNodeError))
                 if attempt + 1 < attempts:
                     self.stats.retries += 1
                     self._sleep(self.retry.delay_s(attempt))
         assert last is not None
         raise last
+
+    def _check_head(self, ep: _Endpoint, payloads: list[dict], answers: list[dict]) -> None:
+        """Raise :class:`LaggingNodeError` when an ``eth_blockNumber`` answer is too far behind the highest
+        head seen; otherwise remember the new highest head."""
+        for payload, answer in zip(payloads, answers, strict=False):
+            if payload["method"] != "eth_blockNumber" or not isinstance(answer.get("result"), str):
+                continue
+            head = int(answer["result"], 16)
+            if self.max_head_lag_blocks is not None and self.highest_block - head > self.max_head_lag_blocks:
+                log.warning("rpc_head_lagging", url=ep.transport.url, head=head, highest=self.highest_block)
+                raise LaggingNodeError(
+                    f"{ep.transport.url}: head {head} is {self.highest_block - head} blocks behind block "
+                    f"{self.highest_block} already seen (limit {self.max_head_lag_blocks}): its state is stale"
+                )
+            self.highest_block = max(self.highest_block, head)
 
     # ---- public ----------------------------------------------------------------------------------
 

@@ -91,6 +91,9 @@ class ChainConfig(_Model):
     rpc_urls: tuple[str, ...] = Field(min_length=1)
     chain_id: int = Field(gt=0)
     request_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # an endpoint whose head is this many blocks behind the highest head already seen is stale: failed over,
+    # never read from (0: off). 16 blocks is ~3 min on Ethereum; raise it on fast-block chains.
+    max_head_lag_blocks: int = Field(default=16, ge=0, le=1_000_000)
 
     @field_validator("rpc_urls")
     @classmethod

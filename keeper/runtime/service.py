@@ -130,7 +130,8 @@ class KeeperService:
                     health: HealthState | None = None, send_alerts: bool = True) -> KeeperService:
         """Connect, check the chain, open the journal and (when executing) the signer lanes."""
         client = ChainClient.connect(list(config.chain.rpc_urls), config.chain.chain_id,
-                                     timeout_s=config.chain.request_timeout_s)
+                                     timeout_s=config.chain.request_timeout_s,
+                                     max_head_lag_blocks=config.chain.max_head_lag_blocks or None)
         journal = Journal(str(config.journal.path))
         deployment = Deployment.load(config.protocol.deployment) if config.protocol.deployment else None
         adapter = _adapter(client, config, deployment, journal)

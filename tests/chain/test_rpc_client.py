@@ -7,7 +7,14 @@ import json
 import pytest
 
 from keeper.chain.anvil import Anvil
-from keeper.chain.rpc import ChainClient, ExecutionReverted, HttpTransport, RetryPolicy, RpcErrorResponse
+from keeper.chain.rpc import (
+    ChainClient,
+    ExecutionReverted,
+    HttpTransport,
+    LaggingNodeError,
+    RetryPolicy,
+    RpcErrorResponse,
+)
 from keeper.chain.testing import FaultProxy, FaultTransport
 from keeper.errors import ChainMismatchError, TransientRpcError
 
@@ -147,3 +154,51 @@ class TestFailoverOnAnvil:
         for _ in range(3):
             w3.eth.get_balance("0x" + "11" * 20)
         assert c.stats.by_method.get("eth_chainId", 0) == before
+
+
+class TestLaggingNode:
+    """A backup endpoint that stopped syncing is detected by its head and never read from (three real anvils:
+    the fresh ones have mined 20 blocks, the stale one none)."""
+
+    @pytest.fixture()
+    def nodes(self):
+        fresh_a, stale, fresh_c = Anvil.start(), Anvil.start(), Anvil.start()
+        try:
+            for n in (fresh_a, fresh_c):
+                n.request("anvil_mine", [hex(20)])
+            stale.request("anvil_mine", [hex(17)])
+            yield fresh_a, stale, fresh_c
+        finally:
+            for n in (fresh_a, stale, fresh_c):
+                n.stop()
+
+    def test_failover_skips_a_lagging_endpoint(self, nodes):
+        fresh_a, stale, fresh_c = nodes
+        first = FaultTransport(HttpTransport(fresh_a.url))
+        c = ChainClient([first, HttpTransport(stale.url), HttpTransport(fresh_c.url)], 31337, retry=FAST,
+                        sleep=lambda s: None, max_head_lag_blocks=2)
+        assert c.block_number() == 20
+        first.down = True
+        assert c.block_number() == 20  # the stale node (17, 3 behind) was tried and skipped
+        assert c.url == fresh_c.url and c.stats.failovers == 2
+        assert c.highest_block == 20
+
+    def test_only_lagging_endpoints_left_is_an_error_not_stale_data(self, nodes):
+        fresh_a, stale, _ = nodes
+        first = FaultTransport(HttpTransport(fresh_a.url))
+        c = ChainClient([first, HttpTransport(stale.url)], 31337, retry=FAST, sleep=lambda s: None,
+                        max_head_lag_blocks=2)
+        c.block_number()
+        first.down = True
+        with pytest.raises(LaggingNodeError, match="3 blocks behind block 20"):
+            c.block_number()
+
+    def test_lag_within_the_limit_and_no_limit_are_accepted(self, nodes):
+        fresh_a, stale, _ = nodes
+        for limit in (3, None):
+            first = FaultTransport(HttpTransport(fresh_a.url))
+            c = ChainClient([first, HttpTransport(stale.url)], 31337, retry=FAST, sleep=lambda s: None,
+                            max_head_lag_blocks=limit)
+            c.block_number()
+            first.down = True
+            assert c.block_number() == 17
