@@ -26,7 +26,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from keeper.domain import WAD, Action, ActionKind, Market, Position, PriceRound, notional_e6
 from keeper.errors import InputError
@@ -74,6 +74,7 @@ class NoKeeper:
     """No keeper: positions live or die on their opening collateral."""
 
     name: str = "none"
+    needs_volatility: ClassVar[bool] = False  # the replay may skip the volatility estimator for it
 
     def decide(self, obs: Observation) -> list[Action]:
         return []
@@ -88,6 +89,7 @@ class FixedRatio:
     release_above: float | None = None
     min_action_e6: int = DEFAULT_MIN_ACTION_E6
     name: str = ""
+    needs_volatility: ClassVar[bool] = False  # ratios only
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.trigger < self.target:
