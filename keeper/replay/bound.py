@@ -68,10 +68,10 @@ from keeper.replay.metrics import TARGET_IDLE_REDUCTION, PolicyResult, best_fixe
 
 @dataclass(frozen=True, slots=True)
 class Frontier:
-    """``L(lambda)`` and the number of changes of its optimum, for each ``lambda`` (e6 * s per change)."""
+    """``L(lambda)`` and the number of changes of its optimum, for each ``lambda`` (USD * s per change)."""
 
     lams: tuple[float, ...]
-    costs: tuple[float, ...]  # min(idle integral + lambda * changes), e6 * s
+    costs: tuple[float, ...]  # min(idle integral + lambda * changes), USD * s
     changes: tuple[int, ...]
 
     def bound(self, budget: float) -> float:
