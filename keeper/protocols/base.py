@@ -68,8 +68,13 @@ class ProtocolAdapter(ABC):
         """Positions for ``keys`` plus every market and latest price, in one batched read."""
 
     @abstractmethod
-    def oracle_history(self, market_id: int, max_rounds: int = 500) -> list[PriceRound]:
-        """Past oracle rounds (oldest first), read incrementally: only rounds not yet cached are fetched."""
+    def oracle_history(
+        self, market_id: int, max_rounds: int = 500, latest: PriceRound | None = None
+    ) -> list[PriceRound]:
+        """Past oracle rounds (oldest first), read incrementally: only rounds not yet cached are fetched.
+
+        ``latest``: the market's latest round when the caller already read it (the book read has): it is not
+        read again, so a cycle that sees one new round costs no extra round trip."""
 
     @abstractmethod
     def discover_accounts(self, from_block: int | None = None, to_block: int | None = None) -> set[PositionKey]:

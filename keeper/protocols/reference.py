@@ -171,16 +171,23 @@ class ReferenceAdapter(ProtocolAdapter):
         return BookSnapshot(positions, markets, prices, res.block_number, res.block_timestamp, extras,
                             tuple(missing), tuple(failed), res.round_trips)
 
-    def oracle_history(self, market_id: int, max_rounds: int = 500) -> list[PriceRound]:
+    def oracle_history(
+        self, market_id: int, max_rounds: int = 500, latest: PriceRound | None = None
+    ) -> list[PriceRound]:
         if market_id not in self.markets:
             self.load_markets()
         feed = self.markets[market_id].feed
         cache = self._history.setdefault(market_id, {})
-        latest = decode_round(self.multicall.aggregate3([Call(feed, F_LATEST_ROUND.encode(), False)]).results[0].data)
+        if latest is None:
+            latest = decode_round(
+                self.multicall.aggregate3([Call(feed, F_LATEST_ROUND.encode(), False)]).results[0].data
+            )
         first = max(1, latest.round_id - max_rounds + 1)
         if cache:
             first = max(first, max(cache) + 1)
-        wanted = list(range(first, latest.round_id + 1))
+        if latest.round_id >= first:
+            cache[latest.round_id] = latest  # latestRoundData is getRoundData(latest id): never read twice
+        wanted = list(range(first, latest.round_id))
         if wanted:
             res = self.multicall.aggregate3([Call(feed, F_GET_ROUND.encode(rid)) for rid in wanted])
             for rid, result in zip(wanted, res.results, strict=True):

@@ -333,7 +333,7 @@ class KeeperService:
         for mid, latest in snap.prices.items():
             new_round = self._last_rounds.get(mid) != latest.round_id
             if self.vol.last_round_id(mid) != latest.round_id:
-                self.vol.add(mid, self.adapter.oracle_history(mid, max_rounds=self.vol.window))
+                self.vol.add(mid, self.adapter.oracle_history(mid, max_rounds=self.vol.window, latest=latest))
             est = self.vol.estimate(mid)
             sigmas[mid] = est.sigma_annual
             if est.fallback_reason and new_round:

@@ -95,7 +95,26 @@ class TestBook:
         client.stats.reset()
         second = adapter.oracle_history(0)
         assert second[-1].price_e8 == 3040 * 10**8 and len(second) == len(first) + 1
-        assert client.stats.requests == 2  # latestRoundData + one getRoundData batch
+        assert client.stats.requests == 1  # latestRoundData only: the newest round is not read twice
+
+    def test_oracle_history_with_the_latest_round_known(self, chain, adapter, client):
+        """Given the latest round (the book read has it), one new round costs no request and three new rounds
+        one getRoundData batch for the two older ones; the history equals a full read."""
+        adapter.oracle_history(0)
+        chain.push_price("ETH", 3050 * 10**8)
+        book = adapter.read_book([])
+        client.stats.reset()
+        h1 = adapter.oracle_history(0, latest=book.prices[0])
+        assert client.stats.round_trips == 0 and h1[-1] == book.prices[0]
+        for p in (3060, 3070, 3080):
+            chain.push_price("ETH", p * 10**8)
+        book = adapter.read_book([])
+        client.stats.reset()
+        h2 = adapter.oracle_history(0, latest=book.prices[0])
+        assert client.stats.round_trips == 1
+        assert [r.price_e8 for r in h2[-4:]] == [p * 10**8 for p in (3050, 3060, 3070, 3080)]
+        fresh = type(adapter).from_deployment(client, chain.deployment)
+        assert fresh.oracle_history(0) == h2
 
 
 class RangeLimitedTransport(HttpTransport):
