@@ -4,9 +4,12 @@ Units on chain already match the canonical ones (collateral e6, prices e8, sizes
 conversion is a field mapping. The hot path uses precomputed selectors and decodes the all-static
 ``PositionView`` (12 words), ``MarketView`` (9 words) and ``latestRoundData`` (5 words) by word slicing.
 
-Oracle history: PriceFeed round ids are consecutive from 1 (Chainlink's phase-encoded ids are not; an
-adapter for real feeds must walk ``getRoundData`` per phase). Rounds already read are cached per feed and
-never read again; ``oracle_history`` fetches only ids above the newest cached one.
+Oracle history: PriceFeed round ids are consecutive from 1. Chainlink proxies encode
+``(phase << 64) | aggregator round`` and jump at a phase change; :func:`history_round_ids` never asks for ids
+below the current phase's first round (they do not exist), so after a phase change the history is the rounds
+cached before it plus the new phase's (a keeper started after the change sees only the new phase and uses
+the fallback volatility until 30 returns exist). Rounds already read are cached per feed and never read
+again; ``oracle_history`` fetches only ids above the newest cached one.
 """
 
 from __future__ import annotations
@@ -70,6 +73,16 @@ def decode_round(data: bytes) -> PriceRound:
     """latestRoundData / getRoundData: roundId, answer(int), startedAt, updatedAt, answeredInRound."""
     w = _words(data, 5)
     return PriceRound(round_id=w[0], price_e8=_signed(w[1]), updated_at_s=w[3])
+
+
+def history_round_ids(latest_id: int, newest_cached: int | None, max_rounds: int) -> range:
+    """Round ids to read with ``getRoundData``: up to ``max_rounds`` ending at the latest (which the caller
+    has), above the newest cached one, and never below the first round of the latest id's phase."""
+    phase_start = ((latest_id >> 64) << 64) + 1
+    first = max(phase_start, latest_id - max_rounds + 1)
+    if newest_cached is not None:
+        first = max(first, newest_cached + 1)
+    return range(first, latest_id)
 
 
 class ReferenceAdapter(ProtocolAdapter):
@@ -182,12 +195,9 @@ class ReferenceAdapter(ProtocolAdapter):
             latest = decode_round(
                 self.multicall.aggregate3([Call(feed, F_LATEST_ROUND.encode(), False)]).results[0].data
             )
-        first = max(1, latest.round_id - max_rounds + 1)
-        if cache:
-            first = max(first, max(cache) + 1)
-        if latest.round_id >= first:
+        wanted = list(history_round_ids(latest.round_id, max(cache) if cache else None, max_rounds))
+        if not cache or latest.round_id > max(cache):
             cache[latest.round_id] = latest  # latestRoundData is getRoundData(latest id): never read twice
-        wanted = list(range(first, latest.round_id))
         if wanted:
             res = self.multicall.aggregate3([Call(feed, F_GET_ROUND.encode(rid)) for rid in wanted])
             for rid, result in zip(wanted, res.results, strict=True):

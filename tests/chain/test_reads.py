@@ -188,3 +188,18 @@ class TestFastEncoder:
         """A value that does not fit its type raises eth_abi's encoding error, not a silent truncation."""
         with pytest.raises(Exception, match="(?i)uint80|value"):
             Function("g(uint80)").encode(2**80)
+
+
+def test_history_round_ids_stay_inside_the_phase():
+    """Consecutive ids (PriceFeed) and Chainlink phase-encoded ids: never ask for ids that do not exist."""
+    from keeper.protocols.reference import history_round_ids
+
+    assert history_round_ids(1000, None, 500) == range(501, 1000)
+    assert history_round_ids(1000, 998, 500) == range(999, 1000)
+    assert history_round_ids(1000, 1000, 500) == range(1001, 1000)  # nothing new
+    assert history_round_ids(3, None, 500) == range(1, 3)
+    phase2 = 2 << 64
+    assert history_round_ids(phase2 + 5, None, 500) == range(phase2 + 1, phase2 + 5)
+    # the cache holds the old phase's rounds: the new phase is read from its first round
+    assert history_round_ids(phase2 + 5, (1 << 64) + 900, 500) == range(phase2 + 1, phase2 + 5)
+    assert history_round_ids(phase2 + 900, phase2 + 880, 500) == range(phase2 + 881, phase2 + 900)
