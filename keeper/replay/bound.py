@@ -168,9 +168,17 @@ class BookBound:
         """Least average idle (USD) with at most ``budget`` transactions of any kind (moves included)."""
         return combined_bound(self.positions, self.accounts, budget)[0] / self.duration_s
 
+    def avg_idle_unlimited(self) -> float:
+        """Least average idle (USD) with any number of transactions of any kind: every position covers exactly
+        its own need at every round (however the collateral got there, moves included)."""
+        if 0.0 not in self.positions.lams:
+            raise ValueError("the lambda grid has no 0: the unlimited floor was not computed")
+        return self.positions.costs[self.positions.lams.index(0.0)] / self.duration_s
 
-DEFAULT_LAMS_USD = (2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
-"""lambda grid, in USD of average idle per change (scaled by the duration)."""
+
+DEFAULT_LAMS_USD = (0.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
+"""lambda grid, in USD of average idle per change (scaled by the duration); 0 gives the floor with no limit
+on transactions (:meth:`BookBound.avg_idle_unlimited`)."""
 
 
 def book_bound(

@@ -142,3 +142,14 @@ def test_buffer_constraint_uses_the_decision_price():
     assert need0.tolist() == pytest.approx([0.5, 10.45, 5.475])
     # round 1: max(survive 90 -> 10.45, cushion at 100 -> 0.5 + 2 = 2.5); round 2: cushion at 90 -> 10.45 + 1.8
     assert need.tolist() == pytest.approx([0.5, 10.45, 12.25])
+
+
+def test_unlimited_floor_is_every_round_covering_its_loss():
+    """With lambda = 0 the floor is each round's own level: sum over rounds of max(0, need - MM) dt (per
+    position), and no budget can beat it."""
+    rng = np.random.default_rng(11)
+    need, mm, dt = random_path(rng, 30)
+    f = segment_frontier(need, mm, dt, (0.0, 3.0))
+    assert f.costs[0] == pytest.approx(float(np.sum(np.maximum(0.0, need - mm) * dt)))
+    for budget in (0, 5, 29):
+        assert f.bound(budget) >= f.costs[0] - 1e-9
