@@ -440,6 +440,9 @@ def run_fast(
         run = _Run(book, pol, config, n)
         # the model must know the warm-up prices too (the feeds' history); only the last one matters
         # the policy sees them as well, as the daemon reads them from the feeds (stress-gap history)
+        reset = getattr(pol, "reset", None)  # a policy with memory starts every run from nothing
+        if reset is not None:
+            reset()
         observe = getattr(pol, "observe_round", None)
         for r in tl.rounds_all[: tl.open_k]:
             for sym, px in r.prices_e8.items():

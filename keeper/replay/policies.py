@@ -203,6 +203,11 @@ class RiskSized:
         return list(plan.onchain_actions)
 
 
+    def reset(self) -> None:
+        """Forget every round seen: a replay calls it before each run (the same object may replay several
+        windows, and rounds of one window must not shape the stress gaps of another)."""
+        self._history.clear()
+
     def observe_round(self, market_id: int, t_s: int, price_e8: int) -> None:
         """Remember one oracle round of a market (the decide path calls it; a replay may feed warm-up rounds
         so the policy knows the same history as a daemon reading the feed)."""

@@ -159,3 +159,20 @@ def test_oracle_vol_window_survives_compaction_bit_identical():
             want = None if est.model == "fallback" else est.raw_sigma_annual
             assert v.raw_sigma_annual() == want
             assert len(v) == min(i + 1, 50)
+
+
+def test_a_policy_object_replayed_twice_starts_from_nothing(ftx_bars):
+    """The risk policy remembers oracle rounds (stress-gap history); a second run of the same object on
+    another window must not carry the first window's rounds: it equals a fresh object's run."""
+    from keeper.replay.prices import Bars
+
+    book = load_book()
+    cut = [b.slice_time(int(b.t_s[0]), int(b.t_s[0]) + 30 * 3600) for b in ftx_bars]
+    assert all(isinstance(b, Bars) for b in cut)
+    reused = parse_policy("risk")
+    run_fast(book, ftx_bars, [reused], CFG)
+    again = run_fast(book, cut, [reused], CFG).results["risk"]
+    fresh = run_fast(book, cut, [parse_policy("risk")], CFG).results["risk"]
+    assert again.transactions > 0
+    assert (again.transactions, again.avg_idle_e6, again.collateral_added_e6) == (
+        fresh.transactions, fresh.avg_idle_e6, fresh.collateral_added_e6)
