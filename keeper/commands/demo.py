@@ -40,7 +40,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from web3 import Web3
-from web3.logs import DISCARD
 
 from keeper.chain.anvil import Anvil, free_port
 from keeper.commands.devchain import start_devchain

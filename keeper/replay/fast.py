@@ -34,7 +34,6 @@ reverted call is charged :data:`GAS_REVERT`. The liquidator's gas is not the kee
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
