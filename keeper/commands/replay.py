@@ -68,8 +68,8 @@ def replay_command(
 ) -> None:
     """Replay real prices through the protocol: keeper policies vs fixed-ratio baselines vs no keeper."""
     from keeper.replay.book import load_book
+    from keeper.replay.bound import reach_verdict, target_reach
     from keeper.replay.fast import ReplayConfig, run_fast
-    from keeper.replay.bound import target_reach
     from keeper.replay.metrics import check_target
     from keeper.replay.policies import parse_policy
     from keeper.replay.prices import INTRABAR_ORDERS, load_bars
@@ -137,7 +137,7 @@ def replay_command(
         if reach is not None:
             Console().print(f"idle floor with {result.results[tc.baseline].transactions} transactions: {reach[0]:,.0f} "
                             f"vs the target's {reach[1]:,.0f} -> "
-                            f"{'out of reach of any keeper' if reach[2] else 'not ruled out by the floor'}")
+                            f"{reach_verdict(reach[2])}")
     if stats is not None:
         gas = ", ".join(f"{k} {g['median']:,}" for k, g in stats.gas_summary().items())
         speed = ", ".join(f"{k} {v:.1f}" for k, v in stats.rounds_per_s().items())

@@ -244,3 +244,8 @@ def target_reach(floors: Mapping[str, float], results: Mapping[str, PolicyResult
         return None
     goal = (1 - TARGET_IDLE_REDUCTION) * results[base].avg_idle_e6 / 1e6
     return floors["target"], goal, floors["target"] > goal
+
+
+def reach_verdict(out_of_reach: bool) -> str:
+    """The words the table, report and CLI use for :func:`target_reach`'s last field."""
+    return "out of reach of any keeper" if out_of_reach else "not ruled out by the floor"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keeper.replay.bound import target_reach
+from keeper.replay.bound import reach_verdict, target_reach
 from keeper.replay.fast import GAS_PER_ACTION, GAS_REVERT, ReplayResult
 from keeper.replay.metrics import TARGET_IDLE_REDUCTION, best_fixed_baseline, check_target
 
@@ -214,7 +214,7 @@ def markdown_report(result: ReplayResult, plots: list[Path], command: str = "") 
             lines += [
                 f"Idle floor (`--bound`): with {result.results[tc.baseline].transactions} transactions no keeper, even "
                 f"one that knows every future price, holds less than {floor:,.0f} on average; the target asks for "
-                f"{goal:,.0f}: **{'out of reach of any keeper' if out_of_reach else 'not ruled out by the floor'}**.",
+                f"{goal:,.0f}: **{reach_verdict(out_of_reach)}**.",
                 "",
             ]
     lines += [
