@@ -195,8 +195,9 @@ class ReferenceAdapter(ProtocolAdapter):
             latest = decode_round(
                 self.multicall.aggregate3([Call(feed, F_LATEST_ROUND.encode(), False)]).results[0].data
             )
-        wanted = list(history_round_ids(latest.round_id, max(cache) if cache else None, max_rounds))
-        if not cache or latest.round_id > max(cache):
+        newest = max(cache) if cache else None
+        wanted = list(history_round_ids(latest.round_id, newest, max_rounds))
+        if newest is None or latest.round_id > newest:
             cache[latest.round_id] = latest  # latestRoundData is getRoundData(latest id): never read twice
         if wanted:
             res = self.multicall.aggregate3([Call(feed, F_GET_ROUND.encode(rid)) for rid in wanted])
