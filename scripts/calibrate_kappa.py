@@ -1,13 +1,13 @@
 """Calibrate the fat-tail multiplier kappa of the buffer policy (reproduces keeper.risk.policy.DEFAULT_KAPPA).
 
-Steps: (1) fit GARCH(1,1)-t to ETH/USDT hourly log returns 2017-08..2024-06 (GUIDE data,
-/work/shared/data or --data); its nu describes the tails of the standardised innovations; (2) Monte Carlo
+Steps: (1) fit GARCH(1,1)-t to ETH/USDT hourly log returns 2017-08..2024-06 (the hourly
+Binance file described in docs/data.md, given with --data); its nu describes the tails of the standardised innovations; (2) Monte Carlo
 (keeper.risk.policy.calibrate_kappa) of the distance that gives breach probability p over one hour in
 one-minute steps at sigma = 0.8/yr, under (a) Student-t increments with that nu and (b) Merton jumps
-(0.2 per hour, log-jump std 1.2 %, GUIDE.md section 4), both at the Gaussian variance; kappa = ratio to
+(0.2 per hour, log-jump std 1.2 %; Merton, J. Financial Economics 3, 1976), both at the Gaussian variance; kappa = ratio to
 the Gaussian distance. The default is the larger of the two at p = p_target = 1e-4, rounded up to 0.05.
 
-Run: .venv/bin/python scripts/calibrate_kappa.py [--data PATH] [--paths N] [--seed S]   (~20 s on 2 cores)
+Run: .venv/bin/python scripts/calibrate_kappa.py --data PATH [--paths N] [--seed S]   (~20 s on 2 cores)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from keeper.risk.volatility import fit_garch_t, log_returns
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/binance_ETHUSDT_1h_2017-08_2024-06.csv")
+    ap.add_argument("--data", required=True, type=Path,
+                    help="hourly ETH/USDT CSV (binance_ETHUSDT_1h_2017-08_2024-06.csv, see docs/data.md)")
     ap.add_argument("--paths", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=20261125)
     args = ap.parse_args()

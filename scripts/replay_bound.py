@@ -29,7 +29,7 @@ BASELINES = ["fixed:3:6", "fixed:5:10", "fixed:8:16", "fixed:12:24",
              "fixed:3:6:12", "fixed:5:10:20", "fixed:8:16:32", "fixed:12:24:48"]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("data", help="folder holding the crash_*.csv files (docs/data.md)")
     ap.add_argument("--window", action="append", choices=list(WINDOWS), help="default: all three")
     ap.add_argument("--buffers", default="0.01,0.025",
                     help="triggers b (fraction of the notional) to bound keepers with, comma-separated")

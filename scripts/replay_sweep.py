@@ -1,8 +1,8 @@
-"""Run the fast replay on the three crash windows of the shared data and print the comparison tables.
+"""Run the fast replay on the three crash windows of the price data (docs/data.md) and print the comparison tables.
 
-Usage: .venv/bin/python scripts/replay_sweep.py [DATA_DIR] [OUT_DIR]
-(defaults: ../shared/data relative to the repo, .keeper/replay). Writes OUT_DIR/<window>/{summary.json,
-report.md,*.png} and prints one Markdown table per window (the ones in the README (crash replay section)).
+Usage: .venv/bin/python scripts/replay_sweep.py DATA_DIR [OUT_DIR]
+(OUT_DIR defaults to .keeper/replay). Writes OUT_DIR/<window>/{summary.json,
+report.md,*.png} and prints one Markdown table per window (the ones in docs/replay.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ WINDOWS = {
 
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
-    data = Path(sys.argv[1]) if len(sys.argv) > 1 else repo.parent / "shared" / "data"
+    if len(sys.argv) < 2:
+        sys.exit("usage: replay_sweep.py DATA_DIR [OUT_DIR]  (DATA_DIR holds the crash_*.csv files of docs/data.md)")
+    data = Path(sys.argv[1])
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else repo / ".keeper" / "replay"
     book = load_book()
     for name, (eth, btc) in WINDOWS.items():

@@ -5,7 +5,7 @@ Usage: .venv/bin/python scripts/replay_variants.py [DATA_DIR] [--window NAME ...
 Each VARIANT_JSON is an object of ``keeper.risk.policy.RiskPolicy`` fields, e.g. ``'{}'`` (the defaults) or
 ``'{"stress_factor": 1.5, "stress_headroom": 1.25, "release_headroom": 4.0}'``. Every variant runs with
 release on (as ``risk`` in ``keeper replay``) on the default book, fast mode; one line per window and variant:
-liquidations, average idle collateral (USD) and transactions. The README's "Band rules tried" table comes
+liquidations, average idle collateral (USD) and transactions. docs/replay.md's "Band rules tried" table comes
 from this script.
 """
 
@@ -28,7 +28,7 @@ from replay_sweep import WINDOWS
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="+", help="RiskPolicy fields as JSON objects")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--data", required=True, help="folder holding the crash_*.csv files (docs/data.md)")
     ap.add_argument("--window", action="append", choices=list(WINDOWS), help="default: all three")
     args = ap.parse_args()
     specs = [json.loads(v) for v in args.variants]
