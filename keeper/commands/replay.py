@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 import typer
 from rich.console import Console
@@ -46,6 +48,27 @@ def _parse_prices(items: list[str]) -> dict[str, Path]:
     if not out:
         raise InputError("give at least one --prices SYMBOL=path.csv")
     return out
+
+
+class PlainProgress:
+    """Progress as plain lines (for logs and pipes, where the bar is not drawn): one line per 5 % or 30 s."""
+
+    def __init__(self, stream: TextIO, step: float = 0.05, every_s: float = 30.0) -> None:
+        self._stream, self._step, self._every_s = stream, step, every_s
+        self._t0 = self._last_t = time.monotonic()
+        self._last_frac = 0.0
+
+    def update(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        now, frac = time.monotonic(), done / total
+        if frac - self._last_frac < self._step and now - self._last_t < self._every_s and done < total:
+            return
+        self._last_frac, self._last_t = frac, now
+        elapsed = now - self._t0
+        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        print(f"replay: {done:,}/{total:,} rounds ({frac:.0%}), {elapsed:.0f} s elapsed, ~{eta:.0f} s left",
+              file=self._stream, flush=True)
 
 
 def replay_command(
@@ -113,8 +136,12 @@ def replay_command(
     ) as prog:
         task = prog.add_task("replay", total=None)
 
+        plain = PlainProgress(console.file) if not console.is_terminal else None
+
         def progress(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
+            if plain is not None:
+                plain.update(done, total)
 
         if fast:
             result, stats = run_fast(bk, series, pols, config, progress=progress), None

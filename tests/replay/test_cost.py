@@ -120,3 +120,16 @@ def test_cli_bad_native_exits_2(capsys):
     assert "--native" in capsys.readouterr().err
 
 
+
+
+def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path):
+    """Piped (no terminal), the replay still reports progress as plain lines ending at 100 %."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "keeper", "replay", "--prices", f"ETH={ETH_CSV}",
+                           "--prices", f"BTC={BTC_CSV}", "--fast", "--warmup-h", "6", "--policy", "none", "--no-plots", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("replay: ")]
+    assert len(lines) >= 2 and "(100%)" in lines[-1]
