@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 import typer
 from rich.console import Console
@@ -48,6 +50,27 @@ def _parse_prices(items: list[str]) -> dict[str, Path]:
     return out
 
 
+class PlainProgress:
+    """Progress as plain lines (for logs and pipes, where the bar is not drawn): one line per 5 % or 30 s."""
+
+    def __init__(self, stream: TextIO, step: float = 0.05, every_s: float = 30.0) -> None:
+        self._stream, self._step, self._every_s = stream, step, every_s
+        self._t0 = self._last_t = time.monotonic()
+        self._last_frac = 0.0
+
+    def update(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        now, frac = time.monotonic(), done / total
+        if frac - self._last_frac < self._step and now - self._last_t < self._every_s and done < total:
+            return
+        self._last_frac, self._last_t = frac, now
+        elapsed = now - self._t0
+        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        print(f"replay: {done:,}/{total:,} rounds ({frac:.0%}), {elapsed:.0f} s elapsed, ~{eta:.0f} s left",
+              file=self._stream, flush=True)
+
+
 def replay_command(
     prices: list[str] = typer.Option(..., "--prices", help="SYMBOL=path.csv (OHLC bars); repeat per market."),
     book: Path | None = typer.Option(None, "--book", help="Book TOML (default: keeper/data/default_book.toml)."),
@@ -61,6 +84,13 @@ def replay_command(
     order: str = typer.Option("adverse", "--order", help="Intra-bar order: adverse | long_adverse | short_adverse."),
     max_gap_s: float | None = typer.Option(None, "--max-gap-s", help="Longest accepted gap between bars (s)."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
+    capital_rate: float = typer.Option(
+        0.08, "--capital-rate", help="Yearly rate idle collateral would earn elsewhere (total cost; 0.08 = 8 %/yr)."
+    ),
+    gas_preset: list[str] = typer.Option(
+        [], "--gas-preset", help="NAME=GWEI gas price for the total cost; repeat (default: l1=20 and l2=0.05)."
+    ),
+    native: str = typer.Option("ETH", "--native", help="Replayed symbol whose price pays for gas (total cost)."),
     bound: bool = typer.Option(
         False, "--bound", help="Also compute each policy's idle floor: the least idle any keeper could hold with "
         "its transaction count (O(rounds^2): ~10 s for a week of 5-minute bars)."
@@ -69,15 +99,23 @@ def replay_command(
     """Replay real prices through the protocol: keeper policies vs fixed-ratio baselines vs no keeper."""
     from keeper.replay.book import load_book
     from keeper.replay.bound import reach_verdict, target_reach
+    from keeper.replay.cost import CostModel
     from keeper.replay.fast import ReplayConfig, run_fast
     from keeper.replay.metrics import check_target
     from keeper.replay.policies import parse_policy
     from keeper.replay.prices import INTRABAR_ORDERS, load_bars
-    from keeper.replay.report import comparison_table, write_report
+    from keeper.replay.report import comparison_table, policy_costs, write_report
 
     if order not in INTRABAR_ORDERS:
         raise InputError(f"--order {order!r}: allowed {', '.join(INTRABAR_ORDERS)}")
+    try:
+        cost_model = CostModel.parse(capital_rate, gas_preset)
+    except ValueError as exc:
+        raise InputError(f"--capital-rate / --gas-preset: {exc}") from None
     files = _parse_prices(prices)
+    if native not in files:
+        raise InputError(f"--native {native!r}: gas must be priced by one of the replayed markets "
+                         f"({', '.join(files)}); pass --native SYMBOL")
     bk = load_book(book)
     series = [load_bars(p, sym, max_gap_s=max_gap_s) for sym, p in files.items()]
     specs = policy or list(DEFAULT_POLICIES)
@@ -98,8 +136,12 @@ def replay_command(
     ) as prog:
         task = prog.add_task("replay", total=None)
 
+        plain = PlainProgress(console.file) if not console.is_terminal else None
+
         def progress(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
+            if plain is not None:
+                plain.update(done, total)
 
         if fast:
             result, stats = run_fast(bk, series, pols, config, progress=progress), None
@@ -116,7 +158,9 @@ def replay_command(
     command = "keeper replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     table = Table(title="replay (USD)")
     cols = ["policy", "liq", "penalty", "top-ups", "added", "releases", "released", "txs", "gas", "avg idle",
-            "peak idle", "min ratio"] + (["idle floor"] if result.floors else [])
+            "peak idle", "min ratio"] + [f"cost {p}" for p, _ in cost_model.gas_price_gwei] \
+        + (["idle floor"] if result.floors else [])
+    costs = policy_costs(result, cost_model, native)
     for col in cols:
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, r in result.results.items():
@@ -125,7 +169,7 @@ def replay_command(
             name, str(r.liquidations), f"{r.liquidation_penalty_e6 / 1e6:,.0f}", str(r.top_ups),
             f"{r.collateral_added_e6 / 1e6:,.0f}", str(r.releases), f"{r.collateral_released_e6 / 1e6:,.0f}",
             str(r.transactions), f"{r.gas_used:,}", f"{r.avg_idle_e6 / 1e6:,.0f}", f"{r.peak_idle_e6 / 1e6:,.0f}",
-            f"{r.min_margin_ratio:.2f}", *floor,
+            f"{r.min_margin_ratio:.2f}", *(f"{c.total_usd:,.0f}" for c in costs[name].values()), *floor,
         )
     Console(width=max(160, Console().width)).print(table)
     if "risk" in result.results:
@@ -144,14 +188,16 @@ def replay_command(
         Console().print(f"on chain: median gas per kind {gas or '-'}; rounds/s {speed}")
     if out is not None:
         if stats is None:
-            paths = write_report(result, out, command=command, plots=not no_plots)
+            paths = write_report(result, out, command=command, plots=not no_plots, cost_model=cost_model,
+                                 native=native)
         else:
             from keeper.replay.onchain import write_onchain_report
 
-            paths = write_onchain_report(result, stats, out, command=command, plots=not no_plots)
+            paths = write_onchain_report(result, stats, out, command=command, plots=not no_plots,
+                                         cost_model=cost_model, native=native)
         Console().print(f"wrote {paths['summary']} and {paths['report']}")
     elif not table.row_count:
-        Console().print(comparison_table(result))
+        Console().print(comparison_table(result, cost_model, native))
 
 
 def register(app: typer.Typer) -> None:

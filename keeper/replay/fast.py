@@ -271,11 +271,11 @@ class _Run:
             elif a.kind is ActionKind.REDUCE_SIZE:
                 m.decrease_position(acct, a.market_id, a.size_delta_e18, now_s)
                 res.reductions += 1
-            res.gas_used += gas
+            res.record_gas(now_s, gas)
             res.events.append(Event(now_s, k, a.kind.value, acct, a.market_id, a.amount_e6, 0, a.reason))
         except ModelRevert as exc:
             res.reverted += 1
-            res.gas_used += GAS_REVERT
+            res.record_gas(now_s, GAS_REVERT)
             res.events.append(Event(now_s, k, "revert", acct, a.market_id, a.amount_e6, 0, f"{a.kind.value}: {exc}"))
 
     # ---- one round ------------------------------------------------------------------------------
@@ -304,6 +304,7 @@ class _Run:
                 self.wallet[acct] = self.wallet.get(acct, 0) + returned
                 res.liquidations += 1
                 res.liquidation_penalty_e6 += penalty
+                res.bad_debt_e6 += max(0, -v.equity)
                 res.liquidated.append(self.labels[j])
                 res.events.append(
                     Event(now, k, "liquidation", acct, mid, penalty, v.mark_price, f"{self.labels[j]} returned {returned}")

@@ -6,7 +6,9 @@ Definitions (all amounts in the collateral token's units, USD; internally e6):
 * ``top_ups`` / ``collateral_added``: ``addMargin`` transactions from the owner's wallet and their sum.
 * ``releases`` / ``collateral_released``: ``removeMargin`` back to the owner; ``moves``: ``moveMargin``.
 * ``transactions``: every keeper transaction sent, reverted ones included; ``gas_used``: their gas
-  (per-kind constants, see :mod:`keeper.replay.fast`).
+  (per-kind constants, see :mod:`keeper.replay.fast`), and ``gas_log`` the (time, gas) of each, which the total
+  cost (:mod:`keeper.replay.cost`) prices at the native token's price of that moment.
+* ``bad_debt``: negative equity at liquidation, a loss beyond the position's collateral.
 * idle collateral (the issue's definition, "collateral above the maintenance margin"): ``sum over live
   positions of max(0, collateral - accrued fee - maintenance margin)`` — the trader's deposited capital
   committed beyond what the protocol needs. ``avg_idle_collateral`` is its time-weighted mean over the
@@ -63,6 +65,8 @@ class PolicyResult:
     reductions: int = 0
     reverted: int = 0
     gas_used: int = 0
+    gas_log: list[tuple[int, int]] = field(default_factory=list)  # (t_s, gas) per keeper transaction
+    bad_debt_e6: int = 0
     idle_time_integral: float = 0.0  # e6 * s
     duration_s: int = 0
     peak_idle_e6: int = 0
@@ -104,6 +108,11 @@ class PolicyResult:
             self.ratio[k, j] = ratio
             self.liq_price[k, j] = liquidation_price_e8 / 1e8
 
+    def record_gas(self, t_s: int, gas: int) -> None:
+        """Account one keeper transaction's gas, spent at ``t_s``."""
+        self.gas_used += gas
+        self.gas_log.append((int(t_s), int(gas)))
+
     def record_idle(self, k: int, idle_e6: int, idle_equity_e6: int, dt_s: float) -> None:
         """Accumulate one round's idle collateral and idle equity, weighted by the time to the next round."""
         self.idle_time_integral += idle_e6 * dt_s
@@ -130,6 +139,7 @@ class PolicyResult:
             "reverted": self.reverted,
             "transactions": self.transactions,
             "gas_used": self.gas_used,
+            "bad_debt": self.bad_debt_e6 / 1e6,
             "avg_idle_collateral": self.avg_idle_e6 / 1e6,
             "peak_idle_collateral": self.peak_idle_e6 / 1e6,
             "avg_idle_equity": self.avg_idle_equity_e6 / 1e6,

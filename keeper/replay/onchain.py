@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -427,7 +428,7 @@ class _ChainRun:
         receipts = self.chain.receipts([p[0] for p in self.pending])
         for (h, kind, acct, mid), rc in zip(self.pending, receipts, strict=True):
             gas = int(rc["gasUsed"], 16)
-            res.gas_used += gas
+            res.record_gas(t_s, gas)
             if int(rc["status"], 16) != 1:
                 res.reverted += 1
                 self.stats.add_gas("revert", gas)
@@ -488,6 +489,7 @@ class _ChainRun:
                                 x.liquidation_price_e8)
             if x.liquidatable:
                 to_liquidate.add(key)
+                res.bad_debt_e6 += max(0, -x.equity_e6)
             else:
                 pos = snap.positions[key]
                 idle += max(0, pos.collateral_e6 - pos.pending_fee_e6 - x.maintenance_margin_e6)
@@ -657,7 +659,7 @@ def run_onchain(
 
 
 def write_onchain_report(result: ReplayResult, stats: OnchainStats, out_dir: str | Path, command: str = "",
-                         plots: bool = True) -> dict[str, Path]:
+                         plots: bool = True, **costs: Any) -> dict[str, Path]:
     """:func:`keeper.replay.report.write_report` plus the chain-only figures: ``summary.json`` gains
     ``"mode": "onchain"`` and an ``"onchain"`` object (gas measured per kind from receipts, simulation
     refusals, rounds per second); ``report.md`` gains a section with the measured gas."""
@@ -665,7 +667,7 @@ def write_onchain_report(result: ReplayResult, stats: OnchainStats, out_dir: str
 
     from keeper.replay.report import write_report
 
-    paths = write_report(result, out_dir, command=command, plots=plots)
+    paths = write_report(result, out_dir, command=command, plots=plots, **costs)  # cost_model=, native=
     summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
     summary["mode"] = "onchain"
     summary["onchain"] = stats.to_dict()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from keeper.replay.bound import reach_verdict, target_reach
+from keeper.replay.cost import CostBreakdown, CostModel, cost_of_protection
 from keeper.replay.fast import GAS_PER_ACTION, GAS_REVERT, ReplayResult
 from keeper.replay.metrics import TARGET_IDLE_REDUCTION, best_fixed_baseline, check_target
 
@@ -29,8 +30,37 @@ def _iso(t_s: int) -> str:
     return _dt.datetime.fromtimestamp(int(t_s), tz=_dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def summary_dict(result: ReplayResult, command: str = "") -> dict:
-    """The JSON summary: window, book, config, ``policies`` -> metrics (USD), target check."""
+DEFAULT_NATIVE = "ETH"
+
+
+def policy_costs(
+    result: ReplayResult, model: CostModel | None = None, native: str = DEFAULT_NATIVE
+) -> dict[str, dict[str, CostBreakdown]]:
+    """Per policy, per gas preset: the total cost of protection (:mod:`keeper.replay.cost`).
+
+    Gas is priced at the replayed ``native`` token's price when each transaction landed."""
+    if native not in result.prices:
+        raise ValueError(
+            f"native token {native!r} is not one of the replayed markets ({', '.join(result.prices)}): "
+            "pass --native SYMBOL with the symbol whose price pays for gas"
+        )
+    model = model or CostModel()
+    return {
+        name: cost_of_protection(
+            avg_idle_usd=r.avg_idle_e6 / 1e6, duration_s=r.duration_s, gas_log=r.gas_log,
+            penalties_usd=r.liquidation_penalty_e6 / 1e6, bad_debt_usd=r.bad_debt_e6 / 1e6,
+            native_t_s=result.t_s, native_price_usd=result.prices[native], model=model,
+        )
+        for name, r in result.results.items()
+    }
+
+
+def summary_dict(result: ReplayResult, command: str = "", cost_model: CostModel | None = None,
+                 native: str = DEFAULT_NATIVE) -> dict:
+    """The JSON summary: window, book, config, ``policies`` -> metrics (USD) with ``total_cost_usd`` per gas
+    preset, target check."""
+    cost_model = cost_model or CostModel()
+    costs = policy_costs(result, cost_model, native)
     tc = check_target(result.results) if "risk" in result.results else None
     reach = target_reach(result.floors, result.results)
     return {
@@ -53,11 +83,21 @@ def summary_dict(result: ReplayResult, command: str = "") -> dict:
             "inclusion_delay_rounds": result.config.inclusion_delay_rounds,
             "gas_per_action": {k.value: v for k, v in GAS_PER_ACTION.items()},
             "gas_revert": GAS_REVERT,
+            "cost_model": {
+                "capital_rate_annual": cost_model.capital_rate_annual,
+                "gas_price_gwei": dict(cost_model.gas_price_gwei),
+                "native_token": native,
+            },
         },
         "units": "USD (collateral token units); gas in gas units",
         "command": command,
         "policies": {
-            name: {**r.summary(), **({"idle_floor": result.floors[name]} if name in result.floors else {})}
+            name: {
+                **r.summary(),
+                "total_cost_usd": {preset: c.total_usd for preset, c in costs[name].items()},
+                "cost_breakdown_usd": {preset: c.as_dict() for preset, c in costs[name].items()},
+                **({"idle_floor": result.floors[name]} if name in result.floors else {}),
+            }
             for name, r in result.results.items()
         },
         "best_fixed_baseline": best_fixed_baseline(result.results),
@@ -77,13 +117,18 @@ def summary_dict(result: ReplayResult, command: str = "") -> dict:
     }
 
 
-def comparison_table(result: ReplayResult) -> str:
-    """Markdown table, one row per policy."""
+def comparison_table(result: ReplayResult, cost_model: CostModel | None = None,
+                     native: str = DEFAULT_NATIVE) -> str:
+    """Markdown table, one row per policy (with the total cost of protection per gas preset)."""
     floors = bool(result.floors)
+    costs = policy_costs(result, cost_model, native)
+    presets = list(next(iter(costs.values()))) if costs else []
+    cost_head = "".join(f" cost {p} $ |" for p in presets)
     head = (
         "| policy | liquidations | penalty $ | top-ups | added $ | releases | released $ | txs | gas | "
-        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |" + (" idle floor $ |" if floors else "") + "\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if floors else "") + "\n"
+        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |" + cost_head + (" idle floor $ |" if floors else "")
+        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(presets)
+        + ("---:|" if floors else "") + "\n"
     )
     rows = []
     for name, r in result.results.items():
@@ -93,7 +138,8 @@ def comparison_table(result: ReplayResult) -> str:
             f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | {r.top_ups} | "
             f"{r.collateral_added_e6 / 1e6:,.0f} | {r.releases} | {r.collateral_released_e6 / 1e6:,.0f} | "
             f"{r.transactions} | {r.gas_used:,} | {r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | "
-            f"{r.avg_idle_equity_e6 / 1e6:,.0f} | {mr} |{floor}"
+            f"{r.avg_idle_equity_e6 / 1e6:,.0f} | {mr} |"
+            + "".join(f" {c.total_usd:,.0f} |" for c in costs[name].values()) + floor
         )
     return head + "\n".join(rows) + "\n"
 
@@ -185,7 +231,8 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
     return paths
 
 
-def markdown_report(result: ReplayResult, plots: list[Path], command: str = "") -> str:
+def markdown_report(result: ReplayResult, plots: list[Path], command: str = "", cost_model: CostModel | None = None,
+                    native: str = DEFAULT_NATIVE) -> str:
     """The report text (comparison table, target verdict, definitions, plots)."""
     lines = [
         f"# Replay {_iso(result.start_s)} .. {_iso(result.end_s)} UTC",
@@ -198,7 +245,7 @@ def markdown_report(result: ReplayResult, plots: list[Path], command: str = "") 
     ]
     if command:
         lines += ["```", command, "```", ""]
-    lines += [comparison_table(result), ""]
+    lines += [comparison_table(result, cost_model, native), ""]
     if "risk" in result.results:
         tc = check_target(result.results)
         red = "n/a" if tc.idle_reduction is None else f"{tc.idle_reduction:.1%}"
@@ -222,7 +269,8 @@ def markdown_report(result: ReplayResult, plots: list[Path], command: str = "") 
         "over live positions, time-weighted (idle equity counts unrealised PnL too); min ratio = lowest "
         "equity/maintenance seen before the liquidator acted. Idle floor = the least average idle any keeper could "
         "hold with that many transactions (keeper/replay/bound.py). Gas: per-action constants (see summary.json), "
-        "not receipts.",
+        "not receipts. Cost = average idle x capital rate x duration + gas x preset gas price x the native "
+        "token's price when the gas was spent + penalties + bad debt (keeper/replay/cost.py; rates in summary.json).",
         "",
     ]
     for p in plots:
@@ -230,13 +278,14 @@ def markdown_report(result: ReplayResult, plots: list[Path], command: str = "") 
     return "\n".join(lines)
 
 
-def write_report(result: ReplayResult, out_dir: str | Path, command: str = "", plots: bool = True) -> dict[str, Path]:
+def write_report(result: ReplayResult, out_dir: str | Path, command: str = "", plots: bool = True,
+                 cost_model: CostModel | None = None, native: str = DEFAULT_NATIVE) -> dict[str, Path]:
     """Write ``summary.json``, ``report.md`` and the plots into ``out_dir``; returns the paths by name."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pngs = write_plots(result, out) if plots else []
     summary = out / "summary.json"
-    summary.write_text(json.dumps(summary_dict(result, command), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    summary.write_text(json.dumps(summary_dict(result, command, cost_model, native), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     report = out / "report.md"
-    report.write_text(markdown_report(result, pngs, command), encoding="utf-8")
+    report.write_text(markdown_report(result, pngs, command, cost_model, native), encoding="utf-8")
     return {"summary": summary, "report": report, **{p.stem: p for p in pngs}}

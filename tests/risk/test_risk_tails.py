@@ -1,0 +1,71 @@
+"""Long-history tails: the generalised Pareto quantile against distributions whose quantiles are known exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from keeper.risk.tails import MIN_EXCEEDANCES, TailFit, adverse_moves, fit_tail, tail_gap
+
+
+class TestKnownTails:
+    def test_exponential_moves_have_shape_zero_and_the_exact_quantile(self):
+        """Exp(rate 100) moves: xi ~ 0 and q_p = ln(1/p)/100 within 5 % at p = 1e-4 (200k draws)."""
+        rng = np.random.default_rng(1)
+        fit = fit_tail(rng.exponential(0.01, 200_000))
+        assert fit is not None and abs(fit.shape) < 0.05
+        assert fit.quantile(1e-4) == pytest.approx(math.log(1e4) / 100, rel=0.05)
+
+    def test_student_t_tail_is_heavy_with_shape_one_over_nu(self):
+        """Student-t(3) moves: xi ~ 1/3, and the 1e-4 quantile matches scipy's within 10 % (400k draws)."""
+        rng = np.random.default_rng(2)
+        x = 0.01 * rng.standard_t(3, 400_000)
+        fit = fit_tail(np.maximum(x, 0.0))
+        assert fit is not None and fit.shape == pytest.approx(1 / 3, abs=0.08)
+        assert fit.quantile(1e-4) == pytest.approx(0.01 * stats.t.ppf(1 - 1e-4, 3), rel=0.10)
+
+    def test_out_of_sample_exceedance_rate(self):
+        """Fitted on one sample of t(3) moves, the 1e-3 quantile is exceeded ~1e-3 of the time in a fresh one."""
+        rng = np.random.default_rng(3)
+        fit = fit_tail(np.abs(rng.standard_t(3, 300_000)))
+        q = fit.quantile(1e-3)
+        fresh = np.abs(rng.standard_t(3, 1_000_000))
+        rate = float(np.mean(fresh > q))
+        assert 0.7e-3 < rate < 1.4e-3  # binomial sd at 1e6 draws is 3e-5; the fit's own error dominates
+
+    def test_exceedance_probability_inverts_quantile(self):
+        """exceedance_probability(quantile(p)) = p for p in the tail."""
+        fit = TailFit(threshold=0.02, shape=0.25, scale=0.01, n_moves=10_000, n_exceedances=500, largest_move=0.2)
+        for p in (1e-2, 1e-3, 1e-5):
+            assert fit.exceedance_probability(fit.quantile(p)) == pytest.approx(p, rel=1e-9)
+
+
+class TestInputs:
+    def test_adverse_moves_per_side(self):
+        """A fall is adverse for a long, a rise for a short; spans measure over n rounds."""
+        lp = np.log([100.0, 90.0, 99.0, 110.0])
+        assert adverse_moves(lp, "long") == pytest.approx([math.log(100 / 90), 0.0, 0.0])
+        assert adverse_moves(lp, "short") == pytest.approx([0.0, math.log(99 / 90), math.log(110 / 99)])
+        assert adverse_moves(lp, "short", 2) == pytest.approx([0.0, math.log(110 / 90)])
+
+    def test_too_little_history_gives_none(self):
+        """Fewer tail moves than MIN_EXCEEDANCES: no fit (the caller falls back), never a guess."""
+        assert fit_tail(np.ones(MIN_EXCEEDANCES * 10)) is None
+        assert tail_gap(np.log(np.linspace(100, 50, 100)), "long", 1e-3) is None
+
+    @pytest.mark.parametrize("bad", [0.0, 1.0, -1e-3, float("nan")])
+    def test_bad_probability_is_refused(self, bad):
+        """p must be strictly between 0 and 1."""
+        fit = TailFit(0.02, 0.2, 0.01, 1000, 50, 0.1)
+        with pytest.raises(ValueError, match="probability"):
+            fit.quantile(bad)
+
+    def test_quantile_grows_as_p_shrinks(self):
+        """Rarer moves are larger: q is decreasing in p, and at or above the threshold."""
+        rng = np.random.default_rng(4)
+        fit = fit_tail(np.abs(rng.standard_t(4, 50_000)))
+        qs = [fit.quantile(p) for p in (1e-2, 1e-3, 1e-4, 1e-5)]
+        assert qs == sorted(qs) and qs[0] >= fit.threshold
