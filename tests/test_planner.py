@@ -54,7 +54,7 @@ def risk(p: Position, breach: float, required_usd: float, *, liquidatable: bool 
         sigma_annual=0.8,
         horizon_s=300.0,
         liquidation_price_e8=int(p.liquidation_price(MARKETS[p.market_id]) * 1e8),
-        distance=0.05,
+        log_distance=0.05,
         breach_probability=breach,
         required_collateral_e6=required,
         release_collateral_e6=required * 2,
@@ -263,12 +263,12 @@ class TestDecisions:
         """Plan.decisions has one entry per position, sorted, with the risk inputs and the action taken."""
         rs = [risk(pos(market_id=1, collateral_usd=2_000), 1e-5, 1_500), risk(pos(collateral_usd=100), 5e-3, 250)]
         plan = plan_actions(state(), rs, limits())
-        assert [d["market_id"] for d in plan.decisions] == [0, 1]
+        assert [d.market_id for d in plan.decisions] == [0, 1]
         d0, d1 = plan.decisions
         for key in ("price_e8", "sigma_annual", "breach_probability", "liquidation_price_e8", "required_collateral_e6"):
-            assert key in d0
-        assert (d0["band"], d0["action"]) == ("trigger", "top_up")
-        assert (d1["band"], d1["action"]) == ("hold", "none")
+            assert hasattr(d0, key)
+        assert (d0.band, d0.action) == ("trigger", "top_up")
+        assert (d1.band, d1.action) == ("hold", "none")
 
     def test_duplicate_position_rejected(self):
         """Two verdicts for one position are a caller bug and raise."""
@@ -300,7 +300,7 @@ def books(draw):
                 sigma_annual=0.8,
                 horizon_s=60.0,
                 liquidation_price_e8=0,
-                distance=0.1,
+                log_distance=0.1,
                 breach_probability=breach,
                 required_collateral_e6=required,
                 release_collateral_e6=required,
