@@ -206,9 +206,9 @@ def _usd_short(amount_e6: int) -> str:
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
+    if seconds < 3600:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 3600:.3g} h"
 
 
 @dataclass(slots=True)
@@ -339,8 +339,8 @@ def _danger_words(r: PositionRisk, limits: PlanLimits) -> str:
     if r.liquidatable or r.breach_probability > limits.p_trigger:
         return (f"breach probability {r.breach_probability:.2%} over {r.horizon_s:.0f}s is above the trigger "
                 f"{limits.p_trigger:.2%}")
-    return (f"log distance to liquidation {r.log_distance:.2%} is inside the stress gap (one oracle gap would "
-            "liquidate)")
+    return (f"log distance to liquidation {r.log_distance:.4f} is inside the stress gap {r.stress_gap:.4f} (one "
+            "oracle gap would liquidate)")
 
 
 # ---- the ladder, one step per function ----------------------------------------------------------------
@@ -529,7 +529,7 @@ def _condition_words(r: PositionRisk, band: str, market: Market, limits: PlanLim
     if band == "trigger" and p > limits.p_trigger:
         return f"breach {p:.1e} > trigger {limits.p_trigger:.0e} {within}"
     if band == "trigger":
-        return (f"log distance {r.log_distance:.1%} to liquidation is inside the stress gap {r.stress_gap:.1%} "
+        return (f"log distance {r.log_distance:.3f} to liquidation is inside the stress gap {r.stress_gap:.3f} "
                 f"(one oracle gap would liquidate; breach {p:.1e} {within})")
     if band == "release":
         return f"breach {p:.1e} < release {limits.p_release:.0e} {within}"
@@ -538,7 +538,7 @@ def _condition_words(r: PositionRisk, band: str, market: Market, limits: PlanLim
 
 def _target_words(r: PositionRisk, limits: PlanLimits) -> str:
     if r.stress_bound:
-        return f"a log distance of {r.required_distance:.1%} (the stress gap {r.stress_gap:.1%} with headroom)"
+        return f"a log distance of {r.required_distance:.3f} (the stress gap {r.stress_gap:.3f} with headroom)"
     return f"{limits.p_target:.0e}"
 
 
