@@ -168,7 +168,7 @@ class TestPolicy:
 
 class TestKappaCalibration:
     def test_gaussian_model_gives_kappa_one_and_fat_tails_more(self):
-        """Under the Gaussian model kappa is 1 within 5 %; Merton jumps (GUIDE: 1.38x at 1e-3) need more."""
+        """Under the Gaussian model kappa is 1 within 5 %; Merton jumps (about 1.4x at 1e-3) need more."""
         rng = np.random.default_rng(1)
         g = pol.calibrate_kappa(1e-3, 0.8, 3600.0, rng, n_paths=100_000, n_steps=60)
         j = pol.calibrate_kappa(1e-3, 0.8, 3600.0, rng, n_paths=100_000, n_steps=60,
