@@ -30,6 +30,7 @@ from keeper.errors import InputError
 
 if TYPE_CHECKING:
     from keeper.decision import BookDecision
+    from keeper.domain import Market, Position
     from keeper.risk.policy import RiskPolicy
 
 DEFAULT_T_NU = 3.43  # nu of GARCH-t on ETH hourly returns 2017-2024 (scripts/calibrate_kappa.py)
@@ -93,7 +94,7 @@ def compute_risk(
     history: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Everything ``keeper risk`` prints, as a JSON-ready dict (no NaN; infinite distance is ``None``)."""
-    from keeper.domain import SECONDS_PER_YEAR
+    from keeper.domain import SECONDS_PER_YEAR, WAD, Market, Position, Side
     from keeper.risk import barrier
     from keeper.risk.montecarlo import PathModel, breach_probabilities, importance_shift_for_barrier, simulate_paths
     from keeper.risk.policy import DEFAULT_KAPPA, RiskPolicy
@@ -135,11 +136,14 @@ def compute_risk(
         raise InputError("give --sigma or --history")
 
     fat = model == "fat-tailed"
-    outcome = decide_one(
-        side=side, size=size, entry=entry, collateral=collateral, price=price, maintenance=maintenance,
-        sigma_annual=sigma, horizon_s=horizon_s, fee_rate=fee_rate, target=target, trigger=trigger, fat_tailed=fat,
-        history=history,
+    market = Market(
+        market_id=0, symbol="asset", maintenance_margin_wad=round(maintenance * WAD), max_leverage_wad=1000 * WAD,
+        liquidation_penalty_wad=0, fee_rate_per_s_wad=round(fee_rate * WAD / SECONDS_PER_YEAR), heartbeat_s=2**31,
     )
+    position = Position("calculator", 0, Side.LONG if side == "long" else Side.SHORT, round(size * 1e18),
+                        round(entry * 1e8), round(collateral * 1e6))
+    outcome = decide_one(position, market, round(price * 1e8), sigma_annual=sigma, horizon_s=horizon_s,
+                         policy=cli_policy(target=target, trigger=trigger, fat_tailed=fat), history=history)
     r, d = outcome.risks[0], outcome.plan.decisions[0]
     is_long = side == "long"
     sign = 1.0 if is_long else -1.0
@@ -207,50 +211,37 @@ def cli_policy(*, target: float, trigger: float, fat_tailed: bool) -> RiskPolicy
 
 
 def decide_one(
+    position: Position,
+    market: Market,
+    price_e8: int,
     *,
-    side: str,
-    size: float,
-    entry: float,
-    collateral: float,
-    price: float,
-    maintenance: float,
     sigma_annual: float,
     horizon_s: float,
-    fee_rate: float,
-    target: float,
-    trigger: float,
-    fat_tailed: bool,
+    policy: RiskPolicy,
     history: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> BookDecision:
     """One position through the keeper's decision function (:func:`keeper.decision.decide`), as the daemon
-    would see it: integer units, the policy's horizon = check interval + latency, a wallet and caps that do not
-    bind (the calculator answers what the position needs). With ``history`` the stress gap is estimated from
-    it as the daemon does from its oracle rounds."""
+    would see it: the policy's horizon = check interval + latency, a wallet and caps that do not bind (the
+    calculator answers what the position needs). With ``history`` (and a policy with a stress gap) the stress
+    gap is estimated from it as the daemon does from its oracle rounds."""
     from keeper.decision import decide
-    from keeper.domain import SECONDS_PER_YEAR, WAD, Market, Position, PriceRound, Side
+    from keeper.domain import PriceRound
     from keeper.planner import BookState, PlanLimits
 
-    policy = cli_policy(target=target, trigger=trigger, fat_tailed=fat_tailed)
     check_interval_s = horizon_s - policy.latency_s
     if not check_interval_s > 0:
         raise InputError(f"--horizon must exceed the inclusion latency ({policy.latency_s:g} s)")
-    market = Market(
-        market_id=0, symbol="asset", maintenance_margin_wad=round(maintenance * WAD), max_leverage_wad=1000 * WAD,
-        liquidation_penalty_wad=0, fee_rate_per_s_wad=round(fee_rate * WAD / SECONDS_PER_YEAR), heartbeat_s=2**31,
-    )
-    account = "calculator"
-    position = Position(account, 0, Side.LONG if side == "long" else Side.SHORT, round(size * 1e18), round(entry * 1e8),
-                        round(collateral * 1e6))
     unlimited = 10**18
     limits = PlanLimits.from_policy(policy, max_per_tx_e6=unlimited, max_per_day_e6=unlimited)
-    state = BookState.from_reads(markets=[market], prices={0: PriceRound(1, round(price * 1e8), 0)},
-                                 wallet_e6={account: unlimited}, now_s=0)
+    mid = market.market_id
+    state = BookState.from_reads(markets=[market], prices={mid: PriceRound(1, price_e8, 0)},
+                                 wallet_e6={position.account: unlimited}, now_s=0)
     gaps = None
-    if history is not None and fat_tailed:
+    if history is not None and policy.stress_gap > 0:
         times, prices = history
         gap = policy.estimate_stress_gap(times, prices, check_interval_s, now_s=float(times[-1]))
-        gaps = {0: gap.side_gaps}
-    return decide(state, [position], sigmas_annual={0: sigma_annual}, policy=policy, limits=limits,
+        gaps = {mid: gap.side_gaps}
+    return decide(state, [position], sigmas_annual={mid: sigma_annual}, policy=policy, limits=limits,
                   check_interval_s=check_interval_s, now_s=0, stress_gaps=gaps)
 
 
