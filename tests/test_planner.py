@@ -433,3 +433,16 @@ class TestWithRiskEngine:
         )
         assert after.breach_probability <= policy.p_target  # the target includes the 12 % stress gap: far below
         assert after.top_up_e6 == 0 and after.excess_e6 == 0  # now in the hold band: no further action
+
+
+def test_fee_headroom_rounds_up():
+    """A day of fees kept back is rounded up (the safe side): the planner's headroom is the domain's
+    fee_headroom_e6, the function the fixed-ratio replay policy also calls."""
+    from keeper.domain import fee_headroom_e6 as domain_headroom
+
+    p = pos(size=1.0)
+    exact = notional_e6(p.size_e18, p.entry_price_e8) * ETH.fee_rate_per_s_wad * 86_400
+    assert exact % WAD != 0  # the floor and the ceiling differ here
+    assert fee_headroom_e6(p, ETH) == exact // WAD + 1 == domain_headroom(p.size_e18, p.entry_price_e8,
+                                                                          ETH.fee_rate_per_s_wad)
+    assert p.fee_headroom_e6(ETH) == fee_headroom_e6(p, ETH)

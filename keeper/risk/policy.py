@@ -178,7 +178,12 @@ def required_distance(
 
 
 def fat_tail_probability(distance: ArrayLike, sigma_h: ArrayLike, kappa: float, d_cost: ArrayLike = 0.0) -> NDArray[np.float64]:
-    """2 Phi(-(d - d_cost)/(kappa sigma_h)), clipped to [0, 1]; 1 at or past the liquidation price."""
+    """2 Phi(-(d - d_cost)/(kappa sigma_h)), clipped to [0, 1]; 1 at or past the liquidation price.
+
+    A Gaussian first-passage probability (reflection principle, driftless) with sigma scaled by ``kappa``:
+    not a fat-tailed distribution, but ``kappa`` is calibrated (:func:`calibrate_kappa`) so that the distance
+    it asks for at ``p_target`` matches fat-tailed paths of the same variance.
+    """
     x = (np.asarray(distance, dtype=float) - np.asarray(d_cost, dtype=float)) / (kappa * np.asarray(sigma_h, dtype=float))
     with np.errstate(invalid="ignore"):
         p = 2.0 * ndtr(-x)
