@@ -8,6 +8,13 @@ Pure core: plain frozen dataclasses, integers in canonical fixed-point units (se
 * on-chain ratios: ``_wad`` (1e-18)
 
 Protocol adapters convert their native units to these; the risk code converts to floats.
+
+This module is also the one home of the protocol's integer arithmetic (the rules of
+``contracts/src/PerpEngine.sol``, docs/design.md "Reference protocol rules"): :func:`notional_e6`,
+:func:`pnl_e6`, :func:`maintenance_margin_e6`, :func:`pending_fee_e6`, :func:`liquidation_price_e8`,
+:func:`min_equity_e6` (the max-leverage rule) and :func:`fee_headroom_e6`. The replay's protocol model,
+the risk code and the planner call these; rounding follows the contract (floors), and every quantity the
+keeper keeps back for safety (initial margin, fee headroom) is rounded up.
 """
 
 from __future__ import annotations
@@ -31,9 +38,55 @@ class Side(enum.Enum):
         return 1 if self is Side.LONG else -1
 
 
+FEE_HEADROOM_S = 86_400
+"""A day of borrow fee is kept back whenever collateral leaves a position (fees accrue until it lands)."""
+
+
 def notional_e6(size_e18: int, price_e8: int) -> int:
-    """USD value (e6) of ``size_e18`` base units at ``price_e8``."""
+    """USD value (e6) of ``size_e18`` base units at ``price_e8``, floored."""
     return size_e18 * price_e8 // NOTIONAL_DIVISOR
+
+
+def pnl_e6(is_long: bool, size_e18: int, entry_price_e8: int, price_e8: int) -> int:
+    """Unrealised PnL ``(±size * (price - entry)) // 1e20``: floor of the signed product (never over-credits)."""
+    sign = 1 if is_long else -1
+    return (sign * size_e18 * (price_e8 - entry_price_e8)) // NOTIONAL_DIVISOR
+
+
+def maintenance_margin_e6(size_e18: int, price_e8: int, maintenance_margin_wad: int) -> int:
+    """``size * price * mmWad // (1e20 * 1e18)``: maintenance margin of the current notional, floored."""
+    return size_e18 * price_e8 * maintenance_margin_wad // (NOTIONAL_DIVISOR * WAD)
+
+
+def pending_fee_e6(size_e18: int, entry_price_e8: int, index_now_wad: int, index_position_wad: int) -> int:
+    """Borrow fee accrued since the position's last settlement: ``entryNotional * (index - index_pos) // 1e18``."""
+    return notional_e6(size_e18, entry_price_e8) * (index_now_wad - index_position_wad) // WAD
+
+
+def liquidation_price_e8(
+    is_long: bool, size_e18: int, entry_price_e8: int, net_collateral_e6: int, maintenance_margin_wad: int
+) -> int:
+    """``floor((P0*q -/+ (C-F)*1e20) * 1e18 / (q * (1e18 -/+ m)))`` (long/short), 0 when the numerator <= 0.
+
+    Exactly ``(P0 - (C-F)/q)/(1-m)`` (long) and ``(P0 + (C-F)/q)/(1+m)`` (short) in rationals, floored,
+    as ``PerpEngine._liquidationPrice``; ``net_collateral_e6`` is collateral minus the pending fee.
+    """
+    base = entry_price_e8 * size_e18
+    num = base - net_collateral_e6 * NOTIONAL_DIVISOR if is_long else base + net_collateral_e6 * NOTIONAL_DIVISOR
+    if num <= 0 or size_e18 <= 0:
+        return 0
+    m = maintenance_margin_wad
+    return num * WAD // (size_e18 * (WAD - m if is_long else WAD + m))
+
+
+def min_equity_e6(notional: int, max_leverage_wad: int) -> int:
+    """Least equity that passes the max-leverage rule ``equity * maxLeverageWad >= notional * 1e18`` (ceil)."""
+    return -(-notional * WAD // max_leverage_wad)
+
+
+def fee_headroom_e6(size_e18: int, entry_price_e8: int, fee_rate_per_s_wad: int, seconds: int = FEE_HEADROOM_S) -> int:
+    """Borrow fee over ``seconds`` on the entry notional, rounded UP (it is kept back, so more is safer)."""
+    return -(-notional_e6(size_e18, entry_price_e8) * fee_rate_per_s_wad * seconds // WAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +155,19 @@ class Position:
     def key(self) -> tuple[str, int]:
         return (self.account.lower(), self.market_id)
 
+    @property
+    def is_long(self) -> bool:
+        return self.side is Side.LONG
+
     def pnl_e6(self, price_e8: int) -> int:
         """Unrealised PnL, floored (the protocol never over-credits)."""
-        return (self.side.sign * self.size_e18 * (price_e8 - self.entry_price_e8)) // NOTIONAL_DIVISOR
+        return pnl_e6(self.is_long, self.size_e18, self.entry_price_e8, price_e8)
 
     def equity_e6(self, price_e8: int) -> int:
         return self.collateral_e6 + self.pnl_e6(price_e8) - self.pending_fee_e6
 
     def maintenance_margin_e6(self, market: Market, price_e8: int) -> int:
-        return self.size_e18 * price_e8 * market.maintenance_margin_wad // (NOTIONAL_DIVISOR * WAD)
+        return maintenance_margin_e6(self.size_e18, price_e8, market.maintenance_margin_wad)
 
     def is_liquidatable(self, market: Market, price_e8: int) -> bool:
         return self.equity_e6(price_e8) < self.maintenance_margin_e6(market, price_e8)
@@ -129,6 +186,26 @@ class Position:
         if self.side is Side.LONG:
             return max(0.0, (p0 - per_unit) / (1.0 - m))
         return (p0 + per_unit) / (1.0 + m)
+
+    def liquidation_price_e8(self, market: Market) -> int:
+        """The contract's integer liquidation price (``getPosition().liquidationPrice``), 0 if none."""
+        return liquidation_price_e8(
+            self.is_long, self.size_e18, self.entry_price_e8, self.collateral_e6 - self.pending_fee_e6,
+            market.maintenance_margin_wad,
+        )
+
+    def min_collateral_e6(self, market: Market, price_e8: int) -> int:
+        """Least collateral that passes the protocol's max-leverage check after a removal.
+
+        The engine requires ``equity * maxLeverage >= notional`` with ``equity = C + pnl - fee``, so
+        ``C >= ceil(notional * 1e18 / maxLeverageWad) - pnl + fee`` (docs/design.md, removeMargin/moveMargin).
+        """
+        floor_equity = min_equity_e6(notional_e6(self.size_e18, price_e8), market.max_leverage_wad)
+        return max(0, floor_equity - self.pnl_e6(price_e8) + self.pending_fee_e6)
+
+    def fee_headroom_e6(self, market: Market) -> int:
+        """A day of borrow fee on the entry notional, rounded up: kept back when collateral leaves."""
+        return fee_headroom_e6(self.size_e18, self.entry_price_e8, market.fee_rate_per_s_wad)
 
 
 # ---- actions -------------------------------------------------------------------------------------
@@ -172,11 +249,50 @@ class Action:
 
 
 @dataclass(frozen=True, slots=True)
+class Decision:
+    """The keeper's decision on one position: the risk inputs, the band, what it does and why.
+
+    ``band`` is ``trigger`` (endangered), ``hold`` or ``release``; ``action`` the actions taken joined by
+    ``+`` (``none`` for nothing, ``awaiting_tx:<state>`` when a transaction is still open); ``reason`` says
+    it in the trader's words, never empty ("breach 3.1e-03 > trigger 1e-03 within 14 min: top up $452 to
+    reach 1e-04"). ``top_up_e6`` is what this cycle's top-ups put in (0 when none); ``need_e6`` what
+    reaching the target takes. ``log_distance`` is ``ln(price / liquidation price)`` signed so that safe is
+    positive (``inf`` when the position cannot be liquidated).
+    """
+
+    account: str
+    market_id: int
+    symbol: str
+    side: str
+    size_e18: int
+    collateral_e6: int
+    price_e8: int
+    price_stale: bool
+    sigma_annual: float
+    horizon_s: float
+    breach_probability: float
+    log_distance: float
+    liquidation_price_e8: int
+    required_collateral_e6: int
+    need_e6: int
+    top_up_e6: int
+    excess_e6: int
+    liquidatable: bool
+    band: str
+    action: str
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.account.lower(), self.market_id)
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """The planner's output: actions in execution order plus one explanation per position."""
+    """The planner's output: actions in execution order plus one :class:`Decision` per position."""
 
     actions: tuple[Action, ...] = ()
-    decisions: tuple[dict, ...] = field(default_factory=tuple)
+    decisions: tuple[Decision, ...] = field(default_factory=tuple)
 
     @property
     def onchain_actions(self) -> tuple[Action, ...]:

@@ -54,7 +54,7 @@ def risk(p: Position, breach: float, required_usd: float, *, liquidatable: bool 
         sigma_annual=0.8,
         horizon_s=300.0,
         liquidation_price_e8=int(p.liquidation_price(MARKETS[p.market_id]) * 1e8),
-        distance=0.05,
+        log_distance=0.05,
         breach_probability=breach,
         required_collateral_e6=required,
         release_collateral_e6=required * 2,
@@ -263,12 +263,12 @@ class TestDecisions:
         """Plan.decisions has one entry per position, sorted, with the risk inputs and the action taken."""
         rs = [risk(pos(market_id=1, collateral_usd=2_000), 1e-5, 1_500), risk(pos(collateral_usd=100), 5e-3, 250)]
         plan = plan_actions(state(), rs, limits())
-        assert [d["market_id"] for d in plan.decisions] == [0, 1]
+        assert [d.market_id for d in plan.decisions] == [0, 1]
         d0, d1 = plan.decisions
         for key in ("price_e8", "sigma_annual", "breach_probability", "liquidation_price_e8", "required_collateral_e6"):
-            assert key in d0
-        assert (d0["band"], d0["action"]) == ("trigger", "top_up")
-        assert (d1["band"], d1["action"]) == ("hold", "none")
+            assert hasattr(d0, key)
+        assert (d0.band, d0.action) == ("trigger", "top_up")
+        assert (d1.band, d1.action) == ("hold", "none")
 
     def test_duplicate_position_rejected(self):
         """Two verdicts for one position are a caller bug and raise."""
@@ -300,7 +300,7 @@ def books(draw):
                 sigma_annual=0.8,
                 horizon_s=60.0,
                 liquidation_price_e8=0,
-                distance=0.1,
+                log_distance=0.1,
                 breach_probability=breach,
                 required_collateral_e6=required,
                 release_collateral_e6=required,
@@ -433,3 +433,16 @@ class TestWithRiskEngine:
         )
         assert after.breach_probability <= policy.p_target  # the target includes the 12 % stress gap: far below
         assert after.top_up_e6 == 0 and after.excess_e6 == 0  # now in the hold band: no further action
+
+
+def test_fee_headroom_rounds_up():
+    """A day of fees kept back is rounded up (the safe side): the planner's headroom is the domain's
+    fee_headroom_e6, the function the fixed-ratio replay policy also calls."""
+    from keeper.domain import fee_headroom_e6 as domain_headroom
+
+    p = pos(size=1.0)
+    exact = notional_e6(p.size_e18, p.entry_price_e8) * ETH.fee_rate_per_s_wad * 86_400
+    assert exact % WAD != 0  # the floor and the ceiling differ here
+    assert fee_headroom_e6(p, ETH) == exact // WAD + 1 == domain_headroom(p.size_e18, p.entry_price_e8,
+                                                                          ETH.fee_rate_per_s_wad)
+    assert p.fee_headroom_e6(ETH) == fee_headroom_e6(p, ETH)

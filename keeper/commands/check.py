@@ -18,31 +18,31 @@ def _fmt_p(p: float) -> str:
 
 
 def position_rows(report: CycleReport, service: KeeperService) -> list[dict]:
-    by_key = {(d.get("account", "").lower(), d.get("market_id")): d for d in report.plan.decisions}
+    by_key = {d.key: d for d in report.plan.decisions}
     rows = []
     for r in report.risks:
         p = r.position
         market = service.adapter.markets[p.market_id]
-        d = by_key.get(p.key, {})
+        d = by_key[p.key]
         rows.append({
             "account": p.account, "market": market.symbol, "market_id": p.market_id, "side": p.side.value,
             "size": p.size_e18 / 1e18, "collateral": p.collateral_e6 / 1e6, "price": r.price_e8 / 1e8,
-            "liquidation_price": r.liquidation_price_e8 / 1e8, "distance": r.distance,
+            "liquidation_price": r.liquidation_price_e8 / 1e8, "log_distance": r.log_distance,
             "sigma_annual": r.sigma_annual, "breach_probability": r.breach_probability,
-            "buffer_target": r.required_collateral_e6 / 1e6, "suggested_action": d.get("action", "hold"),
-            "reason": d.get("reason", ""), "liquidatable": r.liquidatable,
+            "buffer_target": r.required_collateral_e6 / 1e6, "suggested_action": d.action,
+            "band": d.band, "reason": d.reason, "liquidatable": r.liquidatable,
         })
     return rows
 
 
 def status_table(rows: list[dict]) -> Table:
     t = Table(title="positions")
-    for col in ("account", "market", "side", "size", "collateral", "liq. price", "distance", "sigma",
+    for col in ("account", "market", "side", "size", "collateral", "liq. price", "ln(P/liq)", "sigma",
                 "breach p", "buffer target", "action"):
         t.add_column(col, justify="left" if col in ("account", "action") else "right")
     for r in rows:
         t.add_row(r["account"][:10] + "…", r["market"], r["side"], f"{r['size']:.4f}", f"{r['collateral']:,.2f}",
-                  f"{r['liquidation_price']:,.2f}", f"{r['distance']:.2%}", f"{r['sigma_annual']:.0%}",
+                  f"{r['liquidation_price']:,.2f}", f"{r['log_distance']:.4f}", f"{r['sigma_annual']:.0%}",
                   _fmt_p(r["breach_probability"]), f"{r['buffer_target']:,.2f}", r["suggested_action"])
     return t
 

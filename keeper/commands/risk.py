@@ -1,13 +1,17 @@
 """``keeper risk``: a risk calculator for one isolated perp position (no chain needed).
 
-Prints the liquidation price, the log-distance to it, the probability of touching it within the horizon
-(closed form and Monte Carlo with its standard error), VaR and ES at 99 %, the collateral that brings the
-breach probability down to the target, the top-up due at the trigger and the suggested check interval.
+Prints the liquidation price, the log distance ``ln(S / liquidation price)`` to it, the probability of
+touching it within the horizon, the collateral that brings it to the target, the top-up due and the keeper's
+decision with its reason, all from the daemon's own decision function (:func:`keeper.decision.decide`: the
+same position and parameters give the same answer here, in the daemon and in the replays), plus an
+independent Monte Carlo estimate with its standard error and VaR/ES at 99 %.
 
-``--model gbm``: plain GBM with drift and fees, continuous monitoring, no fat-tail multiplier; Monte Carlo
-on GBM paths; normal VaR/ES. ``--model fat-tailed`` (default): volatility scaled by the calibrated
-``kappa`` at the same log drift, required distance at least the policy's stress gap; Monte Carlo on
-Student-t increments (nu from the GARCH-t calibration); Student-t VaR/ES.
+The horizon is the daemon's ``h = check interval + inclusion latency`` (default latency 12 s).
+``--model fat-tailed`` (default): the daemon's default policy (sigma scaled by the calibrated ``kappa``,
+stress gap: the constant 0.12, or estimated from ``--history`` as the daemon does from its oracle rounds);
+Monte Carlo on Student-t increments (nu from the GARCH-t calibration); Student-t VaR/ES. ``--model gbm``:
+``kappa = 1`` and no stress gap; Monte Carlo on GBM paths; normal VaR/ES. The keeper's closed form is
+driftless; ``--drift`` moves only the Monte Carlo and VaR/ES.
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 from keeper.errors import InputError
+
+if TYPE_CHECKING:
+    from keeper.decision import BookDecision
+    from keeper.domain import Market, Position
+    from keeper.risk.policy import RiskPolicy
 
 DEFAULT_T_NU = 3.43  # nu of GARCH-t on ETH hourly returns 2017-2024 (scripts/calibrate_kappa.py)
 MC_PATHS = 20_000
@@ -85,10 +94,10 @@ def compute_risk(
     history: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Everything ``keeper risk`` prints, as a JSON-ready dict (no NaN; infinite distance is ``None``)."""
-    from keeper.domain import SECONDS_PER_YEAR
+    from keeper.domain import SECONDS_PER_YEAR, WAD, Market, Position, Side
     from keeper.risk import barrier
     from keeper.risk.montecarlo import PathModel, breach_probabilities, importance_shift_for_barrier, simulate_paths
-    from keeper.risk.policy import DEFAULT_KAPPA, RiskPolicy, suggested_check_interval
+    from keeper.risk.policy import DEFAULT_KAPPA, RiskPolicy
     from keeper.risk.var import position_var_es
     from keeper.risk.volatility import estimate_volatility
 
@@ -126,38 +135,26 @@ def compute_risk(
     if sigma is None:
         raise InputError("give --sigma or --history")
 
+    fat = model == "fat-tailed"
+    market = Market(
+        market_id=0, symbol="asset", maintenance_margin_wad=round(maintenance * WAD), max_leverage_wad=1000 * WAD,
+        liquidation_penalty_wad=0, fee_rate_per_s_wad=round(fee_rate * WAD / SECONDS_PER_YEAR), heartbeat_s=2**31,
+    )
+    position = Position("calculator", 0, Side.LONG if side == "long" else Side.SHORT, round(size * 1e18),
+                        round(entry * 1e8), round(collateral * 1e6))
+    outcome = decide_one(position, market, round(price * 1e8), sigma_annual=sigma, horizon_s=horizon_s,
+                         policy=cli_policy(target=target, trigger=trigger, fat_tailed=fat), history=history)
+    r, d = outcome.risks[0], outcome.plan.decisions[0]
     is_long = side == "long"
     sign = 1.0 if is_long else -1.0
-    fat = model == "fat-tailed"
-    kappa = DEFAULT_KAPPA if fat else 1.0
-    policy = RiskPolicy(kappa=kappa, p_target=min(target, trigger), p_trigger=trigger, p_release=min(1e-7, target))
+    never = r.liquidation_price_e8 == 0
+    distance = r.log_distance
     t_years = horizon_s / SECONDS_PER_YEAR
-    s_liq = float(barrier.liquidation_price(is_long, size, entry, collateral, maintenance))
-    never = is_long and s_liq <= 0
-    equity = collateral + sign * size * (price - entry)
-    liquidatable = equity < maintenance * size * price
-    distance = math.inf if never else sign * math.log(price / s_liq)
     c_fee = float(barrier.fee_drift(is_long, entry, price, fee_rate, maintenance))
-    # fat-tailed: sigma scaled by kappa with the log drift nu = mu - sigma^2/2 unchanged
-    sig_m = kappa * sigma
-    mu_m = drift + 0.5 * (kappa**2 - 1.0) * sigma**2
 
-    if liquidatable:
-        p_cf = 1.0
-    else:
-        p_cf = float(
-            barrier.breach_probability(price, s_liq, sig_m, horizon_s, is_long=is_long, drift_annual=mu_m, fee_drift_annual=c_fee)
-        )
-    d_inv = float(
-        barrier.distance_for_probability(target, sig_m, horizon_s, is_long=is_long, drift_annual=mu_m, fee_drift_annual=c_fee)
-    )
-    d_req = max(d_inv, policy.stress_gap + c_fee * t_years) if fat else d_inv
-    s_req = price * math.exp(-sign * d_req)
-    required = max(float(barrier.collateral_for_liquidation_price(is_long, size, entry, s_req, maintenance)), 0.0)
-    top_up = max(required - collateral, 0.0) if (p_cf > trigger or liquidatable) else 0.0
-
-    # Monte Carlo on shared-path machinery (one asset); barrier at its horizon-end level (fees moved it)
-    if liquidatable:
+    # Monte Carlo on shared-path machinery (one asset); barrier at its horizon-end level (fees moved it).
+    # It is an independent check of the closed form, and the only place --drift enters (with VaR/ES).
+    if r.liquidatable:
         p_mc, se_mc = 1.0, 0.0
     elif never:
         p_mc, se_mc = 0.0, 0.0
@@ -166,14 +163,13 @@ def compute_risk(
         nu_t = DEFAULT_T_NU if fat else None
         pm = PathModel(sigma_annual=(sigma,), drift_annual=(drift,), student_t_nu=nu_t)
         shift = None
-        if p_cf < 1e-2:
+        if r.breach_probability < 1e-2:
             shift = [importance_shift_for_barrier(log_b, sigma, horizon_s, MC_STEPS, drift)]
         paths = simulate_paths(pm, horizon_s, MC_STEPS, MC_PATHS, np.random.default_rng(MC_SEED), importance_shift=shift)
         est = breach_probabilities(paths, [0], [is_long], [log_b])
         p_mc, se_mc = float(est.probability[0]), float(est.stderr[0])
 
     ve = position_var_es(sign * size, price, sigma, horizon_s, 0.99, nu=DEFAULT_T_NU if fat else None, drift_annual=drift)
-    interval = float(suggested_check_interval(max(distance, 0.0) if not never else 1.0, sigma, policy))
     return {
         "side": side,
         "model": model,
@@ -181,11 +177,12 @@ def compute_risk(
         "sigma_annual": sigma,
         "sigma_source": sigma_source,
         "horizon_s": horizon_s,
-        "kappa": kappa,
-        "liquidation_price": 0.0 if never else s_liq,
-        "distance": None if never else distance,
-        "liquidatable": bool(liquidatable),
-        "breach_probability": p_cf,
+        "kappa": DEFAULT_KAPPA if fat else 1.0,
+        "stress_gap": r.stress_gap,
+        "liquidation_price": r.liquidation_price_e8 / 1e8,
+        "log_distance": None if never else distance,
+        "liquidatable": bool(r.liquidatable),
+        "breach_probability": r.breach_probability,
         "breach_probability_mc": p_mc,
         "breach_probability_mc_stderr": se_mc,
         "mc_paths": MC_PATHS,
@@ -194,10 +191,58 @@ def compute_risk(
         "es_99": ve.es,
         "target": target,
         "trigger": trigger,
-        "required_collateral": required,
-        "top_up": top_up,
-        "check_interval_s": interval,
+        "required_collateral": r.required_collateral_e6 / 1e6,
+        "top_up": d.top_up_e6 / 1e6,
+        "band": d.band,
+        "action": d.action,
+        "reason": d.reason,
+        "check_interval_s": r.suggested_check_interval_s,
     }
+
+
+def cli_policy(*, target: float, trigger: float, fat_tailed: bool) -> RiskPolicy:
+    """The daemon's default policy with the calculator's bands; ``gbm`` drops the fat tails and the stress gap."""
+    from keeper.risk.policy import DEFAULT_KAPPA, RiskPolicy
+
+    if fat_tailed:
+        return RiskPolicy(kappa=DEFAULT_KAPPA, p_target=target, p_trigger=trigger, p_release=min(1e-7, target))
+    return RiskPolicy(kappa=1.0, p_target=target, p_trigger=trigger, p_release=min(1e-7, target),
+                      stress_gap=0.0, stress_window_s=0.0)
+
+
+def decide_one(
+    position: Position,
+    market: Market,
+    price_e8: int,
+    *,
+    sigma_annual: float,
+    horizon_s: float,
+    policy: RiskPolicy,
+    history: tuple[np.ndarray, np.ndarray] | None = None,
+) -> BookDecision:
+    """One position through the keeper's decision function (:func:`keeper.decision.decide`), as the daemon
+    would see it: the policy's horizon = check interval + latency, a wallet and caps that do not bind (the
+    calculator answers what the position needs). With ``history`` (and a policy with a stress gap) the stress
+    gap is estimated from it as the daemon does from its oracle rounds."""
+    from keeper.decision import decide
+    from keeper.domain import PriceRound
+    from keeper.planner import BookState, PlanLimits
+
+    check_interval_s = horizon_s - policy.latency_s
+    if not check_interval_s > 0:
+        raise InputError(f"--horizon must exceed the inclusion latency ({policy.latency_s:g} s)")
+    unlimited = 10**18
+    limits = PlanLimits.from_policy(policy, max_per_tx_e6=unlimited, max_per_day_e6=unlimited)
+    mid = market.market_id
+    state = BookState.from_reads(markets=[market], prices={mid: PriceRound(1, price_e8, 0)},
+                                 wallet_e6={position.account: unlimited}, now_s=0)
+    gaps = None
+    if history is not None and policy.stress_gap > 0:
+        times, prices = history
+        gap = policy.estimate_stress_gap(times, prices, check_interval_s, now_s=float(times[-1]))
+        gaps = {mid: gap.side_gaps}
+    return decide(state, [position], sigmas_annual={mid: sigma_annual}, policy=policy, limits=limits,
+                  check_interval_s=check_interval_s, now_s=0, stress_gaps=gaps)
 
 
 def _print_human(r: dict[str, Any]) -> None:
@@ -211,15 +256,18 @@ def _print_human(r: dict[str, Any]) -> None:
     table.add_column("value")
     if r["liquidatable"]:
         table.add_row("status", "[red]ALREADY LIQUIDATABLE[/red] (equity below maintenance at this price)")
-    liq = "never (a long with this collateral cannot be liquidated)" if r["distance"] is None else f"{r['liquidation_price']:,.4f}"
+    never = r["log_distance"] is None
+    liq = "never (a long with this collateral cannot be liquidated)" if never else f"{r['liquidation_price']:,.4f}"
     table.add_row("liquidation price", liq)
-    table.add_row("distance (log)", "inf" if r["distance"] is None else f"{r['distance']:.4%}")
+    table.add_row("log distance ln(S/liq)", "inf" if never else f"{r['log_distance']:.4f}")
     table.add_row("breach probability", f"{r['breach_probability']:.4g}")
     table.add_row("  Monte Carlo", f"{r['breach_probability_mc']:.4g} +- {r['breach_probability_mc_stderr']:.2g} (1 SE, {r['mc_paths']} paths)")
     table.add_row("VaR 99 % / ES 99 %", f"{r['var_99']:,.2f} / {r['es_99']:,.2f}")
     table.add_row(f"collateral for p={r['target']:g}", f"{r['required_collateral']:,.2f}")
     table.add_row(f"top-up (trigger p>{r['trigger']:g})", f"{r['top_up']:,.2f}")
     table.add_row("suggested check interval", f"{r['check_interval_s']:.0f} s")
+    table.add_row("decision", f"{r['action']} ({r['band']} band)")
+    table.add_row("reason", r["reason"])
     table.add_row("sigma source", r["sigma_source"])
     console.print(table)
 
@@ -235,7 +283,7 @@ def register(app: typer.Typer) -> None:
         price: Annotated[float | None, typer.Option(help="current price S (default: entry)")] = None,
         sigma: Annotated[float | None, typer.Option(help="annualised volatility, e.g. 0.8")] = None,
         horizon: Annotated[str, typer.Option(help="horizon: seconds or with s/m/h/d suffix")] = "1h",
-        drift: Annotated[float, typer.Option(help="annual drift mu of the price")] = 0.0,
+        drift: Annotated[float, typer.Option(help="annual drift mu of the price (Monte Carlo and VaR only)")] = 0.0,
         fee_rate: Annotated[float, typer.Option(help="borrow fee per year, fraction of entry notional")] = 0.0,
         target: Annotated[float, typer.Option(help="target breach probability")] = 1e-4,
         trigger: Annotated[float, typer.Option(help="breach probability that triggers a top-up")] = 1e-3,

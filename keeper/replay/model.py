@@ -28,7 +28,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from keeper.domain import NOTIONAL_DIVISOR, WAD, Market, Position, Side
+from keeper.domain import (
+    WAD,
+    Market,
+    Position,
+    Side,
+    liquidation_price_e8,
+    maintenance_margin_e6,
+    min_equity_e6,
+    notional_e6,
+    pending_fee_e6,
+    pnl_e6,
+)
 
 
 class ModelRevert(Exception):
@@ -86,17 +97,8 @@ class PositionView:
     liquidatable: bool = False
 
 
-def _notional(size_e18: int, price_e8: int) -> int:
-    return size_e18 * price_e8 // NOTIONAL_DIVISOR
-
-
 def _pnl(p: PositionState, price_e8: int) -> int:
-    sign = 1 if p.is_long else -1
-    return (sign * p.size_e18 * (price_e8 - p.entry_price_e8)) // NOTIONAL_DIVISOR
-
-
-def _mm(size_e18: int, price_e8: int, mm_wad: int) -> int:
-    return size_e18 * price_e8 * mm_wad // (NOTIONAL_DIVISOR * WAD)
+    return pnl_e6(p.is_long, p.size_e18, p.entry_price_e8, price_e8)
 
 
 @dataclass(slots=True)
@@ -152,7 +154,7 @@ class PerpModel:
 
     @staticmethod
     def _pending_fee(p: PositionState, index_now: int) -> int:
-        return _notional(p.size_e18, p.entry_price_e8) * (index_now - p.fee_index_wad) // WAD
+        return pending_fee_e6(p.size_e18, p.entry_price_e8, index_now, p.fee_index_wad)
 
     def _settle(self, p: PositionState, ms: MarketState, now_s: int) -> int:
         """Settle the pending fee into collateral (floored at 0); returns the fee actually taken."""
@@ -173,9 +175,9 @@ class PerpModel:
 
     @staticmethod
     def _check_leverage(p: PositionState, price_e8: int, market: Market) -> None:
-        notional = _notional(p.size_e18, price_e8)
+        notional = notional_e6(p.size_e18, price_e8)
         equity = p.collateral_e6 + _pnl(p, price_e8)
-        if equity * market.max_leverage_wad < notional * WAD:
+        if equity < min_equity_e6(notional, market.max_leverage_wad):
             raise ModelRevert("LeverageTooHigh", notional, equity, market.max_leverage_wad)
 
     # ---- oracle ---------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ class PerpModel:
         price = ms.price_e8
         fee = self._pending_fee(p, ms.index_at(now_s))
         equity = p.collateral_e6 + _pnl(p, price) - fee
-        mm = _mm(p.size_e18, price, ms.market.maintenance_margin_wad)
+        mm = maintenance_margin_e6(p.size_e18, price, ms.market.maintenance_margin_wad)
         fresh = price > 0 and not (now_s > ms.price_updated_s and now_s - ms.price_updated_s > ms.market.heartbeat_s)
         return PositionView(
             exists=True,
@@ -222,14 +224,9 @@ class PerpModel:
         Exactly ``(P0 - (C-F)/q)/(1-m)`` (long) and ``(P0 + (C-F)/q)/(1+m)`` (short) in rationals, floored,
         as ``PerpEngine._liquidationPrice``.
         """
-        cf = p.collateral_e6 - fee_e6
-        base = p.entry_price_e8 * p.size_e18
-        num = base - cf * NOTIONAL_DIVISOR if p.is_long else base + cf * NOTIONAL_DIVISOR
-        if num <= 0:
-            return 0
-        m = market.maintenance_margin_wad
-        den = p.size_e18 * (WAD - m if p.is_long else WAD + m)
-        return num * WAD // den
+        return liquidation_price_e8(
+            p.is_long, p.size_e18, p.entry_price_e8, p.collateral_e6 - fee_e6, market.maintenance_margin_wad
+        )
 
     def position(self, account: str, market_id: int, now_s: int) -> Position | None:
         """The position as the keeper's domain type (pending fee as of ``now_s``), or None."""
@@ -324,8 +321,7 @@ class PerpModel:
             raise ModelRevert("InvalidAmount")
         price = self._fresh_price(ms, now_s)
         self._settle(p, ms, now_s)
-        sign = 1 if p.is_long else -1
-        realized = (sign * size_delta_e18 * (price - p.entry_price_e8)) // NOTIONAL_DIVISOR
+        realized = pnl_e6(p.is_long, size_delta_e18, p.entry_price_e8, price)
         p.collateral_e6 = max(0, p.collateral_e6 + realized)
         p.size_e18 -= size_delta_e18
         if p.is_long:
@@ -350,10 +346,10 @@ class PerpModel:
         p = self._pos(account, market_id)
         price = self._fresh_price(ms, now_s)
         equity = self._exit_equity(p, ms, price, now_s)
-        mm = _mm(p.size_e18, price, ms.market.maintenance_margin_wad)
+        mm = maintenance_margin_e6(p.size_e18, price, ms.market.maintenance_margin_wad)
         if equity >= mm:
             raise ModelRevert("NotLiquidatable", account, market_id, equity, mm)
-        notional = _notional(p.size_e18, price)
+        notional = notional_e6(p.size_e18, price)
         pos_equity = max(equity, 0)
         penalty = min(pos_equity, notional * ms.market.liquidation_penalty_wad // WAD)
         self._delete(account, market_id, p, ms)

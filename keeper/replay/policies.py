@@ -8,9 +8,8 @@ is ignored). The replay engine lands them after the inclusion delay (see :mod:`k
 Names (``parse_policy``):
 
 * ``none`` — no keeper.
-* ``risk`` — the keeper itself: :func:`keeper.risk.policy.assess_position` for every position, then
-  :func:`keeper.planner.plan_actions` (top-ups, moves, opt-in release). ``risk:norelease`` keeps the
-  release band off.
+* ``risk`` — the keeper itself: the daemon's one decision function :func:`keeper.decision.decide` (risk
+  engine, then planner: top-ups, moves, opt-in release). ``risk:norelease`` keeps the release band off.
 * ``fixed:X:Y`` — DeFi Saver / Instadapp style automation on the **margin ratio**
   ``R = equity / maintenance_margin`` (``equity = collateral + pnl - pending fee``; the protocol liquidates
   at ``R < 1``): when ``R < X`` top up to ``R = Y`` (``X < Y``). ``fixed:X:Y:Z`` adds the "boost" side: when
@@ -28,8 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from keeper.domain import WAD, Action, ActionKind, Market, Position, PriceRound, notional_e6
+from keeper.domain import Action, ActionKind, Market, Position, PriceRound, min_equity_e6, notional_e6
+from keeper.decision import BookDecision, decide
 from keeper.errors import InputError
+from keeper.planner import BookState, PlanLimits
+from keeper.risk.policy import RiskPolicy
 
 DEFAULT_MIN_ACTION_E6 = 10_000_000
 
@@ -130,10 +132,10 @@ class FixedRatio:
                 and not rnd.is_stale(obs.now_s, market.heartbeat_s)
             ):
                 # equity after >= max(Y * mm, initial margin); removal comes out of collateral (fee settles first)
-                im = -(-notional_e6(pos.size_e18, price) * WAD // market.max_leverage_wad)
+                im = min_equity_e6(notional_e6(pos.size_e18, price), market.max_leverage_wad)
                 keep_equity = max(math.ceil(self.target * mm), im) + 1
-                # the fee keeps accruing until the release lands: leave a day of it in the collateral
-                fee_day = notional_e6(pos.size_e18, pos.entry_price_e8) * market.fee_rate_per_s_wad * 86_400 // WAD
+                # the fee keeps accruing until the release lands: leave a day of it (rounded up) in the collateral
+                fee_day = pos.fee_headroom_e6(market)
                 amount = min(eq - keep_equity - fee_day, pos.collateral_e6 - pos.pending_fee_e6 - fee_day)
                 if amount >= self.min_action_e6:
                     out.append(
@@ -147,51 +149,29 @@ class FixedRatio:
 
 @dataclass(slots=True)
 class RiskSized:
-    """The keeper's own decision path: risk engine per position, then the planner.
+    """The keeper's own decision path: the one decision function :func:`keeper.decision.decide`.
 
     ``risk_policy`` and ``limits`` are the keeper's (``keeper.risk.policy.RiskPolicy``,
     ``keeper.planner.PlanLimits``); ``allow_release`` defaults to on (the policy is meant to hold the
-    risk-sized buffer, not the opening collateral). The whole book is assessed in one vectorised call
-    (:func:`keeper.risk.policy.assess_positions`, the batch form of ``assess_position``); the check interval
-    is the time to the next round.
+    risk-sized buffer, not the opening collateral). The check interval is the time to the next round.
+    :meth:`decisions` gives the full outcome (verdicts and explained decisions), :meth:`decide` its
+    on-chain actions.
     """
 
-    risk_policy: object = None
-    limits: object = None
+    risk_policy: RiskPolicy = field(default_factory=RiskPolicy)
+    limits: PlanLimits | None = None
     name: str = "risk"
-    _assess: object = field(default=None, repr=False)
-    _plan: object = field(default=None, repr=False)
     _history: dict = field(default_factory=dict, repr=False)  # market id -> (deque of t_s, deque of price)
 
     def __post_init__(self) -> None:
-        from keeper.planner import BookState, PlanLimits, plan_actions  # noqa: F401  (checked once here)
-        from keeper.risk.policy import RiskPolicy, assess_positions
-
-        if self.risk_policy is None:
-            self.risk_policy = RiskPolicy()
         if self.limits is None:
             self.limits = PlanLimits.from_policy(
                 self.risk_policy, max_per_tx_e6=10**15, max_per_day_e6=10**15, allow_release=True
             )
-        self._assess = assess_positions
-        self._plan = plan_actions
 
-    def decide(self, obs: Observation) -> list[Action]:
-        from keeper.planner import BookState
-
+    def decisions(self, obs: Observation) -> BookDecision:
+        """Record the round, estimate the stress gaps, then decide for the whole book."""
         gaps = self._stress_gaps(obs)
-        if not obs.positions:
-            return []
-        risks = self._assess(
-            list(obs.positions),
-            obs.markets,
-            {mid: r.price_e8 for mid, r in obs.prices.items()},
-            obs.sigma_annual,
-            self.risk_policy,
-            obs.check_interval_s,
-            obs.now_s,
-            gaps,
-        )
         state = BookState.from_reads(
             markets=obs.markets.values(),
             prices=dict(obs.prices),
@@ -199,9 +179,15 @@ class RiskSized:
             now_s=obs.now_s,
             spent_today_e6=obs.spent_today_e6,
         )
-        plan = self._plan(state, risks, self.limits)
-        return list(plan.onchain_actions)
+        assert self.limits is not None  # set in __post_init__
+        return decide(state, obs.positions, sigmas_annual=obs.sigma_annual, policy=self.risk_policy,
+                      limits=self.limits, check_interval_s=obs.check_interval_s, now_s=obs.now_s, stress_gaps=gaps)
 
+    def decide(self, obs: Observation) -> list[Action]:
+        if not obs.positions:
+            self._stress_gaps(obs)
+            return []
+        return list(self.decisions(obs).plan.onchain_actions)
 
     def reset(self) -> None:
         """Forget every round seen: a replay calls it before each run (the same object may replay several
@@ -221,7 +207,7 @@ class RiskSized:
         (the daemon does the same from its oracle-history cache; no round after ``obs.now_s`` exists here).
         The window is bounded by ``stress_window_s`` (plus one round before it, as the estimator needs)."""
         rp = self.risk_policy
-        window = getattr(rp, "stress_window_s", 0.0)
+        window = rp.stress_window_s
         out: dict[int, float] = {}
         for mid, rnd in obs.prices.items():
             self.observe_round(mid, rnd.updated_at_s, rnd.price_e8)
@@ -239,17 +225,11 @@ def parse_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> Po
     if s == "none":
         return NoKeeper()
     if s in ("risk", "risk:norelease"):
-        try:
-            if s == "risk":
-                return RiskSized()
-            from keeper.planner import PlanLimits
-            from keeper.risk.policy import RiskPolicy
-
-            rp = RiskPolicy()
-            lim = PlanLimits.from_policy(rp, max_per_tx_e6=10**15, max_per_day_e6=10**15, allow_release=False)
-            return RiskSized(risk_policy=rp, limits=lim, name="risk:norelease")
-        except ImportError as exc:  # pragma: no cover - until the risk engine and planner exist
-            raise InputError(f"policy {spec!r} needs the risk engine and planner: {exc}") from None
+        if s == "risk":
+            return RiskSized()
+        rp = RiskPolicy()
+        lim = PlanLimits.from_policy(rp, max_per_tx_e6=10**15, max_per_day_e6=10**15, allow_release=False)
+        return RiskSized(risk_policy=rp, limits=lim, name="risk:norelease")
     if s.startswith("fixed:"):
         parts = s.split(":")[1:]
         if len(parts) not in (2, 3):

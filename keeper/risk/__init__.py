@@ -14,5 +14,5 @@ Modules, each a noun; the daemon, planner and replay mostly need :mod:`policy`:
 * :mod:`keeper.risk.stress`      SPAN-style grid and historical shocks: ``run_stress`` (used by ``keeper stress``)
 * :mod:`keeper.risk.greeks`      perp delta per asset, Black-Scholes/Black-76 greeks, per-account aggregation
 
-Formulas and sources are in each module's docstring; reference values in GUIDE.md section 4.
+Formulas and sources are in each module's docstring; reference values are checked in ``tests/risk``.
 """

@@ -14,7 +14,7 @@ the price at relative rate :math:`c`; that is the same as :math:`\\nu \\to \\nu 
 :math:`\\nu \\to \\nu + c` for a short. Discrete monitoring every :math:`\\Delta t`: Broadie, Glasserman and
 Kou, "A continuity correction for discrete barrier options", Math. Finance 7(4), 1997 — shift the barrier
 away from the spot by :math:`e^{\\pm\\beta\\sigma\\sqrt{\\Delta t}}`, :math:`\\beta = -\\zeta(1/2)/\\sqrt{2\\pi}`.
-Formulas and reference values: ``/work/shared/GUIDE.md`` section 4; Shreve, *Stochastic Calculus for
+Shreve, *Stochastic Calculus for
 Finance II*, 7.2 (running minimum of drifted Brownian motion).
 
 All public functions accept scalars or numpy arrays (broadcast together) and return float arrays. Times

@@ -2,8 +2,8 @@
 
 Pure core (numpy only; no clock, no I/O). The buffer policy (:mod:`keeper.risk.policy`) keeps every
 position at least ``d_stress`` (log-distance) from its liquidation price, because a single oracle round can
-move the price further than any volatility-sized buffer allows for (GUIDE.md section 4: fat tails decide
-the buffer). A constant ``d_stress`` sized for the worst crash bar (12 %) is a fixed ratio in disguise:
+move the price further than any volatility-sized buffer allows for (fat tails, not volatility,
+decide the buffer). A constant ``d_stress`` sized for the worst crash bar (12 %) is a fixed ratio in disguise:
 it holds the crash-day buffer on calm days too. This module sizes it from the market's own recent
 behaviour instead, without look-ahead (only rounds at or before the decision):
 

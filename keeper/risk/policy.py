@@ -11,8 +11,8 @@ probability at :math:`p` is
 
     d_{req}(p) = \\max\\big(\\kappa\\,\\Phi^{-1}(1 - p/2)\\,\\sigma_h,\\ d_{stress}\\big) + d_{cost}
 
-(reflection principle for driftless Brownian motion, :math:`P(\\min \\le -d) = 2\\Phi(-d/\\sigma_h)`; GUIDE.md
-section 4), with :math:`\\kappa` a fat-tail multiplier calibrated by Monte Carlo (:func:`calibrate_kappa`,
+(reflection principle for driftless Brownian motion, :math:`P(\\min \\le -d) = 2\\Phi(-d/\\sigma_h)`; Shreve,
+*Stochastic Calculus for Finance II*, 3.7), with :math:`\\kappa` a fat-tail multiplier calibrated by Monte Carlo (:func:`calibrate_kappa`,
 ``scripts/calibrate_kappa.py``), :math:`d_{stress}` the largest single-round price gap to survive (adaptive:
 :mod:`keeper.risk.gaps` estimates it per market from recent oracle rounds; the constant ``stress_gap`` is
 the fallback) and
@@ -141,7 +141,7 @@ class PositionRisk:
     sigma_annual: float
     horizon_s: float
     liquidation_price_e8: int
-    distance: float
+    log_distance: float  # ln(price / liquidation price), signed so that safe > 0; inf when never liquidated
     breach_probability: float
     required_collateral_e6: int
     release_collateral_e6: int
@@ -153,6 +153,13 @@ class PositionRisk:
     stress_bound: bool = False  # the stress gap, not volatility, sets d_req(p_target)
     stress_breach: bool = False  # a single-round gap of stress_gap would liquidate: act even if p is small
     stress_gap: float = 0.0  # the stress gap d_s used (log-distance; adaptive or the constant)
+
+
+def is_endangered(risk: PositionRisk, p_trigger: float) -> bool:
+    """The one definition of "endangered": liquidatable, breach probability above ``p_trigger``, or inside
+    the stress gap (one oracle gap of ``stress_gap`` would liquidate). The planner tops these up, the
+    decision calls them the ``trigger`` band, the daemon keeps a stuck protective transaction for them."""
+    return risk.liquidatable or risk.breach_probability > p_trigger or risk.stress_breach
 
 
 # ---- formulas (vectorised) ------------------------------------------------------------------------
@@ -171,7 +178,12 @@ def required_distance(
 
 
 def fat_tail_probability(distance: ArrayLike, sigma_h: ArrayLike, kappa: float, d_cost: ArrayLike = 0.0) -> NDArray[np.float64]:
-    """2 Phi(-(d - d_cost)/(kappa sigma_h)), clipped to [0, 1]; 1 at or past the liquidation price."""
+    """2 Phi(-(d - d_cost)/(kappa sigma_h)), clipped to [0, 1]; 1 at or past the liquidation price.
+
+    A Gaussian first-passage probability (reflection principle, driftless) with sigma scaled by ``kappa``:
+    not a fat-tailed distribution, but ``kappa`` is calibrated (:func:`calibrate_kappa`) so that the distance
+    it asks for at ``p_target`` matches fat-tailed paths of the same variance.
+    """
     x = (np.asarray(distance, dtype=float) - np.asarray(d_cost, dtype=float)) / (kappa * np.asarray(sigma_h, dtype=float))
     with np.errstate(invalid="ignore"):
         p = 2.0 * ndtr(-x)
@@ -195,7 +207,7 @@ class RiskArrays:
     sigma_annual: NDArray[np.float64]
     horizon_s: float
     liquidation_price: NDArray[np.float64]
-    distance: NDArray[np.float64]
+    log_distance: NDArray[np.float64]
     breach_probability: NDArray[np.float64]
     required_collateral: NDArray[np.float64]
     release_collateral: NDArray[np.float64]
@@ -283,7 +295,7 @@ def assess_arrays(
         sigma_annual=sigma,
         horizon_s=h,
         liquidation_price=s_liq,
-        distance=distance,
+        log_distance=distance,
         breach_probability=p,
         required_collateral=req,
         release_collateral=rel,
@@ -381,14 +393,14 @@ def assess_positions(
         p = positions[i]
         liq[i] = p.is_liquidatable(markets[p.market_id], prices_e8[p.market_id])
     p_breach = np.where(liq, 1.0, arr.breach_probability).tolist()
-    liq_e8 = np.round(arr.liquidation_price * 1e8).astype(np.int64).tolist()
+    liq_e8 = [p.liquidation_price_e8(markets[p.market_id]) for p in positions]  # the contract's integer view
     req = _ceil_e6(arr.required_collateral)
     rel = _ceil_e6(arr.release_collateral)
     top = _ceil_e6(np.where(liq | (arr.top_up > 0), arr.top_up, 0.0))
     exc = np.where(liq, 0, np.floor(arr.excess * 1e6)).astype(np.int64).tolist()
     interval = np.where(liq, policy.check_interval_min_s, arr.check_interval_s).tolist()
     sig = arr.sigma_annual.tolist()
-    dist = arr.distance.tolist()
+    dist = arr.log_distance.tolist()
     d_req = arr.required_distance.tolist()
     stress = np.broadcast_to(arr.stress_bound, (n,)).tolist()
     breach = np.broadcast_to(arr.stress_breach, (n,)).tolist()

@@ -5,7 +5,7 @@ market unless ``per_market`` overrides it, plus a volatility factor that reprice
 scenario is one step; a historical shock is the whole return sequence, and a position counts as liquidated
 if the protocol rule (equity < maintenance of current notional, keeper.domain) holds at any step. The grid
 follows CME SPAN / Deribit portfolio margin: moves of +-5 %, 10 %, 15 %, 20 % plus extreme tails, each with
-volatility up / same / down (GUIDE.md section 5).
+volatility up / same / down (CME SPAN: scanning ranges of price and volatility).
 
 Loss of a perp position = equity now - what the account keeps after the scenario: the equity at the last
 step, or, when liquidated at step k, the equity at k minus the liquidation penalty (floored at 0: the

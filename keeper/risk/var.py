@@ -1,7 +1,7 @@
 """Value at Risk and Expected Shortfall of losses over a horizon: parametric, historical and Monte Carlo.
 
 Losses are positive numbers (USD). At level :math:`a` (e.g. 0.99), McNeil, Frey and Embrechts,
-*Quantitative Risk Management* (2015), 2.2.3 (and GUIDE.md section 4):
+*Quantitative Risk Management* (2015), 2.2.3:
 
 * normal: :math:`\\mathrm{VaR} = \\mu + \\sigma z_a`, :math:`\\mathrm{ES} = \\mu + \\sigma\\varphi(z_a)/(1-a)`
 * Student-t with scale :math:`s`, :math:`\\nu` d.o.f.: :math:`\\mathrm{VaR} = \\mu + s t_a`,

@@ -36,14 +36,15 @@ from eth_utils import to_checksum_address
 from keeper.chain.abi import selector
 from keeper.chain.multicall import Call
 from keeper.chain.rpc import ChainClient
+from keeper.decision import BookDecision, decide
 from keeper.devchain import Deployment
 from keeper.domain import Action, ActionKind, Plan
 from keeper.errors import ChainMismatchError, SimulationRevert, TransactionError, TransientRpcError
-from keeper.planner import BookState, PlanLimits, plan_actions
+from keeper.planner import BookState, PlanLimits
 from keeper.protocols.base import BookSnapshot, PositionKey, ProtocolAdapter
 from keeper.protocols.reference import ReferenceAdapter
 from keeper.risk.gaps import SideGaps
-from keeper.risk.policy import PositionRisk, RiskPolicy, assess_positions
+from keeper.risk.policy import PositionRisk, RiskPolicy, is_endangered
 from keeper.runtime.alerts import AlertSink, alert_from_action
 from keeper.runtime.config import KeeperConfig
 from keeper.runtime.health import HealthState
@@ -305,7 +306,7 @@ class KeeperService:
         elif kind == ActionKind.RELEASE.value:
             needed = r.excess_e6 > 0
         else:
-            needed = r.liquidatable or r.breach_probability > self.policy.p_trigger or r.stress_breach
+            needed = is_endangered(r, self.policy.p_trigger)
         if not needed:
             log.info("tx_purpose_gone", intent=intent.id, kind=kind, why="position already at its target")
         return needed
@@ -325,8 +326,13 @@ class KeeperService:
         return int.from_bytes(out or b"\0", "big")
 
     def assess(self, snap: BookSnapshot) -> tuple[list[PositionRisk], dict[int, float]]:
-        """Volatility and stress gap per market from the oracle history (read only past the last cached
-        round), then the risk verdicts."""
+        """Volatility and stress gap per market from the oracle history, then the risk verdicts."""
+        sigmas, gaps = self.estimate(snap)
+        return list(self.decide(snap, sigmas, gaps, wallet_e6=0, busy={}).risks), sigmas
+
+    def estimate(self, snap: BookSnapshot) -> tuple[dict[int, float], dict[int, SideGaps]]:
+        """Volatility and stress gaps (down, up) per market from the oracle history (read only past the last
+        cached round); remembered in ``self.stress_gaps``."""
         sigmas: dict[int, float] = {}
         gaps: dict[int, SideGaps] = {}
         floors = self.implied_vol.floors() if self.implied_vol is not None else {}
@@ -350,12 +356,27 @@ class KeeperService:
             gaps[mid] = gap.side_gaps
             if gap.fallback_reason and new_round:
                 log.info("stress_gap_fallback", market=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
-        positions = [p for p in snap.positions.values() if p.market_id in snap.prices]
-        prices = {mid: r.price_e8 for mid, r in snap.prices.items()}
-        risks = assess_positions(positions, snap.markets, prices, sigmas, self.policy, self.check_interval_s,
-                                 snap.block_timestamp, gaps)
         self.stress_gaps = gaps
-        return risks, sigmas
+        return sigmas, gaps
+
+    def decide(self, snap: BookSnapshot, sigmas: dict[int, float], gaps: dict[int, SideGaps], *,
+               wallet_e6: int, busy: dict[PositionKey, str]) -> BookDecision:
+        """The daemon's decision: the book as read, the signer's wallet as the payer of every top-up, the
+        day budget from the journal, then the one decision function (:func:`keeper.decision.decide`)."""
+        keys = list(snap.positions)
+        payer = self.signer_address.lower() if self.signer_address else None
+        state = BookState.from_reads(
+            markets=snap.markets.values(),
+            prices=snap.prices,
+            wallet_e6={payer: wallet_e6} if payer else {},
+            now_s=snap.block_timestamp,
+            spent_today_e6=self.spent_today_e6(self.clock()),
+            payers={a: payer for a, _ in keys} if payer else {},
+            watch_only=self._watch_only(keys),
+        )
+        return decide(state, list(snap.positions.values()), sigmas_annual=sigmas, policy=self.policy,
+                      limits=self.limits, check_interval_s=self.check_interval_s, now_s=snap.block_timestamp,
+                      stress_gaps=gaps, busy=busy)
 
     def spent_today_e6(self, now_s: float) -> int:
         midnight = datetime.fromtimestamp(now_s, timezone.utc).replace(hour=0, minute=0, second=0,
@@ -388,23 +409,12 @@ class KeeperService:
     def _cycle(self, execute: bool) -> CycleReport:
         started = time.perf_counter()
         snap, wallet = self.read()
-        risks, sigmas = self.assess(snap)
+        sigmas, gaps = self.estimate(snap)
         busy = self._busy_positions() if self.txm is not None else {}
-        plannable = [r for r in risks if r.position.key not in busy]
-        keys = list(snap.positions)
-        payer = self.signer_address.lower() if self.signer_address else None
-        state = BookState.from_reads(
-            markets=snap.markets.values(),
-            prices=snap.prices,
-            wallet_e6={payer: wallet} if payer else {},
-            now_s=snap.block_timestamp,
-            spent_today_e6=self.spent_today_e6(self.clock()),
-            payers={a: payer for a, _ in keys} if payer else {},
-            watch_only=self._watch_only(keys),
-        )
-        plan = plan_actions(state, plannable, self.limits)
+        outcome = self.decide(snap, sigmas, gaps, wallet_e6=wallet, busy=busy)
+        risks, plan = list(outcome.risks), outcome.plan
         report = CycleReport(snap.block_number, snap.block_timestamp, risks, plan, wallet_e6=wallet, sigmas=sigmas)
-        self._explain(snap, risks, plan, busy)
+        self._explain(snap, plan)
         txm = self.txm if execute and not self.config.dry_run else None
         for action in plan.actions:
             if action.kind is ActionKind.ALERT or action.needs_approval:
@@ -469,28 +479,22 @@ class KeeperService:
         return max(self.policy.check_interval_min_s,
                    min(min(r.suggested_check_interval_s for r in risks), self.policy.check_interval_max_s))
 
-    def _explain(self, snap: BookSnapshot, risks: Sequence[PositionRisk], plan: Plan,
-                 busy: dict[PositionKey, str]) -> None:
-        by_key = {(d.get("account", "").lower(), d.get("market_id")): d for d in plan.decisions}
-        for r in risks:
-            p = r.position
-            d = by_key.get(p.key, {})
+    def _explain(self, snap: BookSnapshot, plan: Plan) -> None:
+        for d in plan.decisions:
             log.info(
                 "position_decision",
-                account=p.account, market=snap.markets[p.market_id].symbol, side=p.side.value,
-                price=snap.prices[p.market_id].price_e8 / 1e8, oracle_round=snap.prices[p.market_id].round_id,
-                collateral=p.collateral_e6 / 1e6, liquidation_price=r.liquidation_price_e8 / 1e8,
-                distance=round(r.distance, 6), sigma_annual=round(r.sigma_annual, 4), horizon_s=r.horizon_s,
-                breach_probability=r.breach_probability, required_collateral=r.required_collateral_e6 / 1e6,
-                action=("awaiting_tx:" + busy[p.key]) if p.key in busy else d.get("action", "hold"),
-                reason=d.get("reason", ""),
+                account=d.account, market=d.symbol, side=d.side, price=d.price_e8 / 1e8,
+                oracle_round=snap.prices[d.market_id].round_id, collateral=d.collateral_e6 / 1e6,
+                liquidation_price=d.liquidation_price_e8 / 1e8, log_distance=round(d.log_distance, 6),
+                sigma_annual=round(d.sigma_annual, 4), horizon_s=d.horizon_s, breach_probability=d.breach_probability,
+                required_collateral=d.required_collateral_e6 / 1e6, band=d.band, action=d.action, reason=d.reason,
             )
 
     def _observe(self, snap: BookSnapshot, risks: Sequence[PositionRisk], wallet: int, report: CycleReport) -> None:
         for r in risks:
             symbol = snap.markets[r.position.market_id].symbol
             self.metrics.observe_position(r.position.account, symbol, breach_probability=r.breach_probability,
-                                          distance=r.distance, collateral_e6=r.position.collateral_e6)
+                                          distance=r.log_distance, collateral_e6=r.position.collateral_e6)
         self.metrics.forget_positions_except({(r.position.account, snap.markets[r.position.market_id].symbol)
                                               for r in risks})
         if self.signer_address:

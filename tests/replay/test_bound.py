@@ -98,12 +98,19 @@ def test_frontier_algebra():
         segment_frontier([1.0, 2.0], [1.0], [1.0, 1.0], (1.0,))
 
 
-def test_no_real_policy_beats_the_bound(ftx_bars):
+@pytest.fixture(scope="module")
+def ftx_replay(ftx_bars):
+    """One fast replay of the real 48 h FTX window for the policies the bound tests compare (run once)."""
+    book = load_book()
+    res = run_fast(book, ftx_bars, [parse_policy(p) for p in ("risk", "fixed:8:16:32", "fixed:12:24:48")], CFG)
+    return book, plan_timeline(book, ftx_bars, CFG), res
+
+
+def test_no_real_policy_beats_the_bound(ftx_replay):
     """On the real 48 h FTX window every liquidation-free policy holds at least the bound's idle for its
     number of transactions (the bound is computed from prices alone; the policies run the replay model)."""
-    book = load_book()
-    bb = book_bound(book, plan_timeline(book, ftx_bars, CFG))
-    res = run_fast(book, ftx_bars, [parse_policy(p) for p in ("risk", "fixed:8:16:32", "fixed:12:24:48")], CFG)
+    book, tl, res = ftx_replay
+    bb = book_bound(book, tl)
     checked = 0
     for r in res.results.values():
         if r.liquidations:
@@ -117,14 +124,12 @@ def test_no_real_policy_beats_the_bound(ftx_bars):
     assert checked >= 2
 
 
-def test_trigger_buffer_bound_holds_for_policies_with_that_trigger(ftx_bars):
+def test_trigger_buffer_bound_holds_for_policies_with_that_trigger(ftx_replay):
     """fixed:8:16:32 never leaves a position below ratio 8 (3.5 % of the notional above maintenance) after a
     decision, the risk policy never below its 3 % stress floor (2.9 % of the notional): each holds at least the bound of
     its class, which is higher than the clairvoyant bound."""
-    book = load_book()
-    tl = plan_timeline(book, ftx_bars, CFG)
+    book, tl, res = ftx_replay
     clair = book_bound(book, tl)
-    res = run_fast(book, ftx_bars, [parse_policy(p) for p in ("risk", "fixed:8:16:32")], CFG)
     for name, b in (("fixed:8:16:32", 0.035), ("risk", 0.029)):
         r = res.results[name]
         assert r.liquidations == 0

@@ -1,4 +1,4 @@
-"""Closed-form barrier probabilities: GUIDE reference values, numerical integration, Monte Carlo, inversion."""
+"""Closed-form barrier probabilities: reference values, numerical integration, Monte Carlo, inversion."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ class TestReferenceValues:
     @pytest.mark.parametrize(
         ("spot", "level", "sigma", "mu", "horizon_s", "is_long", "expected"),
         [
-            # GUIDE.md section 4 "Verified reference values"
+            # reference values of the first-passage formula, computed independently of this code
             (3000.0, 2940.0, 0.8, 0.0, HOUR, True, 1.82826e-2),
             (60000.0, 54000.0, 0.6, 0.5, 7 * 86400.0, True, 1.86177e-1),
             (100.0, 120.0, 0.3, 0.05, SECONDS_PER_YEAR, False, 0.548864),
         ],
     )
     def test_guide_values_to_five_significant_digits(self, spot, level, sigma, mu, horizon_s, is_long, expected):
-        """The closed form reproduces GUIDE.md's verified values to 5 significant digits."""
+        """The closed form reproduces the reference values to 5 significant digits."""
         p = float(barrier.breach_probability(spot, level, sigma, horizon_s, is_long=is_long, drift_annual=mu))
         assert p == pytest.approx(expected, rel=5e-6)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy.stats import norm
 from typer.testing import CliRunner
 
 from keeper.cli import build_app
@@ -29,12 +30,18 @@ def run_json(args: list[str]) -> dict:
 
 class TestRiskCommand:
     def test_gbm_json_matches_closed_form_and_mc(self):
-        """--model gbm prints the GUIDE closed form, and its Monte Carlo agrees within 3 SE."""
+        """--model gbm prints the reflection-principle closed form 2 Phi(-d / sigma_h) (kappa 1, driftless), close
+        to the drifted GBM barrier formula, and its Monte Carlo agrees within 3 SE."""
         out = run_json([*BASE, "--model", "gbm"])
         assert KEYS <= out.keys()
         s_liq = (3000 - 60) / 0.995
         assert out["liquidation_price"] == pytest.approx(s_liq)
-        assert out["breach_probability"] == pytest.approx(float(barrier.breach_probability(3000, s_liq, 0.8, 3600, is_long=True)), rel=1e-12)
+        d = math.log(3000 / s_liq)
+        assert out["log_distance"] == pytest.approx(d, rel=1e-9)
+        sig_h = 0.8 * math.sqrt(3600 / 31_536_000)
+        assert out["breach_probability"] == pytest.approx(2 * norm.cdf(-d / sig_h), rel=1e-9)
+        gbm = float(barrier.breach_probability(3000, s_liq, 0.8, 3600, is_long=True))
+        assert out["breach_probability"] == pytest.approx(gbm, rel=1e-2)  # the log drift -sigma^2/2 over 1 h
         assert abs(out["breach_probability_mc"] - out["breach_probability"]) < 3 * out["breach_probability_mc_stderr"] + 1e-4
         assert out["top_up"] == pytest.approx(out["required_collateral"] - 60)
 

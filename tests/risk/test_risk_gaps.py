@@ -96,13 +96,13 @@ def test_adaptive_gap_sets_trigger_target_and_release_bands(side):
     topped = assess(_collateral(r, 0.049) / 1e6)
     assert topped.stress_breach and topped.top_up_e6 > 0
     after = assess((topped.position.collateral_e6 + topped.top_up_e6) / 1e6)
-    assert after.distance == pytest.approx(0.10, abs=1e-4) and after.top_up_e6 == 0 and after.excess_e6 == 0
+    assert after.log_distance == pytest.approx(0.10, abs=1e-4) and after.top_up_e6 == 0 and after.excess_e6 == 0
     hold = assess(_collateral(r, 0.19) / 1e6)
     assert hold.top_up_e6 == 0 and hold.excess_e6 == 0  # between target and release level
     far = assess(_collateral(r, 0.21) / 1e6)
     assert far.excess_e6 > 0
     released = assess((far.position.collateral_e6 - far.excess_e6) / 1e6)
-    assert released.distance == pytest.approx(0.10, abs=1e-4)
+    assert released.log_distance == pytest.approx(0.10, abs=1e-4)
 
 
 def _collateral(r, d):
@@ -178,7 +178,7 @@ def test_per_side_gaps_set_trigger_and_target_release_uses_the_larger(side):
     far = assess(_collateral(r, 0.25) / 1e6)
     assert far.excess_e6 > 0
     released = assess((far.position.collateral_e6 - far.excess_e6) / 1e6)
-    assert released.distance == pytest.approx(2 * own, abs=1e-4)  # down to the own side's target
+    assert released.log_distance == pytest.approx(2 * own, abs=1e-4)  # down to the own side's target
     # a float is both sides (backward compatible); stress_per_side=False collapses the pair to the larger gap
     assert assess(150.0, 0.06).stress_gap == 0.06
     assert assess(150.0, p=dataclasses.replace(policy, stress_per_side=False)).stress_gap == 0.06

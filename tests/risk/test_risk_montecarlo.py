@@ -44,6 +44,23 @@ class TestSharedPaths:
         assert np.abs(fixed - bad).max() < 0.6
         np.linalg.cholesky(fixed)
 
+    def test_nearest_correlation_is_highams_example(self):
+        """Higham (2002)'s 3x3 example [[1,1,0],[1,1,1],[0,1,1]] gives off-diagonals 0.7607 and 0.1573: PSD,
+        unit diagonal, and nearer to the input (Frobenius) than eigenvalue clipping."""
+        a = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+        x = mc.nearest_correlation(a)
+        expected = np.array([[1.0, 0.7607, 0.1573], [0.7607, 1.0, 0.7607], [0.1573, 0.7607, 1.0]])
+        np.testing.assert_allclose(x, expected, atol=1e-4)
+        np.testing.assert_allclose(np.diag(x), 1.0)
+        assert np.linalg.eigvalsh(x).min() > 0
+        clipped = mc.clip_correlation(a)
+        assert np.linalg.norm(x - a) < np.linalg.norm(clipped - a) - 1e-3
+
+    def test_nearest_correlation_keeps_a_valid_matrix(self):
+        """A positive-definite correlation matrix comes back unchanged."""
+        good = np.array([[1.0, 0.3], [0.3, 1.0]])
+        np.testing.assert_array_equal(mc.nearest_correlation(good), good)
+
     def test_student_t_increments_keep_the_variance(self):
         """Student-t (nu = 4) increments have the GBM variance sigma^2 T within 3 %."""
         paths = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8,), student_t_nu=4.0), HOUR, 10, 200_000, np.random.default_rng(3))

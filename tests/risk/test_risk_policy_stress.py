@@ -37,7 +37,7 @@ class TestPolicy:
 
         assert r.horizon_s == 72.0
         d_cost = 0.10 * 3000.0 / (0.995 * 3000.0) * 72.0 / SECONDS_PER_YEAR
-        assert r.breach_probability == pytest.approx(2 * norm.cdf(-(r.distance - d_cost) / (pol.DEFAULT_KAPPA * sig_h)), rel=1e-9)
+        assert r.breach_probability == pytest.approx(2 * norm.cdf(-(r.log_distance - d_cost) / (pol.DEFAULT_KAPPA * sig_h)), rel=1e-9)
 
     @pytest.mark.parametrize("side", [Side.LONG, Side.SHORT])
     def test_top_up_restores_target_and_then_nothing_happens(self, side):
@@ -78,7 +78,7 @@ class TestPolicy:
         """A position one stress gap from liquidation is topped up although its diffusion probability is tiny."""
         policy = pol.RiskPolicy(sigma_floor_annual=0.0)
         r = assess(pos(collateral_usd=200.0), policy=policy, sigma=0.05)
-        assert r.distance < policy.stress_gap and r.breach_probability < policy.p_trigger
+        assert r.log_distance < policy.stress_gap and r.breach_probability < policy.p_trigger
         assert r.stress_breach and r.top_up_e6 > 0
         healed = assess(dataclasses.replace(r.position, collateral_e6=r.position.collateral_e6 + r.top_up_e6),
                         policy=policy, sigma=0.05)
@@ -87,7 +87,7 @@ class TestPolicy:
     def test_liquidatable_position(self):
         """Past the liquidation price: liquidatable, probability 1, a top-up that restores the target, shortest interval."""
         r = assess(pos(collateral_usd=10.0), price_e8=2980 * 10**8)
-        assert r.liquidatable and r.breach_probability == 1.0 and r.distance < 0
+        assert r.liquidatable and r.breach_probability == 1.0 and r.log_distance < 0
         assert r.top_up_e6 > 0 and r.suggested_check_interval_s == NO_STRESS.check_interval_min_s
 
     def test_liquidatable_uses_the_strict_integer_rule_at_the_boundary(self):
@@ -125,7 +125,7 @@ class TestPolicy:
         policy = pol.RiskPolicy()
         r = assess(pos(collateral_usd=45.0), policy=policy)
         sig_s = 0.8 / math.sqrt(SECONDS_PER_YEAR)
-        raw = (r.distance / (policy.kappa * policy.k_sigmas * sig_s)) ** 2 - 12.0
+        raw = (r.log_distance / (policy.kappa * policy.k_sigmas * sig_s)) ** 2 - 12.0
         assert r.suggested_check_interval_s == pytest.approx(min(max(raw, 5.0), 300.0))
         assert assess(pos(collateral_usd=45.0), policy=policy, sigma=1.6).suggested_check_interval_s < r.suggested_check_interval_s
 
@@ -148,7 +148,7 @@ class TestPolicy:
     def test_never_liquidatable_long(self):
         """A fully collateralised long has no liquidation price: probability 0, excess offered, no NaN."""
         r = assess(pos(collateral_usd=3500.0))
-        assert r.liquidation_price_e8 == 0 and r.breach_probability == 0.0 and math.isinf(r.distance)
+        assert r.liquidation_price_e8 == 0 and r.breach_probability == 0.0 and math.isinf(r.log_distance)
         assert r.excess_e6 > 0
 
     @settings(max_examples=150, deadline=None)
@@ -168,7 +168,7 @@ class TestPolicy:
 
 class TestKappaCalibration:
     def test_gaussian_model_gives_kappa_one_and_fat_tails_more(self):
-        """Under the Gaussian model kappa is 1 within 5 %; Merton jumps (GUIDE: 1.38x at 1e-3) need more."""
+        """Under the Gaussian model kappa is 1 within 5 %; Merton jumps (about 1.4x at 1e-3) need more."""
         rng = np.random.default_rng(1)
         g = pol.calibrate_kappa(1e-3, 0.8, 3600.0, rng, n_paths=100_000, n_steps=60)
         j = pol.calibrate_kappa(1e-3, 0.8, 3600.0, rng, n_paths=100_000, n_steps=60,
