@@ -323,7 +323,7 @@ def margin_account(account: AaveAccount, market: Market, block_number: int = 0) 
 # ---- what would change the health factor ------------------------------------------------------------
 
 
-def _with_balances(account: AaveAccount, market: Market, asset: str, *, add_collateral: int = 0,
+def after_top_up(account: AaveAccount, market: Market, asset: str, *, add_collateral: int = 0,
                    repay: int = 0, enable_collateral: bool = False) -> AaveAccount:
     """``account`` after supplying ``add_collateral`` / repaying ``repay`` (underlying units) of ``asset``."""
     reserve = market.reserves[asset]
@@ -419,7 +419,7 @@ def min_supply(account: AaveAccount, market: Market, asset: str, target_hf_wad: 
         return None
 
     def hf(a: int) -> int:
-        return health_factor(_with_balances(account, market, asset, add_collateral=a, enable_collateral=True),
+        return health_factor(after_top_up(account, market, asset, add_collateral=a, enable_collateral=True),
                              market)
 
     d = account_data(account, market)
@@ -447,7 +447,7 @@ def min_repay(account: AaveAccount, market: Market, asset: str, target_hf_wad: i
     ur = account.reserve(asset)
     assert ur is not None  # repay_blocker checked it
     debt = ray_mul(ur.scaled_variable_debt, market.reserves[asset].normalized_debt(market.timestamp_s))
-    return _min_amount(lambda r: health_factor(_with_balances(account, market, asset, repay=r), market),
+    return _min_amount(lambda r: health_factor(after_top_up(account, market, asset, repay=r), market),
                        target_hf_wad, debt)
 
 
@@ -548,7 +548,7 @@ def liquidation_outcome(account: AaveAccount, market: Market, collateral_asset: 
 
 
 __all__ = [
-    "AaveAccount", "AccountData", "EModeCategory", "Liquidation", "Market", "ReserveConfig", "ReserveState",
+    "AaveAccount", "AccountData", "after_top_up", "EModeCategory", "Liquidation", "Market", "ReserveConfig", "ReserveState",
     "TopUp", "UserReserve", "account_data", "cheapest_top_up", "compounded_interest",
     "decode_reserve_configuration", "health_factor", "is_liquidatable", "isolation_mode", "linear_interest",
     "liquidation_outcome", "liquidation_price", "margin_account", "min_repay", "min_supply", "repay_blocker",
