@@ -486,6 +486,24 @@ def cheapest_top_up(account: AaveAccount, market: Market, target_hf_wad: int,
     return best
 
 
+def no_top_up_reasons(account: AaveAccount, market: Market, target_hf_wad: int,
+                      wallet: Mapping[str, int]) -> list[str]:
+    """Why :func:`cheapest_top_up` found nothing: one line per asset of the wallet (for the alert)."""
+    held = {a: q for a, q in wallet.items() if q > 0 and a in market.reserves}
+    if not held:
+        return ["the keeper's wallet holds none of the pool's assets"]
+    reasons = []
+    for asset, q in held.items():
+        for kind, blocker, fn in (("supply", supply_blocker, min_supply), ("repay", repay_blocker, min_repay)):
+            why = blocker(account, market, asset)
+            if why is None:
+                need = fn(account, market, asset, target_hf_wad)
+                why = (f"{kind} of {asset} cannot reach the target HF" if need is None
+                       else f"{kind} of {asset} needs {need} units, the wallet holds {q}")
+            reasons.append(f"{kind}: {why}")
+    return reasons
+
+
 def liquidation_price(account: AaveAccount, market: Market, asset: str, *, hi_e8: int | None = None) -> int | None:
     """Exact one-factor liquidation price of ``asset`` (e8), all other prices held.
 
@@ -551,6 +569,6 @@ __all__ = [
     "AaveAccount", "AccountData", "after_top_up", "EModeCategory", "Liquidation", "Market", "ReserveConfig", "ReserveState",
     "TopUp", "UserReserve", "account_data", "cheapest_top_up", "compounded_interest",
     "decode_reserve_configuration", "health_factor", "is_liquidatable", "isolation_mode", "linear_interest",
-    "liquidation_outcome", "liquidation_price", "margin_account", "min_repay", "min_supply", "repay_blocker",
+    "liquidation_outcome", "liquidation_price", "margin_account", "min_repay", "min_supply", "no_top_up_reasons", "repay_blocker",
     "supply_blocker",
 ]

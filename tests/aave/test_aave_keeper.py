@@ -14,6 +14,7 @@ from keeper.accounts.aave_v3 import (
     liquidation_outcome,
     min_repay,
     min_supply,
+    no_top_up_reasons,
     supply_blocker,
 )
 from keeper.dev.aave_v3 import SeedAccount
@@ -127,6 +128,19 @@ class TestCrash:
         assert aave.account_data(user)[5] >= TARGET
 
 
+    def test_empty_or_short_wallet_alerts_with_the_cause(self, aave):
+        """No top-up from an empty wallet (cause: holds nothing) or a too small one (cause: needs X, holds Y)."""
+        user = _setup(aave)
+        _, snap, market, top_up = _plan(aave, user, {})
+        assert top_up is None
+        assert no_top_up_reasons(snap.accounts[user], market, TARGET, {}) == [
+            "the keeper's wallet holds none of the pool's assets"]
+        _, snap, market, top_up = _plan(aave, user, {"USDC": 10**6})
+        assert top_up is None
+        reasons = no_top_up_reasons(snap.accounts[user], market, TARGET, {aave.token("USDC"): 10**6})
+        assert any("repay" in r and "needs" in r and "holds 1000000" in r for r in reasons)
+
+
 class TestReserveStates:
     @pytest.mark.parametrize("state, code", [("frozen", "28"), ("paused", "29")])
     def test_frozen_or_paused_reserve_is_not_supplied_to(self, aave, tmp_path, state, code):
@@ -137,6 +151,8 @@ class TestReserveStates:
         assert top_up is None
         reason = supply_blocker(snap.accounts[user], market, aave.token("WETH"))
         assert reason is not None and state in reason and code in reason
+        assert any(state in r for r in no_top_up_reasons(snap.accounts[user], market, TARGET,
+                                                         {aave.token("WETH"): 10**24}))
         manager = aave.manager(adapter.client, tmp_path / "journal.sqlite")
         aave.mint("WETH", aave.address(KEEPER_KEY), 10**18)
         manager.wait(manager.submit(adapter.approve_call(aave.token("WETH"), 10**18), "approve", STAKE_E6).id)
