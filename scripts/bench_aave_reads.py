@@ -9,7 +9,8 @@ The copies are verified through the contracts' own views: every account's ``getU
 the batch must equal its template's, and the keeper's recomputation must equal it to the wei.
 
 For each N in --sizes: ``AaveV3Adapter.read_accounts`` (two Multicall3 passes at one block; HTTP round trips
-counted by the client), then ``account_data`` for every account (the pure arithmetic), median of --repeat.
+counted by the client), then ``account_data`` for every account (the pure arithmetic), median of --repeat;
+then the same read without the contract's ``getUserAccountData`` (``cross_check=False``) plus the arithmetic.
 Naive: per account ``getUserAccountData``, ``getUserConfiguration``, ``getUserEMode`` and the balances of
 its reserves through web3 contract objects, timed on --naive-sample accounts and extrapolated linearly.
 
@@ -119,6 +120,16 @@ def main() -> None:
             print(f"N={n}: batched read median {statistics.median(reads) * 1e3:.0f} ms, round trips "
                   f"{statistics.median(trips):.0f}; exact arithmetic {statistics.median(computes) * 1e3:.0f} ms; "
                   f"keeper != contract: {mismatches}; clone != template: {bad_clones}")
+            lean, lean_trips = [], []
+            for _ in range(args.repeat):  # production read: no getUserAccountData (the keeper computes it)
+                client.stats.reset()
+                t = time.perf_counter()
+                lean_snap = adapter.read_accounts(users, cross_check=False)
+                {u: account_data(a, lean_snap.market) for u, a in lean_snap.accounts.items()}
+                lean.append(time.perf_counter() - t)
+                lean_trips.append(client.stats.round_trips)
+            print(f"N={n}: read without getUserAccountData + exact arithmetic median "
+                  f"{statistics.median(lean) * 1e3:.0f} ms, round trips {statistics.median(lean_trips):.0f}")
         # naive loop on a sample
         pool = w3.eth.contract(address=d.pool, abi=aave_artifact("Pool")["abi"])
         erc = aave_artifact("AToken")["abi"]

@@ -319,8 +319,13 @@ class AaveV3Adapter:
         log.info("aave_reserves_loaded", pool=self.pool, reserves=n, emode_categories=len(self.emode_ids))
         return self.reserves
 
-    def read_accounts(self, users: Iterable[str], block: int | str = "latest") -> AaveSnapshot:
-        """Every account in ``users`` with the market state, at one block, in two round trips."""
+    def read_accounts(self, users: Iterable[str], block: int | str = "latest", *,
+                      cross_check: bool = True) -> AaveSnapshot:
+        """Every account in ``users`` with the market state, at one block, in two round trips.
+
+        ``cross_check=False`` skips the contract's own ``getUserAccountData`` (the keeper computes the same
+        six values exactly): a third less calldata and most of the node's execution time for large books.
+        """
         if not self.reserves:
             self.load_reserves()
         users = [to_checksum_address(u) for u in users]
@@ -331,9 +336,11 @@ class AaveV3Adapter:
         calls += [Call(s, F_LATEST_ROUND.encode()) for s in sources]
         calls += [Call(self.pool, F_EMODE_DATA.encode(i)) for i in self.emode_ids]
         calls += [Call(self.reserves[a].stable_debt_token, F_TOTAL_SUPPLY.encode()) for a in assets]
+        per_user = 3 if cross_check else 2
         for u in users:
-            calls += [Call(self.pool, F_ACCOUNT_DATA.encode(u)), Call(self.pool, F_USER_CONFIG.encode(u)),
-                      Call(self.pool, F_USER_EMODE.encode(u))]
+            if cross_check:
+                calls.append(Call(self.pool, F_ACCOUNT_DATA.encode(u)))
+            calls += [Call(self.pool, F_USER_CONFIG.encode(u)), Call(self.pool, F_USER_EMODE.encode(u))]
         first = self.multicall.aggregate3(calls, block)
         r = first.results
         reserves = {a: decode_reserve_data(a, x.data) if x.success else self.reserves[a]
@@ -358,11 +365,13 @@ class AaveV3Adapter:
         second: list[Call] = [Call(self.oracle, F_ASSETS_PRICES.encode(price_assets), False)]
         plan: list[tuple[str, str, str]] = []  # (user, asset, which)
         for k, u in enumerate(users):
-            acc, cfg, em = r[base + 3 * k : base + 3 * k + 3]
-            if not (acc.success and cfg.success and em.success):
+            got = r[base + per_user * k : base + per_user * (k + 1)]
+            cfg, em = got[-2], got[-1]
+            if not all(x.success for x in got):
                 failed.append(u)
                 continue
-            onchain[u] = AccountData(*(_word(acc.data, i) for i in range(6)))
+            if cross_check:
+                onchain[u] = AccountData(*(_word(got[0].data, i) for i in range(6)))
             flags[u] = (_word(cfg.data, 0), _word(em.data, 0))
             bits = flags[u][0]
             for rid, asset in by_id.items():

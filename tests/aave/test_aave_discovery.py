@@ -26,3 +26,13 @@ def test_accounts_discovered_from_pool_events(aave: AaveChain, tmp_path):
     assert adapter.discover_accounts() == expected  # the liquidated user is known; the liquidator has no position
     snap = adapter.read_accounts(sorted(found))
     assert set(snap.accounts) == {a for a in snap.onchain} and len(snap.accounts) == 3
+
+
+def test_lean_read_gives_the_same_accounts(aave: AaveChain):
+    """Without the contract's getUserAccountData the snapshot holds the same accounts and market state."""
+    aave.open_account(ANVIL_KEYS[3], SeedAccount((("WETH", 2.0), ("DAI", 1_000.0)), (("USDC", 3_000.0),)))
+    users = [aave.address(ANVIL_KEYS[3]), aave.address(LP_KEY)]
+    adapter = aave.adapter()
+    full = adapter.read_accounts(users, block=aave.w3.eth.block_number)
+    lean = adapter.read_accounts(users, block=full.block_number, cross_check=False)
+    assert lean.accounts == full.accounts and lean.market == full.market and lean.onchain == {}
