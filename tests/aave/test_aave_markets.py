@@ -103,3 +103,19 @@ class TestArithmetic:
                                             UserReserve("USDC", 0, 12_692_307_692, 0, False, True)))
         market = Market({"WETH": weth, "USDC": usdc}, {"WETH": 3000 * 10**8, "USDC": 10**8}, {}, 0)
         assert liquidation_price(account, market, "WETH") == 153846153843
+
+    def test_margin_account_view(self):
+        """The neutral view weights collateral by the LT: 10 WETH at $3,000 x 82.5 % - $12,692.307692 debt."""
+        from keeper.accounts.aave_v3 import AaveAccount, Market, ReserveState, UserReserve, margin_account
+        from keeper.accounts.base import LegKind
+
+        weth = ReserveState("WETH", decode_reserve_configuration(8000 | 8250 << 16 | 18 << 48 | 1 << 56), RAY, 0,
+                            RAY, 0, 0, 0)
+        usdc = ReserveState("USDC", decode_reserve_configuration(7700 | 8000 << 16 | 6 << 48 | 1 << 56), RAY, 0,
+                            RAY, 0, 0, 1)
+        account = AaveAccount("trader", 0, (UserReserve("WETH", 10 * 10**18, 0, 0, True, False),
+                                            UserReserve("USDC", 0, 12_692_307_692, 0, False, True)))
+        prices = {"WETH": 3000 * 10**8, "USDC": 10**8}
+        view = margin_account(account, Market({"WETH": weth, "USDC": usdc}, prices, {}, 0))
+        assert [leg.kind for leg in view.legs] == [LegKind.COLLATERAL, LegKind.DEBT]
+        assert view.margin_excess_e8(prices) == 30_000 * 10**8 * 8250 // 10_000 - 1_269_230_769_200
