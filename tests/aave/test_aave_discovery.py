@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import LIQUIDATOR_KEY, LP_KEY, AaveChain
+from aavechain import LIQUIDATOR_KEY, LP_KEY, AaveChain
 from keeper.dev.aave_v3 import SeedAccount
 from keeper.devchain import ANVIL_KEYS
 from keeper.tx.journal import Journal

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from web3.exceptions import ContractLogicError
 
-from conftest import KEEPER_KEY, LIQUIDATOR_KEY
+from aavechain import KEEPER_KEY, LIQUIDATOR_KEY
 from keeper.accounts.aave_v3 import (
     WAD,
     after_top_up,
