@@ -36,6 +36,20 @@ def start_devchain(*, seed: bool = True, block_time: float | None = None) -> tup
     return anvil, ops
 
 
+AAVE_OUT = Path(".keeper/devchain-aave-v3.json")
+PROTOCOLS = ("reference", "aave-v3", "all")
+
+
+def deploy_aave_market(anvil: Anvil, *, seed: bool = True):
+    """Deploy real Aave v3 on ``anvil``; seed liquidity (anvil key 9) and the default accounts (keys 3-6)."""
+    from keeper.dev.aave_v3 import AaveOps, deploy_aave, seed_market
+
+    w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
+    ops = AaveOps(w3, deploy_aave(w3, ANVIL_KEYS[0], rpc_url=anvil.url))
+    traders = seed_market(ops, ANVIL_KEYS[9], ANVIL_KEYS[3:7]) if seed else []
+    return ops, traders
+
+
 def positions_table(ops: DevChainOps, account: str) -> Table:
     table = Table(title=f"positions of {account}")
     for col in ("market", "side", "size", "entry", "collateral", "equity", "maint. margin", "liq. price", "mark"):
@@ -59,11 +73,25 @@ def register(app: typer.Typer) -> None:
         seed: bool = typer.Option(True, help="Open the default book for the trader (anvil account 1)."),
         block_time: float = typer.Option(0.0, help="Mine a block every N seconds (0: on each transaction)."),
         once: bool = typer.Option(False, help="Deploy, print, stop the chain and exit (no waiting)."),
+        protocol: str = typer.Option("reference", help="reference | aave-v3 | all"),
+        aave_out: Path = typer.Option(AAVE_OUT, help="Where to write the Aave v3 deployment file."),
     ) -> None:
         """Start anvil on a free loopback port, deploy the protocol, seed a trader, write a deployment file."""
         console = Console()
-        anvil, ops = start_devchain(seed=seed, block_time=block_time or None)
+        if protocol not in PROTOCOLS:
+            console.print(f"--protocol must be one of {', '.join(PROTOCOLS)} (got {protocol!r})")
+            raise typer.Exit(2)
+        anvil, ops = start_devchain(seed=seed and protocol != "aave-v3", block_time=block_time or None)
         try:
+            if protocol in ("aave-v3", "all"):
+                aave_ops, traders = deploy_aave_market(anvil, seed=seed)
+                console.print(f"Aave v3 deployment file: {aave_ops.deployment.save(aave_out)}")
+                console.print(f"  provider   {aave_ops.deployment.provider}")
+                console.print(f"  pool       {aave_ops.deployment.pool}")
+                for trader in traders:
+                    data = aave_ops.account_data(trader)
+                    console.print(f"  aave account {trader}: collateral ${data[0] / 1e8:,.2f} "
+                                  f"debt ${data[1] / 1e8:,.2f} HF {data[5] / 1e18:.4f}")
             path = ops.deployment.save(out)
             console.print(f"anvil pid {anvil.pid} at [bold]{anvil.url}[/bold] (chain id {ops.deployment.chain_id})")
             console.print(f"deployment file: {path}")
@@ -71,7 +99,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  {name:<10} {getattr(ops.deployment, name)}")
             for symbol, feed in ops.deployment.feeds.items():
                 console.print(f"  feed {symbol:<5} {feed}")
-            if seed:
+            if seed and protocol != "aave-v3":
                 trader = ops.sender(ANVIL_KEYS[1]).address
                 console.print(positions_table(ops, trader))
                 console.print(f"trader {trader} (anvil key 1); operator/keeper {ops.sender(ANVIL_KEYS[2]).address} (anvil key 2)")

@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Benchmark one keeper cycle on real Aave v3: read N accounts (2-3 reserves each) + exact arithmetic.
+
+Starts a local anvil, deploys Aave v3 1.19.3 (keeper.dev.aave_v3), opens three TEMPLATE accounts by real
+signed transactions (WETH+WBTC / USDC; WETH / USDC+DAI; e-mode USDC / DAI), then creates N-3 more accounts by
+copying each template's storage with ``anvil_setStorageAt``: the Pool's user-configuration and e-mode slots
+and the aToken / variable-debt-token ``_userState`` slots (found by probing the template's mapping keys).
+The copies are verified through the contracts' own views: every account's ``getUserAccountData`` read in
+the batch must equal its template's, and the keeper's recomputation must equal it to the wei.
+
+For each N in --sizes: ``AaveV3Adapter.read_accounts`` (two Multicall3 passes at one block; HTTP round trips
+counted by the client), then ``account_data`` for every account (the pure arithmetic), median of --repeat;
+then the same read without the contract's ``getUserAccountData`` (``cross_check=False``) plus the arithmetic.
+Naive: per account ``getUserAccountData``, ``getUserConfiguration``, ``getUserEMode`` and the balances of
+its reserves through web3 contract objects, timed on --naive-sample accounts and extrapolated linearly.
+
+Usage: .venv/bin/python scripts/bench_aave_reads.py [--sizes 1000,10000] [--repeat 3] [--naive-sample 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+
+from keeper.accounts.aave_v3 import account_data
+from keeper.chain.anvil import Anvil
+from keeper.chain.rpc import ChainClient
+from keeper.dev.aave_v3 import AaveOps, SeedAccount, aave_artifact, deploy_aave
+from keeper.devchain import ANVIL_KEYS
+from keeper.protocols.aave_v3 import AaveV3Adapter
+
+TEMPLATES = (
+    SeedAccount((("WETH", 10.0), ("WBTC", 0.5)), (("USDC", 30_000.0),)),
+    SeedAccount((("WETH", 10.0),), (("USDC", 10_000.0), ("DAI", 8_000.0))),
+    SeedAccount((("USDC", 100_000.0),), (("DAI", 90_000.0),), emode=1),
+)
+
+
+def _slot(user: str, index: int) -> bytes:
+    return keccak(bytes(12) + bytes.fromhex(user[2:]) + index.to_bytes(32, "big"))
+
+
+def mapping_slots(anvil: Anvil, contract: str, user: str, max_index: int = 200) -> list[int]:
+    """Indices i where storage[keccak(user . i)] of ``contract`` is non-zero (the user's mapping entries)."""
+    found = []
+    for i in range(max_index):
+        value = anvil.request("eth_getStorageAt", [contract, "0x" + _slot(user, i).hex(), "latest"])
+        if int(value, 16):
+            found.append(i)
+    return found
+
+
+def clone_accounts(anvil: Anvil, client: ChainClient, templates: list[str], contracts: list[str],
+                   n: int) -> list[str]:
+    """``n`` new addresses, each a storage copy of a template (round robin) in every contract given."""
+    plan = {}
+    for t in templates:
+        plan[t] = [(c, i, anvil.request("eth_getStorageAt", [c, "0x" + _slot(t, i).hex(), "latest"]))
+                   for c in contracts for i in mapping_slots(anvil, c, t)]
+    users = []
+    writes: list[tuple[str, list]] = []
+    for k in range(n):
+        template = templates[k % len(templates)]
+        user = to_checksum_address("0x" + keccak(b"bench" + k.to_bytes(8, "big"))[:20].hex())
+        writes += [("anvil_setStorageAt", [c, "0x" + _slot(user, i).hex(), v]) for c, i, v in plan[template]]
+        users.append(user)
+    for j in range(0, len(writes), 2_000):
+        client.batch(writes[j : j + 2_000])
+    return users
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--naive-sample", type=int, default=100)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    anvil = Anvil.start()
+    try:
+        w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
+        ops = AaveOps(w3, deploy_aave(w3, rpc_url=anvil.url))
+        ops.provide_liquidity(ANVIL_KEYS[9])
+        keys = ANVIL_KEYS[3:3 + len(TEMPLATES)]
+        for key, t in zip(keys, TEMPLATES, strict=True):
+            ops.open_account(key, t)
+        templates = [w3.eth.account.from_key(k).address for k in keys]
+        d = ops.deployment
+        contracts = [d.pool, *d.a_tokens.values(), *d.variable_debt_tokens.values()]
+        client = ChainClient.connect(anvil.url)
+        t0 = time.perf_counter()
+        clones = clone_accounts(anvil, client, templates, contracts, max(sizes) - len(templates))
+        print(f"cloned {len(clones)} accounts by anvil_setStorageAt in {time.perf_counter() - t0:.1f} s")
+        users_all = templates + clones
+        template_of = {u: templates[i % len(templates)] for i, u in enumerate(clones)}
+        adapter = AaveV3Adapter(client, d.provider)
+        adapter.load_reserves()
+        print(f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}")
+        for n in sizes:
+            users = users_all[:n]
+            reads, computes, trips = [], [], []
+            for _ in range(args.repeat):
+                client.stats.reset()
+                t = time.perf_counter()
+                snap = adapter.read_accounts(users)
+                reads.append(time.perf_counter() - t)
+                trips.append(client.stats.round_trips)
+                t = time.perf_counter()
+                mine = {u: account_data(a, snap.market) for u, a in snap.accounts.items()}
+                computes.append(time.perf_counter() - t)
+            assert len(snap.accounts) == n and not snap.failed
+            mismatches = sum(mine[u].as_tuple() != snap.onchain[u].as_tuple() for u in users)
+            bad_clones = sum(snap.onchain[u] != snap.onchain[template_of[u]] for u in users if u in template_of)
+            print(f"N={n}: batched read median {statistics.median(reads) * 1e3:.0f} ms, round trips "
+                  f"{statistics.median(trips):.0f}; exact arithmetic {statistics.median(computes) * 1e3:.0f} ms; "
+                  f"keeper != contract: {mismatches}; clone != template: {bad_clones}")
+            lean, lean_trips = [], []
+            for _ in range(args.repeat):  # production read: no getUserAccountData (the keeper computes it)
+                client.stats.reset()
+                t = time.perf_counter()
+                lean_snap = adapter.read_accounts(users, cross_check=False)
+                {u: account_data(a, lean_snap.market) for u, a in lean_snap.accounts.items()}
+                lean.append(time.perf_counter() - t)
+                lean_trips.append(client.stats.round_trips)
+            print(f"N={n}: read without getUserAccountData + exact arithmetic median "
+                  f"{statistics.median(lean) * 1e3:.0f} ms, round trips {statistics.median(lean_trips):.0f}")
+        # naive loop on a sample
+        pool = w3.eth.contract(address=d.pool, abi=aave_artifact("Pool")["abi"])
+        erc = aave_artifact("AToken")["abi"]
+        tokens = {a: w3.eth.contract(address=a, abi=erc) for a in [*d.a_tokens.values(), *d.variable_debt_tokens.values()]}
+        sample = users_all[: args.naive_sample]
+        t = time.perf_counter()
+        for u in sample:
+            pool.functions.getUserAccountData(u).call()
+            cfg = pool.functions.getUserConfiguration(u).call()[0]
+            pool.functions.getUserEMode(u).call()
+            for i, a in enumerate(d.a_tokens.values()):
+                if cfg >> (2 * i + 1) & 1:
+                    tokens[a].functions.scaledBalanceOf(u).call()
+            for i, v in enumerate(d.variable_debt_tokens.values()):
+                if cfg >> (2 * i) & 1:
+                    tokens[v].functions.scaledBalanceOf(u).call()
+        per = (time.perf_counter() - t) / len(sample)
+        for n in sizes:
+            print(f"N={n}: naive web3 loop ~{per * n:.1f} s (extrapolated from {len(sample)} accounts, "
+                  f"{per * 1e3:.1f} ms per account)")
+    finally:
+        anvil.stop()
+
+
+if __name__ == "__main__":
+    main()
