@@ -22,7 +22,7 @@ from keeper.cli import exit_code
 from keeper.devchain import ANVIL_KEYS
 from keeper.errors import ChainMismatchError, ConfigError, HaltError, InputError, KeeperError, Reverted
 from keeper.redact import REDACTED, mask_data, mask_text, mask_url
-from keeper.runtime.config import load_config
+from keeper.runtime.config import known_secrets, load_config
 from keeper.runtime.logging import configure_logging
 
 KEY = ANVIL_KEYS[5]
@@ -187,6 +187,19 @@ class TestStrictValidation:
         pw.write_text("x")
         msg = config_error(tmp_path, BASE + f'[signer]\nkeystore = "{tmp_path}"\npassword_file = "{pw}"\n')
         assert "is a directory" in msg and "does not exist" not in msg
+
+
+def test_known_secrets_of_a_config(tmp_path):
+    """The strings masked in every log line include the keystore password and the RPC URL's credentials."""
+    ks = tmp_path / "ks.json"
+    ks.write_text("{}")
+    pw = tmp_path / "pw.txt"
+    pw.write_text("keystore-pw-7f3a\n")
+    text = BASE.replace('"http://127.0.0.1:8545"', f'"{CRED_URL}"') + f'[signer]\nkeystore = "{ks}"\npassword_file = "{pw}"\n'
+    secrets = known_secrets(load_config(config_file(tmp_path, text), env={}, dotenv_path=None))
+    assert {"keystore-pw-7f3a", "alice", "s3cr3tpw", "/v2/APIKEY123456", "token=QUERYTOKEN9"} <= set(secrets)
+    line = mask_text(f"GET {CRED_URL.split('@', 1)[1]} pw keystore-pw-7f3a", secrets)
+    assert "APIKEY123456" not in line and "QUERYTOKEN9" not in line and "keystore-pw-7f3a" not in line
 
 
 class TestLogRouting:
