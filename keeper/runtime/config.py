@@ -576,6 +576,8 @@ def _describe(err: Mapping[str, Any], origin: Mapping[tuple[str, ...], str], sou
     unknown = err["type"] == "extra_forbidden"
     if unknown:
         msg = "unknown field (check the spelling; see examples/keeper.toml; value hidden)"
+    elif err["type"] == "model_type":
+        msg = f"must be a [{field}] table of fields, not a single value (see examples/keeper.toml)"
     value = err.get("input")
     scalar = isinstance(value, str | int | float | bool | Decimal) or (
         isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value)

@@ -137,7 +137,7 @@ class TestOneLineErrors:
     def test_signer_not_a_table(self, tmp_path):
         """`signer = 5` is a config error naming the field, exit 2 (no TypeError)."""
         proc = keeper(tmp_path, "check", "--config", str(config_file(tmp_path, "signer = 5\n" + BASE)))
-        assert_one_line_error(proc, "signer")
+        assert_one_line_error(proc, "signer", "must be a [signer] table")
 
     def test_http_port_in_use_before_journal(self, tmp_path):
         """`run` with its HTTP port taken exits 2 with one line before the journal file is created."""
