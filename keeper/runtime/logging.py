@@ -5,7 +5,12 @@ fields. :class:`SecretRedactor` runs last before rendering (after exception form
 key, password or mnemonic is masked wherever it appears: as a field named like a secret, as a value
 shaped like a key (``0x`` + 64 hex), inside a string (an exception message, a traceback), or nested in
 dicts and lists. Fields whose name ends in ``hash`` (``tx_hash``, ``block_hash``) keep 32-byte hex values,
-which have the same shape as a key but are public.
+which have the same shape as a key but are public. URL credentials become ``scheme://host:port/…`` and the
+configured secrets (``known_secrets``: keystore password, RPC URL paths and queries) are masked as text.
+
+Third-party libraries log through stdlib ``logging`` (APScheduler, urllib3, web3): one root handler with a
+structlog ``ProcessorFormatter`` renders their records with the same redaction and renderer, so no
+plain-text line lands in the JSON log.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from keeper.redact import REDACTED, mask_data
 
-__all__ = ["configure_logging", "SecretRedactor", "REDACTED"]
+__all__ = ["configure_logging", "route_stdlib_logging", "SecretRedactor", "REDACTED"]
 
 _SECRET_NAMES = ("private_key", "privkey", "secret", "password", "passphrase", "mnemonic", "seed", "webhook_url")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
