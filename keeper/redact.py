@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 __all__ = ["REDACTED", "mask_url", "mask_text", "mask_data", "url_secrets"]
 
@@ -24,32 +23,37 @@ _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
 _USERINFO = re.compile(r"(?<![\w/])[^\s:/@'\"<>]+:[^\s/@'\"<>]+@(?=[\w.\[\]-])")
 _MNEMONIC = re.compile(r"^\s*(?:[a-z]{3,8}\s+){11,23}[a-z]{3,8}\s*$")
 _TRAILING = ".,;:)]}"
+# RFC 3986 section 3 split (regex, not urllib: this module is pure core): scheme, userinfo, host, port, rest
+_PARTS = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?"
+                    r"(?P<host>\[[^\]/]*\]|[^:/?#]*)(?::(?P<port>[^/?#]*))?(?P<path>[^?#]*)(?P<tail>[?#].*)?$")
+
+
+def _split(url: str) -> re.Match[str] | None:
+    return _PARTS.match(url)
 
 
 def mask_url(url: str) -> str:
     """``url`` without credentials: ``scheme://host[:port]/…`` when it has userinfo, a path or a query."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:  # bad port, bad IPv6 literal: show the scheme only
-        return f"{url.split(':', 1)[0]}://…"
-    if not parts.scheme or host is None:
+    m = _split(url)
+    if m is None or not m["host"]:
         return url
-    if not (parts.username or parts.password or parts.path.strip("/") or parts.query or parts.fragment):
+    port = m["port"]
+    if port is not None and not (port.isdigit() and int(port) <= 65_535):  # a bad port: show the scheme only
+        return f"{m['scheme']}://…"
+    if m["userinfo"] is None and not m["path"].strip("/") and not m["tail"]:
         return url
-    netloc = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{netloc}{f':{port}' if port is not None else ''}/…"
+    return f"{m['scheme']}://{m['host']}{f':{port}' if port else ''}/…"
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
     """The parts of ``url`` that may be credentials (userinfo, path, query), to mask as ``known`` strings."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    m = _split(url)
+    if m is None:
         return (url,)
-    out = [p for p in (parts.username, parts.password, parts.query) if p]
-    if parts.path.strip("/"):
-        out.append(parts.path.rstrip("/"))
+    user, _, password = (m["userinfo"] or "").partition(":")
+    out = [user, password, (m["tail"] or "").lstrip("?#")]
+    if m["path"].strip("/"):
+        out.append(m["path"].rstrip("/"))
     return tuple(p for p in out if len(p) >= 4)
 
 
