@@ -10,11 +10,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import traceback
 
 import typer
 
 from keeper import commands
-from keeper.errors import ConfigError, InputError, KeeperError
+from keeper.errors import ChainError, KeeperError, TransactionError
+from keeper.redact import mask_text
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -41,13 +43,20 @@ def build_app() -> typer.Typer:
     return app
 
 
+def exit_code(exc: KeeperError) -> int:
+    """2 for bad configuration or input (config, journal, files: fix and rerun), 1 for a runtime failure."""
+    return EXIT_FAILURE if isinstance(exc, ChainError | TransactionError) else EXIT_BAD_INPUT
+
+
 def main(argv: list[str] | None = None) -> None:
     app = build_app()
     try:
         app(args=argv, prog_name="keeper")  # standalone: usage errors exit 2 with click's message
-    except (ConfigError, InputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
     except KeeperError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # masked: a message may quote a URL with credentials or a key-shaped value
+        line = " ".join(mask_text(str(exc)).split())
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(exit_code(exc))
+    except Exception:  # a bug, not bad input: keep the traceback for the report, without secrets
+        print(mask_text(traceback.format_exc()), file=sys.stderr, end="")
         sys.exit(EXIT_FAILURE)

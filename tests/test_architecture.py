@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keeper"
 CORE_PATHS = ["keeper/domain.py", "keeper/risk", "keeper/planner.py", "keeper/decision.py", "keeper/replay/model.py",
-              "keeper/accounts"]
+              "keeper/accounts", "keeper/redact.py"]
 FORBIDDEN_TOP = {
     "web3", "eth_abi", "eth_account", "eth_typing", "eth_utils", "eth_keys", "hexbytes", "requests", "httpx",
     "urllib", "http", "logging", "structlog", "time", "datetime", "socket", "sqlite3", "os", "subprocess",

@@ -34,6 +34,13 @@ import requests
 import structlog
 
 from keeper.errors import ChainMismatchError, RpcRejectedError, TransientRpcError
+from keeper.redact import mask_text, mask_url, url_secrets
+
+
+def _masked(exc: BaseException, url: str) -> str:
+    """``exc``'s text without the URL's credentials (requests quotes the path: ``url: /v2/APIKEY``)."""
+    return mask_text(str(exc), url_secrets(url))
+
 
 log = structlog.get_logger(__name__)
 
@@ -103,13 +110,13 @@ class HttpTransport:
         try:
             resp = self._session.post(self.url, data=body, headers=self._headers, timeout=timeout_s)
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise TransientRpcError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+            raise TransientRpcError(f"{mask_url(self.url)}: {type(exc).__name__}: {_masked(exc, self.url)}") from exc
         except requests.RequestException as exc:
-            raise TransientRpcError(f"{self.url}: {exc}") from exc
+            raise TransientRpcError(f"{mask_url(self.url)}: {_masked(exc, self.url)}") from exc
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise TransientRpcError(f"{self.url}: HTTP {resp.status_code}")
+            raise TransientRpcError(f"{mask_url(self.url)}: HTTP {resp.status_code}")
         if resp.status_code >= 400:
-            raise RpcRejectedError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}")
+            raise RpcRejectedError(f"{mask_url(self.url)}: HTTP {resp.status_code}: {resp.text[:200]}")
         return resp.content
 
     def close(self) -> None:
@@ -136,7 +143,7 @@ class WebSocketTransport:
                 answer = self._conn.recv(timeout=timeout_s)
             except (OSError, TimeoutError, WebSocketException) as exc:
                 self._drop()
-                raise TransientRpcError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+                raise TransientRpcError(f"{mask_url(self.url)}: {type(exc).__name__}: {_masked(exc, self.url)}") from exc
             return answer.encode() if isinstance(answer, str) else answer
 
     def _drop(self) -> None:
@@ -158,7 +165,7 @@ def transport_for(url: str) -> Transport:
         return WebSocketTransport(url)
     if url.startswith(("http://", "https://")):
         return HttpTransport(url)
-    raise RpcRejectedError(f"unsupported RPC URL scheme: {url!r} (use http(s):// or ws(s)://)")
+    raise RpcRejectedError(f"unsupported RPC URL scheme: {mask_url(url)!r} (use http(s):// or ws(s)://)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +285,7 @@ class ChainClient:
             ep = self._endpoints[idx]
             if ep.failed_at is None or now - ep.failed_at >= self.retry.cooldown_s:
                 if idx != self._current:
-                    log.warning("rpc_failover", from_url=self.url, to_url=ep.transport.url)
+                    log.warning("rpc_failover", from_url=mask_url(self.url), to_url=mask_url(ep.transport.url))
                     self.stats.failovers += 1
                     self._current = idx
                 return ep
@@ -294,7 +301,7 @@ class ChainClient:
         ep.failures += 1
         if reconnect:
             ep.verified = False  # the next use is a reconnect: check the chain id again
-        log.warning("rpc_endpoint_failed", url=ep.transport.url, error=str(exc)[:200])
+        log.warning("rpc_endpoint_failed", url=mask_url(ep.transport.url), error=str(exc)[:200])
 
     def _verify(self, ep: _Endpoint) -> None:
         raw = self._roundtrip(ep, [self._payload("eth_chainId", [])])[0]
@@ -303,7 +310,7 @@ class ChainClient:
             self.chain_id = chain_id
         elif chain_id != self.chain_id:
             raise ChainMismatchError(
-                f"{ep.transport.url} serves chain id {chain_id}, expected {self.chain_id}"
+                f"{mask_url(ep.transport.url)} serves chain id {chain_id}, expected {self.chain_id}"
             )
         ep.verified = True
         ep.failed_at = None
@@ -323,17 +330,17 @@ class ChainClient:
         try:
             answer = json.loads(raw)
         except ValueError as exc:
-            raise TransientRpcError(f"{ep.transport.url}: answer is not JSON: {raw[:100]!r}") from exc
+            raise TransientRpcError(f"{mask_url(ep.transport.url)}: answer is not JSON: {raw[:100]!r}") from exc
         if isinstance(answer, dict):
             if len(payloads) > 1:  # a batch answered with one error object (node refuses batches)
                 self._unwrap("batch", answer)
-                raise TransientRpcError(f"{ep.transport.url}: batch answered with a single object")
+                raise TransientRpcError(f"{mask_url(ep.transport.url)}: batch answered with a single object")
             answer = [answer]
         by_id = {a.get("id"): a for a in answer if isinstance(a, dict)}
         try:
             return [by_id[p["id"]] for p in payloads]
         except KeyError as exc:
-            raise TransientRpcError(f"{ep.transport.url}: answer misses request id {exc}") from exc
+            raise TransientRpcError(f"{mask_url(ep.transport.url)}: answer misses request id {exc}") from exc
 
     @staticmethod
     def _unwrap(method: str, answer: dict) -> Any:
@@ -367,7 +374,7 @@ class ChainClient:
                         err.get("code") in _TRANSIENT_RPC_CODES
                         or any(m in str(err.get("message", "")).lower() for m in _TRANSIENT_MESSAGES)
                     ):
-                        raise _NodeBusy(f"{ep.transport.url}: {err.get('message')}")
+                        raise _NodeBusy(f"{mask_url(ep.transport.url)}: {err.get('message')}")
                 self._check_head(ep, payloads, answers)
                 return answers
             except TransientRpcError as exc:
@@ -388,9 +395,9 @@ class ChainClient:
                 continue
             head = int(answer["result"], 16)
             if self.max_head_lag_blocks is not None and self.highest_block - head > self.max_head_lag_blocks:
-                log.warning("rpc_head_lagging", url=ep.transport.url, head=head, highest=self.highest_block)
+                log.warning("rpc_head_lagging", url=mask_url(ep.transport.url), head=head, highest=self.highest_block)
                 raise LaggingNodeError(
-                    f"{ep.transport.url}: head {head} is {self.highest_block - head} blocks behind block "
+                    f"{mask_url(ep.transport.url)}: head {head} is {self.highest_block - head} blocks behind block "
                     f"{self.highest_block} already seen (limit {self.max_head_lag_blocks}): its state is stale"
                 )
             self.highest_block = max(self.highest_block, head)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
+from keeper.redact import mask_data
+from keeper.runtime.config import SECRET_FIELDS
 from keeper.runtime.service import CycleReport, KeeperService
 
 
@@ -58,17 +62,63 @@ def plan_table(report: CycleReport) -> Table:
     return t
 
 
-def one_cycle(config: Path | None, env_file: Path | None, *, execute: bool) -> tuple[KeeperService, CycleReport]:
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+
+
+def masked_json(data: Any) -> str:
+    """``data`` as one JSON line with secrets masked (hash fields keep their 32-byte hex: they are public)."""
+    return json.dumps(mask_data(data, secret_names=SECRET_FIELDS), default=str)
+
+
+def one_cycle(config: Path | None, env_file: Path | None, *, execute: bool,
+              on_service: Any = None) -> tuple[KeeperService, CycleReport]:
     cfg = load(config, env_file, log_level="warning")
     service = KeeperService.from_config(cfg, execute=execute, send_alerts=execute)
+    if on_service is not None:
+        on_service(service)
     service.start()
     report = service.cycle(execute=execute)
     if execute and service.txm is not None:
         for sent in report.sent:
             if "intent" in sent:
                 rec = service.txm.wait(sent["intent"], timeout_s=120)
-                sent.update(state=rec.state, tx_hash=rec.tx_hash, block=rec.block_number)
+                # a send still pending keeps the hash it was broadcast with (rec.tx_hash is set once mined)
+                sent.update(state=rec.state, tx_hash=rec.tx_hash or sent.get("tx_hash"), block=rec.block_number)
     return service, report
+
+
+def journaled_since(service: KeeperService, since_s: float) -> list[dict]:
+    """Every intent this process journaled since ``since_s``: state, nonce, and each signed attempt's hash."""
+    out = []
+    for rec in service.journal.intents_since(since_s):
+        attempts = service.journal.attempts(rec.id)
+        out.append({
+            "intent": rec.id, "key": rec.idempotency_key, "lane": rec.lane, "state": rec.state,
+            "pending": rec.is_open, "nonce": rec.nonce,
+            "tx_hash": rec.tx_hash or (attempts[-1].tx_hash if attempts else None),
+            "attempts": [{"kind": a.kind, "nonce": a.nonce, "tx_hash": a.tx_hash, "broadcast": a.sent_at is not None,
+                          "error": a.error} for a in attempts],
+        })
+    return out
+
+
+def report_interrupt(service: KeeperService | None, since_s: float, *, as_json: bool) -> None:
+    """After Ctrl-C: print what was sent and what is still pending (from the journal, the record of every send)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the report finish; the process exits right after
+    intents = [] if service is None else journaled_since(service, since_s)
+    pending = [i for i in intents if i["pending"]]
+    if as_json:
+        print(masked_json({"interrupted": True, "executed": True, "sent": intents, "pending": pending}))
+        return
+    console = Console(stderr=True)
+    console.print(f"interrupted: {len(intents)} transaction intent(s) journaled, {len(pending)} still pending")
+    for i in intents:
+        hashes = ", ".join(f"{a['tx_hash']} (nonce {a['nonce']}{'' if a['broadcast'] else ', not broadcast'})"
+                           for a in i["attempts"]) or "not signed"
+        console.print(f"  intent {i['intent']} {i['key']} [{i['lane']}]: {i['state']}"
+                      f"{' (pending)' if i['pending'] else ''}; {hashes}", soft_wrap=True, highlight=False)
+    if pending:
+        console.print("pending transactions may still be mined: the next keeper run reconciles them from the journal")
 
 
 def register(app: typer.Typer) -> None:
@@ -79,7 +129,22 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Run one cycle and print the plan; nothing is sent without --execute."""
-        service, report = one_cycle(config, env_file, execute=execute)
+        opened: list[KeeperService] = []
+        since_s = 0.0
+
+        def remember(service: KeeperService) -> None:
+            nonlocal since_s
+            opened.append(service)
+            since_s = service.journal.clock()
+
+        try:
+            service, report = one_cycle(config, env_file, execute=execute, on_service=remember)
+        except KeyboardInterrupt:
+            if execute:
+                report_interrupt(opened[0] if opened else None, since_s, as_json=as_json)
+            if opened:
+                opened[0].close()
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         try:
             out = {
                 "block": report.block_number, "executed": execute, "positions": position_rows(report, service),
@@ -91,13 +156,14 @@ def register(app: typer.Typer) -> None:
                 "next_check_s": report.next_interval_s,
             }
             if as_json:
-                print(json.dumps(out, default=str))
+                print(masked_json(out))
                 return
             console = Console()
             console.print(status_table(out["positions"]))
             console.print(plan_table(report) if report.plan.actions else "plan: nothing to do")
             for s in report.sent:
-                console.print(f"sent {s['action']} {s['amount_e6'] / 1e6:,.2f} USD: {s.get('state')} {s.get('tx_hash')}")
+                console.print(f"sent {s['action']} {s['amount_e6'] / 1e6:,.2f} USD: {s.get('state')} {s.get('tx_hash')}"
+                              f" (nonce {s.get('nonce')})")
             if report.plan.onchain_actions and not execute:
                 console.print("dry run: nothing was sent (use --execute to send)")
         finally:
@@ -113,7 +179,7 @@ def register(app: typer.Typer) -> None:
         try:
             rows = position_rows(report, service)
             if as_json:
-                print(json.dumps({"block": report.block_number, "positions": rows}))
+                print(masked_json({"block": report.block_number, "positions": rows}))
             else:
                 Console().print(status_table(rows))
         finally:

@@ -9,7 +9,7 @@ import structlog
 import typer
 
 from keeper.chain.heads import NewHeadsSubscription
-from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
+from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, check_http_port, load
 from keeper.runtime.health import HealthServer, HealthState
 from keeper.runtime.metrics import KeeperMetrics
 from keeper.runtime.scheduler import CycleScheduler
@@ -20,6 +20,7 @@ log = structlog.get_logger("keeper")
 
 def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
     cfg = load(config_path, env_file)
+    check_http_port(cfg)  # before the journal is opened or reconciled: a busy port stops us with nothing done
     metrics = KeeperMetrics()
     health = HealthState(cfg.http.max_cycle_age_s, cfg.http.max_head_age_s)
     service = KeeperService.from_config(cfg, execute=True, metrics=metrics, health=health)

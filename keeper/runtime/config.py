@@ -25,22 +25,25 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from eth_utils import to_checksum_address
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from keeper.errors import ConfigError
 from keeper.planner import PlanLimits
+from keeper.redact import mask_text, url_secrets
 from keeper.risk.policy import RiskPolicy
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "ENV_PREFIX",
     "SECRET_FIELDS",
     "MULTICALL3_ADDRESS",
+    "known_secrets",
 ]
 
 ENV_PREFIX = "KEEPER_"
@@ -70,8 +74,15 @@ def _usd_to_e6(value: Decimal) -> int:
 
 
 def _check_address(v: str) -> str:
+    """A 20-byte address, not zero; mixed case must pass the EIP-55 checksum (all-lower/all-upper accepted)."""
     if not isinstance(v, str) or not _ADDRESS.match(v):
         raise ValueError("must be a 0x-prefixed 20-byte hex address (42 characters)")
+    if int(v, 16) == 0:
+        raise ValueError("is the zero address (nothing lives there): give the real contract or account address")
+    digits = v[2:]
+    checksummed = to_checksum_address(v)
+    if digits != digits.lower() and digits != digits.upper() and v != checksummed:
+        raise ValueError(f"fails the EIP-55 checksum (a typo?): the checksummed form is {checksummed}")
     return v
 
 
@@ -81,8 +92,27 @@ def _check_usd(v: Decimal | None) -> Decimal | None:
     return v
 
 
+_NUMBER_TYPES = (int, float, Decimal)
+
+
+def _is_number_type(annotation: Any) -> bool:
+    types = [t for t in get_args(annotation) if t is not type(None)] if get_args(annotation) else [annotation]
+    return bool(types) and all(t in _NUMBER_TYPES for t in types)
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+    # allow_inf_nan=False: `p_trigger = nan` says "finite number", not "less than 1"
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """``chain_id = true`` is a mistake, not 1: a bool is refused wherever a number is expected."""
+        if isinstance(v, bool) and info.field_name is not None:
+            if _is_number_type(cls.model_fields[info.field_name].annotation):
+                raise ValueError("must be a number, not true/false")
+        return v
 
 
 class ChainConfig(_Model):
@@ -100,8 +130,15 @@ class ChainConfig(_Model):
     def _urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
         for url in urls:
             parts = urlsplit(url)
+            shown = mask_text(url)
             if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.netloc:
-                raise ValueError(f"{url!r} is not an http(s):// or ws(s):// URL")
+                raise ValueError(f"{shown!r} is not an http(s):// or ws(s):// URL")
+            try:
+                parts.port
+            except ValueError:
+                raise ValueError(f"{shown!r} has a port outside 1-65535") from None
+            if parts.port == 0:
+                raise ValueError(f"{shown!r} has port 0 (give the node's real port, 1-65535)")
         return urls
 
 
@@ -137,8 +174,8 @@ class ProtocolConfig(_Model):
             raise ValueError("give either deployment (a file) or engine + collateral addresses, not both")
         if self.deployment is None and not (self.engine and self.collateral):
             raise ValueError("needs deployment = 'path/to/deployment.json' or both engine and collateral addresses")
-        if self.deployment is not None and not self.deployment.is_file():
-            raise ValueError(f"deployment file {str(self.deployment)!r} does not exist")
+        if self.deployment is not None:
+            _check_file("deployment file", self.deployment)
         return self
 
 
@@ -176,10 +213,19 @@ class SignerConfig(_Model):
         if self.keystore is not None:
             if self.password_file is None:
                 raise ValueError("keystore needs password_file (a file holding the keystore password)")
-            if not self.keystore.is_file():
-                raise ValueError(f"keystore file {str(self.keystore)!r} does not exist")
-            if not self.password_file.is_file():
-                raise ValueError(f"password_file {str(self.password_file)!r} does not exist")
+            _check_file("keystore file", self.keystore)
+            _check_file("password_file", self.password_file)
+            try:
+                self.password_file.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(
+                    f"password_file {str(self.password_file)!r} is not UTF-8 text (a binary file?): "
+                    "write the keystore password as one line of text"
+                ) from None
+            except OSError as exc:
+                raise ValueError(
+                    f"password_file {str(self.password_file)!r} cannot be read ({exc.strerror or type(exc).__name__})"
+                ) from None
         elif self.password_file is not None:
             raise ValueError("password_file given without keystore")
         return self
@@ -187,6 +233,13 @@ class SignerConfig(_Model):
     @property
     def configured(self) -> bool:
         return self.private_key is not None or self.keystore is not None
+
+
+def _check_file(name: str, path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a directory: give the file inside it")
+    if not path.is_file():
+        raise ValueError(f"{name} {str(path)!r} does not exist")
 
 
 class RiskConfig(_Model):
@@ -305,7 +358,8 @@ class ImpliedVolConfig(_Model):
 class ScheduleConfig(_Model):
     """How often the daemon looks for news between risk-driven checks."""
 
-    head_poll_s: float = Field(default=1.0, gt=0, le=60)
+    # under 0.1 s the poll is a busy loop against the node (block times are >= 0.25 s even on L2s)
+    head_poll_s: float = Field(default=1.0, ge=0.1, le=60)
     stall_after_s: float = Field(default=120.0, gt=0, le=86_400)
     initial_interval_s: float = Field(default=30.0, gt=0, le=86_400)
 
@@ -489,22 +543,50 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[tuple[
 
 
 def _is_secret(loc: tuple[Any, ...]) -> bool:
+    """Fields whose value is never shown: the secret ones and anything in [signer] but the two paths."""
+    if loc and str(loc[0]) == "signer" and tuple(map(str, loc[1:])) not in {("keystore",), ("password_file",)}:
+        return True
     return any(str(p) in SECRET_FIELDS for p in loc)
+
+
+def known_secrets(config: KeeperConfig) -> tuple[str, ...]:
+    """Exact strings to mask in every log line: keys, keystore password, webhook URL, RPC URL credentials."""
+    out: list[str] = []
+    for secret in (config.signer.private_key, config.signer.routine_private_key, config.alerts.webhook_url):
+        if secret is not None:
+            value = secret.get_secret_value().strip()
+            out += [value, value.removeprefix("0x")]
+    if config.signer.password_file is not None:
+        try:
+            password = config.signer.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError):
+            password = ""
+        if password:
+            out.append(password)
+    for url in config.chain.rpc_urls:
+        out += url_secrets(url)
+    return tuple(dict.fromkeys(out))
 
 
 def _describe(err: Mapping[str, Any], origin: Mapping[tuple[str, ...], str], source: str) -> tuple[str, str]:
     loc = tuple(str(p) for p in err["loc"])
     field = ".".join(loc) if loc else "(top level)"
     where = next((f" (from ${v})" for k, v in origin.items() if loc[: len(k)] == k), f" (in {source})")
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; see examples/keeper.toml)"
+    msg = mask_text(err["msg"].removeprefix("Value error, "))
+    unknown = err["type"] == "extra_forbidden"
+    if unknown:
+        msg = "unknown field (check the spelling; see examples/keeper.toml; value hidden)"
+    elif err["type"] == "model_type":
+        msg = f"must be a [{field}] table of fields, not a single value (see examples/keeper.toml)"
     value = err.get("input")
     scalar = isinstance(value, str | int | float | bool | Decimal) or (
         isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value)
     )
-    # a section's own check receives the whole section (which may hold a secret): show scalars only
-    shown = f" = {value!r}" if scalar and not _is_secret(loc) and err["type"] != "missing" else ""
+    # a section's own check receives the whole section (which may hold a secret): show scalars only; an
+    # unknown field may be a misspelled secret (`privatekey`, `password`): never shown; what is shown is masked
+    shown = ""
+    if scalar and not unknown and not _is_secret(loc) and err["type"] != "missing":
+        shown = f" = {mask_text(repr(value))}"
     return field, f"{field}{shown}{where}: {msg}"
 
 
@@ -534,7 +616,8 @@ def load_config(
             raise ConfigError(f"config file {source!r} does not exist", field="--config") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {source!r} is not valid TOML: {exc}", field="--config") from None
-        if {"private_key", "routine_private_key"} & set(data.get("signer", {})):
+        signer = data.get("signer", {})
+        if isinstance(signer, Mapping) and {"private_key", "routine_private_key"} & set(signer):
             raise ConfigError(
                 "signer.private_key must not be written in the config file (value hidden): "
                 "set KEEPER_PRIVATE_KEY in the environment or .env, or use signer.keystore",

@@ -5,75 +5,57 @@ fields. :class:`SecretRedactor` runs last before rendering (after exception form
 key, password or mnemonic is masked wherever it appears: as a field named like a secret, as a value
 shaped like a key (``0x`` + 64 hex), inside a string (an exception message, a traceback), or nested in
 dicts and lists. Fields whose name ends in ``hash`` (``tx_hash``, ``block_hash``) keep 32-byte hex values,
-which have the same shape as a key but are public.
+which have the same shape as a key but are public. URL credentials become ``scheme://host:port/…`` and the
+configured secrets (``known_secrets``: keystore password, RPC URL paths and queries) are masked as text.
+
+Third-party libraries log through stdlib ``logging`` (APScheduler, urllib3, web3): one root handler with a
+structlog ``ProcessorFormatter`` renders their records with the same redaction and renderer, so no
+plain-text line lands in the JSON log.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TextIO
+from collections.abc import Iterable
+from typing import Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging", "SecretRedactor", "REDACTED"]
+from keeper.redact import REDACTED, mask_data
 
-REDACTED = "***redacted***"
-_HEX32 = re.compile(r"(?<![0-9a-fA-F])(0x)?[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+__all__ = ["configure_logging", "route_stdlib_logging", "SecretRedactor", "REDACTED"]
+
 _SECRET_NAMES = ("private_key", "privkey", "secret", "password", "passphrase", "mnemonic", "seed", "webhook_url")
-_MNEMONIC = re.compile(r"^\s*(?:[a-z]{3,8}\s+){11,23}[a-z]{3,8}\s*$")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# third-party loggers (apscheduler, urllib3, web3, websockets) below this level are dropped: at info
+# APScheduler writes a line per job run (the head poll runs every second)
+FOREIGN_MIN_LEVEL = logging.WARNING
 
 
 class SecretRedactor:
     """A structlog processor masking secrets in an event dict (choices fixed at construction).
 
     ``extra_names``: more substrings that mark a field as secret; ``public_hash_suffixes``: field-name
-    suffixes whose 32-byte hex values are public (transaction and block hashes).
+    suffixes whose 32-byte hex values are public (transaction and block hashes); ``known``: exact strings
+    to mask anywhere (the keystore password, the secret parts of configured URLs). URL credentials are
+    masked to ``scheme://host:port/…`` (:func:`keeper.redact.mask_text`).
     """
 
     def __init__(
         self,
         extra_names: Iterable[str] = (),
         public_hash_suffixes: Iterable[str] = ("hash", "hashes", "topic", "topics", "root"),
+        known: Iterable[str] = (),
     ) -> None:
         self._names = tuple(n.lower() for n in (*_SECRET_NAMES, *extra_names))
         self._public = tuple(s.lower() for s in public_hash_suffixes)
-
-    def _secret_name(self, name: str) -> bool:
-        low = name.lower()
-        return any(n in low for n in self._names)
-
-    def _public_name(self, name: str) -> bool:
-        return name.lower().endswith(self._public)
-
-    def _clean(self, value: Any, public: bool) -> Any:
-        if isinstance(value, str):
-            if _MNEMONIC.match(value):
-                return REDACTED
-            return value if public else _HEX32.sub(REDACTED, value)
-        if isinstance(value, bytes) and len(value) == 32 and not public:
-            return REDACTED
-        if isinstance(value, Mapping):
-            return {k: self._field(str(k), v) for k, v in value.items()}
-        if isinstance(value, set | frozenset):
-            value = sorted(value, key=repr)
-        if isinstance(value, list):
-            return [self._clean(v, public) for v in value]
-        if isinstance(value, tuple):
-            return tuple(self._clean(v, public) for v in value)
-        return value
-
-    def _field(self, name: str, value: Any) -> Any:
-        if self._secret_name(name) and value is not None:
-            return REDACTED
-        return self._clean(value, self._public_name(name))
+        self._known = tuple(k for k in known if k)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return {k: self._field(str(k), v) for k, v in event_dict.items()}
+        return mask_data(dict(event_dict), known=self._known, secret_names=self._names,
+                         public_suffixes=self._public)
 
 
 def _is_tty(stream: TextIO) -> bool:
@@ -83,7 +65,13 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
-def processors(fmt: Literal["json", "pretty"]) -> list[Processor]:
+def _renderer(fmt: Literal["json", "pretty"]) -> Processor:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer(sort_keys=True)
+    return structlog.dev.ConsoleRenderer(colors=True)
+
+
+def processors(fmt: Literal["json", "pretty"], known: Iterable[str] = ()) -> list[Processor]:
     """The processor chain for ``fmt`` (exposed for tests and for the daemon's own loggers)."""
     chain: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -92,21 +80,52 @@ def processors(fmt: Literal["json", "pretty"]) -> list[Processor]:
         structlog.processors.StackInfoRenderer(),
     ]
     # exceptions are turned into text before the redactor so a key inside a traceback is masked too
-    chain += [structlog.processors.format_exc_info, SecretRedactor()]
-    if fmt == "json":
-        chain.append(structlog.processors.JSONRenderer(sort_keys=True))
-    else:
-        chain.append(structlog.dev.ConsoleRenderer(colors=True))
-    return chain
+    return [*chain, structlog.processors.format_exc_info, SecretRedactor(known=known), _renderer(fmt)]
+
+
+class _ForeignHandler(logging.StreamHandler):
+    """Marks the root handler installed by :func:`configure_logging` (replaced, not stacked, on a second call)."""
+
+
+def route_stdlib_logging(fmt: Literal["json", "pretty"], stream: TextIO, known: Iterable[str] = (),
+                         level: int = FOREIGN_MIN_LEVEL) -> None:
+    """Send every stdlib ``logging`` record (APScheduler, urllib3, web3...) through the same redaction and renderer.
+
+    One handler on the root logger with a structlog ``ProcessorFormatter``: the record's message and
+    traceback become fields of one JSON (or pretty) line, masked like the keeper's own events.
+    """
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            SecretRedactor(known=known),
+            _renderer(fmt),
+        ],
+    )
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _ForeignHandler)]:
+        root.removeHandler(h)
+    handler = _ForeignHandler(stream)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def configure_logging(
     fmt: Literal["auto", "json", "pretty"] = "auto",
     level: str | int = "info",
     stream: TextIO | None = None,
+    known_secrets: Iterable[str] = (),
 ) -> Literal["json", "pretty"]:
-    """Configure structlog globally for the process; returns the format chosen (``auto`` -> pretty on a TTY).
+    """Configure structlog (and stdlib logging) for the process; returns the format chosen (``auto`` -> pretty on a TTY).
 
+    ``known_secrets``: exact strings masked in every line (keystore password, secret parts of RPC URLs).
+    Third-party stdlib loggers are routed through the same chain at ``FOREIGN_MIN_LEVEL`` or above.
     Raises ``ValueError`` for an unknown format or level (the config layer validates both first).
     """
     stream = sys.stderr if stream is None else stream
@@ -117,10 +136,12 @@ def configure_logging(
             raise ValueError(f"log level must be one of {', '.join(_LEVELS)}, got {level!r}")
         level = _LEVELS[level.lower()]
     chosen: Literal["json", "pretty"] = ("pretty" if _is_tty(stream) else "json") if fmt == "auto" else fmt
+    known = tuple(known_secrets)
     structlog.configure(
-        processors=processors(chosen),
+        processors=processors(chosen, known),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    route_stdlib_logging(chosen, stream, known, max(level, FOREIGN_MIN_LEVEL))
     return chosen

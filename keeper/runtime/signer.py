@@ -41,12 +41,20 @@ def _from_keystore(keystore: Path, password_file: Path) -> LocalAccount:
         keyfile = json.loads(keystore.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"keystore file {str(keystore)!r} does not exist", field="signer.keystore") from None
+    except IsADirectoryError:
+        raise ConfigError(f"keystore {str(keystore)!r} is a directory: give the keystore file inside it",
+                          field="signer.keystore") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(
             f"keystore file {str(keystore)!r} is not a JSON keystore ({type(exc).__name__})", field="signer.keystore"
         ) from None
     try:
         password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"password_file {str(password_file)!r} is not UTF-8 text (a binary file?): write the password as one line",
+            field="signer.password_file",
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"password_file {str(password_file)!r} cannot be read ({type(exc).__name__})", field="signer.password_file"

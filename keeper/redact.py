@@ -1,0 +1,123 @@
+"""Masking of secrets in text and plain data (pure: no I/O, no logging).
+
+What is masked, wherever it appears (config errors, log lines, tracebacks, ``--json`` output):
+
+* any value shaped like a private key: 64 hex digits, with or without ``0x`` (a 32-byte transaction or
+  block hash has the same shape; callers keep those only under field names that say ``hash``);
+* URL credentials: a URL with userinfo (``user:pass@``), a path or a query (where providers put API
+  keys, ``https://host/v2/KEY``) is shown as ``scheme://host:port/…``; a bare ``user:pass@host`` too;
+* the exact strings given as ``known`` (the keystore password, configured URLs' secret parts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "mask_url", "mask_text", "mask_data", "url_secrets"]
+
+REDACTED = "***redacted***"
+_HEX32 = re.compile(r"(?<![0-9a-fA-F])(0x)?[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
+_USERINFO = re.compile(r"(?<![\w/])[^\s:/@'\"<>]+:[^\s/@'\"<>]+@(?=[\w.\[\]-])")
+_MNEMONIC = re.compile(r"^\s*(?:[a-z]{3,8}\s+){11,23}[a-z]{3,8}\s*$")
+_TRAILING = ".,;:)]}"
+# RFC 3986 section 3 split (regex, not urllib: this module is pure core): scheme, userinfo, host, port, rest
+_PARTS = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?"
+                    r"(?P<host>\[[^\]/]*\]|[^:/?#]*)(?::(?P<port>[^/?#]*))?(?P<path>[^?#]*)(?P<tail>[?#].*)?$")
+
+
+def _split(url: str) -> re.Match[str] | None:
+    return _PARTS.match(url)
+
+
+def mask_url(url: str) -> str:
+    """``url`` without credentials: ``scheme://host[:port]/…`` when it has userinfo, a path or a query."""
+    m = _split(url)
+    if m is None or not m["host"]:
+        return url
+    port = m["port"]
+    if port is not None and not (port.isdigit() and int(port) <= 65_535):  # a bad port: show the scheme only
+        return f"{m['scheme']}://…"
+    if m["userinfo"] is None and not m["path"].strip("/") and not m["tail"]:
+        return url
+    return f"{m['scheme']}://{m['host']}{f':{port}' if port else ''}/…"
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The parts of ``url`` that may be credentials (userinfo, path, query), to mask as ``known`` strings."""
+    m = _split(url)
+    if m is None:
+        return (url,)
+    user, _, password = (m["userinfo"] or "").partition(":")
+    out = [user, password, (m["tail"] or "").lstrip("?#")]
+    if m["path"].strip("/"):
+        out.append(m["path"].rstrip("/"))
+    return tuple(p for p in out if len(p) >= 4)
+
+
+def _url_sub(match: re.Match[str]) -> str:
+    url = match.group(0)
+    tail = ""
+    while url and url[-1] in _TRAILING:
+        url, tail = url[:-1], url[-1] + tail
+    return mask_url(url) + tail
+
+
+def mask_text(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with key-shaped values, URL credentials and every ``known`` string masked."""
+    text = _URL.sub(_url_sub, _replace_known(text, tuple(known)))
+    text = _USERINFO.sub(REDACTED + "@", text)
+    return _HEX32.sub(REDACTED, text)
+
+
+def mask_data(
+    value: Any,
+    *,
+    known: Iterable[str] = (),
+    secret_names: Iterable[str] = (),
+    public_suffixes: Iterable[str] = ("hash", "hashes"),
+) -> Any:
+    """``value`` (nested dicts, lists, tuples, strings) with secrets masked; mapping keys decide per field.
+
+    A field whose name contains one of ``secret_names`` is masked whole; one whose name ends with a
+    ``public_suffixes`` entry keeps 64-hex values (hashes are public) but still has URLs and ``known``
+    strings masked.
+    """
+    known_t = tuple(known)
+    names = tuple(n.lower() for n in secret_names)
+    public = tuple(s.lower() for s in public_suffixes)
+
+    def clean(v: Any, is_public: bool) -> Any:
+        if isinstance(v, str):
+            if _MNEMONIC.match(v):
+                return REDACTED
+            if is_public:
+                return _USERINFO.sub(REDACTED + "@", _URL.sub(_url_sub, _replace_known(v, known_t)))
+            return mask_text(v, known_t)
+        if isinstance(v, bytes) and len(v) == 32 and not is_public:
+            return REDACTED
+        if isinstance(v, Mapping):
+            return {k: field(str(k), x) for k, x in v.items()}
+        if isinstance(v, set | frozenset):
+            v = sorted(v, key=repr)
+        if isinstance(v, list):
+            return [clean(x, is_public) for x in v]
+        if isinstance(v, tuple):
+            return tuple(clean(x, is_public) for x in v)
+        return v
+
+    def field(name: str, v: Any) -> Any:
+        low = name.lower()
+        if v is not None and any(n in low for n in names):
+            return REDACTED
+        return clean(v, low.endswith(public))
+
+    return clean(value, False)
+
+
+def _replace_known(text: str, known: tuple[str, ...]) -> str:
+    for secret in sorted({k for k in known if k}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
