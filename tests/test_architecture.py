@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keeper"
-CORE_PATHS = ["keeper/domain.py", "keeper/risk", "keeper/planner.py", "keeper/replay/model.py"]
+CORE_PATHS = ["keeper/domain.py", "keeper/risk", "keeper/planner.py", "keeper/replay/model.py",
+              "keeper/accounts/perp_v2.py"]
 FORBIDDEN_TOP = {
     "web3", "eth_abi", "eth_account", "eth_typing", "eth_utils", "eth_keys", "hexbytes", "requests", "httpx",
     "urllib", "http", "logging", "structlog", "time", "datetime", "socket", "sqlite3", "os", "subprocess",
