@@ -14,8 +14,11 @@ from web3 import Web3
 from keeper.chain.anvil import Anvil
 from keeper.devchain import ANVIL_KEYS, DEFAULT_BOOK, DevChainOps, deploy_protocol
 from keeper.domain import Side
+from keeper.errors import InputError
 
 DEFAULT_OUT = Path(".keeper/devchain.json")
+PERP_OUT = Path(".keeper/devchain-perp-v2.json")
+PROTOCOLS = ("reference", "perp-v2")
 TRADER_RESERVE_E6 = 50_000 * 10**6
 
 
@@ -59,9 +62,27 @@ def register(app: typer.Typer) -> None:
         seed: bool = typer.Option(True, help="Open the default book for the trader (anvil account 1)."),
         block_time: float = typer.Option(0.0, help="Mine a block every N seconds (0: on each transaction)."),
         once: bool = typer.Option(False, help="Deploy, print, stop the chain and exit (no waiting)."),
+        protocol: str = typer.Option("reference", help="Which protocol to deploy: reference or perp-v2."),
     ) -> None:
         """Start anvil on a free loopback port, deploy the protocol, seed a trader, write a deployment file."""
         console = Console()
+        if protocol not in PROTOCOLS:
+            raise InputError(f"--protocol {protocol!r}: allowed {', '.join(PROTOCOLS)}")
+        if protocol == "perp-v2":
+            from keeper.dev.perp_v2 import describe, start_perp_devchain
+
+            anvil, perp_ops = start_perp_devchain(seed=seed, block_time=block_time or None)
+            try:
+                path = perp_ops.deployment.save(PERP_OUT if out == DEFAULT_OUT else out)
+                console.print(f"anvil pid {anvil.pid} at [bold]{anvil.url}[/bold] (chain id {perp_ops.deployment.chain_id})")
+                console.print(f"deployment file: {path}")
+                for line in describe(perp_ops, seeded=seed):
+                    console.print(line)
+                if not once:
+                    _serve(anvil, console)
+            finally:
+                anvil.stop()
+            return
         anvil, ops = start_devchain(seed=seed, block_time=block_time or None)
         try:
             path = ops.deployment.save(out)
@@ -77,15 +98,20 @@ def register(app: typer.Typer) -> None:
                 console.print(f"trader {trader} (anvil key 1); operator/keeper {ops.sender(ANVIL_KEYS[2]).address} (anvil key 2)")
             if once:
                 return
-            console.print("devchain running; Ctrl-C to stop")
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                while not stop.wait(0.5):
-                    if anvil.process.poll() is not None:
-                        console.print("anvil exited")
-                        raise typer.Exit(1)
-            except KeyboardInterrupt:
-                pass
+            _serve(anvil, console)
         finally:
             anvil.stop()
+
+
+def _serve(anvil: Anvil, console: Console) -> None:
+    """Keep the chain up until Ctrl-C or SIGTERM (exit 1 if anvil dies)."""
+    console.print("devchain running; Ctrl-C to stop")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            if anvil.process.poll() is not None:
+                console.print("anvil exited")
+                raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass

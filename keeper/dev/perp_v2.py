@@ -483,3 +483,25 @@ def start_perp_devchain(*, seed: bool = True, block_time: float | None = None):
         anvil.stop()
         raise
     return anvil, ops
+
+
+def describe(ops: PerpOps, *, seeded: bool) -> list[str]:
+    """Human lines for ``keeper devchain --protocol perp-v2``: addresses, markets, and the seeded traders."""
+    d = ops.deployment
+    lines = [f"  {name:<16} {getattr(d, name)}" for name in
+             ("clearing_house", "vault", "account_balance", "exchange", "settlement_token", "multicall")]
+    for symbol, m in d.markets.items():
+        lines.append(f"  market {symbol:<4} base {m.base_token} pool {m.pool} aggregator {m.aggregator} "
+                     f"mark {ops.mark_price(symbol) / 1e18:,.2f}")
+    if seeded:
+        for trader in DEFAULT_PERP_BOOK:
+            who = Account.from_key(ANVIL_KEYS[trader.key_index]).address
+            value = ops.ch.functions.getAccountValue(who).call()
+            req = ops.account_balance.functions.getMarginRequirementForLiquidation(who).call()
+            legs = ", ".join(f"{'long' if leg.is_long else 'short'} {leg.symbol} ${leg.notional_usd:,.0f}"
+                             for leg in trader.legs)
+            lines.append(f"  trader {who} (anvil key {trader.key_index}): {legs}; account value "
+                         f"{value / 1e18:,.2f}, maintenance requirement {req / 1e18:,.2f}")
+        lines.append(f"  maker (open orders) anvil key {MAKER}; market mover key {MOVER}; keeper key {KEEPER}; "
+                     f"liquidator key {LIQUIDATOR}")
+    return lines

@@ -228,3 +228,19 @@ def test_stale_index_is_reported(perp):
     assert stale_markets(perp.adapter.read([]), 2_400) == []
     perp.ops.advance(2_500)
     assert sorted(stale_markets(perp.adapter.read([]), 2_400)) == ["BTC", "ETH"]
+
+
+def test_deployment_record_round_trips_and_verifies(perp):
+    """The deployment record survives JSON, verifies against its chain and refuses another chain id."""
+    import dataclasses
+
+    from keeper.dev.perp_v2 import PerpDeployment
+    from keeper.errors import ChainMismatchError, InputError
+
+    dep = perp.ops.deployment
+    assert PerpDeployment.from_json(dep.to_json()) == dep
+    dep.verify(perp.ops.w3)
+    with pytest.raises(ChainMismatchError, match="chain id 1 "):
+        dataclasses.replace(dep, chain_id=1).verify(perp.ops.w3)
+    with pytest.raises(InputError, match="not a Perp v2 deployment: it lacks"):
+        PerpDeployment.from_json('{"rpc_url": "x"}')
