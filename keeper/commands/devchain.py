@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
             anvil, perp_ops = start_perp_devchain(seed=seed, block_time=block_time or None)
             try:
                 path = perp_ops.deployment.save(PERP_OUT if out == DEFAULT_OUT else out)
-                console.print(f"anvil pid {anvil.pid} at [bold]{anvil.url}[/bold] (chain id {perp_ops.deployment.chain_id})")
+                chain_id = perp_ops.deployment.chain_id
+                console.print(f"anvil pid {anvil.pid} at [bold]{anvil.url}[/bold] (chain id {chain_id})")
                 console.print(f"deployment file: {path}")
                 for line in describe(perp_ops, seeded=seed):
                     console.print(line)

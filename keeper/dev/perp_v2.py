@@ -149,7 +149,8 @@ class PerpDeployment:
         try:
             return cls.from_json(path.read_text(), f"deployment file {path}")
         except FileNotFoundError as exc:
-            raise InputError(f"deployment file {path} does not exist: run `keeper devchain --protocol perp-v2`") from exc
+            raise InputError(f"deployment file {path} does not exist: "
+                             "run `keeper devchain --protocol perp-v2`") from exc
 
     def verify(self, w3: Web3) -> None:
         """Refuse a deployment that does not match the chain: chain id and code at every address."""
@@ -448,7 +449,8 @@ class PerpOps:
             self.advance(PRICE_LIMIT_INTERVAL_S + 1)
             self.open_position(key, symbol, up, 10**30, sqrt_price_limit_x96=sqrt_price_x96(limit))
             steps += 1
-        raise RuntimeError(f"market {symbol} did not reach {target} in {max_steps} steps (at {self.market_price(symbol)})")
+        raise RuntimeError(f"market {symbol} did not reach {target} in {max_steps} steps "
+                           f"(at {self.market_price(symbol)})")
 
     def set_prices(self, prices: dict[str, float], *, settle_s: int = 20) -> None:
         """Index rounds, then the markets traded to them, then ``settle_s`` seconds so the mark follows."""

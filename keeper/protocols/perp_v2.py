@@ -107,10 +107,6 @@ def _uint(data: bytes, i: int = 0) -> int:
     return int.from_bytes(data[32 * i : 32 * (i + 1)], "big")
 
 
-def _addr(data: bytes, i: int = 0) -> str:
-    return to_checksum_address(data[32 * i + 12 : 32 * (i + 1)])
-
-
 @dataclass(frozen=True, slots=True)
 class PerpMarketState:
     """One market at the read block: prices (18 dec), index round time, pool depth, open flag."""

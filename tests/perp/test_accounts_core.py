@@ -34,11 +34,12 @@ def account(balance_e6: int, *legs: PerpLeg) -> PerpAccount:
 def test_signed_mul_div_truncates_toward_zero_and_settlement_format_floors():
     """PerpMath.mulDiv rounds the magnitude down (-10, not -11); formatSettlementToken rounds toward -inf."""
     assert mul_div_signed(-7, 3, 2) == -10 and mul_div_signed(7, -3, 2) == -10 and mul_div_signed(7, 3, 2) == 10
-    assert format_settlement_e6(-1) == -1 and format_settlement_e6(10**12 - 1) == 0 and format_settlement_e6(-10**12) == -1
+    assert format_settlement_e6(-1) == -1 and format_settlement_e6(10**12 - 1) == 0
+    assert format_settlement_e6(-(10**12)) == -1
 
 
 def test_account_value_and_requirement_by_hand():
-    """1,000 USDC, long 4.5 ETH opened for 9,000 vUSD, mark 1,830: value 1000 + 8235 - 9000, requirement 6.25 % of 8235."""
+    """1,000 USDC, long 4.5 ETH bought for 9,000 vUSD, mark 1,830: value 1000 + 8235 - 9000; requirement 6.25 %."""
     acct = account(1_000 * 10**6, PerpLeg(ETH, 45 * E18 // 10, -9_000 * E18, 0))
     m = margin_at(acct, {ETH: 1_830 * E18}, PARAMS)
     assert m.account_value_x18 == 235 * E18

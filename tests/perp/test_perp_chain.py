@@ -15,7 +15,7 @@ from keeper.accounts.perp_v2 import (
     moved_marks,
     sqrt_after_notional,
 )
-from keeper.chain.abi import Function
+from keeper.chain.abi import Function, event_topic
 from keeper.chain.rpc import ExecutionReverted
 from keeper.dev.perp_v2 import LIQUIDATOR, MAKER, MOVER, SeedLeg, SeedTrader
 from keeper.errors import SimulationRevert
@@ -28,8 +28,7 @@ pytestmark = pytest.mark.chain
 
 E18 = 10**18
 F_LIQUIDATE = Function("liquidate(address,address)")
-POSITION_LIQUIDATED = "0x" + __import__("eth_utils").keccak(
-    text="PositionLiquidated(address,address,uint256,uint256,uint256,address)").hex()
+POSITION_LIQUIDATED = event_topic("PositionLiquidated(address,address,uint256,uint256,uint256,address)")
 WATCHED = (1, 4, 5)
 
 
