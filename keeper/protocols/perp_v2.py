@@ -136,7 +136,7 @@ class PerpTraderState:
     has_orders: bool
     free_collateral_e6: int
     unrealized_pnl_x18: int  # getPnlAndPendingFee's, for cross-checking
-    contract_account_value_x18: int
+    contract_account_value_x18: int  # 0 when read without cross_check
     contract_requirement_x18: int
 
 
@@ -186,8 +186,13 @@ class PerpV2Adapter:
         calls = [Call(d.config, f.encode(), False) for f in (F_MM, F_IM, F_PENALTY, F_TWAP, F_MARK_CONFIG)]
         return calls
 
-    def read(self, traders: Iterable[str], twap_interval_s: int = 900) -> PerpSnapshot:
-        """Every trader, every market and the config at one block (one multicall)."""
+    def read(self, traders: Iterable[str], twap_interval_s: int = 900, *, cross_check: bool = True) -> PerpSnapshot:
+        """Every trader, every market and the config at one block (one multicall).
+
+        ``cross_check=False`` skips the contract's own getAccountValue, requirement, free collateral and
+        getBaseTokens (their fields are then 0 / empty): the keeper's maths needs only the other calls, and
+        those four re-run every TWAP of every market per trader (about half the read's gas).
+        """
         d = self.d
         who = [to_checksum_address(t) for t in traders]
         calls = self._global_calls()
@@ -203,17 +208,21 @@ class PerpV2Adapter:
                 Call(m.pool, F_LIQUIDITY.encode(), False),
             ]
         per_market = 2
-        per_trader = 7 + per_market * len(self.markets)
+        head = 7 if cross_check else 3
+        per_trader = head + per_market * len(self.markets)
         for t in who:
             calls += [
                 Call(d.account_balance, F_PNL.encode(t)),
-                Call(d.account_balance, F_BASE_TOKENS.encode(t)),
                 Call(d.account_balance, F_HAS_ORDER.encode(t)),
                 Call(d.vault, F_BALANCE.encode(t)),
-                Call(d.vault, F_FREE.encode(t)),
-                Call(d.clearing_house, F_ACCOUNT_VALUE.encode(t)),
-                Call(d.account_balance, F_REQUIREMENT.encode(t)),
             ]
+            if cross_check:
+                calls += [
+                    Call(d.account_balance, F_BASE_TOKENS.encode(t)),
+                    Call(d.vault, F_FREE.encode(t)),
+                    Call(d.clearing_house, F_ACCOUNT_VALUE.encode(t)),
+                    Call(d.account_balance, F_REQUIREMENT.encode(t)),
+                ]
             for m in self.markets.values():
                 calls += [Call(d.account_balance, F_ACCOUNT_INFO.encode(t, m.base_token)),
                           Call(d.exchange, F_FUNDING.encode(t, m.base_token))]
@@ -249,21 +258,23 @@ class PerpV2Adapter:
             if not all(x.success for x in chunk):
                 failed.append(t.lower())
                 continue
-            pnl, base_tokens, has_order, bal, free, value, req = chunk[:7]
+            pnl, has_order, bal = chunk[:3]
             legs = []
             for k, base in enumerate(bases):
-                info_r, fund_r = chunk[7 + 2 * k], chunk[8 + 2 * k]
+                info_r, fund_r = chunk[head + 2 * k], chunk[head + 1 + 2 * k]
                 size, open_notional = _int(info_r.data, 0), _int(info_r.data, 1)
                 if size != 0 or open_notional != 0:
                     legs.append(PerpLeg(base, size, open_notional, _int(fund_r.data)))
             account = PerpAccount(trader=t.lower(), vault_balance_e6=_int(bal.data),
                                   owed_realized_pnl_x18=_int(pnl.data, 0), pending_fee_x18=_uint(pnl.data, 2),
                                   legs=tuple(legs))
+            checked = chunk[3:7] if cross_check else None
             traders[t.lower()] = PerpTraderState(
-                account=account, base_tokens=tuple(decode(["address[]"], base_tokens.data)[0]),
-                has_orders=_uint(has_order.data) == 1, free_collateral_e6=_uint(free.data),
-                unrealized_pnl_x18=_int(pnl.data, 1), contract_account_value_x18=_int(value.data),
-                contract_requirement_x18=_int(req.data),
+                account=account, has_orders=_uint(has_order.data) == 1, unrealized_pnl_x18=_int(pnl.data, 1),
+                base_tokens=tuple(decode(["address[]"], checked[0].data)[0]) if checked else (),
+                free_collateral_e6=_uint(checked[1].data) if checked else 0,
+                contract_account_value_x18=_int(checked[2].data) if checked else 0,
+                contract_requirement_x18=_int(checked[3].data) if checked else 0,
             )
         return PerpSnapshot(params=params, twap_interval_s=twap, mark_config_s=mark_cfg, markets=markets,
                             traders=traders, block_number=res.block_number, block_timestamp=res.block_timestamp,

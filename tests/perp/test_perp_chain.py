@@ -243,3 +243,22 @@ def test_deployment_record_round_trips_and_verifies(perp):
         dataclasses.replace(dep, chain_id=1).verify(perp.ops.w3)
     with pytest.raises(InputError, match="not a Perp v2 deployment: it lacks"):
         PerpDeployment.from_json('{"rpc_url": "x"}')
+
+
+def test_a_market_push_drags_the_mark_below_the_index_and_the_mark_decides(perp):
+    """The pool pushed 5 % down, index unchanged: 20 s later the mark has barely moved (median of TWAPs); after
+    16 min it sits ~5 % below the index, and the contract values the account at the mark, as the keeper does."""
+    perp.ops.move_market("ETH", 2_000.0 * 0.95)
+    perp.ops.push_index("ETH", 2_000.0)
+    perp.ops.advance(20)
+    assert perp.adapter.read([]).markets["ETH"].premium > -0.01
+    perp.ops.advance(940)  # past the 15 min premium TWAP window
+    perp.ops.push_index("ETH", 2_000.0)
+    snap = perp.adapter.read(watched(perp))
+    eth = snap.markets["ETH"]
+    assert eth.premium < -0.03  # the mark sits well below the index
+    assert_keeper_equals_contract(snap)
+    at_index = {**snap.marks_x18, eth.base_token: eth.index_price_x18}
+    trader = perp.addresses[1].lower()  # long ETH: valued lower at the mark than at the index
+    assert margin_at(snap.traders[trader].account, at_index, snap.params).account_value_x18 > \
+        snap.traders[trader].contract_account_value_x18
