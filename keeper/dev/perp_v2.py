@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eth_account import Account
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from keeper.devchain import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
 from keeper.errors import ChainMismatchError, InputError, ToolchainError
@@ -186,6 +188,18 @@ def _align(tick: int) -> int:
     return tick - tick % TICK_SPACING
 
 
+RawRpc = Callable[[str, list], Any]
+
+
+def _provider_rpc(w3: Web3) -> RawRpc:
+    """Raw JSON-RPC through ``w3``'s provider (anvil_* / evm_* methods)."""
+
+    def call(method: str, params: list | None = None) -> Any:
+        return w3.provider.make_request(RPCEndpoint(method), params or [])
+
+    return call
+
+
 # ---- deployment -------------------------------------------------------------------------------------
 
 
@@ -217,13 +231,13 @@ def deploy_perp_v2(
     *,
     markets: tuple[PerpMarketSpec, ...] = DEFAULT_PERP_MARKETS,
     rpc_url: str | None = None,
-    request=None,
+    request: RawRpc | None = None,
 ) -> PerpDeployment:
     """Deploy Curie with ``markets`` and Multicall3; return where it lives (no liquidity yet: see PerpOps).
 
     ``request(method, params)`` sends raw anvil RPCs (default: through ``w3.provider``).
     """
-    rpc = request or (lambda m, p=None: w3.provider.make_request(m, p or []))  # type: ignore[arg-type]
+    rpc = request or _provider_rpc(w3)
     start_block = w3.eth.block_number
     d = _Deployer(w3, deployer_key)
     rpc("anvil_setCode", [MULTICALL3_ADDRESS, "0x" + load_artifact("Multicall3")["runtime"].removeprefix("0x")])
@@ -332,11 +346,11 @@ DEFAULT_PERP_BOOK = (
 class PerpOps:
     """Operations on a deployed Curie: tokens, deposits, liquidity, positions, index rounds, market moves."""
 
-    def __init__(self, w3: Web3, deployment: PerpDeployment, *, request=None,
+    def __init__(self, w3: Web3, deployment: PerpDeployment, *, request: RawRpc | None = None,
                  deployer_key: str = ANVIL_KEYS[DEPLOYER]) -> None:
         self.w3 = w3
         self.deployment = deployment
-        self.rpc = request or (lambda m, p=None: w3.provider.make_request(m, p or []))  # type: ignore[arg-type]
+        self.rpc = request or _provider_rpc(w3)
         self.deployer_key = deployer_key
         dep = deployment
 
