@@ -8,11 +8,12 @@ push) and ``@aave/core-v3`` 1.19.3 (MintableERC20: a 6-decimal settlement token)
 constructors: each is deployed, then ``initialize``d by the deployer in the next transaction (the caller of
 ``initialize`` becomes the owner). Every transaction is a real signed EIP-1559 transaction.
 
-The wiring is what the contracts' ``require`` checks demand (each code named where it bites): virtual
-tokens minted to the ClearingHouse and whitelisted for it and each pool, the base token's address below the quote token's (else ``MR_IB``), an observation cardinality on each pool (else
-``OLD``), a settlement token balance cap (else ``V_GTSTBC``), a max tick crossed per block (0 pauses the
-market: ``EX_MIP``). Market moves go in steps at least 15 s apart (``Exchange._PRICE_LIMIT_INTERVAL``;
-a bigger jump reverts ``EX_OPLAS``) and within the 10 % price band around the index (``EX_OPB``).
+The wiring is what the contracts' ``require`` checks demand (each code named where it bites): virtual tokens
+minted to the ClearingHouse and whitelisted for it and each pool, the base token's address below the quote
+token's (else ``MR_IB``), an observation cardinality on each pool (else ``OLD``), a settlement token balance
+cap (else ``V_GTSTBC``), a max tick crossed per block (0 pauses the market: ``EX_MIP``). Market moves go in
+steps at least 15 s apart (``Exchange._PRICE_LIMIT_INTERVAL``; a bigger jump reverts ``EX_OPLAS``) and within
+the 10 % price band around the index (``EX_OPB``).
 """
 
 from __future__ import annotations
