@@ -31,9 +31,21 @@ from eth_account import Account
 from web3 import Web3
 
 from keeper.chain.rpc import ChainClient
-from keeper.dev.perp_v2 import MAX_UINT, start_perp_devchain
+from keeper.dev.perp_v2 import DEFAULT_PERP_MARKETS, MAX_UINT, start_perp_devchain
 from keeper.devchain import Sender
 from keeper.protocols.perp_v2 import PerpV2Adapter
+
+
+def _revert_reason(w3: Web3) -> str:
+    """Why the latest block's transaction reverted: replayed as an eth_call on the block before."""
+    block = w3.eth.get_block("latest", full_transactions=True)
+    tx = block["transactions"][-1]
+    try:
+        w3.eth.call({"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]},
+                    block["number"] - 1)
+    except Exception as exc:  # noqa: BLE001 - report whatever the node says
+        return str(exc)
+    return "replay did not revert (the revert depended on the block's time)"
 
 
 def seed_accounts(anvil, ops, n: int) -> list[str]:
@@ -49,6 +61,9 @@ def seed_accounts(anvil, ops, n: int) -> list[str]:
     minter.wait()
     eth, btc = ops.bases["ETH"].address, ops.bases["BTC"].address
     for i, k in enumerate(keys):
+        if i % 50 == 0:  # fresh index rounds: ChainlinkPriceFeedV3 times out 2,400 s after the last one
+            for spec in DEFAULT_PERP_MARKETS:
+                ops.push_index(spec.symbol, spec.price)
         long_eth = i % 2 == 0  # alternate sides so the pools stay near the index (EX_OPB, EX_OPLAS)
         s = Sender(w3, k)
         s.transact(ops.usdc.functions.approve(ops.vault.address, MAX_UINT), gas=80_000)
@@ -58,8 +73,8 @@ def seed_accounts(anvil, ops, n: int) -> list[str]:
             s.transact(ops.ch.functions.openPosition(params), gas=2_000_000)
         try:
             s.wait()
-        except Exception:
-            print("txpool:", anvil.request("txpool_status"), "block:", w3.eth.block_number, file=sys.stderr)
+        except RuntimeError:
+            print(f"account {i}: {_revert_reason(w3)}", file=sys.stderr)
             raise
         if (i + 1) % 100 == 0:
             print(f"seeded {i + 1}/{n} accounts", file=sys.stderr)
