@@ -14,6 +14,7 @@ from web3 import Web3
 from keeper.chain.anvil import Anvil
 from keeper.devchain import ANVIL_KEYS, DEFAULT_BOOK, DevChainOps, deploy_protocol
 from keeper.domain import Side
+from keeper.errors import InputError
 
 DEFAULT_OUT = Path(".keeper/devchain.json")
 TRADER_RESERVE_E6 = 50_000 * 10**6
@@ -37,7 +38,9 @@ def start_devchain(*, seed: bool = True, block_time: float | None = None) -> tup
 
 
 AAVE_OUT = Path(".keeper/devchain-aave-v3.json")
-PROTOCOLS = ("reference", "aave-v3", "all")
+PERP_OUT = Path(".keeper/devchain-perp-v2.json")
+PROTOCOLS = ("reference", "aave-v3", "perp-v2", "all")
+"""``all`` = the reference protocol and Aave v3 on one chain; Perp v2 runs on a chain of its own."""
 
 
 def deploy_aave_market(anvil: Anvil, *, seed: bool = True):
@@ -73,14 +76,31 @@ def register(app: typer.Typer) -> None:
         seed: bool = typer.Option(True, help="Open the default book for the trader (anvil account 1)."),
         block_time: float = typer.Option(0.0, help="Mine a block every N seconds (0: on each transaction)."),
         once: bool = typer.Option(False, help="Deploy, print, stop the chain and exit (no waiting)."),
-        protocol: str = typer.Option("reference", help="reference | aave-v3 | all"),
+        protocol: str = typer.Option(
+            "reference", help="reference | aave-v3 | perp-v2 | all (reference + aave-v3 on one chain)."
+        ),
         aave_out: Path = typer.Option(AAVE_OUT, help="Where to write the Aave v3 deployment file."),
     ) -> None:
         """Start anvil on a free loopback port, deploy the protocol, seed a trader, write a deployment file."""
         console = Console()
         if protocol not in PROTOCOLS:
-            console.print(f"--protocol must be one of {', '.join(PROTOCOLS)} (got {protocol!r})")
-            raise typer.Exit(2)
+            raise InputError(f"--protocol {protocol!r}: allowed {', '.join(PROTOCOLS)}")
+        if protocol == "perp-v2":
+            from keeper.dev.perp_v2 import describe, start_perp_devchain
+
+            anvil, perp_ops = start_perp_devchain(seed=seed, block_time=block_time or None)
+            try:
+                path = perp_ops.deployment.save(PERP_OUT if out == DEFAULT_OUT else out)
+                chain_id = perp_ops.deployment.chain_id
+                console.print(f"anvil pid {anvil.pid} at [bold]{anvil.url}[/bold] (chain id {chain_id})")
+                console.print(f"deployment file: {path}")
+                for line in describe(perp_ops, seeded=seed):
+                    console.print(line)
+                if not once:
+                    _serve(anvil, console)
+            finally:
+                anvil.stop()
+            return
         anvil, ops = start_devchain(seed=seed and protocol != "aave-v3", block_time=block_time or None)
         try:
             if protocol in ("aave-v3", "all"):
@@ -105,15 +125,20 @@ def register(app: typer.Typer) -> None:
                 console.print(f"trader {trader} (anvil key 1); operator/keeper {ops.sender(ANVIL_KEYS[2]).address} (anvil key 2)")
             if once:
                 return
-            console.print("devchain running; Ctrl-C to stop")
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                while not stop.wait(0.5):
-                    if anvil.process.poll() is not None:
-                        console.print("anvil exited")
-                        raise typer.Exit(1)
-            except KeyboardInterrupt:
-                pass
+            _serve(anvil, console)
         finally:
             anvil.stop()
+
+
+def _serve(anvil: Anvil, console: Console) -> None:
+    """Keep the chain up until Ctrl-C or SIGTERM (exit 1 if anvil dies)."""
+    console.print("devchain running; Ctrl-C to stop")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            if anvil.process.poll() is not None:
+                console.print("anvil exited")
+                raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
