@@ -24,6 +24,7 @@ Every decision is logged as one ``position_decision`` event with its inputs; eac
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class KeeperService:
             sigma_fallback_annual=self.policy.sigma_fallback_annual,
         )
         self.check_interval_s = self.policy.check_interval_max_s
+        self.stopping = threading.Event()  # set on shutdown or halt: no new transaction is started
         self._last_rounds: dict[int, int] = {}
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
@@ -410,6 +412,11 @@ class KeeperService:
             if action.kind is ActionKind.ALERT or action.needs_approval:
                 key, text, severity, fields = alert_from_action(action)
                 self.alerts.send(key, text, severity=severity, fields=fields)
+                continue
+            if txm is not None and self.stopping.is_set():
+                report.skipped.append({"action": action.kind.value, "account": action.account,
+                                       "market_id": action.market_id, "amount_e6": action.amount_e6,
+                                       "why": "shutting down or halted: no new transaction"})
                 continue
             if txm is None:
                 report.skipped.append({"action": action.kind.value, "account": action.account,

@@ -109,16 +109,35 @@ class TestFailoverOnAnvil:
         assert c.stats.failovers == 1
         assert second.seen["eth_chainId"] == 1 and second.seen["eth_blockNumber"] == 1
 
-    def test_failover_to_wrong_chain_halts(self, node):
-        """A failover endpoint serving another chain id raises ChainMismatchError instead of being used."""
+    def test_failover_to_wrong_chain_is_never_used(self, node):
+        """A failover endpoint serving another chain id is skipped like an outage: reads fail transiently while
+        the right endpoint is down, and go to it again when it is back, never to the wrong chain."""
         other = Anvil.start(chain_id=999)
         try:
             first = FaultTransport(HttpTransport(node.url))
-            c = ChainClient([first, HttpTransport(other.url)], 31337, retry=FAST, sleep=lambda s: None)
+            wrong = FaultTransport(HttpTransport(other.url))
+            c = ChainClient([first, wrong], 31337, retry=FAST, sleep=lambda s: None)
             c.block_number()
             first.down = True
-            with pytest.raises(ChainMismatchError):
+            with pytest.raises(TransientRpcError):
                 c.block_number()
+            assert wrong.seen["eth_blockNumber"] == 0 and wrong.seen["eth_chainId"] >= 1
+            first.down = False
+            c._endpoints[0].failed_at = None  # its cooldown is over
+            assert c.block_number() == int(node.request("eth_blockNumber"), 16)
+            assert wrong.seen["eth_blockNumber"] == 0
+        finally:
+            other.stop()
+
+    def test_only_wrong_chains_left_raises_mismatch(self, node):
+        """With every endpoint serving another chain id the client raises ChainMismatchError naming each one."""
+        other = Anvil.start(chain_id=999)
+        try:
+            c = ChainClient([HttpTransport(other.url)], 31337, retry=FAST, sleep=lambda s: None)
+            with pytest.raises(ChainMismatchError, match="serves chain id 999"):
+                c.block_number()
+            with pytest.raises(ChainMismatchError, match="no RPC endpoint left"):
+                c.block_number()  # within the cooldown the endpoint is not even asked again
         finally:
             other.stop()
 
