@@ -347,6 +347,12 @@ class ChainClient:
         with self._lock:
             self._endpoints[self._current].verified = False
 
+    def confirm_chain(self) -> None:
+        """A caller saw evidence of another chain (no code where the protocol should be): verify the endpoint in
+        use again, failing over if it is wrong. Raises :class:`ChainMismatchError` only when no endpoint is left."""
+        self.suspect()
+        self.request("eth_blockNumber")
+
     def abort(self) -> None:
         """Shutting down: every later request (and retry sleep) raises :class:`TransientRpcError` at once."""
         self._aborted.set()

@@ -17,7 +17,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 import typer
@@ -33,6 +35,7 @@ from keeper.runtime.service import KeeperService
 log = structlog.get_logger("keeper")
 
 EXIT_SHUTDOWN_TIMED_OUT = 1
+T = TypeVar("T")
 HALT_ON = (ChainMismatchError, HaltError)
 
 
@@ -83,25 +86,28 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
             service.alerts.send("keeper:halted", f"keeper halted, no further action will be taken: {reason}",
                                 severity="critical", fields={"reason": reason, "error": type(exc).__name__})
 
-        def suspicious(exc: Exception) -> None:
-            # an answer that makes no sense (empty Multicall3 data, undecodable round) may come from another
-            # chain behind the same URL: verify the endpoint (chain id, code) before its next request
-            if not isinstance(exc, TransientRpcError | ChainMismatchError | HaltError):
+        def guarded(step: Callable[[], T]) -> T:
+            """Run a cycle or head poll; follow the error tree for answers that look like another chain."""
+            try:
+                return step()
+            except ChainMismatchError as exc:
+                # evidence from above the client (no code at Multicall3): verify the endpoint, fail over if it
+                # is wrong; only when no endpoint serves the chain does this raise again, and the keeper halts
+                service.client.confirm_chain()
+                raise TransientRpcError(f"{exc}; endpoint verified again, now using {service.client.url}") from exc
+            except (TransientRpcError, HaltError):
+                raise
+            except Exception:
+                # an answer that makes no sense may come from another chain behind the same URL: verify the
+                # endpoint (chain id, code) before its next request
                 service.client.suspect()
+                raise
 
         def cycle() -> float:
-            try:
-                return service.cycle(execute=True).next_interval_s
-            except Exception as exc:
-                suspicious(exc)
-                raise
+            return guarded(lambda: service.cycle(execute=True).next_interval_s)
 
         def watch_head() -> HeadNews:
-            try:
-                return service.watch_head()
-            except Exception as exc:
-                suspicious(exc)
-                raise
+            return guarded(service.watch_head)
 
         scheduler = CycleScheduler(
             cycle, watch_head,
