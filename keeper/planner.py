@@ -259,6 +259,8 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
     actions: list[Action] = []
     summary: dict[tuple[str, int], list[str]] = {r.position.key: [] for r in ordered}
     notes: dict[tuple[str, int], str] = {}
+    short_causes: dict[tuple[str, int], tuple[str, ...]] = {}  # why a position stays short (decision field)
+    awaiting_approval: set[tuple[str, int]] = set()
 
     def act(kind: ActionKind, r: PositionRisk, reason: str, **kw: object) -> Action:
         return Action(kind=kind, account=r.position.account, market_id=r.position.market_id, reason=reason, **kw)  # type: ignore[arg-type]
@@ -280,6 +282,7 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
             summary[r.position.key].append(f"alert({kind})")
             return
         if approval:
+            awaiting_approval.add(r.position.key)
             action = replace(action, needs_approval=True)
             actions.append(action)
             actions.append(
@@ -333,9 +336,17 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
             alert(r, f"oracle price of market {pos.market_id} is stale: treated as danger, no release or move")
         # 1a. top-up from the payer's wallet
         payer = state.payer_of(pos.account)
+        causes: list[str] = []
         if remaining > 0 and not is_watch(r):
             want = max(remaining, limits.min_action_e6)
-            amount = min(want, book.wallet_left.get(payer, 0), limits.max_per_tx_e6, book.day_left)
+            wallet_now = book.wallet_left.get(payer, 0)
+            amount = min(want, wallet_now, limits.max_per_tx_e6, book.day_left)
+            if wallet_now < want:
+                causes.append("wallet empty" if wallet_now == 0 else f"wallet holds only {_usd(wallet_now)}")
+            if limits.max_per_tx_e6 < want:
+                causes.append(f"per-transaction cap {_usd(limits.max_per_tx_e6)}")
+            if book.day_left < want:
+                causes.append(f"day budget: {_usd(book.day_left)} left of {_usd(limits.max_per_day_e6)}")
             if amount >= limits.min_action_e6 and amount > 0:
                 book.wallet_left[payer] -= amount
                 book.day_left -= amount
@@ -385,6 +396,14 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
                 )
         # 1c. last resort: reduce size by the unfunded fraction of the target
         if remaining > 0:
+            if stale:
+                causes.append("stale oracle: no move or size reduction on a stale price")
+            else:
+                causes.append("no other position of the owner has margin to spare")
+            if not stale and not limits.allow_reduce:
+                causes.append("size reduction not allowed (limits.allow_reduce)")
+            if pos.key in awaiting_approval:
+                causes.append("manual approval threshold: planned actions wait for approval")
             funded = need - remaining
             equity_now = pos.equity_e6(r.price_e8)
             equity_target = r.required_collateral_e6 + pos.pnl_e6(r.price_e8) - pos.pending_fee_e6
@@ -403,16 +422,21 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
                             "so the remaining collateral meets the target"
                         ),
                     )
-            why = "size reduction planned" if reduced else "cannot be saved by the keeper this cycle"
-            alert(
-                r,
-                (
-                    f"position short of its target buffer by {_usd(remaining)} (breach probability {pct}, "
-                    f"liquidation price {r.liquidation_price_e8 / 1e8:,.2f}): funded {_usd(funded)} of "
-                    f"{_usd(need)}; {why}"
-                ),
-                amount_e6=remaining,
-            )
+            short_causes[pos.key] = tuple(causes)
+            why = "size reduction planned" if reduced else (
+                "cannot be saved by the keeper this cycle: " + ", ".join(short_causes[pos.key]))
+            # a shortfall only against the stress gap (breach probability at or below the trigger, not
+            # liquidatable) is recorded in the decision but raises no alert: nothing is about to happen
+            if r.liquidatable or r.breach_probability > limits.p_trigger or reduced:
+                alert(
+                    r,
+                    (
+                        f"position short of its target buffer by {_usd(remaining)} (breach probability {pct}, "
+                        f"liquidation price {r.liquidation_price_e8 / 1e8:,.2f}): funded {_usd(funded)} of "
+                        f"{_usd(need)}; {why}"
+                    ),
+                    amount_e6=remaining,
+                )
             notes[pos.key] = "short"
 
     # ---- 2. stale-price positions that are not endangered: still alert, never release --------------
@@ -442,11 +466,16 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
                 ),
             )
 
-    decisions = tuple(_decision(r, state, limits, summary[r.position.key], need_e6(r)) for r in ordered)
+    decisions = tuple(
+        _decision(r, state, limits, summary[r.position.key], need_e6(r), short_causes.get(r.position.key, ()))
+        for r in ordered
+    )
     return Plan(actions=tuple(actions), decisions=decisions)
 
 
-def _decision(r: PositionRisk, state: BookState, limits: PlanLimits, done: list[str], need: int) -> dict:
+def _decision(
+    r: PositionRisk, state: BookState, limits: PlanLimits, done: list[str], need: int, short_causes: tuple[str, ...]
+) -> dict:
     pos = r.position
     if r.liquidatable or r.breach_probability > limits.p_trigger or r.stress_breach:
         band = "trigger"
@@ -475,4 +504,5 @@ def _decision(r: PositionRisk, state: BookState, limits: PlanLimits, done: list[
         "liquidatable": r.liquidatable,
         "band": band,
         "action": "+".join(done) if done else "none",
+        "short_causes": list(short_causes),  # why the target is not reached this cycle (empty: it is, or no need)
     }
