@@ -166,12 +166,15 @@ def _read_body(resp: requests.Response, deadline: float) -> bytes:
     """The whole body, or :class:`requests.Timeout` when it is still arriving at ``deadline`` (a node that
     trickles bytes would otherwise pass every per-read timeout forever)."""
     chunks = []
-    for chunk in resp.iter_content(65_536):
+    while True:
+        # read1: what one recv brings (read(n) would wait for n bytes, each recv within the read timeout)
+        chunk = resp.raw.read1(65_536, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
         chunks.append(chunk)
         if time.monotonic() > deadline:
             resp.close()  # drop the connection: the rest of this answer must not be read as the next one
             raise requests.Timeout("answer still arriving at the request deadline")
-    return b"".join(chunks)
 
 
 def transport_for(url: str) -> Transport:
