@@ -16,18 +16,26 @@ def _news_with_new_round() -> HeadNews:
 
 class TestSchedulerStops:
     def test_stop_while_head_job_brings_cycle_forward_does_not_deadlock(self):
-        """A slow cycle plus a head job calling run_now on every poll: run_until_stopped returns after the cycle."""
-        started = threading.Event()
+        """A head poll still running at shutdown (a slow RPC) that then brings the cycle forward: run_until_stopped
+        returns (the issue's hang: shutdown joined the pool under the job-store lock the head job needed)."""
+        started, stop_asked, head_entered = threading.Event(), threading.Event(), threading.Event()
 
         def cycle() -> None:
             started.set()
-            time.sleep(1.0)
 
-        s = CycleScheduler(cycle, _news_with_new_round, initial_interval_s=600, head_poll_s=0.05)
+        def head() -> HeadNews:
+            head_entered.set()
+            if stop_asked.wait(10):
+                time.sleep(0.6)  # the main thread is inside shutdown by now
+            return _news_with_new_round()
+
+        s = CycleScheduler(cycle, head, initial_interval_s=600, head_poll_s=0.05)
         t = threading.Thread(target=s.run_until_stopped, daemon=True)
         t.start()
         assert started.wait(5)
+        assert head_entered.wait(5)  # a head poll is in flight (a stand-in for a slow request)
         s.stop()
+        stop_asked.set()
         t.join(8)
         assert not t.is_alive()
 
