@@ -281,6 +281,7 @@ class Decision:
     band: str
     action: str
     reason: str
+    short_causes: tuple[str, ...] = ()  # why the target is not reached this cycle (empty: it is, or no need)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -271,6 +271,8 @@ class _Run:
     said: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # the decision's words per position
     topped_up: dict[tuple[str, int], int] = field(default_factory=dict)
     short: set[tuple[str, int]] = field(default_factory=set)
+    causes: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # why a position stays short
+    awaiting_approval: set[tuple[str, int]] = field(default_factory=set)
 
     def watched(self, r: PositionRisk) -> bool:
         return self.limits.alert_only or _addr(r.position.account) in self.state.watch_only
@@ -301,6 +303,7 @@ class _Run:
             return
         threshold = self.limits.manual_approval_above_e6
         if threshold is not None and value > threshold:
+            self.awaiting_approval.add(key)
             self.actions.append(replace(action, needs_approval=True))
             self.actions.append(
                 Action(
@@ -358,7 +361,16 @@ def _step_top_up(run: _Run, r: PositionRisk, need: int, remaining: int) -> int:
         run.emit(r, ActionKind.TOP_UP, amount_e6=amount, reason=f"{why}; {_usd(need)} needed")
         return 0  # alerted in full; nothing else to plan for a watched position
     payer = run.state.payer_of(r.position.account)
-    amount = min(max(remaining, limits.min_action_e6), run.budget.top_up_room_e6(payer, limits.max_per_tx_e6))
+    want = max(remaining, limits.min_action_e6)
+    amount = min(want, run.budget.top_up_room_e6(payer, limits.max_per_tx_e6))
+    causes = run.causes.setdefault(r.position.key, [])
+    wallet_now = run.budget.wallet_left_e6.get(payer, 0)
+    if wallet_now < want:
+        causes.append("wallet empty" if wallet_now == 0 else f"wallet holds only {_usd(wallet_now)}")
+    if limits.max_per_tx_e6 < want:
+        causes.append(f"per-transaction cap {_usd(limits.max_per_tx_e6)}")
+    if run.budget.day_left_e6 < want:
+        causes.append(f"day budget: {_usd(run.budget.day_left_e6)} left of {_usd(limits.max_per_day_e6)}")
     if amount >= limits.min_action_e6 and amount > 0:
         run.budget.spend_top_up(payer, amount)
         run.emit(r, ActionKind.TOP_UP, amount_e6=amount,
@@ -401,6 +413,14 @@ def _step_reduce_or_alert(run: _Run, r: PositionRisk, need: int, remaining: int)
     if remaining <= 0:
         return
     pos, limits = r.position, run.limits
+    causes = run.causes.setdefault(pos.key, [])
+    stale = run.stale(r)
+    causes.append("stale oracle: no move or size reduction on a stale price" if stale
+                  else "no other position of the owner has margin to spare")
+    if not stale and not limits.allow_reduce:
+        causes.append("size reduction not allowed (limits.allow_reduce)")
+    if pos.key in run.awaiting_approval:
+        causes.append("manual approval threshold: planned actions wait for approval")
     funded = need - remaining
     equity_now = pos.equity_e6(r.price_e8)
     equity_target = r.required_collateral_e6 + pos.pnl_e6(r.price_e8) - pos.pending_fee_e6
@@ -417,16 +437,20 @@ def _step_reduce_or_alert(run: _Run, r: PositionRisk, need: int, remaining: int)
                     "so the remaining collateral meets the target"
                 ),
             )
-    outcome = "size reduction planned" if reduced else "cannot be saved by the keeper this cycle"
-    run.alert(
-        r,
-        (
-            f"position short of its target buffer by {_usd(remaining)} (breach probability "
-            f"{r.breach_probability:.2%}, liquidation price {r.liquidation_price_e8 / 1e8:,.2f}): funded "
-            f"{_usd(funded)} of {_usd(need)}; {outcome}"
-        ),
-        amount_e6=remaining,
-    )
+    outcome = "size reduction planned" if reduced else (
+        "cannot be saved by the keeper this cycle: " + ", ".join(causes))
+    # a shortfall only against the stress gap (breach probability at or below the trigger, not liquidatable)
+    # is recorded in the decision but raises no alert: nothing is about to happen
+    if r.liquidatable or r.breach_probability > limits.p_trigger or reduced:
+        run.alert(
+            r,
+            (
+                f"position short of its target buffer by {_usd(remaining)} (breach probability "
+                f"{r.breach_probability:.2%}, liquidation price {r.liquidation_price_e8 / 1e8:,.2f}): funded "
+                f"{_usd(funded)} of {_usd(need)}; {outcome}"
+            ),
+            amount_e6=remaining,
+        )
     run.say(r, f"{_usd_short(remaining)} of {_usd_short(need)} unfunded, {outcome}")
     run.short.add(pos.key)
 
@@ -588,6 +612,7 @@ def _decision(run: _Run, r: PositionRisk) -> Decision:
         band=band,
         action="+".join(run.summary[key]) if run.summary[key] else "none",
         reason=f"{_condition_words(r, band, market, limits)}: {'; '.join(words)}",
+        short_causes=tuple(run.causes.get(key, ())) if key in run.short else (),
     )
 
 

@@ -6,7 +6,9 @@ front of a real node. Foreign exceptions are mapped here, at the boundary::
 
     TransientRpcError      timeout, connection error, HTTP 429 / 5xx, JSON-RPC rate limit -> retry a read
     │                      with backoff on the next healthy endpoint; a send is NEVER retried here
-    ChainMismatchError     an endpoint reports another chain id (checked at start and after each reconnect)
+    ChainMismatchError     an endpoint reports another chain id, or has no code at an address that must
+    │                      have it (a reset chain): that endpoint is failed over like an outage; raised
+    │                      to the caller only when no endpoint is left (the daemon halts on it)
     RpcRejectedError
     └── RpcErrorResponse   the node answered with a JSON-RPC error (``code``, ``message``, ``data``)
         └── ExecutionReverted  ``eth_call`` / ``eth_estimateGas`` revert, ``data`` = revert bytes
@@ -15,9 +17,15 @@ Resubmitting a transaction is the transaction manager's decision alone (keeper/t
 transport treats ``eth_sendRawTransaction`` as non-idempotent and raises on the first failure. It still
 marks the endpoint unhealthy so the next request goes elsewhere.
 
-No hidden requests: the client sends exactly what it is asked to, plus one ``eth_chainId`` when it starts
-using an endpoint (first use, or after that endpoint failed). :meth:`ChainClient.web3` gives a ``Web3``
-over the same client with no middleware (web3's validation middleware adds two ``eth_chainId`` per call).
+No hidden requests but one: the client sends exactly what it is asked to, plus one verification round trip
+(``eth_chainId`` and ``eth_getCode`` of each address registered with :meth:`ChainClient.require_code`)
+when it starts using an endpoint (first use, after that endpoint failed, every ``reverify_s``, or after
+:meth:`ChainClient.suspect`). :meth:`ChainClient.web3` gives a ``Web3`` over the same client with no
+middleware (web3's validation middleware adds two ``eth_chainId`` per call).
+
+Every request is bounded in time: HTTP by a connect, read and whole-body deadline of ``timeout_s``,
+WebSocket by its open and receive timeouts. :meth:`ChainClient.abort` (shutdown) makes every later request
+and retry sleep fail at once.
 """
 
 from __future__ import annotations
@@ -107,8 +115,10 @@ class HttpTransport:
         self._headers = {"Content-Type": "application/json"}
 
     def send(self, body: bytes, timeout_s: float) -> bytes:
+        deadline = time.monotonic() + timeout_s
         try:
-            resp = self._session.post(self.url, data=body, headers=self._headers, timeout=timeout_s)
+            resp = self._session.post(self.url, data=body, headers=self._headers, timeout=timeout_s, stream=True)
+            resp._content = _read_body(resp, deadline)
         except (requests.Timeout, requests.ConnectionError) as exc:
             raise TransientRpcError(f"{mask_url(self.url)}: {type(exc).__name__}: {_masked(exc, self.url)}") from exc
         except requests.RequestException as exc:
@@ -159,6 +169,21 @@ class WebSocketTransport:
             self._drop()
 
 
+def _read_body(resp: requests.Response, deadline: float) -> bytes:
+    """The whole body, or :class:`requests.Timeout` when it is still arriving at ``deadline`` (a node that
+    trickles bytes would otherwise pass every per-read timeout forever)."""
+    chunks = []
+    while True:
+        # read1: what one recv brings (read(n) would wait for n bytes, each recv within the read timeout)
+        chunk = resp.raw.read1(65_536, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            resp.close()  # drop the connection: the rest of this answer must not be read as the next one
+            raise requests.Timeout("answer still arriving at the request deadline")
+
+
 def transport_for(url: str) -> Transport:
     """An HTTP or WebSocket transport, chosen by the URL scheme."""
     if url.startswith(("ws://", "wss://")):
@@ -193,6 +218,8 @@ class _Endpoint:
     verified: bool = False
     failed_at: float | None = None
     failures: int = 0
+    verified_at: float = 0.0
+    mismatch: str | None = None  # why the endpoint serves the wrong chain (None: it did not, last time)
 
 
 @dataclass
@@ -223,6 +250,7 @@ class ChainClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         max_head_lag_blocks: int | None = None,
+        reverify_s: float | None = 30.0,
     ) -> None:
         if not transports:
             raise ValueError("at least one RPC endpoint is required")
@@ -244,6 +272,11 @@ class ChainClient:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.stats = RpcStats()
+        if reverify_s is not None and reverify_s <= 0:
+            raise ValueError("reverify_s must be > 0 (or None: verify on first use and after failures only)")
+        self.reverify_s = reverify_s
+        self.required_code: dict[str, str] = {}  # name -> address that must hold code on this chain
+        self._aborted = threading.Event()
 
     @classmethod
     def connect(
@@ -254,6 +287,7 @@ class ChainClient:
         *,
         retry: RetryPolicy | None = None,
         max_head_lag_blocks: int | None = None,
+        reverify_s: float | None = 30.0,
     ) -> ChainClient:
         """Open endpoints for ``urls`` (first = preferred) and check the chain id on the first reachable one.
 
@@ -262,7 +296,7 @@ class ChainClient:
         if isinstance(urls, str):
             urls = [urls]
         client = cls([transport_for(u) for u in urls], chain_id, timeout_s=timeout_s, retry=retry,
-                     max_head_lag_blocks=max_head_lag_blocks)
+                     max_head_lag_blocks=max_head_lag_blocks, reverify_s=reverify_s)
         client.request("eth_blockNumber", [])  # forces a chain-id check of the endpoint in use
         return client
 
@@ -280,9 +314,16 @@ class ChainClient:
     def _pick(self) -> _Endpoint:
         now = self._clock()
         n = len(self._endpoints)
+        usable = [i for i, e in enumerate(self._endpoints)
+                  if e.mismatch is None or now - (e.failed_at or 0.0) >= self.retry.cooldown_s]
+        if not usable:
+            raise ChainMismatchError("no RPC endpoint left that serves the configured chain: " + "; ".join(
+                f"{e.transport.url}: {e.mismatch}" for e in self._endpoints))
         for k in range(n):
             idx = (self._current + k) % n
             ep = self._endpoints[idx]
+            if idx not in usable:
+                continue
             if ep.failed_at is None or now - ep.failed_at >= self.retry.cooldown_s:
                 if idx != self._current:
                     log.warning("rpc_failover", from_url=mask_url(self.url), to_url=mask_url(ep.transport.url))
@@ -290,7 +331,7 @@ class ChainClient:
                     self._current = idx
                 return ep
         # everything failed recently: try the one that failed longest ago
-        idx = min(range(n), key=lambda i: self._endpoints[i].failed_at or 0.0)
+        idx = min(usable, key=lambda i: self._endpoints[i].failed_at or 0.0)
         if idx != self._current:
             self.stats.failovers += 1
             self._current = idx
@@ -303,17 +344,57 @@ class ChainClient:
             ep.verified = False  # the next use is a reconnect: check the chain id again
         log.warning("rpc_endpoint_failed", url=mask_url(ep.transport.url), error=str(exc)[:200])
 
+    def require_code(self, addresses: dict[str, str]) -> None:
+        """Addresses (by name) that must hold code on every endpoint; checked at each verification, so a
+        reset chain (anvil_reset, a node resynced from genesis) is failed over like a wrong chain id."""
+        with self._lock:
+            self.required_code = {name: addr for name, addr in addresses.items() if addr}
+            for ep in self._endpoints:
+                ep.verified = False
+
+    def suspect(self) -> None:
+        """Verify the endpoint in use again before its next request (an answer looked like another chain)."""
+        with self._lock:
+            self._endpoints[self._current].verified = False
+
+    def confirm_chain(self) -> None:
+        """A caller saw evidence of another chain (no code where the protocol should be): verify the endpoint in
+        use again, failing over if it is wrong. Raises :class:`ChainMismatchError` only when no endpoint is left."""
+        self.suspect()
+        self.request("eth_blockNumber")
+
+    def abort(self) -> None:
+        """Shutting down: every later request (and retry sleep) raises :class:`TransientRpcError` at once."""
+        self._aborted.set()
+
+    def _needs_verify(self, ep: _Endpoint) -> bool:
+        if not ep.verified:
+            return True
+        return self.reverify_s is not None and self._clock() - ep.verified_at >= self.reverify_s
+
     def _verify(self, ep: _Endpoint) -> None:
-        raw = self._roundtrip(ep, [self._payload("eth_chainId", [])])[0]
-        chain_id = int(self._unwrap("eth_chainId", raw), 16)
+        names = list(self.required_code)
+        payloads = [self._payload("eth_chainId", [])] + [
+            self._payload("eth_getCode", [self.required_code[n], "latest"]) for n in names]
+        raw = self._roundtrip(ep, payloads)
+        chain_id = int(self._unwrap("eth_chainId", raw[0]), 16)
         if self.chain_id is None:
             self.chain_id = chain_id
         elif chain_id != self.chain_id:
             raise ChainMismatchError(
                 f"{mask_url(ep.transport.url)} serves chain id {chain_id}, expected {self.chain_id}"
             )
+        missing = [n for n, answer in zip(names, raw[1:], strict=True)
+                   if self._unwrap("eth_getCode", answer) in ("0x", "0x0", "", None)]
+        if missing:
+            raise ChainMismatchError(
+                f"{ep.transport.url} has no code at " + ", ".join(f"{n} {self.required_code[n]}" for n in missing)
+                + f" on chain id {chain_id}: a reset or different chain"
+            )
         ep.verified = True
+        ep.verified_at = self._clock()
         ep.failed_at = None
+        ep.mismatch = None
 
     # ---- wire ------------------------------------------------------------------------------------
 
@@ -361,12 +442,25 @@ class ChainClient:
     def _execute(self, payloads: list[dict], *, retry: bool) -> list[dict]:
         attempts = self.retry.attempts if retry else 1
         last: Exception | None = None
-        for attempt in range(attempts):
+        mismatches = 0
+        attempt = 0
+        while attempt < attempts:
+            if self._aborted.is_set():
+                raise TransientRpcError("RPC client aborted: the keeper is shutting down")
             with self._lock:
                 ep = self._pick()
             try:
-                if not ep.verified:
-                    self._verify(ep)
+                if self._needs_verify(ep):
+                    try:
+                        self._verify(ep)
+                    except ChainMismatchError as exc:
+                        with self._lock:
+                            ep.mismatch = str(exc)
+                            self._mark_failed(ep, exc)
+                        mismatches += 1
+                        if mismatches > len(self._endpoints):
+                            raise
+                        continue  # fail over without spending a read attempt; _pick raises when none is left
                 answers = self._roundtrip(ep, payloads)
                 for a in answers:  # a rate-limit error inside the answer counts as transient
                     err = a.get("error")
@@ -380,11 +474,14 @@ class ChainClient:
             except TransientRpcError as exc:
                 last = exc
                 with self._lock:
-                    self._mark_failed(ep, exc, reconnect=not isinstance(exc, _NodeBusy | LaggingNodeError))
+                    # a lagging head may be a reset chain: the next use verifies chain id and code again
+                    self._mark_failed(ep, exc, reconnect=not isinstance(exc, _NodeBusy))
                 if attempt + 1 < attempts:
                     self.stats.retries += 1
-                    self._sleep(self.retry.delay_s(attempt))
-        assert last is not None
+                    self._sleep(self.retry.delay_s(attempt))  # at most RetryPolicy.max_s; abort is checked next
+            attempt += 1
+        if last is None:
+            raise TransientRpcError("no RPC attempt was made")
         raise last
 
     def _check_head(self, ep: _Endpoint, payloads: list[dict], answers: list[dict]) -> None:

@@ -3,13 +3,15 @@
 * :class:`FaultTransport` wraps any :class:`~keeper.chain.rpc.Transport` in-process: fail the next N
   requests (timeout, connection error, HTTP 503/429), or every request of a method, and count what passed.
 * :class:`FaultProxy` is a real HTTP server on a free loopback port in front of a node: switch it to answer
-  503, to reset connections, or stop it entirely, to test failover against a real anvil.
+  503, to reset connections, to stall every request (``delay_s``), to forward to another node
+  (:meth:`FaultProxy.serve`), or stop it entirely, to test failover against a real anvil.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -81,6 +83,7 @@ class FaultProxy:
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.seen.update(_methods(body))
+                proxy._stall()
                 if proxy.mode == "reset" or proxy._stopped:
                     self.close_connection = True
                     self.connection.shutdown(2)
@@ -132,3 +135,16 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # ---- stall and other-chain modes (helper C: shutdown with a hung RPC, wrong chain mid-run) ----------
+
+    delay_s: float = 0.0  # every request waits this long before it is forwarded (a slow or hung node)
+
+    def _stall(self) -> None:
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
+
+    def serve(self, upstream: str) -> None:
+        """Forward from now on to another node (another chain id, or a chain without the protocol's code),
+        as a load balancer that switched backends would; the keeper's connection stays the same."""
+        self.upstream = upstream

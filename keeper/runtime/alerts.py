@@ -33,7 +33,7 @@ import structlog
 from keeper.domain import Action, ActionKind
 from keeper.runtime.metrics import KeeperMetrics
 
-__all__ = ["AlertOutcome", "AlertSink", "TokenBucket", "alert_from_action"]
+__all__ = ["AlertOutcome", "AlertSink", "TokenBucket", "alert_from_action", "gas_alert", "top_ups_of_gas_left"]
 
 log = structlog.get_logger(__name__)
 
@@ -246,6 +246,33 @@ def alert_from_action(action: Action) -> tuple[str, str, str, dict[str, Any]]:
     if action.from_market_id is not None:
         fields["from_market_id"] = action.from_market_id
     return key, f"{action.account} market {action.market_id}: {action.reason}", severity, fields
+
+
+def top_ups_of_gas_left(balance_wei: int, gas_per_top_up: int, max_fee_per_gas_wei: int) -> int:
+    """How many top-ups the native balance pays: ``balance // (gas_limit * max_fee_per_gas)``.
+
+    A node accepts an EIP-1559 transaction only when the sender holds ``gas_limit * max_fee_per_gas + value``
+    (EIP-1559, "Specification": the balance check uses the maximum fee, not the fee finally paid), so that
+    product, not the expected cost, is what each top-up needs in the wallet.
+    """
+    if gas_per_top_up <= 0 or max_fee_per_gas_wei <= 0:
+        raise ValueError("gas_per_top_up and max_fee_per_gas_wei must be > 0")
+    return max(0, balance_wei) // (gas_per_top_up * max_fee_per_gas_wei)
+
+
+def gas_alert(account: str, balance_wei: int, gas_per_top_up: int, max_fee_per_gas_wei: int,
+              min_top_ups: int) -> tuple[str, str, str, dict[str, Any]] | None:
+    """``(key, text, severity, fields)`` when the signer's gas pays for fewer than ``min_top_ups`` top-ups."""
+    left = top_ups_of_gas_left(balance_wei, gas_per_top_up, max_fee_per_gas_wei)
+    if left >= min_top_ups:
+        return None
+    need_wei = gas_per_top_up * max_fee_per_gas_wei
+    text = (f"signer {account} holds {balance_wei / 1e18:.6f} ETH of gas: {left} top-up(s) left at "
+            f"{gas_per_top_up:,} gas x {max_fee_per_gas_wei / 1e9:.2f} gwei ({need_wei / 1e18:.6f} ETH each), "
+            f"alert below {min_top_ups}; send gas to {account}")
+    fields = {"account": account, "native_balance_eth": balance_wei / 1e18, "top_ups_left": left,
+              "gas_per_top_up": gas_per_top_up, "max_fee_per_gas_gwei": max_fee_per_gas_wei / 1e9}
+    return f"gas:{account.lower()}", text, "critical" if left == 0 else "warning", fields
 
 
 # reason prefixes written by keeper/planner.py, mapped to a stable dedup category

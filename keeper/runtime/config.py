@@ -362,6 +362,8 @@ class ScheduleConfig(_Model):
     head_poll_s: float = Field(default=1.0, ge=0.1, le=60)
     stall_after_s: float = Field(default=120.0, gt=0, le=86_400)
     initial_interval_s: float = Field(default=30.0, gt=0, le=86_400)
+    # SIGTERM/SIGINT: running work gets this long to finish or be journaled, then the daemon exits anyway
+    shutdown_timeout_s: float = Field(default=10.0, ge=1, le=600)
 
 
 class JournalConfig(_Model):
@@ -405,6 +407,8 @@ class AlertsConfig(_Model):
     burst: int = Field(default=5, ge=1, le=100)
     dedup_window_s: float = Field(default=900.0, ge=0)
     timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # alert when the signer's native balance pays for fewer top-ups than this (gas of a top-up x current fee)
+    min_gas_top_ups: int = Field(default=5, ge=0, le=10_000)
 
     @field_validator("webhook_url")
     @classmethod

@@ -4,6 +4,8 @@
 "uptime_s", "reasons": []}`` and 503 with ``status`` ``"stale"`` when the last completed cycle or the
 newest block is older than its threshold. Before the first cycle it answers 200 ``"starting"`` for
 ``max_cycle_age_s`` after start (then 503): a supervisor does not kill a daemon that is still warming up.
+After :meth:`HealthState.mark_halted` it answers 503 ``"halted"`` with the reason (no endpoint serves the
+configured chain, a second sender of our key, ...) until the process exits.
 ``/metrics`` serves the Prometheus text of :class:`~keeper.runtime.metrics.KeeperMetrics`.
 """
 
@@ -41,6 +43,12 @@ class HealthState:
         self._last_cycle_s: float | None = None
         self._head_seen_s: float | None = None
         self._head_block: int | None = None
+        self._halted: str | None = None
+
+    def mark_halted(self, reason: str) -> None:
+        """The keeper stopped acting for ``reason``: report unhealthy from now on."""
+        with self._lock:
+            self._halted = reason
 
     def mark_cycle(self, finished_at_s: float | None = None) -> None:
         with self._lock:
@@ -60,7 +68,8 @@ class HealthState:
             head_age = None if self._head_seen_s is None else max(0.0, now - self._head_seen_s)
             uptime = now - self._started_s
             head_block = self._head_block
-        reasons = []
+            halted = self._halted
+        reasons = [f"halted: {halted}"] if halted else []
         if cycle_age is None:
             if uptime > self.max_cycle_age_s:
                 reasons.append(f"no cycle completed in {uptime:.0f}s since start")
@@ -68,7 +77,9 @@ class HealthState:
             reasons.append(f"last cycle {cycle_age:.0f}s ago (> {self.max_cycle_age_s:.0f}s)")
         if head_age is not None and head_age > self.max_head_age_s:
             reasons.append(f"newest block {head_age:.0f}s old (> {self.max_head_age_s:.0f}s)")
-        if reasons:
+        if halted:
+            status, code = "halted", 503
+        elif reasons:
             status, code = "stale", 503
         elif cycle_age is None:
             status, code = "starting", 200

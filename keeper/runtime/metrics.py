@@ -9,6 +9,8 @@ position_breach_probability            gauge      account, market         risk e
 position_distance_to_liquidation       gauge      account, market         ln(price / liquidation price), signed safe > 0
 position_collateral_usd                gauge      account, market         collateral in USD
 wallet_balance_usd                     gauge      account                 collateral-token balance of a paying wallet
+native_balance_eth                     gauge      account                 gas-token balance of the signing key
+gas_top_ups_left                       gauge      account                 top-ups that balance pays at the current fee
 actions_total                          counter    kind, outcome           actions by kind (top_up, ...) and outcome
 gas_used_total                         counter                            gas units of mined keeper transactions
 gas_spent_eth_total                    counter                            fees paid (ETH)
@@ -46,6 +48,13 @@ class KeeperMetrics:
         self.collateral_usd = Gauge("position_collateral_usd", "Position collateral (USD)", pos, namespace=ns, registry=reg)
         self.wallet_balance_usd = Gauge(
             "wallet_balance_usd", "Collateral-token balance of a paying wallet (USD)", ("account",), namespace=ns, registry=reg
+        )
+        self.native_balance_eth = Gauge(
+            "native_balance_eth", "Gas-token balance of the signing key", ("account",), namespace=ns, registry=reg
+        )
+        self.gas_top_ups_left = Gauge(
+            "gas_top_ups_left", "Top-ups the signer's gas balance pays at the current fee", ("account",),
+            namespace=ns, registry=reg,
         )
         self.actions = Counter("actions", "Actions by kind and outcome", ("kind", "outcome"), namespace=ns, registry=reg)
         self.gas_used = Counter("gas_used", "Gas units used by keeper transactions", namespace=ns, registry=reg)
@@ -85,6 +94,10 @@ class KeeperMetrics:
 
     def set_wallet(self, account: str, balance_e6: int) -> None:
         self.wallet_balance_usd.labels(account.lower()).set(balance_e6 / 1e6)
+
+    def set_native(self, account: str, balance_wei: int, top_ups_left: int) -> None:
+        self.native_balance_eth.labels(account.lower()).set(balance_wei / 1e18)
+        self.gas_top_ups_left.labels(account.lower()).set(top_ups_left)
 
     def count_action(self, kind: str, outcome: str) -> None:
         self.actions.labels(kind, outcome).inc()

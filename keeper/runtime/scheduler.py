@@ -9,8 +9,14 @@ Built on APScheduler 3.11 (``BackgroundScheduler``):
 * job ``head`` — every ``head_poll_s`` the head watcher is asked for news (new block, oracle round ids);
   when an oracle round changed since the last cycle, ``cycle`` is brought forward to run now. It also
   feeds the watchdog: no new block for ``stall_after_s`` raises one alert (and one recovery note).
-* :meth:`CycleScheduler.run_until_stopped` blocks until :meth:`stop` (SIGTERM/SIGINT handlers call it);
-  shutdown waits for a running cycle to finish, so in-flight work is completed or journaled.
+* :meth:`CycleScheduler.run_until_stopped` blocks until :meth:`stop` (SIGTERM/SIGINT handlers call it),
+  then waits for running jobs for at most ``shutdown_timeout_s`` and returns whether they drained. It never
+  joins the pool under APScheduler's job-store lock (``shutdown(wait=True)`` there deadlocks with a job that
+  calls ``get_job``): jobs are counted here, every job and control method is a no-op once stopped, and
+  ``on_deadline`` runs halfway through the bound so the caller can make in-flight work fail fast.
+* halt: an exception of a type in ``halt_on`` (a wrong chain, a halt condition) raised by a cycle or by the
+  head watcher stops the scheduler instead of being retried; :attr:`halt_reason` says why and
+  ``on_halt(exc)`` is called once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from datetime import datetime, timedelta, timezone
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -54,6 +62,8 @@ class CycleScheduler:
         on_stall: Callable[[float], None] | None = None,
         on_recover: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        halt_on: tuple[type[BaseException], ...] = (),
+        on_halt: Callable[[BaseException], None] | None = None,
     ) -> None:
         if not 0 < min_interval_s <= max_interval_s:
             raise ValueError("need 0 < min_interval_s <= max_interval_s")
@@ -70,6 +80,11 @@ class CycleScheduler:
         self._on_recover = on_recover or (lambda age: None)
         self._clock = clock
         self._stopped = threading.Event()
+        self._halt_on = halt_on
+        self._on_halt = on_halt or (lambda exc: None)
+        self.halt_reason: str | None = None
+        self._jobs = threading.Condition()
+        self._running: dict[str, int] = {}
         self._last_block: int | None = None
         self._last_block_seen_at = clock()
         self._stalled = False
@@ -88,11 +103,51 @@ class CycleScheduler:
 
     # ---- jobs ---------------------------------------------------------------------------------------
 
+    def _job(self, name: str, body: Callable[[], None]) -> None:
+        """Run a job body unless stopped, counted so that shutdown can wait for it without any lock held."""
+        if self._stopped.is_set():
+            return
+        with self._jobs:
+            self._running[name] = self._running.get(name, 0) + 1
+        try:
+            body()
+        except self._halt_on as exc:
+            self._halt(exc)
+        finally:
+            with self._jobs:
+                self._running[name] -= 1
+                if not self._running[name]:
+                    del self._running[name]
+                self._jobs.notify_all()
+
+    def _halt(self, exc: BaseException) -> None:
+        with self._jobs:
+            first = self.halt_reason is None
+            if first:
+                self.halt_reason = f"{type(exc).__name__}: {exc}"
+        if first:
+            log.critical("keeper_halting", reason=self.halt_reason)
+            try:
+                self._on_halt(exc)
+            finally:
+                self.stop()
+
+    def running_jobs(self) -> list[str]:
+        """Names of the jobs running right now."""
+        with self._jobs:
+            return sorted(self._running)
+
     def _run_cycle(self) -> None:
+        self._job("cycle", self._cycle_body)
+
+    def _cycle_body(self) -> None:
         try:
             wanted = self._cycle()
             self.cycles_run += 1
             self.last_error = None
+        except self._halt_on:
+            self.cycles_failed += 1
+            raise
         except Exception as exc:  # a failed cycle is logged and retried at the next tick
             self.cycles_failed += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -107,16 +162,20 @@ class CycleScheduler:
             return
         log.info("check_interval_changed", old_s=round(self.interval_s, 2), new_s=round(new, 2))
         self.interval_s = new
-        self._scheduler.reschedule_job(
-            "cycle",
-            trigger=IntervalTrigger(seconds=new, start_date=datetime.now(timezone.utc) + timedelta(seconds=new)),
-        )
+        start = datetime.now(timezone.utc) + timedelta(seconds=new)
+        self._modify("cycle", lambda: self._scheduler.reschedule_job(
+            "cycle", trigger=IntervalTrigger(seconds=new, start_date=start)))
 
     def _run_head(self) -> None:
+        self._job("head", self._head_body)
+
+    def _head_body(self) -> None:
         if self._watch_head is None:
             return
         try:
             news = self._watch_head()
+        except self._halt_on:
+            raise
         except Exception as exc:
             log.warning("head_poll_failed", error=f"{type(exc).__name__}: {exc}")
             news = None
@@ -137,18 +196,24 @@ class CycleScheduler:
 
     # ---- control ------------------------------------------------------------------------------------
 
+    def _modify(self, job_id: str, change: Callable[[], object]) -> bool:
+        """Apply ``change`` to a scheduled job unless stopped; a job or scheduler already gone is not an error."""
+        if self._stopped.is_set():
+            return False
+        try:
+            change()
+        except (JobLookupError, SchedulerNotRunningError):
+            return False
+        return True
+
     def run_now(self) -> None:
-        """Bring the next cycle forward to now (coalesced with one already due or running)."""
-        job = self._scheduler.get_job("cycle")
-        if job is not None:
+        """Bring the next cycle forward to now (coalesced with one already due or running); no-op once stopped."""
+        if self._modify("cycle", lambda: self._scheduler.modify_job("cycle", next_run_time=datetime.now(timezone.utc))):
             self.early_cycles += 1
-            job.modify(next_run_time=datetime.now(timezone.utc))
 
     def poll_head_now(self) -> None:
         """Run the head watcher now (a newHeads notification arrived); coalesced with a running poll."""
-        job = self._scheduler.get_job("head")
-        if job is not None:
-            job.modify(next_run_time=datetime.now(timezone.utc))
+        self._modify("head", lambda: self._scheduler.modify_job("head", next_run_time=datetime.now(timezone.utc)))
 
     def start(self) -> None:
         now = datetime.now(timezone.utc)
@@ -167,11 +232,50 @@ class CycleScheduler:
         """Ask the loop to stop (safe from a signal handler)."""
         self._stopped.set()
 
-    def run_until_stopped(self) -> None:
-        """Start, block until :meth:`stop`, then shut down waiting for a running cycle to finish."""
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def run_until_stopped(self, shutdown_timeout_s: float = 10.0,
+                          on_deadline: Callable[[], None] | None = None) -> bool:
+        """Start, block until :meth:`stop`, then wait up to ``shutdown_timeout_s`` for running jobs.
+
+        Returns True when every job finished in time, False when some are still running (the caller
+        decides: the daemon exits anyway, the journal holds what they did). ``on_deadline`` is called once
+        when half the bound has passed with jobs still running (the daemon makes RPC calls fail fast then).
+        """
+        if shutdown_timeout_s <= 0:
+            raise ValueError("shutdown_timeout_s must be > 0")
         self.start()
         try:
             while not self._stopped.wait(0.2):
                 pass
         finally:
-            self._scheduler.shutdown(wait=True)
+            try:
+                self._scheduler.shutdown(wait=False)  # never join the pool under the job-store lock
+            except SchedulerNotRunningError:
+                pass
+        return self.wait_idle(shutdown_timeout_s, on_deadline)
+
+    def wait_idle(self, timeout_s: float, on_deadline: Callable[[], None] | None = None) -> bool:
+        """Wait until no job runs, for at most ``timeout_s``; ``on_deadline`` fires at half of it."""
+        deadline = time.monotonic() + timeout_s
+        halfway = time.monotonic() + timeout_s / 2
+        cancel = on_deadline
+        with self._jobs:
+            while self._running:
+                now = time.monotonic()
+                if now >= deadline:
+                    log.warning("shutdown_timed_out", running=sorted(self._running), timeout_s=timeout_s)
+                    return False
+                if cancel is not None and now >= halfway:
+                    log.info("shutdown_cancelling", running=sorted(self._running))
+                    self._jobs.release()
+                    try:
+                        cancel()
+                    finally:
+                        self._jobs.acquire()
+                    cancel = None
+                    continue
+                self._jobs.wait(min(0.1, (halfway if cancel is not None else deadline) - now))
+        return True

@@ -24,6 +24,7 @@ Every decision is logged as one ``position_decision`` event with its inputs; eac
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,13 +40,13 @@ from keeper.chain.rpc import ChainClient
 from keeper.decision import BookDecision, decide
 from keeper.devchain import Deployment
 from keeper.domain import Action, ActionKind, Plan
-from keeper.errors import ChainMismatchError, SimulationRevert, TransactionError, TransientRpcError
+from keeper.errors import ChainMismatchError, RpcRejectedError, SimulationRevert, TransactionError, TransientRpcError
 from keeper.planner import BookState, PlanLimits
 from keeper.protocols.base import BookSnapshot, PositionKey, ProtocolAdapter
 from keeper.protocols.reference import ReferenceAdapter
 from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import PositionRisk, RiskPolicy, is_endangered
-from keeper.runtime.alerts import AlertSink, alert_from_action
+from keeper.runtime.alerts import AlertSink, alert_from_action, gas_alert, top_ups_of_gas_left
 from keeper.runtime.config import KeeperConfig
 from keeper.runtime.health import HealthState
 from keeper.runtime.implied_vol import ImpliedVolSource
@@ -54,7 +55,7 @@ from keeper.runtime.scheduler import HeadNews
 from keeper.runtime.volatility_cache import VolatilityCache
 from keeper.tx.fees import FeeCapExceeded, FeePolicy
 from keeper.tx.journal import Journal
-from keeper.tx.manager import Lane, TransactionManager
+from keeper.tx.manager import GAS_EXTRA, GAS_MARGIN_DEN, GAS_MARGIN_NUM, Lane, TransactionManager
 
 log = structlog.get_logger("keeper")
 
@@ -62,6 +63,10 @@ BALANCE_OF = selector("balanceOf(address)")
 ALLOWANCE = selector("allowance(address,address)")
 MAX_APPROVAL_E6 = 2**255
 PROTECTIVE = (ActionKind.TOP_UP, ActionKind.MOVE_MARGIN, ActionKind.REDUCE_SIZE)
+# gas limit assumed for a top-up until one is mined (then: its gasUsed with the manager's margin); a reference
+# engine addMargin measured ~60-80k gas on anvil, so this errs on the side of an early alert
+TOP_UP_GAS_LIMIT_DEFAULT = 150_000
+NOT_SENT = ("rejected", "error")  # CycleReport.sent states of actions that never reached the chain
 
 
 @dataclass
@@ -114,6 +119,8 @@ class KeeperService:
             sigma_fallback_annual=self.policy.sigma_fallback_annual,
         )
         self.check_interval_s = self.policy.check_interval_max_s
+        self.stopping = threading.Event()  # set on shutdown or halt: no new transaction is started
+        self.top_up_gas_limit = TOP_UP_GAS_LIMIT_DEFAULT  # updated from mined top-ups (gas-left alert)
         self._last_rounds: dict[int, int] = {}
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
@@ -261,7 +268,7 @@ class KeeperService:
         for rec in report.finalized:
             kind = rec.meta.get("kind", "other")
             self.metrics.count_action(kind, rec.state)
-            self._count_gas(rec.tx_hash)
+            self._count_gas(rec.tx_hash, kind)
             log.info("tx_final", intent=rec.id, kind=kind, state=rec.state, tx_hash=rec.tx_hash,
                      block=rec.block_number, reason=rec.reason, account=rec.meta.get("account"),
                      market=rec.meta.get("market_id"), amount_e6=rec.meta.get("amount_e6"))
@@ -270,7 +277,7 @@ class KeeperService:
                                  f" ({rec.reason})", severity="critical",
                                  fields={"tx_hash": rec.tx_hash, "state": rec.state})
 
-    def _count_gas(self, tx_hash: str | None) -> None:
+    def _count_gas(self, tx_hash: str | None, kind: str = "other") -> None:
         if not tx_hash:
             return
         try:
@@ -281,6 +288,30 @@ class KeeperService:
         if receipt:
             gas = int(receipt["gasUsed"], 16)
             self.metrics.add_gas(gas, gas * int(receipt.get("effectiveGasPrice", "0x0"), 16))
+            if kind == ActionKind.TOP_UP.value:
+                self.top_up_gas_limit = gas * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_EXTRA
+
+    def _check_gas(self) -> None:
+        """Native balance gauge, and an alert when it pays for fewer than ``alerts.min_gas_top_ups`` top-ups
+        at the current fee (next base fee x the fee policy's multiplier + the configured tip)."""
+        if self.signer_address is None or self.txm is None:
+            return
+        try:
+            balance = self.client.get_balance(self.signer_address)
+            block = self.client.get_block("latest") or {}
+        except TransientRpcError as exc:
+            self.metrics.count_rpc_error("balance")
+            log.warning("native_balance_unknown", error=str(exc))
+            return
+        tip = self.config.fees.priority_fee_wei
+        max_fee = max(1, FeePolicy().base_multiplier * int(block.get("baseFeePerGas", "0x0"), 16) + tip)
+        self.metrics.set_native(self.signer_address, balance,
+                                top_ups_of_gas_left(balance, self.top_up_gas_limit, max_fee))
+        alert = gas_alert(self.signer_address, balance, self.top_up_gas_limit, max_fee,
+                          self.config.alerts.min_gas_top_ups)
+        if alert is not None:
+            key, text, severity, fields = alert
+            self.alerts.send(key, text, severity=severity, fields=fields)
 
     def still_needed(self, intent) -> bool:
         """Is a stuck transaction's purpose still there? Re-reads its position (the manager cancels it if not).
@@ -421,12 +452,19 @@ class KeeperService:
                 key, text, severity, fields = alert_from_action(action)
                 self.alerts.send(key, text, severity=severity, fields=fields)
                 continue
+            if txm is not None and self.stopping.is_set():
+                report.skipped.append({"action": action.kind.value, "account": action.account,
+                                       "market_id": action.market_id, "amount_e6": action.amount_e6,
+                                       "why": "shutting down or halted: no new transaction"})
+                continue
             if txm is None:
                 report.skipped.append({"action": action.kind.value, "account": action.account,
                                        "market_id": action.market_id, "amount_e6": action.amount_e6,
                                        "why": "not executing (check without --execute, dry run or watch-only)"})
                 continue
             report.sent.append(self._send(txm, action, snap))
+        if execute:
+            self._check_gas()
         report.next_interval_s = self._next_interval(risks)
         self.check_interval_s = report.next_interval_s
         self._last_rounds = {mid: r.round_id for mid, r in snap.prices.items()}
@@ -459,10 +497,13 @@ class KeeperService:
             self.metrics.count_action(action.kind.value, "fee_cap")
             self.alerts.send(f"{action.account.lower()}:{action.market_id}:fees", str(exc), severity="critical")
             return out
-        except (TransactionError, TransientRpcError) as exc:
+        except (TransactionError, TransientRpcError, RpcRejectedError) as exc:
             out.update(state="error", reason=str(exc))
             self.metrics.count_action(action.kind.value, "error")
             log.warning("action_send_failed", key=key, error=str(exc))
+            self.alerts.send(f"{action.account.lower()}:{action.market_id}:send_failed",
+                             f"{action.kind.value} of ${action.amount_e6 / 1e6:,.2f} for {action.account} market "
+                             f"{action.market_id} could not be sent: {exc}", severity="critical", fields=out)
             return out
         attempts = self.journal.attempts(intent.id)
         tx_hash = intent.tx_hash or (attempts[-1].tx_hash if attempts else None)
@@ -505,7 +546,8 @@ class KeeperService:
             self.health.mark_cycle(now)
         worst = max((r.breach_probability for r in risks), default=0.0)
         log.info("cycle_finished", block=snap.block_number, positions=len(risks), actions=len(report.plan.actions),
-                 sent=len(report.sent), worst_breach_probability=worst, wallet=wallet / 1e6,
+                 sent=sum(1 for s in report.sent if s.get("state") not in NOT_SENT),
+                 failed=sum(1 for s in report.sent if s.get("state") in NOT_SENT), worst_breach_probability=worst, wallet=wallet / 1e6,
                  next_check_s=round(report.next_interval_s, 2), duration_ms=round(report.duration_s * 1e3, 1))
 
 

@@ -109,16 +109,35 @@ class TestFailoverOnAnvil:
         assert c.stats.failovers == 1
         assert second.seen["eth_chainId"] == 1 and second.seen["eth_blockNumber"] == 1
 
-    def test_failover_to_wrong_chain_halts(self, node):
-        """A failover endpoint serving another chain id raises ChainMismatchError instead of being used."""
+    def test_failover_to_wrong_chain_is_never_used(self, node):
+        """A failover endpoint serving another chain id is skipped like an outage: reads fail transiently while
+        the right endpoint is down, and go to it again when it is back, never to the wrong chain."""
         other = Anvil.start(chain_id=999)
         try:
             first = FaultTransport(HttpTransport(node.url))
-            c = ChainClient([first, HttpTransport(other.url)], 31337, retry=FAST, sleep=lambda s: None)
+            wrong = FaultTransport(HttpTransport(other.url))
+            c = ChainClient([first, wrong], 31337, retry=FAST, sleep=lambda s: None)
             c.block_number()
             first.down = True
-            with pytest.raises(ChainMismatchError):
+            with pytest.raises(TransientRpcError):
                 c.block_number()
+            assert wrong.seen["eth_blockNumber"] == 0 and wrong.seen["eth_chainId"] >= 1
+            first.down = False
+            c._endpoints[0].failed_at = None  # its cooldown is over
+            assert c.block_number() == int(node.request("eth_blockNumber"), 16)
+            assert wrong.seen["eth_blockNumber"] == 0
+        finally:
+            other.stop()
+
+    def test_only_wrong_chains_left_raises_mismatch(self, node):
+        """With every endpoint serving another chain id the client raises ChainMismatchError naming each one."""
+        other = Anvil.start(chain_id=999)
+        try:
+            c = ChainClient([HttpTransport(other.url)], 31337, retry=FAST, sleep=lambda s: None)
+            with pytest.raises(ChainMismatchError, match="serves chain id 999"):
+                c.block_number()
+            with pytest.raises(ChainMismatchError, match="no RPC endpoint left"):
+                c.block_number()  # within the cooldown the endpoint is not even asked again
         finally:
             other.stop()
 
@@ -202,3 +221,79 @@ class TestLaggingNode:
             c.block_number()
             first.down = True
             assert c.block_number() == 17
+
+
+class TestWrongChainAndDeadlines:
+    def test_reset_chain_without_required_code_is_a_mismatch(self):
+        """After anvil_reset the address registered with require_code has no code: the endpoint is a mismatch."""
+        own = Anvil.start()
+        try:
+            address = "0x00000000000000000000000000000000000c0de1"
+            own.request("anvil_setCode", [address, "0x6001600055"])
+            c = ChainClient([HttpTransport(own.url)], 31337, retry=FAST, sleep=lambda s: None)
+            c.require_code({"engine": address})
+            c.block_number()
+            own.request("anvil_reset", [])
+            c.suspect()
+            with pytest.raises(ChainMismatchError, match="no code at engine 0x0+c0de1"):
+                c.block_number()
+        finally:
+            own.stop()
+
+    def test_endpoint_is_verified_again_every_reverify_s(self, node):
+        """With reverify_s = 30 the chain id is asked once at first use and once more only after 30 s."""
+        now = [0.0]
+        t = FaultTransport(HttpTransport(node.url))
+        c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None, clock=lambda: now[0], reverify_s=30.0)
+        for _ in range(3):
+            c.block_number()
+        assert t.seen["eth_chainId"] == 1
+        now[0] = 31.0
+        c.block_number()
+        assert t.seen["eth_chainId"] == 2
+
+    def test_abort_fails_every_later_request_at_once(self, node):
+        """After abort() a request raises TransientRpcError without reaching the node."""
+        t = FaultTransport(HttpTransport(node.url))
+        c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None)
+        c.block_number()
+        seen = sum(t.seen.values())
+        c.abort()
+        with pytest.raises(TransientRpcError, match="shutting down"):
+            c.block_number()
+        assert sum(t.seen.values()) == seen
+
+    def test_trickling_answer_hits_the_whole_request_deadline(self):
+        """A server sending one byte every 0.2 s passes every per-read timeout; the 1 s request deadline stops it."""
+        import socket
+        import threading
+        import time
+
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        stop = threading.Event()
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    break
+                time.sleep(0.2)
+            conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        transport = HttpTransport(f"http://127.0.0.1:{server.getsockname()[1]}")
+        started = time.monotonic()
+        try:
+            with pytest.raises(TransientRpcError):
+                transport.send(b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}', 1.0)
+            assert time.monotonic() - started < 3.0
+        finally:
+            stop.set()
+            transport.close()
+            server.close()

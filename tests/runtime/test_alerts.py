@@ -10,7 +10,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from keeper.domain import Action, ActionKind
-from keeper.runtime.alerts import AlertOutcome, AlertSink, TokenBucket, alert_from_action
+from keeper.runtime.alerts import (
+    AlertOutcome,
+    AlertSink,
+    TokenBucket,
+    alert_from_action,
+    gas_alert,
+    top_ups_of_gas_left,
+)
 from keeper.runtime.metrics import KeeperMetrics
 
 
@@ -146,3 +153,19 @@ class TestAlertFromAction:
         ka, text, sev, fields = alert_from_action(a)
         assert ka == alert_from_action(b)[0] == "0xabc:0:short" and alert_from_action(c)[0] == "0xabc:0:stale"
         assert sev == "critical" and fields["amount_usd"] == 5e-6 and "0xAbC market 0" in text
+
+
+class TestGasLeft:
+    def test_top_ups_left_is_balance_over_gas_limit_times_max_fee(self):
+        """0.01 ETH at 150,000 gas x 20 gwei (0.003 ETH per top-up, the node's balance check) pays 3 top-ups."""
+        assert top_ups_of_gas_left(10**16, 150_000, 20 * 10**9) == 3
+        assert top_ups_of_gas_left(3 * 150_000 * 20 * 10**9 - 1, 150_000, 20 * 10**9) == 2  # one wei short
+        assert top_ups_of_gas_left(0, 150_000, 10**9) == 0
+
+    def test_alert_below_threshold_only_and_critical_at_zero(self):
+        """No alert at the threshold; a warning below it; critical when not even one top-up is paid."""
+        per = 150_000 * 10**9
+        assert gas_alert("0xAb", 5 * per, 150_000, 10**9, 5) is None
+        key, text, severity, fields = gas_alert("0xAb", 4 * per, 150_000, 10**9, 5)
+        assert key == "gas:0xab" and severity == "warning" and fields["top_ups_left"] == 4 and "4 top-up(s)" in text
+        assert gas_alert("0xAb", per - 1, 150_000, 10**9, 5)[2] == "critical"

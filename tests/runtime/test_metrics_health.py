@@ -79,6 +79,29 @@ class TestHealthState:
         code, body = s.snapshot()
         assert code == 503 and body["head_age_s"] == 31 and body["last_cycle_age_s"] == 0 and body["head_block"] == 100
 
+    def test_halted_is_503_whatever_the_ages(self):
+        """After mark_halted a fresh cycle and head still answer 503 "halted" with the reason first."""
+        clock = FakeClock()
+        s = HealthState(max_cycle_age_s=60, max_head_age_s=30, clock=clock)
+        s.mark_head(100, block_timestamp_s=clock.t)
+        s.mark_cycle()
+        assert s.snapshot()[0] == 200
+        s.mark_halted("no RPC endpoint left that serves the configured chain")
+        s.mark_cycle()
+        code, body = s.snapshot()
+        assert code == 503 and body["status"] == "halted"
+        assert body["reasons"] == ["halted: no RPC endpoint left that serves the configured chain"]
+
+
+class TestMetricsNative:
+    def test_native_balance_and_top_ups_left_gauges(self):
+        """set_native publishes the balance in ETH and the top-ups it pays, per signer (lower-cased)."""
+        m = KeeperMetrics()
+        m.set_native("0xAbC", 25 * 10**16, 7)
+        assert m.value("keeper_native_balance_eth", {"account": "0xabc"}) == 0.25
+        assert m.value("keeper_gas_top_ups_left", {"account": "0xabc"}) == 7.0
+        assert "keeper_native_balance_eth{" in m.render().decode()
+
 
 class TestHealthServer:
     def test_healthz_and_metrics_over_http(self):
