@@ -41,6 +41,7 @@ class HealthState:
         self._last_cycle_s: float | None = None
         self._head_seen_s: float | None = None
         self._head_block: int | None = None
+        self._unsafe: str | None = None
 
     def mark_cycle(self, finished_at_s: float | None = None) -> None:
         with self._lock:
@@ -52,6 +53,11 @@ class HealthState:
             self._head_block = block_number
             self._head_seen_s = self._clock() if block_timestamp_s is None else block_timestamp_s
 
+    def mark_unsafe(self, reason: str) -> None:
+        """The keeper stopped sending for a safety reason (e.g. a second sender of its key): report 503."""
+        with self._lock:
+            self._unsafe = reason
+
     def snapshot(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) of ``/healthz`` right now."""
         with self._lock:
@@ -60,7 +66,8 @@ class HealthState:
             head_age = None if self._head_seen_s is None else max(0.0, now - self._head_seen_s)
             uptime = now - self._started_s
             head_block = self._head_block
-        reasons = []
+            unsafe = self._unsafe
+        reasons = [unsafe] if unsafe else []
         if cycle_age is None:
             if uptime > self.max_cycle_age_s:
                 reasons.append(f"no cycle completed in {uptime:.0f}s since start")

@@ -358,12 +358,16 @@ class Journal:
             ).fetchone()
         return row[0]
 
-    def signed_nonces(self, sender: str, lo: int, hi: int) -> set[int]:
-        """Nonces in ``[lo, hi)`` of any transaction we signed for ``sender`` (any intent state)."""
+    def signed_nonces(self, sender: str, lo: int, hi: int, *, exclude_intent: int | None = None) -> set[int]:
+        """Nonces in ``[lo, hi)`` of any transaction we signed for ``sender`` (any intent state; imported landed
+        transactions included), leaving out ``exclude_intent``'s own attempts."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT DISTINCT a.nonce FROM attempts a JOIN intents i ON a.intent_id = i.id"
-                " WHERE lower(i.sender) = lower(?) AND a.nonce >= ? AND a.nonce < ?", (sender, lo, hi),
+                "SELECT a.nonce FROM attempts a JOIN intents i ON a.intent_id = i.id"
+                " WHERE lower(i.sender) = lower(?) AND a.nonce >= ? AND a.nonce < ? AND i.id != ?"
+                " UNION SELECT nonce FROM intents WHERE lower(sender) = lower(?) AND nonce >= ? AND nonce < ?"
+                " AND id != ? AND state = 'confirmed'",
+                (sender, lo, hi, exclude_intent or -1, sender, lo, hi, exclude_intent or -1),
             ).fetchall()
         return {r[0] for r in rows}
 
