@@ -222,6 +222,7 @@ class TransactionManager:
         head = self._head = int(first[0], 16)
         report.head = head
         mined_nonce = {s.lower(): int(n, 16) for s, n in zip(senders, first[1:], strict=True)}
+        self._late_evidence(head, report)
         if not intents:
             return report
         attempts = {i.id: self.journal.attempts(i.id) for i in intents}
@@ -497,6 +498,26 @@ class TransactionManager:
             self._replace(intent, ls, last, kind=last.kind if last.kind == "cancel" else "replace",
                           report=report)
         return None
+
+    def _late_evidence(self, head: int, report: PollReport, window_s: float = 3600.0) -> None:
+        """An intent abandoned in the last hour whose attempt turns up mined after all (a receipt a lagging
+        node hid for longer than ``evidence_blocks``): the journal is corrected to what happened on chain."""
+        recent = [i for i in self.journal.abandoned_with_attempts(self.journal.clock() - window_s)
+                  if i.lane in self._lanes]
+        if not recent:
+            return
+        attempts = [a for i in recent for a in self.journal.attempts(i.id)]
+        receipts = self.client.batch([("eth_getTransactionReceipt", [a.tx_hash]) for a in attempts])
+        for a, r in zip(attempts, receipts, strict=True):
+            if r and head - int(r["blockNumber"], 16) + 1 >= self.confirmations:
+                ok = int(r["status"], 16) == 1
+                state = "cancelled" if a.kind == "cancel" and ok else ("confirmed" if ok else "reverted")
+                rec = self.journal.update(a.intent_id, state=state, tx_hash=a.tx_hash, nonce=a.nonce,
+                                          block_number=int(r["blockNumber"], 16), block_hash=r["blockHash"],
+                                          reason="found mined after it was abandoned", event="tx_late_receipt")
+                log.warning("tx_late_receipt", intent=a.intent_id, tx_hash=a.tx_hash, state=state)
+                report.finalized.append(rec)
+                recent = [i for i in recent if i.id != a.intent_id]
 
     def _attempt_landed_or_known(self, attempts: Sequence[AttemptRecord]) -> bool:
         """Does any endpoint know any of these attempts by hash (mined or pending)? Each endpoint is asked."""
