@@ -21,6 +21,12 @@ States::
     intent -> rejected                                  (simulation reverted / node refused; nothing on chain)
     intent | signed | sent -> abandoned                 (purpose gone and nothing of ours can still mine)
     mined -> sent                                       (reorg removed the receipt: re-evaluated)
+    abandoned -> confirmed | reverted                   (an attempt found mined later: what happened wins)
+    (none) -> confirmed                                 (a landed tx of our key imported from the chain)
+
+Opening a corrupt file, a folder or an uncreatable path raises JournalError (one line: path and fix). A
+process that sends takes :meth:`Journal.lock_for_sending` (flock on ``<journal>.lock``, released by the
+kernel when the process dies); readers never lock.
 """
 
 from __future__ import annotations

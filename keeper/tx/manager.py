@@ -14,12 +14,23 @@ Life of an action (each step is journaled before the next side effect, see keepe
       ├─ receipts of every attempt (original, replacements, cancel) in one batch
       ├─ mined -> ``mined``; at ``confirmations`` depth on a canonical block -> confirmed | reverted | cancelled
       ├─ receipt gone after ``mined`` (reorg)            -> re-evaluate: still needed ? rebroadcast : cancel
-      ├─ nonce used, no receipt of ours (same key used elsewhere) -> re-evaluate: new nonce ? abandon
+      ├─ nonce used, no receipt of ours: a lagging / load-balanced node answers like this while our attempt
+      │     landed, so every attempt is looked up by hash (receipt + transaction) on every endpoint, and the
+      │     nonce is only given up after ``evidence_blocks`` blocks without any trace of ours; then still
+      │     needed AND eth_call re-simulates ? new nonce : ``abandoned`` (a top-up that landed no longer
+      │     simulates as needed, so it is never paid twice)
+      ├─ an abandoned intent's attempt turns up mined later  -> the journal is corrected (confirmed)
       ├─ unknown to the node (dropped, lost send)        -> rebroadcast the same signed bytes (same hash)
       │     refused for a too-low fee                    -> replacement priced at the market, within the cap
       └─ not mined after ``stuck_blocks`` / ``stuck_s``  -> still needed ? replace (+12.5% both fees) : cancel
     reconcile()  (at start, before anything new): intents never signed -> abandoned; then poll();
                  then the nonce allocators are re-read.
+
+One writer per key: the service takes the journal's flock before building a manager; a nonce the allocator
+believed free that turns out used by a transaction we never signed ("nonce too low" / "replacement
+underpriced" on a first send) means a second sender uses the key: :attr:`TransactionManager.halted` is set,
+the intent is ``rejected`` (ours was refused, it cannot land) and every later submit raises SenderConflict.
+Among several mined attempts of one intent, a successful one decides the final state.
 
 "Still needed" is a callback the caller gives (per submit, or one for the manager) that looks at the
 intent (its ``meta`` carries the action) and today's chain state; default: always needed.
