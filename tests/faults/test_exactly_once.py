@@ -105,3 +105,16 @@ class TestWriterLock:
             holder.wait(10)
         mine.lock_for_sending()
         mine.close()
+
+
+class TestHaltReported:
+    def test_health_reports_unsafe_halt(self):
+        """After a halt for a second sender, /healthz answers 503 with the reason even while cycles are fresh."""
+        from keeper.runtime.health import HealthState
+
+        state = HealthState(600.0, 120.0, clock=lambda: 1_000.0)
+        state.mark_cycle(1_000.0)
+        assert state.snapshot()[0] == 200
+        state.mark_unsafe("sending stopped: nonce 7 was used by a transaction this keeper did not sign")
+        code, body = state.snapshot()
+        assert code == 503 and body["status"] == "stale" and "nonce 7" in body["reasons"][0]
