@@ -15,7 +15,7 @@ import traceback
 import typer
 
 from keeper import commands
-from keeper.errors import ChainError, KeeperError, TransactionError
+from keeper.errors import ChainError, HaltError, KeeperError, TransactionError
 from keeper.redact import mask_text
 
 EXIT_BAD_INPUT = 2
@@ -44,8 +44,8 @@ def build_app() -> typer.Typer:
 
 
 def exit_code(exc: KeeperError) -> int:
-    """2 for bad configuration or input (config, journal, files: fix and rerun), 1 for a runtime failure."""
-    return EXIT_FAILURE if isinstance(exc, ChainError | TransactionError) else EXIT_BAD_INPUT
+    """2 for bad configuration or input (config, journal, files: fix and rerun), 1 for a runtime failure or a halt."""
+    return EXIT_FAILURE if isinstance(exc, ChainError | TransactionError | HaltError) else EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@
     KeeperError
     ├── ConfigError            bad configuration: report field, value, what is allowed; exit 2
     ├── InputError             bad user input (CLI arguments, CSV files): report and exit 2
+    │   └── JournalError       the journal file cannot be opened (corrupt, a folder, no permission)
     ├── ToolchainError         anvil/forge/node missing: say how to install it
     ├── ChainError
     │   ├── TransientRpcError  timeout, connection error, 429, 5xx: retry with backoff or fail over
@@ -13,8 +14,11 @@
     ├── TransactionError
     │   ├── SimulationRevert   eth_call says it would revert: do not sign; ``reason`` is decoded
     │   ├── TransactionRejected the node refused a signed tx (nonce too low, underpriced): manager decides
+    │   ├── LaneBlocked        the lane's key has transactions pending that the journal does not know
     │   └── Reverted           mined with status 0
     └── HaltError              unsafe to continue (journal inconsistent, limits breached): stop
+        ├── JournalBusy        another process holds the journal's writer lock: refuse to send
+        └── SenderConflict     another process signs with our key (nonces we did not sign): stop sending
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ class ConfigError(KeeperError):
 
 class InputError(KeeperError):
     """User input (command-line arguments, data files) is invalid."""
+
+
+class JournalError(InputError):
+    """The journal file cannot be opened or used; the message names the path and the fix (one line)."""
 
 
 class ToolchainError(KeeperError):
@@ -73,9 +81,22 @@ class TransactionRejected(TransactionError):
     """The node refused a signed transaction."""
 
 
+class LaneBlocked(TransactionError):
+    """The lane's key has transactions pending on chain that the journal does not know: act on nothing for it
+    until they are final (they may be ours from a lost journal)."""
+
+
 class Reverted(TransactionError):
     """A transaction was mined with status 0."""
 
 
 class HaltError(KeeperError):
     """Continuing would be unsafe; the daemon stops."""
+
+
+class JournalBusy(HaltError):
+    """Another process holds the journal's exclusive writer lock: this one must not send."""
+
+
+class SenderConflict(HaltError):
+    """Nonces of our key advanced that this process did not sign: a second sender uses the key."""

@@ -451,7 +451,11 @@ def _step_reduce_or_alert(run: _Run, r: PositionRisk, need: int, remaining: int)
             ),
             amount_e6=remaining,
         )
-    run.say(r, f"{_usd_short(remaining)} of {_usd_short(need)} unfunded, {outcome}")
+    if r.liquidatable or r.breach_probability > limits.p_trigger or reduced:
+        run.say(r, f"{_usd_short(remaining)} of {_usd_short(need)} unfunded, {outcome}")
+    else:
+        run.say(r, f"{_usd_short(remaining)} of {_usd_short(need)} short of the stress-gap target "
+                   f"({', '.join(causes)}); breach probability below the trigger: no alert")
     run.short.add(pos.key)
 
 

@@ -527,6 +527,28 @@ class ChainClient:
                 out.append(exc)
         return out
 
+    def batch_each(self, calls: Sequence[tuple[str, list]]) -> list[list[Any]]:
+        """The same read batch on every endpoint not cooling down after a failure (one try each, no failover):
+        one result list per endpoint that answered (an item that errored is ``None``). For evidence that must
+        not depend on which endpoint happens to be in use (e.g. looking our own transactions up by hash)."""
+        out: list[list[Any]] = []
+        now = self._clock()
+        for ep in list(self._endpoints):
+            if ep.failed_at is not None and now - ep.failed_at < self.retry.cooldown_s and len(out) > 0:
+                continue
+            try:
+                if not ep.verified:
+                    self._verify(ep)
+                answers = self._roundtrip(ep, [self._payload(m, p) for m, p in calls])
+            except (TransientRpcError, ChainMismatchError) as exc:
+                with self._lock:
+                    self._mark_failed(ep, exc)
+                continue
+            out.append([a.get("result") if a.get("error") is None else None for a in answers])
+        if not out:
+            raise TransientRpcError("no endpoint answered the lookup")
+        return out
+
     # ---- typed helpers ---------------------------------------------------------------------------
 
     def block_number(self) -> int:

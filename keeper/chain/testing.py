@@ -4,7 +4,8 @@
   requests (timeout, connection error, HTTP 503/429), or every request of a method, and count what passed.
 * :class:`FaultProxy` is a real HTTP server on a free loopback port in front of a node: switch it to answer
   503, to reset connections, to stall every request (``delay_s``), to forward to another node
-  (:meth:`FaultProxy.serve`), or stop it entirely, to test failover against a real anvil.
+  (:meth:`FaultProxy.serve`), or stop it entirely, to test failover against a real anvil; ``null_methods``
+  makes it answer ``null`` for chosen methods (receipts missing while the nonce is already counted).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class FaultProxy:
                                              headers={"Content-Type": "application/json"})
                 try:
                     with urllib.request.urlopen(req, timeout=30) as resp:
-                        self._reply(resp.status, resp.read())
+                        self._reply(resp.status, proxy._rewrite(body, resp.read()))
                 except urllib.error.URLError:
                     self._reply(502, b"bad gateway")
 
@@ -106,6 +107,8 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(data)
 
+        self.null_methods: set[str] = set()  # e.g. {"eth_getTransactionReceipt", "eth_getTransactionByHash"}
+        self.nulled = 0  # answers replaced by null so far
         self._stopped = False
         self._conns: set = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
@@ -116,6 +119,27 @@ class FaultProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def _rewrite(self, body: bytes, answer: bytes) -> bytes:
+        """Answer ``null`` for every request whose method is in :attr:`null_methods` (what a load-balanced
+        provider or a lagging backup node does for a receipt while it already counts the nonce)."""
+        if not self.null_methods:
+            return answer
+        try:
+            sent, got = json.loads(body), json.loads(answer)
+        except ValueError:
+            return answer
+        reqs = sent if isinstance(sent, list) else [sent]
+        nulled = {r.get("id") for r in reqs if isinstance(r, dict) and r.get("method") in self.null_methods}
+        if not nulled:
+            return answer
+        items = got if isinstance(got, list) else [got]
+        for item in items:
+            if isinstance(item, dict) and item.get("id") in nulled:
+                item.pop("error", None)
+                item["result"] = None
+                self.nulled += 1
+        return json.dumps(items if isinstance(got, list) else items[0]).encode()
 
     def stop(self) -> None:
         """Shut the proxy down: later connections are refused (idempotent)."""

@@ -44,6 +44,7 @@ class HealthState:
         self._head_seen_s: float | None = None
         self._head_block: int | None = None
         self._halted: str | None = None
+        self._unsafe: str | None = None
 
     def mark_halted(self, reason: str) -> None:
         """The keeper stopped acting for ``reason``: report unhealthy from now on."""
@@ -60,6 +61,11 @@ class HealthState:
             self._head_block = block_number
             self._head_seen_s = self._clock() if block_timestamp_s is None else block_timestamp_s
 
+    def mark_unsafe(self, reason: str) -> None:
+        """The keeper stopped sending for a safety reason (e.g. a second sender of its key): report 503."""
+        with self._lock:
+            self._unsafe = reason
+
     def snapshot(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) of ``/healthz`` right now."""
         with self._lock:
@@ -69,7 +75,10 @@ class HealthState:
             uptime = now - self._started_s
             head_block = self._head_block
             halted = self._halted
+            unsafe = self._unsafe
         reasons = [f"halted: {halted}"] if halted else []
+        if unsafe:
+            reasons.append(unsafe)
         if cycle_age is None:
             if uptime > self.max_cycle_age_s:
                 reasons.append(f"no cycle completed in {uptime:.0f}s since start")

@@ -167,6 +167,7 @@ class KeeperService:
                     Lane("routine", routine, stuck_blocks=config.fees.replace_after_blocks * 2,
                          stuck_s=config.fees.replace_after_s * 2),
                 ]
+                journal.lock_for_sending()  # one writer per journal: a second sender refuses here (JournalBusy)
                 txm = TransactionManager(client, journal, lanes, fees, confirmations=config.fees.confirmations,
                                          error_decoder=adapter.errors)
         service = cls(config, client=client, adapter=adapter, journal=journal, txm=txm,
@@ -265,6 +266,11 @@ class KeeperService:
             self.metrics.count_rpc_error("poll")
             log.warning("tx_poll_failed", error=str(exc))
             return
+        if txm.halted is not None:
+            self.alerts.send("tx:second_sender", f"sending stopped: {txm.halted}", severity="critical",
+                             fields={"signer": self.signer_address})
+            if self.health is not None and hasattr(self.health, "mark_unsafe"):
+                self.health.mark_unsafe(f"sending stopped: {txm.halted}")
         for rec in report.finalized:
             kind = rec.meta.get("kind", "other")
             self.metrics.count_action(kind, rec.state)
@@ -410,13 +416,19 @@ class KeeperService:
                       stress_gaps=gaps, busy=busy)
 
     def spent_today_e6(self, now_s: float) -> int:
+        """Top-ups since 00:00 UTC that may have moved money: every state except those the chain proved moved
+        nothing (``rejected``: never signed or refused; ``cancelled``/``reverted``: the nonce mined without the
+        transfer) and ``abandoned`` intents that never signed anything. An abandoned intent with a signed
+        attempt counts: it may have landed."""
         midnight = datetime.fromtimestamp(now_s, timezone.utc).replace(hour=0, minute=0, second=0,
                                                                        microsecond=0).timestamp()
         spent = 0
         for rec in self.journal.intents_since(midnight):
-            if rec.meta.get("kind") == ActionKind.TOP_UP.value \
-                    and rec.state not in ("rejected", "abandoned", "cancelled", "reverted"):
-                spent += int(rec.meta.get("amount_e6") or 0)
+            if rec.meta.get("kind") != ActionKind.TOP_UP.value or rec.state in ("rejected", "cancelled", "reverted"):
+                continue
+            if rec.state == "abandoned" and self.journal.attempt_count(rec.id) == 0:
+                continue
+            spent += int(rec.meta.get("amount_e6") or 0)
         return spent
 
     def _busy_positions(self) -> dict[PositionKey, str]:

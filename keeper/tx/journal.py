@@ -21,11 +21,19 @@ States::
     intent -> rejected                                  (simulation reverted / node refused; nothing on chain)
     intent | signed | sent -> abandoned                 (purpose gone and nothing of ours can still mine)
     mined -> sent                                       (reorg removed the receipt: re-evaluated)
+    abandoned -> confirmed | reverted                   (an attempt found mined later: what happened wins)
+    (none) -> confirmed                                 (a landed tx of our key imported from the chain)
+
+Opening a corrupt file, a folder or an uncreatable path raises JournalError (one line: path and fix). A
+process that sends takes :meth:`Journal.lock_for_sending` (flock on ``<journal>.lock``, released by the
+kernel when the process dies); readers never lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -34,6 +42,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from keeper.errors import JournalBusy, JournalError
 
 OPEN_STATES = ("intent", "signed", "sent", "mined")
 FINAL_STATES = ("confirmed", "reverted", "cancelled", "rejected", "abandoned")
@@ -152,20 +162,57 @@ class Journal:
     clock: Any = time.time
     _conn: sqlite3.Connection = field(init=False, repr=False)
     _lock: threading.RLock = field(init=False, repr=False, default_factory=threading.RLock)
+    _lock_fd: int | None = field(init=False, repr=False, default=None)  # the writer flock, when held
 
     def __post_init__(self) -> None:
-        if str(self.path) != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                                     timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
+        where = str(self.path)
+        try:
+            if where != ":memory:":
+                path = Path(self.path)
+                if path.is_dir():
+                    raise JournalError(f"journal path {where} is a folder: set journal.path to a file inside it,"
+                                       f" e.g. {path / 'journal.sqlite'}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(where, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+        except JournalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"journal {where} is not a usable SQLite database ({exc}): move it aside and restore"
+                               " a backup, or set journal.path to a new file (the chain is reconciled at start)"
+                               ) from None
+        except OSError as exc:
+            raise JournalError(f"journal {where} cannot be created ({exc.strerror or exc}): set journal.path to a"
+                               " writable location") from None
+
+    def lock_for_sending(self) -> None:
+        """Take the exclusive OS-level writer lock (``flock`` on ``<journal>.lock``) or raise JournalBusy.
+
+        Only a process that signs takes it; readers (``status``, ``check`` without ``--execute``) never do. The
+        kernel releases it when the process dies, even by SIGKILL, so a crash never leaves a stale lock."""
+        if self._lock_fd is not None or str(self.path) == ":memory:":
+            return
+        lock_path = f"{self.path}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JournalBusy(f"journal {self.path} is in use by another sending keeper (lock {lock_path}): stop"
+                              " it first, or run read-only (without --execute)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -316,6 +363,62 @@ class Journal:
                 " AND a.nonce = i.nonce", (sender,),
             ).fetchone()
         return row[0]
+
+    def signed_nonces(self, sender: str, lo: int, hi: int, *, exclude_intent: int | None = None) -> set[int]:
+        """Nonces in ``[lo, hi)`` of any transaction we signed for ``sender`` (any intent state; imported landed
+        transactions included), leaving out ``exclude_intent``'s own attempts."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT a.nonce FROM attempts a JOIN intents i ON a.intent_id = i.id"
+                " WHERE lower(i.sender) = lower(?) AND a.nonce >= ? AND a.nonce < ? AND i.id != ?"
+                " UNION SELECT nonce FROM intents WHERE lower(sender) = lower(?) AND nonce >= ? AND nonce < ?"
+                " AND id != ? AND state = 'confirmed'",
+                (sender, lo, hi, exclude_intent or -1, sender, lo, hi, exclude_intent or -1),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def knows_tx(self, tx_hash: str) -> bool:
+        """Is ``tx_hash`` one of our attempts, or a landed transaction already imported from the chain?"""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM attempts WHERE lower(tx_hash) = lower(?) UNION ALL"
+                " SELECT 1 FROM intents WHERE lower(tx_hash) = lower(?) LIMIT 1", (tx_hash, tx_hash)).fetchone()
+        return row is not None
+
+    def import_landed(self, *, idempotency_key: str, lane: str, sender: str, to: str, tx_hash: str,
+                      nonce: int | None, block_number: int, block_hash: str, landed_at: float,
+                      meta: dict) -> IntentRecord:
+        """Record a transaction of our key found on chain but unknown to the journal (journal lost or restored
+        from a backup) as a ``confirmed`` intent, dated by its block, so it counts (e.g. against the day
+        budget) like one we sent. Idempotent per ``tx_hash``."""
+        with self._tx() as c:
+            row = c.execute("SELECT id FROM intents WHERE lower(tx_hash) = lower(?)", (tx_hash,)).fetchone()
+            if row is not None:
+                intent_id = row[0]
+            else:
+                cur = c.execute(
+                    "INSERT INTO intents (idempotency_key, lane, sender, to_address, data, value_wei,"
+                    " value_at_stake_e6, meta, state, nonce, tx_hash, block_number, block_hash, reason,"
+                    " created_at, updated_at) VALUES (?,?,?,?,'', '0', 0, ?, 'confirmed', ?,?,?,?,"
+                    " 'imported from the chain at start (not in the journal)', ?, ?)",
+                    (idempotency_key, lane, sender, to, json.dumps(meta, sort_keys=True), nonce, tx_hash,
+                     block_number, block_hash, landed_at, self.clock()))
+                intent_id = cur.lastrowid
+                self._event(c, intent_id, "tx_imported_from_chain", {"tx_hash": tx_hash, "block": block_number})
+        return self.get(intent_id)
+
+    def abandoned_with_attempts(self, since: float) -> list[IntentRecord]:
+        """Intents abandoned at or after ``since`` that had signed something (it may still turn up mined)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM intents WHERE state = 'abandoned' AND updated_at >= ? AND EXISTS"
+                " (SELECT 1 FROM attempts a WHERE a.intent_id = intents.id) ORDER BY id", (since,)).fetchall()
+        return [_intent(r) for r in rows]
+
+    def attempt_count(self, intent_id: int) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM attempts WHERE intent_id = ?",
+                                          (intent_id,)).fetchone()[0])
 
     # ---- audit -----------------------------------------------------------------------------------
 

@@ -14,12 +14,23 @@ Life of an action (each step is journaled before the next side effect, see keepe
       ├─ receipts of every attempt (original, replacements, cancel) in one batch
       ├─ mined -> ``mined``; at ``confirmations`` depth on a canonical block -> confirmed | reverted | cancelled
       ├─ receipt gone after ``mined`` (reorg)            -> re-evaluate: still needed ? rebroadcast : cancel
-      ├─ nonce used, no receipt of ours (same key used elsewhere) -> re-evaluate: new nonce ? abandon
+      ├─ nonce used, no receipt of ours: a lagging / load-balanced node answers like this while our attempt
+      │     landed, so every attempt is looked up by hash (receipt + transaction) on every endpoint, and the
+      │     nonce is only given up after ``evidence_blocks`` blocks without any trace of ours; then still
+      │     needed AND eth_call re-simulates ? new nonce : ``abandoned`` (a top-up that landed no longer
+      │     simulates as needed, so it is never paid twice)
+      ├─ an abandoned intent's attempt turns up mined later  -> the journal is corrected (confirmed)
       ├─ unknown to the node (dropped, lost send)        -> rebroadcast the same signed bytes (same hash)
       │     refused for a too-low fee                    -> replacement priced at the market, within the cap
       └─ not mined after ``stuck_blocks`` / ``stuck_s``  -> still needed ? replace (+12.5% both fees) : cancel
     reconcile()  (at start, before anything new): intents never signed -> abandoned; then poll();
                  then the nonce allocators are re-read.
+
+One writer per key: the service takes the journal's flock before building a manager; a nonce the allocator
+believed free that turns out used by a transaction we never signed ("nonce too low" / "replacement
+underpriced" on a first send) means a second sender uses the key: :attr:`TransactionManager.halted` is set,
+the intent is ``rejected`` (ours was refused, it cannot land) and every later submit raises SenderConflict.
+Among several mined attempts of one intent, a successful one decides the final state.
 
 "Still needed" is a callback the caller gives (per submit, or one for the manager) that looks at the
 intent (its ``meta`` carries the action) and today's chain state; default: always needed.
@@ -41,7 +52,7 @@ from eth_utils import to_checksum_address
 
 from keeper.chain.abi import ErrorDecoder
 from keeper.chain.rpc import ChainClient, ExecutionReverted, RpcErrorResponse
-from keeper.errors import SimulationRevert, TransactionRejected, TransientRpcError
+from keeper.errors import SenderConflict, SimulationRevert, TransactionRejected, TransientRpcError
 from keeper.tx.call import ContractCall
 from keeper.tx.fees import FeeCapExceeded, FeePolicy, Fees
 from keeper.tx.journal import AttemptRecord, IntentRecord, Journal
@@ -108,6 +119,7 @@ class TransactionManager:
         still_needed: StillNeeded | None = None,
         error_decoder: ErrorDecoder | None = None,
         on_signed: Callable[[AttemptRecord], None] | None = None,
+        evidence_blocks: int = 4,
     ) -> None:
         if not lanes:
             raise ValueError("at least one signer lane is required")
@@ -133,6 +145,11 @@ class TransactionManager:
             by_address[addr] = state  # two lanes with one key share one nonce queue
             self._lanes[ln.name] = _LaneState(ln, state.nonces)
         self._head = 0
+        # blocks to wait, after our nonce is counted as used with no receipt of ours anywhere, before it is
+        # given up (a lagging endpoint's receipts catch up within that many blocks)
+        self.evidence_blocks = evidence_blocks
+        self.halted: str | None = None  # set when a second sender of our key is detected: no new sends
+        self._nonce_taken_since: dict[int, int] = {}  # intent id -> head when first seen used without receipt
 
     # ---- public API ------------------------------------------------------------------------------
 
@@ -155,6 +172,8 @@ class TransactionManager:
         while broadcasting is NOT raised: the intent stays ``signed`` and :meth:`poll` resolves it.
         """
         ls = self._lane(lane)
+        if self.halted is not None:
+            raise SenderConflict(f"sending stopped: {self.halted}")
         existing = self.journal.find_active(idempotency_key, self.dedupe_window_s)
         if existing is not None:
             log.info("tx_deduplicated", key=idempotency_key, intent=existing.id, state=existing.state)
@@ -214,6 +233,7 @@ class TransactionManager:
         head = self._head = int(first[0], 16)
         report.head = head
         mined_nonce = {s.lower(): int(n, 16) for s, n in zip(senders, first[1:], strict=True)}
+        self._late_evidence(head, report)
         if not intents:
             return report
         attempts = {i.id: self.journal.attempts(i.id) for i in intents}
@@ -332,6 +352,14 @@ class TransactionManager:
                 if outcome in ("sent", "unknown"):
                     return
                 if outcome == "nonce_taken":
+                    if not self.journal.signed_nonces(ls.lane.address, nonce, nonce + 1, exclude_intent=intent.id):
+                        # a nonce the allocator believed free is used by a transaction we never signed: a
+                        # second sender uses this key. Signing on at the next nonce could pay twice: stop.
+                        self._halt(f"nonce {nonce} of {ls.lane.address} was used by a transaction this keeper"
+                                   " did not sign: another process sends with the same key")
+                        self.journal.update(intent.id, state="rejected", reason="second sender on this key",
+                                            event="tx_rejected")
+                        raise SenderConflict(self.halted or "second sender")
                     ls.nonces.sync()
                     continue
                 ls.nonces.release(nonce)
@@ -340,6 +368,12 @@ class TransactionManager:
             self.journal.update(intent.id, state="rejected", reason="nonce conflicts persisted",
                                 event="tx_rejected")
             raise TransactionRejected(f"intent {intent.id}: nonce kept being taken by another sender")
+
+    def _halt(self, reason: str) -> None:
+        if self.halted is None:
+            self.halted = reason
+            log.critical("tx_sending_halted", reason=reason)
+            self.journal.event(None, "tx_sending_halted", reason=reason)
 
     def _broadcast(self, attempt: AttemptRecord) -> str:
         """Send signed bytes once. Returns sent | unknown | nonce_taken | underpriced | <refusal message>."""
@@ -392,7 +426,8 @@ class TransactionManager:
             if r:
                 block = canon.get(int(r["blockNumber"], 16))
                 if block is not None and block["hash"] == r["blockHash"]:
-                    mined = (a, r)
+                    if mined is None or int(r["status"], 16) == 1:  # a landed attempt wins over a revert
+                        mined = (a, r)
         if mined is not None:
             a, r = mined
             bn, bh = int(r["blockNumber"], 16), r["blockHash"]
@@ -423,13 +458,24 @@ class TransactionManager:
         if not live:
             return None
         if mined_nonce > intent.nonce:
-            # our nonce was used, and none of our transactions is in a canonical block: someone else
-            # (the same key in another process) took it. Nothing of ours can mine at that nonce any more.
-            log.warning("tx_nonce_taken", intent=intent.id, nonce=intent.nonce, sender=intent.sender)
-            self.journal.event(intent.id, "tx_nonce_taken", nonce=intent.nonce)
+            # our nonce is counted as used but no receipt of ours was seen. A lagging or load-balanced node
+            # answers exactly like this while our own attempt landed, so first look every attempt up by hash
+            # and wait ``evidence_blocks`` for consistent evidence; only then re-simulate before any new nonce.
+            if self._attempt_landed_or_known(attempts):
+                self._nonce_taken_since.pop(intent.id, None)
+                return None
+            first = self._nonce_taken_since.setdefault(intent.id, head)
+            if head - first < self.evidence_blocks:
+                report.actions.append((intent.id, "nonce_used:awaiting_evidence"))
+                return None
+            self._nonce_taken_since.pop(intent.id, None)
+            log.warning("tx_nonce_taken", intent=intent.id, nonce=intent.nonce, sender=intent.sender,
+                        waited_blocks=head - first)
+            self.journal.event(intent.id, "tx_nonce_taken", nonce=intent.nonce, waited_blocks=head - first)
             report.actions.append((intent.id, "nonce_taken"))
-            if not self._needed(intent):
-                return self.journal.update(intent.id, state="abandoned", reason="nonce taken; no longer needed",
+            if not self._needed(intent) or not self._simulates(intent):
+                return self.journal.update(intent.id, state="abandoned",
+                                           reason="nonce used by another transaction; no longer needed",
                                            event="tx_abandoned")
             ls.nonces.sync()
             fees = self._fees_for(intent, None, ls)
@@ -463,6 +509,49 @@ class TransactionManager:
             self._replace(intent, ls, last, kind=last.kind if last.kind == "cancel" else "replace",
                           report=report)
         return None
+
+    def _late_evidence(self, head: int, report: PollReport, window_s: float = 3600.0) -> None:
+        """An intent abandoned in the last hour whose attempt turns up mined after all (a receipt a lagging
+        node hid for longer than ``evidence_blocks``): the journal is corrected to what happened on chain."""
+        recent = [i for i in self.journal.abandoned_with_attempts(self.journal.clock() - window_s)
+                  if i.lane in self._lanes]
+        if not recent:
+            return
+        attempts = [a for i in recent for a in self.journal.attempts(i.id)]
+        receipts = self.client.batch([("eth_getTransactionReceipt", [a.tx_hash]) for a in attempts])
+        for a, r in zip(attempts, receipts, strict=True):
+            if r and head - int(r["blockNumber"], 16) + 1 >= self.confirmations:
+                ok = int(r["status"], 16) == 1
+                state = "cancelled" if a.kind == "cancel" and ok else ("confirmed" if ok else "reverted")
+                rec = self.journal.update(a.intent_id, state=state, tx_hash=a.tx_hash, nonce=a.nonce,
+                                          block_number=int(r["blockNumber"], 16), block_hash=r["blockHash"],
+                                          reason="found mined after it was abandoned", event="tx_late_receipt")
+                log.warning("tx_late_receipt", intent=a.intent_id, tx_hash=a.tx_hash, state=state)
+                report.finalized.append(rec)
+                recent = [i for i in recent if i.id != a.intent_id]
+
+    def _attempt_landed_or_known(self, attempts: Sequence[AttemptRecord]) -> bool:
+        """Does any endpoint know any of these attempts by hash (mined or pending)? Each endpoint is asked."""
+        calls: list[tuple[str, list]] = []
+        for a in attempts:
+            calls += [("eth_getTransactionReceipt", [a.tx_hash]), ("eth_getTransactionByHash", [a.tx_hash])]
+        if not calls:
+            return False
+        for answers in self.client.batch_each(calls):
+            if any(isinstance(x, dict) for x in answers):
+                return True
+        return False
+
+    def _simulates(self, intent: IntentRecord) -> bool:
+        """Re-simulate the intent's call at ``latest`` (a top-up that already landed no longer passes)."""
+        tx = {"from": intent.sender, "to": intent.to, "data": "0x" + intent.data.hex(),
+              "value": hex(intent.value_wei)}
+        try:
+            self.client.request("eth_call", [tx, "latest"])
+        except RpcErrorResponse as exc:
+            log.info("tx_resimulation_failed", intent=intent.id, error=exc.message[:200])
+            return False
+        return True
 
     def _fees_for(self, intent: IntentRecord, previous: Fees | None, ls: _LaneState,
                   gas: int | None = None) -> Fees | None:

@@ -153,8 +153,8 @@ class TestOneLineErrors:
 
     def test_exit_codes(self):
         """Bad input, config, journal and halt errors exit 2; chain and transaction failures exit 1."""
-        assert [exit_code(e) for e in (ConfigError("x"), InputError("x"), KeeperError("x"), HaltError("x"))] == [2] * 4
-        assert [exit_code(e) for e in (ChainMismatchError("x"), Reverted("x"))] == [1, 1]
+        assert [exit_code(e) for e in (ConfigError("x"), InputError("x"), KeeperError("x"))] == [2] * 3
+        assert [exit_code(e) for e in (ChainMismatchError("x"), Reverted("x"), HaltError("x"))] == [1, 1, 1]
 
 
 class TestStrictValidation:

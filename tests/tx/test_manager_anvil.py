@@ -171,15 +171,21 @@ class TestStuckAndReplacement:
 
 class TestNonceConflicts:
     def test_nonce_used_by_other_process_before_send(self, anvil, make_manager):
-        """Another process using the same key takes our next nonce; 'nonce too low' -> resync -> sent."""
+        """Another process signing with our key takes our next nonce: sending stops (no retry at the next nonce)."""
+        from keeper.errors import SenderConflict
+
         m = make_manager()
         first = m.submit(transfer(), "k:a", STAKE_E6)
         m.wait(first.id, timeout_s=10)
         send_from_other_process(anvil.url, URGENT_KEY, 1, 10 * GWEI, GWEI, "0x" + "77" * 20)
-        rec = m.submit(transfer(), "k:b", STAKE_E6)
-        assert rec.nonce == 2
-        assert m.wait(rec.id, timeout_s=10).state == "confirmed"
-        assert balance(anvil, RECIPIENT) == 2 * AMOUNT
+        with pytest.raises(SenderConflict):
+            m.submit(transfer(), "k:b", STAKE_E6)
+        assert m.halted is not None and "same key" in m.halted
+        assert [r.state for r in m.journal.by_key("k:b")] == ["rejected"]
+        assert anvil.request("eth_getTransactionCount", [m.lane("urgent").address, "latest"]) == "0x2"
+        assert balance(anvil, RECIPIENT) == AMOUNT
+        with pytest.raises(SenderConflict):
+            m.submit(transfer(), "k:c", STAKE_E6)
 
     def test_pending_tx_replaced_by_other_process(self, anvil, make_manager):
         """Our pending tx is replaced by another process's tx at the same nonce; we resend at a new nonce."""
@@ -189,7 +195,11 @@ class TestNonceConflicts:
         other = send_from_other_process(anvil.url, URGENT_KEY, rec.nonce, 50 * GWEI, 10 * GWEI, "0x" + "77" * 20)
         assert pool_hashes(anvil) == {other}
         anvil.request("evm_mine")
-        m.poll()  # nonce taken, no receipt of ours -> new nonce
+        m.poll()  # nonce used, no receipt of ours: wait evidence_blocks before giving the nonce up
+        assert m.journal.get(rec.id).nonce == rec.nonce
+        for _ in range(m.evidence_blocks):
+            anvil.request("evm_mine")
+            m.poll()
         latest = m.journal.get(rec.id)
         assert latest.nonce == rec.nonce + 1
         anvil.request("evm_mine")
