@@ -11,7 +11,7 @@ from eth_account import Account
 from web3 import Web3
 
 from keeper.chain.anvil import Anvil
-from keeper.devchain import ANVIL_KEYS, DevChainOps, deploy_protocol
+from keeper.dev.reference import ANVIL_KEYS, DevChainOps, deploy_protocol
 
 
 class DevChain(DevChainOps):

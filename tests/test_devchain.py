@@ -12,7 +12,7 @@ import pytest
 from web3 import Web3
 
 from keeper.chain.anvil import Anvil, find_tool
-from keeper.devchain import MULTICALL3_ADDRESS, Deployment
+from keeper.dev.reference import MULTICALL3_ADDRESS, Deployment
 from keeper.domain import Market, Position, Side
 from keeper.errors import ChainMismatchError, InputError
 

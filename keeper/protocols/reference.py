@@ -14,7 +14,11 @@ again; ``oracle_history`` fetches only ids above the newest cached one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import structlog
 from eth_utils import to_checksum_address
@@ -24,7 +28,7 @@ from keeper.chain.discovery import LogScanner
 from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
 from keeper.chain.rpc import ChainClient
 from keeper.domain import Market, Position, PriceRound, Side
-from keeper.errors import ChainMismatchError
+from keeper.errors import ChainMismatchError, InputError
 from keeper.protocols.base import BookSnapshot, PositionExtras, PositionKey, ProtocolAdapter, keys_of
 from keeper.tx.call import ContractCall
 
@@ -43,6 +47,64 @@ F_MOVE_MARGIN = Function("moveMargin(address,uint256,uint256,uint256)")
 F_DECREASE = Function("decreasePosition(address,uint256,uint256)")
 F_APPROVE = Function("approve(address,uint256)")
 POSITION_OPENED = event_topic("PositionOpened(address,uint256,bool,uint256,uint256,uint256)")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the reference protocol lives on a chain."""
+
+    rpc_url: str
+    chain_id: int
+    start_block: int
+    engine: str
+    collateral: str
+    multicall: str
+    feeds: dict[str, str] = field(default_factory=dict)
+    markets: dict[str, int] = field(default_factory=dict)
+    deployer: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Deployment:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise InputError(f"deployment file {path} does not exist: run `keeper devchain` to make one") from exc
+        except json.JSONDecodeError as exc:
+            raise InputError(f"deployment file {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+        required = {"rpc_url", "chain_id", "start_block", "engine", "collateral", "multicall"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise InputError(f"deployment file {path} lacks {', '.join(missing)}")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def verify(self, w3: Any) -> None:
+        """Refuse a deployment that does not match the chain: chain id and code at every address (``w3``: a
+        web3 client, duck-typed so that reading a deployment file does not import web3)."""
+        chain_id = w3.eth.chain_id
+        if chain_id != self.chain_id:
+            raise ChainMismatchError(
+                f"deployment is for chain id {self.chain_id} but {self.rpc_url} is chain id {chain_id}"
+            )
+        named = {"engine": self.engine, "collateral": self.collateral, "multicall": self.multicall}
+        named.update({f"feed {sym}": addr for sym, addr in self.feeds.items()})
+        for name, address in named.items():
+            if len(w3.eth.get_code(to_checksum_address(address))) == 0:
+                raise ChainMismatchError(
+                    f"deployment names {name} at {address} but chain id {chain_id} has no code there "
+                    "(a restarted or different chain? re-run `keeper devchain`)"
+                )
 
 
 def _words(data: bytes, n: int) -> list[int]:
@@ -115,7 +177,7 @@ class ReferenceAdapter(ProtocolAdapter):
 
     @classmethod
     def from_deployment(cls, client: ChainClient, deployment, journal=None, **kw) -> ReferenceAdapter:
-        """Adapter for a keeper.devchain.Deployment (addresses, markets, start block)."""
+        """Adapter for a :class:`Deployment` (addresses, markets, start block)."""
         return cls(client, deployment.engine, deployment.collateral, multicall=deployment.multicall,
                    journal=journal, start_block=deployment.start_block, symbols=dict(deployment.markets), **kw)
 
@@ -257,4 +319,4 @@ class ReferenceAdapter(ProtocolAdapter):
                             f"approve {amount_e6} e6 to the engine")
 
 
-__all__ = ["ReferenceAdapter", "decode_market", "decode_position", "decode_round"]
+__all__ = ["Deployment", "ReferenceAdapter", "decode_market", "decode_position", "decode_round"]

@@ -36,7 +36,7 @@ from eth_utils import to_checksum_address
 from keeper.chain.abi import selector
 from keeper.chain.multicall import Call
 from keeper.chain.rpc import ChainClient
-from keeper.devchain import Deployment
+from keeper.protocols.reference import Deployment
 from keeper.domain import Action, ActionKind, Plan
 from keeper.errors import ChainMismatchError, SimulationRevert, TransactionError, TransientRpcError
 from keeper.planner import BookState, PlanLimits, plan_actions

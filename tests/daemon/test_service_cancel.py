@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.runtime.config import load_config
 from keeper.runtime.service import KeeperService
 

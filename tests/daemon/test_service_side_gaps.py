@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import Side
 from keeper.risk.gaps import SideGaps
 from keeper.runtime.config import load_config
