@@ -17,6 +17,7 @@ chain it is pointed at (another chain id, no code at an address).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from keeper.domain import SECONDS_PER_YEAR, WAD, Side
 from keeper.chain.multicall import MULTICALL3_ADDRESS
+from keeper.domain import SECONDS_PER_YEAR, WAD, Side
 from keeper.errors import ToolchainError
 from keeper.protocols.reference import Deployment
 

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from eth_utils import to_checksum_address
@@ -29,8 +29,12 @@ from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
 from keeper.chain.rpc import ChainClient
 from keeper.domain import Market, Position, PriceRound, Side
 from keeper.errors import ChainMismatchError, InputError
-from keeper.protocols.base import BookSnapshot, PositionExtras, PositionKey, ProtocolAdapter, keys_of
+from keeper.protocols.base import BookSnapshot, HeadProbe, PositionExtras, PositionKey, ProtocolAdapter, keys_of
 from keeper.tx.call import ContractCall
+
+if TYPE_CHECKING:
+    from keeper.runtime.config import KeeperConfig
+    from keeper.tx.journal import Journal
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +50,12 @@ F_REMOVE_MARGIN = Function("removeMargin(address,uint256,uint256)")
 F_MOVE_MARGIN = Function("moveMargin(address,uint256,uint256,uint256)")
 F_DECREASE = Function("decreasePosition(address,uint256,uint256)")
 F_APPROVE = Function("approve(address,uint256)")
+F_ALLOWANCE = Function("allowance(address,address)", ["uint256"])
+F_BALANCE_OF = Function("balanceOf(address)", ["uint256"])
+# ERC-20 allowance meaning "no limit" (token base units, not an amount of collateral): the keeper's wallet
+# approves the engine once; below ALLOWANCE_LOW it approves again.
+UNLIMITED_ALLOWANCE = 2**255
+ALLOWANCE_LOW = 2**128
 POSITION_OPENED = event_topic("PositionOpened(address,uint256,bool,uint256,uint256,uint256)")
 
 
@@ -183,6 +193,25 @@ class ReferenceAdapter(ProtocolAdapter):
 
     # ---- reads -----------------------------------------------------------------------------------
 
+    def check_deployment(self) -> None:
+        for name, address in (("engine", self.engine), ("collateral", self.collateral)):
+            if not self.client.get_code(address):
+                raise ChainMismatchError(f"no contract at the configured {name} address {address} on chain id "
+                                         f"{self.client.chain_id}: wrong deployment or a restarted chain?")
+        if not self.client.get_code(self.multicall.address):
+            raise ChainMismatchError(f"no Multicall3 at {self.multicall.address}: set protocol.multicall (on a "
+                                     "local anvil, `keeper devchain` installs it)")
+
+    def probe_head(self) -> HeadProbe:
+        mids = sorted(self.known_markets())
+        res = self.multicall.aggregate3([Call(self.markets[i].feed, F_LATEST_ROUND.encode()) for i in mids])
+        rounds = {i: decode_round(r.data).round_id for i, r in zip(mids, res.results, strict=True) if r.success}
+        return HeadProbe(res.block_number, res.block_timestamp, rounds)
+
+    def wallet_balance_e6(self, owner: str) -> int:
+        out = self.client.call(self.collateral, F_BALANCE_OF.encode(to_checksum_address(owner)))
+        return int(F_BALANCE_OF.decode(out)[0]) if out else 0
+
     def load_markets(self) -> dict[int, Market]:
         count_res = self.multicall.aggregate3([Call(self.engine, F_MARKET_COUNT.encode(), False)])
         if not count_res.results[0].data:
@@ -314,9 +343,36 @@ class ReferenceAdapter(ProtocolAdapter):
         return self._call(F_DECREASE, to_checksum_address(account), market_id, size_delta_e18,
                           description=f"decreasePosition {size_delta_e18} e18 for {account} market {market_id}")
 
-    def approve_collateral_call(self, amount_e6: int) -> ContractCall:
-        return ContractCall(self.collateral, F_APPROVE.encode(self.engine, amount_e6), 0,
-                            f"approve {amount_e6} e6 to the engine")
+    def approve_collateral_call(self, amount: int) -> ContractCall:
+        """Let the engine pull up to ``amount`` collateral base units from the sender's wallet."""
+        spender = self.engine.lower()
+        return ContractCall(self.collateral, F_APPROVE.encode(self.engine, amount), 0,
+                            f"approve {amount} collateral units to the engine", {"kind": "approve", "spender": spender})
+
+    def approval_call(self, owner: str) -> ContractCall | None:
+        out = self.client.call(self.collateral, F_ALLOWANCE.encode(to_checksum_address(owner), self.engine))
+        if out and int(F_ALLOWANCE.decode(out)[0]) >= ALLOWANCE_LOW:
+            return None
+        call = self.approve_collateral_call(UNLIMITED_ALLOWANCE)
+        return ContractCall(call.to, call.data, call.value_wei, call.description,
+                            {**call.meta, "key": f"approve:{self.engine.lower()}:{owner.lower()}"})
 
 
-__all__ = ["Deployment", "ReferenceAdapter", "decode_market", "decode_position", "decode_round"]
+def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | None) -> ReferenceAdapter:
+    """The adapter ``config.protocol`` describes: a deployment file (``keeper devchain`` writes one) or explicit
+    engine and collateral addresses."""
+    protocol = config.protocol
+    if protocol.deployment is not None:
+        deployment = Deployment.load(protocol.deployment)
+        if deployment.chain_id != config.chain.chain_id:
+            raise ChainMismatchError(f"deployment file is for chain id {deployment.chain_id}, config expects "
+                                     f"{config.chain.chain_id}")
+        return ReferenceAdapter.from_deployment(client, deployment, journal=journal)
+    if protocol.engine is None or protocol.collateral is None:  # the config's validation already refuses this
+        raise InputError("protocol needs deployment = 'path/to/deployment.json' or both engine and collateral")
+    symbols = {m.symbol: mid for mid, m in protocol.markets.items()}
+    return ReferenceAdapter(client, protocol.engine, protocol.collateral, multicall=protocol.multicall,
+                            journal=journal, symbols=symbols)
+
+
+__all__ = ["Deployment", "ReferenceAdapter", "from_config", "decode_market", "decode_position", "decode_round"]

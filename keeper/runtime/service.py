@@ -27,21 +27,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
-from eth_abi import decode as abi_decode
-from eth_utils import to_checksum_address
 
-from keeper.chain.abi import selector
-from keeper.chain.multicall import Call
 from keeper.chain.rpc import ChainClient
-from keeper.protocols.reference import Deployment
 from keeper.domain import Action, ActionKind, Plan
 from keeper.errors import ChainMismatchError, SimulationRevert, TransactionError, TransientRpcError
 from keeper.planner import BookState, PlanLimits, plan_actions
+from keeper.protocols import registry
 from keeper.protocols.base import BookSnapshot, PositionKey, ProtocolAdapter
-from keeper.protocols.reference import ReferenceAdapter
 from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import PositionRisk, RiskPolicy, assess_positions
 from keeper.runtime.alerts import AlertSink, alert_from_action
@@ -57,9 +52,6 @@ from keeper.tx.manager import Lane, TransactionManager
 
 log = structlog.get_logger("keeper")
 
-BALANCE_OF = selector("balanceOf(address)")
-ALLOWANCE = selector("allowance(address,address)")
-MAX_APPROVAL_E6 = 2**255
 PROTECTIVE = (ActionKind.TOP_UP, ActionKind.MOVE_MARGIN, ActionKind.REDUCE_SIZE)
 
 
@@ -133,8 +125,7 @@ class KeeperService:
                                      timeout_s=config.chain.request_timeout_s,
                                      max_head_lag_blocks=config.chain.max_head_lag_blocks or None)
         journal = Journal(str(config.journal.path))
-        deployment = Deployment.load(config.protocol.deployment) if config.protocol.deployment else None
-        adapter = _adapter(client, config, deployment, journal)
+        adapter = registry.create(client, config, journal)
         metrics = metrics or KeeperMetrics()
         alerts = (AlertSink.from_config(config.alerts, metrics=metrics) if send_alerts
                   else AlertSink(None, metrics=metrics, background=False))
@@ -171,15 +162,7 @@ class KeeperService:
 
     def start(self) -> None:
         """Check the deployment, reconcile the journal with the chain, make sure top-ups can be paid."""
-        for name in ("engine", "collateral"):
-            address = getattr(self.adapter, name, None)
-            if address is not None and not self.client.get_code(address):
-                raise ChainMismatchError(f"no contract at the configured {name} address {address} on chain id "
-                                         f"{self.config.chain.chain_id}: wrong deployment or a restarted chain?")
-        multicall = self.adapter.multicall.address
-        if not self.client.get_code(multicall):
-            raise ChainMismatchError(f"no Multicall3 at {multicall}: set protocol.multicall (on a local anvil, "
-                                     "`keeper devchain` installs it)")
+        self.adapter.check_deployment()
         markets = self.adapter.load_markets()
         if not markets:
             raise ChainMismatchError("the protocol reports no markets: wrong engine address?")
@@ -194,16 +177,10 @@ class KeeperService:
             self._ensure_allowance(self.txm, self.signer_address or "")
 
     def _ensure_allowance(self, txm: TransactionManager, signer: str) -> None:
-        engine = getattr(self.adapter, "engine", None)
-        collateral = getattr(self.adapter, "collateral", None)
-        if engine is None or collateral is None:
+        call = self.adapter.approval_call(signer)
+        if call is None:
             return
-        data = ALLOWANCE + _addr_word(signer) + _addr_word(engine)
-        allowance = int.from_bytes(self.client.call(collateral, data) or b"\0", "big")
-        if allowance >= 2**128:
-            return
-        call = self.adapter.approve_collateral_call(MAX_APPROVAL_E6)
-        intent = txm.submit(call, f"approve:{engine.lower()}:{signer.lower()}", 0, "routine")
+        intent = txm.submit(call, call.meta.get("key") or f"approve:{call.to.lower()}:{signer.lower()}", 0, "routine")
         final = txm.wait(intent.id, timeout_s=120)
         log.info("collateral_approved", state=final.state, tx_hash=final.tx_hash)
 
@@ -215,7 +192,7 @@ class KeeperService:
     # ---- what to watch ---------------------------------------------------------------------------
 
     def watched_keys(self) -> list[PositionKey]:
-        markets = sorted(self.adapter.markets or self.adapter.load_markets())
+        markets = sorted(self.adapter.known_markets())
         keys = [(a.address.lower(), m) for a in self.config.accounts for m in markets]
         if self.config.watch_all:
             self._discovered |= self.adapter.discover_accounts()
@@ -232,23 +209,16 @@ class KeeperService:
 
     def watch_head(self) -> HeadNews:
         """New block? Oracle round changed? Also advances pending transactions once per new block."""
-        markets = self.adapter.markets or self.adapter.load_markets()
-        feeds = [(mid, m.feed) for mid, m in sorted(markets.items())]
-        res = self.adapter.multicall.aggregate3(
-            [Call(feed, selector("latestRoundData()"), True) for _, feed in feeds])
-        rounds = {}
-        for (mid, _), r in zip(feeds, res.results, strict=True):
-            if r.success:
-                rounds[mid] = abi_decode(["uint80"], r.data[:32])[0]
-        changed = any(self._last_rounds.get(mid) != rid for mid, rid in rounds.items())
-        if res.block_number != self._last_head:
-            self._last_head = res.block_number
+        probe = self.adapter.probe_head()
+        changed = any(self._last_rounds.get(mid) != rid for mid, rid in probe.rounds.items())
+        if probe.block_number != self._last_head:
+            self._last_head = probe.block_number
             if self.health is not None:
-                self.health.mark_head(res.block_number, res.block_timestamp)
-            self.metrics.set_head_lag(max(0.0, self.clock() - res.block_timestamp))
+                self.health.mark_head(probe.block_number, probe.block_timestamp)
+            self.metrics.set_head_lag(max(0.0, self.clock() - probe.block_timestamp))
             if self.txm is not None:
                 self._poll_transactions(self.txm)
-        return HeadNews(res.block_number, res.block_timestamp, changed)
+        return HeadNews(probe.block_number, probe.block_timestamp, changed)
 
     def _poll_transactions(self, txm: TransactionManager) -> None:
         try:
@@ -319,10 +289,7 @@ class KeeperService:
         return snap, wallet
 
     def _wallet_balance(self) -> int:
-        if self.signer_address is None or getattr(self.adapter, "collateral", None) is None:
-            return 0
-        out = self.client.call(self.adapter.collateral, BALANCE_OF + _addr_word(self.signer_address))
-        return int.from_bytes(out or b"\0", "big")
+        return 0 if self.signer_address is None else self.adapter.wallet_balance_e6(self.signer_address)
 
     def assess(self, snap: BookSnapshot) -> tuple[list[PositionRisk], dict[int, float]]:
         """Volatility and stress gap per market from the oracle history (read only past the last cached
@@ -358,7 +325,7 @@ class KeeperService:
         return risks, sigmas
 
     def spent_today_e6(self, now_s: float) -> int:
-        midnight = datetime.fromtimestamp(now_s, timezone.utc).replace(hour=0, minute=0, second=0,
+        midnight = datetime.fromtimestamp(now_s, UTC).replace(hour=0, minute=0, second=0,
                                                                        microsecond=0).timestamp()
         spent = 0
         for rec in self.journal.intents_since(midnight):
@@ -504,20 +471,3 @@ class KeeperService:
                  sent=len(report.sent), worst_breach_probability=worst, wallet=wallet / 1e6,
                  next_check_s=round(report.next_interval_s, 2), duration_ms=round(report.duration_s * 1e3, 1))
 
-
-def _addr_word(address: str) -> bytes:
-    return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
-
-
-def _adapter(client: ChainClient, config: KeeperConfig, deployment: Deployment | None,
-             journal: Journal) -> ProtocolAdapter:
-    if config.protocol.name != "reference":  # pragma: no cover - config validation allows only these
-        raise ValueError(f"unknown protocol {config.protocol.name}")
-    symbols = {m.symbol: mid for mid, m in config.protocol.markets.items()}
-    if deployment is not None:
-        if deployment.chain_id != config.chain.chain_id:
-            raise ChainMismatchError(f"deployment file is for chain id {deployment.chain_id}, config expects "
-                                     f"{config.chain.chain_id}")
-        return ReferenceAdapter.from_deployment(client, deployment, journal=journal)
-    return ReferenceAdapter(client, config.protocol.engine, config.protocol.collateral,
-                            multicall=config.protocol.multicall, journal=journal, symbols=symbols)
