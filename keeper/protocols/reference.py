@@ -295,7 +295,7 @@ class ReferenceAdapter(ProtocolAdapter):
             for rid, result in zip(wanted, res.results, strict=True):
                 if result.success:
                     cache[rid] = decode_round(result.data)
-            log.debug("oracle_rounds_read", market=market_id, new=len(wanted), cached=len(cache))
+            log.debug("oracle_rounds_read", market_id=market_id, new=len(wanted), cached=len(cache))
         keep = sorted(cache)[-max_rounds:]
         for rid in list(cache):
             if rid < keep[0]:

@@ -233,7 +233,7 @@ class KeeperService:
             self._count_gas(rec.tx_hash)
             log.info("tx_final", intent=rec.id, kind=kind, state=rec.state, tx_hash=rec.tx_hash,
                      block=rec.block_number, reason=rec.reason, account=rec.meta.get("account"),
-                     market=rec.meta.get("market_id"), amount_e6=rec.meta.get("amount_e6"))
+                     market_id=rec.meta.get("market_id"), amount_e6=rec.meta.get("amount_e6"))
             if rec.state not in ("confirmed", "cancelled"):
                 self.alerts.send(f"tx:{rec.idempotency_key}", f"transaction {rec.state}: {rec.meta.get('description')}"
                                  f" ({rec.reason})", severity="critical",
@@ -304,19 +304,19 @@ class KeeperService:
             est = self.vol.estimate(mid)
             sigmas[mid] = est.sigma_annual
             if est.fallback_reason and new_round:
-                log.info("volatility_fallback", market=mid, sigma_annual=est.sigma_annual, model=est.model,
+                log.info("volatility_fallback", market_id=mid, sigma_annual=est.sigma_annual, model=est.model,
                          reason=est.fallback_reason)
             implied = floors.get(snap.markets[mid].symbol.upper()) if mid in snap.markets else None
             if implied is not None and implied > sigmas[mid]:
                 if new_round:
-                    log.info("implied_vol_floor", market=mid, history_sigma=round(sigmas[mid], 4), implied=implied)
+                    log.info("implied_vol_floor", market_id=mid, history_sigma=round(sigmas[mid], 4), implied=implied)
                 sigmas[mid] = implied
             rounds = self.vol.rounds(mid)
             gap = self.policy.estimate_stress_gap([r.updated_at_s for r in rounds], [r.price_e8 for r in rounds],
                                                   self.check_interval_s, now_s=snap.block_timestamp)
             gaps[mid] = gap.side_gaps
             if gap.fallback_reason and new_round:
-                log.info("stress_gap_fallback", market=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
+                log.info("stress_gap_fallback", market_id=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
         positions = [p for p in snap.positions.values() if p.market_id in snap.prices]
         prices = {mid: r.price_e8 for mid, r in snap.prices.items()}
         risks = assess_positions(positions, snap.markets, prices, sigmas, self.policy, self.check_interval_s,
@@ -425,9 +425,9 @@ class KeeperService:
         tx_hash = intent.tx_hash or (attempts[-1].tx_hash if attempts else None)
         out.update(state=intent.state, tx_hash=tx_hash, intent=intent.id, nonce=intent.nonce)
         self.metrics.count_action(action.kind.value, "sent")
-        log.info("action_sent", kind=action.kind.value, account=action.account, market=action.market_id,
-                 amount_e6=action.amount_e6, tx_hash=tx_hash, nonce=intent.nonce, lane=lane,
-                 intent=intent.id, reason=action.reason)
+        self._position_log(action.account, action.market_id, snap).info(
+            "action_sent", kind=action.kind.value, amount_e6=action.amount_e6, tx_hash=tx_hash, nonce=intent.nonce,
+            lane=lane, intent=intent.id, reason=action.reason)
         return out
 
     def _next_interval(self, risks: Sequence[PositionRisk]) -> float:
@@ -442,9 +442,8 @@ class KeeperService:
         for r in risks:
             p = r.position
             d = by_key.get(p.key, {})
-            log.info(
-                "position_decision",
-                account=p.account, market=snap.markets[p.market_id].symbol, side=p.side.value,
+            self._position_log(p.account, p.market_id, snap).info(
+                "position_decision", side=p.side.value,
                 price=snap.prices[p.market_id].price_e8 / 1e8, oracle_round=snap.prices[p.market_id].round_id,
                 collateral=p.collateral_e6 / 1e6, liquidation_price=r.liquidation_price_e8 / 1e8,
                 distance=round(r.distance, 6), sigma_annual=round(r.sigma_annual, 4), horizon_s=r.horizon_s,
@@ -452,6 +451,13 @@ class KeeperService:
                 action=("awaiting_tx:" + busy[p.key]) if p.key in busy else d.get("action", "hold"),
                 reason=d.get("reason", ""),
             )
+
+    def _position_log(self, account: str, market_id: int, snap: BookSnapshot) -> structlog.typing.FilteringBoundLogger:
+        """The logger for one position: chain id, account, market id and symbol bound once (log fields: ``market``
+        is always a symbol, ``market_id`` always an id)."""
+        market = snap.markets.get(market_id)
+        return log.bind(chain_id=self.config.chain.chain_id, account=account.lower(), market_id=market_id,
+                        market=market.symbol if market else None)
 
     def _observe(self, snap: BookSnapshot, risks: Sequence[PositionRisk], wallet: int, report: CycleReport) -> None:
         for r in risks:

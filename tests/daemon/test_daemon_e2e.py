@@ -280,11 +280,14 @@ class TestDaemon:
                                   stderr=subprocess.STDOUT, env=env)
         try:
             _wait_log(tmp_path / "run2.log", "daemon_started", 60)
-            time.sleep(1.5)  # a few cycles while the first top-up is still pending
+            _wait_log(tmp_path / "run2.log", "cycle_finished", 60, count=3)  # cycles while the top-up is pending
+            assert int(chain.anvil.request("txpool_status")["pending"], 16) == 1  # still pending: no second one
+            assert margin_events(chain, "MarginAdded") == []
             chain.anvil.request("evm_mine", [])
             _wait_log(tmp_path / "run2.log", "tx_final", 30)
             chain.anvil.request("evm_setAutomine", [True])
-            time.sleep(1.5)
+            seen = _count_log(tmp_path / "run2.log", "cycle_finished")
+            _wait_log(tmp_path / "run2.log", "cycle_finished", 60, count=seen + 2)  # two cycles after the final
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
@@ -314,11 +317,15 @@ class TestDaemon:
             assert "keeper_position_breach_probability{" in metrics and "keeper_cycle_duration_seconds" in metrics
             chain.push_price("ETH", 2_900 * 10**8)
             _wait_log(tmp_path / "run.log", "tx_final", 30)
-            time.sleep(0.3)
-            metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
-            samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
-            assert float(samples["keeper_gas_used_total"]) > 21_000
-            assert float(samples['keeper_actions_total{kind="top_up",outcome="confirmed"}']) == 1.0
+
+            def samples() -> dict[str, str]:
+                text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+                return dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+            key = 'keeper_actions_total{kind="top_up",outcome="confirmed"}'
+            metrics = _wait_for(lambda: (m := samples()).get(key) and m, 10, f"{key} in /metrics")
+            assert float(metrics["keeper_gas_used_total"]) > 21_000
+            assert float(metrics[key]) == 1.0
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
@@ -339,7 +346,6 @@ class TestWebSocket:
         try:
             _wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
             _wait_log(tmp_path / "run.log", "cycle_finished", 30)
-            time.sleep(0.5)
             chain.push_price("ETH", 2_500 * 10**8)
             pushed = time.monotonic()
             _wait_log(tmp_path / "run.log", "action_sent", 10)
@@ -350,11 +356,31 @@ class TestWebSocket:
         assert len(margin_events(chain, "MarginAdded")) == 1
 
 
-def _wait_log(path: Path, event: str, timeout_s: float) -> str:
+def _lines(path: Path, event: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if f'"event": "{event}"' in line]
+
+
+def _count_log(path: Path, event: str) -> int:
+    return len(_lines(path, event))
+
+
+def _wait_for(probe, timeout_s: float, what: str):
+    """Poll ``probe`` (every 0.1 s, an observable condition, not a guess of how long something takes) until it
+    returns something truthy; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for line in path.read_text().splitlines():
-            if f'"event": "{event}"' in line:
-                return line
+        found = probe()
+        if found:
+            return found
         time.sleep(0.1)
-    raise AssertionError(f"no {event} in {path.name} within {timeout_s}s:\n{path.read_text()[-3000:]}")
+    raise AssertionError(f"no {what} within {timeout_s}s")
+
+
+def _wait_log(path: Path, event: str, timeout_s: float, count: int = 1) -> str:
+    """The ``count``-th ``event`` line of the daemon's JSON log, waiting up to ``timeout_s`` for it."""
+    try:
+        return _wait_for(lambda: (found := _lines(path, event)) and len(found) >= count and found[count - 1],
+                         timeout_s, f"{event} #{count}")
+    except AssertionError:
+        raise AssertionError(f"no {event} #{count} in {path.name} within {timeout_s}s:\n"
+                             f"{path.read_text()[-3000:]}") from None

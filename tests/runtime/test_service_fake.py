@@ -154,3 +154,18 @@ def test_start_refuses_a_missing_deployment(fake, tmp_path):
             service.start()
     finally:
         service.close()
+
+
+def test_position_lines_carry_bound_context(fake, tmp_path):
+    """Each position_decision line carries chain id, account, market id and market symbol (``market`` = symbol)."""
+    from structlog.testing import capture_logs
+
+    open_long(fake, 30_000 * 10**6)
+    service = service_for(fake, tmp_path)
+    try:
+        with capture_logs() as logs:
+            service.cycle(execute=False)
+    finally:
+        service.close()
+    (line,) = [e for e in logs if e["event"] == "position_decision"]
+    assert (line["chain_id"], line["account"], line["market_id"], line["market"]) == (31337, TRADER.lower(), 0, "ETH")

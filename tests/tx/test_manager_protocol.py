@@ -20,6 +20,8 @@ from keeper.tx.fees import FeePolicy
 from keeper.tx.journal import Journal
 from keeper.tx.manager import Lane, TransactionManager
 
+pytestmark = pytest.mark.chain
+
 TOP_UP = 100 * 10**6
 STAKE = 600 * 10**6
 FAST = RetryPolicy(attempts=3, base_s=0.0, max_s=0.0, cooldown_s=60.0)
