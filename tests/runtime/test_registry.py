@@ -7,30 +7,7 @@ import pytest
 from keeper.chain.rpc import ChainClient, HttpTransport
 from keeper.errors import ConfigError
 from keeper.protocols import registry
-from keeper.protocols.testing import FAKE_COLLATERAL, FAKE_ENGINE, FakeAdapter
-from keeper.runtime.config import load_config
-
-
-def _config(tmp_path, name: str):
-    path = tmp_path / "keeper.toml"
-    path.write_text(f"""
-[chain]
-rpc_urls = ["http://127.0.0.1:1"]
-chain_id = 31337
-
-[protocol]
-name = "{name}"
-engine = "{FAKE_ENGINE}"
-collateral = "{FAKE_COLLATERAL}"
-
-[[accounts]]
-address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-mode = "watch"
-
-[journal]
-path = "{tmp_path / 'journal.sqlite'}"
-""")
-    return load_config(path, env={}, dotenv_path=None)
+from keeper.protocols.testing import FakeAdapter
 
 
 def test_reference_is_built_in_and_loaded_lazily():
@@ -41,15 +18,15 @@ def test_reference_is_built_in_and_loaded_lazily():
     assert registry.factory("reference") is reference.from_config
 
 
-def test_unknown_name_is_a_config_error_listing_the_known_ones(tmp_path):
+def test_unknown_name_is_a_config_error_listing_the_known_ones(fake_config):
     """A protocol name nobody registered fails validation naming the field and the names that exist."""
     with pytest.raises(ConfigError, match="unknown protocol 'nope'.*reference"):
-        _config(tmp_path, "nope")
+        fake_config("nope", mode="watch")
     with pytest.raises(ConfigError, match="unknown protocol 'nope'"):
         registry.factory("nope")
 
 
-def test_a_registered_adapter_is_built_from_config(tmp_path):
+def test_a_registered_adapter_is_built_from_config(fake_config):
     """After register('fake', factory), protocol.name = 'fake' validates and create() returns that adapter."""
     built: list[FakeAdapter] = []
 
@@ -59,7 +36,7 @@ def test_a_registered_adapter_is_built_from_config(tmp_path):
 
     registry.register("fake", factory)
     try:
-        cfg = _config(tmp_path, "fake")
+        cfg = fake_config("fake", mode="watch")
         client = ChainClient([HttpTransport("http://127.0.0.1:1")], 31337)  # never called by this factory
         assert registry.create(client, cfg, None) is built[0]
     finally:

@@ -7,13 +7,12 @@ import pytest
 from keeper.chain.rpc import ChainClient, HttpTransport
 from keeper.domain import WAD, ActionKind, Market, Position, Side
 from keeper.protocols.base import ProtocolAdapter
-from keeper.protocols.testing import FAKE_COLLATERAL, FAKE_ENGINE, FakeAdapter
-from keeper.runtime.config import load_config
+from keeper.protocols.testing import FakeAdapter
+from keeper.runtime.config import KeeperConfig
 from keeper.runtime.service import KeeperService
 from keeper.tx.journal import Journal
 
-TRADER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # anvil's account 1 (public test key below)
-TRADER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+TRADER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # the account tests/runtime/conftest.py configures
 ETH = Market(market_id=0, symbol="ETH", maintenance_margin_wad=5 * WAD // 1000, max_leverage_wad=50 * WAD,
              liquidation_penalty_wad=WAD // 100, fee_rate_per_s_wad=10 * WAD // 100 // 31_536_000, heartbeat_s=3600)
 
@@ -30,29 +29,8 @@ def fake() -> FakeAdapter:
     return adapter
 
 
-def service_for(adapter: FakeAdapter, tmp_path, *, signer: str | None = TRADER) -> KeeperService:
-    path = tmp_path / "keeper.toml"
-    path.write_text(f"""
-[chain]
-rpc_urls = ["http://127.0.0.1:1"]
-chain_id = 31337
-
-[protocol]
-engine = "{FAKE_ENGINE}"
-collateral = "{FAKE_COLLATERAL}"
-
-[[accounts]]
-address = "{TRADER}"
-mode = "protect"
-
-[limits]
-max_top_up_usd = 50000
-max_per_day_usd = 200000
-
-[journal]
-path = "{tmp_path / 'journal.sqlite'}"
-""")
-    cfg = load_config(path, env={"KEEPER_PRIVATE_KEY": TRADER_KEY}, dotenv_path=None)
+def service_for(adapter: FakeAdapter, config: KeeperConfig, *, signer: str | None = TRADER) -> KeeperService:
+    cfg = config
     client = ChainClient([HttpTransport("http://127.0.0.1:1")], 31337)  # never called: no transaction manager
     return KeeperService(cfg, client=client, adapter=adapter, journal=Journal(str(cfg.journal.path)), txm=None,
                          signer_address=signer)
@@ -69,14 +47,14 @@ def test_fake_adapter_implements_the_whole_interface():
     assert not getattr(FakeAdapter, "__abstractmethods__", frozenset())
 
 
-def test_cycle_tops_up_an_endangered_position(fake, tmp_path):
+def test_cycle_tops_up_an_endangered_position(fake, fake_config):
     """A 20x long after a 3 % fall gets one top-up to its required collateral; carried out, the next cycle holds."""
     open_long(fake, 3_000 * 10**6)
     fake.fund(TRADER, 30_000 * 10**6)
     fake.allowances[TRADER.lower()] = 2**255
     fake.mine()
     fake.push_price(0, 2_910 * 10**8)
-    service = service_for(fake, tmp_path)
+    service = service_for(fake, fake_config())
     try:
         report = service.cycle(execute=False)
         (risk,) = report.risks
@@ -96,11 +74,11 @@ def test_cycle_tops_up_an_endangered_position(fake, tmp_path):
         service.close()
 
 
-def test_cycle_holds_a_safe_position(fake, tmp_path):
+def test_cycle_holds_a_safe_position(fake, fake_config):
     """A 2x long at the entry price plans no protective action (at most a release of excess collateral)."""
     open_long(fake, 30_000 * 10**6)
     fake.fund(TRADER, 1_000 * 10**6)
-    service = service_for(fake, tmp_path)
+    service = service_for(fake, fake_config())
     try:
         report = service.cycle(execute=False)
         (risk,) = report.risks
@@ -111,12 +89,12 @@ def test_cycle_holds_a_safe_position(fake, tmp_path):
         service.close()
 
 
-def test_cycle_with_an_empty_wallet_alerts_instead_of_topping_up(fake, tmp_path):
+def test_cycle_with_an_empty_wallet_alerts_instead_of_topping_up(fake, fake_config):
     """The same endangered long with nothing in the wallet gets no top-up but one urgent alert naming the shortfall."""
     open_long(fake, 3_000 * 10**6)
     fake.mine()
     fake.push_price(0, 2_910 * 10**8)
-    service = service_for(fake, tmp_path)
+    service = service_for(fake, fake_config())
     try:
         report = service.cycle(execute=False)
         assert report.wallet_e6 == 0
@@ -127,10 +105,10 @@ def test_cycle_with_an_empty_wallet_alerts_instead_of_topping_up(fake, tmp_path)
         service.close()
 
 
-def test_watch_head_reports_a_new_round_once(fake, tmp_path):
+def test_watch_head_reports_a_new_round_once(fake, fake_config):
     """The head probe goes through the adapter: a new oracle round is news until a cycle has seen it."""
     open_long(fake, 30_000 * 10**6)
-    service = service_for(fake, tmp_path, signer=None)
+    service = service_for(fake, fake_config(), signer=None)
     try:
         first = service.watch_head()
         assert (first.block_number, first.oracle_changed) == (fake.block_number, True)
@@ -143,12 +121,12 @@ def test_watch_head_reports_a_new_round_once(fake, tmp_path):
         service.close()
 
 
-def test_start_refuses_a_missing_deployment(fake, tmp_path):
+def test_start_refuses_a_missing_deployment(fake, fake_config):
     """`start` asks the adapter whether its contracts exist; a missing deployment stops it with ChainMismatchError."""
     from keeper.errors import ChainMismatchError
 
     fake.deployed = False
-    service = service_for(fake, tmp_path)
+    service = service_for(fake, fake_config())
     try:
         with pytest.raises(ChainMismatchError, match="no fake protocol"):
             service.start()
@@ -156,12 +134,12 @@ def test_start_refuses_a_missing_deployment(fake, tmp_path):
         service.close()
 
 
-def test_position_lines_carry_bound_context(fake, tmp_path):
+def test_position_lines_carry_bound_context(fake, fake_config):
     """Each position_decision line carries chain id, account, market id and market symbol (``market`` = symbol)."""
     from structlog.testing import capture_logs
 
     open_long(fake, 30_000 * 10**6)
-    service = service_for(fake, tmp_path)
+    service = service_for(fake, fake_config())
     try:
         with capture_logs() as logs:
             service.cycle(execute=False)
