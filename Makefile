@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 FORGE := node_modules/.bin/forge
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup check-prereqs demo test test-python test-contracts abis bench clean distclean
+.PHONY: all setup check-prereqs demo test test-unit test-python test-contracts abis bench clean distclean
 
 all: setup
 
@@ -41,6 +41,11 @@ demo: setup
 test: setup
 	$(FORGE) test --offline
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# Everything that needs no anvil (tests marked `chain` deselected): the core, the service against the in-memory
+# adapter, configuration, the CLI's bad-input paths.
+test-unit: $(VENV)/.stamp
+	$(VPY) -m pytest $(PYTEST_ARGS) -m "not chain"
 
 test-contracts: setup
 	$(FORGE) test --offline -vv

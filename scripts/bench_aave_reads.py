@@ -32,7 +32,7 @@ from keeper.accounts.aave_v3 import account_data
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
 from keeper.dev.aave_v3 import AaveOps, SeedAccount, aave_artifact, deploy_aave
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.protocols.aave_v3 import AaveV3Adapter
 
 TEMPLATES = (

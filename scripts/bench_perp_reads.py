@@ -32,7 +32,7 @@ from web3 import Web3
 
 from keeper.chain.rpc import ChainClient
 from keeper.dev.perp_v2 import DEFAULT_PERP_MARKETS, MAX_UINT, start_perp_devchain
-from keeper.devchain import Sender
+from keeper.dev.reference import Sender
 from keeper.protocols.perp_v2 import PerpV2Adapter
 
 

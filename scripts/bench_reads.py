@@ -27,7 +27,7 @@ from web3 import Web3
 
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
-from keeper.devchain import ANVIL_KEYS, contract, deploy_protocol
+from keeper.dev.reference import ANVIL_KEYS, contract, deploy_protocol
 from keeper.protocols.reference import F_LATEST_ROUND, ReferenceAdapter  # noqa: F401 - selector warm-up
 
 OPEN_E6 = 1_000 * 10**6  # $1,000 collateral per position, 5x leverage

@@ -14,7 +14,7 @@ from eth_account import Account
 from web3 import Web3
 
 from keeper.chain.anvil import Anvil
-from keeper.devchain import ANVIL_KEYS, DevChainOps, deploy_protocol
+from keeper.dev.reference import ANVIL_KEYS, DevChainOps, deploy_protocol
 
 
 class DevChain(DevChainOps):
@@ -97,3 +97,15 @@ def _no_secret_in_outputs(request):
                 leaks += [f"{found} in {path.relative_to(tmp)}" for found in secret_leaks(text)]
     if leaks:
         pytest.fail("secret in test output: " + "; ".join(leaks), pytrace=False)
+
+
+ANVIL_FIXTURES = {"devchain", "chain"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse to run a test that uses an anvil fixture without the ``chain`` marker (``make test-unit`` deselects
+    ``chain`` tests; one that slipped through would start anvil there)."""
+    unmarked = [item.nodeid for item in items
+                if ANVIL_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("chain") is None]
+    if unmarked:
+        raise pytest.UsageError("tests use an anvil fixture without @pytest.mark.chain: " + ", ".join(unmarked))

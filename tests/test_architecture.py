@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,15 @@ FORBIDDEN_TOP = {
     "asyncio", "threading", "apscheduler", "typer", "rich",
 }
 FORBIDDEN_PREFIX = ("eth_",)
+# The replay's shell modules read files, the chain or draw charts; keeper.sim and keeper.dev drive a dev chain.
+REPLAY_SHELL = ("keeper.replay.onchain", "keeper.replay.prices", "keeper.replay.book", "keeper.replay.report")
 SHELL_PACKAGES = ("keeper.chain", "keeper.protocols", "keeper.tx", "keeper.runtime", "keeper.commands",
-                  "keeper.cli", "keeper.devchain", "keeper.dev")
+                  "keeper.cli", "keeper.dev", "keeper.sim", *REPLAY_SHELL)
+# What must not be loaded, directly or through a dependency, once a core module is imported.
+RUNTIME_FORBIDDEN = ("web3", "eth_abi", "eth_account", "eth_utils", "sqlite3", "_sqlite3", "structlog", "logging",
+                     "requests", "socket", "matplotlib")
+DAEMON_MODULES = ("keeper.runtime.service", "keeper.commands.run", "keeper.commands.check")
+DEV_ONLY = ("keeper.dev", "keeper.sim", "matplotlib", "keeper.replay.onchain")
 
 
 def core_files() -> list[Path]:
@@ -100,3 +110,67 @@ def test_core_imports_nothing_forbidden(path: Path):
 def test_checker_catches_violations(source, expected):
     """The checker itself flags clock, eth_*, relative shell, `from keeper import tx` and os imports."""
     assert violations(source, "keeper.planner") == expected
+
+
+_FORK_SCRIPT = """
+import json, os, sys
+{baseline}
+out = {{}}
+for module in {modules!r}:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a copy of the baseline interpreter: import one module, report what it added
+        os.close(r)
+        before = set(sys.modules)
+        for name in module.split(","):  # "a,b": several modules imported in one child
+            __import__(name)
+        os.write(w, json.dumps(sorted(set(sys.modules) - before)).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out[module] = json.loads(f.read())
+    os.waitpid(pid, 0)
+print(json.dumps(out))
+"""
+
+
+def loaded_after_import(modules: list[str] | tuple[str, ...], baseline: str = "") -> dict[str, list[str]]:
+    """Per module: what a fresh interpreter holds after ``import module`` that it did not after ``baseline``.
+
+    One interpreter runs ``baseline`` once, then forks a child per module (a copy of it, nothing else loaded)."""
+    code = _FORK_SCRIPT.format(baseline=baseline, modules=list(modules))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout)
+
+
+def _hits(loaded: list[str], names: tuple[str, ...]) -> list[str]:
+    return [m for m in loaded if any(m == n or m.startswith(n + ".") for n in names)]
+
+
+# numpy and scipy (the core's numerical libraries) load the stdlib clock modules themselves; the AST check above
+# keeps the core's own code off the clock, this one catches a shell or I/O module dragged in at run time.
+NUMERIC_BASELINE = "import numpy, scipy.special, scipy.stats, scipy.optimize, scipy.signal"
+
+
+def test_core_modules_load_no_shell_module_in_a_fresh_interpreter():
+    """Importing each core module in a fresh interpreter loads no keeper shell module, web3/eth_*, sqlite3, logging
+    or clock module."""
+    modules = sorted({module_name(p) for p in core_files()})
+    loaded = loaded_after_import(modules, NUMERIC_BASELINE)
+    assert sorted(loaded) == modules
+    bad = {m: _hits(found, SHELL_PACKAGES + RUNTIME_FORBIDDEN + ("time", "datetime")) for m, found in loaded.items()}
+    assert {m: hits for m, hits in bad.items() if hits} == {}
+
+
+def test_fresh_interpreter_check_would_catch_a_shell_import():
+    """The run-time check sees a shell module loaded through an import (here: the reference adapter)."""
+    loaded = loaded_after_import(["keeper.protocols.reference"])["keeper.protocols.reference"]
+    assert _hits(loaded, ("keeper.chain",)) != []
+
+
+def test_daemon_import_loads_no_dev_tooling():
+    """Importing the daemon (service, `keeper run`, `keeper check`) loads no dev chain tooling, simulator or plotting."""
+    together = ",".join(DAEMON_MODULES)
+    loaded = loaded_after_import([together])[together]
+    assert set(DAEMON_MODULES) <= set(loaded)
+    assert _hits(loaded, DEV_ONLY) == []

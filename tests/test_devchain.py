@@ -12,11 +12,12 @@ import pytest
 from web3 import Web3
 
 from keeper.chain.anvil import Anvil, find_tool
-from keeper.devchain import MULTICALL3_ADDRESS, Deployment
+from keeper.dev.reference import MULTICALL3_ADDRESS, Deployment
 from keeper.domain import Market, Position, Side
 from keeper.errors import ChainMismatchError, InputError
 
 
+@pytest.mark.chain
 class TestAnvil:
     def test_avoids_a_port_in_use(self, monkeypatch):
         """When the port the OS offered is taken by the time anvil binds, another port is tried."""
@@ -56,6 +57,7 @@ class TestAnvil:
             find_tool("anvil")
 
 
+@pytest.mark.chain
 class TestDeployment:
     def test_deploys_markets_feeds_and_multicall(self, devchain):
         """The protocol, both feeds and Multicall3 at its canonical address have code; markets are ETH=0, BTC=1."""
@@ -95,6 +97,7 @@ class TestDeployment:
             Deployment.load(tmp_path / "part.json")
 
 
+@pytest.mark.chain
 class TestProtocolMatchesCore:
     def test_views_match_domain_formulas(self, chain):
         """The engine's equity, maintenance margin and liquidation price match keeper.domain within rounding."""
@@ -116,6 +119,7 @@ class TestProtocolMatchesCore:
         assert view[11] is pos.is_liquidatable(market, price)
 
 
+@pytest.mark.chain
 def test_devchain_command_once(tmp_path):
     """`keeper devchain --once` deploys, writes a deployment file, prints the trader's book and stops anvil."""
     out = tmp_path / "devchain.json"

@@ -26,7 +26,7 @@ def position_rows(report: CycleReport, service: KeeperService) -> list[dict]:
     rows = []
     for r in report.risks:
         p = r.position
-        market = service.adapter.markets[p.market_id]
+        market = service.adapter.known_markets()[p.market_id]
         d = by_key[p.key]
         rows.append({
             "account": p.account, "market": market.symbol, "market_id": p.market_id, "side": p.side.value,

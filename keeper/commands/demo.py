@@ -43,7 +43,7 @@ from web3 import Web3
 
 from keeper.chain.anvil import Anvil, free_port
 from keeper.commands.devchain import start_devchain
-from keeper.devchain import ANVIL_KEYS, DevChainOps
+from keeper.dev.reference import ANVIL_KEYS, DevChainOps
 from keeper.domain import Side
 from keeper.errors import InputError, KeeperError
 from keeper.sim.liquidator import LIQUIDATOR_KEY, LiquidatorBot

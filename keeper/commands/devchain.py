@@ -12,7 +12,7 @@ from rich.table import Table
 from web3 import Web3
 
 from keeper.chain.anvil import Anvil
-from keeper.devchain import ANVIL_KEYS, DEFAULT_BOOK, DevChainOps, deploy_protocol
+from keeper.dev.reference import ANVIL_KEYS, DEFAULT_BOOK, DevChainOps, deploy_protocol
 from keeper.domain import Side
 from keeper.errors import InputError
 

@@ -11,8 +11,8 @@ initialisation) -> tokens and Chainlink ``MockV3Aggregator`` feeds (8 decimals: 
 and debt ceiling, all before anyone supplies (an asset supplied while its LTV is 0 is not enabled as the
 supplier's collateral).
 
-Every transaction is a real signed EIP-1559 transaction (``keeper.devchain.Sender``). Multicall3 is installed
-at its canonical address the way ``keeper.devchain.deploy_protocol`` does.
+Every transaction is a real signed EIP-1559 transaction (``keeper.dev.reference.Sender``). Multicall3 is installed
+at its canonical address the way ``keeper.dev.reference.deploy_protocol`` does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
-from keeper.devchain import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
+from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
 from keeper.errors import InputError, ToolchainError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

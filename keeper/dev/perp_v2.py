@@ -29,7 +29,7 @@ from eth_account import Account
 from web3 import Web3
 from web3.types import RPCEndpoint
 
-from keeper.devchain import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
+from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
 from keeper.errors import ChainMismatchError, InputError, ToolchainError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,15 @@ implementing :class:`ProtocolAdapter`; nothing else in the keeper changes.
 
 Hot-path contract: :meth:`ProtocolAdapter.read_book` reads every watched position, every market and
 every oracle's latest round in one Multicall3 read (one JSON-RPC round trip, two at most), at one block.
+
+The adapter is the keeper's only door to a protocol: the service never reads a contract address, an
+encoded call or a token balance itself. It asks the adapter whether the deployment is there
+(:meth:`~ProtocolAdapter.check_deployment`), what the head and the oracles say
+(:meth:`~ProtocolAdapter.probe_head`), what the keeper's wallet holds
+(:meth:`~ProtocolAdapter.wallet_balance_e6`), which approval top-ups need
+(:meth:`~ProtocolAdapter.approval_call`) and which transaction carries out an action
+(:meth:`~ProtocolAdapter.call_for_action`). Adapters are found by name (``protocol.name`` in the
+configuration) through :mod:`keeper.protocols.registry`.
 """
 
 from __future__ import annotations
@@ -51,13 +60,40 @@ class BookSnapshot:
     round_trips: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class HeadProbe:
+    """The cheap check the fast loop runs every block: the head, and each market's latest oracle round id."""
+
+    block_number: int
+    block_timestamp: int
+    rounds: dict[int, int] = field(default_factory=dict)  # market id -> latest round id (markets that answered)
+
+
 class ProtocolAdapter(ABC):
     """Reads one protocol's state into domain types and builds its margin transactions."""
 
     name: str = "protocol"
     errors: ErrorDecoder
+    markets: dict[int, Market]  # the markets as last read (``load_markets`` or ``read_book``)
 
     # ---- reads -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def check_deployment(self) -> None:
+        """Raise :class:`~keeper.errors.ChainMismatchError` naming what is missing when the protocol's contracts
+        (and the batching contract the reads use) are not on the connected chain."""
+
+    def known_markets(self) -> dict[int, Market]:
+        """The markets as last read, reading them when none has been yet."""
+        return self.markets or self.load_markets()
+
+    @abstractmethod
+    def probe_head(self) -> HeadProbe:
+        """The latest block and every known market's latest oracle round id, in one read."""
+
+    @abstractmethod
+    def wallet_balance_e6(self, owner: str) -> int:
+        """Collateral ``owner``'s wallet holds, ready to pay top-ups (e6)."""
 
     @abstractmethod
     def load_markets(self) -> dict[int, Market]:
@@ -96,8 +132,9 @@ class ProtocolAdapter(ABC):
     def decrease_position_call(self, account: str, market_id: int, size_delta_e18: int) -> ContractCall: ...
 
     @abstractmethod
-    def approve_collateral_call(self, amount_e6: int) -> ContractCall:
-        """Let the protocol pull ``amount_e6`` of collateral from the keeper's wallet (for top-ups)."""
+    def approval_call(self, owner: str) -> ContractCall | None:
+        """The approval ``owner`` must send before the protocol can pull top-ups from its wallet, or ``None``
+        when the allowance already suffices. The call's ``meta["key"]`` is its idempotency key."""
 
     def call_for_action(self, action: Action) -> ContractCall:
         """The transaction that carries out ``action`` (ALERT actions have none)."""

@@ -14,7 +14,11 @@ again; ``oracle_history`` fetches only ids above the newest cached one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from eth_utils import to_checksum_address
@@ -24,9 +28,13 @@ from keeper.chain.discovery import LogScanner
 from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
 from keeper.chain.rpc import ChainClient
 from keeper.domain import Market, Position, PriceRound, Side
-from keeper.errors import ChainMismatchError
-from keeper.protocols.base import BookSnapshot, PositionExtras, PositionKey, ProtocolAdapter, keys_of
+from keeper.errors import ChainMismatchError, InputError
+from keeper.protocols.base import BookSnapshot, HeadProbe, PositionExtras, PositionKey, ProtocolAdapter, keys_of
 from keeper.tx.call import ContractCall
+
+if TYPE_CHECKING:
+    from keeper.runtime.config import KeeperConfig
+    from keeper.tx.journal import Journal
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +50,71 @@ F_REMOVE_MARGIN = Function("removeMargin(address,uint256,uint256)")
 F_MOVE_MARGIN = Function("moveMargin(address,uint256,uint256,uint256)")
 F_DECREASE = Function("decreasePosition(address,uint256,uint256)")
 F_APPROVE = Function("approve(address,uint256)")
+F_ALLOWANCE = Function("allowance(address,address)", ["uint256"])
+F_BALANCE_OF = Function("balanceOf(address)", ["uint256"])
+# ERC-20 allowance meaning "no limit" (token base units, not an amount of collateral): the keeper's wallet
+# approves the engine once; below ALLOWANCE_LOW it approves again.
+UNLIMITED_ALLOWANCE = 2**255
+ALLOWANCE_LOW = 2**128
 POSITION_OPENED = event_topic("PositionOpened(address,uint256,bool,uint256,uint256,uint256)")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the reference protocol lives on a chain."""
+
+    rpc_url: str
+    chain_id: int
+    start_block: int
+    engine: str
+    collateral: str
+    multicall: str
+    feeds: dict[str, str] = field(default_factory=dict)
+    markets: dict[str, int] = field(default_factory=dict)
+    deployer: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Deployment:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise InputError(f"deployment file {path} does not exist: run `keeper devchain` to make one") from exc
+        except json.JSONDecodeError as exc:
+            raise InputError(f"deployment file {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+        required = {"rpc_url", "chain_id", "start_block", "engine", "collateral", "multicall"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise InputError(f"deployment file {path} lacks {', '.join(missing)}")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def verify(self, w3: Any) -> None:
+        """Refuse a deployment that does not match the chain: chain id and code at every address (``w3``: a
+        web3 client, duck-typed so that reading a deployment file does not import web3)."""
+        chain_id = w3.eth.chain_id
+        if chain_id != self.chain_id:
+            raise ChainMismatchError(
+                f"deployment is for chain id {self.chain_id} but {self.rpc_url} is chain id {chain_id}"
+            )
+        named = {"engine": self.engine, "collateral": self.collateral, "multicall": self.multicall}
+        named.update({f"feed {sym}": addr for sym, addr in self.feeds.items()})
+        for name, address in named.items():
+            if len(w3.eth.get_code(to_checksum_address(address))) == 0:
+                raise ChainMismatchError(
+                    f"deployment names {name} at {address} but chain id {chain_id} has no code there "
+                    "(a restarted or different chain? re-run `keeper devchain`)"
+                )
 
 
 def _words(data: bytes, n: int) -> list[int]:
@@ -115,11 +187,30 @@ class ReferenceAdapter(ProtocolAdapter):
 
     @classmethod
     def from_deployment(cls, client: ChainClient, deployment, journal=None, **kw) -> ReferenceAdapter:
-        """Adapter for a keeper.devchain.Deployment (addresses, markets, start block)."""
+        """Adapter for a :class:`Deployment` (addresses, markets, start block)."""
         return cls(client, deployment.engine, deployment.collateral, multicall=deployment.multicall,
                    journal=journal, start_block=deployment.start_block, symbols=dict(deployment.markets), **kw)
 
     # ---- reads -----------------------------------------------------------------------------------
+
+    def check_deployment(self) -> None:
+        for name, address in (("engine", self.engine), ("collateral", self.collateral)):
+            if not self.client.get_code(address):
+                raise ChainMismatchError(f"no contract at the configured {name} address {address} on chain id "
+                                         f"{self.client.chain_id}: wrong deployment or a restarted chain?")
+        if not self.client.get_code(self.multicall.address):
+            raise ChainMismatchError(f"no Multicall3 at {self.multicall.address}: set protocol.multicall (on a "
+                                     "local anvil, `keeper devchain` installs it)")
+
+    def probe_head(self) -> HeadProbe:
+        mids = sorted(self.known_markets())
+        res = self.multicall.aggregate3([Call(self.markets[i].feed, F_LATEST_ROUND.encode()) for i in mids])
+        rounds = {i: decode_round(r.data).round_id for i, r in zip(mids, res.results, strict=True) if r.success}
+        return HeadProbe(res.block_number, res.block_timestamp, rounds)
+
+    def wallet_balance_e6(self, owner: str) -> int:
+        out = self.client.call(self.collateral, F_BALANCE_OF.encode(to_checksum_address(owner)))
+        return int(F_BALANCE_OF.decode(out)[0]) if out else 0
 
     def load_markets(self) -> dict[int, Market]:
         count_res = self.multicall.aggregate3([Call(self.engine, F_MARKET_COUNT.encode(), False)])
@@ -204,7 +295,7 @@ class ReferenceAdapter(ProtocolAdapter):
             for rid, result in zip(wanted, res.results, strict=True):
                 if result.success:
                     cache[rid] = decode_round(result.data)
-            log.debug("oracle_rounds_read", market=market_id, new=len(wanted), cached=len(cache))
+            log.debug("oracle_rounds_read", market_id=market_id, new=len(wanted), cached=len(cache))
         keep = sorted(cache)[-max_rounds:]
         for rid in list(cache):
             if rid < keep[0]:
@@ -252,9 +343,36 @@ class ReferenceAdapter(ProtocolAdapter):
         return self._call(F_DECREASE, to_checksum_address(account), market_id, size_delta_e18,
                           description=f"decreasePosition {size_delta_e18} e18 for {account} market {market_id}")
 
-    def approve_collateral_call(self, amount_e6: int) -> ContractCall:
-        return ContractCall(self.collateral, F_APPROVE.encode(self.engine, amount_e6), 0,
-                            f"approve {amount_e6} e6 to the engine")
+    def approve_collateral_call(self, amount: int) -> ContractCall:
+        """Let the engine pull up to ``amount`` collateral base units from the sender's wallet."""
+        spender = self.engine.lower()
+        return ContractCall(self.collateral, F_APPROVE.encode(self.engine, amount), 0,
+                            f"approve {amount} collateral units to the engine", {"kind": "approve", "spender": spender})
+
+    def approval_call(self, owner: str) -> ContractCall | None:
+        out = self.client.call(self.collateral, F_ALLOWANCE.encode(to_checksum_address(owner), self.engine))
+        if out and int(F_ALLOWANCE.decode(out)[0]) >= ALLOWANCE_LOW:
+            return None
+        call = self.approve_collateral_call(UNLIMITED_ALLOWANCE)
+        return ContractCall(call.to, call.data, call.value_wei, call.description,
+                            {**call.meta, "key": f"approve:{self.engine.lower()}:{owner.lower()}"})
 
 
-__all__ = ["ReferenceAdapter", "decode_market", "decode_position", "decode_round"]
+def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | None) -> ReferenceAdapter:
+    """The adapter ``config.protocol`` describes: a deployment file (``keeper devchain`` writes one) or explicit
+    engine and collateral addresses."""
+    protocol = config.protocol
+    if protocol.deployment is not None:
+        deployment = Deployment.load(protocol.deployment)
+        if deployment.chain_id != config.chain.chain_id:
+            raise ChainMismatchError(f"deployment file is for chain id {deployment.chain_id}, config expects "
+                                     f"{config.chain.chain_id}")
+        return ReferenceAdapter.from_deployment(client, deployment, journal=journal)
+    if protocol.engine is None or protocol.collateral is None:  # the config's validation already refuses this
+        raise InputError("protocol needs deployment = 'path/to/deployment.json' or both engine and collateral")
+    symbols = {m.symbol: mid for mid, m in protocol.markets.items()}
+    return ReferenceAdapter(client, protocol.engine, protocol.collateral, multicall=protocol.multicall,
+                            journal=journal, symbols=symbols)
+
+
+__all__ = ["Deployment", "ReferenceAdapter", "from_config", "decode_market", "decode_position", "decode_round"]

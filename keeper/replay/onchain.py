@@ -63,7 +63,7 @@ from web3 import Web3
 from keeper.chain.abi import Function, event_topic
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
-from keeper.devchain import ANVIL_KEYS, DevChainOps, MarketSpec, deploy_protocol
+from keeper.dev.reference import ANVIL_KEYS, DevChainOps, MarketSpec, deploy_protocol
 from keeper.domain import SECONDS_PER_YEAR, WAD, ActionKind
 from keeper.errors import InputError
 from keeper.protocols.base import BookSnapshot

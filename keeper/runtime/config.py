@@ -43,6 +43,7 @@ from pydantic import (
 
 from keeper.errors import ConfigError
 from keeper.planner import PlanLimits
+from keeper.protocols import registry
 from keeper.redact import mask_text, url_secrets
 from keeper.risk.policy import RiskPolicy
 
@@ -149,7 +150,7 @@ class MarketConfig(_Model):
 class ProtocolConfig(_Model):
     """The deployment: a deployment JSON file (written by ``keeper devchain``) or explicit addresses."""
 
-    name: Literal["reference"] = "reference"
+    name: str = "reference"  # a name in keeper.protocols.registry
     deployment: Path | None = None
     engine: str | None = None
     collateral: str | None = None
@@ -160,6 +161,13 @@ class ProtocolConfig(_Model):
     @classmethod
     def _addr(cls, v: str | None) -> str | None:
         return None if v is None else _check_address(v)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in registry.names():
+            raise ValueError(f"unknown protocol {v!r}: one of {', '.join(registry.names())}")
+        return v
 
     @field_validator("markets", mode="before")
     @classmethod

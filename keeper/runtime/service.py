@@ -28,22 +28,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
-from eth_abi import decode as abi_decode
-from eth_utils import to_checksum_address
 
-from keeper.chain.abi import selector
-from keeper.chain.multicall import Call
 from keeper.chain.rpc import ChainClient
 from keeper.decision import BookDecision, decide
-from keeper.devchain import Deployment
 from keeper.domain import Action, ActionKind, Plan
 from keeper.errors import ChainMismatchError, RpcRejectedError, SimulationRevert, TransactionError, TransientRpcError
 from keeper.planner import BookState, PlanLimits
+from keeper.protocols import registry
 from keeper.protocols.base import BookSnapshot, PositionKey, ProtocolAdapter
-from keeper.protocols.reference import ReferenceAdapter
 from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import PositionRisk, RiskPolicy, is_endangered
 from keeper.runtime.alerts import AlertSink, alert_from_action, gas_alert, top_ups_of_gas_left
@@ -59,9 +54,6 @@ from keeper.tx.manager import GAS_EXTRA, GAS_MARGIN_DEN, GAS_MARGIN_NUM, Lane, T
 
 log = structlog.get_logger("keeper")
 
-BALANCE_OF = selector("balanceOf(address)")
-ALLOWANCE = selector("allowance(address,address)")
-MAX_APPROVAL_E6 = 2**255
 PROTECTIVE = (ActionKind.TOP_UP, ActionKind.MOVE_MARGIN, ActionKind.REDUCE_SIZE)
 # gas limit assumed for a top-up until one is mined (then: its gasUsed with the manager's margin); a reference
 # engine addMargin measured ~60-80k gas on anvil, so this errs on the side of an early alert
@@ -141,8 +133,7 @@ class KeeperService:
                                      timeout_s=config.chain.request_timeout_s,
                                      max_head_lag_blocks=config.chain.max_head_lag_blocks or None)
         journal = Journal(str(config.journal.path))
-        deployment = Deployment.load(config.protocol.deployment) if config.protocol.deployment else None
-        adapter = _adapter(client, config, deployment, journal)
+        adapter = registry.create(client, config, journal)
         metrics = metrics or KeeperMetrics()
         alerts = (AlertSink.from_config(config.alerts, metrics=metrics) if send_alerts
                   else AlertSink(None, metrics=metrics, background=False))
@@ -180,15 +171,7 @@ class KeeperService:
 
     def start(self) -> None:
         """Check the deployment, reconcile the journal with the chain, make sure top-ups can be paid."""
-        for name in ("engine", "collateral"):
-            address = getattr(self.adapter, name, None)
-            if address is not None and not self.client.get_code(address):
-                raise ChainMismatchError(f"no contract at the configured {name} address {address} on chain id "
-                                         f"{self.config.chain.chain_id}: wrong deployment or a restarted chain?")
-        multicall = self.adapter.multicall.address
-        if not self.client.get_code(multicall):
-            raise ChainMismatchError(f"no Multicall3 at {multicall}: set protocol.multicall (on a local anvil, "
-                                     "`keeper devchain` installs it)")
+        self.adapter.check_deployment()
         markets = self.adapter.load_markets()
         if not markets:
             raise ChainMismatchError("the protocol reports no markets: wrong engine address?")
@@ -203,16 +186,10 @@ class KeeperService:
             self._ensure_allowance(self.txm, self.signer_address or "")
 
     def _ensure_allowance(self, txm: TransactionManager, signer: str) -> None:
-        engine = getattr(self.adapter, "engine", None)
-        collateral = getattr(self.adapter, "collateral", None)
-        if engine is None or collateral is None:
+        call = self.adapter.approval_call(signer)
+        if call is None:
             return
-        data = ALLOWANCE + _addr_word(signer) + _addr_word(engine)
-        allowance = int.from_bytes(self.client.call(collateral, data) or b"\0", "big")
-        if allowance >= 2**128:
-            return
-        call = self.adapter.approve_collateral_call(MAX_APPROVAL_E6)
-        intent = txm.submit(call, f"approve:{engine.lower()}:{signer.lower()}", 0, "routine")
+        intent = txm.submit(call, call.meta.get("key") or f"approve:{call.to.lower()}:{signer.lower()}", 0, "routine")
         final = txm.wait(intent.id, timeout_s=120)
         log.info("collateral_approved", state=final.state, tx_hash=final.tx_hash)
 
@@ -224,7 +201,7 @@ class KeeperService:
     # ---- what to watch ---------------------------------------------------------------------------
 
     def watched_keys(self) -> list[PositionKey]:
-        markets = sorted(self.adapter.markets or self.adapter.load_markets())
+        markets = sorted(self.adapter.known_markets())
         keys = [(a.address.lower(), m) for a in self.config.accounts for m in markets]
         if self.config.watch_all:
             self._discovered |= self.adapter.discover_accounts()
@@ -241,23 +218,16 @@ class KeeperService:
 
     def watch_head(self) -> HeadNews:
         """New block? Oracle round changed? Also advances pending transactions once per new block."""
-        markets = self.adapter.markets or self.adapter.load_markets()
-        feeds = [(mid, m.feed) for mid, m in sorted(markets.items())]
-        res = self.adapter.multicall.aggregate3(
-            [Call(feed, selector("latestRoundData()"), True) for _, feed in feeds])
-        rounds = {}
-        for (mid, _), r in zip(feeds, res.results, strict=True):
-            if r.success:
-                rounds[mid] = abi_decode(["uint80"], r.data[:32])[0]
-        changed = any(self._last_rounds.get(mid) != rid for mid, rid in rounds.items())
-        if res.block_number != self._last_head:
-            self._last_head = res.block_number
+        probe = self.adapter.probe_head()
+        changed = any(self._last_rounds.get(mid) != rid for mid, rid in probe.rounds.items())
+        if probe.block_number != self._last_head:
+            self._last_head = probe.block_number
             if self.health is not None:
-                self.health.mark_head(res.block_number, res.block_timestamp)
-            self.metrics.set_head_lag(max(0.0, self.clock() - res.block_timestamp))
+                self.health.mark_head(probe.block_number, probe.block_timestamp)
+            self.metrics.set_head_lag(max(0.0, self.clock() - probe.block_timestamp))
             if self.txm is not None:
                 self._poll_transactions(self.txm)
-        return HeadNews(res.block_number, res.block_timestamp, changed)
+        return HeadNews(probe.block_number, probe.block_timestamp, changed)
 
     def _poll_transactions(self, txm: TransactionManager) -> None:
         try:
@@ -277,7 +247,7 @@ class KeeperService:
             self._count_gas(rec.tx_hash, kind)
             log.info("tx_final", intent=rec.id, kind=kind, state=rec.state, tx_hash=rec.tx_hash,
                      block=rec.block_number, reason=rec.reason, account=rec.meta.get("account"),
-                     market=rec.meta.get("market_id"), amount_e6=rec.meta.get("amount_e6"))
+                     market_id=rec.meta.get("market_id"), amount_e6=rec.meta.get("amount_e6"))
             if rec.state not in ("confirmed", "cancelled"):
                 self.alerts.send(f"tx:{rec.idempotency_key}", f"transaction {rec.state}: {rec.meta.get('description')}"
                                  f" ({rec.reason})", severity="critical",
@@ -357,10 +327,7 @@ class KeeperService:
         return snap, wallet
 
     def _wallet_balance(self) -> int:
-        if self.signer_address is None or getattr(self.adapter, "collateral", None) is None:
-            return 0
-        out = self.client.call(self.adapter.collateral, BALANCE_OF + _addr_word(self.signer_address))
-        return int.from_bytes(out or b"\0", "big")
+        return 0 if self.signer_address is None else self.adapter.wallet_balance_e6(self.signer_address)
 
     def assess(self, snap: BookSnapshot) -> tuple[list[PositionRisk], dict[int, float]]:
         """Volatility and stress gap per market from the oracle history, then the risk verdicts."""
@@ -380,19 +347,19 @@ class KeeperService:
             est = self.vol.estimate(mid)
             sigmas[mid] = est.sigma_annual
             if est.fallback_reason and new_round:
-                log.info("volatility_fallback", market=mid, sigma_annual=est.sigma_annual, model=est.model,
+                log.info("volatility_fallback", market_id=mid, sigma_annual=est.sigma_annual, model=est.model,
                          reason=est.fallback_reason)
             implied = floors.get(snap.markets[mid].symbol.upper()) if mid in snap.markets else None
             if implied is not None and implied > sigmas[mid]:
                 if new_round:
-                    log.info("implied_vol_floor", market=mid, history_sigma=round(sigmas[mid], 4), implied=implied)
+                    log.info("implied_vol_floor", market_id=mid, history_sigma=round(sigmas[mid], 4), implied=implied)
                 sigmas[mid] = implied
             rounds = self.vol.rounds(mid)
             gap = self.policy.estimate_stress_gap([r.updated_at_s for r in rounds], [r.price_e8 for r in rounds],
                                                   self.check_interval_s, now_s=snap.block_timestamp)
             gaps[mid] = gap.side_gaps
             if gap.fallback_reason and new_round:
-                log.info("stress_gap_fallback", market=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
+                log.info("stress_gap_fallback", market_id=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
         self.stress_gaps = gaps
         return sigmas, gaps
 
@@ -420,7 +387,7 @@ class KeeperService:
         nothing (``rejected``: never signed or refused; ``cancelled``/``reverted``: the nonce mined without the
         transfer) and ``abandoned`` intents that never signed anything. An abandoned intent with a signed
         attempt counts: it may have landed."""
-        midnight = datetime.fromtimestamp(now_s, timezone.utc).replace(hour=0, minute=0, second=0,
+        midnight = datetime.fromtimestamp(now_s, UTC).replace(hour=0, minute=0, second=0,
                                                                        microsecond=0).timestamp()
         spent = 0
         for rec in self.journal.intents_since(midnight):
@@ -521,9 +488,9 @@ class KeeperService:
         tx_hash = intent.tx_hash or (attempts[-1].tx_hash if attempts else None)
         out.update(state=intent.state, tx_hash=tx_hash, intent=intent.id, nonce=intent.nonce)
         self.metrics.count_action(action.kind.value, "sent")
-        log.info("action_sent", kind=action.kind.value, account=action.account, market=action.market_id,
-                 amount_e6=action.amount_e6, tx_hash=tx_hash, nonce=intent.nonce, lane=lane,
-                 intent=intent.id, reason=action.reason)
+        self._position_log(action.account, action.market_id, snap).info(
+            "action_sent", kind=action.kind.value, amount_e6=action.amount_e6, tx_hash=tx_hash, nonce=intent.nonce,
+            lane=lane, intent=intent.id, reason=action.reason)
         return out
 
     def _next_interval(self, risks: Sequence[PositionRisk]) -> float:
@@ -534,14 +501,20 @@ class KeeperService:
 
     def _explain(self, snap: BookSnapshot, plan: Plan) -> None:
         for d in plan.decisions:
-            log.info(
-                "position_decision",
-                account=d.account, market=d.symbol, side=d.side, price=d.price_e8 / 1e8,
+            self._position_log(d.account, d.market_id, snap).info(
+                "position_decision", side=d.side, price=d.price_e8 / 1e8,
                 oracle_round=snap.prices[d.market_id].round_id, collateral=d.collateral_e6 / 1e6,
                 liquidation_price=d.liquidation_price_e8 / 1e8, log_distance=round(d.log_distance, 6),
                 sigma_annual=round(d.sigma_annual, 4), horizon_s=d.horizon_s, breach_probability=d.breach_probability,
                 required_collateral=d.required_collateral_e6 / 1e6, band=d.band, action=d.action, reason=d.reason,
             )
+
+    def _position_log(self, account: str, market_id: int, snap: BookSnapshot) -> structlog.typing.FilteringBoundLogger:
+        """The logger for one position: chain id, account, market id and symbol bound once (log fields: ``market``
+        is always a symbol, ``market_id`` always an id)."""
+        market = snap.markets.get(market_id)
+        return log.bind(chain_id=self.config.chain.chain_id, account=account.lower(), market_id=market_id,
+                        market=market.symbol if market else None)
 
     def _observe(self, snap: BookSnapshot, risks: Sequence[PositionRisk], wallet: int, report: CycleReport) -> None:
         for r in risks:
@@ -562,20 +535,3 @@ class KeeperService:
                  failed=sum(1 for s in report.sent if s.get("state") in NOT_SENT), worst_breach_probability=worst, wallet=wallet / 1e6,
                  next_check_s=round(report.next_interval_s, 2), duration_ms=round(report.duration_s * 1e3, 1))
 
-
-def _addr_word(address: str) -> bytes:
-    return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
-
-
-def _adapter(client: ChainClient, config: KeeperConfig, deployment: Deployment | None,
-             journal: Journal) -> ProtocolAdapter:
-    if config.protocol.name != "reference":  # pragma: no cover - config validation allows only these
-        raise ValueError(f"unknown protocol {config.protocol.name}")
-    symbols = {m.symbol: mid for mid, m in config.protocol.markets.items()}
-    if deployment is not None:
-        if deployment.chain_id != config.chain.chain_id:
-            raise ChainMismatchError(f"deployment file is for chain id {deployment.chain_id}, config expects "
-                                     f"{config.chain.chain_id}")
-        return ReferenceAdapter.from_deployment(client, deployment, journal=journal)
-    return ReferenceAdapter(client, config.protocol.engine, config.protocol.collateral,
-                            multicall=config.protocol.multicall, journal=journal, symbols=symbols)

@@ -31,7 +31,7 @@ from eth_account import Account
 from web3 import Web3
 from web3.logs import DISCARD
 
-from keeper.devchain import ANVIL_KEYS, Deployment, Sender, contract
+from keeper.dev.reference import ANVIL_KEYS, Deployment, Sender, contract
 
 log = structlog.get_logger("keeper.sim.liquidator")
 

@@ -13,7 +13,7 @@ Per-round log-returns are ``r_i = d + sigma_noise * (z_i - mean(z))`` with ``z_i
 ``np.random.default_rng(seed)``: the noise is de-meaned over each phase, so the phase totals are exact
 (``exp(sum r_i) = 1 + total``) and the same seed always gives the same rounds.
 
-:class:`ScenarioPlayer` pushes each round through :meth:`keeper.devchain.DevChainOps.push_price` (real
+:class:`ScenarioPlayer` pushes each round through :meth:`keeper.dev.reference.DevChainOps.push_price` (real
 signed transactions from the feed owner) with ``evm_setNextBlockTimestamp`` so chain time advances by the
 scenario's step: borrow fees accrue as in real time and no feed outlives its heartbeat. A hook runs after
 each round (the liquidator's sweep, a live view, pacing for the keeper daemon).
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keeper.devchain import DevChainOps
+from keeper.dev.reference import DevChainOps
 
 DEFAULT_START_PRICES_E8 = {"ETH": 3_000 * 10**8, "BTC": 60_000 * 10**8}
 

@@ -10,7 +10,7 @@ from web3 import Web3
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
 from keeper.dev.aave_v3 import AaveOps, deploy_aave
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.protocols.aave_v3 import AaveErrorDecoder, AaveV3Adapter
 from keeper.tx.journal import Journal
 from keeper.tx.manager import Lane, TransactionManager

@@ -6,7 +6,7 @@ import pytest
 
 from aavechain import LIQUIDATOR_KEY, LP_KEY, AaveChain
 from keeper.dev.aave_v3 import SeedAccount
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.tx.journal import Journal
 
 pytestmark = pytest.mark.chain

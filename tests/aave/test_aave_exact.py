@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keeper.accounts.aave_v3 import WAD, account_data, health_factor, liquidation_price
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 
 pytestmark = pytest.mark.chain
 

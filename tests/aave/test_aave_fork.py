@@ -8,7 +8,7 @@ from aavechain import KEEPER_KEY, AaveChain
 from keeper.accounts.aave_v3 import WAD, account_data, cheapest_top_up
 from keeper.chain.anvil import Anvil
 from keeper.dev.aave_v3 import SeedAccount
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.protocols.aave_v3 import AaveErrorDecoder
 from keeper.tx.journal import Journal
 from keeper.tx.manager import Lane, TransactionManager

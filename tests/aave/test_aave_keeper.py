@@ -18,7 +18,7 @@ from keeper.accounts.aave_v3 import (
     supply_blocker,
 )
 from keeper.dev.aave_v3 import SeedAccount
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.errors import SimulationRevert
 
 pytestmark = pytest.mark.chain

@@ -15,6 +15,8 @@ from keeper.domain import Side
 from keeper.protocols.reference import POSITION_OPENED, ReferenceAdapter
 from keeper.tx.journal import Journal
 
+pytestmark = pytest.mark.chain
+
 
 @pytest.fixture
 def client(chain):

@@ -97,6 +97,7 @@ class TestRetries:
         assert len(t.bodies) == 2
 
 
+@pytest.mark.chain
 class TestFailoverOnAnvil:
     def test_failover_to_second_endpoint_and_chain_id_rechecked(self, node):
         """When the first endpoint goes down mid-run, reads continue on the second after an eth_chainId check."""
@@ -175,6 +176,7 @@ class TestFailoverOnAnvil:
         assert c.stats.by_method.get("eth_chainId", 0) == before
 
 
+@pytest.mark.chain
 class TestLaggingNode:
     """A backup endpoint that stopped syncing is detected by its head and never read from (three real anvils:
     the fresh ones have mined 20 blocks, the stale one none)."""

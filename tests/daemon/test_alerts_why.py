@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 from test_daemon_e2e import TRADER, keeper, margin_events, open_book, write_config
 
-from keeper.devchain import ANVIL_KEYS, DEFAULT_BOOK
+from keeper.dev.reference import ANVIL_KEYS, DEFAULT_BOOK
 from keeper.runtime.config import load_config
 from keeper.runtime.service import TOP_UP_GAS_LIMIT_DEFAULT, KeeperService
 

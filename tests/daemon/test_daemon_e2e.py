@@ -13,56 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 
 pytestmark = pytest.mark.chain
 
 TRADER = 1  # anvil key index; the keeper signs as the trader (own account)
-
-
-def write_config(chain, tmp_path: Path, **overrides: str) -> Path:
-    dep = chain.deployment.save(tmp_path / "deployment.json")
-    rpc = overrides.pop("rpc", chain.anvil.url)
-    head_poll_s = overrides.pop("head_poll_s", "0.2")
-    risk = overrides.pop("risk", "")
-    limits = overrides.pop("limits", "")
-    text = f"""
-[chain]
-rpc_urls = ["{rpc}"]
-chain_id = {overrides.pop("chain_id", chain.deployment.chain_id)}
-
-[protocol]
-deployment = "{dep}"
-
-[[accounts]]
-address = "{chain.addresses[TRADER]}"
-mode = "protect"
-
-[risk]
-check_interval_min_s = 1.0
-{risk}
-
-[limits]
-max_top_up_usd = 50000
-max_per_day_usd = 200000
-{limits}
-
-[schedule]
-head_poll_s = {head_poll_s}
-initial_interval_s = 2.0
-
-[journal]
-path = "{tmp_path / 'journal.sqlite'}"
-
-[http]
-port = 0
-
-[log]
-format = "json"
-"""
-    path = tmp_path / "keeper.toml"
-    path.write_text(text)
-    return path
 
 
 def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -71,26 +26,12 @@ def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subproc
                           timeout=timeout, env=full_env, cwd=os.getcwd())
 
 
-def open_book(chain, reserve_e6: int, eth_collateral_e6: int = 3_000 * 10**6, btc_collateral_e6: int = 20_000 * 10**6):
-    """Trader: ETH long 20 ETH at 3,000 (20x with $3k) and BTC short 2 BTC at 60,000; `reserve_e6` left in the wallet."""
-    key = ANVIL_KEYS[TRADER]
-    chain.mint(chain.addresses[TRADER], eth_collateral_e6 + btc_collateral_e6 + reserve_e6)
-    chain.approve_engine(key)
-    chain.open_position(key, "ETH", True, 20 * 10**18, eth_collateral_e6)
-    chain.open_position(key, "BTC", False, 2 * 10**18, btc_collateral_e6)
-
-
-def margin_events(chain, name: str) -> list[dict]:
-    event = getattr(chain.engine.events, name)
-    return [dict(e["args"]) for e in event.get_logs(from_block=chain.deployment.start_block)]
-
-
 def wallet(chain) -> int:
     return chain.usd.functions.balanceOf(chain.addresses[TRADER]).call()
 
 
 class TestCheck:
-    def test_check_without_execute_sends_nothing(self, chain, tmp_path):
+    def test_check_without_execute_sends_nothing(self, chain, tmp_path, write_config, open_book, margin_events):
         """`keeper check` plans a top-up for an endangered position but sends nothing: nonce, wallet, collateral unchanged."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         chain.push_price("ETH", 2_900 * 10**8)
@@ -106,7 +47,7 @@ class TestCheck:
         assert chain.position(chain.addresses[TRADER], "ETH")[4] == before
         assert margin_events(chain, "MarginAdded") == []
 
-    def test_check_execute_tops_up_on_chain(self, chain, tmp_path):
+    def test_check_execute_tops_up_on_chain(self, chain, tmp_path, write_config, open_book, margin_events):
         """`keeper check --execute` sends the planned top-up; the chain shows it and the position leaves the trigger band."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         chain.push_price("ETH", 2_900 * 10**8)
@@ -123,7 +64,7 @@ class TestCheck:
         again = json.loads(keeper("check", "--config", str(cfg), "--json").stdout)
         assert not any(a["kind"] == "top_up" for a in again["actions"])
 
-    def test_implied_vol_floor_raises_sigma(self, chain, tmp_path):
+    def test_implied_vol_floor_raises_sigma(self, chain, tmp_path, write_config, open_book):
         """An implied volatility above the history estimate becomes the sigma used for that market only."""
         open_book(chain, reserve_e6=0)
         (tmp_path / "iv.json").write_text('{"ETH": 4.5}')
@@ -133,7 +74,7 @@ class TestCheck:
         assert rows["ETH"]["sigma_annual"] == pytest.approx(4.5)
         assert rows["BTC"]["sigma_annual"] < 4.5
 
-    def test_watch_all_discovers_every_account_and_never_sends(self, chain, tmp_path):
+    def test_watch_all_discovers_every_account_and_never_sends(self, chain, tmp_path, write_config, open_book):
         """Risk-team mode: no accounts listed, watch_all = true; positions come from events, actions become alerts."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         other = chain.keys[5]
@@ -156,7 +97,7 @@ class TestCheck:
         assert any("watch-only" in a["reason"] for a in out["actions"])
         assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
 
-    def test_status_and_stress_tables(self, chain, tmp_path):
+    def test_status_and_stress_tables(self, chain, tmp_path, write_config, open_book):
         """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names liquidations."""
         open_book(chain, reserve_e6=0)
         cfg = write_config(chain, tmp_path)
@@ -170,14 +111,14 @@ class TestCheck:
 
 
 class TestBadInput:
-    def test_bad_config_value_exits_2_naming_the_field(self, chain, tmp_path):
+    def test_bad_config_value_exits_2_naming_the_field(self, chain, tmp_path, write_config):
         """An invalid value is reported at start with the field and what is allowed, exit code 2."""
         cfg = write_config(chain, tmp_path, risk="p_trigger = 2.0")
         proc = keeper("check", "--config", str(cfg))
         assert proc.returncode == 2
         assert "risk.p_trigger" in proc.stderr and "Traceback" not in proc.stderr
 
-    def test_bad_private_key_is_not_printed(self, chain, tmp_path):
+    def test_bad_private_key_is_not_printed(self, chain, tmp_path, write_config):
         """A malformed key exits 2 without echoing it."""
         cfg = write_config(chain, tmp_path)
         secret = "0x" + "ab" * 31 + "zz"
@@ -185,7 +126,7 @@ class TestBadInput:
         assert proc.returncode == 2
         assert secret not in proc.stderr + proc.stdout and "ab" * 31 not in proc.stderr
 
-    def test_wrong_chain_id_refused(self, chain, tmp_path):
+    def test_wrong_chain_id_refused(self, chain, tmp_path, write_config):
         """A config that expects another chain id stops at start (exit 2 for the mismatch between file and config)."""
         cfg = write_config(chain, tmp_path, chain_id="5")
         proc = keeper("check", "--config", str(cfg))
@@ -193,7 +134,7 @@ class TestBadInput:
         assert "chain id" in proc.stderr
 
 
-    def test_deployment_without_code_refused(self, chain, tmp_path):
+    def test_deployment_without_code_refused(self, chain, tmp_path, write_config):
         """A deployment naming an address with no code stops at start, naming which contract and why."""
         from dataclasses import replace
 
@@ -205,7 +146,7 @@ class TestBadInput:
         assert "no contract at the configured collateral address" in proc.stderr and "Traceback" not in proc.stderr
 
 
-    def test_bad_implied_vol_source_exits_2(self, chain, tmp_path):
+    def test_bad_implied_vol_source_exits_2(self, chain, tmp_path, write_config):
         """A configured implied-vol file that does not exist stops `check` at start with exit 2."""
         cfg = write_config(chain, tmp_path)
         cfg.write_text(cfg.read_text() + f'\n[implied_vol]\nsource = "{tmp_path / "missing.json"}"\n')
@@ -214,7 +155,7 @@ class TestBadInput:
 
 
 class TestDanger:
-    def test_stale_oracle_alerts_and_never_releases(self, chain, tmp_path):
+    def test_stale_oracle_alerts_and_never_releases(self, chain, tmp_path, write_config, open_book):
         """With release enabled and a huge excess, a stale oracle gives an alert and no release."""
         open_book(chain, reserve_e6=0, btc_collateral_e6=100_000 * 10**6)
         chain.anvil.request("evm_increaseTime", [3_700])
@@ -230,7 +171,7 @@ class TestDanger:
         out = json.loads(keeper("check", "--config", str(fresh), "--json").stdout)
         assert any(a["kind"] == "release" and a["market_id"] == 1 for a in out["actions"])
 
-    def test_empty_wallet_moves_margin_and_alerts_the_rest(self, chain, tmp_path):
+    def test_empty_wallet_moves_margin_and_alerts_the_rest(self, chain, tmp_path, write_config, open_book, margin_events):
         """With no wallet funds the keeper moves excess from the BTC short to the endangered ETH long, on chain."""
         open_book(chain, reserve_e6=0, btc_collateral_e6=60_000 * 10**6)  # BTC short at 2x: far from liquidation
         chain.push_price("ETH", 2_880 * 10**8)
@@ -254,7 +195,7 @@ class TestDanger:
 
 
 class TestDaemon:
-    def test_killed_mid_crash_resumes_without_duplicate(self, chain, tmp_path):
+    def test_killed_mid_crash_resumes_without_duplicate(self, chain, tmp_path, write_config, open_book, margin_events):
         """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second top-up."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6,
                   btc_collateral_e6=60_000 * 10**6)  # both far from liquidation: nothing to do at start
@@ -280,11 +221,15 @@ class TestDaemon:
                                   stderr=subprocess.STDOUT, env=env)
         try:
             _wait_log(tmp_path / "run2.log", "daemon_started", 60)
-            time.sleep(1.5)  # a few cycles while the first top-up is still pending
+            _wait_log(tmp_path / "run2.log", "cycle_finished", 60)  # a cycle ran while the top-up is pending ...
+            eth = json.loads(next(line for line in _lines(tmp_path / "run2.log", "position_decision")
+                                  if '"market": "ETH"' in line))
+            assert eth["action"] == "awaiting_tx:sent"  # ... saw the journaled intent and held
+            assert int(chain.anvil.request("txpool_status")["pending"], 16) == 1  # still one: no second top-up
+            assert margin_events(chain, "MarginAdded") == []
             chain.anvil.request("evm_mine", [])
             _wait_log(tmp_path / "run2.log", "tx_final", 30)
             chain.anvil.request("evm_setAutomine", [True])
-            time.sleep(1.5)
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
@@ -293,7 +238,7 @@ class TestDaemon:
         assert len(added) == 1, added
         assert '"event": "daemon_stopped"' in (tmp_path / "run2.log").read_text()
 
-    def test_sigterm_exits_cleanly_and_health_answers(self, chain, tmp_path):
+    def test_sigterm_exits_cleanly_and_health_answers(self, chain, tmp_path, write_config, open_book):
         """The daemon serves /healthz and /metrics while running and exits 0 on SIGTERM."""
         import urllib.request
 
@@ -314,11 +259,15 @@ class TestDaemon:
             assert "keeper_position_breach_probability{" in metrics and "keeper_cycle_duration_seconds" in metrics
             chain.push_price("ETH", 2_900 * 10**8)
             _wait_log(tmp_path / "run.log", "tx_final", 30)
-            time.sleep(0.3)
-            metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
-            samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
-            assert float(samples["keeper_gas_used_total"]) > 21_000
-            assert float(samples['keeper_actions_total{kind="top_up",outcome="confirmed"}']) == 1.0
+
+            def samples() -> dict[str, str]:
+                text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+                return dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+            key = 'keeper_actions_total{kind="top_up",outcome="confirmed"}'
+            metrics = _wait_for(lambda: (m := samples()).get(key) and m, 10, f"{key} in /metrics")
+            assert float(metrics["keeper_gas_used_total"]) > 21_000
+            assert float(metrics[key]) == 1.0
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
@@ -328,7 +277,7 @@ class TestDaemon:
 
 
 class TestWebSocket:
-    def test_new_round_over_websocket_triggers_a_top_up(self, chain, tmp_path):
+    def test_new_round_over_websocket_triggers_a_top_up(self, chain, tmp_path, write_config, open_book, margin_events):
         """With a ws:// endpoint and slow polling, a new oracle round still brings a top-up within seconds."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
         cfg = write_config(chain, tmp_path, rpc=chain.anvil.ws_url, head_poll_s="30")
@@ -339,7 +288,6 @@ class TestWebSocket:
         try:
             _wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
             _wait_log(tmp_path / "run.log", "cycle_finished", 30)
-            time.sleep(0.5)
             chain.push_price("ETH", 2_500 * 10**8)
             pushed = time.monotonic()
             _wait_log(tmp_path / "run.log", "action_sent", 10)
@@ -350,11 +298,27 @@ class TestWebSocket:
         assert len(margin_events(chain, "MarginAdded")) == 1
 
 
-def _wait_log(path: Path, event: str, timeout_s: float) -> str:
+def _lines(path: Path, event: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if f'"event": "{event}"' in line]
+
+
+def _wait_for(probe, timeout_s: float, what: str):
+    """Poll ``probe`` (every 0.1 s, an observable condition, not a guess of how long something takes) until it
+    returns something truthy; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for line in path.read_text().splitlines():
-            if f'"event": "{event}"' in line:
-                return line
+        found = probe()
+        if found:
+            return found
         time.sleep(0.1)
-    raise AssertionError(f"no {event} in {path.name} within {timeout_s}s:\n{path.read_text()[-3000:]}")
+    raise AssertionError(f"no {what} within {timeout_s}s")
+
+
+def _wait_log(path: Path, event: str, timeout_s: float, count: int = 1) -> str:
+    """The ``count``-th ``event`` line of the daemon's JSON log, waiting up to ``timeout_s`` for it."""
+    try:
+        return _wait_for(lambda: (found := _lines(path, event)) and len(found) >= count and found[count - 1],
+                         timeout_s, f"{event} #{count}")
+    except AssertionError:
+        raise AssertionError(f"no {event} #{count} in {path.name} within {timeout_s}s:\n"
+                             f"{path.read_text()[-3000:]}") from None

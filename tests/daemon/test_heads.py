@@ -10,6 +10,8 @@ import pytest
 from keeper.chain.anvil import Anvil
 from keeper.chain.heads import NewHeadsSubscription
 
+pytestmark = pytest.mark.chain
+
 
 def test_every_block_is_announced_in_order():
     """Three mined blocks arrive as three notifications with consecutive numbers."""

@@ -6,16 +6,16 @@ import os
 
 import pytest
 
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.runtime.config import load_config
 from keeper.runtime.service import KeeperService
 
-from test_daemon_e2e import TRADER, margin_events, open_book, write_config
-
 pytestmark = pytest.mark.chain
 
+TRADER = 1  # anvil key index of the trader whose book the open_book fixture opens
 
-def test_dropped_top_up_is_cancelled_when_the_position_recovered(chain, tmp_path):
+
+def test_dropped_top_up_is_cancelled_when_the_position_recovered(chain, tmp_path, write_config, open_book, margin_events):
     """Top-up sent, dropped from the pool, price recovers: the manager cancels with a self-transfer at that nonce."""
     open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
     cfg = load_config(write_config(chain, tmp_path), env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]},
@@ -47,7 +47,7 @@ def test_dropped_top_up_is_cancelled_when_the_position_recovered(chain, tmp_path
         service.close()
 
 
-def test_day_budget_counts_journaled_top_ups(chain, tmp_path):
+def test_day_budget_counts_journaled_top_ups(chain, tmp_path, write_config, open_book, margin_events):
     """With $5k per transaction and $6k per day, the second cycle's top-up is cut to the $1k left today."""
     # BTC short below its own target buffer: nothing to move, so only the wallet (and its caps) can pay
     open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=30_000 * 10**6)

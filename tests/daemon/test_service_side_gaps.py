@@ -6,18 +6,18 @@ import os
 
 import pytest
 
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import Side
 from keeper.risk.gaps import SideGaps
 from keeper.runtime.config import load_config
 from keeper.runtime.service import KeeperService
 
-from test_daemon_e2e import TRADER, open_book, write_config
-
 pytestmark = pytest.mark.chain
 
+TRADER = 1  # anvil key index of the trader whose book the open_book fixture opens
 
-def test_assess_sizes_a_long_on_falls_and_a_short_on_rises(chain, tmp_path):
+
+def test_assess_sizes_a_long_on_falls_and_a_short_on_rises(chain, tmp_path, write_config, open_book):
     """40 ETH rounds of +0.1 % with one -3 %: the ETH long is sized on the 6 % down gap; the BTC short on BTC's up gap."""
     open_book(chain, reserve_e6=30_000 * 10**6)
     price = 3_000.0

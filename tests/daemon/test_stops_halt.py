@@ -21,7 +21,7 @@ from test_daemon_e2e import TRADER, _wait_log, margin_events, open_book, write_c
 
 from keeper.chain.anvil import Anvil, free_port
 from keeper.chain.testing import FaultProxy
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 
 pytestmark = pytest.mark.chain
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from tests.daemon.test_daemon_e2e import TRADER, _wait_log, keeper, margin_events, open_book, write_config
 
 pytestmark = pytest.mark.chain

@@ -8,7 +8,7 @@ from eth_account import Account
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
 from keeper.dev.perp_v2 import LIQUIDATOR, PerpOps, start_perp_devchain
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.protocols.perp_v2 import PerpV2Adapter
 
 

@@ -53,6 +53,7 @@ def _actions(res):
     return sorted((e.round_index, e.kind, e.account, e.market_id, e.amount_e6) for e in res.events if e.kind in keep)
 
 
+@pytest.mark.chain
 def test_no_keeper_loses_positions(replays):
     """Without a keeper the crash liquidates positions on chain (the Liquidated events of the liquidator bot)."""
     _, chain, _ = replays
@@ -62,6 +63,7 @@ def test_no_keeper_loses_positions(replays):
     assert any(lbl.startswith("long-50x:ETH") for lbl in r.liquidated)
 
 
+@pytest.mark.chain
 def test_keeper_saves_every_funded_position(replays):
     """The real keeper (KeeperService.cycle per account, real signed transactions) has no liquidation while
     every wallet could fund it, and it did act (top-ups mined on chain)."""
@@ -73,6 +75,7 @@ def test_keeper_saves_every_funded_position(replays):
     assert r.min_margin_ratio > 1.0
 
 
+@pytest.mark.chain
 @pytest.mark.parametrize("policy", POLICIES)
 def test_fast_model_matches_the_chain(replays, policy):
     """Same liquidations (position, round), same actions (kind, position, round) and equal amounts to the e6
@@ -93,6 +96,7 @@ def test_fast_model_matches_the_chain(replays, policy):
     np.testing.assert_array_equal(f.idle_e6, c.idle_e6)
 
 
+@pytest.mark.chain
 def test_gas_constants_come_from_receipts(replays):
     """Every fast-mode gas constant of a kind the replay mined lies within the receipts' range (measured on chain)."""
     _, chain, stats = replays
@@ -109,6 +113,7 @@ def test_gas_constants_come_from_receipts(replays):
     assert r.transactions > 0 and lo * r.transactions <= r.gas_used <= hi * r.transactions
 
 
+@pytest.mark.chain
 def test_summary_and_report(replays, tmp_path):
     """summary.json keeps the fast mode's format (policies -> the issue's keys) and adds the on-chain figures."""
     _, chain, stats = replays

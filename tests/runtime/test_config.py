@@ -275,7 +275,7 @@ def test_env_example_copied_as_dotenv_loads(tmp_path):
 
 def test_routine_key_is_secret_and_loads_a_second_signer(tmp_path):
     """KEEPER_ROUTINE_PRIVATE_KEY is hidden like the main key and yields a second, different signer."""
-    from keeper.devchain import ANVIL_KEYS
+    from keeper.dev.reference import ANVIL_KEYS
     from keeper.runtime.signer import load_routine_signer, load_signer
 
     cfg = load(tmp_path, env={"KEEPER_PRIVATE_KEY": ANVIL_KEYS[1], "KEEPER_ROUTINE_PRIVATE_KEY": ANVIL_KEYS[2]})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import secret_leaks
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 
 pytestmark = pytest.mark.chain
 

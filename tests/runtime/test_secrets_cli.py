@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from conftest import secret_leaks
 from keeper.chain.rpc import ChainClient
 from keeper.cli import exit_code
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.errors import ChainMismatchError, ConfigError, HaltError, InputError, KeeperError, Reverted
 from keeper.redact import REDACTED, mask_data, mask_text, mask_url
 from keeper.runtime.config import known_secrets, load_config

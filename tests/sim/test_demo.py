@@ -12,7 +12,7 @@ import pytest
 from eth_account import Account
 
 from keeper.commands.demo import DEMO_BOOK, DemoContext, run_demo, write_summary
-from keeper.devchain import ANVIL_KEYS, DEFAULT_MARKETS
+from keeper.dev.reference import ANVIL_KEYS, DEFAULT_MARKETS
 from keeper.domain import WAD, Market, Position, Side
 from keeper.sim.scenario import PlayedRound, demo_crash
 

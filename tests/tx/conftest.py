@@ -6,7 +6,7 @@ import pytest
 
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient, RetryPolicy
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.tx.fees import FeePolicy
 from keeper.tx.journal import Journal
 from keeper.tx.manager import Lane, TransactionManager

@@ -12,7 +12,7 @@ from eth_account import Account
 from keeper.tx.call import ContractCall
 from keeper.tx.fees import GWEI, FeePolicy
 
-from keeper.devchain import ANVIL_KEYS
+from keeper.dev.reference import ANVIL_KEYS
 
 URGENT_KEY, ROUTINE_KEY = ANVIL_KEYS[2], ANVIL_KEYS[4]
 

@@ -13,12 +13,14 @@ import pytest
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient, RetryPolicy
 from keeper.chain.testing import FaultProxy
-from keeper.devchain import ANVIL_KEYS as _KEYS
+from keeper.dev.reference import ANVIL_KEYS as _KEYS
 from keeper.errors import SimulationRevert
 from keeper.protocols.reference import ReferenceAdapter
 from keeper.tx.fees import FeePolicy
 from keeper.tx.journal import Journal
 from keeper.tx.manager import Lane, TransactionManager
+
+pytestmark = pytest.mark.chain
 
 TOP_UP = 100 * 10**6
 STAKE = 600 * 10**6
@@ -89,7 +91,7 @@ class TestSimulation:
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
     from keeper.chain.rpc import ChainClient
-    from keeper.devchain import ANVIL_KEYS, Deployment
+    from keeper.dev.reference import ANVIL_KEYS, Deployment
     from keeper.protocols.reference import ReferenceAdapter
     from keeper.tx.journal import Journal
     from keeper.tx.manager import Lane, TransactionManager

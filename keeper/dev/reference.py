@@ -1,5 +1,9 @@
 """A local chain with the reference protocol deployed: deployment, seeding and the deployment file.
 
+Development tooling (``keeper devchain``, the demo, tests, the on-chain replay): never imported by the daemon.
+The deployment file's type, :class:`~keeper.protocols.reference.Deployment`, lives with the adapter that
+reads it.
+
 ``deploy_protocol`` deploys MockUSD (6 decimals), one Chainlink-compatible feed per market, the
 PerpEngine with ETH and BTC markets, seeds the engine's counterparty pool, and installs Multicall3 at its
 canonical address with ``anvil_setCode`` (anvil does not predeploy it). Every transaction is a real
@@ -14,7 +18,7 @@ chain it is pointed at (another chain id, no code at an address).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +26,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from keeper.chain.multicall import MULTICALL3_ADDRESS
 from keeper.domain import SECONDS_PER_YEAR, WAD, Side
-from keeper.errors import ChainMismatchError, InputError, ToolchainError
+from keeper.errors import ToolchainError
+from keeper.protocols.reference import Deployment
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_ROOT / "contracts" / "out"
-MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 
 # anvil's default accounts (mnemonic "test test ... junk"): public test keys, never real funds.
 ANVIL_KEYS = (
@@ -69,63 +74,6 @@ class MarketSpec:
 
 DEFAULT_MARKETS = (MarketSpec("ETH", 3000.0), MarketSpec("BTC", 60000.0))
 POOL_LIQUIDITY_E6 = 100_000_000 * 10**6  # the engine's counterparty pool pays winning PnL
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """Where the reference protocol lives on a chain."""
-
-    rpc_url: str
-    chain_id: int
-    start_block: int
-    engine: str
-    collateral: str
-    multicall: str
-    feeds: dict[str, str] = field(default_factory=dict)
-    markets: dict[str, int] = field(default_factory=dict)
-    deployer: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Deployment:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise InputError(f"deployment file {path} does not exist: run `keeper devchain` to make one") from exc
-        except json.JSONDecodeError as exc:
-            raise InputError(f"deployment file {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
-        required = {"rpc_url", "chain_id", "start_block", "engine", "collateral", "multicall"}
-        missing = sorted(required - set(data))
-        if missing:
-            raise InputError(f"deployment file {path} lacks {', '.join(missing)}")
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-    def verify(self, w3: Web3) -> None:
-        """Refuse a deployment that does not match the chain: chain id and code at every address."""
-        chain_id = w3.eth.chain_id
-        if chain_id != self.chain_id:
-            raise ChainMismatchError(
-                f"deployment is for chain id {self.chain_id} but {self.rpc_url} is chain id {chain_id}"
-            )
-        named = {"engine": self.engine, "collateral": self.collateral, "multicall": self.multicall}
-        named.update({f"feed {sym}": addr for sym, addr in self.feeds.items()})
-        for name, address in named.items():
-            if len(w3.eth.get_code(Web3.to_checksum_address(address))) == 0:
-                raise ChainMismatchError(
-                    f"deployment names {name} at {address} but chain id {chain_id} has no code there "
-                    "(a restarted or different chain? re-run `keeper devchain`)"
-                )
 
 
 # ---- artifacts and transactions ----------------------------------------------------------------
