@@ -23,10 +23,9 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from keeper.domain import SECONDS_PER_YEAR, WAD, Side
-from keeper.errors import ChainMismatchError, InputError, ToolchainError
+from keeper.errors import ChainMismatchError, InputError
+from keeper.resources import contract_artifact_path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = PROJECT_ROOT / "contracts" / "out"
 MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 
 # anvil's default accounts (mnemonic "test test ... junk"): public test keys, never real funds.
@@ -132,13 +131,8 @@ class Deployment:
 
 
 def load_artifact(name: str) -> dict[str, Any]:
-    """ABI and bytecode of contract ``name`` from the forge build."""
-    path = ARTIFACTS / f"{name}.sol" / f"{name}.json"
-    if not path.exists():
-        raise ToolchainError(
-            f"compiled contract {path} is missing: run `make setup` (or `node_modules/.bin/forge build --offline`)"
-        )
-    data = json.loads(path.read_text())
+    """ABI and bytecode of contract ``name`` from the forge build (in the wheel, or contracts/out in a checkout)."""
+    data = json.loads(contract_artifact_path(name).read_text())
     return {
         "abi": data["abi"],
         "bytecode": data["bytecode"]["object"],
