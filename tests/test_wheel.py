@@ -9,12 +9,16 @@ directory outside the checkout, and each test checks that ``keeper`` was importe
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -221,3 +225,32 @@ def test_installed_keeper_devchain_deploys_from_the_wheel(venv: Path, outside: P
     for key in ("engine", "collateral", "multicall"):
         assert deployment[key].startswith("0x") and len(deployment[key]) == 42
     assert deployment["chain_id"] == 31337
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level names of every module the keeper package imports that is neither stdlib nor keeper."""
+    names: set[str] = set()
+    for path in (ROOT / "keeper").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("keeper", "__future__")}
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """Each third-party module imported under keeper/ belongs to a distribution in [project.dependencies]."""
+    declared = {
+        re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    imports = _third_party_imports()
+    assert {"web3", "requests", "numpy"} <= imports  # the scan sees the keeper's imports
+    undeclared = {
+        name: providers.get(name)
+        for name in imports
+        if not any(d.lower().replace("_", "-") in declared for d in providers.get(name, []))
+    }
+    assert not undeclared, f"imported but not in [project.dependencies]: {undeclared}"
