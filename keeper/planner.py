@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from keeper.domain import Action, ActionKind, Market, Plan, Position, PriceRound, notional_e6
 from keeper.risk.policy import PositionRisk, RiskPolicy
 
-__all__ = ["BookState", "PlanLimits", "plan_actions", "initial_margin_collateral_e6"]
+__all__ = ["BookState", "PlanLimits", "initial_margin_collateral_e6", "plan_actions"]
 
 
 def _addr(account: str) -> str:

@@ -78,7 +78,7 @@ class FaultProxy:
                 super().setup()
                 proxy._conns.add(self.connection)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:  # http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.seen.update(_methods(body))
                 if proxy.mode == "reset" or proxy._stopped:

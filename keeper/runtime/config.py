@@ -44,11 +44,11 @@ from keeper.planner import PlanLimits
 from keeper.risk.policy import RiskPolicy
 
 __all__ = [
+    "ENV_PREFIX",
+    "MULTICALL3_ADDRESS",
+    "SECRET_FIELDS",
     "KeeperConfig",
     "load_config",
-    "ENV_PREFIX",
-    "SECRET_FIELDS",
-    "MULTICALL3_ADDRESS",
 ]
 
 ENV_PREFIX = "KEEPER_"

@@ -19,7 +19,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging", "SecretRedactor", "REDACTED"]
+__all__ = ["REDACTED", "SecretRedactor", "configure_logging"]
 
 REDACTED = "***redacted***"
 _HEX32 = re.compile(r"(?<![0-9a-fA-F])(0x)?[0-9a-fA-F]{64}(?![0-9a-fA-F])")

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -80,7 +80,7 @@ class CycleScheduler:
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(2)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
-            timezone=timezone.utc,
+            timezone=UTC,
         )
 
     def _clip(self, seconds: float) -> float:
@@ -109,7 +109,7 @@ class CycleScheduler:
         self.interval_s = new
         self._scheduler.reschedule_job(
             "cycle",
-            trigger=IntervalTrigger(seconds=new, start_date=datetime.now(timezone.utc) + timedelta(seconds=new)),
+            trigger=IntervalTrigger(seconds=new, start_date=datetime.now(UTC) + timedelta(seconds=new)),
         )
 
     def _run_head(self) -> None:
@@ -142,16 +142,16 @@ class CycleScheduler:
         job = self._scheduler.get_job("cycle")
         if job is not None:
             self.early_cycles += 1
-            job.modify(next_run_time=datetime.now(timezone.utc))
+            job.modify(next_run_time=datetime.now(UTC))
 
     def poll_head_now(self) -> None:
         """Run the head watcher now (a newHeads notification arrived); coalesced with a running poll."""
         job = self._scheduler.get_job("head")
         if job is not None:
-            job.modify(next_run_time=datetime.now(timezone.utc))
+            job.modify(next_run_time=datetime.now(UTC))
 
     def start(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self._scheduler.add_job(
             self._run_cycle, IntervalTrigger(seconds=self.interval_s, start_date=now), id="cycle",
             next_run_time=now, name="keeper cycle",

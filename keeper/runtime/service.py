@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from eth_abi import decode as abi_decode
@@ -358,7 +358,7 @@ class KeeperService:
         return risks, sigmas
 
     def spent_today_e6(self, now_s: float) -> int:
-        midnight = datetime.fromtimestamp(now_s, timezone.utc).replace(hour=0, minute=0, second=0,
+        midnight = datetime.fromtimestamp(now_s, UTC).replace(hour=0, minute=0, second=0,
                                                                        microsecond=0).timestamp()
         spent = 0
         for rec in self.journal.intents_since(midnight):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from test_daemon_e2e import TRADER, open_book, write_config
 
 from keeper.devchain import ANVIL_KEYS
 from keeper.domain import Side
 from keeper.risk.gaps import SideGaps
 from keeper.runtime.config import load_config
 from keeper.runtime.service import KeeperService
-
-from test_daemon_e2e import TRADER, open_book, write_config
 
 pytestmark = pytest.mark.chain
 
