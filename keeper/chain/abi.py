@@ -133,7 +133,9 @@ def _word(abi_type: str, value: Any) -> bytes:
 
 
 def _split_types(inner: str) -> list[str]:
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in inner:
         if ch == "," and depth == 0:
             out.append("".join(cur))

@@ -37,7 +37,7 @@ class FaultTransport:
         self.down = down
         self._fail_next = 0
         self.fail_methods: set[str] = set()
-        self.seen = Counter()  # method -> requests that reached this transport (including failed ones)
+        self.seen: Counter[str] = Counter()  # method -> requests that reached this transport (including failed ones)
 
     def fail_next(self, n: int = 1) -> None:
         self._fail_next += n

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from web3.types import RPCEndpoint
 
 from keeper.devchain import DevChainOps
 
@@ -210,7 +211,7 @@ class ScenarioPlayer:
     on_round: list[RoundHook] = field(default_factory=list)
 
     def _rpc(self, method: str, params: list) -> object:
-        answer = self.ops.w3.provider.make_request(method, params)
+        answer = self.ops.w3.provider.make_request(RPCEndpoint(method), params)
         if "error" in answer:
             raise RuntimeError(f"{method}: {answer['error']}")
         return answer.get("result")
