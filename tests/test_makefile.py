@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# A test run under `make` (e.g. `make -i test`) must not pass its own flags to the make it starts.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
 
 
 def _make(tmp_path: Path, python: str, path_dirs: list[str]) -> subprocess.CompletedProcess:
@@ -18,7 +20,7 @@ def _make(tmp_path: Path, python: str, path_dirs: list[str]) -> subprocess.Compl
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, "PATH": os.pathsep.join(path_dirs)},
+        env={**CLEAN_ENV, "PATH": os.pathsep.join(path_dirs)},
     )
 
 
@@ -64,6 +66,7 @@ def _dry_run(target: str) -> list[str]:
         text=True,
         timeout=60,
         check=False,
+        env=CLEAN_ENV,
     )
     assert proc.returncode == 0, proc.stderr
     return [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
