@@ -21,6 +21,7 @@ each round (the liquidator's sweep, a live view, pacing for the keeper daemon).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -59,7 +60,7 @@ class Scenario:
         if not self.rounds:
             raise ValueError(f"scenario {self.name}: no rounds")
         times = [r.t_s for r in self.rounds]
-        if any(b <= a for a, b in zip(times, times[1:], strict=False)) or times[0] <= 0:
+        if any(b <= a for a, b in itertools.pairwise(times)) or times[0] <= 0:
             raise ValueError(f"scenario {self.name}: round times must be positive and increasing")
         for r in self.rounds:
             for sym, p in r.prices_e8.items():
