@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 FORGE := node_modules/.bin/forge
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup check-prereqs demo test test-unit test-python test-contracts abis bench clean distclean
+.PHONY: all setup check-prereqs demo lint test test-unit test-python test-contracts abis bench wheel clean distclean
 
 all: setup
 
@@ -38,7 +38,13 @@ setup: $(VENV)/.stamp node_modules/.stamp contracts/out/.stamp
 demo: setup
 	$(VENV)/bin/keeper demo
 
-test: setup
+# Lint: ruff (rules and line length in pyproject.toml), the formatter's check, mypy (strict on the pure core).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(FORGE) test --offline
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
@@ -61,8 +67,13 @@ bench: setup
 	$(VPY) scripts/bench_reads.py
 	$(VPY) scripts/bench_risk.py
 
+# The wheel carries abis/ and the compiled contracts devchain deploys (copied by setup.py's build step).
+wheel: setup
+	rm -rf build
+	$(VPY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf contracts/out contracts/cache .pytest_cache .keeper
+	rm -rf contracts/out contracts/cache .pytest_cache .keeper build dist .mypy_cache .ruff_cache
 
 distclean: clean
 	rm -rf $(VENV) node_modules

@@ -17,13 +17,14 @@ import argparse
 import time
 from pathlib import Path
 
+from replay_sweep import WINDOWS
+
 from keeper.replay.book import load_book
 from keeper.replay.bound import book_bound
 from keeper.replay.fast import ReplayConfig, plan_timeline, run_fast
 from keeper.replay.metrics import TARGET_IDLE_REDUCTION, best_fixed_baseline
 from keeper.replay.policies import parse_policy
 from keeper.replay.prices import load_bars
-from replay_sweep import WINDOWS
 
 BASELINES = ["fixed:3:6", "fixed:5:10", "fixed:8:16", "fixed:12:24",
              "fixed:3:6:12", "fixed:5:10:20", "fixed:8:16:32", "fixed:12:24:48"]

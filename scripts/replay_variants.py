@@ -16,13 +16,14 @@ import json
 import time
 from pathlib import Path
 
+from replay_sweep import WINDOWS
+
 from keeper.planner import PlanLimits
 from keeper.replay.book import load_book
 from keeper.replay.fast import ReplayConfig, run_fast
 from keeper.replay.policies import RiskSized
 from keeper.replay.prices import load_bars
 from keeper.risk.policy import RiskPolicy
-from replay_sweep import WINDOWS
 
 
 def main() -> None:

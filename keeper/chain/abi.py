@@ -22,15 +22,20 @@ from typing import Any
 from eth_abi import decode, encode
 from eth_utils import keccak
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ABI_DIR = PROJECT_ROOT / "abis"
+from keeper.resources import abi_path
 
 ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")
 PANIC_SELECTOR = bytes.fromhex("4e487b71")
 PANIC_CODES = {
-    0x00: "generic panic", 0x01: "assert failed", 0x11: "arithmetic overflow/underflow",
-    0x12: "division by zero", 0x21: "invalid enum value", 0x22: "bad storage byte array",
-    0x31: "pop on empty array", 0x32: "array index out of bounds", 0x41: "out of memory",
+    0x00: "generic panic",
+    0x01: "assert failed",
+    0x11: "arithmetic overflow/underflow",
+    0x12: "division by zero",
+    0x21: "invalid enum value",
+    0x22: "bad storage byte array",
+    0x31: "pop on empty array",
+    0x32: "array index out of bounds",
+    0x41: "out of memory",
     0x51: "call to zero-initialised function",
 }
 
@@ -58,19 +63,18 @@ def abi_signature(item: dict) -> str:
     return f"{item['name']}({','.join(_canonical_type(p) for p in item.get('inputs', []))})"
 
 
-def load_abi(name: str, abi_dir: Path = ABI_DIR) -> list[dict]:
-    """ABI of contract ``name``: ``abis/<name>.json`` (committed), else the forge build in contracts/out."""
-    for path in (abi_dir / f"{name}.json", PROJECT_ROOT / "contracts" / "out" / f"{name}.sol" / f"{name}.json"):
-        if path.exists():
-            data = json.loads(path.read_text())
-            return data["abi"] if isinstance(data, dict) else data
-    raise FileNotFoundError(f"no ABI for {name}: run `make abis` (or `forge build --offline`)")
+def load_abi(name: str, abi_dir: Path | None = None) -> list[dict]:
+    """ABI of contract ``name``: ``<abi_dir>/<name>.json`` when given, else found by :func:`keeper.resources.abi_path`
+    (the wheel's copy of ``abis/``, the checkout's ``abis/``, the forge build). Raises FileNotFoundError."""
+    path = abi_dir / f"{name}.json" if abi_dir is not None else abi_path(name)
+    data = json.loads(path.read_text())
+    return data["abi"] if isinstance(data, dict) else data
 
 
 class Function:
     """A contract function with its selector and input/output types resolved once, at construction."""
 
-    __slots__ = ("signature", "selector", "input_types", "output_types", "_static")
+    __slots__ = ("_static", "input_types", "output_types", "selector", "signature")
 
     def __init__(self, signature: str, output_types: Sequence[str] = ()) -> None:
         if "(" not in signature or not signature.endswith(")"):
@@ -79,8 +83,9 @@ class Function:
         self.selector = selector(signature)
         self.input_types = tuple(_split_types(signature[signature.index("(") + 1 : -1]))
         self.output_types = tuple(output_types)
-        self._static = all(t == "address" or t == "bool" or t.startswith(("uint", "int")) and "[" not in t
-                           for t in self.input_types)
+        self._static = all(
+            t == "address" or t == "bool" or t.startswith(("uint", "int")) and "[" not in t for t in self.input_types
+        )
 
     def __repr__(self) -> str:
         return f"Function({self.signature!r} -> {self.output_types})"
@@ -89,7 +94,7 @@ class Function:
         """Calldata: selector ++ abi-encoded arguments (static word types by hand: ~10x faster than eth_abi)."""
         if self._static and len(args) == len(self.input_types):
             try:
-                return self.selector + b"".join(_word(t, a) for t, a in zip(self.input_types, args))
+                return self.selector + b"".join(_word(t, a) for t, a in zip(self.input_types, args, strict=True))
             except (TypeError, ValueError, OverflowError):
                 pass  # let eth_abi produce its precise error
         return self.selector + encode(self.input_types, args)
@@ -128,7 +133,9 @@ def _word(abi_type: str, value: Any) -> bytes:
 
 
 def _split_types(inner: str) -> list[str]:
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in inner:
         if ch == "," and depth == 0:
             out.append("".join(cur))
@@ -197,5 +204,5 @@ class ErrorDecoder:
                 name, types = self._errors[sel]
                 return DecodedRevert(name, tuple(decode(types, body)), data)
         except Exception:  # noqa: BLE001 - malformed revert data: report it raw
-            pass
+            return DecodedRevert("unknown", (), data)
         return DecodedRevert("unknown", (), data)

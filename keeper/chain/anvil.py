@@ -18,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from keeper.errors import ToolchainError
 
@@ -171,7 +172,7 @@ class Anvil:
         if self.process.stderr is not None:
             self.process.stderr.close()
 
-    def __enter__(self) -> Anvil:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -98,6 +98,8 @@ class LogScanner:
              to_block: int | None = None) -> ScanResult:
         """Scan from the cursor to ``to_block`` (default head); save ``found(logs)`` and the cursor atomically."""
         head = self.client.get_block(to_block if to_block is not None else "latest")
+        if head is None:  # a block past the node's head: it may not have caught up yet
+            raise TransientRpcError(f"block {to_block} not found: the node is behind")
         end = int(head["number"], 16)
         begin = self.resume_block()
         if begin > end:

@@ -640,7 +640,7 @@ def _make_provider_class():
     return _ClientProvider
 
 
-def ClientProvider(client: ChainClient):  # noqa: N802 - reads as a class at the call site
+def ClientProvider(client: ChainClient):  # reads as a class at the call site
     """Build the web3 provider class lazily (web3 import is slow and off the hot path)."""
     global _PROVIDER_CLS
     if _PROVIDER_CLS is None:

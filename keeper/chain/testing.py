@@ -40,7 +40,7 @@ class FaultTransport:
         self.down = down
         self._fail_next = 0
         self.fail_methods: set[str] = set()
-        self.seen = Counter()  # method -> requests that reached this transport (including failed ones)
+        self.seen: Counter[str] = Counter()  # method -> requests that reached this transport (including failed ones)
 
     def fail_next(self, n: int = 1) -> None:
         self._fail_next += n
@@ -81,7 +81,7 @@ class FaultProxy:
                 super().setup()
                 proxy._conns.add(self.connection)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:  # http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.seen.update(_methods(body))
                 proxy._stall()

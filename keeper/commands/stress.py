@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
         prices = {mid: r.price_e8 for mid, r in snap.prices.items()}
         report = run_stress(positions, snap.markets, prices, stress_grid())
         symbols = {mid: m.symbol for mid, m in snap.markets.items()}
-        rows = [{"scenario": r.name, "loss_by_account": r.loss_by_account,
+        rows: list[dict[str, Any]] = [{"scenario": r.name, "loss_by_account": r.loss_by_account,
                  "liquidated": [{"account": a, "market": symbols[m]} for a, m in r.liquidated]}
                 for r in report.results]
         if as_json:

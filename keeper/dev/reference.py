@@ -30,9 +30,7 @@ from keeper.chain.multicall import MULTICALL3_ADDRESS
 from keeper.domain import SECONDS_PER_YEAR, WAD, Side
 from keeper.errors import ToolchainError
 from keeper.protocols.reference import Deployment
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = PROJECT_ROOT / "contracts" / "out"
+from keeper.resources import contract_artifact_path
 
 # anvil's default accounts (mnemonic "test test ... junk"): public test keys, never real funds.
 ANVIL_KEYS = (
@@ -80,13 +78,8 @@ POOL_LIQUIDITY_E6 = 100_000_000 * 10**6  # the engine's counterparty pool pays w
 
 
 def load_artifact(name: str) -> dict[str, Any]:
-    """ABI and bytecode of contract ``name`` from the forge build."""
-    path = ARTIFACTS / f"{name}.sol" / f"{name}.json"
-    if not path.exists():
-        raise ToolchainError(
-            f"compiled contract {path} is missing: run `make setup` (or `node_modules/.bin/forge build --offline`)"
-        )
-    data = json.loads(path.read_text())
+    """ABI and bytecode of contract ``name`` from the forge build (in the wheel, or contracts/out in a checkout)."""
+    data = json.loads(contract_artifact_path(name).read_text())
     return {
         "abi": data["abi"],
         "bytecode": data["bytecode"]["object"],

@@ -81,7 +81,7 @@ class Book:
 
 
 def _wad(x: float) -> int:
-    return int(round(x * WAD))
+    return round(x * WAD)
 
 
 def _number(d: dict, key: str, where: str, *, lo: float, hi: float) -> float:
@@ -162,15 +162,15 @@ def parse_book(data: dict, source: str = "") -> Book:
                     field=f"{where}.account",
                 )
             seen.add((account, sym))
-            positions.append(BookPosition(account, sym, Side(side_s), float(lev), int(round(notional * 1e6))))
+            positions.append(BookPosition(account, sym, Side(side_s), float(lev), round(notional * 1e6)))
     per_account = (data.get("wallet") or {}).get("per_account_usd", 100_000.0)
     if not isinstance(per_account, (int, float)) or per_account < 0:
         raise ConfigError(f"wallet.per_account_usd = {per_account!r}: must be >= 0", field="wallet.per_account_usd")
-    wallets = {p.account: int(round(per_account * 1e6)) for p in positions}
+    wallets = {p.account: round(per_account * 1e6) for p in positions}
     for acct, usd in (data.get("wallets") or {}).items():
         if not isinstance(usd, (int, float)) or usd < 0:
             raise ConfigError(f"wallets.{acct} = {usd!r}: must be >= 0", field=f"wallets.{acct}")
-        wallets[acct.lower()] = int(round(usd * 1e6))
+        wallets[acct.lower()] = round(usd * 1e6)
     return Book(markets=markets, positions=tuple(positions), wallets_e6=wallets, source=source)
 
 

@@ -71,7 +71,7 @@ class OracleVol:
     hourly rounds took 110 s in conversions alone).
     """
 
-    __slots__ = ("window", "_t", "_p", "_n")
+    __slots__ = ("_n", "_p", "_t", "window")
 
     def __init__(self, window: int = VOL_WINDOW_ROUNDS) -> None:
         self.window = window
@@ -474,15 +474,15 @@ def run_fast(
 __all__ = [
     "GAS_PER_ACTION",
     "GAS_REVERT",
+    "Event",
     "EwmaVol",
     "OracleVol",
-    "Timeline",
-    "oracle_sigmas",
-    "plan_timeline",
-    "Event",
     "PolicyResult",
     "ReplayConfig",
     "ReplayResult",
+    "Timeline",
+    "oracle_sigmas",
+    "plan_timeline",
     "run_fast",
     "to_e8",
 ]

@@ -335,8 +335,16 @@ def keeper_config(policy: RiskSized, *, rpc_url: str, chain_id: int, deployment_
                   key: str, journal_path: Path):
     """The daemon configuration that reproduces ``policy`` (its RiskPolicy and PlanLimits, checked equal)."""
     from keeper.runtime.config import (
-        AccountConfig, ChainConfig, FeesConfig, HttpConfig, JournalConfig, KeeperConfig, LimitsConfig,
-        ProtocolConfig, RiskConfig, SignerConfig,
+        AccountConfig,
+        ChainConfig,
+        FeesConfig,
+        HttpConfig,
+        JournalConfig,
+        KeeperConfig,
+        LimitsConfig,
+        ProtocolConfig,
+        RiskConfig,
+        SignerConfig,
     )
 
     rp, lim = policy.risk_policy, policy.limits

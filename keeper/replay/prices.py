@@ -182,7 +182,7 @@ def bar_path(o: float, h: float, lo: float, c: float, order: str = "adverse") ->
 
 def to_e8(price: float) -> int:
     """USD float -> e8 integer (round half to even of the decimal value, as the CSV is in cents or finer)."""
-    return int(round(price * 1e8))
+    return round(price * 1e8)
 
 
 @dataclass(frozen=True, slots=True)

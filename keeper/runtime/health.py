@@ -22,7 +22,7 @@ import structlog
 
 from keeper.runtime.metrics import CONTENT_TYPE_LATEST, KeeperMetrics
 
-__all__ = ["HealthState", "HealthServer"]
+__all__ = ["HealthServer", "HealthState"]
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +109,7 @@ def _handler(state: HealthState, metrics: KeeperMetrics) -> type[BaseHTTPRequest
     class Handler(BaseHTTPRequestHandler):
         server_version = "margin-keeper"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:  # http.server API
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 code, body = state.snapshot()
@@ -126,7 +126,7 @@ def _handler(state: HealthState, metrics: KeeperMetrics) -> type[BaseHTTPRequest
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
             log.debug("http_request", client=self.client_address[0], line=format % args)
 
     return Handler

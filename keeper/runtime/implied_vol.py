@@ -56,7 +56,7 @@ class ImpliedVolSource:
 
     def _read(self) -> str:
         if self._is_url:
-            with urllib.request.urlopen(self.source, timeout=self.timeout_s) as resp:  # noqa: S310 (configured URL)
+            with urllib.request.urlopen(self.source, timeout=self.timeout_s) as resp:  # configured URL
                 return resp.read().decode()
         return Path(self.source).read_text()
 

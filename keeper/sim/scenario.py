@@ -21,12 +21,14 @@ each round (the liquidator's sweep, a live view, pacing for the keeper daemon).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from web3.types import RPCEndpoint
 
 from keeper.dev.reference import DevChainOps
 
@@ -58,7 +60,7 @@ class Scenario:
         if not self.rounds:
             raise ValueError(f"scenario {self.name}: no rounds")
         times = [r.t_s for r in self.rounds]
-        if any(b <= a for a, b in zip(times, times[1:], strict=False)) or times[0] <= 0:
+        if any(b <= a for a, b in itertools.pairwise(times)) or times[0] <= 0:
             raise ValueError(f"scenario {self.name}: round times must be positive and increasing")
         for r in self.rounds:
             for sym, p in r.prices_e8.items():
@@ -210,7 +212,7 @@ class ScenarioPlayer:
     on_round: list[RoundHook] = field(default_factory=list)
 
     def _rpc(self, method: str, params: list) -> object:
-        answer = self.ops.w3.provider.make_request(method, params)
+        answer = self.ops.w3.provider.make_request(RPCEndpoint(method), params)
         if "error" in answer:
             raise RuntimeError(f"{method}: {answer['error']}")
         return answer.get("result")

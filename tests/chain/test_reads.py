@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from eth_abi import decode, encode
 from hypothesis import given
 from hypothesis import strategies as st
-from eth_abi import decode, encode
 
 from keeper.chain.abi import Function
 from keeper.chain.discovery import LogScanner

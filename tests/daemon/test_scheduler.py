@@ -34,7 +34,6 @@ class TestCycleScheduler:
             with lock:
                 running -= 1
                 runs += 1
-            return None
 
         s = CycleScheduler(cycle, initial_interval_s=0.05, min_interval_s=0.05)
         s.start()
@@ -132,7 +131,6 @@ class TestCycleScheduler:
             calls.append(1)
             if len(calls) == 1:
                 raise RuntimeError("boom")
-            return None
 
         s = CycleScheduler(cycle, initial_interval_s=0.1, min_interval_s=0.05)
         s.start()

@@ -32,7 +32,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 outer.block.wait(10)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.posts.append({"ctype": self.headers["Content-Type"], **json.loads(body)})

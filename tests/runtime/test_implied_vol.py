@@ -55,7 +55,7 @@ def test_url_source_over_real_http():
     body = {"value": json.dumps({"BTC": 0.7}).encode()}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(200)
             self.end_headers()
             self.wfile.write(body["value"])
