@@ -60,8 +60,7 @@ def decide(
     busy = busy or {}
     priced = [p for p in positions if p.market_id in state.prices]
     prices = {mid: r.price_e8 for mid, r in state.prices.items()}
-    risks = assess_positions(priced, state.markets, prices, sigmas_annual, policy, check_interval_s, now_s,
-                             stress_gaps)
+    risks = assess_positions(priced, state.markets, prices, sigmas_annual, policy, check_interval_s, now_s, stress_gaps)
     plannable = [r for r in risks if r.position.key not in busy]
     plan = plan_actions(state, plannable, limits)
     waiting = [awaiting_decision(r, state, limits, busy[r.position.key]) for r in risks if r.position.key in busy]

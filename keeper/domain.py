@@ -190,7 +190,10 @@ class Position:
     def liquidation_price_e8(self, market: Market) -> int:
         """The contract's integer liquidation price (``getPosition().liquidationPrice``), 0 if none."""
         return liquidation_price_e8(
-            self.is_long, self.size_e18, self.entry_price_e8, self.collateral_e6 - self.pending_fee_e6,
+            self.is_long,
+            self.size_e18,
+            self.entry_price_e8,
+            self.collateral_e6 - self.pending_fee_e6,
             market.maintenance_margin_wad,
         )
 
@@ -242,10 +245,7 @@ class Action:
     @property
     def idempotency_key(self) -> str:
         src = "" if self.from_market_id is None else f":{self.from_market_id}"
-        return (
-            f"{self.kind.value}:{self.account.lower()}:{self.market_id}{src}"
-            f":{self.amount_e6}:{self.size_delta_e18}"
-        )
+        return f"{self.kind.value}:{self.account.lower()}:{self.market_id}{src}:{self.amount_e6}:{self.size_delta_e18}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -289,10 +289,11 @@ class _Run:
     def emit(self, r: PositionRisk, kind: ActionKind, reason: str, **kw: object) -> None:
         """Plan one action on ``r``: as an alert for a watched position, held for approval above the
         threshold, or as is."""
-        action = Action(kind=kind, account=r.position.account, market_id=r.position.market_id, reason=reason,
-                        **kw)  # type: ignore[arg-type]  # the Action fields, passed through
+        action = Action(kind=kind, account=r.position.account, market_id=r.position.market_id, reason=reason, **kw)  # type: ignore[arg-type]  # the Action fields, passed through
         urgent = kind is not ActionKind.RELEASE and self.urgent(r)
-        value = action.amount_e6 if kind is not ActionKind.REDUCE_SIZE else notional_e6(action.size_delta_e18, r.price_e8)
+        value = (
+            action.amount_e6 if kind is not ActionKind.REDUCE_SIZE else notional_e6(action.size_delta_e18, r.price_e8)
+        )
         action = replace(action, urgent=urgent, breach_probability=r.breach_probability)
         key = r.position.key
         if self.watched(r):
@@ -307,19 +308,26 @@ class _Run:
             self.actions.append(replace(action, needs_approval=True))
             self.actions.append(
                 Action(
-                    kind=ActionKind.ALERT, account=action.account, market_id=action.market_id,
-                    amount_e6=action.amount_e6, size_delta_e18=action.size_delta_e18,
+                    kind=ActionKind.ALERT,
+                    account=action.account,
+                    market_id=action.market_id,
+                    amount_e6=action.amount_e6,
+                    size_delta_e18=action.size_delta_e18,
                     from_market_id=action.from_market_id,
                     reason=(
                         f"manual approval needed: {kind.value} of {_usd(value)} is above the "
                         f"{_usd(threshold)} threshold ({reason})"
                     ),
-                    breach_probability=r.breach_probability, urgent=urgent,
+                    breach_probability=r.breach_probability,
+                    urgent=urgent,
                 )
             )
             self.summary[key].append(f"{kind.value}(needs_approval)")
-            self.say(r, f"{kind.value.replace('_', ' ')} {_usd_short(value)} awaits manual approval "
-                        f"(above {_usd_short(threshold)})")
+            self.say(
+                r,
+                f"{kind.value.replace('_', ' ')} {_usd_short(value)} awaits manual approval "
+                f"(above {_usd_short(threshold)})",
+            )
             return
         self.actions.append(action)
         self.summary[key].append(kind.value)
@@ -329,8 +337,12 @@ class _Run:
     def alert(self, r: PositionRisk, reason: str, amount_e6: int = 0) -> None:
         self.actions.append(
             Action(
-                kind=ActionKind.ALERT, account=r.position.account, market_id=r.position.market_id,
-                amount_e6=amount_e6, reason=reason, breach_probability=r.breach_probability,
+                kind=ActionKind.ALERT,
+                account=r.position.account,
+                market_id=r.position.market_id,
+                amount_e6=amount_e6,
+                reason=reason,
+                breach_probability=r.breach_probability,
                 urgent=self.urgent(r),
             )
         )
@@ -340,10 +352,14 @@ class _Run:
 def _danger_words(r: PositionRisk, limits: PlanLimits) -> str:
     """Why an endangered position is endangered (the action reasons' prefix)."""
     if r.liquidatable or r.breach_probability > limits.p_trigger:
-        return (f"breach probability {r.breach_probability:.2%} over {r.horizon_s:.0f}s is above the trigger "
-                f"{limits.p_trigger:.2%}")
-    return (f"log distance to liquidation {r.log_distance:.4f} is inside the stress gap {r.stress_gap:.4f} (one "
-            "oracle gap would liquidate)")
+        return (
+            f"breach probability {r.breach_probability:.2%} over {r.horizon_s:.0f}s is above the trigger "
+            f"{limits.p_trigger:.2%}"
+        )
+    return (
+        f"log distance to liquidation {r.log_distance:.4f} is inside the stress gap {r.stress_gap:.4f} (one "
+        "oracle gap would liquidate)"
+    )
 
 
 # ---- the ladder, one step per function ----------------------------------------------------------------
@@ -373,8 +389,12 @@ def _step_top_up(run: _Run, r: PositionRisk, need: int, remaining: int) -> int:
         causes.append(f"day budget: {_usd(run.budget.day_left_e6)} left of {_usd(limits.max_per_day_e6)}")
     if amount >= limits.min_action_e6 and amount > 0:
         run.budget.spend_top_up(payer, amount)
-        run.emit(r, ActionKind.TOP_UP, amount_e6=amount,
-                 reason=f"{why}: top up {_usd(amount)} of {_usd(need)} needed to reach the target")
+        run.emit(
+            r,
+            ActionKind.TOP_UP,
+            amount_e6=amount,
+            reason=f"{why}: top up {_usd(amount)} of {_usd(need)} needed to reach the target",
+        )
         return max(0, remaining - amount)
     return remaining
 
@@ -384,8 +404,9 @@ def _step_move_margin(run: _Run, r: PositionRisk, remaining: int) -> int:
     if remaining <= 0 or run.stale(r):
         return remaining
     pos, limits, movable = r.position, run.limits, run.budget.movable_left_e6
-    sources = [s for s in run.by_owner[_addr(pos.account)]
-               if s.position.key != pos.key and movable.get(s.position.key, 0) > 0]
+    sources = [
+        s for s in run.by_owner[_addr(pos.account)] if s.position.key != pos.key and movable.get(s.position.key, 0) > 0
+    ]
     sources.sort(key=lambda s: (-movable[s.position.key], s.position.key))
     for s in sources:
         if remaining <= 0:
@@ -398,7 +419,10 @@ def _step_move_margin(run: _Run, r: PositionRisk, remaining: int) -> int:
         run.summary[s.position.key].append(f"move_source(to {pos.market_id})")
         run.say(s, f"gives {_usd_short(amount)} to market {pos.market_id}")
         run.emit(
-            r, ActionKind.MOVE_MARGIN, from_market_id=s.position.market_id, amount_e6=amount,
+            r,
+            ActionKind.MOVE_MARGIN,
+            from_market_id=s.position.market_id,
+            amount_e6=amount,
             reason=(
                 f"wallet short: move {_usd(amount)} from market {s.position.market_id} "
                 f"(breach probability {s.breach_probability:.2e}, keeps its target buffer) to "
@@ -415,8 +439,11 @@ def _step_reduce_or_alert(run: _Run, r: PositionRisk, need: int, remaining: int)
     pos, limits = r.position, run.limits
     causes = run.causes.setdefault(pos.key, [])
     stale = run.stale(r)
-    causes.append("stale oracle: no move or size reduction on a stale price" if stale
-                  else "no other position of the owner has margin to spare")
+    causes.append(
+        "stale oracle: no move or size reduction on a stale price"
+        if stale
+        else "no other position of the owner has margin to spare"
+    )
     if not stale and not limits.allow_reduce:
         causes.append("size reduction not allowed (limits.allow_reduce)")
     if pos.key in run.awaiting_approval:
@@ -430,15 +457,18 @@ def _step_reduce_or_alert(run: _Run, r: PositionRisk, need: int, remaining: int)
         if notional_e6(delta, r.price_e8) >= limits.min_action_e6 and delta > 0:
             reduced = True
             run.emit(
-                r, ActionKind.REDUCE_SIZE, size_delta_e18=delta,
+                r,
+                ActionKind.REDUCE_SIZE,
+                size_delta_e18=delta,
                 reason=(
                     f"collateral short by {_usd(remaining)} after top-ups and moves: reduce size by "
                     f"{delta / pos.size_e18:.1%} ({_usd(notional_e6(delta, r.price_e8))} notional) "
                     "so the remaining collateral meets the target"
                 ),
             )
-    outcome = "size reduction planned" if reduced else (
-        "cannot be saved by the keeper this cycle: " + ", ".join(causes))
+    outcome = (
+        "size reduction planned" if reduced else ("cannot be saved by the keeper this cycle: " + ", ".join(causes))
+    )
     # a shortfall only against the stress gap (breach probability at or below the trigger, not liquidatable)
     # is recorded in the decision but raises no alert: nothing is about to happen
     if r.liquidatable or r.breach_probability > limits.p_trigger or reduced:
@@ -454,8 +484,11 @@ def _step_reduce_or_alert(run: _Run, r: PositionRisk, need: int, remaining: int)
     if r.liquidatable or r.breach_probability > limits.p_trigger or reduced:
         run.say(r, f"{_usd_short(remaining)} of {_usd_short(need)} unfunded, {outcome}")
     else:
-        run.say(r, f"{_usd_short(remaining)} of {_usd_short(need)} short of the stress-gap target "
-                   f"({', '.join(causes)}); breach probability below the trigger: no alert")
+        run.say(
+            r,
+            f"{_usd_short(remaining)} of {_usd_short(need)} short of the stress-gap target "
+            f"({', '.join(causes)}); breach probability below the trigger: no alert",
+        )
     run.short.add(pos.key)
 
 
@@ -473,7 +506,9 @@ def _step_release(run: _Run, r: PositionRisk) -> None:
         return
     run.budget.take_movable(pos.key, amount)
     run.emit(
-        r, ActionKind.RELEASE, amount_e6=amount,
+        r,
+        ActionKind.RELEASE,
+        amount_e6=amount,
         reason=(
             f"breach probability {r.breach_probability:.1e} is below the release band "
             f"{limits.p_release:.0e}: return {_usd(amount)} to the owner, keeping the target buffer"
@@ -521,7 +556,9 @@ def plan_actions(state: BookState, risks: Sequence[PositionRisk], limits: PlanLi
     )
     for r in targets:
         if run.stale(r):
-            run.alert(r, f"oracle price of market {r.position.market_id} is stale: treated as danger, no release or move")
+            run.alert(
+                r, f"oracle price of market {r.position.market_id} is stale: treated as danger, no release or move"
+            )
         need = need_e6(r)
         remaining = _step_top_up(run, r, need, need)
         remaining = _step_move_margin(run, r, remaining)
@@ -551,14 +588,18 @@ def _condition_words(r: PositionRisk, band: str, market: Market, limits: PlanLim
     """The first half of a decision's reason: where the position stands, in the trader's words."""
     p = r.breach_probability
     if r.liquidatable:
-        return (f"liquidatable now (equity {_usd_short(r.position.equity_e6(r.price_e8))} < maintenance "
-                f"{_usd_short(r.position.maintenance_margin_e6(market, r.price_e8))})")
+        return (
+            f"liquidatable now (equity {_usd_short(r.position.equity_e6(r.price_e8))} < maintenance "
+            f"{_usd_short(r.position.maintenance_margin_e6(market, r.price_e8))})"
+        )
     within = f"within {_duration(r.horizon_s)}"
     if band == "trigger" and p > limits.p_trigger:
         return f"breach {p:.1e} > trigger {limits.p_trigger:.0e} {within}"
     if band == "trigger":
-        return (f"log distance {r.log_distance:.3f} to liquidation is inside the stress gap {r.stress_gap:.3f} "
-                f"(one oracle gap would liquidate; breach {p:.1e} {within})")
+        return (
+            f"log distance {r.log_distance:.3f} to liquidation is inside the stress gap {r.stress_gap:.3f} "
+            f"(one oracle gap would liquidate; breach {p:.1e} {within})"
+        )
     if band == "release":
         return f"breach {p:.1e} < release {limits.p_release:.0e} {within}"
     return f"breach {p:.1e} <= trigger {limits.p_trigger:.0e} {within}"
@@ -581,8 +622,11 @@ def _decision(run: _Run, r: PositionRisk) -> Decision:
     stale = run.stale(r)
     if topped:
         words.insert(0, f"top up {_usd_short(topped)} to reach {_target_words(r, limits)}")
-    moved_in = sum(a.amount_e6 for a in run.actions if a.kind is ActionKind.MOVE_MARGIN and not a.needs_approval
-                   and (a.account.lower(), a.market_id) == key)
+    moved_in = sum(
+        a.amount_e6
+        for a in run.actions
+        if a.kind is ActionKind.MOVE_MARGIN and not a.needs_approval and (a.account.lower(), a.market_id) == key
+    )
     if moved_in:
         words.insert(1 if topped else 0, f"move {_usd_short(moved_in)} in from the owner's safer positions")
     if stale:
@@ -623,6 +667,12 @@ def _decision(run: _Run, r: PositionRisk) -> Decision:
 def awaiting_decision(r: PositionRisk, state: BookState, limits: PlanLimits, tx_state: str) -> Decision:
     """The decision on a position whose previous transaction is still open: nothing new until it is final."""
     key = r.position.key
-    run = _Run(state, limits, Budget({}, 0, {}), {}, summary={key: [f"awaiting_tx:{tx_state}"]},
-               said={key: [f"a transaction is still open ({tx_state}): no new action until it is final"]})
+    run = _Run(
+        state,
+        limits,
+        Budget({}, 0, {}),
+        {},
+        summary={key: [f"awaiting_tx:{tx_state}"]},
+        said={key: [f"a transaction is still open ({tx_state}): no new action until it is final"]},
+    )
     return _decision(run, r)

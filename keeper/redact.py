@@ -24,8 +24,10 @@ _USERINFO = re.compile(r"(?<![\w/])[^\s:/@'\"<>]+:[^\s/@'\"<>]+@(?=[\w.\[\]-])")
 _MNEMONIC = re.compile(r"^\s*(?:[a-z]{3,8}\s+){11,23}[a-z]{3,8}\s*$")
 _TRAILING = ".,;:)]}"
 # RFC 3986 section 3 split (regex, not urllib: this module is pure core): scheme, userinfo, host, port, rest
-_PARTS = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?"
-                    r"(?P<host>\[[^\]/]*\]|[^:/?#]*)(?::(?P<port>[^/?#]*))?(?P<path>[^?#]*)(?P<tail>[?#].*)?$")
+_PARTS = re.compile(
+    r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?"
+    r"(?P<host>\[[^\]/]*\]|[^:/?#]*)(?::(?P<port>[^/?#]*))?(?P<path>[^?#]*)(?P<tail>[?#].*)?$"
+)
 
 
 def _split(url: str) -> re.Match[str] | None:

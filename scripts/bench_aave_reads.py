@@ -56,13 +56,15 @@ def mapping_slots(anvil: Anvil, contract: str, user: str, max_index: int = 200) 
     return found
 
 
-def clone_accounts(anvil: Anvil, client: ChainClient, templates: list[str], contracts: list[str],
-                   n: int) -> list[str]:
+def clone_accounts(anvil: Anvil, client: ChainClient, templates: list[str], contracts: list[str], n: int) -> list[str]:
     """``n`` new addresses, each a storage copy of a template (round robin) in every contract given."""
     plan = {}
     for t in templates:
-        plan[t] = [(c, i, anvil.request("eth_getStorageAt", [c, "0x" + _slot(t, i).hex(), "latest"]))
-                   for c in contracts for i in mapping_slots(anvil, c, t)]
+        plan[t] = [
+            (c, i, anvil.request("eth_getStorageAt", [c, "0x" + _slot(t, i).hex(), "latest"]))
+            for c in contracts
+            for i in mapping_slots(anvil, c, t)
+        ]
     users = []
     writes: list[tuple[str, list]] = []
     for k in range(n):
@@ -87,7 +89,7 @@ def main() -> None:
         w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
         ops = AaveOps(w3, deploy_aave(w3, rpc_url=anvil.url))
         ops.provide_liquidity(ANVIL_KEYS[9])
-        keys = ANVIL_KEYS[3:3 + len(TEMPLATES)]
+        keys = ANVIL_KEYS[3 : 3 + len(TEMPLATES)]
         for key, t in zip(keys, TEMPLATES, strict=True):
             ops.open_account(key, t)
         templates = [w3.eth.account.from_key(k).address for k in keys]
@@ -117,9 +119,11 @@ def main() -> None:
             assert len(snap.accounts) == n and not snap.failed
             mismatches = sum(mine[u].as_tuple() != snap.onchain[u].as_tuple() for u in users)
             bad_clones = sum(snap.onchain[u] != snap.onchain[template_of[u]] for u in users if u in template_of)
-            print(f"N={n}: batched read median {statistics.median(reads) * 1e3:.0f} ms, round trips "
-                  f"{statistics.median(trips):.0f}; exact arithmetic {statistics.median(computes) * 1e3:.0f} ms; "
-                  f"keeper != contract: {mismatches}; clone != template: {bad_clones}")
+            print(
+                f"N={n}: batched read median {statistics.median(reads) * 1e3:.0f} ms, round trips "
+                f"{statistics.median(trips):.0f}; exact arithmetic {statistics.median(computes) * 1e3:.0f} ms; "
+                f"keeper != contract: {mismatches}; clone != template: {bad_clones}"
+            )
             lean, lean_trips = [], []
             for _ in range(args.repeat):  # production read: no getUserAccountData (the keeper computes it)
                 client.stats.reset()
@@ -128,12 +132,16 @@ def main() -> None:
                 {u: account_data(a, lean_snap.market) for u, a in lean_snap.accounts.items()}
                 lean.append(time.perf_counter() - t)
                 lean_trips.append(client.stats.round_trips)
-            print(f"N={n}: read without getUserAccountData + exact arithmetic median "
-                  f"{statistics.median(lean) * 1e3:.0f} ms, round trips {statistics.median(lean_trips):.0f}")
+            print(
+                f"N={n}: read without getUserAccountData + exact arithmetic median "
+                f"{statistics.median(lean) * 1e3:.0f} ms, round trips {statistics.median(lean_trips):.0f}"
+            )
         # naive loop on a sample
         pool = w3.eth.contract(address=d.pool, abi=aave_artifact("Pool")["abi"])
         erc = aave_artifact("AToken")["abi"]
-        tokens = {a: w3.eth.contract(address=a, abi=erc) for a in [*d.a_tokens.values(), *d.variable_debt_tokens.values()]}
+        tokens = {
+            a: w3.eth.contract(address=a, abi=erc) for a in [*d.a_tokens.values(), *d.variable_debt_tokens.values()]
+        }
         sample = users_all[: args.naive_sample]
         t = time.perf_counter()
         for u in sample:
@@ -148,8 +156,10 @@ def main() -> None:
                     tokens[v].functions.scaledBalanceOf(u).call()
         per = (time.perf_counter() - t) / len(sample)
         for n in sizes:
-            print(f"N={n}: naive web3 loop ~{per * n:.1f} s (extrapolated from {len(sample)} accounts, "
-                  f"{per * 1e3:.1f} ms per account)")
+            print(
+                f"N={n}: naive web3 loop ~{per * n:.1f} s (extrapolated from {len(sample)} accounts, "
+                f"{per * 1e3:.1f} ms per account)"
+            )
     finally:
         anvil.stop()
 

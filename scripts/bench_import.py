@@ -23,8 +23,9 @@ DEV_ONLY = ("keeper.dev", "keeper.devchain", "keeper.sim", "matplotlib")
 
 def import_time_us(module: str) -> int:
     """Cumulative import time of ``module`` in a fresh interpreter, from ``-X importtime`` (stderr)."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True,
-                         text=True, check=True).stderr
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, check=True
+    ).stderr
     for line in reversed(out.splitlines()):
         parts = [p.strip() for p in line.removeprefix("import time:").split("|")]
         if len(parts) == 3 and parts[2] == module:
@@ -33,8 +34,10 @@ def import_time_us(module: str) -> int:
 
 
 def loaded(module: str) -> tuple[int, list[str]]:
-    code = (f"import sys, {module}; dev = {DEV_ONLY!r}; "
-            "print(len(sys.modules)); print(','.join(sorted(m for m in sys.modules if m.startswith(dev))))")
+    code = (
+        f"import sys, {module}; dev = {DEV_ONLY!r}; "
+        "print(len(sys.modules)); print(','.join(sorted(m for m in sys.modules if m.startswith(dev))))"
+    )
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     return int(lines[0]), [m for m in lines[1].split(",") if m]
 

@@ -41,8 +41,7 @@ def _revert_reason(w3: Web3) -> str:
     block = w3.eth.get_block("latest", full_transactions=True)
     tx = block["transactions"][-1]
     try:
-        w3.eth.call({"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]},
-                    block["number"] - 1)
+        w3.eth.call({"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}, block["number"] - 1)
     except Exception as exc:  # noqa: BLE001 - report whatever the node says
         return str(exc)
     return "replay did not revert (the revert depended on the block's time)"
@@ -112,20 +111,33 @@ def main() -> None:
             assert snap is not None
             mode = {
                 "calls_per_read": 5 + n_markets * 8 + len(watched) * ((7 if cross_check else 3) + 2 * n_markets),
-                "median_ms": round(statistics.median(times) * 1000, 1), "min_ms": round(min(times) * 1000, 1),
-                "round_trips": max(trips), "json_rpc_requests": max(requests), "failed": len(snap.failed),
+                "median_ms": round(statistics.median(times) * 1000, 1),
+                "min_ms": round(min(times) * 1000, 1),
+                "round_trips": max(trips),
+                "json_rpc_requests": max(requests),
+                "failed": len(snap.failed),
             }
             if cross_check:
                 mode["keeper_equals_contract"] = all(
                     snap.margin(t).account_value_x18 == s.contract_account_value_x18
-                    and snap.margin(t).requirement_x18 == s.contract_requirement_x18 for t, s in snap.traders.items())
+                    and snap.margin(t).requirement_x18 == s.contract_requirement_x18
+                    for t, s in snap.traders.items()
+                )
             modes["with_contract_cross_check" if cross_check else "keeper_inputs_only"] = mode
-        print(json.dumps({
-            "distinct_accounts": args.traders, "replicate": args.replicate, "accounts_read": len(watched),
-            **modes, "seed_s": round(seed_s, 1),
-            "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()} "
-                       f"{platform.python_version()}",
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "distinct_accounts": args.traders,
+                    "replicate": args.replicate,
+                    "accounts_read": len(watched),
+                    **modes,
+                    "seed_s": round(seed_s, 1),
+                    "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()} "
+                    f"{platform.python_version()}",
+                },
+                indent=2,
+            )
+        )
     finally:
         anvil.stop()
 

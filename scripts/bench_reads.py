@@ -60,21 +60,32 @@ def open_positions(anvil: Anvil, w3: Web3, dep, n_positions: int) -> list[tuple[
     for i, acct in enumerate(accounts):
         anvil.request("anvil_setBalance", [acct.address, hex(10**20)])
         mint = mint_sel + acct.address[2:].lower().rjust(64, "0") + hex(4 * OPEN_E6)[2:].rjust(64, "0")
-        setup.append(deployer.sign_transaction({**fee, "nonce": dn + i, "to": dep.collateral, "data": mint,
-                                               "gas": 80_000}).raw_transaction.hex())
-        setup.append(acct.sign_transaction({**fee, "nonce": 0, "to": dep.collateral, "data": approve_data,
-                                           "gas": 80_000}).raw_transaction.hex())
+        setup.append(
+            deployer.sign_transaction(
+                {**fee, "nonce": dn + i, "to": dep.collateral, "data": mint, "gas": 80_000}
+            ).raw_transaction.hex()
+        )
+        setup.append(
+            acct.sign_transaction(
+                {**fee, "nonce": 0, "to": dep.collateral, "data": approve_data, "gas": 80_000}
+            ).raw_transaction.hex()
+        )
         for k, mid in enumerate((0, 1)):
             if 2 * i + k >= n_positions:
                 break
             size = 5 * OPEN_E6 * 10**20 // prices[mid]
             data = engine.functions.openPosition(mid, k == 0, size, OPEN_E6)._encode_transaction_data()
-            opens.append(acct.sign_transaction({**fee, "nonce": 1 + k, "to": dep.engine, "data": data,
-                                               "gas": 400_000}).raw_transaction.hex())
+            opens.append(
+                acct.sign_transaction(
+                    {**fee, "nonce": 1 + k, "to": dep.engine, "data": data, "gas": 400_000}
+                ).raw_transaction.hex()
+            )
     for raws in (setup, opens):  # funding first: an open must never share a block with its own mint
         for start in range(0, len(raws), 500):
-            batch = [{"jsonrpc": "2.0", "id": j, "method": "eth_sendRawTransaction",
-                      "params": ["0x" + r.removeprefix("0x")]} for j, r in enumerate(raws[start : start + 500])]
+            batch = [
+                {"jsonrpc": "2.0", "id": j, "method": "eth_sendRawTransaction", "params": ["0x" + r.removeprefix("0x")]}
+                for j, r in enumerate(raws[start : start + 500])
+            ]
             errors = [a for a in _post(anvil.url, batch) if "error" in a]
             if errors:
                 raise RuntimeError(f"send failed: {errors[:2]}")
@@ -115,8 +126,12 @@ def bench_naive(url: str, dep, keys, sample: int) -> dict:
         engine.functions.getPosition(Web3.to_checksum_address(account), mid).call()
     per = (time.perf_counter() - t0) / len(measured)
     per_call_requests = 3  # eth_call + 2 x eth_chainId from the validation middleware (web3's validation middleware asks for eth_chainId twice per call)
-    return {"s": fixed + per * len(keys), "extrapolated": len(measured) < len(keys), "sampled": len(measured),
-            "requests": per_call_requests * (len(keys) + 2 * len(feeds))}
+    return {
+        "s": fixed + per * len(keys),
+        "extrapolated": len(measured) < len(keys),
+        "sampled": len(measured),
+        "requests": per_call_requests * (len(keys) + 2 * len(feeds)),
+    }
 
 
 def main() -> None:
@@ -137,17 +152,23 @@ def main() -> None:
         adapter = ReferenceAdapter.from_deployment(client, dep)
         adapter.load_markets()
         adapter.read_book(keys[:10])  # warm-up
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-              f"{platform.python_version()}, {platform.platform()}")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+            f"{platform.python_version()}, {platform.platform()}"
+        )
         print(f"setup: {len(keys)} positions opened by signed txs in {setup_s:.1f} s")
-        print(f"{'N':>6} | {'batched ms':>10} | {'round trips':>11} | {'requests':>8} | {'naive ms':>10} | "
-              f"{'naive requests':>14} | {'speed-up':>8} | naive")
+        print(
+            f"{'N':>6} | {'batched ms':>10} | {'round trips':>11} | {'requests':>8} | {'naive ms':>10} | "
+            f"{'naive requests':>14} | {'speed-up':>8} | naive"
+        )
         for n in sizes:
             b = bench_batched(adapter, client, keys[:n], args.repeat)
             nv = bench_naive(anvil.url, dep, keys[:n], args.naive_sample)
             how = f"extrapolated from {nv['sampled']}" if nv["extrapolated"] else "measured"
-            print(f"{n:>6} | {b['median_s'] * 1e3:>10.1f} | {b['round_trips']:>11} | {b['requests']:>8} | "
-                  f"{nv['s'] * 1e3:>10.1f} | {nv['requests']:>14} | {nv['s'] / b['median_s']:>7.1f}x | {how}")
+            print(
+                f"{n:>6} | {b['median_s'] * 1e3:>10.1f} | {b['round_trips']:>11} | {b['requests']:>8} | "
+                f"{nv['s'] * 1e3:>10.1f} | {nv['requests']:>14} | {nv['s'] / b['median_s']:>7.1f}x | {how}"
+            )
     finally:
         anvil.stop()
 

@@ -46,18 +46,50 @@ def main() -> None:
     coll = size * 3000.0 * rng.uniform(0.02, 0.3, n)
     policy = RiskPolicy()
     rows = []
-    rows.append(("closed form, policy kernel, 10k positions", timed(lambda: assess_arrays(
-        is_long=is_long, size=size, entry=price, collateral=coll, pending_fee=np.zeros(n), price=price,
-        maintenance=np.full(n, 0.005), fee_rate_annual=np.full(n, 0.1), sigma_annual=np.full(n, 0.8),
-        policy=policy, check_interval_s=60.0), args.repeat)))
+    rows.append(
+        (
+            "closed form, policy kernel, 10k positions",
+            timed(
+                lambda: assess_arrays(
+                    is_long=is_long,
+                    size=size,
+                    entry=price,
+                    collateral=coll,
+                    pending_fee=np.zeros(n),
+                    price=price,
+                    maintenance=np.full(n, 0.005),
+                    fee_rate_annual=np.full(n, 0.1),
+                    sigma_annual=np.full(n, 0.8),
+                    policy=policy,
+                    check_interval_s=60.0,
+                ),
+                args.repeat,
+            ),
+        )
+    )
     s_liq = barrier.liquidation_price(is_long, size, price, coll, 0.005)
-    rows.append(("closed form, barrier probability only, 10k", timed(
-        lambda: barrier.breach_probability(price, s_liq, 0.8, 72.0, is_long=is_long, fee_drift_annual=0.1), args.repeat)))
+    rows.append(
+        (
+            "closed form, barrier probability only, 10k",
+            timed(
+                lambda: barrier.breach_probability(price, s_liq, 0.8, 72.0, is_long=is_long, fee_drift_annual=0.1),
+                args.repeat,
+            ),
+        )
+    )
     market = Market(0, "ETH", 5 * 10**15, 50 * WAD, 10**16, int(0.1 * WAD / SECONDS_PER_YEAR), 3600)
-    book = [Position(f"0x{i:040x}", 0, Side.LONG if lg else Side.SHORT, int(q * 1e18), 3000 * 10**8, int(c * 1e6))
-            for i, (lg, q, c) in enumerate(zip(is_long, size, coll))]
-    rows.append(("assess_positions (domain objects), 10k", timed(
-        lambda: assess_positions(book, {0: market}, {0: 3000 * 10**8}, {0: 0.8}, policy, 60.0, 0), args.repeat)))
+    book = [
+        Position(f"0x{i:040x}", 0, Side.LONG if lg else Side.SHORT, int(q * 1e18), 3000 * 10**8, int(c * 1e6))
+        for i, (lg, q, c) in enumerate(zip(is_long, size, coll))
+    ]
+    rows.append(
+        (
+            "assess_positions (domain objects), 10k",
+            timed(
+                lambda: assess_positions(book, {0: market}, {0: 3000 * 10**8}, {0: 0.8}, policy, 60.0, 0), args.repeat
+            ),
+        )
+    )
 
     corr = np.full((5, 5), 0.6)
     np.fill_diagonal(corr, 1.0)
@@ -68,8 +100,13 @@ def main() -> None:
     log_b = np.where(longs, -1.0, 1.0) * rng.uniform(0.005, 0.05, n_pos)
 
     def mc(nu):
-        paths = simulate_paths(PathModel(sigma_annual=sig, corr=tuple(map(tuple, corr)), student_t_nu=nu), 3600.0, 100, 10_000,
-                               np.random.default_rng(2))
+        paths = simulate_paths(
+            PathModel(sigma_annual=sig, corr=tuple(map(tuple, corr)), student_t_nu=nu),
+            3600.0,
+            100,
+            10_000,
+            np.random.default_rng(2),
+        )
         return breach_probabilities(paths, idx, longs, log_b)
 
     mc_repeat = max(3, args.repeat // 2)

@@ -26,8 +26,12 @@ from keeper.risk.volatility import fit_garch_t, log_returns
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, type=Path,
-                    help="hourly ETH/USDT CSV (binance_ETHUSDT_1h_2017-08_2024-06.csv, see docs/data.md)")
+    ap.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="hourly ETH/USDT CSV (binance_ETHUSDT_1h_2017-08_2024-06.csv, see docs/data.md)",
+    )
     ap.add_argument("--paths", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=20261125)
     args = ap.parse_args()
@@ -35,22 +39,27 @@ def main() -> None:
     d = np.genfromtxt(args.data, delimiter=",", names=True, usecols=("unix_s", "close"))
     r, dt = log_returns(d["unix_s"], d["close"])
     fit = fit_garch_t(r * np.sqrt(3600.0 / dt))
-    print(f"GARCH-t on {fit.n_obs} hourly returns: omega={fit.omega:.3g} alpha={fit.alpha:.4f} "
-          f"beta={fit.beta:.4f} nu={fit.nu:.3f}")
+    print(
+        f"GARCH-t on {fit.n_obs} hourly returns: omega={fit.omega:.3g} alpha={fit.alpha:.4f} "
+        f"beta={fit.beta:.4f} nu={fit.nu:.3f}"
+    )
     rng = np.random.default_rng(args.seed)
     jump_intensity = 0.2 * SECONDS_PER_YEAR / 3600.0
     rows = []
     for p in (1e-3, 1e-4):
         t_cal = calibrate_kappa(p, 0.8, 3600.0, rng, n_paths=args.paths, student_t_nu=fit.nu)
-        j_cal = calibrate_kappa(p, 0.8, 3600.0, rng, n_paths=args.paths,
-                                jump_intensity_annual=jump_intensity, jump_std=0.012)
+        j_cal = calibrate_kappa(
+            p, 0.8, 3600.0, rng, n_paths=args.paths, jump_intensity_annual=jump_intensity, jump_std=0.012
+        )
         rows.append((p, t_cal.kappa, j_cal.kappa))
     print(f"{'p':>8} {'t(nu=%.2f)' % fit.nu:>12} {'merton':>8}")
     for p, kt, kj in rows:
         print(f"{p:8.0e} {kt:12.3f} {kj:8.3f}")
     k_target = max(rows[1][1], rows[1][2])
-    print(f"kappa at p=1e-4: {k_target:.3f} -> default {math.ceil(k_target * 20) / 20:.2f} "
-          f"(DEFAULT_KAPPA in code: {DEFAULT_KAPPA}); {time.perf_counter() - t0:.1f} s")
+    print(
+        f"kappa at p=1e-4: {k_target:.3f} -> default {math.ceil(k_target * 20) / 20:.2f} "
+        f"(DEFAULT_KAPPA in code: {DEFAULT_KAPPA}); {time.perf_counter() - t0:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -26,21 +26,36 @@ from keeper.replay.metrics import TARGET_IDLE_REDUCTION, best_fixed_baseline
 from keeper.replay.policies import parse_policy
 from keeper.replay.prices import load_bars
 
-BASELINES = ["fixed:3:6", "fixed:5:10", "fixed:8:16", "fixed:12:24",
-             "fixed:3:6:12", "fixed:5:10:20", "fixed:8:16:32", "fixed:12:24:48"]
+BASELINES = [
+    "fixed:3:6",
+    "fixed:5:10",
+    "fixed:8:16",
+    "fixed:12:24",
+    "fixed:3:6:12",
+    "fixed:5:10:20",
+    "fixed:8:16:32",
+    "fixed:12:24:48",
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="folder holding the crash_*.csv files (docs/data.md)")
     ap.add_argument("--window", action="append", choices=list(WINDOWS), help="default: all three")
-    ap.add_argument("--buffers", default="0.01,0.025",
-                    help="triggers b (fraction of the notional) to bound keepers with, comma-separated")
+    ap.add_argument(
+        "--buffers",
+        default="0.01,0.025",
+        help="triggers b (fraction of the notional) to bound keepers with, comma-separated",
+    )
     args = ap.parse_args()
     buffers = [float(x) for x in args.buffers.split(",") if x.strip()]
     book = load_book()
     config = ReplayConfig(record=False)
     heads = "".join(f" trigger >= {100 * b:g} % $ |" for b in buffers)
-    print(f"| window | best fixed baseline | its idle $ | its txs | target idle $ | no cushion, any number of txs $ "
-          f"| clairvoyant, no moves $ | clairvoyant $ |{heads} verdict |")
+    print(
+        f"| window | best fixed baseline | its idle $ | its txs | target idle $ | no cushion, any number of txs $ "
+        f"| clairvoyant, no moves $ | clairvoyant $ |{heads} verdict |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(buffers) + "---|")
     for name in args.window or list(WINDOWS):
         t0 = time.perf_counter()
@@ -59,12 +74,17 @@ def main() -> None:
             verdict = "out of reach of any keeper"
         else:
             facts = ["without moves"] if no_moves > target else []
-            facts += [f"with a trigger >= {100 * x:g} %" for x, v in zip(buffers, buffered, strict=True) if v > target][:1]
+            facts += [f"with a trigger >= {100 * x:g} %" for x, v in zip(buffers, buffered, strict=True) if v > target][
+                :1
+            ]
             verdict = "out of reach of any keeper " + " or ".join(facts) if facts else "not ruled out"
         cells = "".join(f" {v:,.0f} |" for v in buffered)
-        print(f"| {name} | `{base}` | {b.avg_idle_e6 / 1e6:,.0f} | {budget} | {target:,.0f} "
-              f"| {bb.avg_idle_unlimited():,.0f} | {no_moves:,.0f} "
-              f"| {with_moves:,.0f} |{cells} {verdict} ({time.perf_counter() - t0:.0f} s) |", flush=True)
+        print(
+            f"| {name} | `{base}` | {b.avg_idle_e6 / 1e6:,.0f} | {budget} | {target:,.0f} "
+            f"| {bb.avg_idle_unlimited():,.0f} | {no_moves:,.0f} "
+            f"| {with_moves:,.0f} |{cells} {verdict} ({time.perf_counter() - t0:.0f} s) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

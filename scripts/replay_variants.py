@@ -46,8 +46,11 @@ def main() -> None:
         res = run_fast(book, bars, policies, ReplayConfig(record=False))
         for i, kw in enumerate(specs):
             r = res.results[f"variant-{i}"]
-            print(f"{name} | {json.dumps(kw)} | liquidations {r.liquidations} | avg idle {r.avg_idle_e6 / 1e6:,.0f} "
-                  f"| transactions {r.transactions}", flush=True)
+            print(
+                f"{name} | {json.dumps(kw)} | liquidations {r.liquidations} | avg idle {r.avg_idle_e6 / 1e6:,.0f} "
+                f"| transactions {r.transactions}",
+                flush=True,
+            )
         print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
 
 

@@ -45,8 +45,11 @@ def main() -> None:
     ap.add_argument("--cutoff", default="2020-03-01", help="UTC date: fit before it, score after it")
     args = ap.parse_args()
     cut = int(dt.datetime.fromisoformat(args.cutoff).replace(tzinfo=dt.UTC).timestamp())
-    print("| file | side | measure | fit bars | xi | " + " | ".join(f"q({p:g}) | rate after" for p in PROBABILITIES)
-          + " | largest after (p of fit) |")
+    print(
+        "| file | side | measure | fit bars | xi | "
+        + " | ".join(f"q({p:g}) | rate after" for p in PROBABILITIES)
+        + " | largest after (p of fit) |"
+    )
     print("|---|---|---|---:|---:|" + "---:|---:|" * len(PROBABILITIES) + "---|")
     for path in args.files:
         d = np.genfromtxt(path, delimiter=",", names=True, usecols=("unix_s", "close", "low", "high"))
@@ -65,8 +68,11 @@ def main() -> None:
                     cells.append(f"{as_move(q, side):.2%} | {np.mean(after > q):.2e}")
                 worst = float(after.max())
                 p_worst = fit.exceedance_probability(worst) if worst >= fit.threshold else float("nan")
-                print(f"| {path.name} | {side} | {measure} | {before.size} | {fit.shape:.3f} | " + " | ".join(cells)
-                      + f" | {as_move(worst, side):.1%} ({p_worst:.1e}) |")
+                print(
+                    f"| {path.name} | {side} | {measure} | {before.size} | {fit.shape:.3f} | "
+                    + " | ".join(cells)
+                    + f" | {as_move(worst, side):.1%} ({p_worst:.1e}) |"
+                )
 
 
 if __name__ == "__main__":

@@ -105,7 +105,10 @@ ANVIL_FIXTURES = {"devchain", "chain"}
 def pytest_collection_modifyitems(config, items):
     """Refuse to run a test that uses an anvil fixture without the ``chain`` marker (``make test-unit`` deselects
     ``chain`` tests; one that slipped through would start anvil there)."""
-    unmarked = [item.nodeid for item in items
-                if ANVIL_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("chain") is None]
+    unmarked = [
+        item.nodeid
+        for item in items
+        if ANVIL_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("chain") is None
+    ]
     if unmarked:
         raise pytest.UsageError("tests use an anvil fixture without @pytest.mark.chain: " + ", ".join(unmarked))

@@ -39,9 +39,7 @@ def _signatures(abi: list[dict], kind: str) -> set[str]:
             return "(" + ",".join(typ(c) for c in param["components"]) + ")" + param["type"][len("tuple") :]
         return param["type"]
 
-    return {
-        f"{e['name']}({','.join(typ(i) for i in e['inputs'])})" for e in abi if e["type"] == kind
-    }
+    return {f"{e['name']}({','.join(typ(i) for i in e['inputs'])})" for e in abi if e["type"] == kind}
 
 
 class TestAbiDrift:
@@ -108,16 +106,33 @@ class TestDesignInterface:
         get_position = next(e for e in abi if e.get("name") == "getPosition")
         fields = [c["name"] for c in get_position["outputs"][0]["components"]]
         assert fields == [
-            "exists", "isLong", "size", "entryPrice", "collateral", "pendingFee", "equity",
-            "maintenanceMargin", "liquidationPrice", "markPrice", "markUpdatedAt", "liquidatable",
+            "exists",
+            "isLong",
+            "size",
+            "entryPrice",
+            "collateral",
+            "pendingFee",
+            "equity",
+            "maintenanceMargin",
+            "liquidationPrice",
+            "markPrice",
+            "markUpdatedAt",
+            "liquidatable",
         ]
         get_market = next(e for e in abi if e.get("name") == "getMarket")
         market = get_market["outputs"][0]["components"]
         assert [c["name"] for c in market] == [
-            "params", "cumulativeFeeIndexWad", "longOpenInterest", "shortOpenInterest",
+            "params",
+            "cumulativeFeeIndexWad",
+            "longOpenInterest",
+            "shortOpenInterest",
         ]
         assert [c["name"] for c in market[0]["components"]] == [
-            "feed", "maintenanceMarginWad", "maxLeverageWad", "liquidationPenaltyWad", "feeRatePerSecondWad",
+            "feed",
+            "maintenanceMarginWad",
+            "maxLeverageWad",
+            "liquidationPenaltyWad",
+            "feeRatePerSecondWad",
             "heartbeat",
         ]
 
@@ -155,8 +170,15 @@ class TestDesignInterface:
     def test_feed_multicall_and_token(self, rendered):
         """PriceFeed, Multicall3 and the ERC-20 subset expose the functions the keeper calls."""
         feed = _signatures(json.loads(rendered["PriceFeed.json"]), "function")
-        assert {"pushPrice(int256)", "latestRound()", "getRoundData(uint80)", "latestRoundData()",
-                "decimals()", "description()", "version()"} <= feed
+        assert {
+            "pushPrice(int256)",
+            "latestRound()",
+            "getRoundData(uint80)",
+            "latestRoundData()",
+            "decimals()",
+            "description()",
+            "version()",
+        } <= feed
         multicall = _signatures(json.loads(rendered["Multicall3.json"]), "function")
         assert {
             "aggregate((address,bytes)[])",
@@ -165,13 +187,24 @@ class TestDesignInterface:
             "tryAggregate(bool,(address,bytes)[])",
             "tryBlockAndAggregate(bool,(address,bytes)[])",
             "blockAndAggregate((address,bytes)[])",
-            "getBlockNumber()", "getCurrentBlockTimestamp()", "getEthBalance(address)", "getBasefee()",
-            "getChainId()", "getLastBlockHash()", "getBlockHash(uint256)",
+            "getBlockNumber()",
+            "getCurrentBlockTimestamp()",
+            "getEthBalance(address)",
+            "getBasefee()",
+            "getChainId()",
+            "getLastBlockHash()",
+            "getBlockHash(uint256)",
         } <= multicall
         erc20 = _signatures(json.loads(rendered["ERC20.json"]), "function")
         assert erc20 == {
-            "name()", "symbol()", "decimals()", "totalSupply()", "balanceOf(address)",
-            "allowance(address,address)", "transfer(address,uint256)", "approve(address,uint256)",
+            "name()",
+            "symbol()",
+            "decimals()",
+            "totalSupply()",
+            "balanceOf(address)",
+            "allowance(address,address)",
+            "transfer(address,uint256)",
+            "approve(address,uint256)",
             "transferFrom(address,address,uint256)",
         }
         assert "mint(address,uint256)" in _signatures(json.loads(rendered["MockUSD.json"]), "function")

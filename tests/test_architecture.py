@@ -12,21 +12,69 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keeper"
-CORE_PATHS = ["keeper/domain.py", "keeper/risk", "keeper/planner.py", "keeper/decision.py", "keeper/replay/model.py",
-              "keeper/accounts", "keeper/redact.py"]
+CORE_PATHS = [
+    "keeper/domain.py",
+    "keeper/risk",
+    "keeper/planner.py",
+    "keeper/decision.py",
+    "keeper/replay/model.py",
+    "keeper/accounts",
+    "keeper/redact.py",
+]
 FORBIDDEN_TOP = {
-    "web3", "eth_abi", "eth_account", "eth_typing", "eth_utils", "eth_keys", "hexbytes", "requests", "httpx",
-    "urllib", "http", "logging", "structlog", "time", "datetime", "socket", "sqlite3", "os", "subprocess",
-    "asyncio", "threading", "apscheduler", "typer", "rich",
+    "web3",
+    "eth_abi",
+    "eth_account",
+    "eth_typing",
+    "eth_utils",
+    "eth_keys",
+    "hexbytes",
+    "requests",
+    "httpx",
+    "urllib",
+    "http",
+    "logging",
+    "structlog",
+    "time",
+    "datetime",
+    "socket",
+    "sqlite3",
+    "os",
+    "subprocess",
+    "asyncio",
+    "threading",
+    "apscheduler",
+    "typer",
+    "rich",
 }
 FORBIDDEN_PREFIX = ("eth_",)
 # The replay's shell modules read files, the chain or draw charts; keeper.sim and keeper.dev drive a dev chain.
 REPLAY_SHELL = ("keeper.replay.onchain", "keeper.replay.prices", "keeper.replay.book", "keeper.replay.report")
-SHELL_PACKAGES = ("keeper.chain", "keeper.protocols", "keeper.tx", "keeper.runtime", "keeper.commands",
-                  "keeper.cli", "keeper.dev", "keeper.sim", *REPLAY_SHELL)
+SHELL_PACKAGES = (
+    "keeper.chain",
+    "keeper.protocols",
+    "keeper.tx",
+    "keeper.runtime",
+    "keeper.commands",
+    "keeper.cli",
+    "keeper.dev",
+    "keeper.sim",
+    *REPLAY_SHELL,
+)
 # What must not be loaded, directly or through a dependency, once a core module is imported.
-RUNTIME_FORBIDDEN = ("web3", "eth_abi", "eth_account", "eth_utils", "sqlite3", "_sqlite3", "structlog", "logging",
-                     "requests", "socket", "matplotlib")
+RUNTIME_FORBIDDEN = (
+    "web3",
+    "eth_abi",
+    "eth_account",
+    "eth_utils",
+    "sqlite3",
+    "_sqlite3",
+    "structlog",
+    "logging",
+    "requests",
+    "socket",
+    "matplotlib",
+)
 DAEMON_MODULES = ("keeper.runtime.service", "keeper.commands.run", "keeper.commands.check")
 DEV_ONLY = ("keeper.dev", "keeper.sim", "matplotlib", "keeper.replay.onchain")
 

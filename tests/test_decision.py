@@ -44,16 +44,37 @@ def _position(side: Side, size: float, entry: float, collateral: float) -> Posit
 
 CASES = {
     # defect 1 of issue 11: the CLI said 2.93e-6 / $352.54 / $0, the daemon 2.89e-6 / $651.92 / $451.92
-    "defect1_long_inside_stress_gap": dict(side="long", size=1.0, entry=3000.0, price=3000.0, collateral=200.0, fee=0.0),
+    "defect1_long_inside_stress_gap": dict(
+        side="long", size=1.0, entry=3000.0, price=3000.0, collateral=200.0, fee=0.0
+    ),
     "long_above_trigger": dict(side="long", size=1.0, entry=3000.0, price=2900.0, collateral=130.0, fee=0.0),
     "short_held_with_fees": dict(side="short", size=2.0, entry=3000.0, price=2950.0, collateral=4000.0, fee=0.1),
 }
 
 
 def _cli(case: dict) -> dict:
-    args = ["risk", "--side", case["side"], "--size", str(case["size"]), "--entry", str(case["entry"]),
-            "--price", str(case["price"]), "--collateral", str(case["collateral"]), "--maintenance", "0.005",
-            "--sigma", str(SIGMA), "--horizon", "1h", "--fee-rate", str(case["fee"]), "--json"]
+    args = [
+        "risk",
+        "--side",
+        case["side"],
+        "--size",
+        str(case["size"]),
+        "--entry",
+        str(case["entry"]),
+        "--price",
+        str(case["price"]),
+        "--collateral",
+        str(case["collateral"]),
+        "--maintenance",
+        "0.005",
+        "--sigma",
+        str(SIGMA),
+        "--horizon",
+        "1h",
+        "--fee-rate",
+        str(case["fee"]),
+        "--json",
+    ]
     res = CliRunner().invoke(build_app(), args)
     assert res.exit_code == 0, res.output
     return json.loads(res.output)
@@ -63,8 +84,14 @@ def _cli(case: dict) -> dict:
 def service(tmp_path):
     cfg = load_config(ROOT / "examples" / "keeper.toml", env={"KEEPER_DRY_RUN": "true"}, dotenv_path=None)
     journal = Journal(str(tmp_path / "journal.sqlite"))
-    svc = KeeperService(cfg, client=None, adapter=None, journal=journal, txm=None,  # type: ignore[arg-type]
-                        signer_address=OWNER)
+    svc = KeeperService(
+        cfg,
+        client=None,
+        adapter=None,
+        journal=journal,
+        txm=None,  # type: ignore[arg-type]
+        signer_address=OWNER,
+    )
     svc.check_interval_s = HORIZON_S - svc.policy.latency_s
     yield svc
     journal.close()
@@ -85,14 +112,23 @@ def test_cli_daemon_and_replay_agree(name, service):
 
     policy = service.policy
     gaps = {0: policy.estimate_stress_gap([NOW_S], [rnd.price_e8], service.check_interval_s, now_s=NOW_S).side_gaps}
-    snap = BookSnapshot(positions={pos.key: pos}, markets={0: market}, prices={0: rnd}, block_number=1,
-                        block_timestamp=NOW_S)
+    snap = BookSnapshot(
+        positions={pos.key: pos}, markets={0: market}, prices={0: rnd}, block_number=1, block_timestamp=NOW_S
+    )
     daemon = service.decide(snap, {0: SIGMA}, gaps, wallet_e6=10**12, busy={})
     d_daemon = daemon.plan.decisions[0]
 
     replay = RiskSized(risk_policy=policy, limits=service.limits)
-    obs = Observation(now_s=NOW_S, round_index=0, positions=(pos,), markets={0: market}, prices={0: rnd},
-                      wallet_e6={OWNER: 10**12}, sigma_annual={0: SIGMA}, check_interval_s=service.check_interval_s)
+    obs = Observation(
+        now_s=NOW_S,
+        round_index=0,
+        positions=(pos,),
+        markets={0: market},
+        prices={0: rnd},
+        wallet_e6={OWNER: 10**12},
+        sigma_annual={0: SIGMA},
+        check_interval_s=service.check_interval_s,
+    )
     outcome = replay.decisions(obs)
     d_replay = outcome.plan.decisions[0]
 
@@ -129,8 +165,13 @@ def test_reasons_in_the_traders_words(service):
     busy = Position("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc", 0, Side.LONG, 10**18, 3000 * 10**8, 100 * 10**6)
     m1 = Market(1, "BTC", 5 * 10**15, 50 * WAD, 10**16, 0, 3600)
     prices = {0: PriceRound(1, 2950 * 10**8, NOW_S), 1: PriceRound(1, 3000 * 10**8, NOW_S)}
-    snap = BookSnapshot(positions={p.key: p for p in (hot, safe, busy)}, markets={0: market, 1: m1}, prices=prices,
-                        block_number=1, block_timestamp=NOW_S)
+    snap = BookSnapshot(
+        positions={p.key: p for p in (hot, safe, busy)},
+        markets={0: market, 1: m1},
+        prices=prices,
+        block_number=1,
+        block_timestamp=NOW_S,
+    )
     gaps = {0: 0.01, 1: 0.01}  # thin stress gaps: volatility sets the target
     out = service.decide(snap, {0: SIGMA, 1: SIGMA}, gaps, wallet_e6=10**12, busy={busy.key: "sent"})
     by_key = {d.key: d for d in out.plan.decisions}
@@ -157,8 +198,9 @@ def test_log_line_and_check_json_carry_the_reason(service):
     market = _market(0.0)
     pos = _position(Side.LONG, 1.0, 3000.0, 200.0)
     rnd = PriceRound(3, 3000 * 10**8, NOW_S)
-    snap = BookSnapshot(positions={pos.key: pos}, markets={0: market}, prices={0: rnd}, block_number=1,
-                        block_timestamp=NOW_S)
+    snap = BookSnapshot(
+        positions={pos.key: pos}, markets={0: market}, prices={0: rnd}, block_number=1, block_timestamp=NOW_S
+    )
     out = service.decide(snap, {0: SIGMA}, {0: 0.12}, wallet_e6=10**12, busy={})
     with capture_logs() as logs:
         service._explain(snap, out.plan)

@@ -125,7 +125,9 @@ def test_devchain_command_once(tmp_path):
     out = tmp_path / "devchain.json"
     proc = subprocess.run(
         [sys.executable, "-m", "keeper", "devchain", "--once", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     d = Deployment.load(out)

@@ -116,9 +116,7 @@ class TestEscalation:
         src_pos = pos(market_id=1, collateral_usd=1_500)  # 60,000 notional -> 1,200 initial margin at 50x
         im = initial_margin_collateral_e6(src_pos, BTC, PRICES[1])
         assert im == 1_200 * USD  # 60,000 / 50
-        plan = plan_actions(
-            state(0), [risk(pos(collateral_usd=100), 5e-2, 1_000), risk(src_pos, 1e-5, 500)], limits()
-        )
+        plan = plan_actions(state(0), [risk(pos(collateral_usd=100), 5e-2, 1_000), risk(src_pos, 1e-5, 500)], limits())
         moved = sum(a.amount_e6 for a in plan.actions if a.kind is ActionKind.MOVE_MARGIN)
         assert moved == 300 * USD - fee_headroom_e6(src_pos, BTC)  # a day of fees stays behind
         assert plan.actions[-1].kind is ActionKind.ALERT  # still short by 600: alert
@@ -355,7 +353,10 @@ class TestProperties:
             )
             if out:
                 src = by_key[r.position.key]
-                floor = max(src.required_collateral_e6, initial_margin_collateral_e6(src.position, MARKETS[src.position.market_id], src.price_e8))
+                floor = max(
+                    src.required_collateral_e6,
+                    initial_margin_collateral_e6(src.position, MARKETS[src.position.market_id], src.price_e8),
+                )
                 assert src.position.collateral_e6 - out >= floor
                 assert src.position.market_id not in bs.stale_markets
         for a in plan.actions:
@@ -426,7 +427,9 @@ class TestWithRiskEngine:
         p = pos(collateral_usd=75)  # 1 ETH at 3,000: 40x, liquidation ~2 % away
         before = assess_position(p, ETH, PRICES[0], 1.5, policy, 300.0, 0)
         assert before.breach_probability > policy.p_trigger
-        plan = plan_actions(state(10_000), [before], PlanLimits.from_policy(policy, max_per_tx_e6=10**12, max_per_day_e6=10**12))
+        plan = plan_actions(
+            state(10_000), [before], PlanLimits.from_policy(policy, max_per_tx_e6=10**12, max_per_day_e6=10**12)
+        )
         (top_up,) = plan.onchain_actions
         after = assess_position(
             dc_replace(p, collateral_e6=p.collateral_e6 + top_up.amount_e6), ETH, PRICES[0], 1.5, policy, 300.0, 0
@@ -443,6 +446,9 @@ def test_fee_headroom_rounds_up():
     p = pos(size=1.0)
     exact = notional_e6(p.size_e18, p.entry_price_e8) * ETH.fee_rate_per_s_wad * 86_400
     assert exact % WAD != 0  # the floor and the ceiling differ here
-    assert fee_headroom_e6(p, ETH) == exact // WAD + 1 == domain_headroom(p.size_e18, p.entry_price_e8,
-                                                                          ETH.fee_rate_per_s_wad)
+    assert (
+        fee_headroom_e6(p, ETH)
+        == exact // WAD + 1
+        == domain_headroom(p.size_e18, p.entry_price_e8, ETH.fee_rate_per_s_wad)
+    )
     assert p.fee_headroom_e6(ETH) == fee_headroom_e6(p, ETH)

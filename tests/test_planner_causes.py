@@ -47,8 +47,9 @@ class TestShortCauses:
 
     def test_approval_threshold_is_named(self):
         """A top-up above the manual-approval threshold that still leaves a gap names the approval threshold."""
-        plan = plan_actions(state(100_000), [risk(pos(collateral_usd=300), 0.05, 9_300)],
-                            limits(manual_approval_above_e6=1_000 * USD))
+        plan = plan_actions(
+            state(100_000), [risk(pos(collateral_usd=300), 0.05, 9_300)], limits(manual_approval_above_e6=1_000 * USD)
+        )
         (alert,) = _short_alerts(plan)
         assert "manual approval threshold" in alert.reason
 

@@ -114,15 +114,24 @@ def _bits(x: int, start: int, width: int) -> int:
 def decode_reserve_configuration(bitmap: int) -> ReserveConfig:
     """Decode ``ReserveConfigurationMap.data`` (bit layout of ``ReserveConfiguration.sol``)."""
     return ReserveConfig(
-        ltv_bps=_bits(bitmap, 0, 16), liquidation_threshold_bps=_bits(bitmap, 16, 16),
-        liquidation_bonus_bps=_bits(bitmap, 32, 16), decimals=_bits(bitmap, 48, 8),
-        active=bool(_bits(bitmap, 56, 1)), frozen=bool(_bits(bitmap, 57, 1)),
-        borrowing_enabled=bool(_bits(bitmap, 58, 1)), stable_borrowing_enabled=bool(_bits(bitmap, 59, 1)),
-        paused=bool(_bits(bitmap, 60, 1)), borrowable_in_isolation=bool(_bits(bitmap, 61, 1)),
-        siloed_borrowing=bool(_bits(bitmap, 62, 1)), flashloan_enabled=bool(_bits(bitmap, 63, 1)),
-        reserve_factor_bps=_bits(bitmap, 64, 16), borrow_cap=_bits(bitmap, 80, 36),
-        supply_cap=_bits(bitmap, 116, 36), liquidation_protocol_fee_bps=_bits(bitmap, 152, 16),
-        emode_category=_bits(bitmap, 168, 8), unbacked_mint_cap=_bits(bitmap, 176, 36),
+        ltv_bps=_bits(bitmap, 0, 16),
+        liquidation_threshold_bps=_bits(bitmap, 16, 16),
+        liquidation_bonus_bps=_bits(bitmap, 32, 16),
+        decimals=_bits(bitmap, 48, 8),
+        active=bool(_bits(bitmap, 56, 1)),
+        frozen=bool(_bits(bitmap, 57, 1)),
+        borrowing_enabled=bool(_bits(bitmap, 58, 1)),
+        stable_borrowing_enabled=bool(_bits(bitmap, 59, 1)),
+        paused=bool(_bits(bitmap, 60, 1)),
+        borrowable_in_isolation=bool(_bits(bitmap, 61, 1)),
+        siloed_borrowing=bool(_bits(bitmap, 62, 1)),
+        flashloan_enabled=bool(_bits(bitmap, 63, 1)),
+        reserve_factor_bps=_bits(bitmap, 64, 16),
+        borrow_cap=_bits(bitmap, 80, 36),
+        supply_cap=_bits(bitmap, 116, 36),
+        liquidation_protocol_fee_bps=_bits(bitmap, 152, 16),
+        emode_category=_bits(bitmap, 168, 8),
+        unbacked_mint_cap=_bits(bitmap, 176, 36),
         debt_ceiling_e2=_bits(bitmap, 212, 40),
     )
 
@@ -154,8 +163,10 @@ class ReserveState:
         """``ReserveLogic.getNormalizedDebt`` at ``now_s``."""
         if now_s == self.last_update_s:
             return self.variable_borrow_index_ray
-        return ray_mul(compounded_interest(self.variable_borrow_rate_ray, self.last_update_s, now_s),
-                       self.variable_borrow_index_ray)
+        return ray_mul(
+            compounded_interest(self.variable_borrow_rate_ray, self.last_update_s, now_s),
+            self.variable_borrow_index_ray,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +200,9 @@ class UserReserve:
 
     def debt_balance(self, reserve: ReserveState, now_s: int) -> int:
         """Variable debt ``scaled.rayMul(normalizedDebt)`` plus stable debt."""
-        variable = ray_mul(self.scaled_variable_debt, reserve.normalized_debt(now_s)) if self.scaled_variable_debt else 0
+        variable = (
+            ray_mul(self.scaled_variable_debt, reserve.normalized_debt(now_s)) if self.scaled_variable_debt else 0
+        )
         return variable + self.stable_debt
 
 
@@ -236,8 +249,14 @@ class AccountData:
     health_factor_wad: int
 
     def as_tuple(self) -> tuple[int, int, int, int, int, int]:
-        return (self.total_collateral_base, self.total_debt_base, self.available_borrows_base,
-                self.current_liquidation_threshold_bps, self.ltv_bps, self.health_factor_wad)
+        return (
+            self.total_collateral_base,
+            self.total_debt_base,
+            self.available_borrows_base,
+            self.current_liquidation_threshold_bps,
+            self.ltv_bps,
+            self.health_factor_wad,
+        )
 
 
 def _emode(account: AaveAccount, market: Market) -> tuple[EModeCategory | None, int]:
@@ -272,8 +291,9 @@ def account_data(account: AaveAccount, market: Market) -> AccountData:
             in_cat = cat is not None and cfg.emode_category == cat.category_id
             if cfg.ltv_bps != 0:
                 ltv_acc += value * (cat.ltv_bps if in_cat and cat is not None else cfg.ltv_bps)
-            lt_acc += value * (cat.liquidation_threshold_bps if in_cat and cat is not None
-                               else cfg.liquidation_threshold_bps)
+            lt_acc += value * (
+                cat.liquidation_threshold_bps if in_cat and cat is not None else cfg.liquidation_threshold_bps
+            )
         if ur.borrowing:
             total_d += price * ur.debt_balance(reserve, now) // unit
     avg_ltv = ltv_acc // total_c if total_c else 0
@@ -312,19 +332,35 @@ def margin_account(account: AaveAccount, market: Market, block_number: int = 0) 
         key = cat.price_source if in_cat and emode_price and cat is not None else ""
         if ur.using_as_collateral and cfg.liquidation_threshold_bps:
             lt = cat.liquidation_threshold_bps if in_cat and cat is not None else cfg.liquidation_threshold_bps
-            legs.append(Leg(ur.asset, LegKind.COLLATERAL, ur.collateral_balance(reserve, market.timestamp_s),
-                            cfg.decimals, lt, key))
+            legs.append(
+                Leg(
+                    ur.asset,
+                    LegKind.COLLATERAL,
+                    ur.collateral_balance(reserve, market.timestamp_s),
+                    cfg.decimals,
+                    lt,
+                    key,
+                )
+            )
         if ur.borrowing:
-            legs.append(Leg(ur.asset, LegKind.DEBT, ur.debt_balance(reserve, market.timestamp_s), cfg.decimals,
-                            BPS, key))
+            legs.append(
+                Leg(ur.asset, LegKind.DEBT, ur.debt_balance(reserve, market.timestamp_s), cfg.decimals, BPS, key)
+            )
     return MarginAccount("aave-v3", account.user, tuple(legs), block_number)
 
 
 # ---- what would change the health factor ------------------------------------------------------------
 
 
-def after_top_up(account: AaveAccount, market: Market, asset: str, *, add_collateral: int = 0,
-                   repay: int = 0, enable_collateral: bool = False) -> AaveAccount:
+def after_top_up(
+    account: AaveAccount,
+    market: Market,
+    asset: str,
+    *,
+    add_collateral: int = 0,
+    repay: int = 0,
+    enable_collateral: bool = False,
+) -> AaveAccount:
     """``account`` after supplying ``add_collateral`` / repaying ``repay`` (underlying units) of ``asset``."""
     reserve = market.reserves[asset]
     now = market.timestamp_s
@@ -335,8 +371,14 @@ def after_top_up(account: AaveAccount, market: Market, asset: str, *, add_collat
         variable = ray_mul(scaled_v, reserve.normalized_debt(now))
         left = max(variable - repay, 0)
         scaled_v = ray_div(left, reserve.normalized_debt(now)) if left else 0
-    new = UserReserve(asset, scaled_a, scaled_v, stable, ur.using_as_collateral or enable_collateral,
-                      ur.borrowing and (scaled_v > 0 or stable > 0))
+    new = UserReserve(
+        asset,
+        scaled_a,
+        scaled_v,
+        stable,
+        ur.using_as_collateral or enable_collateral,
+        ur.borrowing and (scaled_v > 0 or stable > 0),
+    )
     others = tuple(r for r in account.reserves if r.asset != asset)
     return replace(account, reserves=(*others, new))
 
@@ -419,8 +461,7 @@ def min_supply(account: AaveAccount, market: Market, asset: str, target_hf_wad: 
         return None
 
     def hf(a: int) -> int:
-        return health_factor(after_top_up(account, market, asset, add_collateral=a, enable_collateral=True),
-                             market)
+        return health_factor(after_top_up(account, market, asset, add_collateral=a, enable_collateral=True), market)
 
     d = account_data(account, market)
     cfg = market.reserves[asset].config
@@ -447,8 +488,9 @@ def min_repay(account: AaveAccount, market: Market, asset: str, target_hf_wad: i
     ur = account.reserve(asset)
     assert ur is not None  # repay_blocker checked it
     debt = ray_mul(ur.scaled_variable_debt, market.reserves[asset].normalized_debt(market.timestamp_s))
-    return _min_amount(lambda r: health_factor(after_top_up(account, market, asset, repay=r), market),
-                       target_hf_wad, debt)
+    return _min_amount(
+        lambda r: health_factor(after_top_up(account, market, asset, repay=r), market), target_hf_wad, debt
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,8 +504,9 @@ class TopUp:
     reason: str = ""
 
 
-def cheapest_top_up(account: AaveAccount, market: Market, target_hf_wad: int,
-                    wallet: Mapping[str, int]) -> TopUp | None:
+def cheapest_top_up(
+    account: AaveAccount, market: Market, target_hf_wad: int, wallet: Mapping[str, int]
+) -> TopUp | None:
     """Among the supplies and repays ``wallet`` (asset -> units held) can pay for, the one of least value.
 
     Repaying $1 raises the HF more than supplying $1 whenever HF > LT, so with both in the wallet the repay
@@ -474,7 +517,7 @@ def cheapest_top_up(account: AaveAccount, market: Market, target_hf_wad: int,
     for asset, held in wallet.items():
         if asset not in market.reserves or held <= 0:
             continue
-        unit = 10**market.reserves[asset].config.decimals
+        unit = 10 ** market.reserves[asset].config.decimals
         price = asset_price(account, market, asset)
         for kind, fn in (("supply", min_supply), ("repay", min_repay)):
             amount = fn(account, market, asset, target_hf_wad)
@@ -486,8 +529,7 @@ def cheapest_top_up(account: AaveAccount, market: Market, target_hf_wad: int,
     return best
 
 
-def no_top_up_reasons(account: AaveAccount, market: Market, target_hf_wad: int,
-                      wallet: Mapping[str, int]) -> list[str]:
+def no_top_up_reasons(account: AaveAccount, market: Market, target_hf_wad: int, wallet: Mapping[str, int]) -> list[str]:
     """Why :func:`cheapest_top_up` found nothing: one line per asset of the wallet (for the alert)."""
     held = {a: q for a, q in wallet.items() if q > 0 and a in market.reserves}
     if not held:
@@ -498,8 +540,11 @@ def no_top_up_reasons(account: AaveAccount, market: Market, target_hf_wad: int,
             why = blocker(account, market, asset)
             if why is None:
                 need = fn(account, market, asset, target_hf_wad)
-                why = (f"{kind} of {asset} cannot reach the target HF" if need is None
-                       else f"{kind} of {asset} needs {need} units, the wallet holds {q}")
+                why = (
+                    f"{kind} of {asset} cannot reach the target HF"
+                    if need is None
+                    else f"{kind} of {asset} needs {need} units, the wallet holds {q}"
+                )
             reasons.append(f"{kind}: {why}")
     return reasons
 
@@ -512,6 +557,7 @@ def liquidation_price(account: AaveAccount, market: Market, asset: str, *, hi_e8
     :func:`account_data` (the single-collateral closed form ``D 1e4 10^dec / (LT q)`` is off by up to one bp
     of the floored average LT when there are several collaterals). None if no price in (0, hi] liquidates.
     """
+
     def hf(p: int) -> int:
         return health_factor(account, market.with_price(asset, p))
 
@@ -535,8 +581,9 @@ class Liquidation:
     protocol_fee_collateral: int
 
 
-def liquidation_outcome(account: AaveAccount, market: Market, collateral_asset: str, debt_asset: str,
-                        debt_to_cover: int = MAX_UINT256) -> Liquidation:
+def liquidation_outcome(
+    account: AaveAccount, market: Market, collateral_asset: str, debt_asset: str, debt_to_cover: int = MAX_UINT256
+) -> Liquidation:
     """What ``liquidationCall(collateral, debt, user, debtToCover, false)`` takes (what is at stake)."""
     hf = health_factor(account, market)
     close = DEFAULT_CLOSE_FACTOR_BPS if hf > CLOSE_FACTOR_HF_THRESHOLD else MAX_CLOSE_FACTOR_BPS
@@ -566,9 +613,30 @@ def liquidation_outcome(account: AaveAccount, market: Market, collateral_asset: 
 
 
 __all__ = [
-    "AaveAccount", "AccountData", "after_top_up", "EModeCategory", "Liquidation", "Market", "ReserveConfig", "ReserveState",
-    "TopUp", "UserReserve", "account_data", "cheapest_top_up", "compounded_interest",
-    "decode_reserve_configuration", "health_factor", "is_liquidatable", "isolation_mode", "linear_interest",
-    "liquidation_outcome", "liquidation_price", "margin_account", "min_repay", "min_supply", "no_top_up_reasons", "repay_blocker",
+    "AaveAccount",
+    "AccountData",
+    "after_top_up",
+    "EModeCategory",
+    "Liquidation",
+    "Market",
+    "ReserveConfig",
+    "ReserveState",
+    "TopUp",
+    "UserReserve",
+    "account_data",
+    "cheapest_top_up",
+    "compounded_interest",
+    "decode_reserve_configuration",
+    "health_factor",
+    "is_liquidatable",
+    "isolation_mode",
+    "linear_interest",
+    "liquidation_outcome",
+    "liquidation_price",
+    "margin_account",
+    "min_repay",
+    "min_supply",
+    "no_top_up_reasons",
+    "repay_blocker",
     "supply_blocker",
 ]

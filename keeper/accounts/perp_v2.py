@@ -113,8 +113,13 @@ def margin_at(account: PerpAccount, marks_x18: Mapping[str, int], params: PerpPa
     values = [position_value_x18(leg_size_e18(leg), marks_x18[leg.base_token]) for leg in account.legs]
     unrealized = sum(values) + sum(leg.open_notional_x18 for leg in account.legs)
     funding = sum(leg.pending_funding_x18 for leg in account.legs)
-    value_x18 = (account.vault_balance_e6 * SETTLEMENT_SCALE + account.pending_fee_x18 - funding
-                 + account.owed_realized_pnl_x18 + unrealized)
+    value_x18 = (
+        account.vault_balance_e6 * SETTLEMENT_SCALE
+        + account.pending_fee_x18
+        - funding
+        + account.owed_realized_pnl_x18
+        + unrealized
+    )
     value_e6 = format_settlement_e6(value_x18)
     total_abs = sum(abs(v) for v in values)
     return PerpMargin(
@@ -131,8 +136,9 @@ def moved_marks(marks_x18: Mapping[str, int], factors: Mapping[str, float]) -> d
     return {b: int(m * factors[b]) if b in factors else m for b, m in marks_x18.items()}
 
 
-def min_deposit_e6(account: PerpAccount, marks_x18: Mapping[str, int], params: PerpParams,
-                   target_excess_x18: int = 0) -> int:
+def min_deposit_e6(
+    account: PerpAccount, marks_x18: Mapping[str, int], params: PerpParams, target_excess_x18: int = 0
+) -> int:
     """Smallest ``Vault.depositFor`` (settlement units) after which M(S) >= ``target_excess_x18`` at ``marks``.
 
     A deposit of d raises accountValueX18 by exactly d * 1e12, so the floored account value rises by d units:
@@ -144,8 +150,9 @@ def min_deposit_e6(account: PerpAccount, marks_x18: Mapping[str, int], params: P
     return max(0, needed_e6 - m.account_value_e6)
 
 
-def liquidatable_size_e18(account: PerpAccount, base_token: str, marks_x18: Mapping[str, int],
-                          params: PerpParams) -> int:
+def liquidatable_size_e18(
+    account: PerpAccount, base_token: str, marks_x18: Mapping[str, int], params: PerpParams
+) -> int:
     """AccountBalance.getLiquidatablePositionSize(trader, base, accountValue): 0 unless liquidatable; the whole
     position below half the requirement or under $100 of value; else at most half the account's total
     position value's worth of this market."""
@@ -179,8 +186,9 @@ class LiquidationCost:
     # the liquidator when the account value is negative)
 
 
-def liquidation_cost(account: PerpAccount, base_token: str, marks_x18: Mapping[str, int],
-                     params: PerpParams) -> LiquidationCost:
+def liquidation_cost(
+    account: PerpAccount, base_token: str, marks_x18: Mapping[str, int], params: PerpParams
+) -> LiquidationCost:
     """ClearingHouse._liquidate's numbers for liquidating ``base_token`` first, at ``marks_x18``."""
     size = liquidatable_size_e18(account, base_token, marks_x18, params)
     notional = mul_div_signed(size, marks_x18[base_token], ONE_E18)

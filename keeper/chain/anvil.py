@@ -99,10 +99,14 @@ class Anvil:
             port = free_port()
             args = [
                 binary,
-                "--host", "127.0.0.1",
-                "--port", str(port),
-                "--accounts", str(accounts),
-                "--balance", str(balance_eth),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--accounts",
+                str(accounts),
+                "--balance",
+                str(balance_eth),
                 "--silent",
             ]
             if fork_url:

@@ -22,8 +22,17 @@ from keeper.errors import TransientRpcError
 
 log = structlog.get_logger(__name__)
 
-RANGE_ERROR_HINTS = ("range", "too large", "too many", "limit", "exceed", "more than", "10000", "timeout",
-                     "response size")
+RANGE_ERROR_HINTS = (
+    "range",
+    "too large",
+    "too many",
+    "limit",
+    "exceed",
+    "more than",
+    "10000",
+    "timeout",
+    "response size",
+)
 
 
 def is_range_error(exc: Exception) -> bool:
@@ -42,9 +51,19 @@ class ScanResult:
 class LogScanner:
     """Scans ``address``'s logs matching ``topics`` from ``start_block``; the cursor is named ``name``."""
 
-    def __init__(self, client: ChainClient, store, name: str, address: str | Sequence[str],
-                 topics: list, start_block: int = 0, *, chunk_blocks: int = 5_000, reorg_depth: int = 12,
-                 min_chunk: int = 1) -> None:
+    def __init__(
+        self,
+        client: ChainClient,
+        store,
+        name: str,
+        address: str | Sequence[str],
+        topics: list,
+        start_block: int = 0,
+        *,
+        chunk_blocks: int = 5_000,
+        reorg_depth: int = 12,
+        min_chunk: int = 1,
+    ) -> None:
         if chunk_blocks < 1 or reorg_depth < 0:
             raise ValueError("chunk_blocks must be >= 1 and reorg_depth >= 0")
         self.client = client
@@ -94,8 +113,7 @@ class LogScanner:
             self._chunk = min(self.chunk_blocks, self._chunk * 2)
         return ScanResult(logs, from_block, to_block, requests)
 
-    def scan(self, found: Callable[[list[dict]], set[tuple[str, int, int]]],
-             to_block: int | None = None) -> ScanResult:
+    def scan(self, found: Callable[[list[dict]], set[tuple[str, int, int]]], to_block: int | None = None) -> ScanResult:
         """Scan from the cursor to ``to_block`` (default head); save ``found(logs)`` and the cursor atomically."""
         head = self.client.get_block(to_block if to_block is not None else "latest")
         if head is None:  # a block past the node's head: it may not have caught up yet
@@ -106,6 +124,12 @@ class LogScanner:
             return ScanResult([], begin, end, 0)
         result = self.fetch(begin, end)
         self.store.save_scan(self.name, end, head["hash"], found(result.logs))
-        log.info("logs_scanned", name=self.name, from_block=begin, to_block=end, logs=len(result.logs),
-                 requests=result.requests)
+        log.info(
+            "logs_scanned",
+            name=self.name,
+            from_block=begin,
+            to_block=end,
+            logs=len(result.logs),
+            requests=result.requests,
+        )
         return result

@@ -22,8 +22,14 @@ log = structlog.get_logger(__name__)
 class NewHeadsSubscription:
     """Calls ``on_head(number, timestamp)`` for each new block announced on ``ws_url``."""
 
-    def __init__(self, ws_url: str, on_head: Callable[[int, int], None], *, open_timeout_s: float = 5.0,
-                 max_backoff_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        on_head: Callable[[int, int], None],
+        *,
+        open_timeout_s: float = 5.0,
+        max_backoff_s: float = 10.0,
+    ) -> None:
         if not ws_url.startswith(("ws://", "wss://")):
             raise ValueError(f"newHeads needs a ws:// or wss:// URL, got {ws_url!r}")
         self.ws_url = ws_url
@@ -59,8 +65,9 @@ class NewHeadsSubscription:
             try:
                 with connect(self.ws_url, open_timeout=self._open_timeout_s, max_size=2**22) as conn:
                     self._conn = conn
-                    conn.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe",
-                                          "params": ["newHeads"]}))
+                    conn.send(
+                        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]})
+                    )
                     answer = json.loads(conn.recv(timeout=self._open_timeout_s))
                     if "error" in answer:
                         raise RuntimeError(f"eth_subscribe refused: {answer['error']}")
@@ -78,8 +85,12 @@ class NewHeadsSubscription:
                 if self._stop.is_set():
                     break
                 self.reconnects += 1
-                log.warning("newheads_disconnected", url=self.ws_url, error=f"{type(exc).__name__}: {exc}",
-                            retry_in_s=round(backoff, 2))
+                log.warning(
+                    "newheads_disconnected",
+                    url=self.ws_url,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(backoff, 2),
+                )
                 self._stop.wait(backoff)
                 backoff = min(self._max_backoff_s, backoff * 2)
             finally:

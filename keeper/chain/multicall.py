@@ -63,14 +63,16 @@ def encode_aggregate3(calls: Sequence[Call]) -> bytes:
         heads.append(_word(offset))
         data = c.data
         pad = (-len(data)) % _W
-        tail = b"".join((
-            bytes(12) + bytes.fromhex(c.target[2:]),
-            _word(1 if c.allow_failure else 0),
-            _word(3 * _W),
-            _word(len(data)),
-            data,
-            bytes(pad),
-        ))
+        tail = b"".join(
+            (
+                bytes(12) + bytes.fromhex(c.target[2:]),
+                _word(1 if c.allow_failure else 0),
+                _word(3 * _W),
+                _word(len(data)),
+                data,
+                bytes(pad),
+            )
+        )
         tails.append(tail)
         offset += len(tail)
     return AGGREGATE3 + _word(_W) + _word(n) + b"".join(heads) + b"".join(tails)
@@ -94,9 +96,15 @@ def decode_aggregate3(data: bytes) -> list[Result]:
 class Multicall:
     """Batched view calls through Multicall3 at ``address`` on ``client``'s chain."""
 
-    def __init__(self, client: ChainClient, address: str = MULTICALL3_ADDRESS, *,
-                 max_calldata_bytes: int = 100_000, max_calls: int = 400,
-                 max_request_bytes: int = 1_500_000) -> None:
+    def __init__(
+        self,
+        client: ChainClient,
+        address: str = MULTICALL3_ADDRESS,
+        *,
+        max_calldata_bytes: int = 100_000,
+        max_calls: int = 400,
+        max_request_bytes: int = 1_500_000,
+    ) -> None:
         if max_calldata_bytes < 1_000 or max_calls < 1:
             raise ValueError("max_calldata_bytes must be >= 1000 and max_calls >= 1")
         self.client = client

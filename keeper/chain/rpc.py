@@ -153,7 +153,9 @@ class WebSocketTransport:
                 answer = self._conn.recv(timeout=timeout_s)
             except (OSError, TimeoutError, WebSocketException) as exc:
                 self._drop()
-                raise TransientRpcError(f"{mask_url(self.url)}: {type(exc).__name__}: {_masked(exc, self.url)}") from exc
+                raise TransientRpcError(
+                    f"{mask_url(self.url)}: {type(exc).__name__}: {_masked(exc, self.url)}"
+                ) from exc
             return answer.encode() if isinstance(answer, str) else answer
 
     def _drop(self) -> None:
@@ -295,8 +297,14 @@ class ChainClient:
         """
         if isinstance(urls, str):
             urls = [urls]
-        client = cls([transport_for(u) for u in urls], chain_id, timeout_s=timeout_s, retry=retry,
-                     max_head_lag_blocks=max_head_lag_blocks, reverify_s=reverify_s)
+        client = cls(
+            [transport_for(u) for u in urls],
+            chain_id,
+            timeout_s=timeout_s,
+            retry=retry,
+            max_head_lag_blocks=max_head_lag_blocks,
+            reverify_s=reverify_s,
+        )
         client.request("eth_blockNumber", [])  # forces a chain-id check of the endpoint in use
         return client
 
@@ -314,11 +322,16 @@ class ChainClient:
     def _pick(self) -> _Endpoint:
         now = self._clock()
         n = len(self._endpoints)
-        usable = [i for i, e in enumerate(self._endpoints)
-                  if e.mismatch is None or now - (e.failed_at or 0.0) >= self.retry.cooldown_s]
+        usable = [
+            i
+            for i, e in enumerate(self._endpoints)
+            if e.mismatch is None or now - (e.failed_at or 0.0) >= self.retry.cooldown_s
+        ]
         if not usable:
-            raise ChainMismatchError("no RPC endpoint left that serves the configured chain: " + "; ".join(
-                f"{e.transport.url}: {e.mismatch}" for e in self._endpoints))
+            raise ChainMismatchError(
+                "no RPC endpoint left that serves the configured chain: "
+                + "; ".join(f"{e.transport.url}: {e.mismatch}" for e in self._endpoints)
+            )
         for k in range(n):
             idx = (self._current + k) % n
             ep = self._endpoints[idx]
@@ -375,7 +388,8 @@ class ChainClient:
     def _verify(self, ep: _Endpoint) -> None:
         names = list(self.required_code)
         payloads = [self._payload("eth_chainId", [])] + [
-            self._payload("eth_getCode", [self.required_code[n], "latest"]) for n in names]
+            self._payload("eth_getCode", [self.required_code[n], "latest"]) for n in names
+        ]
         raw = self._roundtrip(ep, payloads)
         chain_id = int(self._unwrap("eth_chainId", raw[0]), 16)
         if self.chain_id is None:
@@ -384,11 +398,15 @@ class ChainClient:
             raise ChainMismatchError(
                 f"{mask_url(ep.transport.url)} serves chain id {chain_id}, expected {self.chain_id}"
             )
-        missing = [n for n, answer in zip(names, raw[1:], strict=True)
-                   if self._unwrap("eth_getCode", answer) in ("0x", "0x0", "", None)]
+        missing = [
+            n
+            for n, answer in zip(names, raw[1:], strict=True)
+            if self._unwrap("eth_getCode", answer) in ("0x", "0x0", "", None)
+        ]
         if missing:
             raise ChainMismatchError(
-                f"{ep.transport.url} has no code at " + ", ".join(f"{n} {self.required_code[n]}" for n in missing)
+                f"{ep.transport.url} has no code at "
+                + ", ".join(f"{n} {self.required_code[n]}" for n in missing)
                 + f" on chain id {chain_id}: a reset or different chain"
             )
         ep.verified = True
@@ -558,8 +576,15 @@ class ChainClient:
         tag = hex(block) if isinstance(block, int) else block
         return self.request("eth_getBlockByNumber", [tag, full])
 
-    def call(self, to: str, data: bytes | str, block: int | str = "latest", sender: str | None = None,
-             value: int = 0, gas: int | None = None) -> bytes:
+    def call(
+        self,
+        to: str,
+        data: bytes | str,
+        block: int | str = "latest",
+        sender: str | None = None,
+        value: int = 0,
+        gas: int | None = None,
+    ) -> bytes:
         """``eth_call``; raises :class:`ExecutionReverted` with the revert data on a revert."""
         tx: dict[str, Any] = {"to": to, "data": _hex(data)}
         if sender:
@@ -630,8 +655,11 @@ def _make_provider_class():
             try:
                 result = self._client.request(str(method), list(params))
             except RpcErrorResponse as exc:
-                return {"jsonrpc": "2.0", "id": 0,
-                        "error": {"code": exc.code, "message": exc.message, "data": exc.data}}
+                return {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "error": {"code": exc.code, "message": exc.message, "data": exc.data},
+                }
             return {"jsonrpc": "2.0", "id": 0, "result": result}
 
         def is_connected(self, show_traceback: bool = False) -> bool:

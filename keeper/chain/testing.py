@@ -92,8 +92,7 @@ class FaultProxy:
                 if proxy.mode in ("503", "429"):
                     self._reply(int(proxy.mode), b"unavailable")
                     return
-                req = urllib.request.Request(proxy.upstream, data=body,
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(proxy.upstream, data=body, headers={"Content-Type": "application/json"})
                 try:
                     with urllib.request.urlopen(req, timeout=30) as resp:
                         self._reply(resp.status, proxy._rewrite(body, resp.read()))

@@ -52,8 +52,10 @@ def check_http_port(cfg: KeeperConfig) -> None:
             sock.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                problem = (f"http.port {cfg.http.port} on {cfg.http.host} is already in use (another keeper?): "
-                           "stop that process or choose another http.port (0 = any free port)")
+                problem = (
+                    f"http.port {cfg.http.port} on {cfg.http.host} is already in use (another keeper?): "
+                    "stop that process or choose another http.port (0 = any free port)"
+                )
             else:
                 problem = f"cannot listen on {where} ({exc.strerror or type(exc).__name__}): set http.host/http.port"
     if problem is not None:

@@ -28,26 +28,59 @@ def position_rows(report: CycleReport, service: KeeperService) -> list[dict]:
         p = r.position
         market = service.adapter.known_markets()[p.market_id]
         d = by_key[p.key]
-        rows.append({
-            "account": p.account, "market": market.symbol, "market_id": p.market_id, "side": p.side.value,
-            "size": p.size_e18 / 1e18, "collateral": p.collateral_e6 / 1e6, "price": r.price_e8 / 1e8,
-            "liquidation_price": r.liquidation_price_e8 / 1e8, "log_distance": r.log_distance,
-            "sigma_annual": r.sigma_annual, "breach_probability": r.breach_probability,
-            "buffer_target": r.required_collateral_e6 / 1e6, "suggested_action": d.action,
-            "band": d.band, "reason": d.reason, "liquidatable": r.liquidatable,
-        })
+        rows.append(
+            {
+                "account": p.account,
+                "market": market.symbol,
+                "market_id": p.market_id,
+                "side": p.side.value,
+                "size": p.size_e18 / 1e18,
+                "collateral": p.collateral_e6 / 1e6,
+                "price": r.price_e8 / 1e8,
+                "liquidation_price": r.liquidation_price_e8 / 1e8,
+                "log_distance": r.log_distance,
+                "sigma_annual": r.sigma_annual,
+                "breach_probability": r.breach_probability,
+                "buffer_target": r.required_collateral_e6 / 1e6,
+                "suggested_action": d.action,
+                "band": d.band,
+                "reason": d.reason,
+                "liquidatable": r.liquidatable,
+            }
+        )
     return rows
 
 
 def status_table(rows: list[dict]) -> Table:
     t = Table(title="positions")
-    for col in ("account", "market", "side", "size", "collateral", "liq. price", "ln(P/liq)", "sigma",
-                "breach p", "buffer target", "action"):
+    for col in (
+        "account",
+        "market",
+        "side",
+        "size",
+        "collateral",
+        "liq. price",
+        "ln(P/liq)",
+        "sigma",
+        "breach p",
+        "buffer target",
+        "action",
+    ):
         t.add_column(col, justify="left" if col in ("account", "action") else "right")
     for r in rows:
-        t.add_row(r["account"][:10] + "…", r["market"], r["side"], f"{r['size']:.4f}", f"{r['collateral']:,.2f}",
-                  f"{r['liquidation_price']:,.2f}", f"{r['log_distance']:.4f}", f"{r['sigma_annual']:.0%}",
-                  _fmt_p(r["breach_probability"]), f"{r['buffer_target']:,.2f}", r["suggested_action"])
+        t.add_row(
+            r["account"][:10] + "…",
+            r["market"],
+            r["side"],
+            f"{r['size']:.4f}",
+            f"{r['collateral']:,.2f}",
+            f"{r['liquidation_price']:,.2f}",
+            f"{r['log_distance']:.4f}",
+            f"{r['sigma_annual']:.0%}",
+            _fmt_p(r["breach_probability"]),
+            f"{r['buffer_target']:,.2f}",
+            r["suggested_action"],
+        )
     return t
 
 
@@ -57,8 +90,15 @@ def plan_table(report: CycleReport) -> Table:
         t.add_column(col)
     for a in report.plan.actions:
         src = f"{a.from_market_id}→" if a.from_market_id is not None else ""
-        t.add_row(a.kind.value, a.account[:10] + "…", f"{src}{a.market_id}", f"{a.amount_e6 / 1e6:,.2f}",
-                  "yes" if a.urgent else "", "needed" if a.needs_approval else "", a.reason)
+        t.add_row(
+            a.kind.value,
+            a.account[:10] + "…",
+            f"{src}{a.market_id}",
+            f"{a.amount_e6 / 1e6:,.2f}",
+            "yes" if a.urgent else "",
+            "needed" if a.needs_approval else "",
+            a.reason,
+        )
     return t
 
 
@@ -70,8 +110,9 @@ def masked_json(data: Any) -> str:
     return json.dumps(mask_data(data, secret_names=SECRET_FIELDS), default=str)
 
 
-def one_cycle(config: Path | None, env_file: Path | None, *, execute: bool,
-              on_service: Any = None) -> tuple[KeeperService, CycleReport]:
+def one_cycle(
+    config: Path | None, env_file: Path | None, *, execute: bool, on_service: Any = None
+) -> tuple[KeeperService, CycleReport]:
     cfg = load(config, env_file, log_level="warning")
     service = KeeperService.from_config(cfg, execute=execute, send_alerts=execute)
     if on_service is not None:
@@ -92,13 +133,27 @@ def journaled_since(service: KeeperService, since_s: float) -> list[dict]:
     out = []
     for rec in service.journal.intents_since(since_s):
         attempts = service.journal.attempts(rec.id)
-        out.append({
-            "intent": rec.id, "key": rec.idempotency_key, "lane": rec.lane, "state": rec.state,
-            "pending": rec.is_open, "nonce": rec.nonce,
-            "tx_hash": rec.tx_hash or (attempts[-1].tx_hash if attempts else None),
-            "attempts": [{"kind": a.kind, "nonce": a.nonce, "tx_hash": a.tx_hash, "broadcast": a.sent_at is not None,
-                          "error": a.error} for a in attempts],
-        })
+        out.append(
+            {
+                "intent": rec.id,
+                "key": rec.idempotency_key,
+                "lane": rec.lane,
+                "state": rec.state,
+                "pending": rec.is_open,
+                "nonce": rec.nonce,
+                "tx_hash": rec.tx_hash or (attempts[-1].tx_hash if attempts else None),
+                "attempts": [
+                    {
+                        "kind": a.kind,
+                        "nonce": a.nonce,
+                        "tx_hash": a.tx_hash,
+                        "broadcast": a.sent_at is not None,
+                        "error": a.error,
+                    }
+                    for a in attempts
+                ],
+            }
+        )
     return out
 
 
@@ -113,10 +168,19 @@ def report_interrupt(service: KeeperService | None, since_s: float, *, as_json: 
     console = Console(stderr=True)
     console.print(f"interrupted: {len(intents)} transaction intent(s) journaled, {len(pending)} still pending")
     for i in intents:
-        hashes = ", ".join(f"{a['tx_hash']} (nonce {a['nonce']}{'' if a['broadcast'] else ', not broadcast'})"
-                           for a in i["attempts"]) or "not signed"
-        console.print(f"  intent {i['intent']} {i['key']} [{i['lane']}]: {i['state']}"
-                      f"{' (pending)' if i['pending'] else ''}; {hashes}", soft_wrap=True, highlight=False)
+        hashes = (
+            ", ".join(
+                f"{a['tx_hash']} (nonce {a['nonce']}{'' if a['broadcast'] else ', not broadcast'})"
+                for a in i["attempts"]
+            )
+            or "not signed"
+        )
+        console.print(
+            f"  intent {i['intent']} {i['key']} [{i['lane']}]: {i['state']}"
+            f"{' (pending)' if i['pending'] else ''}; {hashes}",
+            soft_wrap=True,
+            highlight=False,
+        )
     if pending:
         console.print("pending transactions may still be mined: the next keeper run reconciles them from the journal")
 
@@ -124,7 +188,8 @@ def report_interrupt(service: KeeperService | None, since_s: float, *, as_json: 
 def register(app: typer.Typer) -> None:
     @app.command()
     def check(
-        config: Path = CONFIG_OPTION, env_file: Path = ENV_FILE_OPTION,
+        config: Path = CONFIG_OPTION,
+        env_file: Path = ENV_FILE_OPTION,
         execute: bool = typer.Option(False, "--execute", help="Send the planned transactions (default: dry run)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
@@ -147,12 +212,26 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         try:
             out = {
-                "block": report.block_number, "executed": execute, "positions": position_rows(report, service),
-                "actions": [{"kind": a.kind.value, "account": a.account, "market_id": a.market_id,
-                             "from_market_id": a.from_market_id, "amount_e6": a.amount_e6,
-                             "size_delta_e18": a.size_delta_e18, "urgent": a.urgent,
-                             "needs_approval": a.needs_approval, "reason": a.reason} for a in report.plan.actions],
-                "sent": report.sent, "not_sent": report.skipped, "wallet_e6": report.wallet_e6,
+                "block": report.block_number,
+                "executed": execute,
+                "positions": position_rows(report, service),
+                "actions": [
+                    {
+                        "kind": a.kind.value,
+                        "account": a.account,
+                        "market_id": a.market_id,
+                        "from_market_id": a.from_market_id,
+                        "amount_e6": a.amount_e6,
+                        "size_delta_e18": a.size_delta_e18,
+                        "urgent": a.urgent,
+                        "needs_approval": a.needs_approval,
+                        "reason": a.reason,
+                    }
+                    for a in report.plan.actions
+                ],
+                "sent": report.sent,
+                "not_sent": report.skipped,
+                "wallet_e6": report.wallet_e6,
                 "next_check_s": report.next_interval_s,
             }
             if as_json:
@@ -162,8 +241,10 @@ def register(app: typer.Typer) -> None:
             console.print(status_table(out["positions"]))
             console.print(plan_table(report) if report.plan.actions else "plan: nothing to do")
             for s in report.sent:
-                console.print(f"sent {s['action']} {s['amount_e6'] / 1e6:,.2f} USD: {s.get('state')} {s.get('tx_hash')}"
-                              f" (nonce {s.get('nonce')})")
+                console.print(
+                    f"sent {s['action']} {s['amount_e6'] / 1e6:,.2f} USD: {s.get('state')} {s.get('tx_hash')}"
+                    f" (nonce {s.get('nonce')})"
+                )
             if report.plan.onchain_actions and not execute:
                 console.print("dry run: nothing was sent (use --execute to send)")
         finally:
@@ -171,7 +252,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(
-        config: Path = CONFIG_OPTION, env_file: Path = ENV_FILE_OPTION,
+        config: Path = CONFIG_OPTION,
+        env_file: Path = ENV_FILE_OPTION,
         as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
     ) -> None:
         """Table of watched positions: liquidation price, distance, sigma, breach probability, buffer target."""

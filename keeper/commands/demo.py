@@ -242,7 +242,10 @@ class DaemonKeeper:
         env["KEEPER_PRIVATE_KEY"] = ctx.keeper_key  # a public anvil test key; never written to a file
         self.process = subprocess.Popen(
             [sys.executable, "-m", "keeper", "run", "--config", str(config)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout_s
@@ -253,7 +256,9 @@ class DaemonKeeper:
                 break
             time.sleep(0.1)
         else:
-            raise KeeperError(f"the keeper daemon did not complete a cycle in {self.start_timeout_s:.0f}s; see {self.log_path}")
+            raise KeeperError(
+                f"the keeper daemon did not complete a cycle in {self.start_timeout_s:.0f}s; see {self.log_path}"
+            )
         # the first cycle's top-ups are mined, and (within 2 s) a cycle has seen them: then the scenario starts
         self._wait_idle(time.monotonic(), ctx.ops.w3.eth.block_number, 2.0)
 
@@ -350,21 +355,35 @@ def collect_run(
     for e in ev.Liquidated().get_logs(**rng):
         a = e["args"]
         res.liquidated[(a["account"].lower(), int(a["marketId"]))] = {
-            "price": a["price"] / 1e8, "penalty": a["penalty"] / 1e6, "block": e["blockNumber"],
+            "price": a["price"] / 1e8,
+            "penalty": a["penalty"] / 1e6,
+            "block": e["blockNumber"],
             "liquidator": a["liquidator"],
         }
     for e in ev.MarginAdded().get_logs(**rng):
         a = e["args"]
-        res.margin_added.append({
-            "account": a["account"], "market_id": int(a["marketId"]), "payer": a["payer"],
-            "amount_e6": int(a["amount"]), "block": e["blockNumber"], "tx_hash": e["transactionHash"].to_0x_hex(),
-        })
+        res.margin_added.append(
+            {
+                "account": a["account"],
+                "market_id": int(a["marketId"]),
+                "payer": a["payer"],
+                "amount_e6": int(a["amount"]),
+                "block": e["blockNumber"],
+                "tx_hash": e["transactionHash"].to_0x_hex(),
+            }
+        )
     for e in ev.MarginMoved().get_logs(**rng):
         a = e["args"]
-        res.margin_moved.append({
-            "account": a["account"], "from_market_id": int(a["fromMarketId"]), "to_market_id": int(a["toMarketId"]),
-            "amount_e6": int(a["amount"]), "block": e["blockNumber"], "tx_hash": e["transactionHash"].to_0x_hex(),
-        })
+        res.margin_moved.append(
+            {
+                "account": a["account"],
+                "from_market_id": int(a["fromMarketId"]),
+                "to_market_id": int(a["toMarketId"]),
+                "amount_e6": int(a["amount"]),
+                "block": e["blockNumber"],
+                "tx_hash": e["transactionHash"].to_0x_hex(),
+            }
+        )
     if keeper_address is not None:
         mine = keeper_address.lower()
         for n in range(first_block, last + 1):
@@ -436,8 +455,14 @@ class LiveView:
             added = (v[4] - self.start_collateral[(acct, mid)]) / 1e6
             style = "red" if dist < 0.05 else ("yellow" if dist < 0.12 else "green")
             t.add_row(
-                label, p.symbol, p.side.value, f"{lev:.1f}x", f"{v[4] / 1e6:,.0f}", f"{added:+,.0f}",
-                f"{liq / 1e8:,.2f}", Text(f"{dist:.1%}", style=style),
+                label,
+                p.symbol,
+                p.side.value,
+                f"{lev:.1f}x",
+                f"{v[4] / 1e6:,.0f}",
+                f"{added:+,.0f}",
+                f"{liq / 1e8:,.2f}",
+                Text(f"{dist:.1%}", style=style),
             )
         return Group(t)
 
@@ -497,23 +522,38 @@ def summarize(
     positions = []
     for (acct, mid), p in zip(keys, book, strict=True):
         row: dict[str, Any] = {
-            "account": Web3.to_checksum_address(acct), "market": p.symbol, "market_id": mid, "side": p.side.value,
-            "leverage": p.leverage, "notional": p.notional_usd, "collateral_start": p.collateral_e6 / 1e6,
+            "account": Web3.to_checksum_address(acct),
+            "market": p.symbol,
+            "market_id": mid,
+            "side": p.side.value,
+            "leverage": p.leverage,
+            "notional": p.notional_usd,
+            "collateral_start": p.collateral_e6 / 1e6,
             "liquidated_without_keeper": (acct, mid) in control.liquidated,
             "liquidation_without_keeper": control.liquidated.get((acct, mid)),
         }
         if kept is not None:
-            added = sum(x["amount_e6"] for x in kept.margin_added if (x["account"].lower(), x["market_id"]) == (acct, mid))
-            moved_in = sum(x["amount_e6"] for x in kept.margin_moved if (x["account"].lower(), x["to_market_id"]) == (acct, mid))
-            moved_out = sum(x["amount_e6"] for x in kept.margin_moved if (x["account"].lower(), x["from_market_id"]) == (acct, mid))
+            added = sum(
+                x["amount_e6"] for x in kept.margin_added if (x["account"].lower(), x["market_id"]) == (acct, mid)
+            )
+            moved_in = sum(
+                x["amount_e6"] for x in kept.margin_moved if (x["account"].lower(), x["to_market_id"]) == (acct, mid)
+            )
+            moved_out = sum(
+                x["amount_e6"] for x in kept.margin_moved if (x["account"].lower(), x["from_market_id"]) == (acct, mid)
+            )
             final = kept.final[(acct, mid)]
-            row.update({
-                "liquidated_with_keeper": (acct, mid) in kept.liquidated,
-                "liquidation_with_keeper": kept.liquidated.get((acct, mid)),
-                "collateral_added": added / 1e6, "margin_moved_in": moved_in / 1e6, "margin_moved_out": moved_out / 1e6,
-                "collateral_end": final[4] / 1e6 if final[0] else None,
-                "equity_end": final[6] / 1e6 if final[0] else None,
-            })
+            row.update(
+                {
+                    "liquidated_with_keeper": (acct, mid) in kept.liquidated,
+                    "liquidation_with_keeper": kept.liquidated.get((acct, mid)),
+                    "collateral_added": added / 1e6,
+                    "margin_moved_in": moved_in / 1e6,
+                    "margin_moved_out": moved_out / 1e6,
+                    "collateral_end": final[4] / 1e6 if final[0] else None,
+                    "equity_end": final[6] / 1e6 if final[0] else None,
+                }
+            )
             row["saved"] = row["liquidated_without_keeper"] and not row["liquidated_with_keeper"]
         positions.append(row)
     out: dict[str, Any] = {
@@ -528,20 +568,23 @@ def summarize(
     }
     if kept is not None:
         top_ups = [x for x in kept.margin_added if x["payer"].lower() == ctx.keeper_address.lower()]
-        out.update({
-            "positions_saved": sum(1 for r in positions if r.get("saved")),
-            "penalties_with_keeper": round(sum(x["penalty"] for x in kept.liquidated.values()), 6),
-            "top_ups": len(top_ups),
-            "collateral_added": sum(x["amount_e6"] for x in top_ups) / 1e6,
-            "collateral_added_e6": sum(x["amount_e6"] for x in top_ups),
-            "rebalances": len(kept.margin_moved),
-            "collateral_moved": sum(x["amount_e6"] for x in kept.margin_moved) / 1e6,
-            "gas_used": kept.keeper_gas_used,
-            "gas_cost_eth": kept.keeper_gas_cost_wei / 1e18,
-            "keeper_transactions": kept.keeper_txs,
-            "keeper_reverted": kept.keeper_reverted,
-            "actions": [{"kind": "top_up", **x} for x in top_ups] + [{"kind": "move_margin", **x} for x in kept.margin_moved],
-        })
+        out.update(
+            {
+                "positions_saved": sum(1 for r in positions if r.get("saved")),
+                "penalties_with_keeper": round(sum(x["penalty"] for x in kept.liquidated.values()), 6),
+                "top_ups": len(top_ups),
+                "collateral_added": sum(x["amount_e6"] for x in top_ups) / 1e6,
+                "collateral_added_e6": sum(x["amount_e6"] for x in top_ups),
+                "rebalances": len(kept.margin_moved),
+                "collateral_moved": sum(x["amount_e6"] for x in kept.margin_moved) / 1e6,
+                "gas_used": kept.keeper_gas_used,
+                "gas_cost_eth": kept.keeper_gas_cost_wei / 1e18,
+                "keeper_transactions": kept.keeper_txs,
+                "keeper_reverted": kept.keeper_reverted,
+                "actions": [{"kind": "top_up", **x} for x in top_ups]
+                + [{"kind": "move_margin", **x} for x in kept.margin_moved],
+            }
+        )
     else:
         out.update({"positions_saved": None, "top_ups": None, "collateral_added": None, "gas_used": None})
     return out
@@ -553,13 +596,18 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     for c in ("acct", "mkt", "side", "lev", "without keeper", "with keeper", "top-ups", "moved"):
         t.add_column(c, no_wrap=True, justify="right" if c in ("top-ups", "moved") else "left")
     for r in summary["positions"]:
+
         def outcome(liq: dict | None, flag: bool | None) -> Text:
             if flag is None:
                 return Text("-", style="dim")
             return Text(f"liq. @ {liq['price']:,.0f}", style="red") if flag else Text("survived", style="green")
+
         kept = "liquidated_with_keeper" in r
         t.add_row(
-            labels[r["account"]], r["market"], r["side"], f"{r['leverage']:.0f}x",
+            labels[r["account"]],
+            r["market"],
+            r["side"],
+            f"{r['leverage']:.0f}x",
             outcome(r["liquidation_without_keeper"], r["liquidated_without_keeper"]),
             outcome(r.get("liquidation_with_keeper"), r.get("liquidated_with_keeper")),
             f"{r['collateral_added']:,.0f}" if kept else "-",

@@ -63,8 +63,15 @@ def positions_table(ops: DevChainOps, account: str) -> Table:
             continue
         side = Side.LONG if p[1] else Side.SHORT
         table.add_row(
-            symbol, side.value, f"{p[2] / 1e18:.4f}", f"{p[3] / 1e8:,.2f}", f"{p[4] / 1e6:,.2f}",
-            f"{p[6] / 1e6:,.2f}", f"{p[7] / 1e6:,.2f}", f"{p[8] / 1e8:,.2f}", f"{p[9] / 1e8:,.2f}",
+            symbol,
+            side.value,
+            f"{p[2] / 1e18:.4f}",
+            f"{p[3] / 1e8:,.2f}",
+            f"{p[4] / 1e6:,.2f}",
+            f"{p[6] / 1e6:,.2f}",
+            f"{p[7] / 1e6:,.2f}",
+            f"{p[8] / 1e8:,.2f}",
+            f"{p[9] / 1e8:,.2f}",
         )
     return table
 
@@ -110,8 +117,10 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  pool       {aave_ops.deployment.pool}")
                 for trader in traders:
                     data = aave_ops.account_data(trader)
-                    console.print(f"  aave account {trader}: collateral ${data[0] / 1e8:,.2f} "
-                                  f"debt ${data[1] / 1e8:,.2f} HF {data[5] / 1e18:.4f}")
+                    console.print(
+                        f"  aave account {trader}: collateral ${data[0] / 1e8:,.2f} "
+                        f"debt ${data[1] / 1e8:,.2f} HF {data[5] / 1e18:.4f}"
+                    )
             path = ops.deployment.save(out)
             console.print(f"anvil pid {anvil.pid} at [bold]{anvil.url}[/bold] (chain id {ops.deployment.chain_id})")
             console.print(f"deployment file: {path}")
@@ -122,7 +131,9 @@ def register(app: typer.Typer) -> None:
             if seed and protocol != "aave-v3":
                 trader = ops.sender(ANVIL_KEYS[1]).address
                 console.print(positions_table(ops, trader))
-                console.print(f"trader {trader} (anvil key 1); operator/keeper {ops.sender(ANVIL_KEYS[2]).address} (anvil key 2)")
+                console.print(
+                    f"trader {trader} (anvil key 1); operator/keeper {ops.sender(ANVIL_KEYS[2]).address} (anvil key 2)"
+                )
             if once:
                 return
             _serve(anvil, console)

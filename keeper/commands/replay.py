@@ -67,8 +67,11 @@ class PlainProgress:
         self._last_frac, self._last_t = frac, now
         elapsed = now - self._t0
         eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-        print(f"replay: {done:,}/{total:,} rounds ({frac:.0%}), {elapsed:.0f} s elapsed, ~{eta:.0f} s left",
-              file=self._stream, flush=True)
+        print(
+            f"replay: {done:,}/{total:,} rounds ({frac:.0%}), {elapsed:.0f} s elapsed, ~{eta:.0f} s left",
+            file=self._stream,
+            flush=True,
+        )
 
 
 def replay_command(
@@ -92,8 +95,10 @@ def replay_command(
     ),
     native: str = typer.Option("ETH", "--native", help="Replayed symbol whose price pays for gas (total cost)."),
     bound: bool = typer.Option(
-        False, "--bound", help="Also compute each policy's idle floor: the least idle any keeper could hold with "
-        "its transaction count (O(rounds^2): ~10 s for a week of 5-minute bars)."
+        False,
+        "--bound",
+        help="Also compute each policy's idle floor: the least idle any keeper could hold with "
+        "its transaction count (O(rounds^2): ~10 s for a week of 5-minute bars).",
     ),
 ) -> None:
     """Replay real prices through the protocol: keeper policies vs fixed-ratio baselines vs no keeper."""
@@ -114,8 +119,10 @@ def replay_command(
         raise InputError(f"--capital-rate / --gas-preset: {exc}") from None
     files = _parse_prices(prices)
     if native not in files:
-        raise InputError(f"--native {native!r}: gas must be priced by one of the replayed markets "
-                         f"({', '.join(files)}); pass --native SYMBOL")
+        raise InputError(
+            f"--native {native!r}: gas must be priced by one of the replayed markets "
+            f"({', '.join(files)}); pass --native SYMBOL"
+        )
     bk = load_book(book)
     series = [load_bars(p, sym, max_gap_s=max_gap_s) for sym, p in files.items()]
     specs = policy or list(DEFAULT_POLICIES)
@@ -157,44 +164,73 @@ def replay_command(
             result.floors = idle_floors(book_bound(bk, plan_timeline(bk, series, config)), result.results)
     command = "keeper replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     table = Table(title="replay (USD)")
-    cols = ["policy", "liq", "penalty", "top-ups", "added", "releases", "released", "txs", "gas", "avg idle",
-            "peak idle", "min ratio"] + [f"cost {p}" for p, _ in cost_model.gas_price_gwei] \
+    cols = (
+        [
+            "policy",
+            "liq",
+            "penalty",
+            "top-ups",
+            "added",
+            "releases",
+            "released",
+            "txs",
+            "gas",
+            "avg idle",
+            "peak idle",
+            "min ratio",
+        ]
+        + [f"cost {p}" for p, _ in cost_model.gas_price_gwei]
         + (["idle floor"] if result.floors else [])
+    )
     costs = policy_costs(result, cost_model, native)
     for col in cols:
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, r in result.results.items():
         floor = [f"{result.floors[name]:,.0f}" if name in result.floors else "-"] if result.floors else []
         table.add_row(
-            name, str(r.liquidations), f"{r.liquidation_penalty_e6 / 1e6:,.0f}", str(r.top_ups),
-            f"{r.collateral_added_e6 / 1e6:,.0f}", str(r.releases), f"{r.collateral_released_e6 / 1e6:,.0f}",
-            str(r.transactions), f"{r.gas_used:,}", f"{r.avg_idle_e6 / 1e6:,.0f}", f"{r.peak_idle_e6 / 1e6:,.0f}",
-            f"{r.min_margin_ratio:.2f}", *(f"{c.total_usd:,.0f}" for c in costs[name].values()), *floor,
+            name,
+            str(r.liquidations),
+            f"{r.liquidation_penalty_e6 / 1e6:,.0f}",
+            str(r.top_ups),
+            f"{r.collateral_added_e6 / 1e6:,.0f}",
+            str(r.releases),
+            f"{r.collateral_released_e6 / 1e6:,.0f}",
+            str(r.transactions),
+            f"{r.gas_used:,}",
+            f"{r.avg_idle_e6 / 1e6:,.0f}",
+            f"{r.peak_idle_e6 / 1e6:,.0f}",
+            f"{r.min_margin_ratio:.2f}",
+            *(f"{c.total_usd:,.0f}" for c in costs[name].values()),
+            *floor,
         )
     Console(width=max(160, Console().width)).print(table)
     if "risk" in result.results:
         tc = check_target(result.results)
         red = "n/a" if tc.idle_reduction is None else f"{tc.idle_reduction:.1%}"
-        Console().print(f"target vs best zero-liquidation baseline {tc.baseline}: idle reduction {red} -> "
-                        f"{'MET' if tc.met else 'NOT MET'} ({tc.reason})")
+        Console().print(
+            f"target vs best zero-liquidation baseline {tc.baseline}: idle reduction {red} -> "
+            f"{'MET' if tc.met else 'NOT MET'} ({tc.reason})"
+        )
         reach = target_reach(result.floors, result.results)
         if reach is not None:
-            Console().print(f"idle floor with {result.results[tc.baseline].transactions} transactions: {reach[0]:,.0f} "
-                            f"vs the target's {reach[1]:,.0f} -> "
-                            f"{reach_verdict(reach[2])}")
+            Console().print(
+                f"idle floor with {result.results[tc.baseline].transactions} transactions: {reach[0]:,.0f} "
+                f"vs the target's {reach[1]:,.0f} -> "
+                f"{reach_verdict(reach[2])}"
+            )
     if stats is not None:
         gas = ", ".join(f"{k} {g['median']:,}" for k, g in stats.gas_summary().items())
         speed = ", ".join(f"{k} {v:.1f}" for k, v in stats.rounds_per_s().items())
         Console().print(f"on chain: median gas per kind {gas or '-'}; rounds/s {speed}")
     if out is not None:
         if stats is None:
-            paths = write_report(result, out, command=command, plots=not no_plots, cost_model=cost_model,
-                                 native=native)
+            paths = write_report(result, out, command=command, plots=not no_plots, cost_model=cost_model, native=native)
         else:
             from keeper.replay.onchain import write_onchain_report
 
-            paths = write_onchain_report(result, stats, out, command=command, plots=not no_plots,
-                                         cost_model=cost_model, native=native)
+            paths = write_onchain_report(
+                result, stats, out, command=command, plots=not no_plots, cost_model=cost_model, native=native
+            )
         Console().print(f"wrote {paths['summary']} and {paths['report']}")
     elif not table.row_count:
         Console().print(comparison_table(result, cost_model, native))

@@ -129,7 +129,10 @@ def compute_risk(
             floor_annual=sigma or 0.0,
             fallback_annual=sigma or RiskPolicy().sigma_fallback_annual,
         )
-        sigma, sigma_source = est.sigma_annual, f"history:{est.model}" + (" (floored by --sigma)" if est.floored else "")
+        sigma, sigma_source = (
+            est.sigma_annual,
+            f"history:{est.model}" + (" (floored by --sigma)" if est.floored else ""),
+        )
         if est.fallback_reason:
             sigma_source += f" [{est.fallback_reason}]"
     if sigma is None:
@@ -137,13 +140,31 @@ def compute_risk(
 
     fat = model == "fat-tailed"
     market = Market(
-        market_id=0, symbol="asset", maintenance_margin_wad=round(maintenance * WAD), max_leverage_wad=1000 * WAD,
-        liquidation_penalty_wad=0, fee_rate_per_s_wad=round(fee_rate * WAD / SECONDS_PER_YEAR), heartbeat_s=2**31,
+        market_id=0,
+        symbol="asset",
+        maintenance_margin_wad=round(maintenance * WAD),
+        max_leverage_wad=1000 * WAD,
+        liquidation_penalty_wad=0,
+        fee_rate_per_s_wad=round(fee_rate * WAD / SECONDS_PER_YEAR),
+        heartbeat_s=2**31,
     )
-    position = Position("calculator", 0, Side.LONG if side == "long" else Side.SHORT, round(size * 1e18),
-                        round(entry * 1e8), round(collateral * 1e6))
-    outcome = decide_one(position, market, round(price * 1e8), sigma_annual=sigma, horizon_s=horizon_s,
-                         policy=cli_policy(target=target, trigger=trigger, fat_tailed=fat), history=history)
+    position = Position(
+        "calculator",
+        0,
+        Side.LONG if side == "long" else Side.SHORT,
+        round(size * 1e18),
+        round(entry * 1e8),
+        round(collateral * 1e6),
+    )
+    outcome = decide_one(
+        position,
+        market,
+        round(price * 1e8),
+        sigma_annual=sigma,
+        horizon_s=horizon_s,
+        policy=cli_policy(target=target, trigger=trigger, fat_tailed=fat),
+        history=history,
+    )
     r, d = outcome.risks[0], outcome.plan.decisions[0]
     is_long = side == "long"
     sign = 1.0 if is_long else -1.0
@@ -165,11 +186,15 @@ def compute_risk(
         shift = None
         if r.breach_probability < 1e-2:
             shift = [importance_shift_for_barrier(log_b, sigma, horizon_s, MC_STEPS, drift)]
-        paths = simulate_paths(pm, horizon_s, MC_STEPS, MC_PATHS, np.random.default_rng(MC_SEED), importance_shift=shift)
+        paths = simulate_paths(
+            pm, horizon_s, MC_STEPS, MC_PATHS, np.random.default_rng(MC_SEED), importance_shift=shift
+        )
         est = breach_probabilities(paths, [0], [is_long], [log_b])
         p_mc, se_mc = float(est.probability[0]), float(est.stderr[0])
 
-    ve = position_var_es(sign * size, price, sigma, horizon_s, 0.99, nu=DEFAULT_T_NU if fat else None, drift_annual=drift)
+    ve = position_var_es(
+        sign * size, price, sigma, horizon_s, 0.99, nu=DEFAULT_T_NU if fat else None, drift_annual=drift
+    )
     return {
         "side": side,
         "model": model,
@@ -206,8 +231,9 @@ def cli_policy(*, target: float, trigger: float, fat_tailed: bool) -> RiskPolicy
 
     if fat_tailed:
         return RiskPolicy(kappa=DEFAULT_KAPPA, p_target=target, p_trigger=trigger, p_release=min(1e-7, target))
-    return RiskPolicy(kappa=1.0, p_target=target, p_trigger=trigger, p_release=min(1e-7, target),
-                      stress_gap=0.0, stress_window_s=0.0)
+    return RiskPolicy(
+        kappa=1.0, p_target=target, p_trigger=trigger, p_release=min(1e-7, target), stress_gap=0.0, stress_window_s=0.0
+    )
 
 
 def decide_one(
@@ -234,15 +260,24 @@ def decide_one(
     unlimited = 10**18
     limits = PlanLimits.from_policy(policy, max_per_tx_e6=unlimited, max_per_day_e6=unlimited)
     mid = market.market_id
-    state = BookState.from_reads(markets=[market], prices={mid: PriceRound(1, price_e8, 0)},
-                                 wallet_e6={position.account: unlimited}, now_s=0)
+    state = BookState.from_reads(
+        markets=[market], prices={mid: PriceRound(1, price_e8, 0)}, wallet_e6={position.account: unlimited}, now_s=0
+    )
     gaps = None
     if history is not None and policy.stress_gap > 0:
         times, prices = history
         gap = policy.estimate_stress_gap(times, prices, check_interval_s, now_s=float(times[-1]))
         gaps = {mid: gap.side_gaps}
-    return decide(state, [position], sigmas_annual={mid: sigma_annual}, policy=policy, limits=limits,
-                  check_interval_s=check_interval_s, now_s=0, stress_gaps=gaps)
+    return decide(
+        state,
+        [position],
+        sigmas_annual={mid: sigma_annual},
+        policy=policy,
+        limits=limits,
+        check_interval_s=check_interval_s,
+        now_s=0,
+        stress_gaps=gaps,
+    )
 
 
 def _print_human(r: dict[str, Any]) -> None:
@@ -261,7 +296,10 @@ def _print_human(r: dict[str, Any]) -> None:
     table.add_row("liquidation price", liq)
     table.add_row("log distance ln(S/liq)", "inf" if never else f"{r['log_distance']:.4f}")
     table.add_row("breach probability", f"{r['breach_probability']:.4g}")
-    table.add_row("  Monte Carlo", f"{r['breach_probability_mc']:.4g} +- {r['breach_probability_mc_stderr']:.2g} (1 SE, {r['mc_paths']} paths)")
+    table.add_row(
+        "  Monte Carlo",
+        f"{r['breach_probability_mc']:.4g} +- {r['breach_probability_mc_stderr']:.2g} (1 SE, {r['mc_paths']} paths)",
+    )
     table.add_row("VaR 99 % / ES 99 %", f"{r['var_99']:,.2f} / {r['es_99']:,.2f}")
     table.add_row(f"collateral for p={r['target']:g}", f"{r['required_collateral']:,.2f}")
     table.add_row(f"top-up (trigger p>{r['trigger']:g})", f"{r['top_up']:,.2f}")

@@ -42,15 +42,19 @@ HALT_ON = (ChainMismatchError, HaltError)
 def required_code(service: KeeperService) -> dict[str, str]:
     """Addresses that must hold code on every endpoint: the protocol's contracts and Multicall3."""
     adapter = service.adapter
-    named = {"engine": getattr(adapter, "engine", None), "collateral": getattr(adapter, "collateral", None),
-             "Multicall3": adapter.multicall.address}
+    named = {
+        "engine": getattr(adapter, "engine", None),
+        "collateral": getattr(adapter, "collateral", None),
+        "Multicall3": adapter.multicall.address,
+    }
     return {name: address for name, address in named.items() if address}
 
 
 def _exit_now(signum: int) -> None:
     """Second signal: leave at once. Async-signal-safe enough: one write(2), no lock, no logger."""
-    line = json.dumps({"event": "shutdown_forced", "level": "warning", "signal": signal.Signals(signum).name,
-                       "why": "second signal"})
+    line = json.dumps(
+        {"event": "shutdown_forced", "level": "warning", "signal": signal.Signals(signum).name, "why": "second signal"}
+    )
     try:
         os.write(2, (line + "\n").encode())
     finally:
@@ -74,8 +78,12 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
         policy = service.policy
 
         def on_stall(age_s: float) -> None:
-            service.alerts.send("chain:stalled", f"no new block for {age_s:.0f} s", severity="critical",
-                                fields={"head_age_s": round(age_s, 1)})
+            service.alerts.send(
+                "chain:stalled",
+                f"no new block for {age_s:.0f} s",
+                severity="critical",
+                fields={"head_age_s": round(age_s, 1)},
+            )
 
         def on_recover(age_s: float) -> None:
             log.info("chain_recovered", stalled_for_s=round(age_s, 1))
@@ -84,8 +92,12 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
             reason = str(exc)
             service.stopping.set()
             health.mark_halted(reason)
-            service.alerts.send("keeper:halted", f"keeper halted, no further action will be taken: {reason}",
-                                severity="critical", fields={"reason": reason, "error": type(exc).__name__})
+            service.alerts.send(
+                "keeper:halted",
+                f"keeper halted, no further action will be taken: {reason}",
+                severity="critical",
+                fields={"reason": reason, "error": type(exc).__name__},
+            )
 
         def guarded(step: Callable[[], T]) -> T:
             """Run a cycle or head poll; follow the error tree for answers that look like another chain."""
@@ -111,11 +123,17 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
             return guarded(service.watch_head)
 
         scheduler = CycleScheduler(
-            cycle, watch_head,
+            cycle,
+            watch_head,
             initial_interval_s=cfg.schedule.initial_interval_s,
-            min_interval_s=policy.check_interval_min_s, max_interval_s=policy.check_interval_max_s,
-            head_poll_s=cfg.schedule.head_poll_s, stall_after_s=cfg.schedule.stall_after_s,
-            on_stall=on_stall, on_recover=on_recover, halt_on=HALT_ON, on_halt=on_halt,
+            min_interval_s=policy.check_interval_min_s,
+            max_interval_s=policy.check_interval_max_s,
+            head_poll_s=cfg.schedule.head_poll_s,
+            stall_after_s=cfg.schedule.stall_after_s,
+            on_stall=on_stall,
+            on_recover=on_recover,
+            halt_on=HALT_ON,
+            on_halt=on_halt,
         )
         sched = scheduler
 
@@ -126,27 +144,39 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
         def stop(signum: int, _frame: object) -> None:
             if sched.stopped:
                 _exit_now(signum)
-            log.info("shutdown_requested", signal=signal.Signals(signum).name,
-                     timeout_s=cfg.schedule.shutdown_timeout_s)
+            log.info(
+                "shutdown_requested", signal=signal.Signals(signum).name, timeout_s=cfg.schedule.shutdown_timeout_s
+            )
             service.stopping.set()
             sched.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        log.info("daemon_started", dry_run=cfg.dry_run, alert_only=cfg.limits.alert_only,
-                 executing=service.txm is not None)
+        log.info(
+            "daemon_started", dry_run=cfg.dry_run, alert_only=cfg.limits.alert_only, executing=service.txm is not None
+        )
         drained = scheduler.run_until_stopped(cfg.schedule.shutdown_timeout_s, on_deadline=service.client.abort)
         if not drained:
-            log.warning("daemon_stopped", forced=True, running=scheduler.running_jobs(),
-                        cycles=scheduler.cycles_run, failed_cycles=scheduler.cycles_failed)
+            log.warning(
+                "daemon_stopped",
+                forced=True,
+                running=scheduler.running_jobs(),
+                cycles=scheduler.cycles_run,
+                failed_cycles=scheduler.cycles_failed,
+            )
             service.alerts.close(timeout_s=1.0)
             sys.stdout.flush()
             sys.stderr.flush()
             # a worker is still inside an RPC call: joining it (interpreter exit) could take a request timeout
             # per retry; the journal is committed after every step, so leaving now loses nothing
             os._exit(EXIT_SHUTDOWN_TIMED_OUT)
-        log.info("daemon_stopped", cycles=scheduler.cycles_run, failed_cycles=scheduler.cycles_failed,
-                 open_transactions=len(service.journal.open_intents()), halted=scheduler.halt_reason is not None)
+        log.info(
+            "daemon_stopped",
+            cycles=scheduler.cycles_run,
+            failed_cycles=scheduler.cycles_failed,
+            open_transactions=len(service.journal.open_intents()),
+            halted=scheduler.halt_reason is not None,
+        )
     finally:
         if heads is not None:
             heads.stop(timeout_s=2.0)

@@ -18,7 +18,8 @@ from keeper.runtime.service import KeeperService
 def register(app: typer.Typer) -> None:
     @app.command()
     def stress(
-        config: Path = CONFIG_OPTION, env_file: Path = ENV_FILE_OPTION,
+        config: Path = CONFIG_OPTION,
+        env_file: Path = ENV_FILE_OPTION,
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Loss per account and positions liquidated under +-5..20 % moves, tails, and vol up/same/down."""
@@ -33,13 +34,26 @@ def register(app: typer.Typer) -> None:
         prices = {mid: r.price_e8 for mid, r in snap.prices.items()}
         report = run_stress(positions, snap.markets, prices, stress_grid())
         symbols = {mid: m.symbol for mid, m in snap.markets.items()}
-        rows: list[dict[str, Any]] = [{"scenario": r.name, "loss_by_account": r.loss_by_account,
-                 "liquidated": [{"account": a, "market": symbols[m]} for a, m in r.liquidated]}
-                for r in report.results]
+        rows: list[dict[str, Any]] = [
+            {
+                "scenario": r.name,
+                "loss_by_account": r.loss_by_account,
+                "liquidated": [{"account": a, "market": symbols[m]} for a, m in r.liquidated],
+            }
+            for r in report.results
+        ]
         if as_json:
-            print(json.dumps({"block": snap.block_number, "scenarios": rows,
-                              "worst_by_account": {a: {"loss": v, "scenario": s}
-                                                   for a, (v, s) in report.worst_by_account.items()}}))
+            print(
+                json.dumps(
+                    {
+                        "block": snap.block_number,
+                        "scenarios": rows,
+                        "worst_by_account": {
+                            a: {"loss": v, "scenario": s} for a, (v, s) in report.worst_by_account.items()
+                        },
+                    }
+                )
+            )
             return
         t = Table(title=f"stress at block {snap.block_number} ({len(positions)} positions)")
         for col in ("scenario", "total loss (USD)", "liquidated"):

@@ -33,8 +33,16 @@ AAVE_ARTIFACTS = PROJECT_ROOT / "node_modules" / "@aave" / "core-v3" / "artifact
 CHAINLINK_MOCK = PROJECT_ROOT / "node_modules" / "@chainlink" / "contracts" / "abi" / "v0.7" / "MockV3Aggregator.json"
 RAY = 10**27
 
-LIBRARIES = ("BorrowLogic", "SupplyLogic", "LiquidationLogic", "EModeLogic", "BridgeLogic", "ConfiguratorLogic",
-             "PoolLogic", "FlashLoanLogic")  # FlashLoanLogic last: it links BorrowLogic
+LIBRARIES = (
+    "BorrowLogic",
+    "SupplyLogic",
+    "LiquidationLogic",
+    "EModeLogic",
+    "BridgeLogic",
+    "ConfiguratorLogic",
+    "PoolLogic",
+    "FlashLoanLogic",
+)  # FlashLoanLogic last: it links BorrowLogic
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +60,18 @@ class RateStrategy:
             return int(round(pct * 100)) * RAY // 10_000
 
         # stable borrowing stays disabled: its slopes only need to be valid
-        return (provider, ray(self.optimal_usage), ray(self.base_variable), ray(self.slope1), ray(self.slope2),
-                ray(self.slope1), ray(self.slope2), ray(2), ray(8), ray(20))
+        return (
+            provider,
+            ray(self.optimal_usage),
+            ray(self.base_variable),
+            ray(self.slope1),
+            ray(self.slope2),
+            ray(self.slope1),
+            ray(self.slope2),
+            ray(2),
+            ray(8),
+            ray(20),
+        )
 
 
 VOLATILE = RateStrategy(optimal_usage=45, base_variable=0, slope1=7, slope2=300)
@@ -85,12 +103,47 @@ class ReserveSpec:
 DEFAULT_RESERVES = (
     ReserveSpec("WETH", 18, 3_000 * 10**8, 8000, 8250, 10500, 1500, 2_000_000, 1_400_000, VOLATILE),
     ReserveSpec("WBTC", 8, 60_000 * 10**8, 7300, 7800, 10500, 2000, 50_000, 30_000, VOLATILE),
-    ReserveSpec("USDC", 6, 10**8, 7700, 8000, 10450, 1000, 2_000_000_000, 1_500_000_000, STABLE,
-                emode_category=1, borrowable_in_isolation=True),
-    ReserveSpec("DAI", 18, 10**8, 6300, 7700, 10400, 1000, 2_000_000_000, 1_500_000_000, STABLE,
-                emode_category=1, borrowable_in_isolation=True),
-    ReserveSpec("LINK", 18, 15 * 10**8, 5300, 6800, 10700, 2000, 15_000_000, 8_000_000, VOLATILE,
-                debt_ceiling_e2=12_000_000 * 100),
+    ReserveSpec(
+        "USDC",
+        6,
+        10**8,
+        7700,
+        8000,
+        10450,
+        1000,
+        2_000_000_000,
+        1_500_000_000,
+        STABLE,
+        emode_category=1,
+        borrowable_in_isolation=True,
+    ),
+    ReserveSpec(
+        "DAI",
+        18,
+        10**8,
+        6300,
+        7700,
+        10400,
+        1000,
+        2_000_000_000,
+        1_500_000_000,
+        STABLE,
+        emode_category=1,
+        borrowable_in_isolation=True,
+    ),
+    ReserveSpec(
+        "LINK",
+        18,
+        15 * 10**8,
+        5300,
+        6800,
+        10700,
+        2000,
+        15_000_000,
+        8_000_000,
+        VOLATILE,
+        debt_ceiling_e2=12_000_000 * 100,
+    ),
 )
 
 
@@ -143,8 +196,9 @@ class AaveDeployment:
         try:
             data = json.loads(Path(path).read_text())
         except (FileNotFoundError, json.JSONDecodeError) as exc:
-            raise InputError(f"Aave deployment file {path} is unreadable ({exc}): run `keeper devchain "
-                             "--protocol aave-v3`") from exc
+            raise InputError(
+                f"Aave deployment file {path} is unreadable ({exc}): run `keeper devchain --protocol aave-v3`"
+            ) from exc
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -170,13 +224,16 @@ def link(artifact: dict[str, Any], libraries: dict[str, str]) -> dict[str, Any]:
             addr = libraries[lib].lower().removeprefix("0x")
             for ref in refs:
                 start = 2 * ref["start"]
-                code = code[:start] + addr + code[start + 2 * ref["length"]:]
+                code = code[:start] + addr + code[start + 2 * ref["length"] :]
     return {**artifact, "bytecode": "0x" + code}
 
 
 def chainlink_mock() -> dict[str, Any]:
     data = json.loads(CHAINLINK_MOCK.read_text())
-    return {"abi": data["compilerOutput"]["abi"], "bytecode": "0x" + data["compilerOutput"]["evm"]["bytecode"]["object"].removeprefix("0x")}
+    return {
+        "abi": data["compilerOutput"]["abi"],
+        "bytecode": "0x" + data["compilerOutput"]["evm"]["bytecode"]["object"].removeprefix("0x"),
+    }
 
 
 def _contract(w3: Web3, name: str, address: str):
@@ -228,8 +285,15 @@ def deploy_aave(
         tokens[r.symbol] = d.deploy(token_art, r.symbol, r.symbol, r.decimals)
         feeds[r.symbol] = d.deploy(feed_art, 8, r.price_e8)
     zero = "0x" + "00" * 20
-    oracle = d.deploy(aave_artifact("AaveOracle"), provider, [tokens[r.symbol] for r in reserves],
-                      [feeds[r.symbol] for r in reserves], zero, zero, 10**8)
+    oracle = d.deploy(
+        aave_artifact("AaveOracle"),
+        provider,
+        [tokens[r.symbol] for r in reserves],
+        [feeds[r.symbol] for r in reserves],
+        zero,
+        zero,
+        10**8,
+    )
     d.transact(prov.functions.setPriceOracle(oracle))
     data_provider = d.deploy(aave_artifact("AaveProtocolDataProvider"), provider)
     d.transact(prov.functions.setPoolDataProvider(data_provider))
@@ -239,21 +303,45 @@ def deploy_aave(
     strategies: dict[RateStrategy, str] = {}
     for r in reserves:
         if r.strategy not in strategies:
-            strategies[r.strategy] = d.deploy(aave_artifact("DefaultReserveInterestRateStrategy"),
-                                              *r.strategy.args(provider))
+            strategies[r.strategy] = d.deploy(
+                aave_artifact("DefaultReserveInterestRateStrategy"), *r.strategy.args(provider)
+            )
     treasury = d.address
     conf = _contract(w3, "PoolConfigurator", configurator)
-    inputs = [(a_impl, s_impl, v_impl, r.decimals, strategies[r.strategy], tokens[r.symbol], treasury, zero,
-               f"Aave {r.symbol}", f"a{r.symbol}", f"Aave variable debt {r.symbol}", f"variableDebt{r.symbol}",
-               f"Aave stable debt {r.symbol}", f"stableDebt{r.symbol}", b"") for r in reserves]
+    inputs = [
+        (
+            a_impl,
+            s_impl,
+            v_impl,
+            r.decimals,
+            strategies[r.strategy],
+            tokens[r.symbol],
+            treasury,
+            zero,
+            f"Aave {r.symbol}",
+            f"a{r.symbol}",
+            f"Aave variable debt {r.symbol}",
+            f"variableDebt{r.symbol}",
+            f"Aave stable debt {r.symbol}",
+            f"stableDebt{r.symbol}",
+            b"",
+        )
+        for r in reserves
+    ]
     d.wait(d.transact(conf.functions.initReserves(inputs), gas=3_000_000 * len(reserves) + 1_000_000))
     for e in emodes:
-        d.transact(conf.functions.setEModeCategory(e.category_id, e.ltv_bps, e.liquidation_threshold_bps,
-                                                   e.liquidation_bonus_bps, zero, e.label))
+        d.transact(
+            conf.functions.setEModeCategory(
+                e.category_id, e.ltv_bps, e.liquidation_threshold_bps, e.liquidation_bonus_bps, zero, e.label
+            )
+        )
     for r in reserves:
         t = tokens[r.symbol]
-        d.transact(conf.functions.configureReserveAsCollateral(t, r.ltv_bps, r.liquidation_threshold_bps,
-                                                               r.liquidation_bonus_bps))
+        d.transact(
+            conf.functions.configureReserveAsCollateral(
+                t, r.ltv_bps, r.liquidation_threshold_bps, r.liquidation_bonus_bps
+            )
+        )
         d.transact(conf.functions.setReserveBorrowing(t, r.borrowable))
         d.transact(conf.functions.setReserveFactor(t, r.reserve_factor_bps))
         d.transact(conf.functions.setSupplyCap(t, r.supply_cap))
@@ -273,10 +361,22 @@ def deploy_aave(
         data = poolc.functions.getReserveData(tokens[r.symbol]).call()
         a_tokens[r.symbol], v_tokens[r.symbol] = data[8], data[10]
     return AaveDeployment(
-        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", ""), chain_id=w3.eth.chain_id,
-        start_block=start_block, provider=provider, pool=pool, configurator=configurator, oracle=oracle,
-        data_provider=data_provider, acl_manager=acl, multicall=MULTICALL3_ADDRESS, treasury=treasury,
-        deployer=d.address, tokens=tokens, feeds=feeds, a_tokens=a_tokens, variable_debt_tokens=v_tokens,
+        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", ""),
+        chain_id=w3.eth.chain_id,
+        start_block=start_block,
+        provider=provider,
+        pool=pool,
+        configurator=configurator,
+        oracle=oracle,
+        data_provider=data_provider,
+        acl_manager=acl,
+        multicall=MULTICALL3_ADDRESS,
+        treasury=treasury,
+        deployer=d.address,
+        tokens=tokens,
+        feeds=feeds,
+        a_tokens=a_tokens,
+        variable_debt_tokens=v_tokens,
         decimals={r.symbol: r.decimals for r in reserves},
         isolated=tuple(r.symbol for r in reserves if r.debt_ceiling_e2),
     )
@@ -314,8 +414,9 @@ class AaveOps:
         self.configurator = _contract(w3, "PoolConfigurator", deployment.configurator)
         self.erc20 = {s: _contract(w3, "MintableERC20", a) for s, a in deployment.tokens.items()}
         feed_abi = chainlink_mock()["abi"]
-        self.feeds = {s: w3.eth.contract(address=Web3.to_checksum_address(a), abi=feed_abi)
-                      for s, a in deployment.feeds.items()}
+        self.feeds = {
+            s: w3.eth.contract(address=Web3.to_checksum_address(a), abi=feed_abi) for s, a in deployment.feeds.items()
+        }
         self._senders: dict[str, Sender] = {}
 
     def sender(self, key: str) -> Sender:
@@ -340,15 +441,20 @@ class AaveOps:
         self._do(self.deployer_key, fn(Web3.to_checksum_address(to), amount))
 
     def approve(self, key: str, symbol: str, spender: str | None = None, amount: int = 2**256 - 1) -> None:
-        self._do(key, self.erc20[symbol].functions.approve(Web3.to_checksum_address(spender or self.pool.address),
-                                                           amount))
+        self._do(
+            key, self.erc20[symbol].functions.approve(Web3.to_checksum_address(spender or self.pool.address), amount)
+        )
 
     def supply(self, key: str, symbol: str, amount: int, on_behalf: str | None = None) -> None:
         me = Account.from_key(key).address
         self.mint(symbol, me, amount)
         self.approve(key, symbol, amount=amount)
-        self._do(key, self.pool.functions.supply(self.deployment.tokens[symbol], amount,
-                                                 Web3.to_checksum_address(on_behalf or me), 0))
+        self._do(
+            key,
+            self.pool.functions.supply(
+                self.deployment.tokens[symbol], amount, Web3.to_checksum_address(on_behalf or me), 0
+            ),
+        )
 
     def borrow(self, key: str, symbol: str, amount: int) -> None:
         me = Account.from_key(key).address
@@ -367,12 +473,12 @@ class AaveOps:
         return self.feeds[symbol].functions.latestAnswer().call()
 
     def set_frozen(self, symbol: str, frozen: bool) -> None:
-        self._do(self.deployer_key, self.configurator.functions.setReserveFreeze(self.deployment.tokens[symbol],
-                                                                                 frozen))
+        self._do(
+            self.deployer_key, self.configurator.functions.setReserveFreeze(self.deployment.tokens[symbol], frozen)
+        )
 
     def set_paused(self, symbol: str, paused: bool) -> None:
-        self._do(self.deployer_key, self.configurator.functions.setReservePause(self.deployment.tokens[symbol],
-                                                                                paused))
+        self._do(self.deployer_key, self.configurator.functions.setReservePause(self.deployment.tokens[symbol], paused))
 
     def account_data(self, user: str) -> tuple[int, int, int, int, int, int]:
         return tuple(self.pool.functions.getUserAccountData(Web3.to_checksum_address(user)).call())  # type: ignore[return-value]
@@ -400,13 +506,19 @@ class AaveOps:
         me = Account.from_key(key).address
         self.mint(debt, me, debt_to_cover)
         self.approve(key, debt, amount=debt_to_cover)
-        fn = self.pool.functions.liquidationCall(self.deployment.tokens[collateral], self.deployment.tokens[debt],
-                                                 Web3.to_checksum_address(user), debt_to_cover, False)
+        fn = self.pool.functions.liquidationCall(
+            self.deployment.tokens[collateral],
+            self.deployment.tokens[debt],
+            Web3.to_checksum_address(user),
+            debt_to_cover,
+            False,
+        )
         return self._do(key, fn)  # estimated: a refused liquidation raises ContractLogicError("... 45")
 
 
-def seed_market(ops: AaveOps, lp_key: str, trader_keys: tuple[str, ...],
-                accounts: tuple[SeedAccount, ...] = DEFAULT_ACCOUNTS) -> list[str]:
+def seed_market(
+    ops: AaveOps, lp_key: str, trader_keys: tuple[str, ...], accounts: tuple[SeedAccount, ...] = DEFAULT_ACCOUNTS
+) -> list[str]:
     """Provide liquidity from ``lp_key`` and open ``accounts`` (one per trader key); return the traders."""
     ops.provide_liquidity(lp_key)
     traders = []

@@ -38,8 +38,19 @@ CURIE = "@perp/curie-contract/artifacts/contracts"
 ORACLE = "@perp/perp-oracle-contract/artifacts/contracts"
 ARTIFACT_PATHS = {
     name: f"{CURIE}/{name}.sol/{name}.json"
-    for name in ("ClearingHouse", "ClearingHouseConfig", "Vault", "AccountBalance", "Exchange", "OrderBook",
-                 "MarketRegistry", "InsuranceFund", "CollateralManager", "BaseToken", "QuoteToken")
+    for name in (
+        "ClearingHouse",
+        "ClearingHouseConfig",
+        "Vault",
+        "AccountBalance",
+        "Exchange",
+        "OrderBook",
+        "MarketRegistry",
+        "InsuranceFund",
+        "CollateralManager",
+        "BaseToken",
+        "QuoteToken",
+    )
 } | {
     "ChainlinkPriceFeedV3": f"{ORACLE}/ChainlinkPriceFeedV3.sol/ChainlinkPriceFeedV3.json",
     "PriceFeedDispatcher": f"{ORACLE}/PriceFeedDispatcher.sol/PriceFeedDispatcher.json",
@@ -151,8 +162,9 @@ class PerpDeployment:
         try:
             return cls.from_json(path.read_text(), f"deployment file {path}")
         except FileNotFoundError as exc:
-            raise InputError(f"deployment file {path} does not exist: "
-                             "run `keeper devchain --protocol perp-v2`") from exc
+            raise InputError(
+                f"deployment file {path} does not exist: run `keeper devchain --protocol perp-v2`"
+            ) from exc
 
     def verify(self, w3: Web3) -> None:
         """Refuse a deployment that does not match the chain: chain id and code at every address."""
@@ -163,8 +175,10 @@ class PerpDeployment:
         named |= {f"pool {s}": m.pool for s, m in self.markets.items()}
         for name, address in named.items():
             if len(w3.eth.get_code(Web3.to_checksum_address(address))) == 0:
-                raise ChainMismatchError(f"deployment names {name} at {address} but the chain has no code there "
-                                         "(a restarted chain? re-run `keeper devchain --protocol perp-v2`)")
+                raise ChainMismatchError(
+                    f"deployment names {name} at {address} but the chain has no code there "
+                    "(a restarted chain? re-run `keeper devchain --protocol perp-v2`)"
+                )
 
 
 # ---- pure helpers -----------------------------------------------------------------------------------
@@ -261,8 +275,9 @@ def deploy_perp_v2(
     pools: dict[str, Any] = {}
     for spec in markets:
         d.tx(factory.functions.createPool(bases[spec.symbol].address, quote.address, UNI_FEE))
-        pools[spec.symbol] = d.c("UniswapV3Pool", factory.functions.getPool(
-            bases[spec.symbol].address, quote.address, UNI_FEE).call())
+        pools[spec.symbol] = d.c(
+            "UniswapV3Pool", factory.functions.getPool(bases[spec.symbol].address, quote.address, UNI_FEE).call()
+        )
     config = d.init("ClearingHouseConfig")
     registry = d.init("MarketRegistry", factory.address, quote.address)
     order_book = d.init("OrderBook", registry.address)
@@ -272,13 +287,22 @@ def deploy_perp_v2(
     d.tx(order_book.functions.setExchange(exchange.address))
     insurance = d.init("InsuranceFund", usdc)
     vault = d.init("Vault", insurance.address, config.address, account_balance.address, exchange.address)
-    cm = d.init("CollateralManager", config.address, vault.address, 5, 750000, 500000, 2000, 30000,
-                10_000 * 10**6, 500 * 10**6)
+    cm = d.init(
+        "CollateralManager", config.address, vault.address, 5, 750000, 500000, 2000, 30000, 10_000 * 10**6, 500 * 10**6
+    )
     d.tx(vault.functions.setCollateralManager(cm.address))
     d.tx(insurance.functions.setVault(vault.address))
     d.tx(account_balance.functions.setVault(vault.address))
-    ch = d.init("ClearingHouse", config.address, vault.address, quote.address, factory.address, exchange.address,
-                account_balance.address, insurance.address)
+    ch = d.init(
+        "ClearingHouse",
+        config.address,
+        vault.address,
+        quote.address,
+        factory.address,
+        exchange.address,
+        account_balance.address,
+        insurance.address,
+    )
     for contract in (registry, order_book, exchange, account_balance, vault):
         d.tx(contract.functions.setClearingHouse(ch.address))
     d.tx(quote.functions.mintMaximumTo(ch.address))
@@ -300,18 +324,34 @@ def deploy_perp_v2(
     rpc("evm_increaseTime", [1800])
     rpc("evm_mine", [])
     records = {
-        s.symbol: PerpMarketRecord(base_token=bases[s.symbol].address, pool=pools[s.symbol].address,
-                                   aggregator=feeds[s.symbol][0], chainlink_feed=feeds[s.symbol][1],
-                                   dispatcher=feeds[s.symbol][2])
+        s.symbol: PerpMarketRecord(
+            base_token=bases[s.symbol].address,
+            pool=pools[s.symbol].address,
+            aggregator=feeds[s.symbol][0],
+            chainlink_feed=feeds[s.symbol][1],
+            dispatcher=feeds[s.symbol][2],
+        )
         for s in markets
     }
     return PerpDeployment(
-        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", "") or "", chain_id=w3.eth.chain_id,
-        start_block=start_block, clearing_house=ch.address, config=config.address, vault=vault.address,
-        account_balance=account_balance.address, exchange=exchange.address, order_book=order_book.address,
-        market_registry=registry.address, insurance_fund=insurance.address, collateral_manager=cm.address,
-        quote_token=quote.address, settlement_token=usdc, uniswap_factory=factory.address,
-        multicall=MULTICALL3_ADDRESS, markets=records, deployer=d.s.address,
+        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", "") or "",
+        chain_id=w3.eth.chain_id,
+        start_block=start_block,
+        clearing_house=ch.address,
+        config=config.address,
+        vault=vault.address,
+        account_balance=account_balance.address,
+        exchange=exchange.address,
+        order_book=order_book.address,
+        market_registry=registry.address,
+        insurance_fund=insurance.address,
+        collateral_manager=cm.address,
+        quote_token=quote.address,
+        settlement_token=usdc,
+        uniswap_factory=factory.address,
+        multicall=MULTICALL3_ADDRESS,
+        markets=records,
+        deployer=d.s.address,
     )
 
 
@@ -346,8 +386,14 @@ DEFAULT_PERP_BOOK = (
 class PerpOps:
     """Operations on a deployed Curie: tokens, deposits, liquidity, positions, index rounds, market moves."""
 
-    def __init__(self, w3: Web3, deployment: PerpDeployment, *, request: RawRpc | None = None,
-                 deployer_key: str = ANVIL_KEYS[DEPLOYER]) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        deployment: PerpDeployment,
+        *,
+        request: RawRpc | None = None,
+        deployer_key: str = ANVIL_KEYS[DEPLOYER],
+    ) -> None:
         self.w3 = w3
         self.deployment = deployment
         self.rpc = request or _provider_rpc(w3)
@@ -413,15 +459,17 @@ class PerpOps:
         params = (self.bases[symbol].address, base18, quote18, lower, upper, 0, 0, False, MAX_UINT)
         self.send(key, self.ch.functions.addLiquidity(params))
 
-    def open_position(self, key: str, symbol: str, is_long: bool, notional_e18: int,
-                      sqrt_price_limit_x96: int = 0) -> dict[str, Any]:
+    def open_position(
+        self, key: str, symbol: str, is_long: bool, notional_e18: int, sqrt_price_limit_x96: int = 0
+    ) -> dict[str, Any]:
         """Taker order for ``notional_e18`` vUSD: a long pays exactly it, a short receives exactly it."""
         base = self.bases[symbol].address
         params = (base, not is_long, is_long, notional_e18, 0, MAX_UINT, sqrt_price_limit_x96, b"\x00" * 32)
         return self.send(key, self.ch.functions.openPosition(params))
 
-    def seed(self, book: tuple[SeedTrader, ...] = DEFAULT_PERP_BOOK,
-             specs: tuple[PerpMarketSpec, ...] = DEFAULT_PERP_MARKETS) -> None:
+    def seed(
+        self, book: tuple[SeedTrader, ...] = DEFAULT_PERP_BOOK, specs: tuple[PerpMarketSpec, ...] = DEFAULT_PERP_MARKETS
+    ) -> None:
         """Maker liquidity in every market (maker key), a deep-pocketed market mover, then ``book``'s traders."""
         maker = ANVIL_KEYS[MAKER]
         self.deposit(maker, 100_000_000 * 10**6)
@@ -445,8 +493,9 @@ class PerpOps:
     def market_price(self, symbol: str) -> float:
         return price_of_sqrt(self.pools[symbol].functions.slot0().call()[0])
 
-    def move_market(self, symbol: str, target: float, *, key: str | None = None, tolerance: float = 1e-4,
-                    max_steps: int = 40) -> int:
+    def move_market(
+        self, symbol: str, target: float, *, key: str | None = None, tolerance: float = 1e-4, max_steps: int = 40
+    ) -> int:
         """Trade ``symbol``'s pool to ``target`` in steps <= STEP_TICKS, 15 s apart; returns the steps taken.
 
         The index should be near ``target`` first (a swap ending more than 10 % from the index reverts EX_OPB).
@@ -463,8 +512,9 @@ class PerpOps:
             self.advance(PRICE_LIMIT_INTERVAL_S + 1)
             self.open_position(key, symbol, up, 10**30, sqrt_price_limit_x96=sqrt_price_x96(limit))
             steps += 1
-        raise RuntimeError(f"market {symbol} did not reach {target} in {max_steps} steps "
-                           f"(at {self.market_price(symbol)})")
+        raise RuntimeError(
+            f"market {symbol} did not reach {target} in {max_steps} steps (at {self.market_price(symbol)})"
+        )
 
     def set_prices(self, prices: dict[str, float], *, settle_s: int = 20) -> None:
         """Index rounds, then the markets traded to them, then ``settle_s`` seconds so the mark follows."""
@@ -504,20 +554,29 @@ def start_perp_devchain(*, seed: bool = True, block_time: float | None = None):
 def describe(ops: PerpOps, *, seeded: bool) -> list[str]:
     """Human lines for ``keeper devchain --protocol perp-v2``: addresses, markets, and the seeded traders."""
     d = ops.deployment
-    lines = [f"  {name:<16} {getattr(d, name)}" for name in
-             ("clearing_house", "vault", "account_balance", "exchange", "settlement_token", "multicall")]
+    lines = [
+        f"  {name:<16} {getattr(d, name)}"
+        for name in ("clearing_house", "vault", "account_balance", "exchange", "settlement_token", "multicall")
+    ]
     for symbol, m in d.markets.items():
-        lines.append(f"  market {symbol:<4} base {m.base_token} pool {m.pool} aggregator {m.aggregator} "
-                     f"mark {ops.mark_price(symbol) / 1e18:,.2f}")
+        lines.append(
+            f"  market {symbol:<4} base {m.base_token} pool {m.pool} aggregator {m.aggregator} "
+            f"mark {ops.mark_price(symbol) / 1e18:,.2f}"
+        )
     if seeded:
         for trader in DEFAULT_PERP_BOOK:
             who = Account.from_key(ANVIL_KEYS[trader.key_index]).address
             value = ops.ch.functions.getAccountValue(who).call()
             req = ops.account_balance.functions.getMarginRequirementForLiquidation(who).call()
-            legs = ", ".join(f"{'long' if leg.is_long else 'short'} {leg.symbol} ${leg.notional_usd:,.0f}"
-                             for leg in trader.legs)
-            lines.append(f"  trader {who} (anvil key {trader.key_index}): {legs}; account value "
-                         f"{value / 1e18:,.2f}, maintenance requirement {req / 1e18:,.2f}")
-        lines.append(f"  maker (open orders) anvil key {MAKER}; market mover key {MOVER}; keeper key {KEEPER}; "
-                     f"liquidator key {LIQUIDATOR}")
+            legs = ", ".join(
+                f"{'long' if leg.is_long else 'short'} {leg.symbol} ${leg.notional_usd:,.0f}" for leg in trader.legs
+            )
+            lines.append(
+                f"  trader {who} (anvil key {trader.key_index}): {legs}; account value "
+                f"{value / 1e18:,.2f}, maintenance requirement {req / 1e18:,.2f}"
+            )
+        lines.append(
+            f"  maker (open orders) anvil key {MAKER}; market mover key {MOVER}; keeper key {KEEPER}; "
+            f"liquidator key {LIQUIDATOR}"
+        )
     return lines

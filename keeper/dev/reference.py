@@ -275,4 +275,6 @@ class DevChainOps:
             self.open_position(key, p.symbol, p.side is Side.LONG, size_e18, int(p.notional_usd / p.leverage * 1e6))
 
     def position(self, account: str, symbol: str) -> tuple:
-        return self.engine.functions.getPosition(Web3.to_checksum_address(account), self.deployment.markets[symbol]).call()
+        return self.engine.functions.getPosition(
+            Web3.to_checksum_address(account), self.deployment.markets[symbol]
+        ).call()

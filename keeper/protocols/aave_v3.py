@@ -216,14 +216,17 @@ def resolve_provider(market: str | None = None, provider: str | None = None) -> 
         try:
             return None, to_checksum_address(provider)
         except ValueError as exc:
-            raise InputError(f"provider {provider!r} is not an address: give the market's "
-                             "PoolAddressesProvider (0x + 40 hex digits)") from exc
+            raise InputError(
+                f"provider {provider!r} is not an address: give the market's PoolAddressesProvider (0x + 40 hex digits)"
+            ) from exc
     if market is None:
         raise InputError("aave-v3 needs `market` (one of " + ", ".join(AAVE_V3_MARKETS) + ") or `provider`")
     key = market.strip().lower()
     if key not in AAVE_V3_MARKETS:
-        raise InputError(f"unknown Aave v3 market {market!r}: use one of {', '.join(AAVE_V3_MARKETS)} "
-                         "or give its PoolAddressesProvider as `provider`")
+        raise InputError(
+            f"unknown Aave v3 market {market!r}: use one of {', '.join(AAVE_V3_MARKETS)} "
+            "or give its PoolAddressesProvider as `provider`"
+        )
     chain_id, addr = AAVE_V3_MARKETS[key]
     return chain_id, to_checksum_address(addr)
 
@@ -241,18 +244,26 @@ def decode_reserve_data(asset: str, data: bytes) -> ReserveState:
     if len(data) < 15 * 32:
         raise ChainMismatchError(f"getReserveData({asset}) answered {len(data)} bytes, expected 480")
     return ReserveState(
-        asset=asset, config=decode_reserve_configuration(_word(data, 0)), liquidity_index_ray=_word(data, 1),
-        liquidity_rate_ray=_word(data, 2), variable_borrow_index_ray=_word(data, 3),
-        variable_borrow_rate_ray=_word(data, 4), last_update_s=_word(data, 6), reserve_id=_word(data, 7),
-        a_token=_addr(data, 8), stable_debt_token=_addr(data, 9), variable_debt_token=_addr(data, 10),
+        asset=asset,
+        config=decode_reserve_configuration(_word(data, 0)),
+        liquidity_index_ray=_word(data, 1),
+        liquidity_rate_ray=_word(data, 2),
+        variable_borrow_index_ray=_word(data, 3),
+        variable_borrow_rate_ray=_word(data, 4),
+        last_update_s=_word(data, 6),
+        reserve_id=_word(data, 7),
+        a_token=_addr(data, 8),
+        stable_debt_token=_addr(data, 9),
+        variable_debt_token=_addr(data, 10),
         isolation_mode_total_debt_e2=_word(data, 14),
     )
 
 
 def _round(data: bytes) -> PriceRound:
     answer = _word(data, 1)
-    return PriceRound(round_id=_word(data, 0), price_e8=answer - (1 << 256) if answer >> 255 else answer,
-                      updated_at_s=_word(data, 3))
+    return PriceRound(
+        round_id=_word(data, 0), price_e8=answer - (1 << 256) if answer >> 255 else answer, updated_at_s=_word(data, 3)
+    )
 
 
 @dataclass(frozen=True)
@@ -273,18 +284,29 @@ class AaveV3Adapter:
 
     name = "aave-v3"
 
-    def __init__(self, client: ChainClient, provider: str, *, multicall: str = MULTICALL3_ADDRESS,
-                 journal=None, start_block: int = 0, log_chunk_blocks: int = 5_000, reorg_depth: int = 12,
-                 expected_chain_id: int | None = None) -> None:
+    def __init__(
+        self,
+        client: ChainClient,
+        provider: str,
+        *,
+        multicall: str = MULTICALL3_ADDRESS,
+        journal=None,
+        start_block: int = 0,
+        log_chunk_blocks: int = 5_000,
+        reorg_depth: int = 12,
+        expected_chain_id: int | None = None,
+    ) -> None:
         self.client = client
         if expected_chain_id is not None and client.chain_id is not None and client.chain_id != expected_chain_id:
-            raise ChainMismatchError(f"market's provider is on chain id {expected_chain_id}, the RPC serves "
-                                     f"chain id {client.chain_id}")
+            raise ChainMismatchError(
+                f"market's provider is on chain id {expected_chain_id}, the RPC serves chain id {client.chain_id}"
+            )
         self.provider = to_checksum_address(provider)
         self.multicall = Multicall(client, multicall)
         self.errors = AaveErrorDecoder()
-        res = self.multicall.aggregate3([Call(self.provider, f.encode()) for f in
-                                         (F_GET_POOL, F_GET_ORACLE, F_GET_DATA_PROVIDER)])
+        res = self.multicall.aggregate3(
+            [Call(self.provider, f.encode()) for f in (F_GET_POOL, F_GET_ORACLE, F_GET_DATA_PROVIDER)]
+        )
         if not all(r.success and len(r.data) == 32 for r in res.results):
             raise ChainMismatchError(f"no PoolAddressesProvider at {self.provider} on chain id {client.chain_id}")
         self.pool, self.oracle, self.data_provider = (_addr(r.data, 0) for r in res.results)
@@ -293,13 +315,21 @@ class AaveV3Adapter:
         self.emode_ids: tuple[int, ...] = ()
         self.scanner = None
         if journal is not None:
-            self.scanner = LogScanner(client, journal, f"{self.name}:{self.pool.lower()}:accounts", self.pool,
-                                      [list(POOL_EVENTS)], start_block, chunk_blocks=log_chunk_blocks,
-                                      reorg_depth=reorg_depth)
+            self.scanner = LogScanner(
+                client,
+                journal,
+                f"{self.name}:{self.pool.lower()}:accounts",
+                self.pool,
+                [list(POOL_EVENTS)],
+                start_block,
+                chunk_blocks=log_chunk_blocks,
+                reorg_depth=reorg_depth,
+            )
 
     @classmethod
-    def for_market(cls, client: ChainClient, market: str | None = None, provider: str | None = None,
-                   **kw) -> AaveV3Adapter:
+    def for_market(
+        cls, client: ChainClient, market: str | None = None, provider: str | None = None, **kw
+    ) -> AaveV3Adapter:
         chain_id, addr = resolve_provider(market, provider)
         return cls(client, addr, expected_chain_id=chain_id, **kw)
 
@@ -319,8 +349,9 @@ class AaveV3Adapter:
         log.info("aave_reserves_loaded", pool=self.pool, reserves=n, emode_categories=len(self.emode_ids))
         return self.reserves
 
-    def read_accounts(self, users: Iterable[str], block: int | str = "latest", *,
-                      cross_check: bool = True) -> AaveSnapshot:
+    def read_accounts(
+        self, users: Iterable[str], block: int | str = "latest", *, cross_check: bool = True
+    ) -> AaveSnapshot:
         """Every account in ``users`` with the market state, at one block, in two round trips.
 
         ``cross_check=False`` skips the contract's own ``getUserAccountData`` (the keeper computes the same
@@ -343,8 +374,10 @@ class AaveV3Adapter:
             calls += [Call(self.pool, F_USER_CONFIG.encode(u)), Call(self.pool, F_USER_EMODE.encode(u))]
         first = self.multicall.aggregate3(calls, block)
         r = first.results
-        reserves = {a: decode_reserve_data(a, x.data) if x.success else self.reserves[a]
-                    for a, x in zip(assets, r[:n], strict=True)}
+        reserves = {
+            a: decode_reserve_data(a, x.data) if x.success else self.reserves[a]
+            for a, x in zip(assets, r[:n], strict=True)
+        }
         self.reserves = reserves
         rounds = {a: _round(x.data) for a, x in zip(assets, r[n : 2 * n], strict=True) if x.success}
         emodes: dict[int, EModeCategory] = {}
@@ -356,8 +389,9 @@ class AaveV3Adapter:
         price_assets = assets + sorted({e.price_source for e in emodes.values() if e.price_source})
         # a user's stable debt is read only where the reserve has any (totalSupply > 0): exact, and it keeps
         # the second pass to one HTTP round trip for 1,000 accounts
-        stable_any = {a for a, x in zip(assets, r[2 * n + m : 3 * n + m], strict=True)
-                      if not x.success or _word(x.data, 0) > 0}
+        stable_any = {
+            a for a, x in zip(assets, r[2 * n + m : 3 * n + m], strict=True) if not x.success or _word(x.data, 0) > 0
+        }
         base = 3 * n + m
         onchain: dict[str, AccountData] = {}
         flags: dict[str, tuple[int, int]] = {}
@@ -400,8 +434,9 @@ class AaveV3Adapter:
                     urs.append(UserReserve(asset, b.get("a", 0), b.get("v", 0), b.get("s", 0), coll, borrow))
             accounts[u] = AaveAccount(u, emode, tuple(urs))
         market = Market(reserves, prices, emodes, first.block_timestamp)
-        return AaveSnapshot(first.block_number, market, accounts, onchain, rounds,
-                            first.round_trips + res2.round_trips, tuple(failed))
+        return AaveSnapshot(
+            first.block_number, market, accounts, onchain, rounds, first.round_trips + res2.round_trips, tuple(failed)
+        )
 
     # ---- discovery -------------------------------------------------------------------------------
 
@@ -428,32 +463,56 @@ class AaveV3Adapter:
     def supply_call(self, asset: str, amount: int, on_behalf_of: str) -> ContractCall:
         if amount <= 0:
             raise InputError("supply amount must be positive (Aave reverts 26 on 0)")
-        return ContractCall(self.pool, F_SUPPLY.encode(to_checksum_address(asset), amount,
-                                                       to_checksum_address(on_behalf_of), 0), 0,
-                            f"supply {amount} of {asset} on behalf of {on_behalf_of}",
-                            {"action": "supply", "asset": asset, "amount": str(amount), "account": on_behalf_of})
+        return ContractCall(
+            self.pool,
+            F_SUPPLY.encode(to_checksum_address(asset), amount, to_checksum_address(on_behalf_of), 0),
+            0,
+            f"supply {amount} of {asset} on behalf of {on_behalf_of}",
+            {"action": "supply", "asset": asset, "amount": str(amount), "account": on_behalf_of},
+        )
 
     def repay_call(self, asset: str, amount: int, on_behalf_of: str) -> ContractCall:
         if amount <= 0 or amount >= 2**256 - 1:
-            raise InputError("repay amount must be explicit and positive: type(uint256).max on behalf of "
-                             "another user reverts 40")
-        return ContractCall(self.pool, F_REPAY.encode(to_checksum_address(asset), amount, 2,
-                                                      to_checksum_address(on_behalf_of)), 0,
-                            f"repay {amount} of {asset} variable debt for {on_behalf_of}",
-                            {"action": "repay", "asset": asset, "amount": str(amount), "account": on_behalf_of})
+            raise InputError(
+                "repay amount must be explicit and positive: type(uint256).max on behalf of another user reverts 40"
+            )
+        return ContractCall(
+            self.pool,
+            F_REPAY.encode(to_checksum_address(asset), amount, 2, to_checksum_address(on_behalf_of)),
+            0,
+            f"repay {amount} of {asset} variable debt for {on_behalf_of}",
+            {"action": "repay", "asset": asset, "amount": str(amount), "account": on_behalf_of},
+        )
 
     def approve_call(self, asset: str, amount: int) -> ContractCall:
-        return ContractCall(to_checksum_address(asset), F_APPROVE.encode(self.pool, amount), 0,
-                            f"approve {amount} of {asset} to the pool", {"action": "approve", "asset": asset})
+        return ContractCall(
+            to_checksum_address(asset),
+            F_APPROVE.encode(self.pool, amount),
+            0,
+            f"approve {amount} of {asset} to the pool",
+            {"action": "approve", "asset": asset},
+        )
 
     def withdraw_call(self, asset: str, amount: int, owner: str, signer: str) -> ContractCall:
         """``withdraw`` for the owner's own key only (Aave withdraws msg.sender's aTokens)."""
         if owner.lower() != signer.lower():
             raise InputError(f"withdraw needs the owner's key: {signer} cannot withdraw {owner}'s collateral")
-        return ContractCall(self.pool, F_WITHDRAW.encode(to_checksum_address(asset), amount,
-                                                         to_checksum_address(owner)), 0,
-                            f"withdraw {amount} of {asset} to {owner}", {"action": "withdraw", "asset": asset})
+        return ContractCall(
+            self.pool,
+            F_WITHDRAW.encode(to_checksum_address(asset), amount, to_checksum_address(owner)),
+            0,
+            f"withdraw {amount} of {asset} to {owner}",
+            {"action": "withdraw", "asset": asset},
+        )
 
 
-__all__ = ["AAVE_ERRORS", "AAVE_V3_MARKETS", "AaveErrorDecoder", "AaveSnapshot", "AaveV3Adapter", "aave_error",
-           "decode_reserve_data", "resolve_provider"]
+__all__ = [
+    "AAVE_ERRORS",
+    "AAVE_V3_MARKETS",
+    "AaveErrorDecoder",
+    "AaveSnapshot",
+    "AaveV3Adapter",
+    "aave_error",
+    "decode_reserve_data",
+    "resolve_provider",
+]

@@ -125,8 +125,9 @@ class ProtocolAdapter(ABC):
     def remove_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall: ...
 
     @abstractmethod
-    def move_margin_call(self, account: str, from_market_id: int, to_market_id: int,
-                         amount_e6: int) -> ContractCall: ...
+    def move_margin_call(
+        self, account: str, from_market_id: int, to_market_id: int, amount_e6: int
+    ) -> ContractCall: ...
 
     @abstractmethod
     def decrease_position_call(self, account: str, market_id: int, size_delta_e18: int) -> ContractCall: ...
@@ -138,9 +139,14 @@ class ProtocolAdapter(ABC):
 
     def call_for_action(self, action: Action) -> ContractCall:
         """The transaction that carries out ``action`` (ALERT actions have none)."""
-        meta = {"kind": action.kind.value, "account": action.account.lower(), "market_id": action.market_id,
-                "amount_e6": action.amount_e6, "size_delta_e18": action.size_delta_e18,
-                "from_market_id": action.from_market_id}
+        meta = {
+            "kind": action.kind.value,
+            "account": action.account.lower(),
+            "market_id": action.market_id,
+            "amount_e6": action.amount_e6,
+            "size_delta_e18": action.size_delta_e18,
+            "from_market_id": action.from_market_id,
+        }
         if action.kind is ActionKind.TOP_UP:
             call = self.add_margin_call(action.account, action.market_id, action.amount_e6)
         elif action.kind is ActionKind.RELEASE:
@@ -148,8 +154,7 @@ class ProtocolAdapter(ABC):
         elif action.kind is ActionKind.MOVE_MARGIN:
             if action.from_market_id is None:
                 raise InputError("a move_margin action needs from_market_id")
-            call = self.move_margin_call(action.account, action.from_market_id, action.market_id,
-                                         action.amount_e6)
+            call = self.move_margin_call(action.account, action.from_market_id, action.market_id, action.amount_e6)
         elif action.kind is ActionKind.REDUCE_SIZE:
             call = self.decrease_position_call(action.account, action.market_id, action.size_delta_e18)
         else:

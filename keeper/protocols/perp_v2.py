@@ -166,16 +166,18 @@ class PerpV2Adapter:
 
     name = "perp-v2"
 
-    def __init__(self, client: ChainClient, deployment, *, max_calls_per_chunk: int = 120,
-                 max_request_bytes: int = 1_900_000) -> None:
+    def __init__(
+        self, client: ChainClient, deployment, *, max_calls_per_chunk: int = 120, max_request_bytes: int = 1_900_000
+    ) -> None:
         self.client = client
         self.d = deployment
         self.markets = {s: m for s, m in deployment.markets.items()}
         # Curie's views cost ~50-100k gas each (TWAPs through the pool's observations): small chunks keep each
         # eth_call under the node's gas cap. JSON-RPC batches up to 1.9 MB (anvil 1.7.1 refuses bodies over
         # 2 MiB; measured): 1,000 accounts' keeper inputs (~3.2 MB of hex) then take 2 round trips, not 3
-        self.multicall = Multicall(client, deployment.multicall, max_calls=max_calls_per_chunk,
-                                   max_request_bytes=max_request_bytes)
+        self.multicall = Multicall(
+            client, deployment.multicall, max_calls=max_calls_per_chunk, max_request_bytes=max_request_bytes
+        )
         self.errors = PerpErrorDecoder()
 
     @property
@@ -227,14 +229,17 @@ class PerpV2Adapter:
                     Call(d.account_balance, F_REQUIREMENT.encode(t)),
                 ]
             for m in self.markets.values():
-                calls += [Call(d.account_balance, F_ACCOUNT_INFO.encode(t, m.base_token)),
-                          Call(d.exchange, F_FUNDING.encode(t, m.base_token))]
+                calls += [
+                    Call(d.account_balance, F_ACCOUNT_INFO.encode(t, m.base_token)),
+                    Call(d.exchange, F_FUNDING.encode(t, m.base_token)),
+                ]
         res = self.multicall.aggregate3(calls)
         r = res.results
         if not all(x.success for x in r[:5]):
             raise ChainMismatchError(f"no ClearingHouseConfig answering at {d.config}")
-        params = PerpParams(mm_ratio_e6=_uint(r[0].data), im_ratio_e6=_uint(r[1].data),
-                            liquidation_penalty_ratio_e6=_uint(r[2].data))
+        params = PerpParams(
+            mm_ratio_e6=_uint(r[0].data), im_ratio_e6=_uint(r[1].data), liquidation_penalty_ratio_e6=_uint(r[2].data)
+        )
         twap = _uint(r[3].data)
         mark_cfg = (_uint(r[4].data, 0), _uint(r[4].data, 1))
         i = 5
@@ -245,11 +250,18 @@ class PerpV2Adapter:
             if not all(x.success for x in (mark, idx, is_open, rnd, info, slot0, liq)):
                 raise ChainMismatchError(f"market {symbol} (base {m.base_token}) did not answer: wrong deployment?")
             markets[symbol] = PerpMarketState(
-                symbol=symbol, base_token=to_checksum_address(m.base_token), mark_price_x18=_uint(mark.data),
-                index_price_x18=_uint(idx.data), index_twap_x18=_uint(twp.data) if twp.success else 0,
-                index_updated_at_s=_uint(rnd.data, 3), is_open=_uint(is_open.data) == 1,
-                depth=PoolDepth(sqrt_price_x96=_uint(slot0.data, 0), liquidity=_uint(liq.data),
-                                exchange_fee_ratio_e6=_uint(info.data, 1)),
+                symbol=symbol,
+                base_token=to_checksum_address(m.base_token),
+                mark_price_x18=_uint(mark.data),
+                index_price_x18=_uint(idx.data),
+                index_twap_x18=_uint(twp.data) if twp.success else 0,
+                index_updated_at_s=_uint(rnd.data, 3),
+                is_open=_uint(is_open.data) == 1,
+                depth=PoolDepth(
+                    sqrt_price_x96=_uint(slot0.data, 0),
+                    liquidity=_uint(liq.data),
+                    exchange_fee_ratio_e6=_uint(info.data, 1),
+                ),
                 max_price_spread_ratio_e6=_uint(info.data, 4),
             )
         traders: dict[str, PerpTraderState] = {}
@@ -268,20 +280,34 @@ class PerpV2Adapter:
                 size, open_notional = _int(info_r.data, 0), _int(info_r.data, 1)
                 if size != 0 or open_notional != 0:
                     legs.append(PerpLeg(base, size, open_notional, _int(fund_r.data)))
-            account = PerpAccount(trader=t.lower(), vault_balance_e6=_int(bal.data),
-                                  owed_realized_pnl_x18=_int(pnl.data, 0), pending_fee_x18=_uint(pnl.data, 2),
-                                  legs=tuple(legs))
+            account = PerpAccount(
+                trader=t.lower(),
+                vault_balance_e6=_int(bal.data),
+                owed_realized_pnl_x18=_int(pnl.data, 0),
+                pending_fee_x18=_uint(pnl.data, 2),
+                legs=tuple(legs),
+            )
             checked = chunk[3:7] if cross_check else None
             traders[t.lower()] = PerpTraderState(
-                account=account, has_orders=_uint(has_order.data) == 1, unrealized_pnl_x18=_int(pnl.data, 1),
+                account=account,
+                has_orders=_uint(has_order.data) == 1,
+                unrealized_pnl_x18=_int(pnl.data, 1),
                 base_tokens=tuple(decode(["address[]"], checked[0].data)[0]) if checked else (),
                 free_collateral_e6=_uint(checked[1].data) if checked else 0,
                 contract_account_value_x18=_int(checked[2].data) if checked else 0,
                 contract_requirement_x18=_int(checked[3].data) if checked else 0,
             )
-        return PerpSnapshot(params=params, twap_interval_s=twap, mark_config_s=mark_cfg, markets=markets,
-                            traders=traders, block_number=res.block_number, block_timestamp=res.block_timestamp,
-                            round_trips=res.round_trips, failed=tuple(failed))
+        return PerpSnapshot(
+            params=params,
+            twap_interval_s=twap,
+            mark_config_s=mark_cfg,
+            markets=markets,
+            traders=traders,
+            block_number=res.block_number,
+            block_timestamp=res.block_timestamp,
+            round_trips=res.round_trips,
+            failed=tuple(failed),
+        )
 
     # ---- transactions ----------------------------------------------------------------------------
 
@@ -301,7 +327,8 @@ class PerpV2Adapter:
     def approve_call(self, amount_e6: int) -> ContractCall:
         """Settlement token ``approve(vault, amount)`` from the payer."""
         return ContractCall(
-            to=self.settlement_token, data=F_APPROVE.encode(to_checksum_address(self.d.vault), amount_e6),
+            to=self.settlement_token,
+            data=F_APPROVE.encode(to_checksum_address(self.d.vault), amount_e6),
             description=f"approve Perp v2 vault for {amount_e6 / 1e6:,.6f} USDC",
             meta={"protocol": self.name, "kind": "approve", "amount_e6": amount_e6},
         )

@@ -162,10 +162,19 @@ class ReferenceAdapter(ProtocolAdapter):
 
     name = "reference"
 
-    def __init__(self, client: ChainClient, engine: str, collateral: str, *,
-                 multicall: str = MULTICALL3_ADDRESS, journal=None, start_block: int = 0,
-                 symbols: dict[str, int] | None = None, log_chunk_blocks: int = 5_000,
-                 reorg_depth: int = 12) -> None:
+    def __init__(
+        self,
+        client: ChainClient,
+        engine: str,
+        collateral: str,
+        *,
+        multicall: str = MULTICALL3_ADDRESS,
+        journal=None,
+        start_block: int = 0,
+        symbols: dict[str, int] | None = None,
+        log_chunk_blocks: int = 5_000,
+        reorg_depth: int = 12,
+    ) -> None:
         self.client = client
         self.engine = to_checksum_address(engine)
         self.collateral = to_checksum_address(collateral)
@@ -181,26 +190,45 @@ class ReferenceAdapter(ProtocolAdapter):
         self._history: dict[int, dict[int, PriceRound]] = {}
         self.scanner = None
         if journal is not None:
-            self.scanner = LogScanner(client, journal, f"{self.name}:{self.engine.lower()}:accounts",
-                                      self.engine, [POSITION_OPENED], start_block,
-                                      chunk_blocks=log_chunk_blocks, reorg_depth=reorg_depth)
+            self.scanner = LogScanner(
+                client,
+                journal,
+                f"{self.name}:{self.engine.lower()}:accounts",
+                self.engine,
+                [POSITION_OPENED],
+                start_block,
+                chunk_blocks=log_chunk_blocks,
+                reorg_depth=reorg_depth,
+            )
 
     @classmethod
     def from_deployment(cls, client: ChainClient, deployment, journal=None, **kw) -> ReferenceAdapter:
         """Adapter for a :class:`Deployment` (addresses, markets, start block)."""
-        return cls(client, deployment.engine, deployment.collateral, multicall=deployment.multicall,
-                   journal=journal, start_block=deployment.start_block, symbols=dict(deployment.markets), **kw)
+        return cls(
+            client,
+            deployment.engine,
+            deployment.collateral,
+            multicall=deployment.multicall,
+            journal=journal,
+            start_block=deployment.start_block,
+            symbols=dict(deployment.markets),
+            **kw,
+        )
 
     # ---- reads -----------------------------------------------------------------------------------
 
     def check_deployment(self) -> None:
         for name, address in (("engine", self.engine), ("collateral", self.collateral)):
             if not self.client.get_code(address):
-                raise ChainMismatchError(f"no contract at the configured {name} address {address} on chain id "
-                                         f"{self.client.chain_id}: wrong deployment or a restarted chain?")
+                raise ChainMismatchError(
+                    f"no contract at the configured {name} address {address} on chain id "
+                    f"{self.client.chain_id}: wrong deployment or a restarted chain?"
+                )
         if not self.client.get_code(self.multicall.address):
-            raise ChainMismatchError(f"no Multicall3 at {self.multicall.address}: set protocol.multicall (on a "
-                                     "local anvil, `keeper devchain` installs it)")
+            raise ChainMismatchError(
+                f"no Multicall3 at {self.multicall.address}: set protocol.multicall (on a "
+                "local anvil, `keeper devchain` installs it)"
+            )
 
     def probe_head(self) -> HeadProbe:
         mids = sorted(self.known_markets())
@@ -233,9 +261,16 @@ class ReferenceAdapter(ProtocolAdapter):
     @staticmethod
     def _market(market_id: int, symbol: str, view: tuple) -> Market:
         (feed, mm, max_lev, penalty, fee_rate, heartbeat), _, _, _ = view
-        return Market(market_id=market_id, symbol=symbol, maintenance_margin_wad=mm, max_leverage_wad=max_lev,
-                      liquidation_penalty_wad=penalty, fee_rate_per_s_wad=fee_rate, heartbeat_s=heartbeat,
-                      feed=to_checksum_address(feed))
+        return Market(
+            market_id=market_id,
+            symbol=symbol,
+            maintenance_margin_wad=mm,
+            max_leverage_wad=max_lev,
+            liquidation_penalty_wad=penalty,
+            fee_rate_per_s_wad=fee_rate,
+            heartbeat_s=heartbeat,
+            feed=to_checksum_address(feed),
+        )
 
     def read_book(self, keys: Iterable[PositionKey]) -> BookSnapshot:
         if not self.markets:
@@ -251,8 +286,9 @@ class ReferenceAdapter(ProtocolAdapter):
         prices: dict[int, PriceRound] = {}
         n = len(mids)
         for j, i in enumerate(mids):
-            markets[i] = (self._market(i, self.markets[i].symbol, decode_market(r[j].data))
-                          if r[j].success else self.markets[i])
+            markets[i] = (
+                self._market(i, self.markets[i].symbol, decode_market(r[j].data)) if r[j].success else self.markets[i]
+            )
             if r[n + j].success:
                 prices[i] = decode_round(r[n + j].data)
         positions: dict[PositionKey, Position] = {}
@@ -263,17 +299,34 @@ class ReferenceAdapter(ProtocolAdapter):
             if not result.success:
                 failed.append(key)
                 continue
-            (exists, is_long, size, entry, coll, fee, equity, mm, liq, _mark, _upd, liquidatable) = \
-                decode_position(result.data)
+            (exists, is_long, size, entry, coll, fee, equity, mm, liq, _mark, _upd, liquidatable) = decode_position(
+                result.data
+            )
             if not exists:
                 missing.append(key)
                 continue
-            positions[key] = Position(account=key[0], market_id=key[1], side=Side.LONG if is_long else Side.SHORT,
-                                      size_e18=size, entry_price_e8=entry, collateral_e6=coll, pending_fee_e6=fee)
+            positions[key] = Position(
+                account=key[0],
+                market_id=key[1],
+                side=Side.LONG if is_long else Side.SHORT,
+                size_e18=size,
+                entry_price_e8=entry,
+                collateral_e6=coll,
+                pending_fee_e6=fee,
+            )
             extras[key] = PositionExtras(equity, mm, liq, liquidatable)
         self.markets = markets
-        return BookSnapshot(positions, markets, prices, res.block_number, res.block_timestamp, extras,
-                            tuple(missing), tuple(failed), res.round_trips)
+        return BookSnapshot(
+            positions,
+            markets,
+            prices,
+            res.block_number,
+            res.block_timestamp,
+            extras,
+            tuple(missing),
+            tuple(failed),
+            res.round_trips,
+        )
 
     def oracle_history(
         self, market_id: int, max_rounds: int = 500, latest: PriceRound | None = None
@@ -327,35 +380,65 @@ class ReferenceAdapter(ProtocolAdapter):
         return ContractCall(self.engine, fn.encode(*args), 0, description)
 
     def add_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall:
-        return self._call(F_ADD_MARGIN, to_checksum_address(account), market_id, amount_e6,
-                          description=f"addMargin {amount_e6} e6 to {account} market {market_id}")
+        return self._call(
+            F_ADD_MARGIN,
+            to_checksum_address(account),
+            market_id,
+            amount_e6,
+            description=f"addMargin {amount_e6} e6 to {account} market {market_id}",
+        )
 
     def remove_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall:
-        return self._call(F_REMOVE_MARGIN, to_checksum_address(account), market_id, amount_e6,
-                          description=f"removeMargin {amount_e6} e6 from {account} market {market_id}")
+        return self._call(
+            F_REMOVE_MARGIN,
+            to_checksum_address(account),
+            market_id,
+            amount_e6,
+            description=f"removeMargin {amount_e6} e6 from {account} market {market_id}",
+        )
 
-    def move_margin_call(self, account: str, from_market_id: int, to_market_id: int,
-                         amount_e6: int) -> ContractCall:
-        return self._call(F_MOVE_MARGIN, to_checksum_address(account), from_market_id, to_market_id, amount_e6,
-                          description=f"moveMargin {amount_e6} e6 {from_market_id}->{to_market_id} for {account}")
+    def move_margin_call(self, account: str, from_market_id: int, to_market_id: int, amount_e6: int) -> ContractCall:
+        return self._call(
+            F_MOVE_MARGIN,
+            to_checksum_address(account),
+            from_market_id,
+            to_market_id,
+            amount_e6,
+            description=f"moveMargin {amount_e6} e6 {from_market_id}->{to_market_id} for {account}",
+        )
 
     def decrease_position_call(self, account: str, market_id: int, size_delta_e18: int) -> ContractCall:
-        return self._call(F_DECREASE, to_checksum_address(account), market_id, size_delta_e18,
-                          description=f"decreasePosition {size_delta_e18} e18 for {account} market {market_id}")
+        return self._call(
+            F_DECREASE,
+            to_checksum_address(account),
+            market_id,
+            size_delta_e18,
+            description=f"decreasePosition {size_delta_e18} e18 for {account} market {market_id}",
+        )
 
     def approve_collateral_call(self, amount: int) -> ContractCall:
         """Let the engine pull up to ``amount`` collateral base units from the sender's wallet."""
         spender = self.engine.lower()
-        return ContractCall(self.collateral, F_APPROVE.encode(self.engine, amount), 0,
-                            f"approve {amount} collateral units to the engine", {"kind": "approve", "spender": spender})
+        return ContractCall(
+            self.collateral,
+            F_APPROVE.encode(self.engine, amount),
+            0,
+            f"approve {amount} collateral units to the engine",
+            {"kind": "approve", "spender": spender},
+        )
 
     def approval_call(self, owner: str) -> ContractCall | None:
         out = self.client.call(self.collateral, F_ALLOWANCE.encode(to_checksum_address(owner), self.engine))
         if out and int(F_ALLOWANCE.decode(out)[0]) >= ALLOWANCE_LOW:
             return None
         call = self.approve_collateral_call(UNLIMITED_ALLOWANCE)
-        return ContractCall(call.to, call.data, call.value_wei, call.description,
-                            {**call.meta, "key": f"approve:{self.engine.lower()}:{owner.lower()}"})
+        return ContractCall(
+            call.to,
+            call.data,
+            call.value_wei,
+            call.description,
+            {**call.meta, "key": f"approve:{self.engine.lower()}:{owner.lower()}"},
+        )
 
 
 def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | None) -> ReferenceAdapter:
@@ -365,14 +448,16 @@ def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | No
     if protocol.deployment is not None:
         deployment = Deployment.load(protocol.deployment)
         if deployment.chain_id != config.chain.chain_id:
-            raise ChainMismatchError(f"deployment file is for chain id {deployment.chain_id}, config expects "
-                                     f"{config.chain.chain_id}")
+            raise ChainMismatchError(
+                f"deployment file is for chain id {deployment.chain_id}, config expects {config.chain.chain_id}"
+            )
         return ReferenceAdapter.from_deployment(client, deployment, journal=journal)
     if protocol.engine is None or protocol.collateral is None:  # the config's validation already refuses this
         raise InputError("protocol needs deployment = 'path/to/deployment.json' or both engine and collateral")
     symbols = {m.symbol: mid for mid, m in protocol.markets.items()}
-    return ReferenceAdapter(client, protocol.engine, protocol.collateral, multicall=protocol.multicall,
-                            journal=journal, symbols=symbols)
+    return ReferenceAdapter(
+        client, protocol.engine, protocol.collateral, multicall=protocol.multicall, journal=journal, symbols=symbols
+    )
 
 
 __all__ = ["Deployment", "ReferenceAdapter", "from_config", "decode_market", "decode_position", "decode_round"]

@@ -28,8 +28,14 @@ class FakeAdapter(ProtocolAdapter):
 
     name = "fake"
 
-    def __init__(self, markets: Iterable[Market], *, block_number: int = 1, block_timestamp: int = 1_700_000_000,
-                 block_time_s: int = 12) -> None:
+    def __init__(
+        self,
+        markets: Iterable[Market],
+        *,
+        block_number: int = 1,
+        block_timestamp: int = 1_700_000_000,
+        block_time_s: int = 12,
+    ) -> None:
         self.errors = ErrorDecoder()
         self.markets = {m.market_id: m for m in markets}
         self.positions: dict[PositionKey, Position] = {}
@@ -55,7 +61,9 @@ class FakeAdapter(ProtocolAdapter):
         """Append an oracle round (next id) at ``at_s`` (default: the current block's timestamp)."""
         history = self.rounds.setdefault(market_id, [])
         round_id = history[-1].round_id + 1 if history else 1
-        r = PriceRound(round_id=round_id, price_e8=price_e8, updated_at_s=self.block_timestamp if at_s is None else at_s)
+        r = PriceRound(
+            round_id=round_id, price_e8=price_e8, updated_at_s=self.block_timestamp if at_s is None else at_s
+        )
         history.append(r)
         return r
 
@@ -109,11 +117,13 @@ class FakeAdapter(ProtocolAdapter):
         positions = {k: self.positions[k] for k in wanted if k in self.positions}
         prices = {mid: h[-1] for mid, h in self.rounds.items() if h}
         missing = tuple(k for k in wanted if k not in self.positions)
-        return BookSnapshot(positions, dict(self.markets), prices, self.block_number, self.block_timestamp,
-                            missing=missing)
+        return BookSnapshot(
+            positions, dict(self.markets), prices, self.block_number, self.block_timestamp, missing=missing
+        )
 
-    def oracle_history(self, market_id: int, max_rounds: int = 500,
-                       latest: PriceRound | None = None) -> list[PriceRound]:
+    def oracle_history(
+        self, market_id: int, max_rounds: int = 500, latest: PriceRound | None = None
+    ) -> list[PriceRound]:
         return list(self.rounds.get(market_id, [])[-max_rounds:])
 
     def discover_accounts(self, from_block: int | None = None, to_block: int | None = None) -> set[PositionKey]:
@@ -125,21 +135,41 @@ class FakeAdapter(ProtocolAdapter):
         return call
 
     def add_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall:
-        return self._call(f"addMargin {amount_e6} e6", kind="top_up", account=account.lower(), market_id=market_id,
-                          amount_e6=amount_e6)
+        return self._call(
+            f"addMargin {amount_e6} e6",
+            kind="top_up",
+            account=account.lower(),
+            market_id=market_id,
+            amount_e6=amount_e6,
+        )
 
     def remove_margin_call(self, account: str, market_id: int, amount_e6: int) -> ContractCall:
-        return self._call(f"removeMargin {amount_e6} e6", kind="release", account=account.lower(),
-                          market_id=market_id, amount_e6=amount_e6)
+        return self._call(
+            f"removeMargin {amount_e6} e6",
+            kind="release",
+            account=account.lower(),
+            market_id=market_id,
+            amount_e6=amount_e6,
+        )
 
-    def move_margin_call(self, account: str, from_market_id: int, to_market_id: int,
-                         amount_e6: int) -> ContractCall:
-        return self._call(f"moveMargin {amount_e6} e6", kind="move_margin", account=account.lower(),
-                          market_id=to_market_id, from_market_id=from_market_id, amount_e6=amount_e6)
+    def move_margin_call(self, account: str, from_market_id: int, to_market_id: int, amount_e6: int) -> ContractCall:
+        return self._call(
+            f"moveMargin {amount_e6} e6",
+            kind="move_margin",
+            account=account.lower(),
+            market_id=to_market_id,
+            from_market_id=from_market_id,
+            amount_e6=amount_e6,
+        )
 
     def decrease_position_call(self, account: str, market_id: int, size_delta_e18: int) -> ContractCall:
-        return self._call(f"decreasePosition {size_delta_e18} e18", kind="reduce_size", account=account.lower(),
-                          market_id=market_id, size_delta_e18=size_delta_e18)
+        return self._call(
+            f"decreasePosition {size_delta_e18} e18",
+            kind="reduce_size",
+            account=account.lower(),
+            market_id=market_id,
+            size_delta_e18=size_delta_e18,
+        )
 
     def approval_call(self, owner: str) -> ContractCall | None:
         if self.allowances.get(owner.lower(), 0) >= 2**128:

@@ -84,8 +84,13 @@ class CostBreakdown:
         return self.idle_capital_usd + self.gas_usd + self.penalties_usd + self.bad_debt_usd
 
     def as_dict(self) -> dict[str, float]:
-        return {"idle_capital": self.idle_capital_usd, "gas": self.gas_usd, "penalties": self.penalties_usd,
-                "bad_debt": self.bad_debt_usd, "total": self.total_usd}
+        return {
+            "idle_capital": self.idle_capital_usd,
+            "gas": self.gas_usd,
+            "penalties": self.penalties_usd,
+            "bad_debt": self.bad_debt_usd,
+            "total": self.total_usd,
+        }
 
 
 def native_price_at(t_s: np.ndarray, price_usd: np.ndarray, when_s: Sequence[int]) -> np.ndarray:

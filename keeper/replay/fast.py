@@ -307,7 +307,9 @@ class _Run:
                 res.bad_debt_e6 += max(0, -v.equity)
                 res.liquidated.append(self.labels[j])
                 res.events.append(
-                    Event(now, k, "liquidation", acct, mid, penalty, v.mark_price, f"{self.labels[j]} returned {returned}")
+                    Event(
+                        now, k, "liquidation", acct, mid, penalty, v.mark_price, f"{self.labels[j]} returned {returned}"
+                    )
                 )
                 continue
             idle += max(0, v.collateral - v.pending_fee - v.maintenance_margin)
@@ -320,9 +322,7 @@ class _Run:
             round_index=k,
             positions=tuple(p for key in self.keys if (p := m.position(key[0], key[1], now)) is not None),
             markets={ms.market.market_id: ms.market for ms in m.markets.values()},
-            prices={
-                mid: PriceRound(ms.round_id, ms.price_e8, ms.price_updated_s) for mid, ms in m.markets.items()
-            },
+            prices={mid: PriceRound(ms.round_id, ms.price_e8, ms.price_updated_s) for mid, ms in m.markets.items()},
             wallet_e6=dict(self.wallet),
             sigma_annual=sigma,
             check_interval_s=max(1.0, dt_next),
@@ -375,7 +375,9 @@ def plan_timeline(book: Book, series: Sequence[Bars], config: ReplayConfig) -> T
             f"({config.warmup_s / 3600:.1f} h)"
         )
     # the opening round must carry a price for every market (the book opens at those prices)
-    open_k = next((i for i in range(open_k, len(rounds_all)) if set(rounds_all[i].prices_e8) >= set(book.markets)), None)
+    open_k = next(
+        (i for i in range(open_k, len(rounds_all)) if set(rounds_all[i].prices_e8) >= set(book.markets)), None
+    )
     if open_k is None or open_k >= len(rounds_all) - 1:
         raise InputError("no round after the warm-up carries a price for every market of the book")
     return Timeline(

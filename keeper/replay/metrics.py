@@ -97,8 +97,9 @@ class PolicyResult:
     def avg_idle_equity_e6(self) -> float:
         return self.idle_equity_time_integral / self.duration_s if self.duration_s else 0.0
 
-    def record_position(self, k: int, j: int, label: str, now_s: int, equity_e6: int, maintenance_e6: int,
-                        liquidation_price_e8: int) -> None:
+    def record_position(
+        self, k: int, j: int, label: str, now_s: int, equity_e6: int, maintenance_e6: int, liquidation_price_e8: int
+    ) -> None:
         """Record position ``j``'s margin ratio (equity / maintenance) at round ``k`` and the closest approach."""
         ratio = equity_e6 / maintenance_e6 if maintenance_e6 > 0 else math.inf
         if ratio < self.min_margin_ratio:
@@ -153,7 +154,6 @@ class PolicyResult:
         }
 
 
-
 @dataclass(frozen=True, slots=True)
 class TargetCheck:
     """How the risk policy compares with the best zero-liquidation fixed baseline."""
@@ -184,7 +184,13 @@ def check_target(results: dict[str, PolicyResult], policy: str = "risk") -> Targ
     base = best_fixed_baseline(results)
     if base is None:
         return TargetCheck(
-            policy, None, None, r.liquidations, r.transactions, None, False,
+            policy,
+            None,
+            None,
+            r.liquidations,
+            r.transactions,
+            None,
+            False,
             "no fixed baseline avoided every liquidation",
         )
     b = results[base]
@@ -198,6 +204,12 @@ def check_target(results: dict[str, PolicyResult], policy: str = "risk") -> Targ
         reasons.append(f"{r.transactions} transactions > {b.transactions} of {base}")
     met = not reasons
     return TargetCheck(
-        policy, base, red, r.liquidations, r.transactions, b.transactions, met,
+        policy,
+        base,
+        red,
+        r.liquidations,
+        r.transactions,
+        b.transactions,
+        met,
         "met" if met else "; ".join(reasons),
     )

@@ -117,8 +117,14 @@ class PerpModel:
         """Deep copy of the state (markets are small; positions copied field by field)."""
         ms = {
             k: MarketState(
-                v.market, v.fee_index_wad, v.fee_updated_s, v.price_e8, v.price_updated_s, v.round_id,
-                v.long_oi_e18, v.short_oi_e18,
+                v.market,
+                v.fee_index_wad,
+                v.fee_updated_s,
+                v.price_e8,
+                v.price_updated_s,
+                v.round_id,
+                v.long_oi_e18,
+                v.short_oi_e18,
             )
             for k, v in self.markets.items()
         }

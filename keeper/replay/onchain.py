@@ -178,8 +178,15 @@ class _Signer:
 
     def send(self, to: str, data: bytes, gas: int = TX_GAS_LIMIT) -> str:
         tx = {
-            "chainId": self.chain_id, "nonce": self.nonce, "to": to, "data": data, "value": 0, "gas": gas,
-            "maxFeePerGas": MAX_FEE_WEI, "maxPriorityFeePerGas": TIP_WEI, "type": 2,
+            "chainId": self.chain_id,
+            "nonce": self.nonce,
+            "to": to,
+            "data": data,
+            "value": 0,
+            "gas": gas,
+            "maxFeePerGas": MAX_FEE_WEI,
+            "maxPriorityFeePerGas": TIP_WEI,
+            "type": 2,
         }
         raw = self.account.sign_transaction(tx).raw_transaction
         h = self.client.request("eth_sendRawTransaction", ["0x" + raw.hex()])
@@ -218,11 +225,18 @@ class ReplayChain:
             raise InputError("the on-chain replay needs market ids 0..n-1 in the book (the engine numbers markets so)")
         missing = [m.symbol for m in by_id if m.symbol not in r0.prices_e8]
         if missing:
-            raise InputError(f"the first round carries no price for {', '.join(missing)}: the series must start together")
+            raise InputError(
+                f"the first round carries no price for {', '.join(missing)}: the series must start together"
+            )
         specs = tuple(
             MarketSpec(
-                m.symbol, r0.prices_e8[m.symbol] / 1e8, m.maintenance_margin_wad / WAD, m.max_leverage_wad / WAD,
-                m.liquidation_penalty_wad / WAD, m.fee_rate_per_s_wad * SECONDS_PER_YEAR / WAD, m.heartbeat_s,
+                m.symbol,
+                r0.prices_e8[m.symbol] / 1e8,
+                m.maintenance_margin_wad / WAD,
+                m.max_leverage_wad / WAD,
+                m.liquidation_penalty_wad / WAD,
+                m.fee_rate_per_s_wad * SECONDS_PER_YEAR / WAD,
+                m.heartbeat_s,
             )
             for m in by_id
         )
@@ -233,10 +247,17 @@ class ReplayChain:
         for m in by_id:  # the engine must hold exactly the book's parameters (fee rate: set exactly)
             params = self.ops.engine.functions.getMarket(m.market_id).call()[0]
             if params[4] != m.fee_rate_per_s_wad:
-                deployer.wait(deployer.transact(self.ops.engine.functions.setFeeRate(m.market_id, m.fee_rate_per_s_wad)))
+                deployer.wait(
+                    deployer.transact(self.ops.engine.functions.setFeeRate(m.market_id, m.fee_rate_per_s_wad))
+                )
                 params = self.ops.engine.functions.getMarket(m.market_id).call()[0]
-            want = (m.maintenance_margin_wad, m.max_leverage_wad, m.liquidation_penalty_wad, m.fee_rate_per_s_wad,
-                    m.heartbeat_s)
+            want = (
+                m.maintenance_margin_wad,
+                m.max_leverage_wad,
+                m.liquidation_penalty_wad,
+                m.fee_rate_per_s_wad,
+                m.heartbeat_s,
+            )
             if tuple(params[1:]) != want:
                 raise InputError(f"market {m.symbol}: deployed parameters {params[1:]} differ from the book's {want}")
             if self.ops.latest_price_e8(m.symbol) != r0.prices_e8[m.symbol]:
@@ -331,8 +352,9 @@ class ReplayChain:
 # ---- the keeper (risk policy) as real daemons, one per account ------------------------------------------
 
 
-def keeper_config(policy: RiskSized, *, rpc_url: str, chain_id: int, deployment_path: Path, account: str,
-                  key: str, journal_path: Path):
+def keeper_config(
+    policy: RiskSized, *, rpc_url: str, chain_id: int, deployment_path: Path, account: str, key: str, journal_path: Path
+):
     """The daemon configuration that reproduces ``policy`` (its RiskPolicy and PlanLimits, checked equal)."""
     from keeper.runtime.config import (
         AccountConfig,
@@ -358,9 +380,12 @@ def keeper_config(policy: RiskSized, *, rpc_url: str, chain_id: int, deployment_
         limits=LimitsConfig(
             max_top_up_usd=Decimal(lim.max_per_tx_e6) / 10**6,
             max_per_day_usd=Decimal(lim.max_per_day_e6) / 10**6,
-            manual_approval_above_usd=None if lim.manual_approval_above_e6 is None
+            manual_approval_above_usd=None
+            if lim.manual_approval_above_e6 is None
             else Decimal(lim.manual_approval_above_e6) / 10**6,
-            allow_release=lim.allow_release, allow_reduce=lim.allow_reduce, alert_only=lim.alert_only,
+            allow_release=lim.allow_release,
+            allow_reduce=lim.allow_reduce,
+            alert_only=lim.alert_only,
             urgent_probability=lim.urgent_probability,
         ),
         fees=FeesConfig(confirmations=1),
@@ -380,8 +405,9 @@ def keeper_config(policy: RiskSized, *, rpc_url: str, chain_id: int, deployment_
 class _ChainRun:
     """One policy replayed on the chain (private)."""
 
-    def __init__(self, chain: ReplayChain, policy: Policy, config: ReplayConfig, stats: OnchainStats,
-                 workdir: Path) -> None:
+    def __init__(
+        self, chain: ReplayChain, policy: Policy, config: ReplayConfig, stats: OnchainStats, workdir: Path
+    ) -> None:
         self.chain = chain
         self.policy = policy
         self.config = config
@@ -400,8 +426,9 @@ class _ChainRun:
             self.res.liq_price = np.full((n, len(self.keys)), np.nan, dtype=np.float32)
         self.pending: list[tuple[str, str, str, int]] = []  # (tx hash, kind, account name, market id)
         self.refused = 0
-        self.bot = LiquidatorBot(chain.anvil.url, chain.deployment, LIQUIDATOR_KEY,
-                                 accounts=list(chain.address.values()))
+        self.bot = LiquidatorBot(
+            chain.anvil.url, chain.deployment, LIQUIDATOR_KEY, accounts=list(chain.address.values())
+        )
         self.services = []
         self.signers: dict[str, _Signer] = {}
         if isinstance(policy, RiskSized):
@@ -412,9 +439,15 @@ class _ChainRun:
                 chain.deployment.save(dep)
             safe = "".join(c if c.isalnum() else "_" for c in policy.name)
             for a in book.accounts:
-                cfg = keeper_config(policy, rpc_url=chain.anvil.url, chain_id=chain.chain_id, deployment_path=dep,
-                                    account=chain.address[a], key=chain.keys[a],
-                                    journal_path=workdir / f"journal-{safe}-{a}.sqlite")
+                cfg = keeper_config(
+                    policy,
+                    rpc_url=chain.anvil.url,
+                    chain_id=chain.chain_id,
+                    deployment_path=dep,
+                    account=chain.address[a],
+                    key=chain.keys[a],
+                    journal_path=workdir / f"journal-{safe}-{a}.sqlite",
+                )
                 svc = KeeperService.from_config(cfg, execute=True, send_alerts=False)
                 svc.start()
                 self.services.append((a, svc))
@@ -493,8 +526,7 @@ class _ChainRun:
             x = snap.extras.get(key)
             if x is None:
                 continue
-            res.record_position(k, j, self.labels[j], now, x.equity_e6, x.maintenance_margin_e6,
-                                x.liquidation_price_e8)
+            res.record_position(k, j, self.labels[j], now, x.equity_e6, x.maintenance_margin_e6, x.liquidation_price_e8)
             if x.liquidatable:
                 to_liquidate.add(key)
                 res.bad_debt_e6 += max(0, -x.equity_e6)
@@ -520,8 +552,18 @@ class _ChainRun:
                 res.liquidation_penalty_e6 += m.penalty_e6
                 res.liquidated.append(self.labels[j])
                 self.stats.add_gas("liquidation", m.gas_used)
-                res.events.append(Event(now, k, "liquidation", acct, m.market_id, m.penalty_e6, m.price_e8,
-                                        f"{self.labels[j]} returned {m.returned_e6}"))
+                res.events.append(
+                    Event(
+                        now,
+                        k,
+                        "liquidation",
+                        acct,
+                        m.market_id,
+                        m.penalty_e6,
+                        m.price_e8,
+                        f"{self.labels[j]} returned {m.returned_e6}",
+                    )
+                )
         res.record_idle(k, idle, idle_equity, dt_next)  # 5
         res.wallet_min_e6 = min(res.wallet_min_e6, sum(self.wallet.values()))
         self.last_snap, self.last_gone = snap, to_liquidate
@@ -540,14 +582,24 @@ class _ChainRun:
                 h = s.get("tx_hash")
                 if s.get("state") in ("rejected", "error") or not h:
                     self.refused += 1
-                    self.res.events.append(Event(self.chain.timeline.rounds[k].t_s, k, "refused", acct,
-                                                 int(s["market_id"]), int(s.get("amount_e6") or 0), 0,
-                                                 f"{s['action']}: {s.get('reason', '')}"))
+                    self.res.events.append(
+                        Event(
+                            self.chain.timeline.rounds[k].t_s,
+                            k,
+                            "refused",
+                            acct,
+                            int(s["market_id"]),
+                            int(s.get("amount_e6") or 0),
+                            0,
+                            f"{s['action']}: {s.get('reason', '')}",
+                        )
+                    )
                     continue
                 self.pending.append((h, s["action"], acct, int(s["market_id"])))
 
-    def _baseline(self, k: int, now: int, snap: BookSnapshot, gone: set, sigma: dict[int, float],
-                  interval_s: float) -> None:
+    def _baseline(
+        self, k: int, now: int, snap: BookSnapshot, gone: set, sigma: dict[int, float], interval_s: float
+    ) -> None:
         chain = self.chain
         positions = []
         for key, pos in snap.positions.items():
@@ -643,8 +695,9 @@ def run_onchain(
                 run = _ChainRun(chain, pol, config, stats, Path(tmp))
                 try:
                     for k, r in enumerate(rounds):
-                        sig = {mid: policy_sigma(v, pol, config.sigma_fallback_annual)
-                               for mid, v in sigma_rows[k].items()}
+                        sig = {
+                            mid: policy_sigma(v, pol, config.sigma_fallback_annual) for mid, v in sigma_rows[k].items()
+                        }
                         run.step(k, r, float(dts[k]), sig, last=k == n - 1)
                         if progress is not None:
                             progress(done + k + 1, total)
@@ -659,15 +712,22 @@ def run_onchain(
             chain.close()
     t_arr = np.array([r.t_s for r in rounds], dtype=np.int64)
     result = ReplayResult(
-        book=book, config=config, start_s=int(t_arr[0]), end_s=int(t_arr[-1]), t_s=t_arr,
-        prices=price_columns(book, rounds), labels=[p.label for p in book.positions], results=results,
+        book=book,
+        config=config,
+        start_s=int(t_arr[0]),
+        end_s=int(t_arr[-1]),
+        t_s=t_arr,
+        prices=price_columns(book, rounds),
+        labels=[p.label for p in book.positions],
+        results=results,
         sources=dict(tl.sources),
     )
     return result, stats
 
 
-def write_onchain_report(result: ReplayResult, stats: OnchainStats, out_dir: str | Path, command: str = "",
-                         plots: bool = True, **costs: Any) -> dict[str, Path]:
+def write_onchain_report(
+    result: ReplayResult, stats: OnchainStats, out_dir: str | Path, command: str = "", plots: bool = True, **costs: Any
+) -> dict[str, Path]:
     """:func:`keeper.replay.report.write_report` plus the chain-only figures: ``summary.json`` gains
     ``"mode": "onchain"`` and an ``"onchain"`` object (gas measured per kind from receipts, simulation
     refusals, rounds per second); ``report.md`` gains a section with the measured gas."""
@@ -681,22 +741,42 @@ def write_onchain_report(result: ReplayResult, stats: OnchainStats, out_dir: str
     summary["onchain"] = stats.to_dict()
     summary["config"]["gas_source"] = "receipts (policies' gas_used); gas_per_action = the fast mode's constants"
     paths["summary"].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    lines = ["", "## On chain (anvil)", "",
-             "Gas per policy is the sum of the keeper's transactions' receipts (`gasUsed`). Measured per kind:", "",
-             "| kind | n | median | min | max |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## On chain (anvil)",
+        "",
+        "Gas per policy is the sum of the keeper's transactions' receipts (`gasUsed`). Measured per kind:",
+        "",
+        "| kind | n | median | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for kind, g in stats.gas_summary().items():
         lines.append(f"| {kind} | {g['n']} | {g['median']:,} | {g['min']:,} | {g['max']:,} |")
-    lines += ["", "Rounds per second: " + ", ".join(f"`{k}` {v:.1f}" for k, v in stats.rounds_per_s().items())
-              + f" (setup and warm-up {stats.setup_s:.1f} s)."]
+    lines += [
+        "",
+        "Rounds per second: "
+        + ", ".join(f"`{k}` {v:.1f}" for k, v in stats.rounds_per_s().items())
+        + f" (setup and warm-up {stats.setup_s:.1f} s).",
+    ]
     refused = {k: v for k, v in stats.refused.items() if v}
     if refused:
-        lines += ["", "Actions the keeper's simulation refused before signing (not sent, not counted as transactions): "
-                  + ", ".join(f"`{k}` {v}" for k, v in refused.items()) + "."]
+        lines += [
+            "",
+            "Actions the keeper's simulation refused before signing (not sent, not counted as transactions): "
+            + ", ".join(f"`{k}` {v}" for k, v in refused.items())
+            + ".",
+        ]
     with paths["report"].open("a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     return paths
 
 
 __all__ = [
-    "OnchainStats", "ReplayChain", "account_key", "keeper_config", "quiet_logs", "run_onchain", "write_onchain_report",
+    "OnchainStats",
+    "ReplayChain",
+    "account_key",
+    "keeper_config",
+    "quiet_logs",
+    "run_onchain",
+    "write_onchain_report",
 ]

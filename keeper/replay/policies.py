@@ -122,7 +122,10 @@ class FixedRatio:
                     wallet[acct] = wallet.get(acct, 0) - amount
                     out.append(
                         Action(
-                            ActionKind.TOP_UP, acct, pos.market_id, amount_e6=amount,
+                            ActionKind.TOP_UP,
+                            acct,
+                            pos.market_id,
+                            amount_e6=amount,
                             reason=f"margin ratio {ratio:.2f} < {self.trigger:g}: top up to {self.target:g}",
                         )
                     )
@@ -140,7 +143,10 @@ class FixedRatio:
                 if amount >= self.min_action_e6:
                     out.append(
                         Action(
-                            ActionKind.RELEASE, acct, pos.market_id, amount_e6=amount,
+                            ActionKind.RELEASE,
+                            acct,
+                            pos.market_id,
+                            amount_e6=amount,
                             reason=f"margin ratio {ratio:.2f} > {self.release_above:g}: release down to {self.target:g}",
                         )
                     )
@@ -180,8 +186,16 @@ class RiskSized:
             spent_today_e6=obs.spent_today_e6,
         )
         assert self.limits is not None  # set in __post_init__
-        return decide(state, obs.positions, sigmas_annual=obs.sigma_annual, policy=self.risk_policy,
-                      limits=self.limits, check_interval_s=obs.check_interval_s, now_s=obs.now_s, stress_gaps=gaps)
+        return decide(
+            state,
+            obs.positions,
+            sigmas_annual=obs.sigma_annual,
+            policy=self.risk_policy,
+            limits=self.limits,
+            check_interval_s=obs.check_interval_s,
+            now_s=obs.now_s,
+            stress_gaps=gaps,
+        )
 
     def decide(self, obs: Observation) -> list[Action]:
         if not obs.positions:

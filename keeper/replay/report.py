@@ -47,16 +47,22 @@ def policy_costs(
     model = model or CostModel()
     return {
         name: cost_of_protection(
-            avg_idle_usd=r.avg_idle_e6 / 1e6, duration_s=r.duration_s, gas_log=r.gas_log,
-            penalties_usd=r.liquidation_penalty_e6 / 1e6, bad_debt_usd=r.bad_debt_e6 / 1e6,
-            native_t_s=result.t_s, native_price_usd=result.prices[native], model=model,
+            avg_idle_usd=r.avg_idle_e6 / 1e6,
+            duration_s=r.duration_s,
+            gas_log=r.gas_log,
+            penalties_usd=r.liquidation_penalty_e6 / 1e6,
+            bad_debt_usd=r.bad_debt_e6 / 1e6,
+            native_t_s=result.t_s,
+            native_price_usd=result.prices[native],
+            model=model,
         )
         for name, r in result.results.items()
     }
 
 
-def summary_dict(result: ReplayResult, command: str = "", cost_model: CostModel | None = None,
-                 native: str = DEFAULT_NATIVE) -> dict:
+def summary_dict(
+    result: ReplayResult, command: str = "", cost_model: CostModel | None = None, native: str = DEFAULT_NATIVE
+) -> dict:
     """The JSON summary: window, book, config, ``policies`` -> metrics (USD) with ``total_cost_usd`` per gas
     preset, target check."""
     cost_model = cost_model or CostModel()
@@ -106,9 +112,7 @@ def summary_dict(result: ReplayResult, command: str = "", cost_model: CostModel 
         else {
             "policy": tc.policy,
             "baseline": tc.baseline,
-            "idle_reduction": None
-            if tc.idle_reduction is None or math.isnan(tc.idle_reduction)
-            else tc.idle_reduction,
+            "idle_reduction": None if tc.idle_reduction is None or math.isnan(tc.idle_reduction) else tc.idle_reduction,
             "required_idle_reduction": TARGET_IDLE_REDUCTION,
             "met": tc.met,
             "reason": tc.reason,
@@ -117,8 +121,7 @@ def summary_dict(result: ReplayResult, command: str = "", cost_model: CostModel 
     }
 
 
-def comparison_table(result: ReplayResult, cost_model: CostModel | None = None,
-                     native: str = DEFAULT_NATIVE) -> str:
+def comparison_table(result: ReplayResult, cost_model: CostModel | None = None, native: str = DEFAULT_NATIVE) -> str:
     """Markdown table, one row per policy (with the total cost of protection per gas preset)."""
     floors = bool(result.floors)
     costs = policy_costs(result, cost_model, native)
@@ -126,9 +129,13 @@ def comparison_table(result: ReplayResult, cost_model: CostModel | None = None,
     cost_head = "".join(f" cost {p} $ |" for p in presets)
     head = (
         "| policy | liquidations | penalty $ | top-ups | added $ | releases | released $ | txs | gas | "
-        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |" + cost_head + (" idle floor $ |" if floors else "")
-        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(presets)
-        + ("---:|" if floors else "") + "\n"
+        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |"
+        + cost_head
+        + (" idle floor $ |" if floors else "")
+        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + "---:|" * len(presets)
+        + ("---:|" if floors else "")
+        + "\n"
     )
     rows = []
     for name, r in result.results.items():
@@ -139,7 +146,8 @@ def comparison_table(result: ReplayResult, cost_model: CostModel | None = None,
             f"{r.collateral_added_e6 / 1e6:,.0f} | {r.releases} | {r.collateral_released_e6 / 1e6:,.0f} | "
             f"{r.transactions} | {r.gas_used:,} | {r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | "
             f"{r.avg_idle_equity_e6 / 1e6:,.0f} | {mr} |"
-            + "".join(f" {c.total_usd:,.0f} |" for c in costs[name].values()) + floor
+            + "".join(f" {c.total_usd:,.0f} |" for c in costs[name].values())
+            + floor
         )
     return head + "\n".join(rows) + "\n"
 
@@ -177,11 +185,25 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
         lq = [e for e in hres.events if e.kind == "liquidation" and e.market_id == mid]
         if tu:
             idx = np.searchsorted(t, [e.t_s for e in tu])
-            ax.scatter([_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in tu], price[idx], marker="^",
-                       color="tab:green", s=18, zorder=5, label="top-up")
+            ax.scatter(
+                [_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in tu],
+                price[idx],
+                marker="^",
+                color="tab:green",
+                s=18,
+                zorder=5,
+                label="top-up",
+            )
         if lq:
-            ax.scatter([_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in lq], [e.price_e8 / 1e8 for e in lq],
-                       marker="x", color="tab:red", s=40, zorder=6, label="liquidation")
+            ax.scatter(
+                [_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in lq],
+                [e.price_e8 / 1e8 for e in lq],
+                marker="x",
+                color="tab:red",
+                s=40,
+                zorder=6,
+                label="liquidation",
+            )
         lo, hi = float(np.nanmin(price)), float(np.nanmax(price))
         ax.set_ylim(lo * 0.85, hi * 1.15)
         ax.set_title(f"{sym}: price and liquidation prices under policy '{highlight}'")
@@ -231,8 +253,13 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
     return paths
 
 
-def markdown_report(result: ReplayResult, plots: list[Path], command: str = "", cost_model: CostModel | None = None,
-                    native: str = DEFAULT_NATIVE) -> str:
+def markdown_report(
+    result: ReplayResult,
+    plots: list[Path],
+    command: str = "",
+    cost_model: CostModel | None = None,
+    native: str = DEFAULT_NATIVE,
+) -> str:
     """The report text (comparison table, target verdict, definitions, plots)."""
     lines = [
         f"# Replay {_iso(result.start_s)} .. {_iso(result.end_s)} UTC",
@@ -278,14 +305,23 @@ def markdown_report(result: ReplayResult, plots: list[Path], command: str = "", 
     return "\n".join(lines)
 
 
-def write_report(result: ReplayResult, out_dir: str | Path, command: str = "", plots: bool = True,
-                 cost_model: CostModel | None = None, native: str = DEFAULT_NATIVE) -> dict[str, Path]:
+def write_report(
+    result: ReplayResult,
+    out_dir: str | Path,
+    command: str = "",
+    plots: bool = True,
+    cost_model: CostModel | None = None,
+    native: str = DEFAULT_NATIVE,
+) -> dict[str, Path]:
     """Write ``summary.json``, ``report.md`` and the plots into ``out_dir``; returns the paths by name."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pngs = write_plots(result, out) if plots else []
     summary = out / "summary.json"
-    summary.write_text(json.dumps(summary_dict(result, command, cost_model, native), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    summary.write_text(
+        json.dumps(summary_dict(result, command, cost_model, native), indent=2, allow_nan=False) + "\n",
+        encoding="utf-8",
+    )
     report = out / "report.md"
     report.write_text(markdown_report(result, pngs, command, cost_model, native), encoding="utf-8")
     return {"summary": summary, "report": report, **{p.stem: p for p in pngs}}

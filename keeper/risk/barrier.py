@@ -39,9 +39,7 @@ def _side_sign(is_long: ArrayLike) -> FloatArray:
     return np.where(np.asarray(is_long, dtype=bool), 1.0, -1.0)
 
 
-def first_passage_probability(
-    b: ArrayLike, nu: ArrayLike, sigma: ArrayLike, t: ArrayLike
-) -> FloatArray:
+def first_passage_probability(b: ArrayLike, nu: ArrayLike, sigma: ArrayLike, t: ArrayLike) -> FloatArray:
     """P(min over [0, t] of X <= b) for X = nu s + sigma W_s, X_0 = 0 (lower barrier, years).
 
     :math:`\\Phi((b-\\nu t)/(\\sigma\\sqrt t)) + \\exp(2\\nu b/\\sigma^2)\\Phi((b+\\nu t)/(\\sigma\\sqrt t))`,
@@ -216,4 +214,6 @@ def collateral_for_probability(
         p, sigma_annual, horizon_s, is_long=is_long, drift_annual=drift_annual, fee_drift_annual=c
     )
     s_liq = np.asarray(price, dtype=float) * np.exp(-sign * d)
-    return collateral_for_liquidation_price(is_long, size, entry, s_liq, maintenance) + np.asarray(pending_fee, dtype=float)
+    return collateral_for_liquidation_price(is_long, size, entry, s_liq, maintenance) + np.asarray(
+        pending_fee, dtype=float
+    )

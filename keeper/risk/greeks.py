@@ -70,7 +70,12 @@ def bs_greeks(
 
 
 def black76_greeks(
-    forward: ArrayLike, strike: ArrayLike, t_years: ArrayLike, sigma: ArrayLike, is_call: ArrayLike, rate: ArrayLike = 0.0
+    forward: ArrayLike,
+    strike: ArrayLike,
+    t_years: ArrayLike,
+    sigma: ArrayLike,
+    is_call: ArrayLike,
+    rate: ArrayLike = 0.0,
 ) -> OptionGreeks:
     """Black-76 greeks with respect to the forward (BSM with S = F and carry yield = rate)."""
     return bs_greeks(forward, strike, t_years, sigma, is_call, rate, rate)
@@ -124,8 +129,6 @@ def account_greeks(
         cell[1] += o.quantity * float(g.gamma)
         cell[2] += o.quantity * float(g.vega)
     return {
-        account: {
-            mid: AssetGreeks(d, d * prices_e8[mid] / 1e8, gm, vg) for mid, (d, gm, vg) in sorted(per.items())
-        }
+        account: {mid: AssetGreeks(d, d * prices_e8[mid] / 1e8, gm, vg) for mid, (d, gm, vg) in sorted(per.items())}
         for account, per in acc.items()
     }

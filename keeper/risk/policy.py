@@ -120,8 +120,15 @@ class RiskPolicy:
         if self.stress_window_s <= 0:
             return GapEstimate(self.stress_gap, math.nan, 1, 0, "adaptive stress gap off (stress_window_s = 0)")
         return estimate_stress_gap(
-            times_s, prices, now_s=now_s, horizon_s=self.horizon_s(check_interval_s), window_s=self.stress_window_s,
-            factor=self.stress_factor, floor=self.stress_floor, cap=self.stress_cap, fallback=self.stress_gap,
+            times_s,
+            prices,
+            now_s=now_s,
+            horizon_s=self.horizon_s(check_interval_s),
+            window_s=self.stress_window_s,
+            factor=self.stress_factor,
+            floor=self.stress_floor,
+            cap=self.stress_cap,
+            fallback=self.stress_gap,
             min_rounds=self.stress_min_rounds,
         )
 
@@ -177,14 +184,18 @@ def required_distance(
     return np.maximum(kappa * gaussian_distance(p, sigma_h), d_stress) + np.asarray(d_cost, dtype=float)
 
 
-def fat_tail_probability(distance: ArrayLike, sigma_h: ArrayLike, kappa: float, d_cost: ArrayLike = 0.0) -> NDArray[np.float64]:
+def fat_tail_probability(
+    distance: ArrayLike, sigma_h: ArrayLike, kappa: float, d_cost: ArrayLike = 0.0
+) -> NDArray[np.float64]:
     """2 Phi(-(d - d_cost)/(kappa sigma_h)), clipped to [0, 1]; 1 at or past the liquidation price.
 
     A Gaussian first-passage probability (reflection principle, driftless) with sigma scaled by ``kappa``:
     not a fat-tailed distribution, but ``kappa`` is calibrated (:func:`calibrate_kappa`) so that the distance
     it asks for at ``p_target`` matches fat-tailed paths of the same variance.
     """
-    x = (np.asarray(distance, dtype=float) - np.asarray(d_cost, dtype=float)) / (kappa * np.asarray(sigma_h, dtype=float))
+    x = (np.asarray(distance, dtype=float) - np.asarray(d_cost, dtype=float)) / (
+        kappa * np.asarray(sigma_h, dtype=float)
+    )
     with np.errstate(invalid="ignore"):
         p = 2.0 * ndtr(-x)
     return np.clip(np.where(np.isnan(p), 1.0, p), 0.0, 1.0)
@@ -266,7 +277,9 @@ def assess_arrays(
     sig_h = sigma_horizon(sigma, h)
     s_liq = liquidation_price(is_long, size, entry, coll - fee, mm)
     with np.errstate(divide="ignore"):
-        distance = np.where(s_liq > 0, sign * np.log(np.where(s_liq > 0, price / np.where(s_liq > 0, s_liq, 1.0), 1.0)), np.inf)
+        distance = np.where(
+            s_liq > 0, sign * np.log(np.where(s_liq > 0, price / np.where(s_liq > 0, s_liq, 1.0), 1.0)), np.inf
+        )
     d_cost = fee_drift(is_long, entry, price, rate, mm) * h / SECONDS_PER_YEAR
     p = fat_tail_probability(distance, sig_h, policy.kappa, d_cost)
     d_s = policy.stress_gap if stress_gap is None else np.asarray(stress_gap, dtype=float)
@@ -277,10 +290,14 @@ def assess_arrays(
     # release only beyond d_s * (1 + release_headroom) and below p_release, down to the target again.
     d_stress_target = d_s * (1.0 + policy.stress_headroom)
     d_target = np.maximum(d_vol_target, d_stress_target) + d_cost
-    d_s_rel = d_s if release_stress_gap is None else np.maximum(
-        d_s, np.broadcast_to(np.asarray(release_stress_gap, dtype=float), price.shape)
+    d_s_rel = (
+        d_s
+        if release_stress_gap is None
+        else np.maximum(d_s, np.broadcast_to(np.asarray(release_stress_gap, dtype=float), price.shape))
     )
-    d_release = required_distance(policy.p_release, sig_h, policy.kappa, d_s_rel * (1.0 + policy.release_headroom), d_cost)
+    d_release = required_distance(
+        policy.p_release, sig_h, policy.kappa, d_s_rel * (1.0 + policy.release_headroom), d_cost
+    )
     req = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_target), 0.0)
     rel = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_release), 0.0)
     min_action = policy.min_action_e6 / 1e6
@@ -409,8 +426,25 @@ def assess_positions(
     px_l = px_e8.astype(np.int64).tolist()
     h = arr.horizon_s
     return [
-        PositionRisk(positions[i], px_l[i], sig[i], h, liq_e8[i], dist[i], p_breach[i], req[i], rel[i], top[i], exc[i],
-                     interval[i], liq_l[i], d_req[i], stress[i], breach[i], gaps[i])
+        PositionRisk(
+            positions[i],
+            px_l[i],
+            sig[i],
+            h,
+            liq_e8[i],
+            dist[i],
+            p_breach[i],
+            req[i],
+            rel[i],
+            top[i],
+            exc[i],
+            interval[i],
+            liq_l[i],
+            d_req[i],
+            stress[i],
+            breach[i],
+            gaps[i],
+        )
         for i in range(n)
     ]
 
@@ -432,8 +466,13 @@ def assess_position(
     that would restore ``p_target`` (``addMargin`` needs no fresh price).
     """
     return assess_positions(
-        [position], {market.market_id: market}, {position.market_id: price_e8},
-        {position.market_id: sigma_annual}, policy, check_interval_s, now_s,
+        [position],
+        {market.market_id: market},
+        {position.market_id: price_e8},
+        {position.market_id: sigma_annual},
+        policy,
+        check_interval_s,
+        now_s,
         None if stress_gap is None else {position.market_id: stress_gap},
     )[0]
 
@@ -493,7 +532,15 @@ def calibrate_kappa(
     excursion = np.concatenate((-paths.path_min[0], paths.path_max[0]))
     d_fat = float(np.quantile(excursion, 1.0 - p))
     d_gauss = float(ndtri(1.0 - p / 2.0) * sigma_annual * math.sqrt(horizon_s / SECONDS_PER_YEAR))
-    name = "+".join(
-        x for x in (f"t{student_t_nu:g}" if student_t_nu else "", f"jumps{jump_intensity_annual:g}/y" if jump_intensity_annual else "") if x
-    ) or "gaussian"
+    name = (
+        "+".join(
+            x
+            for x in (
+                f"t{student_t_nu:g}" if student_t_nu else "",
+                f"jumps{jump_intensity_annual:g}/y" if jump_intensity_annual else "",
+            )
+            if x
+        )
+        or "gaussian"
+    )
     return KappaCalibration(d_fat / d_gauss, p, d_fat, d_gauss, n_paths, name)

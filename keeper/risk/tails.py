@@ -102,8 +102,14 @@ def fit_tail(moves: ArrayLike, threshold_fraction: float = DEFAULT_THRESHOLD_FRA
     if excess.size < MIN_EXCEEDANCES:
         return None
     shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
-    return TailFit(threshold=u, shape=float(shape), scale=float(scale), n_moves=int(m.size),
-                   n_exceedances=int(excess.size), largest_move=float(srt[-1]))
+    return TailFit(
+        threshold=u,
+        shape=float(shape),
+        scale=float(scale),
+        n_moves=int(m.size),
+        n_exceedances=int(excess.size),
+        largest_move=float(srt[-1]),
+    )
 
 
 def tail_gap(

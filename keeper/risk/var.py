@@ -59,7 +59,9 @@ def var_es_student_t(mu: float, scale: float, nu: float, level: float = 0.99) ->
     return VarEs(float(mu + scale * t), float(es), level, "student_t")
 
 
-def var_es_empirical(losses: ArrayLike, level: float = 0.99, weights: ArrayLike | None = None, method: str = "historical") -> VarEs:
+def var_es_empirical(
+    losses: ArrayLike, level: float = 0.99, weights: ArrayLike | None = None, method: str = "historical"
+) -> VarEs:
     """Empirical VaR (the smallest loss L with P(loss <= L) >= a) and ES (mean loss at or beyond VaR).
 
     ``weights`` (importance-sampling likelihood ratios) are normalised to sum to one. ES uses the

@@ -260,18 +260,26 @@ def top_ups_of_gas_left(balance_wei: int, gas_per_top_up: int, max_fee_per_gas_w
     return max(0, balance_wei) // (gas_per_top_up * max_fee_per_gas_wei)
 
 
-def gas_alert(account: str, balance_wei: int, gas_per_top_up: int, max_fee_per_gas_wei: int,
-              min_top_ups: int) -> tuple[str, str, str, dict[str, Any]] | None:
+def gas_alert(
+    account: str, balance_wei: int, gas_per_top_up: int, max_fee_per_gas_wei: int, min_top_ups: int
+) -> tuple[str, str, str, dict[str, Any]] | None:
     """``(key, text, severity, fields)`` when the signer's gas pays for fewer than ``min_top_ups`` top-ups."""
     left = top_ups_of_gas_left(balance_wei, gas_per_top_up, max_fee_per_gas_wei)
     if left >= min_top_ups:
         return None
     need_wei = gas_per_top_up * max_fee_per_gas_wei
-    text = (f"signer {account} holds {balance_wei / 1e18:.6f} ETH of gas: {left} top-up(s) left at "
-            f"{gas_per_top_up:,} gas x {max_fee_per_gas_wei / 1e9:.2f} gwei ({need_wei / 1e18:.6f} ETH each), "
-            f"alert below {min_top_ups}; send gas to {account}")
-    fields = {"account": account, "native_balance_eth": balance_wei / 1e18, "top_ups_left": left,
-              "gas_per_top_up": gas_per_top_up, "max_fee_per_gas_gwei": max_fee_per_gas_wei / 1e9}
+    text = (
+        f"signer {account} holds {balance_wei / 1e18:.6f} ETH of gas: {left} top-up(s) left at "
+        f"{gas_per_top_up:,} gas x {max_fee_per_gas_wei / 1e9:.2f} gwei ({need_wei / 1e18:.6f} ETH each), "
+        f"alert below {min_top_ups}; send gas to {account}"
+    )
+    fields = {
+        "account": account,
+        "native_balance_eth": balance_wei / 1e18,
+        "top_ups_left": left,
+        "gas_per_top_up": gas_per_top_up,
+        "max_fee_per_gas_gwei": max_fee_per_gas_wei / 1e9,
+    }
     return f"gas:{account.lower()}", text, "critical" if left == 0 else "warning", fields
 
 

@@ -103,8 +103,9 @@ def _is_number_type(annotation: Any) -> bool:
 
 class _Model(BaseModel):
     # allow_inf_nan=False: `p_trigger = nan` says "finite number", not "less than 1"
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True,
-                              allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True, allow_inf_nan=False
+    )
 
     @field_validator("*", mode="before")
     @classmethod

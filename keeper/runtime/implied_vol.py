@@ -44,8 +44,14 @@ def parse_implied_vols(text: str, origin: str) -> dict[str, float]:
 class ImpliedVolSource:
     """A file path or http(s) URL with implied volatilities per symbol, refreshed every ``refresh_s``."""
 
-    def __init__(self, source: str, *, refresh_s: float = 300.0, timeout_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        refresh_s: float = 300.0,
+        timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
@@ -77,6 +83,5 @@ class ImpliedVolSource:
             try:
                 self._values = parse_implied_vols(self._read(), self.source)
             except (OSError, ValueError) as exc:
-                log.warning("implied_vol_refresh_failed", source=self.source, error=str(exc),
-                            keeping=self._values)
+                log.warning("implied_vol_refresh_failed", source=self.source, error=str(exc), keeping=self._values)
         return dict(self._values)

@@ -54,8 +54,7 @@ class SecretRedactor:
         self._known = tuple(k for k in known if k)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return mask_data(dict(event_dict), known=self._known, secret_names=self._names,
-                         public_suffixes=self._public)
+        return mask_data(dict(event_dict), known=self._known, secret_names=self._names, public_suffixes=self._public)
 
 
 def _is_tty(stream: TextIO) -> bool:
@@ -87,8 +86,9 @@ class _ForeignHandler(logging.StreamHandler):
     """Marks the root handler installed by :func:`configure_logging` (replaced, not stacked, on a second call)."""
 
 
-def route_stdlib_logging(fmt: Literal["json", "pretty"], stream: TextIO, known: Iterable[str] = (),
-                         level: int = FOREIGN_MIN_LEVEL) -> None:
+def route_stdlib_logging(
+    fmt: Literal["json", "pretty"], stream: TextIO, known: Iterable[str] = (), level: int = FOREIGN_MIN_LEVEL
+) -> None:
     """Send every stdlib ``logging`` record (APScheduler, urllib3, web3...) through the same redaction and renderer.
 
     One handler on the root logger with a structlog ``ProcessorFormatter``: the record's message and

@@ -43,27 +43,44 @@ class KeeperMetrics:
             "position_breach_probability", "Breach probability within the risk horizon", pos, namespace=ns, registry=reg
         )
         self.distance_to_liquidation = Gauge(
-            "position_distance_to_liquidation", "ln-distance from price to liquidation price", pos, namespace=ns, registry=reg
+            "position_distance_to_liquidation",
+            "ln-distance from price to liquidation price",
+            pos,
+            namespace=ns,
+            registry=reg,
         )
-        self.collateral_usd = Gauge("position_collateral_usd", "Position collateral (USD)", pos, namespace=ns, registry=reg)
+        self.collateral_usd = Gauge(
+            "position_collateral_usd", "Position collateral (USD)", pos, namespace=ns, registry=reg
+        )
         self.wallet_balance_usd = Gauge(
-            "wallet_balance_usd", "Collateral-token balance of a paying wallet (USD)", ("account",), namespace=ns, registry=reg
+            "wallet_balance_usd",
+            "Collateral-token balance of a paying wallet (USD)",
+            ("account",),
+            namespace=ns,
+            registry=reg,
         )
         self.native_balance_eth = Gauge(
             "native_balance_eth", "Gas-token balance of the signing key", ("account",), namespace=ns, registry=reg
         )
         self.gas_top_ups_left = Gauge(
-            "gas_top_ups_left", "Top-ups the signer's gas balance pays at the current fee", ("account",),
-            namespace=ns, registry=reg,
+            "gas_top_ups_left",
+            "Top-ups the signer's gas balance pays at the current fee",
+            ("account",),
+            namespace=ns,
+            registry=reg,
         )
-        self.actions = Counter("actions", "Actions by kind and outcome", ("kind", "outcome"), namespace=ns, registry=reg)
+        self.actions = Counter(
+            "actions", "Actions by kind and outcome", ("kind", "outcome"), namespace=ns, registry=reg
+        )
         self.gas_used = Counter("gas_used", "Gas units used by keeper transactions", namespace=ns, registry=reg)
         self.gas_spent_eth = Counter("gas_spent_eth", "Transaction fees paid (ETH)", namespace=ns, registry=reg)
         self.cycle_duration = Histogram(
             "cycle_duration_seconds", "Duration of one check cycle", namespace=ns, registry=reg, buckets=_CYCLE_BUCKETS
         )
         self.rpc_errors = Counter("rpc_errors", "RPC errors by kind", ("kind",), namespace=ns, registry=reg)
-        self.head_lag = Gauge("head_lag_seconds", "Seconds since the newest block's timestamp", namespace=ns, registry=reg)
+        self.head_lag = Gauge(
+            "head_lag_seconds", "Seconds since the newest block's timestamp", namespace=ns, registry=reg
+        )
         self.last_cycle = Gauge(
             "last_cycle_timestamp_seconds", "Unix time the last cycle finished", namespace=ns, registry=reg
         )

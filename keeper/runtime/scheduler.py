@@ -163,8 +163,10 @@ class CycleScheduler:
         log.info("check_interval_changed", old_s=round(self.interval_s, 2), new_s=round(new, 2))
         self.interval_s = new
         start = datetime.now(timezone.utc) + timedelta(seconds=new)
-        self._modify("cycle", lambda: self._scheduler.reschedule_job(
-            "cycle", trigger=IntervalTrigger(seconds=new, start_date=start)))
+        self._modify(
+            "cycle",
+            lambda: self._scheduler.reschedule_job("cycle", trigger=IntervalTrigger(seconds=new, start_date=start)),
+        )
 
     def _run_head(self) -> None:
         self._job("head", self._head_body)
@@ -218,12 +220,17 @@ class CycleScheduler:
     def start(self) -> None:
         now = datetime.now(timezone.utc)
         self._scheduler.add_job(
-            self._run_cycle, IntervalTrigger(seconds=self.interval_s, start_date=now), id="cycle",
-            next_run_time=now, name="keeper cycle",
+            self._run_cycle,
+            IntervalTrigger(seconds=self.interval_s, start_date=now),
+            id="cycle",
+            next_run_time=now,
+            name="keeper cycle",
         )
         if self._watch_head is not None:
             self._scheduler.add_job(
-                self._run_head, IntervalTrigger(seconds=self._head_poll_s, start_date=now), id="head",
+                self._run_head,
+                IntervalTrigger(seconds=self._head_poll_s, start_date=now),
+                id="head",
                 name="head watcher",
             )
         self._scheduler.start()
@@ -236,8 +243,9 @@ class CycleScheduler:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
-    def run_until_stopped(self, shutdown_timeout_s: float = 10.0,
-                          on_deadline: Callable[[], None] | None = None) -> bool:
+    def run_until_stopped(
+        self, shutdown_timeout_s: float = 10.0, on_deadline: Callable[[], None] | None = None
+    ) -> bool:
         """Start, block until :meth:`stop`, then wait up to ``shutdown_timeout_s`` for running jobs.
 
         Returns True when every job finished in time, False when some are still running (the caller

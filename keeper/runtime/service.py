@@ -119,24 +119,40 @@ class KeeperService:
         self.stress_gaps: dict[int, SideGaps] = {}  # per market: (down for longs, up for shorts)
         self.implied_vol: ImpliedVolSource | None = None
         if config.implied_vol.source:
-            self.implied_vol = ImpliedVolSource(config.implied_vol.source, refresh_s=config.implied_vol.refresh_s,
-                                                timeout_s=config.implied_vol.timeout_s)
+            self.implied_vol = ImpliedVolSource(
+                config.implied_vol.source,
+                refresh_s=config.implied_vol.refresh_s,
+                timeout_s=config.implied_vol.timeout_s,
+            )
             self.implied_vol.load()  # a bad source is a configuration error, found at start
 
     # ---- construction ----------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: KeeperConfig, *, execute: bool, metrics: KeeperMetrics | None = None,
-                    health: HealthState | None = None, send_alerts: bool = True) -> KeeperService:
+    def from_config(
+        cls,
+        config: KeeperConfig,
+        *,
+        execute: bool,
+        metrics: KeeperMetrics | None = None,
+        health: HealthState | None = None,
+        send_alerts: bool = True,
+    ) -> KeeperService:
         """Connect, check the chain, open the journal and (when executing) the signer lanes."""
-        client = ChainClient.connect(list(config.chain.rpc_urls), config.chain.chain_id,
-                                     timeout_s=config.chain.request_timeout_s,
-                                     max_head_lag_blocks=config.chain.max_head_lag_blocks or None)
+        client = ChainClient.connect(
+            list(config.chain.rpc_urls),
+            config.chain.chain_id,
+            timeout_s=config.chain.request_timeout_s,
+            max_head_lag_blocks=config.chain.max_head_lag_blocks or None,
+        )
         journal = Journal(str(config.journal.path))
         adapter = registry.create(client, config, journal)
         metrics = metrics or KeeperMetrics()
-        alerts = (AlertSink.from_config(config.alerts, metrics=metrics) if send_alerts
-                  else AlertSink(None, metrics=metrics, background=False))
+        alerts = (
+            AlertSink.from_config(config.alerts, metrics=metrics)
+            if send_alerts
+            else AlertSink(None, metrics=metrics, background=False)
+        )
         txm = None
         signer_address = None
         if config.signer.configured and config.protected_accounts:
@@ -147,22 +163,44 @@ class KeeperService:
             signer_address = account.address
             if execute and not config.dry_run and not config.limits.alert_only:
                 tip = config.fees.priority_fee_wei  # a floor under the lane's percentile of recent tips
-                fees = FeePolicy(max_fee_per_gas_cap_wei=config.fees.max_fee_wei, min_tip_wei=tip,
-                                 max_tip_wei=max(FeePolicy().max_tip_wei, tip))
+                fees = FeePolicy(
+                    max_fee_per_gas_cap_wei=config.fees.max_fee_wei,
+                    min_tip_wei=tip,
+                    max_tip_wei=max(FeePolicy().max_tip_wei, tip),
+                )
                 # Protective actions (top-ups, moves, reductions) use the urgent lane; releases the routine
                 # lane. With a second key the lanes have separate nonce queues, so a stuck release can never
                 # hold back a top-up; with one key they share the queue (the manager keeps that safe).
                 lanes = [
-                    Lane("urgent", account, stuck_blocks=config.fees.replace_after_blocks,
-                         stuck_s=config.fees.replace_after_s, tip_percentile=75.0),
-                    Lane("routine", routine, stuck_blocks=config.fees.replace_after_blocks * 2,
-                         stuck_s=config.fees.replace_after_s * 2),
+                    Lane(
+                        "urgent",
+                        account,
+                        stuck_blocks=config.fees.replace_after_blocks,
+                        stuck_s=config.fees.replace_after_s,
+                        tip_percentile=75.0,
+                    ),
+                    Lane(
+                        "routine",
+                        routine,
+                        stuck_blocks=config.fees.replace_after_blocks * 2,
+                        stuck_s=config.fees.replace_after_s * 2,
+                    ),
                 ]
                 journal.lock_for_sending()  # one writer per journal: a second sender refuses here (JournalBusy)
-                txm = TransactionManager(client, journal, lanes, fees, confirmations=config.fees.confirmations,
-                                         error_decoder=adapter.errors)
-        service = cls(config, client=client, adapter=adapter, journal=journal, txm=txm,
-                      signer_address=signer_address, metrics=metrics, alerts=alerts, health=health)
+                txm = TransactionManager(
+                    client, journal, lanes, fees, confirmations=config.fees.confirmations, error_decoder=adapter.errors
+                )
+        service = cls(
+            config,
+            client=client,
+            adapter=adapter,
+            journal=journal,
+            txm=txm,
+            signer_address=signer_address,
+            metrics=metrics,
+            alerts=alerts,
+            health=health,
+        )
         if txm is not None:
             txm._still_needed_default = service.still_needed
         return service
@@ -175,14 +213,20 @@ class KeeperService:
         markets = self.adapter.load_markets()
         if not markets:
             raise ChainMismatchError("the protocol reports no markets: wrong engine address?")
-        log.info("keeper_starting", markets={m.market_id: m.symbol for m in markets.values()},
-                 accounts=len(self.config.accounts), watch_all=self.config.watch_all,
-                 executing=self.txm is not None, signer=self.signer_address)
+        log.info(
+            "keeper_starting",
+            markets={m.market_id: m.symbol for m in markets.values()},
+            accounts=len(self.config.accounts),
+            watch_all=self.config.watch_all,
+            executing=self.txm is not None,
+            signer=self.signer_address,
+        )
         if self.txm is not None:
             report = self.txm.reconcile()
             for rec in report.finalized:
-                log.info("journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state,
-                         tx_hash=rec.tx_hash)
+                log.info(
+                    "journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state, tx_hash=rec.tx_hash
+                )
             self._ensure_allowance(self.txm, self.signer_address or "")
 
     def _ensure_allowance(self, txm: TransactionManager, signer: str) -> None:
@@ -237,21 +281,37 @@ class KeeperService:
             log.warning("tx_poll_failed", error=str(exc))
             return
         if txm.halted is not None:
-            self.alerts.send("tx:second_sender", f"sending stopped: {txm.halted}", severity="critical",
-                             fields={"signer": self.signer_address})
+            self.alerts.send(
+                "tx:second_sender",
+                f"sending stopped: {txm.halted}",
+                severity="critical",
+                fields={"signer": self.signer_address},
+            )
             if self.health is not None and hasattr(self.health, "mark_unsafe"):
                 self.health.mark_unsafe(f"sending stopped: {txm.halted}")
         for rec in report.finalized:
             kind = rec.meta.get("kind", "other")
             self.metrics.count_action(kind, rec.state)
             self._count_gas(rec.tx_hash, kind)
-            log.info("tx_final", intent=rec.id, kind=kind, state=rec.state, tx_hash=rec.tx_hash,
-                     block=rec.block_number, reason=rec.reason, account=rec.meta.get("account"),
-                     market_id=rec.meta.get("market_id"), amount_e6=rec.meta.get("amount_e6"))
+            log.info(
+                "tx_final",
+                intent=rec.id,
+                kind=kind,
+                state=rec.state,
+                tx_hash=rec.tx_hash,
+                block=rec.block_number,
+                reason=rec.reason,
+                account=rec.meta.get("account"),
+                market_id=rec.meta.get("market_id"),
+                amount_e6=rec.meta.get("amount_e6"),
+            )
             if rec.state not in ("confirmed", "cancelled"):
-                self.alerts.send(f"tx:{rec.idempotency_key}", f"transaction {rec.state}: {rec.meta.get('description')}"
-                                 f" ({rec.reason})", severity="critical",
-                                 fields={"tx_hash": rec.tx_hash, "state": rec.state})
+                self.alerts.send(
+                    f"tx:{rec.idempotency_key}",
+                    f"transaction {rec.state}: {rec.meta.get('description')} ({rec.reason})",
+                    severity="critical",
+                    fields={"tx_hash": rec.tx_hash, "state": rec.state},
+                )
 
     def _count_gas(self, tx_hash: str | None, kind: str = "other") -> None:
         if not tx_hash:
@@ -281,10 +341,12 @@ class KeeperService:
             return
         tip = self.config.fees.priority_fee_wei
         max_fee = max(1, FeePolicy().base_multiplier * int(block.get("baseFeePerGas", "0x0"), 16) + tip)
-        self.metrics.set_native(self.signer_address, balance,
-                                top_ups_of_gas_left(balance, self.top_up_gas_limit, max_fee))
-        alert = gas_alert(self.signer_address, balance, self.top_up_gas_limit, max_fee,
-                          self.config.alerts.min_gas_top_ups)
+        self.metrics.set_native(
+            self.signer_address, balance, top_ups_of_gas_left(balance, self.top_up_gas_limit, max_fee)
+        )
+        alert = gas_alert(
+            self.signer_address, balance, self.top_up_gas_limit, max_fee, self.config.alerts.min_gas_top_ups
+        )
         if alert is not None:
             key, text, severity, fields = alert
             self.alerts.send(key, text, severity=severity, fields=fields)
@@ -347,24 +409,40 @@ class KeeperService:
             est = self.vol.estimate(mid)
             sigmas[mid] = est.sigma_annual
             if est.fallback_reason and new_round:
-                log.info("volatility_fallback", market_id=mid, sigma_annual=est.sigma_annual, model=est.model,
-                         reason=est.fallback_reason)
+                log.info(
+                    "volatility_fallback",
+                    market_id=mid,
+                    sigma_annual=est.sigma_annual,
+                    model=est.model,
+                    reason=est.fallback_reason,
+                )
             implied = floors.get(snap.markets[mid].symbol.upper()) if mid in snap.markets else None
             if implied is not None and implied > sigmas[mid]:
                 if new_round:
                     log.info("implied_vol_floor", market_id=mid, history_sigma=round(sigmas[mid], 4), implied=implied)
                 sigmas[mid] = implied
             rounds = self.vol.rounds(mid)
-            gap = self.policy.estimate_stress_gap([r.updated_at_s for r in rounds], [r.price_e8 for r in rounds],
-                                                  self.check_interval_s, now_s=snap.block_timestamp)
+            gap = self.policy.estimate_stress_gap(
+                [r.updated_at_s for r in rounds],
+                [r.price_e8 for r in rounds],
+                self.check_interval_s,
+                now_s=snap.block_timestamp,
+            )
             gaps[mid] = gap.side_gaps
             if gap.fallback_reason and new_round:
                 log.info("stress_gap_fallback", market_id=mid, stress_gap=gap.stress_gap, reason=gap.fallback_reason)
         self.stress_gaps = gaps
         return sigmas, gaps
 
-    def decide(self, snap: BookSnapshot, sigmas: dict[int, float], gaps: dict[int, SideGaps], *,
-               wallet_e6: int, busy: dict[PositionKey, str]) -> BookDecision:
+    def decide(
+        self,
+        snap: BookSnapshot,
+        sigmas: dict[int, float],
+        gaps: dict[int, SideGaps],
+        *,
+        wallet_e6: int,
+        busy: dict[PositionKey, str],
+    ) -> BookDecision:
         """The daemon's decision: the book as read, the signer's wallet as the payer of every top-up, the
         day budget from the journal, then the one decision function (:func:`keeper.decision.decide`)."""
         keys = list(snap.positions)
@@ -378,17 +456,24 @@ class KeeperService:
             payers={a: payer for a, _ in keys} if payer else {},
             watch_only=self._watch_only(keys),
         )
-        return decide(state, list(snap.positions.values()), sigmas_annual=sigmas, policy=self.policy,
-                      limits=self.limits, check_interval_s=self.check_interval_s, now_s=snap.block_timestamp,
-                      stress_gaps=gaps, busy=busy)
+        return decide(
+            state,
+            list(snap.positions.values()),
+            sigmas_annual=sigmas,
+            policy=self.policy,
+            limits=self.limits,
+            check_interval_s=self.check_interval_s,
+            now_s=snap.block_timestamp,
+            stress_gaps=gaps,
+            busy=busy,
+        )
 
     def spent_today_e6(self, now_s: float) -> int:
         """Top-ups since 00:00 UTC that may have moved money: every state except those the chain proved moved
         nothing (``rejected``: never signed or refused; ``cancelled``/``reverted``: the nonce mined without the
         transfer) and ``abandoned`` intents that never signed anything. An abandoned intent with a signed
         attempt counts: it may have landed."""
-        midnight = datetime.fromtimestamp(now_s, UTC).replace(hour=0, minute=0, second=0,
-                                                                       microsecond=0).timestamp()
+        midnight = datetime.fromtimestamp(now_s, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         spent = 0
         for rec in self.journal.intents_since(midnight):
             if rec.meta.get("kind") != ActionKind.TOP_UP.value or rec.state in ("rejected", "cancelled", "reverted"):
@@ -432,14 +517,26 @@ class KeeperService:
                 self.alerts.send(key, text, severity=severity, fields=fields)
                 continue
             if txm is not None and self.stopping.is_set():
-                report.skipped.append({"action": action.kind.value, "account": action.account,
-                                       "market_id": action.market_id, "amount_e6": action.amount_e6,
-                                       "why": "shutting down or halted: no new transaction"})
+                report.skipped.append(
+                    {
+                        "action": action.kind.value,
+                        "account": action.account,
+                        "market_id": action.market_id,
+                        "amount_e6": action.amount_e6,
+                        "why": "shutting down or halted: no new transaction",
+                    }
+                )
                 continue
             if txm is None:
-                report.skipped.append({"action": action.kind.value, "account": action.account,
-                                       "market_id": action.market_id, "amount_e6": action.amount_e6,
-                                       "why": "not executing (check without --execute, dry run or watch-only)"})
+                report.skipped.append(
+                    {
+                        "action": action.kind.value,
+                        "account": action.account,
+                        "market_id": action.market_id,
+                        "amount_e6": action.amount_e6,
+                        "why": "not executing (check without --execute, dry run or watch-only)",
+                    }
+                )
                 continue
             report.sent.append(self._send(txm, action, snap))
         if execute:
@@ -460,16 +557,26 @@ class KeeperService:
         stake = self.adapter.value_at_stake_e6(pos, market, price.price_e8) if pos else 0
         call = self.adapter.call_for_action(action)
         lane = "routine" if action.kind is ActionKind.RELEASE else "urgent"
-        out = {"action": action.kind.value, "account": action.account, "market_id": action.market_id,
-               "amount_e6": action.amount_e6, "key": key, "lane": lane}
+        out = {
+            "action": action.kind.value,
+            "account": action.account,
+            "market_id": action.market_id,
+            "amount_e6": action.amount_e6,
+            "key": key,
+            "lane": lane,
+        }
         try:
             intent = txm.submit(call, key, stake, lane)
         except SimulationRevert as exc:
             out.update(state="rejected", reason=exc.reason)
             self.metrics.count_action(action.kind.value, "simulation_revert")
             log.warning("action_refused_by_simulation", key=key, reason=exc.reason)
-            self.alerts.send(f"{action.account.lower()}:{action.market_id}:revert", f"{action.kind.value} would"
-                             f" revert: {exc.reason}", severity="critical", fields=out)
+            self.alerts.send(
+                f"{action.account.lower()}:{action.market_id}:revert",
+                f"{action.kind.value} would revert: {exc.reason}",
+                severity="critical",
+                fields=out,
+            )
             return out
         except FeeCapExceeded as exc:
             out.update(state="rejected", reason=str(exc))
@@ -480,49 +587,81 @@ class KeeperService:
             out.update(state="error", reason=str(exc))
             self.metrics.count_action(action.kind.value, "error")
             log.warning("action_send_failed", key=key, error=str(exc))
-            self.alerts.send(f"{action.account.lower()}:{action.market_id}:send_failed",
-                             f"{action.kind.value} of ${action.amount_e6 / 1e6:,.2f} for {action.account} market "
-                             f"{action.market_id} could not be sent: {exc}", severity="critical", fields=out)
+            self.alerts.send(
+                f"{action.account.lower()}:{action.market_id}:send_failed",
+                f"{action.kind.value} of ${action.amount_e6 / 1e6:,.2f} for {action.account} market "
+                f"{action.market_id} could not be sent: {exc}",
+                severity="critical",
+                fields=out,
+            )
             return out
         attempts = self.journal.attempts(intent.id)
         tx_hash = intent.tx_hash or (attempts[-1].tx_hash if attempts else None)
         out.update(state=intent.state, tx_hash=tx_hash, intent=intent.id, nonce=intent.nonce)
         self.metrics.count_action(action.kind.value, "sent")
         self._position_log(action.account, action.market_id, snap).info(
-            "action_sent", kind=action.kind.value, amount_e6=action.amount_e6, tx_hash=tx_hash, nonce=intent.nonce,
-            lane=lane, intent=intent.id, reason=action.reason)
+            "action_sent",
+            kind=action.kind.value,
+            amount_e6=action.amount_e6,
+            tx_hash=tx_hash,
+            nonce=intent.nonce,
+            lane=lane,
+            intent=intent.id,
+            reason=action.reason,
+        )
         return out
 
     def _next_interval(self, risks: Sequence[PositionRisk]) -> float:
         if not risks:
             return self.policy.check_interval_max_s
-        return max(self.policy.check_interval_min_s,
-                   min(min(r.suggested_check_interval_s for r in risks), self.policy.check_interval_max_s))
+        return max(
+            self.policy.check_interval_min_s,
+            min(min(r.suggested_check_interval_s for r in risks), self.policy.check_interval_max_s),
+        )
 
     def _explain(self, snap: BookSnapshot, plan: Plan) -> None:
         for d in plan.decisions:
             self._position_log(d.account, d.market_id, snap).info(
-                "position_decision", side=d.side, price=d.price_e8 / 1e8,
-                oracle_round=snap.prices[d.market_id].round_id, collateral=d.collateral_e6 / 1e6,
-                liquidation_price=d.liquidation_price_e8 / 1e8, log_distance=round(d.log_distance, 6),
-                sigma_annual=round(d.sigma_annual, 4), horizon_s=d.horizon_s, breach_probability=d.breach_probability,
-                required_collateral=d.required_collateral_e6 / 1e6, band=d.band, action=d.action, reason=d.reason,
+                "position_decision",
+                side=d.side,
+                price=d.price_e8 / 1e8,
+                oracle_round=snap.prices[d.market_id].round_id,
+                collateral=d.collateral_e6 / 1e6,
+                liquidation_price=d.liquidation_price_e8 / 1e8,
+                log_distance=round(d.log_distance, 6),
+                sigma_annual=round(d.sigma_annual, 4),
+                horizon_s=d.horizon_s,
+                breach_probability=d.breach_probability,
+                required_collateral=d.required_collateral_e6 / 1e6,
+                band=d.band,
+                action=d.action,
+                reason=d.reason,
             )
 
     def _position_log(self, account: str, market_id: int, snap: BookSnapshot) -> structlog.typing.FilteringBoundLogger:
         """The logger for one position: chain id, account, market id and symbol bound once (log fields: ``market``
         is always a symbol, ``market_id`` always an id)."""
         market = snap.markets.get(market_id)
-        return log.bind(chain_id=self.config.chain.chain_id, account=account.lower(), market_id=market_id,
-                        market=market.symbol if market else None)
+        return log.bind(
+            chain_id=self.config.chain.chain_id,
+            account=account.lower(),
+            market_id=market_id,
+            market=market.symbol if market else None,
+        )
 
     def _observe(self, snap: BookSnapshot, risks: Sequence[PositionRisk], wallet: int, report: CycleReport) -> None:
         for r in risks:
             symbol = snap.markets[r.position.market_id].symbol
-            self.metrics.observe_position(r.position.account, symbol, breach_probability=r.breach_probability,
-                                          distance=r.log_distance, collateral_e6=r.position.collateral_e6)
-        self.metrics.forget_positions_except({(r.position.account, snap.markets[r.position.market_id].symbol)
-                                              for r in risks})
+            self.metrics.observe_position(
+                r.position.account,
+                symbol,
+                breach_probability=r.breach_probability,
+                distance=r.log_distance,
+                collateral_e6=r.position.collateral_e6,
+            )
+        self.metrics.forget_positions_except(
+            {(r.position.account, snap.markets[r.position.market_id].symbol) for r in risks}
+        )
         if self.signer_address:
             self.metrics.set_wallet(self.signer_address, wallet)
         now = self.clock()
@@ -530,8 +669,15 @@ class KeeperService:
         if self.health is not None:
             self.health.mark_cycle(now)
         worst = max((r.breach_probability for r in risks), default=0.0)
-        log.info("cycle_finished", block=snap.block_number, positions=len(risks), actions=len(report.plan.actions),
-                 sent=sum(1 for s in report.sent if s.get("state") not in NOT_SENT),
-                 failed=sum(1 for s in report.sent if s.get("state") in NOT_SENT), worst_breach_probability=worst, wallet=wallet / 1e6,
-                 next_check_s=round(report.next_interval_s, 2), duration_ms=round(report.duration_s * 1e3, 1))
-
+        log.info(
+            "cycle_finished",
+            block=snap.block_number,
+            positions=len(risks),
+            actions=len(report.plan.actions),
+            sent=sum(1 for s in report.sent if s.get("state") not in NOT_SENT),
+            failed=sum(1 for s in report.sent if s.get("state") in NOT_SENT),
+            worst_breach_probability=worst,
+            wallet=wallet / 1e6,
+            next_check_s=round(report.next_interval_s, 2),
+            duration_ms=round(report.duration_s * 1e3, 1),
+        )

@@ -32,8 +32,9 @@ def load_routine_signer(config: SignerConfig) -> LocalAccount | None:
     """The optional second signer of the routine lane (releases), or ``None`` when not configured."""
     if config.routine_private_key is None:
         return None
-    return _from_key(config.routine_private_key.get_secret_value(), "KEEPER_ROUTINE_PRIVATE_KEY",
-                     "signer.routine_private_key")
+    return _from_key(
+        config.routine_private_key.get_secret_value(), "KEEPER_ROUTINE_PRIVATE_KEY", "signer.routine_private_key"
+    )
 
 
 def _from_keystore(keystore: Path, password_file: Path) -> LocalAccount:
@@ -42,8 +43,9 @@ def _from_keystore(keystore: Path, password_file: Path) -> LocalAccount:
     except FileNotFoundError:
         raise ConfigError(f"keystore file {str(keystore)!r} does not exist", field="signer.keystore") from None
     except IsADirectoryError:
-        raise ConfigError(f"keystore {str(keystore)!r} is a directory: give the keystore file inside it",
-                          field="signer.keystore") from None
+        raise ConfigError(
+            f"keystore {str(keystore)!r} is a directory: give the keystore file inside it", field="signer.keystore"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(
             f"keystore file {str(keystore)!r} is not a JSON keystore ({type(exc).__name__})", field="signer.keystore"

@@ -63,7 +63,10 @@ class VolatilityCache:
             times = np.fromiter((r.updated_at_s for r in h.rounds), float, len(h.rounds))
             prices = np.fromiter((r.price_e8 for r in h.rounds), float, len(h.rounds)) / 1e8
             h.estimate = estimate_volatility(
-                times, prices, model=self.model, floor_annual=self.sigma_floor_annual,
+                times,
+                prices,
+                model=self.model,
+                floor_annual=self.sigma_floor_annual,
                 fallback_annual=self.sigma_fallback_annual,
             )
             h.dirty = False

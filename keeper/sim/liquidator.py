@@ -170,13 +170,24 @@ class LiquidatorBot:
                 for ev in self.engine.events.Liquidated().process_receipt(receipt, errors=DISCARD):
                     a = ev["args"]
                     liq = Liquidation(
-                        account=a["account"], market_id=int(a["marketId"]), block_number=receipt["blockNumber"],
-                        price_e8=int(a["price"]), penalty_e6=int(a["penalty"]), returned_e6=int(a["returned"]),
-                        tx_hash=tx.to_0x_hex(), gas_used=int(receipt["gasUsed"]),
+                        account=a["account"],
+                        market_id=int(a["marketId"]),
+                        block_number=receipt["blockNumber"],
+                        price_e8=int(a["price"]),
+                        penalty_e6=int(a["penalty"]),
+                        returned_e6=int(a["returned"]),
+                        tx_hash=tx.to_0x_hex(),
+                        gas_used=int(receipt["gasUsed"]),
                     )
                     made.append(liq)
-                    log.info("position_liquidated", account=liq.account, market_id=liq.market_id,
-                             price_e8=liq.price_e8, penalty_e6=liq.penalty_e6, block=liq.block_number)
+                    log.info(
+                        "position_liquidated",
+                        account=liq.account,
+                        market_id=liq.market_id,
+                        price_e8=liq.price_e8,
+                        penalty_e6=liq.penalty_e6,
+                        block=liq.block_number,
+                    )
             self.liquidations.extend(made)
             return made
 

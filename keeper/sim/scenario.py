@@ -149,9 +149,7 @@ def demo_crash(
     rng = np.random.default_rng(seed)
     n_crash = n_rounds - calm_rounds
 
-    eth = np.concatenate(
-        [_phase_returns(rng, calm_rounds, 0.0, noise), np.zeros(n_crash)]
-    )
+    eth = np.concatenate([_phase_returns(rng, calm_rounds, 0.0, noise), np.zeros(n_crash)])
     others = [i for i in range(calm_rounds, n_rounds) if i != gap_round]
     eth[others] = _phase_returns(rng, len(others), math.log1p(eth_total) - math.log1p(eth_gap), noise)
     eth[gap_round] = math.log1p(eth_gap)

@@ -170,8 +170,10 @@ class Journal:
             if where != ":memory:":
                 path = Path(self.path)
                 if path.is_dir():
-                    raise JournalError(f"journal path {where} is a folder: set journal.path to a file inside it,"
-                                       f" e.g. {path / 'journal.sqlite'}")
+                    raise JournalError(
+                        f"journal path {where} is a folder: set journal.path to a file inside it,"
+                        f" e.g. {path / 'journal.sqlite'}"
+                    )
                 path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(where, check_same_thread=False, isolation_level=None, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -181,12 +183,14 @@ class Journal:
         except JournalError:
             raise
         except sqlite3.DatabaseError as exc:
-            raise JournalError(f"journal {where} is not a usable SQLite database ({exc}): move it aside and restore"
-                               " a backup, or set journal.path to a new file (the chain is reconciled at start)"
-                               ) from None
+            raise JournalError(
+                f"journal {where} is not a usable SQLite database ({exc}): move it aside and restore"
+                " a backup, or set journal.path to a new file (the chain is reconciled at start)"
+            ) from None
         except OSError as exc:
-            raise JournalError(f"journal {where} cannot be created ({exc.strerror or exc}): set journal.path to a"
-                               " writable location") from None
+            raise JournalError(
+                f"journal {where} cannot be created ({exc.strerror or exc}): set journal.path to a writable location"
+            ) from None
 
     def lock_for_sending(self) -> None:
         """Take the exclusive OS-level writer lock (``flock`` on ``<journal>.lock``) or raise JournalBusy.
@@ -201,8 +205,10 @@ class Journal:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise JournalBusy(f"journal {self.path} is in use by another sending keeper (lock {lock_path}): stop"
-                              " it first, or run read-only (without --execute)") from None
+            raise JournalBusy(
+                f"journal {self.path} is in use by another sending keeper (lock {lock_path}): stop"
+                " it first, or run read-only (without --execute)"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -227,16 +233,36 @@ class Journal:
 
     # ---- intents ---------------------------------------------------------------------------------
 
-    def create_intent(self, *, idempotency_key: str, lane: str, sender: str, to: str, data: bytes,
-                      value_wei: int, value_at_stake_e6: int, meta: dict | None = None) -> IntentRecord:
+    def create_intent(
+        self,
+        *,
+        idempotency_key: str,
+        lane: str,
+        sender: str,
+        to: str,
+        data: bytes,
+        value_wei: int,
+        value_at_stake_e6: int,
+        meta: dict | None = None,
+    ) -> IntentRecord:
         now = self.clock()
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO intents (idempotency_key, lane, sender, to_address, data, value_wei,"
                 " value_at_stake_e6, meta, state, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?,?,'intent',?,?)",
-                (idempotency_key, lane, sender, to, data.hex(), str(value_wei), value_at_stake_e6,
-                 json.dumps(meta or {}, sort_keys=True), now, now),
+                (
+                    idempotency_key,
+                    lane,
+                    sender,
+                    to,
+                    data.hex(),
+                    str(value_wei),
+                    value_at_stake_e6,
+                    json.dumps(meta or {}, sort_keys=True),
+                    now,
+                    now,
+                ),
             )
             intent_id = cur.lastrowid
             self._event(c, intent_id, "intent_created", {"key": idempotency_key, "lane": lane})
@@ -262,8 +288,9 @@ class Journal:
 
     def by_key(self, idempotency_key: str) -> list[IntentRecord]:
         with self._lock:
-            rows = self._conn.execute("SELECT * FROM intents WHERE idempotency_key = ? ORDER BY id",
-                                      (idempotency_key,)).fetchall()
+            rows = self._conn.execute(
+                "SELECT * FROM intents WHERE idempotency_key = ? ORDER BY id", (idempotency_key,)
+            ).fetchall()
         return [_intent(r) for r in rows]
 
     def open_intents(self, lane: str | None = None) -> list[IntentRecord]:
@@ -281,7 +308,8 @@ class Journal:
         reads this every cycle, so it must not scan the whole history)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT * FROM intents WHERE created_at >= ? ORDER BY id", (created_at,)).fetchall()
+                "SELECT * FROM intents WHERE created_at >= ? ORDER BY id", (created_at,)
+            ).fetchall()
         return [_intent(r) for r in rows]
 
     def all_intents(self) -> list[IntentRecord]:
@@ -289,8 +317,9 @@ class Journal:
             rows = self._conn.execute("SELECT * FROM intents ORDER BY id").fetchall()
         return [_intent(r) for r in rows]
 
-    def update(self, intent_id: int, *, event: str | None = None, detail: dict | None = None,
-               **fields: Any) -> IntentRecord:
+    def update(
+        self, intent_id: int, *, event: str | None = None, detail: dict | None = None, **fields: Any
+    ) -> IntentRecord:
         """Set columns of an intent (``state``, ``nonce``, ``gas_limit``, ``tx_hash``, ``block_number``,
         ``block_hash``, ``reason``) and append an audit event, in one transaction."""
         allowed = {"state", "nonce", "gas_limit", "tx_hash", "block_number", "block_hash", "reason"}
@@ -308,33 +337,68 @@ class Journal:
 
     # ---- attempts --------------------------------------------------------------------------------
 
-    def add_attempt(self, intent_id: int, *, kind: str, nonce: int, tx_hash: str, raw_tx: bytes,
-                    max_fee_per_gas: int, max_priority_fee_per_gas: int, gas_limit: int) -> AttemptRecord:
+    def add_attempt(
+        self,
+        intent_id: int,
+        *,
+        kind: str,
+        nonce: int,
+        tx_hash: str,
+        raw_tx: bytes,
+        max_fee_per_gas: int,
+        max_priority_fee_per_gas: int,
+        gas_limit: int,
+    ) -> AttemptRecord:
         """Record a signed transaction before it is broadcast (and move the intent to ``signed``)."""
         now = self.clock()
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO attempts (intent_id, kind, nonce, tx_hash, raw_tx, max_fee_per_gas,"
                 " max_priority_fee_per_gas, gas_limit, signed_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (intent_id, kind, nonce, tx_hash, raw_tx.hex(), str(max_fee_per_gas),
-                 str(max_priority_fee_per_gas), gas_limit, now),
+                (
+                    intent_id,
+                    kind,
+                    nonce,
+                    tx_hash,
+                    raw_tx.hex(),
+                    str(max_fee_per_gas),
+                    str(max_priority_fee_per_gas),
+                    gas_limit,
+                    now,
+                ),
             )
             attempt_id = cur.lastrowid
-            c.execute("UPDATE intents SET state = CASE WHEN state = 'intent' THEN 'signed' ELSE state END,"
-                      " nonce = ?, updated_at = ? WHERE id = ?", (nonce, now, intent_id))
-            self._event(c, intent_id, "tx_signed", {"kind": kind, "nonce": nonce, "tx_hash": tx_hash,
-                                                    "max_fee_per_gas": max_fee_per_gas,
-                                                    "max_priority_fee_per_gas": max_priority_fee_per_gas})
+            c.execute(
+                "UPDATE intents SET state = CASE WHEN state = 'intent' THEN 'signed' ELSE state END,"
+                " nonce = ?, updated_at = ? WHERE id = ?",
+                (nonce, now, intent_id),
+            )
+            self._event(
+                c,
+                intent_id,
+                "tx_signed",
+                {
+                    "kind": kind,
+                    "nonce": nonce,
+                    "tx_hash": tx_hash,
+                    "max_fee_per_gas": max_fee_per_gas,
+                    "max_priority_fee_per_gas": max_priority_fee_per_gas,
+                },
+            )
         return self.attempt(attempt_id)
 
     def mark_sent(self, attempt_id: int, block: int | None) -> None:
         now = self.clock()
         with self._tx() as c:
-            c.execute("UPDATE attempts SET sent_at = ?, sent_block = ?, error = NULL WHERE id = ?",
-                      (now, block, attempt_id))
+            c.execute(
+                "UPDATE attempts SET sent_at = ?, sent_block = ?, error = NULL WHERE id = ?", (now, block, attempt_id)
+            )
             row = c.execute("SELECT intent_id, tx_hash FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
-            c.execute("UPDATE intents SET state = CASE WHEN state IN ('intent','signed') THEN 'sent'"
-                      " ELSE state END, updated_at = ? WHERE id = ?", (now, row[0]))
+            c.execute(
+                "UPDATE intents SET state = CASE WHEN state IN ('intent','signed') THEN 'sent'"
+                " ELSE state END, updated_at = ? WHERE id = ?",
+                (now, row[0]),
+            )
             self._event(c, row[0], "tx_sent", {"tx_hash": row[1], "block": block})
 
     def mark_send_error(self, attempt_id: int, error: str) -> None:
@@ -350,8 +414,7 @@ class Journal:
 
     def attempts(self, intent_id: int) -> list[AttemptRecord]:
         with self._lock:
-            rows = self._conn.execute("SELECT * FROM attempts WHERE intent_id = ? ORDER BY id",
-                                      (intent_id,)).fetchall()
+            rows = self._conn.execute("SELECT * FROM attempts WHERE intent_id = ? ORDER BY id", (intent_id,)).fetchall()
         return [_attempt(r) for r in rows]
 
     def max_nonce(self, sender: str) -> int | None:
@@ -360,7 +423,8 @@ class Journal:
             row = self._conn.execute(
                 "SELECT MAX(a.nonce) FROM attempts a JOIN intents i ON a.intent_id = i.id"
                 " WHERE lower(i.sender) = lower(?) AND i.state IN ('signed','sent','mined')"
-                " AND a.nonce = i.nonce", (sender,),
+                " AND a.nonce = i.nonce",
+                (sender,),
             ).fetchone()
         return row[0]
 
@@ -382,12 +446,25 @@ class Journal:
         with self._lock:
             row = self._conn.execute(
                 "SELECT 1 FROM attempts WHERE lower(tx_hash) = lower(?) UNION ALL"
-                " SELECT 1 FROM intents WHERE lower(tx_hash) = lower(?) LIMIT 1", (tx_hash, tx_hash)).fetchone()
+                " SELECT 1 FROM intents WHERE lower(tx_hash) = lower(?) LIMIT 1",
+                (tx_hash, tx_hash),
+            ).fetchone()
         return row is not None
 
-    def import_landed(self, *, idempotency_key: str, lane: str, sender: str, to: str, tx_hash: str,
-                      nonce: int | None, block_number: int, block_hash: str, landed_at: float,
-                      meta: dict) -> IntentRecord:
+    def import_landed(
+        self,
+        *,
+        idempotency_key: str,
+        lane: str,
+        sender: str,
+        to: str,
+        tx_hash: str,
+        nonce: int | None,
+        block_number: int,
+        block_hash: str,
+        landed_at: float,
+        meta: dict,
+    ) -> IntentRecord:
         """Record a transaction of our key found on chain but unknown to the journal (journal lost or restored
         from a backup) as a ``confirmed`` intent, dated by its block, so it counts (e.g. against the day
         budget) like one we sent. Idempotent per ``tx_hash``."""
@@ -401,8 +478,20 @@ class Journal:
                     " value_at_stake_e6, meta, state, nonce, tx_hash, block_number, block_hash, reason,"
                     " created_at, updated_at) VALUES (?,?,?,?,'', '0', 0, ?, 'confirmed', ?,?,?,?,"
                     " 'imported from the chain at start (not in the journal)', ?, ?)",
-                    (idempotency_key, lane, sender, to, json.dumps(meta, sort_keys=True), nonce, tx_hash,
-                     block_number, block_hash, landed_at, self.clock()))
+                    (
+                        idempotency_key,
+                        lane,
+                        sender,
+                        to,
+                        json.dumps(meta, sort_keys=True),
+                        nonce,
+                        tx_hash,
+                        block_number,
+                        block_hash,
+                        landed_at,
+                        self.clock(),
+                    ),
+                )
                 intent_id = cur.lastrowid
                 self._event(c, intent_id, "tx_imported_from_chain", {"tx_hash": tx_hash, "block": block_number})
         return self.get(intent_id)
@@ -412,13 +501,16 @@ class Journal:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT * FROM intents WHERE state = 'abandoned' AND updated_at >= ? AND EXISTS"
-                " (SELECT 1 FROM attempts a WHERE a.intent_id = intents.id) ORDER BY id", (since,)).fetchall()
+                " (SELECT 1 FROM attempts a WHERE a.intent_id = intents.id) ORDER BY id",
+                (since,),
+            ).fetchall()
         return [_intent(r) for r in rows]
 
     def attempt_count(self, intent_id: int) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM attempts WHERE intent_id = ?",
-                                          (intent_id,)).fetchone()[0])
+            return int(
+                self._conn.execute("SELECT COUNT(*) FROM attempts WHERE intent_id = ?", (intent_id,)).fetchone()[0]
+            )
 
     # ---- audit -----------------------------------------------------------------------------------
 
@@ -427,16 +519,19 @@ class Journal:
             self._event(c, intent_id, name, detail)
 
     def _event(self, c: sqlite3.Connection, intent_id: int | None, name: str, detail: dict) -> None:
-        c.execute("INSERT INTO events (intent_id, at, event, detail) VALUES (?,?,?,?)",
-                  (intent_id, self.clock(), name, json.dumps(detail, default=str, sort_keys=True)))
+        c.execute(
+            "INSERT INTO events (intent_id, at, event, detail) VALUES (?,?,?,?)",
+            (intent_id, self.clock(), name, json.dumps(detail, default=str, sort_keys=True)),
+        )
 
     def events(self, intent_id: int | None = None) -> list[tuple[str, dict]]:
         with self._lock:
             if intent_id is None:
                 rows = self._conn.execute("SELECT event, detail FROM events ORDER BY id").fetchall()
             else:
-                rows = self._conn.execute("SELECT event, detail FROM events WHERE intent_id = ? ORDER BY id",
-                                          (intent_id,)).fetchall()
+                rows = self._conn.execute(
+                    "SELECT event, detail FROM events WHERE intent_id = ? ORDER BY id", (intent_id,)
+                ).fetchall()
         return [(r[0], json.loads(r[1])) for r in rows]
 
     # ---- cursors and discovered accounts (keeper/chain/discovery.py) --------------------------------
@@ -446,33 +541,85 @@ class Journal:
             row = self._conn.execute("SELECT block, block_hash FROM cursors WHERE name = ?", (name,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def save_scan(self, name: str, block: int, block_hash: str | None,
-                  accounts: set[tuple[str, int, int]] = frozenset()) -> None:
+    def save_scan(
+        self, name: str, block: int, block_hash: str | None, accounts: set[tuple[str, int, int]] = frozenset()
+    ) -> None:
         """Persist discovered ``(account, market_id, first_block)`` and the cursor in one transaction."""
         with self._tx() as c:
-            c.executemany("INSERT OR IGNORE INTO accounts (scope, account, market_id, first_block)"
-                          " VALUES (?,?,?,?)", [(name, a.lower(), m, b) for a, m, b in accounts])
-            c.execute("INSERT INTO cursors (name, block, block_hash, updated_at) VALUES (?,?,?,?)"
-                      " ON CONFLICT(name) DO UPDATE SET block = excluded.block,"
-                      " block_hash = excluded.block_hash, updated_at = excluded.updated_at",
-                      (name, block, block_hash, self.clock()))
+            c.executemany(
+                "INSERT OR IGNORE INTO accounts (scope, account, market_id, first_block) VALUES (?,?,?,?)",
+                [(name, a.lower(), m, b) for a, m, b in accounts],
+            )
+            c.execute(
+                "INSERT INTO cursors (name, block, block_hash, updated_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(name) DO UPDATE SET block = excluded.block,"
+                " block_hash = excluded.block_hash, updated_at = excluded.updated_at",
+                (name, block, block_hash, self.clock()),
+            )
 
     def known_accounts(self, name: str) -> set[tuple[str, int]]:
         with self._lock:
-            rows = self._conn.execute("SELECT account, market_id FROM accounts WHERE scope = ?",
-                                      (name,)).fetchall()
+            rows = self._conn.execute("SELECT account, market_id FROM accounts WHERE scope = ?", (name,)).fetchall()
         return {(r[0], r[1]) for r in rows}
 
 
 def _intent(row: tuple) -> IntentRecord:
-    (id_, key, lane, sender, to, data, value, stake, meta, state, nonce, gas, tx_hash, bn, bh, reason,
-     created, updated) = row
-    return IntentRecord(id_, key, lane, sender, to, bytes.fromhex(data), int(value), stake, json.loads(meta),
-                        state, nonce, gas, tx_hash, bn, bh, reason, created, updated)
+    (
+        id_,
+        key,
+        lane,
+        sender,
+        to,
+        data,
+        value,
+        stake,
+        meta,
+        state,
+        nonce,
+        gas,
+        tx_hash,
+        bn,
+        bh,
+        reason,
+        created,
+        updated,
+    ) = row
+    return IntentRecord(
+        id_,
+        key,
+        lane,
+        sender,
+        to,
+        bytes.fromhex(data),
+        int(value),
+        stake,
+        json.loads(meta),
+        state,
+        nonce,
+        gas,
+        tx_hash,
+        bn,
+        bh,
+        reason,
+        created,
+        updated,
+    )
 
 
 def _attempt(row: tuple) -> AttemptRecord:
-    (id_, intent_id, kind, nonce, tx_hash, raw, max_fee, prio, gas, signed_at, sent_at, sent_block,
-     error) = row
-    return AttemptRecord(id_, intent_id, kind, nonce, tx_hash, bytes.fromhex(raw), int(max_fee), int(prio),
-                         gas, signed_at, sent_at, sent_block, error)
+    (id_, intent_id, kind, nonce, tx_hash, raw, max_fee, prio, gas, signed_at, sent_at, sent_block, error) = row
+    return AttemptRecord(
+        id_,
+        intent_id,
+        kind,
+        nonce,
+        tx_hash,
+        bytes.fromhex(raw),
+        int(max_fee),
+        int(prio),
+        gas,
+        signed_at,
+        sent_at,
+        sent_block,
+        error,
+    )

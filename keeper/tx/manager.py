@@ -181,19 +181,25 @@ class TransactionManager:
                 self._still_needed[existing.id] = still_needed
             return existing
         intent = self.journal.create_intent(
-            idempotency_key=idempotency_key, lane=lane, sender=ls.lane.address, to=call.to, data=call.data,
-            value_wei=call.value_wei, value_at_stake_e6=value_at_stake_e6,
+            idempotency_key=idempotency_key,
+            lane=lane,
+            sender=ls.lane.address,
+            to=call.to,
+            data=call.data,
+            value_wei=call.value_wei,
+            value_at_stake_e6=value_at_stake_e6,
             meta={**call.meta, **(meta or {}), "description": call.description},
         )
         if still_needed is not None:
             self._still_needed[intent.id] = still_needed
-        tx = {"from": ls.lane.address, "to": call.to, "data": "0x" + call.data.hex(),
-              "value": hex(call.value_wei)}
+        tx = {"from": ls.lane.address, "to": call.to, "data": "0x" + call.data.hex(), "value": hex(call.value_wei)}
         try:
             sim, hist, head = self.client.batch(
-                [("eth_call", [tx, "latest"]),
-                 ("eth_feeHistory", [hex(self.fees.history_blocks), "latest", [ls.lane.tip_percentile]]),
-                 ("eth_getBlockByNumber", ["latest", False])],
+                [
+                    ("eth_call", [tx, "latest"]),
+                    ("eth_feeHistory", [hex(self.fees.history_blocks), "latest", [ls.lane.tip_percentile]]),
+                    ("eth_getBlockByNumber", ["latest", False]),
+                ],
                 raise_errors=False,
             )
             if isinstance(sim, RpcErrorResponse):
@@ -204,8 +210,7 @@ class TransactionManager:
                     raise TransactionRejected(str(answer))
             est = self._estimate_gas(tx, int(head["timestamp"], 16))
         except TransientRpcError as exc:
-            self.journal.update(intent.id, state="abandoned", reason=f"rpc unavailable: {exc}",
-                                event="tx_abandoned")
+            self.journal.update(intent.id, state="abandoned", reason=f"rpc unavailable: {exc}", event="tx_abandoned")
             raise
         except ExecutionReverted as exc:
             self._reject_simulation(intent, exc)
@@ -228,8 +233,9 @@ class TransactionManager:
         report = PollReport()
         intents = [i for i in self.journal.open_intents() if i.lane in self._lanes and i.state != "intent"]
         senders = sorted({i.sender for i in intents})
-        first = self.client.batch([("eth_blockNumber", [])]
-                                  + [("eth_getTransactionCount", [s, "latest"]) for s in senders])
+        first = self.client.batch(
+            [("eth_blockNumber", [])] + [("eth_getTransactionCount", [s, "latest"]) for s in senders]
+        )
         head = self._head = int(first[0], 16)
         report.head = head
         mined_nonce = {s.lower(): int(n, 16) for s, n in zip(senders, first[1:], strict=True)}
@@ -238,15 +244,22 @@ class TransactionManager:
             return report
         attempts = {i.id: self.journal.attempts(i.id) for i in intents}
         hashes = [a.tx_hash for i in intents for a in attempts[i.id]]
-        receipts = dict(zip(hashes, self.client.batch([("eth_getTransactionReceipt", [h]) for h in hashes]),
-                            strict=True))
+        receipts = dict(
+            zip(hashes, self.client.batch([("eth_getTransactionReceipt", [h]) for h in hashes]), strict=True)
+        )
         mined_blocks = sorted({int(r["blockNumber"], 16) for r in receipts.values() if r})
-        canon = dict(zip(mined_blocks, self.client.batch(
-            [("eth_getBlockByNumber", [hex(b), False]) for b in mined_blocks]), strict=True))
+        canon = dict(
+            zip(
+                mined_blocks,
+                self.client.batch([("eth_getBlockByNumber", [hex(b), False]) for b in mined_blocks]),
+                strict=True,
+            )
+        )
         for intent in intents:
             try:
-                final = self._advance(intent, attempts[intent.id], receipts, canon, head,
-                                      mined_nonce[intent.sender.lower()], report)
+                final = self._advance(
+                    intent, attempts[intent.id], receipts, canon, head, mined_nonce[intent.sender.lower()], report
+                )
             except TransientRpcError as exc:
                 log.warning("tx_poll_rpc_error", intent=intent.id, error=str(exc))
                 continue
@@ -258,8 +271,9 @@ class TransactionManager:
         """Bring the journal in line with the chain after a restart; call before submitting anything."""
         for intent in self.journal.open_intents():
             if intent.lane in self._lanes and intent.state == "intent":
-                self.journal.update(intent.id, state="abandoned", reason="not signed before restart",
-                                    event="tx_abandoned")
+                self.journal.update(
+                    intent.id, state="abandoned", reason="not signed before restart", event="tx_abandoned"
+                )
         report = self.poll()
         seen = set()
         for ls in self._lanes.values():
@@ -269,8 +283,13 @@ class TransactionManager:
         log.info("journal_reconciled", open=len(self.journal.open_intents()), finalized=len(report.finalized))
         return report
 
-    def wait(self, intent_id: int, timeout_s: float = 60.0, poll_interval_s: float = 0.25,
-             between_polls: Callable[[], None] | None = None) -> IntentRecord:
+    def wait(
+        self,
+        intent_id: int,
+        timeout_s: float = 60.0,
+        poll_interval_s: float = 0.25,
+        between_polls: Callable[[], None] | None = None,
+    ) -> IntentRecord:
         """Poll until the intent is final (or ``timeout_s`` passes); returns its latest record."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -301,8 +320,12 @@ class TransactionManager:
         block overrides get a plain estimate.
         """
         try:
-            return int(self.client.request(
-                "eth_estimateGas", [tx, "latest", {}, {"time": hex(latest_ts + GAS_ESTIMATE_AHEAD_S)}]), 16)
+            return int(
+                self.client.request(
+                    "eth_estimateGas", [tx, "latest", {}, {"time": hex(latest_ts + GAS_ESTIMATE_AHEAD_S)}]
+                ),
+                16,
+            )
         except ExecutionReverted:
             raise
         except RpcErrorResponse as exc:
@@ -318,25 +341,41 @@ class TransactionManager:
         log.warning("tx_simulation_reverted", intent=intent.id, key=intent.idempotency_key, reason=reason)
         raise SimulationRevert(reason, data)
 
-    def _sign(self, ls: _LaneState, *, nonce: int, to: str, data: bytes, value: int, gas: int,
-              fees: Fees) -> tuple[str, bytes]:
-        signed = ls.lane.account.sign_transaction({
-            "type": 2, "chainId": self.client.chain_id, "nonce": nonce, "to": to_checksum_address(to), "value": value,
-            "data": data, "gas": gas, "maxFeePerGas": fees.max_fee_per_gas,
-            "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
-        })
+    def _sign(
+        self, ls: _LaneState, *, nonce: int, to: str, data: bytes, value: int, gas: int, fees: Fees
+    ) -> tuple[str, bytes]:
+        signed = ls.lane.account.sign_transaction(
+            {
+                "type": 2,
+                "chainId": self.client.chain_id,
+                "nonce": nonce,
+                "to": to_checksum_address(to),
+                "value": value,
+                "data": data,
+                "gas": gas,
+                "maxFeePerGas": fees.max_fee_per_gas,
+                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+            }
+        )
         return "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction)
 
-    def _sign_and_journal(self, intent: IntentRecord, ls: _LaneState, *, kind: str, nonce: int,
-                          fees: Fees) -> AttemptRecord:
+    def _sign_and_journal(
+        self, intent: IntentRecord, ls: _LaneState, *, kind: str, nonce: int, fees: Fees
+    ) -> AttemptRecord:
         if kind == "cancel":
             to, data, value, gas = intent.sender, b"", 0, CANCEL_GAS
         else:
             to, data, value, gas = intent.to, intent.data, intent.value_wei, intent.gas_limit
         tx_hash, raw = self._sign(ls, nonce=nonce, to=to, data=data, value=value, gas=gas, fees=fees)
         attempt = self.journal.add_attempt(
-            intent.id, kind=kind, nonce=nonce, tx_hash=tx_hash, raw_tx=raw, max_fee_per_gas=fees.max_fee_per_gas,
-            max_priority_fee_per_gas=fees.max_priority_fee_per_gas, gas_limit=gas,
+            intent.id,
+            kind=kind,
+            nonce=nonce,
+            tx_hash=tx_hash,
+            raw_tx=raw,
+            max_fee_per_gas=fees.max_fee_per_gas,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            gas_limit=gas,
         )
         if self._on_signed is not None:
             self._on_signed(attempt)
@@ -355,18 +394,20 @@ class TransactionManager:
                     if not self.journal.signed_nonces(ls.lane.address, nonce, nonce + 1, exclude_intent=intent.id):
                         # a nonce the allocator believed free is used by a transaction we never signed: a
                         # second sender uses this key. Signing on at the next nonce could pay twice: stop.
-                        self._halt(f"nonce {nonce} of {ls.lane.address} was used by a transaction this keeper"
-                                   " did not sign: another process sends with the same key")
-                        self.journal.update(intent.id, state="rejected", reason="second sender on this key",
-                                            event="tx_rejected")
+                        self._halt(
+                            f"nonce {nonce} of {ls.lane.address} was used by a transaction this keeper"
+                            " did not sign: another process sends with the same key"
+                        )
+                        self.journal.update(
+                            intent.id, state="rejected", reason="second sender on this key", event="tx_rejected"
+                        )
                         raise SenderConflict(self.halted or "second sender")
                     ls.nonces.sync()
                     continue
                 ls.nonces.release(nonce)
                 self.journal.update(intent.id, state="rejected", reason=outcome, event="tx_rejected")
                 raise TransactionRejected(f"intent {intent.id}: node refused the transaction: {outcome}")
-            self.journal.update(intent.id, state="rejected", reason="nonce conflicts persisted",
-                                event="tx_rejected")
+            self.journal.update(intent.id, state="rejected", reason="nonce conflicts persisted", event="tx_rejected")
             raise TransactionRejected(f"intent {intent.id}: nonce kept being taken by another sender")
 
     def _halt(self, reason: str) -> None:
@@ -381,8 +422,7 @@ class TransactionManager:
             self.client.send_raw_transaction(attempt.raw_tx)
         except TransientRpcError as exc:
             self.journal.mark_send_error(attempt.id, f"transient: {exc}")
-            log.warning("tx_send_outcome_unknown", intent=attempt.intent_id, tx_hash=attempt.tx_hash,
-                        error=str(exc))
+            log.warning("tx_send_outcome_unknown", intent=attempt.intent_id, tx_hash=attempt.tx_hash, error=str(exc))
             return "unknown"
         except RpcErrorResponse as exc:
             msg = exc.message.lower()
@@ -390,8 +430,13 @@ class TransactionManager:
                 self.journal.mark_sent(attempt.id, self._head)
                 return "sent"
             self.journal.mark_send_error(attempt.id, exc.message)
-            log.warning("tx_send_refused", intent=attempt.intent_id, tx_hash=attempt.tx_hash,
-                        nonce=attempt.nonce, error=exc.message)
+            log.warning(
+                "tx_send_refused",
+                intent=attempt.intent_id,
+                tx_hash=attempt.tx_hash,
+                nonce=attempt.nonce,
+                error=exc.message,
+            )
             if "nonce too low" in msg or "nonce has already been used" in msg:
                 return "nonce_taken"
             if "replacement" in msg and "underpriced" in msg:
@@ -400,9 +445,15 @@ class TransactionManager:
                 return "underpriced"
             return exc.message
         self.journal.mark_sent(attempt.id, self._head)
-        log.info("tx_sent", intent=attempt.intent_id, kind=attempt.kind, tx_hash=attempt.tx_hash,
-                 nonce=attempt.nonce, max_fee_per_gas=attempt.max_fee_per_gas,
-                 max_priority_fee_per_gas=attempt.max_priority_fee_per_gas)
+        log.info(
+            "tx_sent",
+            intent=attempt.intent_id,
+            kind=attempt.kind,
+            tx_hash=attempt.tx_hash,
+            nonce=attempt.nonce,
+            max_fee_per_gas=attempt.max_fee_per_gas,
+            max_priority_fee_per_gas=attempt.max_priority_fee_per_gas,
+        )
         return "sent"
 
     # ---- polling internals -----------------------------------------------------------------------
@@ -417,8 +468,16 @@ class TransactionManager:
             log.error("still_needed_failed", intent=intent.id, error=str(exc))
             return True
 
-    def _advance(self, intent: IntentRecord, attempts: list[AttemptRecord], receipts: dict, canon: dict,
-                 head: int, mined_nonce: int, report: PollReport) -> IntentRecord | None:
+    def _advance(
+        self,
+        intent: IntentRecord,
+        attempts: list[AttemptRecord],
+        receipts: dict,
+        canon: dict,
+        head: int,
+        mined_nonce: int,
+        report: PollReport,
+    ) -> IntentRecord | None:
         ls = self._lanes[intent.lane]
         mined = None
         for a in attempts:
@@ -432,26 +491,42 @@ class TransactionManager:
             a, r = mined
             bn, bh = int(r["blockNumber"], 16), r["blockHash"]
             if intent.state != "mined" or intent.block_hash != bh or intent.tx_hash != a.tx_hash:
-                intent = self.journal.update(intent.id, state="mined", tx_hash=a.tx_hash, block_number=bn,
-                                             block_hash=bh, nonce=a.nonce, event="tx_mined",
-                                             detail={"status": r["status"], "kind": a.kind})
+                intent = self.journal.update(
+                    intent.id,
+                    state="mined",
+                    tx_hash=a.tx_hash,
+                    block_number=bn,
+                    block_hash=bh,
+                    nonce=a.nonce,
+                    event="tx_mined",
+                    detail={"status": r["status"], "kind": a.kind},
+                )
                 log.info("tx_mined", intent=intent.id, tx_hash=a.tx_hash, block=bn, status=r["status"])
             if head - bn + 1 >= self.confirmations:
                 ok = int(r["status"], 16) == 1
                 state = "cancelled" if a.kind == "cancel" and ok else ("confirmed" if ok else "reverted")
-                final = self.journal.update(intent.id, state=state, event=f"tx_{state}",
-                                            detail={"gas_used": int(r["gasUsed"], 16), "depth": head - bn + 1})
-                log.info(f"tx_{state}", intent=intent.id, tx_hash=a.tx_hash, block=bn,
-                         key=intent.idempotency_key)
+                final = self.journal.update(
+                    intent.id,
+                    state=state,
+                    event=f"tx_{state}",
+                    detail={"gas_used": int(r["gasUsed"], 16), "depth": head - bn + 1},
+                )
+                log.info(f"tx_{state}", intent=intent.id, tx_hash=a.tx_hash, block=bn, key=intent.idempotency_key)
                 self._still_needed.pop(intent.id, None)
                 return final
             return None
 
         if intent.state == "mined":  # the receipt we recorded is gone: reorg
             log.warning("tx_reorged", intent=intent.id, tx_hash=intent.tx_hash, block=intent.block_number)
-            intent = self.journal.update(intent.id, state="sent", block_number=None, block_hash=None,
-                                         tx_hash=None, event="tx_reorged",
-                                         detail={"old_block": intent.block_number})
+            intent = self.journal.update(
+                intent.id,
+                state="sent",
+                block_number=None,
+                block_hash=None,
+                tx_hash=None,
+                event="tx_reorged",
+                detail={"old_block": intent.block_number},
+            )
             report.actions.append((intent.id, "reorged"))
 
         live = [a for a in attempts if a.nonce == intent.nonce]
@@ -469,14 +544,18 @@ class TransactionManager:
                 report.actions.append((intent.id, "nonce_used:awaiting_evidence"))
                 return None
             self._nonce_taken_since.pop(intent.id, None)
-            log.warning("tx_nonce_taken", intent=intent.id, nonce=intent.nonce, sender=intent.sender,
-                        waited_blocks=head - first)
+            log.warning(
+                "tx_nonce_taken", intent=intent.id, nonce=intent.nonce, sender=intent.sender, waited_blocks=head - first
+            )
             self.journal.event(intent.id, "tx_nonce_taken", nonce=intent.nonce, waited_blocks=head - first)
             report.actions.append((intent.id, "nonce_taken"))
             if not self._needed(intent) or not self._simulates(intent):
-                return self.journal.update(intent.id, state="abandoned",
-                                           reason="nonce used by another transaction; no longer needed",
-                                           event="tx_abandoned")
+                return self.journal.update(
+                    intent.id,
+                    state="abandoned",
+                    reason="nonce used by another transaction; no longer needed",
+                    event="tx_abandoned",
+                )
             ls.nonces.sync()
             fees = self._fees_for(intent, None, ls)
             if fees is None:
@@ -506,15 +585,15 @@ class TransactionManager:
         if last.kind != "cancel" and not needed:
             self._replace(intent, ls, last, kind="cancel", report=report)
         elif stuck:
-            self._replace(intent, ls, last, kind=last.kind if last.kind == "cancel" else "replace",
-                          report=report)
+            self._replace(intent, ls, last, kind=last.kind if last.kind == "cancel" else "replace", report=report)
         return None
 
     def _late_evidence(self, head: int, report: PollReport, window_s: float = 3600.0) -> None:
         """An intent abandoned in the last hour whose attempt turns up mined after all (a receipt a lagging
         node hid for longer than ``evidence_blocks``): the journal is corrected to what happened on chain."""
-        recent = [i for i in self.journal.abandoned_with_attempts(self.journal.clock() - window_s)
-                  if i.lane in self._lanes]
+        recent = [
+            i for i in self.journal.abandoned_with_attempts(self.journal.clock() - window_s) if i.lane in self._lanes
+        ]
         if not recent:
             return
         attempts = [a for i in recent for a in self.journal.attempts(i.id)]
@@ -523,9 +602,16 @@ class TransactionManager:
             if r and head - int(r["blockNumber"], 16) + 1 >= self.confirmations:
                 ok = int(r["status"], 16) == 1
                 state = "cancelled" if a.kind == "cancel" and ok else ("confirmed" if ok else "reverted")
-                rec = self.journal.update(a.intent_id, state=state, tx_hash=a.tx_hash, nonce=a.nonce,
-                                          block_number=int(r["blockNumber"], 16), block_hash=r["blockHash"],
-                                          reason="found mined after it was abandoned", event="tx_late_receipt")
+                rec = self.journal.update(
+                    a.intent_id,
+                    state=state,
+                    tx_hash=a.tx_hash,
+                    nonce=a.nonce,
+                    block_number=int(r["blockNumber"], 16),
+                    block_hash=r["blockHash"],
+                    reason="found mined after it was abandoned",
+                    event="tx_late_receipt",
+                )
                 log.warning("tx_late_receipt", intent=a.intent_id, tx_hash=a.tx_hash, state=state)
                 report.finalized.append(rec)
                 recent = [i for i in recent if i.id != a.intent_id]
@@ -544,8 +630,7 @@ class TransactionManager:
 
     def _simulates(self, intent: IntentRecord) -> bool:
         """Re-simulate the intent's call at ``latest`` (a top-up that already landed no longer passes)."""
-        tx = {"from": intent.sender, "to": intent.to, "data": "0x" + intent.data.hex(),
-              "value": hex(intent.value_wei)}
+        tx = {"from": intent.sender, "to": intent.to, "data": "0x" + intent.data.hex(), "value": hex(intent.value_wei)}
         try:
             self.client.request("eth_call", [tx, "latest"])
         except RpcErrorResponse as exc:
@@ -553,8 +638,9 @@ class TransactionManager:
             return False
         return True
 
-    def _fees_for(self, intent: IntentRecord, previous: Fees | None, ls: _LaneState,
-                  gas: int | None = None) -> Fees | None:
+    def _fees_for(
+        self, intent: IntentRecord, previous: Fees | None, ls: _LaneState, gas: int | None = None
+    ) -> Fees | None:
         market = self.fees.market(self.client, ls.lane.tip_percentile)
         cap = self.fees.cap_per_gas(gas or intent.gas_limit, intent.value_at_stake_e6)
         try:
@@ -566,8 +652,9 @@ class TransactionManager:
             self.journal.event(intent.id, "tx_fee_cap_reached", error=str(exc))
             return None
 
-    def _replace(self, intent: IntentRecord, ls: _LaneState, last: AttemptRecord, *, kind: str,
-                 report: PollReport) -> None:
+    def _replace(
+        self, intent: IntentRecord, ls: _LaneState, last: AttemptRecord, *, kind: str, report: PollReport
+    ) -> None:
         """Same nonce, both fee fields raised (>= bump and >= market), within the cap."""
         previous = Fees(last.max_fee_per_gas, last.max_priority_fee_per_gas)
         gas = CANCEL_GAS if kind == "cancel" else intent.gas_limit
@@ -580,9 +667,15 @@ class TransactionManager:
         with ls.nonces.lock:
             attempt = self._sign_and_journal(intent, ls, kind=kind, nonce=last.nonce, fees=fees)
             outcome = self._broadcast(attempt)
-        log.info(f"tx_{kind}d" if kind != "cancel" else "tx_cancel_sent", intent=intent.id,
-                 old_hash=last.tx_hash, new_hash=attempt.tx_hash, nonce=last.nonce,
-                 max_fee_per_gas=fees.max_fee_per_gas, outcome=outcome)
+        log.info(
+            f"tx_{kind}d" if kind != "cancel" else "tx_cancel_sent",
+            intent=intent.id,
+            old_hash=last.tx_hash,
+            new_hash=attempt.tx_hash,
+            nonce=last.nonce,
+            max_fee_per_gas=fees.max_fee_per_gas,
+            outcome=outcome,
+        )
         report.actions.append((intent.id, f"{kind}:{outcome}"))
 
 

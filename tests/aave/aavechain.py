@@ -51,8 +51,13 @@ class AaveChain(AaveOps):
         return AaveV3Adapter(client or self.client(), self.deployment.provider, **kw)
 
     def manager(self, client: ChainClient, journal_path: Path, key: str = KEEPER_KEY) -> TransactionManager:
-        return TransactionManager(client, Journal(journal_path), [Lane.from_key("urgent", key)],
-                                  confirmations=1, error_decoder=AaveErrorDecoder())
+        return TransactionManager(
+            client,
+            Journal(journal_path),
+            [Lane.from_key("urgent", key)],
+            confirmations=1,
+            error_decoder=AaveErrorDecoder(),
+        )
 
     @staticmethod
     def address(key: str) -> str:

@@ -35,10 +35,17 @@ def test_keeper_protects_the_position_on_a_fork(aave: AaveChain, tmp_path):
         market = snap.market.with_price(aave.token("WETH"), 2_600 * 10**8).at(snap.market.timestamp_s + 30)
         top_up = cheapest_top_up(snap.accounts[user], market, WAD * 102 // 100, {aave.token("WETH"): 10**20})
         assert top_up is not None and top_up.kind == "supply"
-        manager = TransactionManager(client, Journal(tmp_path / "fork.sqlite"), [Lane.from_key("urgent", KEEPER_KEY)],
-                                     confirmations=1, error_decoder=AaveErrorDecoder())
-        for key, call in (("approve", adapter.approve_call(top_up.asset, top_up.amount)),
-                          ("supply", adapter.supply_call(top_up.asset, top_up.amount, user))):
+        manager = TransactionManager(
+            client,
+            Journal(tmp_path / "fork.sqlite"),
+            [Lane.from_key("urgent", KEEPER_KEY)],
+            confirmations=1,
+            error_decoder=AaveErrorDecoder(),
+        )
+        for key, call in (
+            ("approve", adapter.approve_call(top_up.asset, top_up.amount)),
+            ("supply", adapter.supply_call(top_up.asset, top_up.amount, user)),
+        ):
             assert manager.wait(manager.submit(call, key, 10_000 * 10**6).id, timeout_s=30).state == "confirmed"
         after = adapter.read_accounts([user])
         assert after.onchain[user].total_collateral_base > origin_before[0]

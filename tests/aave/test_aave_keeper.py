@@ -49,9 +49,13 @@ def _send(aave, adapter, tmp_path, top_up, user: str) -> None:
     manager = aave.manager(adapter.client, tmp_path / "journal.sqlite")
     symbol = aave.symbol_of[top_up.asset]
     aave.mint(symbol, aave.address(KEEPER_KEY), top_up.amount)
-    for key, call in (("approve", adapter.approve_call(top_up.asset, top_up.amount)),
-                      (top_up.kind, (adapter.supply_call if top_up.kind == "supply" else adapter.repay_call)(
-                          top_up.asset, top_up.amount, user))):
+    for key, call in (
+        ("approve", adapter.approve_call(top_up.asset, top_up.amount)),
+        (
+            top_up.kind,
+            (adapter.supply_call if top_up.kind == "supply" else adapter.repay_call)(top_up.asset, top_up.amount, user),
+        ),
+    ):
         intent = manager.submit(call, f"{key}:{user}", STAKE_E6)
         assert manager.wait(intent.id, timeout_s=30).state == "confirmed"
 
@@ -127,14 +131,14 @@ class TestCrash:
         aave.set_price("WETH", CRASH_E8)
         assert aave.account_data(user)[5] >= TARGET
 
-
     def test_empty_or_short_wallet_alerts_with_the_cause(self, aave):
         """No top-up from an empty wallet (cause: holds nothing) or a too small one (cause: needs X, holds Y)."""
         user = _setup(aave)
         _, snap, market, top_up = _plan(aave, user, {})
         assert top_up is None
         assert no_top_up_reasons(snap.accounts[user], market, TARGET, {}) == [
-            "the keeper's wallet holds none of the pool's assets"]
+            "the keeper's wallet holds none of the pool's assets"
+        ]
         _, snap, market, top_up = _plan(aave, user, {"USDC": 10**6})
         assert top_up is None
         reasons = no_top_up_reasons(snap.accounts[user], market, TARGET, {aave.token("USDC"): 10**6})
@@ -151,8 +155,9 @@ class TestReserveStates:
         assert top_up is None
         reason = supply_blocker(snap.accounts[user], market, aave.token("WETH"))
         assert reason is not None and state in reason and code in reason
-        assert any(state in r for r in no_top_up_reasons(snap.accounts[user], market, TARGET,
-                                                         {aave.token("WETH"): 10**24}))
+        assert any(
+            state in r for r in no_top_up_reasons(snap.accounts[user], market, TARGET, {aave.token("WETH"): 10**24})
+        )
         manager = aave.manager(adapter.client, tmp_path / "journal.sqlite")
         aave.mint("WETH", aave.address(KEEPER_KEY), 10**18)
         manager.wait(manager.submit(adapter.approve_call(aave.token("WETH"), 10**18), "approve", STAKE_E6).id)
@@ -183,8 +188,10 @@ class TestEModeAndIsolation:
         before = aave.account_data(user)
         aave.mint("USDC", aave.address(KEEPER_KEY), 10**9)
         manager = aave.manager(adapter.client, tmp_path / "j.sqlite")
-        for key, call in (("a", adapter.approve_call(aave.token("USDC"), 10**9)),
-                          ("s", adapter.supply_call(aave.token("USDC"), 10**9, user))):
+        for key, call in (
+            ("a", adapter.approve_call(aave.token("USDC"), 10**9)),
+            ("s", adapter.supply_call(aave.token("USDC"), 10**9, user)),
+        ):
             assert manager.wait(manager.submit(call, key, STAKE_E6).id).state == "confirmed"
         assert aave.account_data(user)[0] == before[0]  # 1,000 USDC landed as aTokens, not as collateral
         assert top_up is not None and top_up.kind == "supply" and top_up.asset == aave.token("LINK")

@@ -21,10 +21,17 @@ from keeper.protocols.aave_v3 import AAVE_ERRORS, AAVE_V3_MARKETS, aave_error, r
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "node_modules" / "@aave-dao" / "aave-address-book" / "src"
-ERRORS_SOL = (ROOT / "node_modules" / "@aave" / "core-v3" / "contracts" / "protocol" / "libraries" / "helpers"
-              / "Errors.sol")
-FILES = {"ethereum": "AaveV3Ethereum.sol", "arbitrum": "AaveV3Arbitrum.sol", "base": "AaveV3Base.sol",
-         "optimism": "AaveV3Optimism.sol", "polygon": "AaveV3Polygon.sol", "avalanche": "AaveV3Avalanche.sol"}
+ERRORS_SOL = (
+    ROOT / "node_modules" / "@aave" / "core-v3" / "contracts" / "protocol" / "libraries" / "helpers" / "Errors.sol"
+)
+FILES = {
+    "ethereum": "AaveV3Ethereum.sol",
+    "arbitrum": "AaveV3Arbitrum.sol",
+    "base": "AaveV3Base.sol",
+    "optimism": "AaveV3Optimism.sol",
+    "polygon": "AaveV3Polygon.sol",
+    "avalanche": "AaveV3Avalanche.sol",
+}
 
 
 class TestMarketTable:
@@ -62,8 +69,22 @@ class TestErrors:
 class TestArithmetic:
     def test_configuration_bitmap(self):
         """Fields composed at ReserveConfiguration.sol's bit positions decode back to the same values."""
-        bitmap = (8000 | 8250 << 16 | 10500 << 32 | 18 << 48 | 1 << 56 | 1 << 58 | 1 << 60 | 1 << 61
-                  | 1500 << 64 | 1_400_000 << 80 | 2_000_000 << 116 | 1000 << 152 | 1 << 168 | 12_000_000_00 << 212)
+        bitmap = (
+            8000
+            | 8250 << 16
+            | 10500 << 32
+            | 18 << 48
+            | 1 << 56
+            | 1 << 58
+            | 1 << 60
+            | 1 << 61
+            | 1500 << 64
+            | 1_400_000 << 80
+            | 2_000_000 << 116
+            | 1000 << 152
+            | 1 << 168
+            | 12_000_000_00 << 212
+        )
         c = decode_reserve_configuration(bitmap)
         assert (c.ltv_bps, c.liquidation_threshold_bps, c.liquidation_bonus_bps, c.decimals) == (8000, 8250, 10500, 18)
         assert c.active and not c.frozen and c.borrowing_enabled and c.paused and c.borrowable_in_isolation
@@ -99,8 +120,14 @@ class TestArithmetic:
 
         weth = reserve("WETH", 8000 | 8250 << 16 | 10500 << 32 | 18 << 48 | 1 << 56, 0)
         usdc = reserve("USDC", 7700 | 8000 << 16 | 10450 << 32 | 6 << 48 | 1 << 56, 1)
-        account = AaveAccount("trader", 0, (UserReserve("WETH", 10 * 10**18, 0, 0, True, False),
-                                            UserReserve("USDC", 0, 12_692_307_692, 0, False, True)))
+        account = AaveAccount(
+            "trader",
+            0,
+            (
+                UserReserve("WETH", 10 * 10**18, 0, 0, True, False),
+                UserReserve("USDC", 0, 12_692_307_692, 0, False, True),
+            ),
+        )
         market = Market({"WETH": weth, "USDC": usdc}, {"WETH": 3000 * 10**8, "USDC": 10**8}, {}, 0)
         assert liquidation_price(account, market, "WETH") == 153846153843
 
@@ -109,12 +136,20 @@ class TestArithmetic:
         from keeper.accounts.aave_v3 import AaveAccount, Market, ReserveState, UserReserve, margin_account
         from keeper.accounts.base import LegKind
 
-        weth = ReserveState("WETH", decode_reserve_configuration(8000 | 8250 << 16 | 18 << 48 | 1 << 56), RAY, 0,
-                            RAY, 0, 0, 0)
-        usdc = ReserveState("USDC", decode_reserve_configuration(7700 | 8000 << 16 | 6 << 48 | 1 << 56), RAY, 0,
-                            RAY, 0, 0, 1)
-        account = AaveAccount("trader", 0, (UserReserve("WETH", 10 * 10**18, 0, 0, True, False),
-                                            UserReserve("USDC", 0, 12_692_307_692, 0, False, True)))
+        weth = ReserveState(
+            "WETH", decode_reserve_configuration(8000 | 8250 << 16 | 18 << 48 | 1 << 56), RAY, 0, RAY, 0, 0, 0
+        )
+        usdc = ReserveState(
+            "USDC", decode_reserve_configuration(7700 | 8000 << 16 | 6 << 48 | 1 << 56), RAY, 0, RAY, 0, 0, 1
+        )
+        account = AaveAccount(
+            "trader",
+            0,
+            (
+                UserReserve("WETH", 10 * 10**18, 0, 0, True, False),
+                UserReserve("USDC", 0, 12_692_307_692, 0, False, True),
+            ),
+        )
         prices = {"WETH": 3000 * 10**8, "USDC": 10**8}
         view = margin_account(account, Market({"WETH": weth, "USDC": usdc}, prices, {}, 0))
         assert [leg.kind for leg in view.legs] == [LegKind.COLLATERAL, LegKind.DEBT]

@@ -41,8 +41,9 @@ class TestCodec:
     def test_encode_matches_eth_abi(self):
         """The hand-written aggregate3 encoder produces exactly eth_abi's bytes (varied calldata lengths)."""
         calls = [Call("0x" + f"{i:040x}", bytes(range(i % 70)), i % 2 == 0) for i in range(25)]
-        expected = AGGREGATE3 + encode(["(address,bool,bytes)[]"],
-                                       [[(c.target, c.allow_failure, c.data) for c in calls]])
+        expected = AGGREGATE3 + encode(
+            ["(address,bool,bytes)[]"], [[(c.target, c.allow_failure, c.data) for c in calls]]
+        )
         assert encode_aggregate3(calls) == expected
 
     def test_decode_matches_eth_abi(self):
@@ -135,8 +136,9 @@ class RangeLimitedTransport(HttpTransport):
             f = req["params"][0]
             if int(f["toBlock"], 16) - int(f["fromBlock"], 16) + 1 > self.max_range:
                 self.refused += 1
-                return json.dumps({"jsonrpc": "2.0", "id": req["id"],
-                                   "error": {"code": -32600, "message": "block range too large"}}).encode()
+                return json.dumps(
+                    {"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32600, "message": "block range too large"}}
+                ).encode()
         return super().send(body, timeout_s)
 
 
@@ -178,8 +180,13 @@ class TestDiscovery:
 
 
 class TestFastEncoder:
-    @given(st.binary(min_size=20, max_size=20), st.integers(0, 2**256 - 1), st.booleans(),
-           st.integers(-(2**255), 2**255 - 1), st.integers(0, 2**80 - 1))
+    @given(
+        st.binary(min_size=20, max_size=20),
+        st.integers(0, 2**256 - 1),
+        st.booleans(),
+        st.integers(-(2**255), 2**255 - 1),
+        st.integers(0, 2**80 - 1),
+    )
     def test_static_encoder_matches_eth_abi(self, addr, u, b, i, r):
         """The hand-written static-argument encoder is byte-identical to eth_abi."""
         f = Function("f(address,uint256,bool,int256,uint80)")

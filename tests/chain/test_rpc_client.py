@@ -56,8 +56,9 @@ def node():
 class TestRetries:
     def test_read_retried_after_transient_errors(self):
         """A read that hits two transport errors is retried (chain id re-checked after each) and succeeds."""
-        t = ScriptedTransport([CHAIN, TransientRpcError("503"), CHAIN, TransientRpcError("timeout"), CHAIN,
-                               {"result": "0x10"}])
+        t = ScriptedTransport(
+            [CHAIN, TransientRpcError("503"), CHAIN, TransientRpcError("timeout"), CHAIN, {"result": "0x10"}]
+        )
         sleeps = []
         c = ChainClient([t], 31337, retry=RetryPolicy(attempts=4, base_s=0.1, max_s=1.0), sleep=sleeps.append)
         assert c.block_number() == 16
@@ -196,8 +197,13 @@ class TestLaggingNode:
     def test_failover_skips_a_lagging_endpoint(self, nodes):
         fresh_a, stale, fresh_c = nodes
         first = FaultTransport(HttpTransport(fresh_a.url))
-        c = ChainClient([first, HttpTransport(stale.url), HttpTransport(fresh_c.url)], 31337, retry=FAST,
-                        sleep=lambda s: None, max_head_lag_blocks=2)
+        c = ChainClient(
+            [first, HttpTransport(stale.url), HttpTransport(fresh_c.url)],
+            31337,
+            retry=FAST,
+            sleep=lambda s: None,
+            max_head_lag_blocks=2,
+        )
         assert c.block_number() == 20
         first.down = True
         assert c.block_number() == 20  # the stale node (17, 3 behind) was tried and skipped
@@ -207,8 +213,9 @@ class TestLaggingNode:
     def test_only_lagging_endpoints_left_is_an_error_not_stale_data(self, nodes):
         fresh_a, stale, _ = nodes
         first = FaultTransport(HttpTransport(fresh_a.url))
-        c = ChainClient([first, HttpTransport(stale.url)], 31337, retry=FAST, sleep=lambda s: None,
-                        max_head_lag_blocks=2)
+        c = ChainClient(
+            [first, HttpTransport(stale.url)], 31337, retry=FAST, sleep=lambda s: None, max_head_lag_blocks=2
+        )
         c.block_number()
         first.down = True
         with pytest.raises(LaggingNodeError, match="3 blocks behind block 20"):
@@ -218,8 +225,9 @@ class TestLaggingNode:
         fresh_a, stale, _ = nodes
         for limit in (3, None):
             first = FaultTransport(HttpTransport(fresh_a.url))
-            c = ChainClient([first, HttpTransport(stale.url)], 31337, retry=FAST, sleep=lambda s: None,
-                            max_head_lag_blocks=limit)
+            c = ChainClient(
+                [first, HttpTransport(stale.url)], 31337, retry=FAST, sleep=lambda s: None, max_head_lag_blocks=limit
+            )
             c.block_number()
             first.down = True
             assert c.block_number() == 17

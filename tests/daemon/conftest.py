@@ -44,7 +44,7 @@ head_poll_s = {head_poll_s}
 initial_interval_s = 2.0
 
 [journal]
-path = "{tmp_path / 'journal.sqlite'}"
+path = "{tmp_path / "journal.sqlite"}"
 
 [http]
 port = 0

@@ -21,8 +21,11 @@ GWEI = 10**9
 
 
 def service_for(chain, tmp_path, **overrides: str) -> KeeperService:
-    cfg = load_config(write_config(chain, tmp_path, **overrides),
-                      env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None)
+    cfg = load_config(
+        write_config(chain, tmp_path, **overrides),
+        env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]},
+        dotenv_path=None,
+    )
     return KeeperService.from_config(cfg, execute=True, send_alerts=False)
 
 
@@ -71,9 +74,11 @@ class TestAlertsSayWhy:
             assert len(gas) == 1 and gas[0]["severity"] == "warning" and gas[0]["field_top_ups_left"] == 3
             assert service.metrics.value("keeper_gas_top_ups_left", {"account": who}) == 3.0
             assert service.metrics.value("keeper_native_balance_eth", {"account": who}) == pytest.approx(
-                3.5 * per_top_up / 1e18)
-            chain.anvil.request("anvil_setBalance", [chain.addresses[TRADER], hex(6 * max_fee_now(chain)
-                                                                                   * TOP_UP_GAS_LIMIT_DEFAULT)])
+                3.5 * per_top_up / 1e18
+            )
+            chain.anvil.request(
+                "anvil_setBalance", [chain.addresses[TRADER], hex(6 * max_fee_now(chain) * TOP_UP_GAS_LIMIT_DEFAULT)]
+            )
             with capture_logs() as logs:
                 service.cycle(execute=True)
             assert not [e for e in logs if e["event"] == "alert" and e["key"] == f"gas:{who}"]

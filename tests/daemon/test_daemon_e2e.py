@@ -22,8 +22,14 @@ TRADER = 1  # anvil key index; the keeper signs as the trader (own account)
 
 def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
-    return subprocess.run([sys.executable, "-m", "keeper", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=os.getcwd())
+    return subprocess.run(
+        [sys.executable, "-m", "keeper", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=os.getcwd(),
+    )
 
 
 def wallet(chain) -> int:
@@ -70,7 +76,9 @@ class TestCheck:
         (tmp_path / "iv.json").write_text('{"ETH": 4.5}')
         cfg = write_config(chain, tmp_path)
         cfg.write_text(cfg.read_text() + f'\n[implied_vol]\nsource = "{tmp_path / "iv.json"}"\n')
-        rows = {r["market"]: r for r in json.loads(keeper("status", "--config", str(cfg), "--json").stdout)["positions"]}
+        rows = {
+            r["market"]: r for r in json.loads(keeper("status", "--config", str(cfg), "--json").stdout)["positions"]
+        }
         assert rows["ETH"]["sigma_annual"] == pytest.approx(4.5)
         assert rows["BTC"]["sigma_annual"] < 4.5
 
@@ -85,14 +93,17 @@ class TestCheck:
         cfg = write_config(chain, tmp_path)
         text = cfg.read_text()
         start = text.index("[[accounts]]")
-        cfg.write_text("watch_all = true\n" + text[:start] + text[text.index("[risk]"):])
+        cfg.write_text("watch_all = true\n" + text[:start] + text[text.index("[risk]") :])
         nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
         proc = keeper("check", "--config", str(cfg), "--execute", "--json", env={"KEEPER_PRIVATE_KEY": ""})
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         seen = {(r["account"].lower(), r["market"]) for r in out["positions"]}
-        assert seen == {(chain.addresses[TRADER].lower(), "ETH"), (chain.addresses[TRADER].lower(), "BTC"),
-                        (chain.addresses[5].lower(), "BTC")}
+        assert seen == {
+            (chain.addresses[TRADER].lower(), "ETH"),
+            (chain.addresses[TRADER].lower(), "BTC"),
+            (chain.addresses[5].lower(), "BTC"),
+        }
         assert out["sent"] == [] and all(a["kind"] == "alert" for a in out["actions"])
         assert any("watch-only" in a["reason"] for a in out["actions"])
         assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
@@ -133,18 +144,17 @@ class TestBadInput:
         assert proc.returncode != 0
         assert "chain id" in proc.stderr
 
-
     def test_deployment_without_code_refused(self, chain, tmp_path, write_config):
         """A deployment naming an address with no code stops at start, naming which contract and why."""
         from dataclasses import replace
 
         cfg = write_config(chain, tmp_path)
         replace(chain.deployment, collateral="0x000000000000000000000000000000000000dEaD").save(
-            tmp_path / "deployment.json")
+            tmp_path / "deployment.json"
+        )
         proc = keeper("check", "--config", str(cfg))
         assert proc.returncode == 1
         assert "no contract at the configured collateral address" in proc.stderr and "Traceback" not in proc.stderr
-
 
     def test_bad_implied_vol_source_exits_2(self, chain, tmp_path, write_config):
         """A configured implied-vol file that does not exist stops `check` at start with exit 2."""
@@ -171,7 +181,9 @@ class TestDanger:
         out = json.loads(keeper("check", "--config", str(fresh), "--json").stdout)
         assert any(a["kind"] == "release" and a["market_id"] == 1 for a in out["actions"])
 
-    def test_empty_wallet_moves_margin_and_alerts_the_rest(self, chain, tmp_path, write_config, open_book, margin_events):
+    def test_empty_wallet_moves_margin_and_alerts_the_rest(
+        self, chain, tmp_path, write_config, open_book, margin_events
+    ):
         """With no wallet funds the keeper moves excess from the BTC short to the endangered ETH long, on chain."""
         open_book(chain, reserve_e6=0, btc_collateral_e6=60_000 * 10**6)  # BTC short at 2x: far from liquidation
         chain.push_price("ETH", 2_880 * 10**8)
@@ -189,7 +201,9 @@ class TestDanger:
         assert not eth[11] and eth[4] == 3_000 * 10**6 + sum(m["amount"] for m in moved) - fees
         planned = {r["market"]: r for r in out["positions"]}
         assert btc[4] >= planned["BTC"]["buffer_target"] * 1e6  # the source keeps its own target buffer
-        short = eth[4] + fees < planned["ETH"]["buffer_target"] * 1e6 - 1  # the fee settled on the move is not a shortfall
+        short = (
+            eth[4] + fees < planned["ETH"]["buffer_target"] * 1e6 - 1
+        )  # the fee settled on the move is not a shortfall
         alerts = [a for a in out["actions"] if a["kind"] == "alert" and a["market_id"] == 0]
         assert bool(alerts) == short  # an alert exactly when the move could not reach the target
 
@@ -197,13 +211,18 @@ class TestDanger:
 class TestDaemon:
     def test_killed_mid_crash_resumes_without_duplicate(self, chain, tmp_path, write_config, open_book, margin_events):
         """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second top-up."""
-        open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6,
-                  btc_collateral_e6=60_000 * 10**6)  # both far from liquidation: nothing to do at start
+        open_book(
+            chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6
+        )  # both far from liquidation: nothing to do at start
         cfg = write_config(chain, tmp_path)
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
         log1 = open(tmp_path / "run1.log", "w")
-        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log1,
-                                  stderr=subprocess.STDOUT, env=env)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+            stdout=log1,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             _wait_log(tmp_path / "run1.log", "cycle_finished", 60)
             assert margin_events(chain, "MarginAdded") == []
@@ -217,13 +236,18 @@ class TestDaemon:
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
         log2 = open(tmp_path / "run2.log", "w")
-        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log2,
-                                  stderr=subprocess.STDOUT, env=env)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+            stdout=log2,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             _wait_log(tmp_path / "run2.log", "daemon_started", 60)
             _wait_log(tmp_path / "run2.log", "cycle_finished", 60)  # a cycle ran while the top-up is pending ...
-            eth = json.loads(next(line for line in _lines(tmp_path / "run2.log", "position_decision")
-                                  if '"market": "ETH"' in line))
+            eth = json.loads(
+                next(line for line in _lines(tmp_path / "run2.log", "position_decision") if '"market": "ETH"' in line)
+            )
             assert eth["action"] == "awaiting_tx:sent"  # ... saw the journaled intent and held
             assert int(chain.anvil.request("txpool_status")["pending"], 16) == 1  # still one: no second top-up
             assert margin_events(chain, "MarginAdded") == []
@@ -246,8 +270,9 @@ class TestDaemon:
         cfg = write_config(chain, tmp_path)
         log = open(tmp_path / "run.log", "w")
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log,
-                                  stderr=subprocess.STDOUT, env=env)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         try:
             line = _wait_log(tmp_path / "run.log", "http_listening", 60)
             listening = json.loads(line)
@@ -283,8 +308,9 @@ class TestWebSocket:
         cfg = write_config(chain, tmp_path, rpc=chain.anvil.ws_url, head_poll_s="30")
         log = open(tmp_path / "run.log", "w")
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log,
-                                  stderr=subprocess.STDOUT, env=env)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         try:
             _wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
             _wait_log(tmp_path / "run.log", "cycle_finished", 30)
@@ -317,8 +343,12 @@ def _wait_for(probe, timeout_s: float, what: str):
 def _wait_log(path: Path, event: str, timeout_s: float, count: int = 1) -> str:
     """The ``count``-th ``event`` line of the daemon's JSON log, waiting up to ``timeout_s`` for it."""
     try:
-        return _wait_for(lambda: (found := _lines(path, event)) and len(found) >= count and found[count - 1],
-                         timeout_s, f"{event} #{count}")
+        return _wait_for(
+            lambda: (found := _lines(path, event)) and len(found) >= count and found[count - 1],
+            timeout_s,
+            f"{event} #{count}",
+        )
     except AssertionError:
-        raise AssertionError(f"no {event} #{count} in {path.name} within {timeout_s}s:\n"
-                             f"{path.read_text()[-3000:]}") from None
+        raise AssertionError(
+            f"no {event} #{count} in {path.name} within {timeout_s}s:\n{path.read_text()[-3000:]}"
+        ) from None

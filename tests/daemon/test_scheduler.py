@@ -90,8 +90,13 @@ class TestCycleScheduler:
         block = {"n": 1}
         stalls, recoveries = [], []
         s = CycleScheduler(
-            lambda: None, lambda: HeadNews(block["n"], 0, False), initial_interval_s=600,
-            head_poll_s=0.05, stall_after_s=0.3, on_stall=stalls.append, on_recover=recoveries.append,
+            lambda: None,
+            lambda: HeadNews(block["n"], 0, False),
+            initial_interval_s=600,
+            head_poll_s=0.05,
+            stall_after_s=0.3,
+            on_stall=stalls.append,
+            on_recover=recoveries.append,
         )
         s.start()
         try:

@@ -50,8 +50,9 @@ class TestSchedulerStops:
 
         s = CycleScheduler(cycle, initial_interval_s=600)
         result: list[bool] = []
-        t = threading.Thread(target=lambda: result.append(s.run_until_stopped(1.0, lambda: deadline_calls.append(1))),
-                             daemon=True)
+        t = threading.Thread(
+            target=lambda: result.append(s.run_until_stopped(1.0, lambda: deadline_calls.append(1))), daemon=True
+        )
         t.start()
         assert started.wait(5)
         stopped_at = time.monotonic()
@@ -70,8 +71,9 @@ class TestSchedulerStops:
             calls.append(1)
             raise ChainMismatchError("http://node serves chain id 999, expected 31337")
 
-        s = CycleScheduler(cycle, initial_interval_s=0.05, min_interval_s=0.05, halt_on=(ChainMismatchError,),
-                           on_halt=halts.append)
+        s = CycleScheduler(
+            cycle, initial_interval_s=0.05, min_interval_s=0.05, halt_on=(ChainMismatchError,), on_halt=halts.append
+        )
         t = threading.Thread(target=s.run_until_stopped, daemon=True)
         t.start()
         t.join(5)

@@ -16,11 +16,14 @@ pytestmark = pytest.mark.chain
 TRADER = 1  # anvil key index of the trader whose book the open_book fixture opens
 
 
-def test_dropped_top_up_is_cancelled_when_the_position_recovered(chain, tmp_path, write_config, open_book, margin_events):
+def test_dropped_top_up_is_cancelled_when_the_position_recovered(
+    chain, tmp_path, write_config, open_book, margin_events
+):
     """Top-up sent, dropped from the pool, price recovers: the manager cancels with a self-transfer at that nonce."""
     open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
-    cfg = load_config(write_config(chain, tmp_path), env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]},
-                      dotenv_path=None)
+    cfg = load_config(
+        write_config(chain, tmp_path), env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None
+    )
     service = KeeperService.from_config(cfg, execute=True)
     try:
         service.start()
@@ -36,8 +39,9 @@ def test_dropped_top_up_is_cancelled_when_the_position_recovered(chain, tmp_path
         assert service.still_needed(service.journal.get(sent[0]["intent"])) is False
         service.txm.poll()  # unknown to the node and no longer needed -> cancel at the same nonce
         chain.anvil.request("evm_mine", [])
-        rec = service.txm.wait(sent[0]["intent"], timeout_s=30,
-                               between_polls=lambda: chain.anvil.request("evm_mine", []))
+        rec = service.txm.wait(
+            sent[0]["intent"], timeout_s=30, between_polls=lambda: chain.anvil.request("evm_mine", [])
+        )
         assert rec.state == "cancelled"
         attempts = service.journal.attempts(rec.id)
         assert attempts[-1].kind == "cancel" and attempts[-1].nonce == nonce
@@ -53,8 +57,11 @@ def test_day_budget_counts_journaled_top_ups(chain, tmp_path, write_config, open
     # BTC short below its own target buffer: nothing to move, so only the wallet (and its caps) can pay
     open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=30_000 * 10**6)
     path = write_config(chain, tmp_path, limits="")
-    text = path.read_text().replace("max_top_up_usd = 50000", "max_top_up_usd = 5000") \
-                           .replace("max_per_day_usd = 200000", "max_per_day_usd = 6000")
+    text = (
+        path.read_text()
+        .replace("max_top_up_usd = 50000", "max_top_up_usd = 5000")
+        .replace("max_per_day_usd = 200000", "max_per_day_usd = 6000")
+    )
     path.write_text(text)
     cfg = load_config(path, env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None)
     service = KeeperService.from_config(cfg, execute=True)

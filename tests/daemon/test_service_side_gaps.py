@@ -25,8 +25,9 @@ def test_assess_sizes_a_long_on_falls_and_a_short_on_rises(chain, tmp_path, writ
     for k in range(40):
         price *= 0.97 if k == 30 else 1.001
         chain.push_price("ETH", int(price * 10**8))
-    cfg = load_config(write_config(chain, tmp_path), env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]},
-                      dotenv_path=None)
+    cfg = load_config(
+        write_config(chain, tmp_path), env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None
+    )
     service = KeeperService.from_config(cfg, execute=False)
     try:
         snap, _ = service.read()

@@ -30,8 +30,12 @@ STALL_S = 3.5  # the issue's slow RPC: 3-4 s per request
 
 def start_daemon(cfg: Path, log_path: Path, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=full_env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+        env=full_env,
+    )
 
 
 def stop_daemon(daemon: subprocess.Popen) -> None:
@@ -216,8 +220,11 @@ class TestHaltOnWrongChain:
         try:
             with FaultProxy(chain.anvil.url) as proxy:
                 cfg = write_config(chain, tmp_path, rpc=proxy.url)
-                cfg.write_text(cfg.read_text().replace(f'rpc_urls = ["{proxy.url}"]',
-                                                       f'rpc_urls = ["{proxy.url}", "{chain.anvil.url}"]'))
+                cfg.write_text(
+                    cfg.read_text().replace(
+                        f'rpc_urls = ["{proxy.url}"]', f'rpc_urls = ["{proxy.url}", "{chain.anvil.url}"]'
+                    )
+                )
                 daemon = start_daemon(cfg, tmp_path / "run.log")
                 try:
                     _wait_log(tmp_path / "run.log", "cycle_finished", 60)
@@ -240,8 +247,7 @@ class TestHaltOnWrongChain:
         with a critical alert naming the missing code."""
         own = DevChain(Anvil.start())
         try:
-            open_book(own, reserve_e6=1_000 * 10**6, eth_collateral_e6=15_000 * 10**6,
-                      btc_collateral_e6=60_000 * 10**6)
+            open_book(own, reserve_e6=1_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
             cfg = write_config(own, tmp_path)
             daemon = start_daemon(cfg, tmp_path / "run.log")
             try:
@@ -254,5 +260,7 @@ class TestHaltOnWrongChain:
             own.anvil.stop()
         text = (tmp_path / "run.log").read_text()
         assert code == 1, text[-3000:]
-        alert = next(e for e in events(tmp_path / "run.log") if e.get("event") == "alert" and e.get("key") == "keeper:halted")
+        alert = next(
+            e for e in events(tmp_path / "run.log") if e.get("event") == "alert" and e.get("key") == "keeper:halted"
+        )
         assert alert["severity"] == "critical" and "no code at" in alert["text"]

@@ -90,10 +90,19 @@ class TestWriterLock:
     def test_second_process_refused_until_first_exits(self, tmp_path):
         """The flock is exclusive across processes and released when the holder dies (even by SIGKILL)."""
         path = tmp_path / "j.sqlite"
-        holder = subprocess.Popen([sys.executable, "-c", (
-            "import sys, time; from keeper.tx.journal import Journal; j = Journal(sys.argv[1]); "
-            "j.lock_for_sending(); print('locked', flush=True); time.sleep(60)"), str(path)],
-            stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import sys, time; from keeper.tx.journal import Journal; j = Journal(sys.argv[1]); "
+                    "j.lock_for_sending(); print('locked', flush=True); time.sleep(60)"
+                ),
+                str(path),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
             mine = Journal(path)

@@ -23,8 +23,9 @@ def test_check_execute_beside_daemon_refuses(chain, tmp_path):
     cfg = write_config(chain, tmp_path)
     env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
     with open(tmp_path / "run.log", "w") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=out,
-                                  stderr=subprocess.STDOUT, env=env)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     try:
         _wait_log(tmp_path / "run.log", "tx_final", 60)
         nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])

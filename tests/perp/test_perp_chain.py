@@ -50,8 +50,9 @@ def liquidate_revert_reason(perp, trader: str, symbol: str) -> str | None:
     """The decoded reason a liquidator's ``liquidate`` would revert with (None: it would succeed)."""
     base = perp.ops.deployment.markets[symbol].base_token
     try:
-        perp.client.call(perp.ops.deployment.clearing_house, F_LIQUIDATE.encode(trader, base),
-                         sender=perp.addresses[LIQUIDATOR])
+        perp.client.call(
+            perp.ops.deployment.clearing_house, F_LIQUIDATE.encode(trader, base), sender=perp.addresses[LIQUIDATOR]
+        )
     except ExecutionReverted as exc:
         return str(perp.adapter.errors.decode(exc.data_bytes))
     return None
@@ -60,8 +61,9 @@ def liquidate_revert_reason(perp, trader: str, symbol: str) -> str | None:
 def make_manager(perp, tmp_path) -> tuple[TransactionManager, Journal]:
     journal = Journal(tmp_path / "journal.db")
     lane = Lane.from_key("urgent", perp.keys[2])
-    return TransactionManager(perp.client, journal, [lane], FeePolicy(), confirmations=1,
-                              error_decoder=perp.adapter.errors), journal
+    return TransactionManager(
+        perp.client, journal, [lane], FeePolicy(), confirmations=1, error_decoder=perp.adapter.errors
+    ), journal
 
 
 def fund_keeper(perp, manager, amount_e6: int) -> None:
@@ -91,8 +93,12 @@ def test_seeded_accounts_match_the_contract_in_one_round_trip(perp):
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     deposit=st.integers(500, 5_000),
-    legs=st.lists(st.tuples(st.sampled_from(["ETH", "BTC"]), st.booleans(), st.floats(0.5, 4.0)),
-                  min_size=1, max_size=2, unique_by=lambda x: x[0]),
+    legs=st.lists(
+        st.tuples(st.sampled_from(["ETH", "BTC"]), st.booleans(), st.floats(0.5, 4.0)),
+        min_size=1,
+        max_size=2,
+        unique_by=lambda x: x[0],
+    ),
     eth_move=st.floats(0.94, 1.06),
     btc_move=st.floats(0.94, 1.06),
     wait_s=st.integers(0, 7_200),
@@ -204,7 +210,8 @@ def test_top_up_from_an_empty_wallet_is_refused_before_signing(perp, tmp_path):
         with pytest.raises(SimulationRevert):
             manager.submit(perp.adapter.deposit_for_call(perp.addresses[1], 100 * 10**6), "top-up:empty", 10**8)
         assert perp.client.get_transaction_count(perp.addresses[2], "latest") == perp.client.get_transaction_count(
-            perp.addresses[2], "pending")
+            perp.addresses[2], "pending"
+        )
     finally:
         journal.close()
 
@@ -260,5 +267,7 @@ def test_a_market_push_drags_the_mark_below_the_index_and_the_mark_decides(perp)
     assert_keeper_equals_contract(snap)
     at_index = {**snap.marks_x18, eth.base_token: eth.index_price_x18}
     trader = perp.addresses[1].lower()  # long ETH: valued lower at the mark than at the index
-    assert margin_at(snap.traders[trader].account, at_index, snap.params).account_value_x18 > \
-        snap.traders[trader].contract_account_value_x18
+    assert (
+        margin_at(snap.traders[trader].account, at_index, snap.params).account_value_x18
+        > snap.traders[trader].contract_account_value_x18
+    )

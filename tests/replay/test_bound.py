@@ -62,9 +62,7 @@ def test_budget_bound_is_below_the_true_optimum(seed):
     exact = {}
     for cuts in itertools.product([0, 1], repeat=n - 1):
         bounds = [0, *[i + 1 for i, c in enumerate(cuts) if c], n]
-        idle = sum(
-            max(0.0, max(need[a:b]) - mm[m]) * dt[m] for a, b in itertools.pairwise(bounds) for m in range(a, b)
-        )
+        idle = sum(max(0.0, max(need[a:b]) - mm[m]) * dt[m] for a, b in itertools.pairwise(bounds) for m in range(a, b))
         k = len(bounds) - 2
         exact[k] = min(exact.get(k, np.inf), idle)
     for x in range(n):

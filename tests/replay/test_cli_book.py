@@ -17,8 +17,24 @@ def test_cli_fast_writes_summary_report_and_plots(tmp_path, capsys):
     """The CLI replays two policies and writes summary.json (issue keys, USD), report.md and PNGs."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main(["replay", "--prices", f"ETH={ETH_CSV}", "--prices", f"BTC={BTC_CSV}", "--fast", "--warmup-h", "6",
-              "--policy", "none", "--policy", "fixed:12:24:48", "--out", str(out)])
+        main(
+            [
+                "replay",
+                "--prices",
+                f"ETH={ETH_CSV}",
+                "--prices",
+                f"BTC={BTC_CSV}",
+                "--fast",
+                "--warmup-h",
+                "6",
+                "--policy",
+                "none",
+                "--policy",
+                "fixed:12:24:48",
+                "--out",
+                str(out),
+            ]
+        )
     assert exc.value.code in (0, None)
     s = json.loads((out / "summary.json").read_text())
     assert set(s["policies"]) == {"none", "fixed:12:24:48"}
@@ -36,9 +52,28 @@ def test_cli_bound_adds_idle_floors(tmp_path, capsys):
     none), the target gets the floor at the baseline's budget, and the report says what it means."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main(["replay", "--prices", f"ETH={ETH_CSV}", "--prices", f"BTC={BTC_CSV}", "--fast", "--warmup-h", "6",
-              "--policy", "risk", "--policy", "none", "--policy", "fixed:8:16:32", "--bound", "--no-plots",
-              "--out", str(out)])
+        main(
+            [
+                "replay",
+                "--prices",
+                f"ETH={ETH_CSV}",
+                "--prices",
+                f"BTC={BTC_CSV}",
+                "--fast",
+                "--warmup-h",
+                "6",
+                "--policy",
+                "risk",
+                "--policy",
+                "none",
+                "--policy",
+                "fixed:8:16:32",
+                "--bound",
+                "--no-plots",
+                "--out",
+                str(out),
+            ]
+        )
     assert exc.value.code in (0, None)
     s = json.loads((out / "summary.json").read_text())
     assert "idle_floor" not in s["policies"]["none"]
@@ -80,7 +115,11 @@ class TestBook:
         assert len(b.positions) == 24 and len(b.accounts) == 12
         assert {p.leverage for p in b.positions} == {3, 5, 10, 20, 35, 50}
         assert {(p.symbol, p.side.value) for p in b.positions} == {
-            ("ETH", "long"), ("ETH", "short"), ("BTC", "long"), ("BTC", "short")}
+            ("ETH", "long"),
+            ("ETH", "short"),
+            ("BTC", "long"),
+            ("BTC", "short"),
+        }
         p50 = next(p for p in b.positions if p.leverage == 50)
         assert opening_collateral_e6(p50) == 2_000 * 10**6
         assert b.markets["ETH"].fee_rate_per_s_wad == 3170979198

@@ -24,8 +24,13 @@ class TestFormula:
         px = np.array([3000.0, 2000.0, 1000.0])
         log = [(50, 100_000), (200, 50_000), (250, 10_000)]  # spent at $3000, $1000, $1000
         costs = cost_of_protection(
-            avg_idle_usd=10_000.0, duration_s=SECONDS_PER_YEAR / 2, gas_log=log, penalties_usd=7.0,
-            bad_debt_usd=3.0, native_t_s=t, native_price_usd=px,
+            avg_idle_usd=10_000.0,
+            duration_s=SECONDS_PER_YEAR / 2,
+            gas_log=log,
+            penalties_usd=7.0,
+            bad_debt_usd=3.0,
+            native_t_s=t,
+            native_price_usd=px,
             model=CostModel(0.08, (("l1", 20.0), ("l2", 0.05))),
         )
         weighted = 100_000 * 3000.0 + 50_000 * 1000.0 + 10_000 * 1000.0
@@ -41,8 +46,10 @@ class TestFormula:
         px = np.array([1.0, 2.0])
         assert native_price_at(t, px, [0, 10, 15, 20, 99]).tolist() == [1.0, 1.0, 1.0, 2.0, 2.0]
 
-    @pytest.mark.parametrize("presets, match", [(["l1"], "NAME=GWEI"), (["l1=abc"], "NAME=GWEI"),
-                                                (["l1=-1"], ">= 0"), (["a=1", "a=2"], "unique")])
+    @pytest.mark.parametrize(
+        "presets, match",
+        [(["l1"], "NAME=GWEI"), (["l1=abc"], "NAME=GWEI"), (["l1=-1"], ">= 0"), (["a=1", "a=2"], "unique")],
+    )
     def test_bad_presets_are_refused(self, presets, match):
         """A preset without a number, a negative price or a repeated name is an error naming the problem."""
         with pytest.raises(ValueError, match=match):
@@ -63,7 +70,6 @@ def run(ftx_bars):
 
 
 class TestOnReplay:
-
     def test_gas_log_sums_to_gas_used(self, run):
         """Every keeper transaction's gas is logged with its time, and the log adds up to gas_used."""
         r = run.results["fixed:8:16:32"]
@@ -96,9 +102,31 @@ def test_cli_summary_has_total_cost_per_preset(tmp_path, capsys):
     """summary.json holds policies[name].total_cost_usd mapping each preset to USD, and the report has the columns."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main(["replay", "--prices", f"ETH={ETH_CSV}", "--prices", f"BTC={BTC_CSV}", "--fast", "--warmup-h", "6",
-              "--policy", "none", "--policy", "fixed:12:24:48", "--gas-preset", "l1=20", "--gas-preset", "l2=0.05",
-              "--gas-preset", "cheap=0", "--no-plots", "--out", str(out)])
+        main(
+            [
+                "replay",
+                "--prices",
+                f"ETH={ETH_CSV}",
+                "--prices",
+                f"BTC={BTC_CSV}",
+                "--fast",
+                "--warmup-h",
+                "6",
+                "--policy",
+                "none",
+                "--policy",
+                "fixed:12:24:48",
+                "--gas-preset",
+                "l1=20",
+                "--gas-preset",
+                "l2=0.05",
+                "--gas-preset",
+                "cheap=0",
+                "--no-plots",
+                "--out",
+                str(out),
+            ]
+        )
     assert exc.value.code in (0, None)
     s = json.loads((out / "summary.json").read_text())
     for name in ("none", "fixed:12:24:48"):
@@ -106,8 +134,9 @@ def test_cli_summary_has_total_cost_per_preset(tmp_path, capsys):
         assert set(cost) == {"l1", "l2", "cheap"}
         assert cost["l1"] >= cost["l2"] >= cost["cheap"] >= 0
     fixed = s["policies"]["fixed:12:24:48"]["cost_breakdown_usd"]["cheap"]
-    assert fixed["gas"] == 0 and fixed["total"] == pytest.approx(fixed["idle_capital"] + fixed["penalties"]
-                                                                 + fixed["bad_debt"])
+    assert fixed["gas"] == 0 and fixed["total"] == pytest.approx(
+        fixed["idle_capital"] + fixed["penalties"] + fixed["bad_debt"]
+    )
     assert s["config"]["cost_model"]["gas_price_gwei"] == {"l1": 20.0, "l2": 0.05, "cheap": 0.0}
     assert "cost l1 $" in (out / "report.md").read_text()
 
@@ -120,16 +149,34 @@ def test_cli_bad_native_exits_2(capsys):
     assert "--native" in capsys.readouterr().err
 
 
-
-
 def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path):
     """Piped (no terminal), the replay still reports progress as plain lines ending at 100 %."""
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "keeper", "replay", "--prices", f"ETH={ETH_CSV}",
-                           "--prices", f"BTC={BTC_CSV}", "--fast", "--warmup-h", "6", "--policy", "none", "--no-plots", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keeper",
+            "replay",
+            "--prices",
+            f"ETH={ETH_CSV}",
+            "--prices",
+            f"BTC={BTC_CSV}",
+            "--fast",
+            "--warmup-h",
+            "6",
+            "--policy",
+            "none",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("replay: ")]
     assert len(lines) >= 2 and "(100%)" in lines[-1]

@@ -42,8 +42,9 @@ class TestOutcomes:
         assert r.min_margin_ratio > 1.0
         assert r.top_ups > 0 and r.collateral_added_e6 > 0
         gas = GAS_PER_ACTION
-        assert r.gas_used == (r.top_ups * gas[ActionKind.TOP_UP] + r.releases * gas[ActionKind.RELEASE]
-                              + r.reverted * GAS_REVERT)
+        assert r.gas_used == (
+            r.top_ups * gas[ActionKind.TOP_UP] + r.releases * gas[ActionKind.RELEASE] + r.reverted * GAS_REVERT
+        )
         assert best_fixed_baseline(baseline_run.results) == "fixed:12:24:48"
 
     def test_idle_is_time_weighted(self, baseline_run):
@@ -177,4 +178,7 @@ def test_a_policy_object_replayed_twice_starts_from_nothing(ftx_bars):
     fresh = run_fast(book, cut, [parse_policy("risk")], CFG).results["risk"]
     assert again.transactions > 0
     assert (again.transactions, again.avg_idle_e6, again.collateral_added_e6) == (
-        fresh.transactions, fresh.avg_idle_e6, fresh.collateral_added_e6)
+        fresh.transactions,
+        fresh.avg_idle_e6,
+        fresh.collateral_added_e6,
+    )

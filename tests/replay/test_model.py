@@ -10,8 +10,13 @@ from keeper.domain import Market, Side
 from keeper.replay.model import ModelRevert, PerpModel
 
 ETH = Market(
-    market_id=0, symbol="ETH", maintenance_margin_wad=5 * 10**15, max_leverage_wad=50 * 10**18,
-    liquidation_penalty_wad=10**16, fee_rate_per_s_wad=10**17 // (365 * 86400), heartbeat_s=3600,
+    market_id=0,
+    symbol="ETH",
+    maintenance_margin_wad=5 * 10**15,
+    max_leverage_wad=50 * 10**18,
+    liquidation_penalty_wad=10**16,
+    fee_rate_per_s_wad=10**17 // (365 * 86400),
+    heartbeat_s=3600,
 )
 T0 = 1_700_000_000
 

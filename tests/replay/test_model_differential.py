@@ -57,9 +57,17 @@ class Chain:
 
     def send(self, acct, fn, at_s: int) -> bool:
         """Mine ``fn`` from ``acct`` in a block of timestamp ``at_s``; True when it succeeded."""
-        tx = {"chainId": self.chain_id, "nonce": self.nonces[acct.address], "to": fn.address, "value": 0,
-              "data": fn._encode_transaction_data(), "gas": TX_GAS, "maxFeePerGas": MAX_FEE_WEI,
-              "maxPriorityFeePerGas": 10**9, "type": 2}
+        tx = {
+            "chainId": self.chain_id,
+            "nonce": self.nonces[acct.address],
+            "to": fn.address,
+            "value": 0,
+            "data": fn._encode_transaction_data(),
+            "gas": TX_GAS,
+            "maxFeePerGas": MAX_FEE_WEI,
+            "maxPriorityFeePerGas": 10**9,
+            "type": 2,
+        }
         raw = acct.sign_transaction(tx).raw_transaction
         self.anvil.request("evm_setNextBlockTimestamp", [at_s])
         tx_hash = self.anvil.request("eth_sendRawTransaction", ["0x" + raw.hex()])
@@ -68,8 +76,10 @@ class Chain:
         deadline = time.monotonic() + 10.0
         while receipt is None and time.monotonic() < deadline:  # automine: normally there at once
             receipt = self.anvil.request("eth_getTransactionReceipt", [tx_hash])
-        assert receipt is not None, (f"not mined: {self.anvil.request('eth_getTransactionByHash', [tx_hash])}, "
-                                     f"automine {self.anvil.request('anvil_getAutomine')}")
+        assert receipt is not None, (
+            f"not mined: {self.anvil.request('eth_getTransactionByHash', [tx_hash])}, "
+            f"automine {self.anvil.request('anvil_getAutomine')}"
+        )
         self.now_s = at_s
         return int(receipt["status"], 16) == 1
 
@@ -111,14 +121,34 @@ def model_from_chain(chain: Chain, block: int, now_s: int) -> PerpModel:
         params = mv[0]
         market = Market(mid, "", params[1], params[2], params[3], params[4], params[5])
         rnd = feed.functions.latestRoundData().call(block_identifier=block)
-        model.markets[mid] = MarketState(market, fee_index_wad=mv[1], fee_updated_s=now_s, price_e8=rnd[1],
-                                         price_updated_s=rnd[3], round_id=rnd[0], long_oi_e18=mv[2], short_oi_e18=mv[3])
+        model.markets[mid] = MarketState(
+            market,
+            fee_index_wad=mv[1],
+            fee_updated_s=now_s,
+            price_e8=rnd[1],
+            price_updated_s=rnd[3],
+            round_id=rnd[0],
+            long_oi_e18=mv[2],
+            short_oi_e18=mv[3],
+        )
     return model
 
 
 def view_tuple(v: PositionView) -> tuple:
-    return (v.exists, v.is_long, v.size, v.entry_price, v.collateral, v.pending_fee, v.equity, v.maintenance_margin,
-            v.liquidation_price, v.mark_price, v.mark_updated_at, v.liquidatable)
+    return (
+        v.exists,
+        v.is_long,
+        v.size,
+        v.entry_price,
+        v.collateral,
+        v.pending_fee,
+        v.equity,
+        v.maintenance_margin,
+        v.liquidation_price,
+        v.mark_price,
+        v.mark_updated_at,
+        v.liquidatable,
+    )
 
 
 trader = st.integers(0, len(TRADER_KEYS) - 1)
@@ -138,9 +168,11 @@ ops = st.one_of(
 
 # a large price move straight followed by a liquidation attempt on that market (liquidations are rare otherwise)
 crash = st.tuples(trader, market, st.sampled_from([0.5, 0.7, 0.9, 0.97, 1.03, 1.1, 1.4, 1.8])).map(
-    lambda t: [("price", t[1], t[2]), ("liquidate", t[0], t[1])])
+    lambda t: [("price", t[1], t[2]), ("liquidate", t[0], t[1])]
+)
 sequences = st.lists(st.one_of(ops.map(lambda o: [o]), crash), min_size=1, max_size=8).map(
-    lambda chunks: [op for chunk in chunks for op in chunk])
+    lambda chunks: [op for chunk in chunks for op in chunk]
+)
 
 
 def apply(chain: Chain, model: PerpModel, op: tuple, at_s: int) -> tuple[bool, bool]:
@@ -165,11 +197,16 @@ def apply(chain: Chain, model: PerpModel, op: tuple, at_s: int) -> tuple[bool, b
         price = max(model.markets[mid].price_e8, 1)
         size = notional_usd * 10**26 // price
         collateral = int(notional_usd / leverage * 1e6)
-        fn, call = fns.openPosition(mid, is_long, size, collateral), lambda: model.open_position(
-            who, mid, is_long, size, collateral, at_s)
+        fn, call = (
+            fns.openPosition(mid, is_long, size, collateral),
+            lambda: model.open_position(who, mid, is_long, size, collateral, at_s),
+        )
     elif kind == "decrease":
         delta = max(1, int((pos.size_e18 if pos else 10**18) * op[3]))
-        fn, call = fns.decreasePosition(acct.address, mid, delta), lambda: model.decrease_position(who, mid, delta, at_s)
+        fn, call = (
+            fns.decreasePosition(acct.address, mid, delta),
+            lambda: model.decrease_position(who, mid, delta, at_s),
+        )
     elif kind in ("add", "remove", "move"):
         amount = op[3] * 10**6
         if kind == "add":
@@ -178,8 +215,10 @@ def apply(chain: Chain, model: PerpModel, op: tuple, at_s: int) -> tuple[bool, b
             fn, call = fns.removeMargin(acct.address, mid, amount), lambda: model.remove_margin(who, mid, amount, at_s)
         else:
             other = chain.market_ids[1 - op[2]]
-            fn, call = fns.moveMargin(acct.address, mid, other, amount), lambda: model.move_margin(
-                who, mid, other, amount, at_s)
+            fn, call = (
+                fns.moveMargin(acct.address, mid, other, amount),
+                lambda: model.move_margin(who, mid, other, amount, at_s),
+            )
     elif kind == "close":
         fn, call = fns.closePosition(mid), lambda: model.close_position(who, mid, at_s)
     else:
@@ -195,8 +234,11 @@ def apply(chain: Chain, model: PerpModel, op: tuple, at_s: int) -> tuple[bool, b
     return ok, True
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(open_op, min_size=1, max_size=4), sequences)
 def test_model_matches_the_engine_step_by_step(rig, opens, rest):
     """After every generated operation the model's position views, fee indices and open interest equal the
@@ -212,8 +254,9 @@ def test_model_matches_the_engine_step_by_step(rig, opens, rest):
             t += op[1] if op[0] == "jump" else 1
             chain_ok, model_ok = apply(chain, model, op, t)
             event(f"{op[0]} {'ok' if chain_ok else 'reverted'}")
-            assert chain_ok == model_ok, f"step {i} {op}: chain {'ok' if chain_ok else 'reverted'}, model " \
-                                         f"{'ok' if model_ok else 'reverted'}"
+            assert chain_ok == model_ok, (
+                f"step {i} {op}: chain {'ok' if chain_ok else 'reverted'}, model {'ok' if model_ok else 'reverted'}"
+            )
             block, ts = chain.latest()
             assert ts == t
             positions, markets = chain.views(block)

@@ -86,12 +86,20 @@ def test_fast_model_matches_the_chain(replays, policy):
     assert f.liquidated == c.liquidated
     assert f.liquidation_penalty_e6 == c.liquidation_penalty_e6
     assert (f.top_ups, f.collateral_added_e6, f.releases, f.collateral_released_e6) == (
-        c.top_ups, c.collateral_added_e6, c.releases, c.collateral_released_e6)
+        c.top_ups,
+        c.collateral_added_e6,
+        c.releases,
+        c.collateral_released_e6,
+    )
     assert f.idle_time_integral == c.idle_time_integral
     assert f.idle_equity_time_integral == c.idle_equity_time_integral
     assert f.peak_idle_e6 == c.peak_idle_e6
     assert f.min_margin_ratio == c.min_margin_ratio
-    assert (f.wallet_min_e6, f.wallet_end_e6, f.final_equity_e6) == (c.wallet_min_e6, c.wallet_end_e6, c.final_equity_e6)
+    assert (f.wallet_min_e6, f.wallet_end_e6, f.final_equity_e6) == (
+        c.wallet_min_e6,
+        c.wallet_end_e6,
+        c.final_equity_e6,
+    )
     np.testing.assert_array_equal(f.ratio, c.ratio)
     np.testing.assert_array_equal(f.idle_e6, c.idle_e6)
 

@@ -15,8 +15,13 @@ ETH = Market(0, "ETH", 5 * 10**15, 50 * WAD, 10**16, int(0.10 * WAD / SECONDS_PE
 
 def _obs(k: int, price: float) -> Observation:
     return Observation(
-        now_s=1_000_000 + 60 * k, round_index=k, positions=(), markets={0: ETH},
-        prices={0: PriceRound(k + 1, int(price * 1e8), 1_000_000 + 60 * k)}, wallet_e6={}, sigma_annual={0: 0.5},
+        now_s=1_000_000 + 60 * k,
+        round_index=k,
+        positions=(),
+        markets={0: ETH},
+        prices={0: PriceRound(k + 1, int(price * 1e8), 1_000_000 + 60 * k)},
+        wallet_e6={},
+        sigma_annual={0: 0.5},
         check_interval_s=60.0,
     )
 

@@ -28,7 +28,11 @@ class TestLoadBars:
         assert eth.step_s == 300
         # first row of tests/data/ftx_2022-11-07T12_ETHUSDT_5m.csv
         assert (int(eth.t_s[0]), eth.open[0], eth.high[0], eth.low[0], eth.close[0]) == (
-            1667822400, 1579.99, 1580.56, 1577.93, 1580.37,
+            1667822400,
+            1579.99,
+            1580.56,
+            1577.93,
+            1580.37,
         )
 
     def test_bad_header_names_file_and_line_1(self, tmp_path):

@@ -38,7 +38,10 @@ class TestReferenceValues:
         levels = np.array([2940.0, 54000.0, 120.0])
         longs = np.array([True, True, False])
         vec = barrier.breach_probability(spots, levels, 0.7, HOUR, is_long=longs, drift_annual=0.1)
-        one = [float(barrier.breach_probability(s, b, 0.7, HOUR, is_long=lg, drift_annual=0.1)) for s, b, lg in zip(spots, levels, longs)]
+        one = [
+            float(barrier.breach_probability(s, b, 0.7, HOUR, is_long=lg, drift_annual=0.1))
+            for s, b, lg in zip(spots, levels, longs)
+        ]
         np.testing.assert_allclose(vec, one, rtol=1e-14)
 
 
@@ -54,7 +57,11 @@ class TestIndependentChecks:
         sigma, t = 0.8, 6 * HOUR / SECONDS_PER_YEAR
         nu = mu - 0.5 * sigma**2 - fee
         num, _ = integrate.quad(first_passage_density, 0.0, t, args=(b, nu, sigma), epsabs=1e-13, limit=200)
-        cf = float(barrier.breach_probability(1.0, math.exp(b), sigma, 6 * HOUR, is_long=True, drift_annual=mu, fee_drift_annual=fee))
+        cf = float(
+            barrier.breach_probability(
+                1.0, math.exp(b), sigma, 6 * HOUR, is_long=True, drift_annual=mu, fee_drift_annual=fee
+            )
+        )
         assert cf == pytest.approx(num, abs=1e-8)
 
     def test_matches_bridge_monte_carlo_within_three_standard_errors(self):
@@ -78,7 +85,9 @@ class TestIndependentChecks:
             x += -0.5 * sigma**2 * dt + sigma * math.sqrt(dt) * rng.standard_normal(n_paths)
             np.minimum(low, x, out=low)
         mc = float(np.mean(low <= math.log(2940.0 / 3000.0)))  # MC relative SE ~1.3 %
-        bgk = float(barrier.breach_probability(3000.0, 2940.0, sigma, HOUR, is_long=True, monitoring_dt_s=HOUR / n_steps))
+        bgk = float(
+            barrier.breach_probability(3000.0, 2940.0, sigma, HOUR, is_long=True, monitoring_dt_s=HOUR / n_steps)
+        )
         cont = float(barrier.breach_probability(3000.0, 2940.0, sigma, HOUR, is_long=True))
         assert bgk == pytest.approx(mc, rel=0.05)
         assert cont > 1.1 * mc  # the correction matters: continuous monitoring overstates by >10 %
@@ -89,33 +98,58 @@ class TestInversion:
     @pytest.mark.parametrize(("mu", "fee_rate"), [(0.0, 0.0), (0.8, 0.1), (-0.8, 0.3)])
     def test_collateral_round_trips_to_target_probability(self, is_long, mu, fee_rate):
         """The collateral found for p = 1e-4 puts the domain liquidation price where the closed form gives 1e-4."""
-        kw = dict(is_long=is_long, size=2.0, entry=2900.0, price=3000.0, maintenance=0.005, sigma_annual=0.8,
-                  horizon_s=HOUR, pending_fee=3.0, drift_annual=mu, fee_rate_annual=fee_rate)
+        kw = dict(
+            is_long=is_long,
+            size=2.0,
+            entry=2900.0,
+            price=3000.0,
+            maintenance=0.005,
+            sigma_annual=0.8,
+            horizon_s=HOUR,
+            pending_fee=3.0,
+            drift_annual=mu,
+            fee_rate_annual=fee_rate,
+        )
         c = float(barrier.collateral_for_probability(1e-4, **kw))
-        pos = Position("0xa", 0, Side.LONG if is_long else Side.SHORT, 2 * 10**18, 2900 * 10**8, round(c * 1e6), 3_000_000)
+        pos = Position(
+            "0xa", 0, Side.LONG if is_long else Side.SHORT, 2 * 10**18, 2900 * 10**8, round(c * 1e6), 3_000_000
+        )
         market = Market(0, "ETH", 5 * 10**15, 50 * 10**18, 10**16, 0, 3600)
         s_liq = pos.liquidation_price(market)
         c_drift = float(barrier.fee_drift(is_long, 2900.0, 3000.0, fee_rate, 0.005))
-        p = float(barrier.breach_probability(3000.0, s_liq, 0.8, HOUR, is_long=is_long, drift_annual=mu, fee_drift_annual=c_drift))
+        p = float(
+            barrier.breach_probability(
+                3000.0, s_liq, 0.8, HOUR, is_long=is_long, drift_annual=mu, fee_drift_annual=c_drift
+            )
+        )
         assert p == pytest.approx(1e-4, rel=1e-3)  # 1e-6 USD rounding of the collateral
 
     def test_zero_drift_inversion_is_the_reflection_formula(self):
         """Without drift the bisection equals Phi^-1(1 - p/2) sigma sqrt(T) (nu = 0 via mu = sigma^2/2)."""
         d = barrier.distance_for_probability([1e-3, 1e-4, 1e-7], 0.8, HOUR, drift_annual=0.32)
-        np.testing.assert_allclose(d, barrier.gaussian_distance([1e-3, 1e-4, 1e-7], 0.8 * math.sqrt(HOUR / SECONDS_PER_YEAR)), rtol=1e-9)
+        np.testing.assert_allclose(
+            d, barrier.gaussian_distance([1e-3, 1e-4, 1e-7], 0.8 * math.sqrt(HOUR / SECONDS_PER_YEAR)), rtol=1e-9
+        )
 
 
 class TestProperties:
     @settings(max_examples=200, deadline=None)
     @given(
-        d=st.floats(1e-4, 0.5), sigma=st.floats(0.05, 3.0), h=st.floats(1.0, 30 * 86400.0),
-        mu=st.floats(-3.0, 3.0), is_long=st.booleans(),
+        d=st.floats(1e-4, 0.5),
+        sigma=st.floats(0.05, 3.0),
+        h=st.floats(1.0, 30 * 86400.0),
+        mu=st.floats(-3.0, 3.0),
+        is_long=st.booleans(),
     )
     def test_probability_in_unit_interval_and_monotone(self, d, sigma, h, mu, is_long):
         """Probabilities lie in [0, 1], fall with distance and rise with volatility and horizon."""
         sign = 1 if is_long else -1
+
         def p(dd=d, ss=sigma, hh=h):
-            return float(barrier.breach_probability(1.0, math.exp(-sign * dd), ss, hh, is_long=is_long, drift_annual=mu))
+            return float(
+                barrier.breach_probability(1.0, math.exp(-sign * dd), ss, hh, is_long=is_long, drift_annual=mu)
+            )
+
         base = p()
         assert 0.0 <= base <= 1.0 and not math.isnan(base)
         assert p(dd=d * 1.1) <= base + 1e-12
@@ -127,7 +161,9 @@ class TestProperties:
     @given(c=st.floats(0.0, 5000.0), extra=st.floats(0.0, 1000.0), is_long=st.booleans(), price=st.floats(2000, 4000))
     def test_more_collateral_never_raises_breach_probability(self, c, extra, is_long, price):
         """Adding collateral moves the liquidation price away, so the probability never rises."""
+
         def p(coll):
             s_liq = barrier.liquidation_price(is_long, 1.0, 3000.0, coll, 0.005)
             return float(barrier.breach_probability(price, s_liq, 0.8, HOUR, is_long=is_long, drift_annual=0.2))
+
         assert p(c + extra) <= p(c) + 1e-12

@@ -16,10 +16,36 @@ from keeper.cli import build_app
 from keeper.risk import barrier
 
 KEEPER = Path(sys.executable).with_name("keeper")
-BASE = ["risk", "--side", "long", "--size", "1", "--entry", "3000", "--collateral", "60", "--price", "3000",
-        "--maintenance", "0.005", "--sigma", "0.8", "--horizon", "1h"]
-KEYS = {"liquidation_price", "breach_probability", "breach_probability_mc", "breach_probability_mc_stderr",
-        "var_99", "es_99", "required_collateral", "top_up", "check_interval_s"}
+BASE = [
+    "risk",
+    "--side",
+    "long",
+    "--size",
+    "1",
+    "--entry",
+    "3000",
+    "--collateral",
+    "60",
+    "--price",
+    "3000",
+    "--maintenance",
+    "0.005",
+    "--sigma",
+    "0.8",
+    "--horizon",
+    "1h",
+]
+KEYS = {
+    "liquidation_price",
+    "breach_probability",
+    "breach_probability_mc",
+    "breach_probability_mc_stderr",
+    "var_99",
+    "es_99",
+    "required_collateral",
+    "top_up",
+    "check_interval_s",
+}
 
 
 def run_json(args: list[str]) -> dict:
@@ -42,7 +68,10 @@ class TestRiskCommand:
         assert out["breach_probability"] == pytest.approx(2 * norm.cdf(-d / sig_h), rel=1e-9)
         gbm = float(barrier.breach_probability(3000, s_liq, 0.8, 3600, is_long=True))
         assert out["breach_probability"] == pytest.approx(gbm, rel=1e-2)  # the log drift -sigma^2/2 over 1 h
-        assert abs(out["breach_probability_mc"] - out["breach_probability"]) < 3 * out["breach_probability_mc_stderr"] + 1e-4
+        assert (
+            abs(out["breach_probability_mc"] - out["breach_probability"])
+            < 3 * out["breach_probability_mc_stderr"] + 1e-4
+        )
         assert out["top_up"] == pytest.approx(out["required_collateral"] - 60)
 
     def test_fat_tailed_needs_more_collateral_than_gbm(self):
@@ -53,16 +82,43 @@ class TestRiskCommand:
 
     def test_short_with_fees_and_suffixes(self):
         """A short over 30m with a fee rate gives finite values; the horizon suffix is parsed."""
-        out = run_json(["risk", "--side", "short", "--size", "2", "--entry", "60000", "--collateral", "3000",
-                        "--maintenance", "0.005", "--sigma", "0.6", "--horizon", "30m", "--fee-rate", "0.1", "--drift", "0.2"])
+        out = run_json(
+            [
+                "risk",
+                "--side",
+                "short",
+                "--size",
+                "2",
+                "--entry",
+                "60000",
+                "--collateral",
+                "3000",
+                "--maintenance",
+                "0.005",
+                "--sigma",
+                "0.6",
+                "--horizon",
+                "30m",
+                "--fee-rate",
+                "0.1",
+                "--drift",
+                "0.2",
+            ]
+        )
         assert out["horizon_s"] == 1800 and out["liquidation_price"] > 60000
-        assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in out.values() if not isinstance(v, (str, bool, type(None))))
+        assert all(
+            isinstance(v, (int, float)) and math.isfinite(v)
+            for v in out.values()
+            if not isinstance(v, (str, bool, type(None)))
+        )
 
     def test_already_liquidatable_is_a_clear_answer(self):
         """Past its liquidation price the answer is liquidatable with probability 1 and a top-up, no NaN."""
         out = run_json([*BASE[:-8], "--price", "2950", "--maintenance", "0.005", "--sigma", "0.8", "--horizon", "1h"])
         assert out["liquidatable"] is True and out["breach_probability"] == 1.0 and out["top_up"] > 0
-        res = CliRunner().invoke(build_app(), [*BASE[:-8], "--price", "2950", "--maintenance", "0.005", "--sigma", "0.8"])
+        res = CliRunner().invoke(
+            build_app(), [*BASE[:-8], "--price", "2950", "--maintenance", "0.005", "--sigma", "0.8"]
+        )
         assert "ALREADY LIQUIDATABLE" in res.output
 
     def test_history_csv_sets_sigma(self, tmp_path):
@@ -83,10 +139,19 @@ class TestRiskCommand:
         for word in ("liquidation price", "breach probability", "VaR 99", "check interval"):
             assert word in res.output
 
-    @pytest.mark.parametrize(("flag", "value"), [
-        ("--size", "-1"), ("--collateral", "-5"), ("--price", "0"), ("--sigma", "0"), ("--horizon", "soon"),
-        ("--side", "sideways"), ("--maintenance", "1.5"), ("--target", "0.01"),
-    ])
+    @pytest.mark.parametrize(
+        ("flag", "value"),
+        [
+            ("--size", "-1"),
+            ("--collateral", "-5"),
+            ("--price", "0"),
+            ("--sigma", "0"),
+            ("--horizon", "soon"),
+            ("--side", "sideways"),
+            ("--maintenance", "1.5"),
+            ("--target", "0.01"),
+        ],
+    )
     def test_impossible_inputs_raise_input_error(self, flag, value):
         """Bad numbers raise InputError naming the flag (the CLI maps it to exit 2)."""
         from keeper.errors import InputError

@@ -131,10 +131,20 @@ def test_batch_uses_per_market_gaps():
     """assess_positions applies each market's stress gap and defaults a missing market to stress_gap."""
     btc = dataclasses.replace(ETH, market_id=1, symbol="BTC")
     p0, p1 = _pos(300.0), dataclasses.replace(_pos(300.0), market_id=1)
-    rs = pol.assess_positions([p0, p1], {0: ETH, 1: btc}, {0: 3000 * 10**8, 1: 3000 * 10**8}, {0: 0.3, 1: 0.3},
-                              pol.RiskPolicy(), 60.0, 0, {0: 0.04})
+    rs = pol.assess_positions(
+        [p0, p1],
+        {0: ETH, 1: btc},
+        {0: 3000 * 10**8, 1: 3000 * 10**8},
+        {0: 0.3, 1: 0.3},
+        pol.RiskPolicy(),
+        60.0,
+        0,
+        {0: 0.04},
+    )
     assert rs[0].stress_gap == 0.04 and rs[1].stress_gap == 0.12
-    assert rs[0].required_distance == pytest.approx(0.08, abs=1e-5) and rs[1].required_distance == pytest.approx(0.24, abs=1e-5)
+    assert rs[0].required_distance == pytest.approx(0.08, abs=1e-5) and rs[1].required_distance == pytest.approx(
+        0.24, abs=1e-5
+    )
 
 
 def test_per_side_gaps_take_falls_for_longs_and_rises_for_shorts():

@@ -22,16 +22,26 @@ class TestSharedPaths:
         n = 300
         idx, longs = rng.integers(0, 3, n), rng.random(n) < 0.5
         b = np.where(longs, -1, 1) * rng.uniform(0.0, 0.03, n)
-        np.testing.assert_allclose(mc.breach_probabilities(paths, idx, longs, b).probability,
-                                   mc.breach_probabilities_loop(paths, idx, longs, b), atol=1e-15)
-        w = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8, 0.5, 1.2)), HOUR, 20, 2000, rng, importance_shift=[-0.2, 0, 0.1])
-        np.testing.assert_allclose(mc.breach_probabilities(w, idx, longs, b).probability,
-                                   mc.breach_probabilities_loop(w, idx, longs, b), rtol=1e-10)
+        np.testing.assert_allclose(
+            mc.breach_probabilities(paths, idx, longs, b).probability,
+            mc.breach_probabilities_loop(paths, idx, longs, b),
+            atol=1e-15,
+        )
+        w = mc.simulate_paths(
+            mc.PathModel(sigma_annual=(0.8, 0.5, 1.2)), HOUR, 20, 2000, rng, importance_shift=[-0.2, 0, 0.1]
+        )
+        np.testing.assert_allclose(
+            mc.breach_probabilities(w, idx, longs, b).probability,
+            mc.breach_probabilities_loop(w, idx, longs, b),
+            rtol=1e-10,
+        )
 
     def test_correlation_of_increments(self):
         """Terminal log returns have the requested correlation within 0.02."""
         corr = ((1.0, 0.7), (0.7, 1.0))
-        paths = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8, 0.6), corr=corr), HOUR, 4, 50_000, np.random.default_rng(2))
+        paths = mc.simulate_paths(
+            mc.PathModel(sigma_annual=(0.8, 0.6), corr=corr), HOUR, 4, 50_000, np.random.default_rng(2)
+        )
         assert np.corrcoef(paths.terminal)[0, 1] == pytest.approx(0.7, abs=0.02)
 
     def test_nearest_correlation_repairs_indefinite_matrix(self):
@@ -63,7 +73,9 @@ class TestSharedPaths:
 
     def test_student_t_increments_keep_the_variance(self):
         """Student-t (nu = 4) increments have the GBM variance sigma^2 T within 3 %."""
-        paths = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8,), student_t_nu=4.0), HOUR, 10, 200_000, np.random.default_rng(3))
+        paths = mc.simulate_paths(
+            mc.PathModel(sigma_annual=(0.8,), student_t_nu=4.0), HOUR, 10, 200_000, np.random.default_rng(3)
+        )
         assert float(np.var(paths.terminal)) == pytest.approx(0.64 * HOUR / SECONDS_PER_YEAR, rel=0.03)
 
     def test_seeded_runs_are_reproducible(self):
@@ -78,12 +90,16 @@ class TestVarianceReduction:
         """Scrambled Sobol with bridge ordering has a smaller RMSE than pseudo-random at equal path count."""
         b = math.log(2940.0 / 3000.0)
         exact = float(barrier.breach_probability(3000.0, 2940.0, 0.8, HOUR, is_long=True))
+
         def rmse(sobol):
             errs = []
             for seed in range(12):
-                paths = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8,)), HOUR, 16, 4096, np.random.default_rng(seed), sobol=sobol)
+                paths = mc.simulate_paths(
+                    mc.PathModel(sigma_annual=(0.8,)), HOUR, 16, 4096, np.random.default_rng(seed), sobol=sobol
+                )
                 errs.append(mc.breach_probabilities(paths, [0], [True], [b]).probability[0] - exact)
             return math.sqrt(np.mean(np.square(errs)))
+
         assert rmse(True) < 0.7 * rmse(False)
 
     def test_bridge_increments_are_standard_normal(self):
@@ -98,7 +114,9 @@ class TestVarianceReduction:
         b = -0.0332
         exact = float(barrier.breach_probability(1.0, math.exp(b), 0.8, HOUR, is_long=True))
         theta = mc.importance_shift_for_barrier(b, 0.8, HOUR, 50)
-        paths = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8,)), HOUR, 50, 20_000, np.random.default_rng(5), importance_shift=[theta])
+        paths = mc.simulate_paths(
+            mc.PathModel(sigma_annual=(0.8,)), HOUR, 50, 20_000, np.random.default_rng(5), importance_shift=[theta]
+        )
         est = mc.breach_probabilities(paths, [0], [True], [b])
         assert abs(est.probability[0] - exact) < 3 * est.stderr[0]
         assert est.stderr[0] / exact < 0.05
@@ -109,19 +127,25 @@ class TestCrossMargin:
         """A two-asset cross-margin account: grid-checked MC within 15 % of the BGK-corrected arithmetic-BM screen."""
         corr = ((1.0, 0.6), (0.6, 1.0))
         rng = np.random.default_rng(6)
-        paths = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8, 0.6), corr=corr), HOUR, 120, 40_000, rng, keep_paths=True)
+        paths = mc.simulate_paths(
+            mc.PathModel(sigma_annual=(0.8, 0.6), corr=corr), HOUR, 120, 40_000, rng, keep_paths=True
+        )
         spot = np.array([3000.0, 60000.0])
         q = np.array([10.0, -0.3])
         m = np.array([0.005, 0.005])
         net_c = 600.0
         p_mc, se = mc.account_breach_probability(paths, spot, [0, 1], q, spot, m, net_c)
         excess = net_c - float(np.sum(m * np.abs(q) * spot))
-        screen = mc.account_breach_screen(excess, (q - m * np.abs(q)) * spot, [0.8, 0.6], corr, HOUR, monitoring_dt_s=30.0)
+        screen = mc.account_breach_screen(
+            excess, (q - m * np.abs(q)) * spot, [0.8, 0.6], corr, HOUR, monitoring_dt_s=30.0
+        )
         assert se > 0 and p_mc == pytest.approx(screen, rel=0.15)
 
     def test_single_position_account_matches_isolated_closed_form(self):
         """One long in a 'cross' account reproduces the isolated barrier probability (grid-monitored, BGK)."""
-        paths = mc.simulate_paths(mc.PathModel(sigma_annual=(0.8,)), HOUR, 60, 40_000, np.random.default_rng(8), keep_paths=True)
+        paths = mc.simulate_paths(
+            mc.PathModel(sigma_annual=(0.8,)), HOUR, 60, 40_000, np.random.default_rng(8), keep_paths=True
+        )
         p, se = mc.account_breach_probability(paths, [3000.0], [0], [1.0], [3000.0], [0.005], 60.0)
         s_liq = float(barrier.liquidation_price(True, 1.0, 3000.0, 60.0, 0.005))
         bgk = float(barrier.breach_probability(3000.0, s_liq, 0.8, HOUR, is_long=True, monitoring_dt_s=60.0))

@@ -37,7 +37,9 @@ class TestPolicy:
 
         assert r.horizon_s == 72.0
         d_cost = 0.10 * 3000.0 / (0.995 * 3000.0) * 72.0 / SECONDS_PER_YEAR
-        assert r.breach_probability == pytest.approx(2 * norm.cdf(-(r.log_distance - d_cost) / (pol.DEFAULT_KAPPA * sig_h)), rel=1e-9)
+        assert r.breach_probability == pytest.approx(
+            2 * norm.cdf(-(r.log_distance - d_cost) / (pol.DEFAULT_KAPPA * sig_h)), rel=1e-9
+        )
 
     @pytest.mark.parametrize("side", [Side.LONG, Side.SHORT])
     def test_top_up_restores_target_and_then_nothing_happens(self, side):
@@ -80,8 +82,11 @@ class TestPolicy:
         r = assess(pos(collateral_usd=200.0), policy=policy, sigma=0.05)
         assert r.log_distance < policy.stress_gap and r.breach_probability < policy.p_trigger
         assert r.stress_breach and r.top_up_e6 > 0
-        healed = assess(dataclasses.replace(r.position, collateral_e6=r.position.collateral_e6 + r.top_up_e6),
-                        policy=policy, sigma=0.05)
+        healed = assess(
+            dataclasses.replace(r.position, collateral_e6=r.position.collateral_e6 + r.top_up_e6),
+            policy=policy,
+            sigma=0.05,
+        )
         assert not healed.stress_breach and healed.top_up_e6 == 0
 
     def test_liquidatable_position(self):
@@ -114,8 +119,9 @@ class TestPolicy:
         policy = pol.RiskPolicy()
         r = assess(pos(collateral_usd=20.0), policy=policy)
         assert r.release_collateral_e6 > r.required_collateral_e6
-        just_above_target = assess(pos(collateral_usd=(r.required_collateral_e6 + r.release_collateral_e6) / 2e6),
-                                   policy=policy)
+        just_above_target = assess(
+            pos(collateral_usd=(r.required_collateral_e6 + r.release_collateral_e6) / 2e6), policy=policy
+        )
         assert just_above_target.excess_e6 == 0  # between target and release level: hold
         far = assess(pos(collateral_usd=r.release_collateral_e6 / 1e6 + 100.0), policy=policy)
         assert far.excess_e6 == pytest.approx(far.position.collateral_e6 - far.required_collateral_e6, abs=2)
@@ -127,17 +133,26 @@ class TestPolicy:
         sig_s = 0.8 / math.sqrt(SECONDS_PER_YEAR)
         raw = (r.log_distance / (policy.kappa * policy.k_sigmas * sig_s)) ** 2 - 12.0
         assert r.suggested_check_interval_s == pytest.approx(min(max(raw, 5.0), 300.0))
-        assert assess(pos(collateral_usd=45.0), policy=policy, sigma=1.6).suggested_check_interval_s < r.suggested_check_interval_s
+        assert (
+            assess(pos(collateral_usd=45.0), policy=policy, sigma=1.6).suggested_check_interval_s
+            < r.suggested_check_interval_s
+        )
 
     def test_missing_sigma_uses_fallback_and_floor(self):
         """A NaN volatility falls back to sigma_fallback_annual; the floor lifts a low one."""
         assert assess(pos(), sigma=float("nan")).sigma_annual == NO_STRESS.sigma_fallback_annual
-        assert assess(pos(), sigma=0.2, policy=dataclasses.replace(NO_STRESS, sigma_floor_annual=0.5)).sigma_annual == 0.5
+        assert (
+            assess(pos(), sigma=0.2, policy=dataclasses.replace(NO_STRESS, sigma_floor_annual=0.5)).sigma_annual == 0.5
+        )
 
     def test_batch_equals_single(self):
         """assess_positions on a mixed book equals assess_position one by one."""
-        book = [pos(Side.LONG, 60.0), pos(Side.SHORT, 45.0, account="0xB"), pos(Side.LONG, 800.0, size=0.02, entry=58000.0, market_id=1),
-                pos(Side.SHORT, 5.0, account="0xC")]
+        book = [
+            pos(Side.LONG, 60.0),
+            pos(Side.SHORT, 45.0, account="0xB"),
+            pos(Side.LONG, 800.0, size=0.02, entry=58000.0, market_id=1),
+            pos(Side.SHORT, 5.0, account="0xC"),
+        ]
         prices = {0: P_ETH, 1: 60000 * 10**8}
         sig = {0: 0.8, 1: 0.6}
         batch = pol.assess_positions(book, {0: ETH, 1: BTC}, prices, sig, pol.RiskPolicy(), 60.0, 0)
@@ -152,7 +167,13 @@ class TestPolicy:
         assert r.excess_e6 > 0
 
     @settings(max_examples=150, deadline=None)
-    @given(c=st.floats(1.0, 3000.0), extra=st.floats(0.0, 500.0), short=st.booleans(), price=st.floats(2500.0, 3500.0), sigma=st.floats(0.1, 3.0))
+    @given(
+        c=st.floats(1.0, 3000.0),
+        extra=st.floats(0.0, 500.0),
+        short=st.booleans(),
+        price=st.floats(2500.0, 3500.0),
+        sigma=st.floats(0.1, 3.0),
+    )
     def test_more_collateral_never_raises_probability(self, c, extra, short, price, sigma):
         """Property: breach probability is in [0, 1] and never rises with collateral."""
         side = Side.SHORT if short else Side.LONG
@@ -171,8 +192,16 @@ class TestKappaCalibration:
         """Under the Gaussian model kappa is 1 within 5 %; Merton jumps (about 1.4x at 1e-3) need more."""
         rng = np.random.default_rng(1)
         g = pol.calibrate_kappa(1e-3, 0.8, 3600.0, rng, n_paths=100_000, n_steps=60)
-        j = pol.calibrate_kappa(1e-3, 0.8, 3600.0, rng, n_paths=100_000, n_steps=60,
-                                jump_intensity_annual=0.2 * SECONDS_PER_YEAR / 3600, jump_std=0.012)
+        j = pol.calibrate_kappa(
+            1e-3,
+            0.8,
+            3600.0,
+            rng,
+            n_paths=100_000,
+            n_steps=60,
+            jump_intensity_annual=0.2 * SECONDS_PER_YEAR / 3600,
+            jump_std=0.012,
+        )
         assert g.kappa == pytest.approx(1.0, abs=0.05)
         assert j.kappa == pytest.approx(1.38, abs=0.08)
         assert pol.DEFAULT_KAPPA >= j.kappa
@@ -181,14 +210,21 @@ class TestKappaCalibration:
 class TestStress:
     def test_grid_liquidations_follow_the_protocol_rule(self):
         """Every grid scenario liquidates exactly the positions the domain rule flags at the shocked price."""
-        book = [pos(Side.LONG, 300.0), pos(Side.SHORT, 100.0, account="0xB"), pos(Side.LONG, 2000.0, size=0.05, entry=60000.0, market_id=1, account="0xB")]
+        book = [
+            pos(Side.LONG, 300.0),
+            pos(Side.SHORT, 100.0, account="0xB"),
+            pos(Side.LONG, 2000.0, size=0.05, entry=60000.0, market_id=1, account="0xB"),
+        ]
         prices = {0: P_ETH, 1: 60000 * 10**8}
         report = run_stress(book, {0: ETH, 1: BTC}, prices, stress_grid())
         assert len(report.results) == 36
         for res in report.results:
             move = float(res.name.split("%")[0]) / 100
-            expected = {(p.account.lower(), p.market_id) for p in book
-                        if p.is_liquidatable(ETH if p.market_id == 0 else BTC, round(prices[p.market_id] * (1 + move)))}
+            expected = {
+                (p.account.lower(), p.market_id)
+                for p in book
+                if p.is_liquidatable(ETH if p.market_id == 0 else BTC, round(prices[p.market_id] * (1 + move)))
+            }
             assert set(res.liquidated) == expected, res.name
         loss, name = report.worst_by_account["0xa"]
         assert loss == pytest.approx(300.0) and name.startswith("-")  # whole collateral at -20 % or worse

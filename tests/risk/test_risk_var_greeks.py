@@ -47,7 +47,9 @@ class TestVarEs:
         """A one-asset portfolio equals the position VaR; opposite positions on perfectly correlated assets net out."""
         pos = var.position_var_es(2.0, 3000.0, 0.8, 3600.0)
         port = var.portfolio_var_es([6000.0], [0.8], None, 3600.0)
-        assert port.var == pytest.approx(pos.var) and pos.var == pytest.approx(6000 * 0.8 * math.sqrt(3600 / 31_536_000) * 2.326348, rel=1e-6)
+        assert port.var == pytest.approx(pos.var) and pos.var == pytest.approx(
+            6000 * 0.8 * math.sqrt(3600 / 31_536_000) * 2.326348, rel=1e-6
+        )
         hedged = var.portfolio_var_es([6000.0, -6000.0], [0.8, 0.8], [[1, 1], [1, 1]], 3600.0)
         assert hedged.var == pytest.approx(0.0, abs=1e-9)
 
@@ -71,17 +73,22 @@ def quantlib_greeks(spot, strike, t, sigma, is_call, rate, div):
         ql.YieldTermStructureHandle(ql.FlatForward(today, rate, dc)),
         ql.BlackVolTermStructureHandle(ql.BlackConstantVol(today, ql.NullCalendar(), sigma, dc)),
     )
-    opt = ql.VanillaOption(ql.PlainVanillaPayoff(ql.Option.Call if is_call else ql.Option.Put, strike), ql.EuropeanExercise(maturity))
+    opt = ql.VanillaOption(
+        ql.PlainVanillaPayoff(ql.Option.Call if is_call else ql.Option.Put, strike), ql.EuropeanExercise(maturity)
+    )
     opt.setPricingEngine(ql.AnalyticEuropeanEngine(process))
     return t_exact, opt.NPV(), opt.delta(), opt.gamma(), opt.vega()
 
 
 class TestGreeks:
-    @pytest.mark.parametrize(("spot", "strike", "days", "sigma", "is_call", "rate", "div"), [
-        (3000.0, 3200.0, 30, 0.8, True, 0.05, 0.0),
-        (3000.0, 2500.0, 7, 0.6, False, 0.03, 0.01),
-        (60000.0, 60000.0, 90, 0.5, True, 0.0, 0.02),
-    ])
+    @pytest.mark.parametrize(
+        ("spot", "strike", "days", "sigma", "is_call", "rate", "div"),
+        [
+            (3000.0, 3200.0, 30, 0.8, True, 0.05, 0.0),
+            (3000.0, 2500.0, 7, 0.6, False, 0.03, 0.01),
+            (60000.0, 60000.0, 90, 0.5, True, 0.0, 0.02),
+        ],
+    )
     def test_black_scholes_matches_quantlib(self, spot, strike, days, sigma, is_call, rate, div):
         """Price, delta, gamma and vega equal QuantLib's analytic engine to 1e-8 relative."""
         t, npv, d, g, v = quantlib_greeks(spot, strike, days / 365, sigma, is_call, rate, div)
@@ -100,8 +107,11 @@ class TestGreeks:
 
     def test_account_aggregation(self):
         """Perp deltas add per account and asset; an option adds its BS delta times quantity."""
-        ps = [Position("0xA", 0, Side.LONG, 2 * 10**18, 3000 * 10**8, 1), Position("0xa", 1, Side.SHORT, 10**17, 60000 * 10**8, 1),
-              Position("0xB", 0, Side.SHORT, 10**18, 3000 * 10**8, 1)]
+        ps = [
+            Position("0xA", 0, Side.LONG, 2 * 10**18, 3000 * 10**8, 1),
+            Position("0xa", 1, Side.SHORT, 10**17, 60000 * 10**8, 1),
+            Position("0xB", 0, Side.SHORT, 10**18, 3000 * 10**8, 1),
+        ]
         opt = greeks.OptionPosition("0xA", 0, True, 3000.0, 0.1, -1.0, 0.8)
         res = greeks.account_greeks(ps, {0: 3000 * 10**8, 1: 60000 * 10**8}, [opt])
         call_delta = float(greeks.bs_greeks(3000.0, 3000.0, 0.1, 0.8, True).delta)

@@ -91,7 +91,9 @@ class TestEwmaAndIrregularTimes:
 
     def test_too_little_history_falls_back_and_says_why(self):
         """Twenty rounds are too few: the fallback volatility is used and the reason names the count."""
-        est = vol.estimate_volatility(np.arange(21) * 60.0, np.full(21, 3000.0) * np.exp(np.linspace(0, 0.01, 21)), fallback_annual=1.5)
+        est = vol.estimate_volatility(
+            np.arange(21) * 60.0, np.full(21, 3000.0) * np.exp(np.linspace(0, 0.01, 21)), fallback_annual=1.5
+        )
         assert est.model == "fallback" and est.sigma_annual == 1.5
         assert "20 returns" in est.fallback_reason
 

@@ -37,9 +37,8 @@ max_top_up_usd = 50000
 max_per_day_usd = 200000
 
 [journal]
-path = "{tmp_path / 'journal.sqlite'}"
+path = "{tmp_path / "journal.sqlite"}"
 """)
-        return load_config(path, env={"KEEPER_PRIVATE_KEY": TRADER_KEY} if mode == "protect" else {},
-                           dotenv_path=None)
+        return load_config(path, env={"KEEPER_PRIVATE_KEY": TRADER_KEY} if mode == "protect" else {}, dotenv_path=None)
 
     return make

@@ -147,7 +147,9 @@ class TestAlertSink:
 class TestAlertFromAction:
     def test_key_stable_across_amounts_and_categories(self):
         """Shortfall alerts of one position share a key whatever the amount; stale alerts get another."""
-        a = Action(ActionKind.ALERT, "0xAbC", 0, amount_e6=5, reason="position short of its target buffer by $5", urgent=True)
+        a = Action(
+            ActionKind.ALERT, "0xAbC", 0, amount_e6=5, reason="position short of its target buffer by $5", urgent=True
+        )
         b = Action(ActionKind.ALERT, "0xabc", 0, amount_e6=9, reason="position short of its target buffer by $9")
         c = Action(ActionKind.ALERT, "0xabc", 0, reason="oracle price of market 0 is stale: ...")
         ka, text, sev, fields = alert_from_action(a)

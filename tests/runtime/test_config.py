@@ -206,7 +206,9 @@ class TestSigner:
         """A keystore decrypts with its password file; a wrong password is reported without the password."""
         import json
 
-        keystore = write(tmp_path, json.dumps(Account.encrypt(KEY, "hunter2-pass", kdf="pbkdf2", iterations=2)), "ks.json")
+        keystore = write(
+            tmp_path, json.dumps(Account.encrypt(KEY, "hunter2-pass", kdf="pbkdf2", iterations=2)), "ks.json"
+        )
         pw = write(tmp_path, "hunter2-pass\n", "pw.txt")
         text = MINIMAL + f'[signer]\nkeystore = "{keystore}"\npassword_file = "{pw}"\n'
         cfg = load(tmp_path, text)

@@ -17,10 +17,17 @@ class TestParse:
         """A valid document maps upper-cased symbols to floats."""
         assert parse_implied_vols('{"eth": 0.65, "BTC": 1}', "x") == {"ETH": 0.65, "BTC": 1.0}
 
-    @pytest.mark.parametrize("doc, msg", [
-        ("not json", "not JSON"), ("[1, 2]", "JSON object"), ("{}", "JSON object"),
-        ('{"ETH": 0}', "in \\(0, 20\\]"), ('{"ETH": "high"}', "annualised volatility"), ('{"ETH": true}', "ETH"),
-    ])
+    @pytest.mark.parametrize(
+        "doc, msg",
+        [
+            ("not json", "not JSON"),
+            ("[1, 2]", "JSON object"),
+            ("{}", "JSON object"),
+            ('{"ETH": 0}', "in \\(0, 20\\]"),
+            ('{"ETH": "high"}', "annualised volatility"),
+            ('{"ETH": true}', "ETH"),
+        ],
+    )
     def test_bad_documents_say_what_is_wrong(self, doc, msg):
         """Malformed documents raise ValueError naming the problem."""
         with pytest.raises(ValueError, match=msg):

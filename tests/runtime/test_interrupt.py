@@ -41,7 +41,7 @@ address = "{chain.addresses[TRADER]}"
 max_top_up_usd = 50000
 max_per_day_usd = 200000
 [journal]
-path = "{tmp_path / 'journal.sqlite'}"
+path = "{tmp_path / "journal.sqlite"}"
 [log]
 format = "json"
 """)
@@ -64,10 +64,22 @@ def test_ctrl_c_reports_sent_and_pending(chain, tmp_path, as_json):
     cfg = endangered_book(chain, tmp_path)
     trader = chain.addresses[TRADER]
     chain.anvil.request("evm_setAutomine", [False])  # the top-up stays pending until the test mines
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")},
-           "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-    args = [sys.executable, "-m", "keeper", "check", "--config", str(cfg), "--execute",
-            "--env-file", str(tmp_path / "none.env"), *(["--json"] if as_json else [])]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")},
+        "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER],
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "keeper",
+        "check",
+        "--config",
+        str(cfg),
+        "--execute",
+        "--env-file",
+        str(tmp_path / "none.env"),
+        *(["--json"] if as_json else []),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         wait_for_pending_tx(chain, trader)
@@ -78,8 +90,12 @@ def test_ctrl_c_reports_sent_and_pending(chain, tmp_path, as_json):
             proc.kill()
             proc.communicate()
     pool = chain.anvil.request("txpool_content")["pending"]
-    pending = {int(nonce): tx["hash"] for sender, txs in pool.items() if sender.lower() == trader.lower()
-               for nonce, tx in txs.items()}
+    pending = {
+        int(nonce): tx["hash"]
+        for sender, txs in pool.items()
+        if sender.lower() == trader.lower()
+        for nonce, tx in txs.items()
+    }
     assert proc.returncode == 130, err
     assert "Traceback" not in err and pending
     assert secret_leaks(out + err) == []

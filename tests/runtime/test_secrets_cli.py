@@ -46,9 +46,14 @@ address = "{TRADER}"
 
 def keeper(tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
-    return subprocess.run([sys.executable, "-m", "keeper", *args, "--env-file", str(tmp_path / "none.env")],
-                          capture_output=True, text=True, timeout=timeout, env={**clean, **(env or {})},
-                          cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "keeper", *args, "--env-file", str(tmp_path / "none.env")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**clean, **(env or {})},
+        cwd=tmp_path,
+    )
 
 
 def config_file(tmp_path: Path, text: str) -> Path:
@@ -90,25 +95,33 @@ class TestRedact:
 
     def test_mask_text_known_strings(self):
         """Exact known strings (a password, a URL's path) are masked wherever they appear."""
-        assert mask_text("requests: url: /v2/APIKEY123456 failed", ["/v2/APIKEY123456"]) == \
-            f"requests: url: {REDACTED} failed"
+        assert (
+            mask_text("requests: url: /v2/APIKEY123456 failed", ["/v2/APIKEY123456"])
+            == f"requests: url: {REDACTED} failed"
+        )
 
     def test_mask_data_keeps_hashes_masks_keys(self):
         """In nested data a tx_hash keeps its 32-byte hex, the same shape elsewhere and secret names are masked."""
         tx = "0x" + "ab" * 32
-        out = mask_data({"tx_hash": tx, "sent": [{"tx_hash": tx, "reason": f"key {KEY}"}], "password": "x"},
-                        secret_names=["password"])
+        out = mask_data(
+            {"tx_hash": tx, "sent": [{"tx_hash": tx, "reason": f"key {KEY}"}], "password": "x"},
+            secret_names=["password"],
+        )
         assert out == {"tx_hash": tx, "sent": [{"tx_hash": tx, "reason": f"key {REDACTED}"}], "password": REDACTED}
 
 
 class TestSecretsInConfigErrors:
-    @pytest.mark.parametrize("text, env", [
-        (BASE + f'[signer]\nprivatekey = "{KEY}"\n', {}),
-        (BASE + f'[signer]\nkey = "{KEY[2:]}"\n', {}),
-        (f'signer = "{KEY}"\n' + BASE, {}),
-        (BASE, {"KEEPER_SIGNER__KEY": KEY}),
-        (BASE + '[signer]\npassword = "keystore-pw-7f3a"\n', {}),
-    ], ids=["privatekey", "key-no-0x", "top-level-signer", "env-signer-key", "password-field"])
+    @pytest.mark.parametrize(
+        "text, env",
+        [
+            (BASE + f'[signer]\nprivatekey = "{KEY}"\n', {}),
+            (BASE + f'[signer]\nkey = "{KEY[2:]}"\n', {}),
+            (f'signer = "{KEY}"\n' + BASE, {}),
+            (BASE, {"KEEPER_SIGNER__KEY": KEY}),
+            (BASE + '[signer]\npassword = "keystore-pw-7f3a"\n', {}),
+        ],
+        ids=["privatekey", "key-no-0x", "top-level-signer", "env-signer-key", "password-field"],
+    )
     def test_misspelled_secret_not_echoed(self, tmp_path, text, env):
         """A key or password under a wrong field name is reported by field, exit 2, its value never printed."""
         proc = keeper(tmp_path, "check", "--config", str(config_file(tmp_path, text)), env=env)
@@ -167,14 +180,18 @@ class TestStrictValidation:
             cfg = load_config(config_file(tmp_path, BASE.replace(TRADER, ok)), env={}, dotenv_path=None)
             assert cfg.accounts[0].address == ok
 
-    @pytest.mark.parametrize("old, new, words", [
-        (TRADER, "0x" + "0" * 40, "zero address"),
-        ("chain_id = 31337", "chain_id = true", "must be a number, not true/false"),
-        ('"http://127.0.0.1:8545"', '"http://127.0.0.1:99999"', "port outside 1-65535"),
-        ("[[accounts]]", "[schedule]\nhead_poll_s = 0.001\n[[accounts]]", "greater than or equal to 0.1"),
-        ("[[accounts]]", "[risk]\np_trigger = nan\n[[accounts]]", "finite number"),
-        ("[[accounts]]", "[limits]\nallow_release = 1\nmax_top_up_usd = false\n[[accounts]]", "not true/false"),
-    ], ids=["zero-address", "bool-chain-id", "port-range", "head-poll-min", "nan", "bool-usd"])
+    @pytest.mark.parametrize(
+        "old, new, words",
+        [
+            (TRADER, "0x" + "0" * 40, "zero address"),
+            ("chain_id = 31337", "chain_id = true", "must be a number, not true/false"),
+            ('"http://127.0.0.1:8545"', '"http://127.0.0.1:99999"', "port outside 1-65535"),
+            ("[[accounts]]", "[schedule]\nhead_poll_s = 0.001\n[[accounts]]", "greater than or equal to 0.1"),
+            ("[[accounts]]", "[risk]\np_trigger = nan\n[[accounts]]", "finite number"),
+            ("[[accounts]]", "[limits]\nallow_release = 1\nmax_top_up_usd = false\n[[accounts]]", "not true/false"),
+        ],
+        ids=["zero-address", "bool-chain-id", "port-range", "head-poll-min", "nan", "bool-usd"],
+    )
     def test_refused_with_reason(self, tmp_path, old, new, words):
         """Values that used to be accepted or misexplained are refused, saying what is wrong."""
         msg = config_error(tmp_path, BASE.replace(old, new))
@@ -195,7 +212,10 @@ def test_known_secrets_of_a_config(tmp_path):
     ks.write_text("{}")
     pw = tmp_path / "pw.txt"
     pw.write_text("keystore-pw-7f3a\n")
-    text = BASE.replace('"http://127.0.0.1:8545"', f'"{CRED_URL}"') + f'[signer]\nkeystore = "{ks}"\npassword_file = "{pw}"\n'
+    text = (
+        BASE.replace('"http://127.0.0.1:8545"', f'"{CRED_URL}"')
+        + f'[signer]\nkeystore = "{ks}"\npassword_file = "{pw}"\n'
+    )
     secrets = known_secrets(load_config(config_file(tmp_path, text), env={}, dotenv_path=None))
     assert {"keystore-pw-7f3a", "alice", "s3cr3tpw", "/v2/APIKEY123456", "token=QUERYTOKEN9"} <= set(secrets)
     line = mask_text(f"GET {CRED_URL.split('@', 1)[1]} pw keystore-pw-7f3a", secrets)
@@ -222,8 +242,9 @@ class TestLogRouting:
         for h in pytest_handlers:  # pytest's own capture would keep the raw record (the test's input)
             root.removeHandler(h)
         try:
-            logging.getLogger("apscheduler.scheduler").warning("job failed with %s at %s pw=%s", KEY, CRED_URL,
-                                                               "keystore-pw-7f3a")
+            logging.getLogger("apscheduler.scheduler").warning(
+                "job failed with %s at %s pw=%s", KEY, CRED_URL, "keystore-pw-7f3a"
+            )
             logging.getLogger("urllib3").info("dropped below the foreign minimum level")
         finally:
             for h in pytest_handlers:
@@ -242,6 +263,7 @@ class TestLogRouting:
             port = s.getsockname()[1]
         url = f"http://alice:s3cr3tpw@127.0.0.1:{port}/v2/APIKEY123456"
         from keeper.chain.rpc import RetryPolicy
+
         with capture_logs() as logs, pytest.raises(KeeperError) as info:
             ChainClient.connect(url, 31337, timeout_s=2, retry=RetryPolicy(attempts=1))
         failed = [e for e in logs if e["event"] == "rpc_endpoint_failed"]

@@ -13,8 +13,15 @@ from keeper.runtime.service import KeeperService
 from keeper.tx.journal import Journal
 
 TRADER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # the account tests/runtime/conftest.py configures
-ETH = Market(market_id=0, symbol="ETH", maintenance_margin_wad=5 * WAD // 1000, max_leverage_wad=50 * WAD,
-             liquidation_penalty_wad=WAD // 100, fee_rate_per_s_wad=10 * WAD // 100 // 31_536_000, heartbeat_s=3600)
+ETH = Market(
+    market_id=0,
+    symbol="ETH",
+    maintenance_margin_wad=5 * WAD // 1000,
+    max_leverage_wad=50 * WAD,
+    liquidation_penalty_wad=WAD // 100,
+    fee_rate_per_s_wad=10 * WAD // 100 // 31_536_000,
+    heartbeat_s=3600,
+)
 
 
 @pytest.fixture
@@ -32,13 +39,22 @@ def fake() -> FakeAdapter:
 def service_for(adapter: FakeAdapter, config: KeeperConfig, *, signer: str | None = TRADER) -> KeeperService:
     cfg = config
     client = ChainClient([HttpTransport("http://127.0.0.1:1")], 31337)  # never called: no transaction manager
-    return KeeperService(cfg, client=client, adapter=adapter, journal=Journal(str(cfg.journal.path)), txm=None,
-                         signer_address=signer)
+    return KeeperService(
+        cfg, client=client, adapter=adapter, journal=Journal(str(cfg.journal.path)), txm=None, signer_address=signer
+    )
 
 
 def open_long(adapter: FakeAdapter, collateral_e6: int) -> None:
-    adapter.set_position(Position(account=TRADER, market_id=0, side=Side.LONG, size_e18=20 * 10**18,
-                                  entry_price_e8=3_000 * 10**8, collateral_e6=collateral_e6))
+    adapter.set_position(
+        Position(
+            account=TRADER,
+            market_id=0,
+            side=Side.LONG,
+            size_e18=20 * 10**18,
+            entry_price_e8=3_000 * 10**8,
+            collateral_e6=collateral_e6,
+        )
+    )
 
 
 def test_fake_adapter_implements_the_whole_interface():

@@ -25,8 +25,15 @@ def expected_liquidations(scenario) -> set[tuple[int, str]]:
     out = set()
     for p in DEMO_BOOK:
         spec = next(m for m in DEFAULT_MARKETS if m.symbol == p.symbol)
-        market = Market(0, p.symbol, int(spec.maintenance_margin * WAD), int(spec.max_leverage * WAD),
-                        int(spec.liquidation_penalty * WAD), 0, spec.heartbeat_s)
+        market = Market(
+            0,
+            p.symbol,
+            int(spec.maintenance_margin * WAD),
+            int(spec.max_leverage * WAD),
+            int(spec.liquidation_penalty * WAD),
+            0,
+            spec.heartbeat_s,
+        )
         entry = scenario.start_prices_e8[p.symbol]
         size = int(p.notional_usd * 1e8 * 1e18) // entry
         pos = Position("x", 0, p.side, size, entry, p.collateral_e6)
@@ -51,7 +58,9 @@ class StaticKeeper:
             if (p.symbol == "ETH") == (p.side is Side.LONG):  # ETH longs and BTC shorts lose in the scenario
                 amount = int(p.notional_usd / 2 * 1e6)
                 account = Account.from_key(ANVIL_KEYS[p.account]).address
-                sender.wait(sender.transact(ops.engine.functions.addMargin(account, ops.deployment.markets[p.symbol], amount)))
+                sender.wait(
+                    sender.transact(ops.engine.functions.addMargin(account, ops.deployment.markets[p.symbol], amount))
+                )
                 self.sent_e6 += amount
 
     def after_round(self, played: PlayedRound) -> None:
@@ -82,7 +91,14 @@ def test_control_and_pluggable_keeper_run(tmp_path):
     assert summary["gas_used"] > 4 * 21_000 and summary["keeper_transactions"] == 4
     path = write_summary(summary, tmp_path / "demo-summary.json")
     data = json.loads(path.read_text())
-    for field in ("positions", "liquidated_with_keeper", "liquidated_without_keeper", "top_ups", "collateral_added", "gas_used"):
+    for field in (
+        "positions",
+        "liquidated_with_keeper",
+        "liquidated_without_keeper",
+        "top_ups",
+        "collateral_added",
+        "gas_used",
+    ):
         assert field in data
 
 
@@ -94,7 +110,10 @@ def test_keeper_demo_json_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
     proc = subprocess.run(
         [sys.executable, "-m", "keeper", "demo", "--json", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)

@@ -55,13 +55,24 @@ def clock():
 def make_manager(anvil, journal):
     """Factory: a TransactionManager on ``anvil`` with urgent and routine lanes (keys 2 and 4)."""
 
-    def make(urls=None, *, confirmations=1, still_needed=None, fee_policy=None, stuck_blocks=3,
-             stuck_s=30.0, jrnl=None, **kw):
-        client = ChainClient.connect(urls or [anvil.url], 31337, timeout_s=5.0,
-                                     retry=RetryPolicy(attempts=3, base_s=0.01, max_s=0.05))
-        lanes = [Lane.from_key("urgent", URGENT_KEY, stuck_blocks=stuck_blocks, stuck_s=stuck_s, tip_percentile=90),
-                 Lane.from_key("routine", ROUTINE_KEY, stuck_blocks=stuck_blocks, stuck_s=stuck_s)]
-        return TransactionManager(client, jrnl or journal, lanes, fee_policy or FeePolicy(),
-                                  confirmations=confirmations, still_needed=still_needed, **kw)
+    def make(
+        urls=None, *, confirmations=1, still_needed=None, fee_policy=None, stuck_blocks=3, stuck_s=30.0, jrnl=None, **kw
+    ):
+        client = ChainClient.connect(
+            urls or [anvil.url], 31337, timeout_s=5.0, retry=RetryPolicy(attempts=3, base_s=0.01, max_s=0.05)
+        )
+        lanes = [
+            Lane.from_key("urgent", URGENT_KEY, stuck_blocks=stuck_blocks, stuck_s=stuck_s, tip_percentile=90),
+            Lane.from_key("routine", ROUTINE_KEY, stuck_blocks=stuck_blocks, stuck_s=stuck_s),
+        ]
+        return TransactionManager(
+            client,
+            jrnl or journal,
+            lanes,
+            fee_policy or FeePolicy(),
+            confirmations=confirmations,
+            still_needed=still_needed,
+            **kw,
+        )
 
     return make

@@ -28,22 +28,43 @@ def jrnl(tmp_path):
 
 
 def _intent(j, key="k"):
-    return j.create_intent(idempotency_key=key, lane="urgent", sender="0xAb" + "00" * 19, to="0x" + "11" * 20,
-                           data=b"\x01\x02", value_wei=3 * 10**30, value_at_stake_e6=5, meta={"kind": "top_up"})
+    return j.create_intent(
+        idempotency_key=key,
+        lane="urgent",
+        sender="0xAb" + "00" * 19,
+        to="0x" + "11" * 20,
+        data=b"\x01\x02",
+        value_wei=3 * 10**30,
+        value_at_stake_e6=5,
+        meta={"kind": "top_up"},
+    )
 
 
 class TestJournal:
     def test_round_trip_survives_reopen(self, jrnl, tmp_path):
         """An intent and its signed attempt read back identically after the database is reopened."""
         rec = _intent(jrnl)
-        att = jrnl.add_attempt(rec.id, kind="send", nonce=7, tx_hash="0xaa", raw_tx=b"\x02raw", max_fee_per_gas=3 * 10**20,
-                               max_priority_fee_per_gas=2, gas_limit=50_000)
+        att = jrnl.add_attempt(
+            rec.id,
+            kind="send",
+            nonce=7,
+            tx_hash="0xaa",
+            raw_tx=b"\x02raw",
+            max_fee_per_gas=3 * 10**20,
+            max_priority_fee_per_gas=2,
+            gas_limit=50_000,
+        )
         jrnl.mark_sent(att.id, 12)
         jrnl.close()
         j2 = Journal(tmp_path / "j.db")
         got = j2.get(rec.id)
-        assert (got.state, got.nonce, got.value_wei, got.data, got.meta) == ("sent", 7, 3 * 10**30, b"\x01\x02",
-                                                                              {"kind": "top_up"})
+        assert (got.state, got.nonce, got.value_wei, got.data, got.meta) == (
+            "sent",
+            7,
+            3 * 10**30,
+            b"\x01\x02",
+            {"kind": "top_up"},
+        )
         (a,) = j2.attempts(rec.id)
         assert (a.raw_tx, a.max_fee_per_gas, a.sent_block) == (b"\x02raw", 3 * 10**20, 12)
         assert [e for e, _ in j2.events(rec.id)] == ["intent_created", "tx_signed", "tx_sent"]
@@ -80,8 +101,16 @@ class TestJournal:
         """max_nonce reports the highest nonce held by an open intent of that sender (case-insensitive)."""
         a, b = _intent(jrnl, "a"), _intent(jrnl, "b")
         for rec, n in ((a, 3), (b, 4)):
-            jrnl.add_attempt(rec.id, kind="send", nonce=n, tx_hash=f"0x{n}", raw_tx=b"", max_fee_per_gas=1,
-                             max_priority_fee_per_gas=1, gas_limit=1)
+            jrnl.add_attempt(
+                rec.id,
+                kind="send",
+                nonce=n,
+                tx_hash=f"0x{n}",
+                raw_tx=b"",
+                max_fee_per_gas=1,
+                max_priority_fee_per_gas=1,
+                gas_limit=1,
+            )
         assert jrnl.max_nonce("0xab" + "00" * 19) == 4
         jrnl.update(b.id, state="abandoned")
         assert jrnl.max_nonce("0xAB" + "00" * 19) == 3
@@ -119,8 +148,13 @@ class TestFees:
         with pytest.raises(FeeCapExceeded):
             FeePolicy().initial(MarketFees(10 * GWEI, GWEI), cap_wei=10 * GWEI)
 
-    @given(st.integers(1, 10**12), st.integers(1, 10**11), st.integers(0, 10**12), st.integers(0, 10**11),
-           st.integers(1, 10**13))
+    @given(
+        st.integers(1, 10**12),
+        st.integers(1, 10**11),
+        st.integers(0, 10**12),
+        st.integers(0, 10**11),
+        st.integers(1, 10**13),
+    )
     def test_bump_raises_both_fields_and_respects_cap(self, max_fee, tip, base, mtip, cap):
         """A replacement raises both fee fields by >= 12.5% and never exceeds the cap (or is refused)."""
         tip = min(tip, max_fee)

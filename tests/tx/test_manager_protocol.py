@@ -46,9 +46,16 @@ def make(url_or_urls, journal, *, confirmations=1, still_needed=None, deployment
     urls = url_or_urls if isinstance(url_or_urls, list) else [url_or_urls]
     client = ChainClient.connect(urls, 31337, timeout_s=5.0, retry=FAST)
     adapter = ReferenceAdapter.from_deployment(client, deployment)
-    manager = TransactionManager(client, journal, [Lane.from_key("urgent", _KEYS[2], stuck_blocks=3)], FeePolicy(),
-                                 confirmations=confirmations, still_needed=still_needed,
-                                 error_decoder=adapter.errors, **kw)
+    manager = TransactionManager(
+        client,
+        journal,
+        [Lane.from_key("urgent", _KEYS[2], stuck_blocks=3)],
+        FeePolicy(),
+        confirmations=confirmations,
+        still_needed=still_needed,
+        error_decoder=adapter.errors,
+        **kw,
+    )
     return client, adapter, manager
 
 
@@ -88,7 +95,8 @@ class TestSimulation:
         assert nonce == book.w3.eth.get_transaction_count(book.addresses[2], "pending")
 
 
-CHILD = textwrap.dedent("""
+CHILD = textwrap.dedent(
+    """
     import os, signal, sys, time
     from keeper.chain.rpc import ChainClient
     from keeper.dev.reference import ANVIL_KEYS, Deployment
@@ -105,7 +113,9 @@ CHILD = textwrap.dedent("""
     rec = m.submit(adapter.add_margin_call(trader, 0, %d), "top_up:crash", %d)
     print("SENT", rec.nonce, flush=True)
     time.sleep(60)
-""" % (TOP_UP, STAKE))
+"""
+    % (TOP_UP, STAKE)
+)
 
 
 class TestCrashSafety:
@@ -117,8 +127,12 @@ class TestCrashSafety:
         before = collateral(book)
         if mode == "after_send":
             book.anvil.request("evm_setAutomine", [False])
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, book.anvil.url, str(jpath), str(dep), mode,
-                                 book.addresses[1]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, book.anvil.url, str(jpath), str(dep), mode, book.addresses[1]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             if mode == "after_send":
                 lines = iter(proc.stdout.readline, "")
@@ -171,8 +185,9 @@ class TestReorg:
         """After a reorg, a top-up whose purpose is gone is cancelled at its nonce and never lands."""
         j = Journal(tmp_path / "j.db")
         needed = {"v": True}
-        _, adapter, m = make(book.anvil.url, j, confirmations=3, still_needed=lambda i: needed["v"],
-                             deployment=book.deployment)
+        _, adapter, m = make(
+            book.anvil.url, j, confirmations=3, still_needed=lambda i: needed["v"], deployment=book.deployment
+        )
         before = collateral(book)
         snap = book.anvil.request("evm_snapshot")
         rec = m.submit(adapter.add_margin_call(book.addresses[1], 0, TOP_UP), "k:reorg2", STAKE)
