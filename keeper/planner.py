@@ -47,15 +47,15 @@ from keeper.domain import (
 from keeper.risk.policy import PositionRisk, RiskPolicy, is_endangered
 
 __all__ = [
+    "FEE_HEADROOM_S",
     "BookState",
     "Budget",
     "PlanLimits",
-    "plan_actions",
     "awaiting_decision",
     "band_of",
-    "initial_margin_collateral_e6",
     "fee_headroom_e6",
-    "FEE_HEADROOM_S",
+    "initial_margin_collateral_e6",
+    "plan_actions",
 ]
 
 

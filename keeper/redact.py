@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "mask_url", "mask_text", "mask_data", "url_secrets"]
+__all__ = ["REDACTED", "mask_data", "mask_text", "mask_url", "url_secrets"]
 
 REDACTED = "***redacted***"
 _HEX32 = re.compile(r"(?<![0-9a-fA-F])(0x)?[0-9a-fA-F]{64}(?![0-9a-fA-F])")

@@ -615,7 +615,6 @@ def liquidation_outcome(
 __all__ = [
     "AaveAccount",
     "AccountData",
-    "after_top_up",
     "EModeCategory",
     "Liquidation",
     "Market",
@@ -624,6 +623,7 @@ __all__ = [
     "TopUp",
     "UserReserve",
     "account_data",
+    "after_top_up",
     "cheapest_top_up",
     "compounded_interest",
     "decode_reserve_configuration",

@@ -184,7 +184,7 @@ class PerpDeployment:
 # ---- pure helpers -----------------------------------------------------------------------------------
 
 
-def sqrt_price_x96(price: float | int, *, price_e18: int | None = None) -> int:
+def sqrt_price_x96(price: float, *, price_e18: int | None = None) -> int:
     """sqrtPriceX96 of a quote-per-base price (both tokens have 18 decimals)."""
     p18 = price_e18 if price_e18 is not None else int(round(price * 10**18))
     return math.isqrt(p18 * 2**192 // 10**18)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from eth_account import Account
@@ -28,7 +27,6 @@ from web3 import Web3
 
 from keeper.chain.multicall import MULTICALL3_ADDRESS
 from keeper.domain import SECONDS_PER_YEAR, WAD, Side
-from keeper.errors import ToolchainError
 from keeper.protocols.reference import Deployment
 from keeper.resources import contract_artifact_path
 

@@ -460,4 +460,4 @@ def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | No
     )
 
 
-__all__ = ["Deployment", "ReferenceAdapter", "from_config", "decode_market", "decode_position", "decode_round"]
+__all__ = ["Deployment", "ReferenceAdapter", "decode_market", "decode_position", "decode_round", "from_config"]

@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from keeper.domain import Action, ActionKind, Market, Position, PriceRound, min_equity_e6, notional_e6
 from keeper.decision import BookDecision, decide
+from keeper.domain import Action, ActionKind, Market, Position, PriceRound, min_equity_e6, notional_e6
 from keeper.errors import InputError
 from keeper.planner import BookState, PlanLimits
 from keeper.risk.policy import RiskPolicy

@@ -48,12 +48,12 @@ from keeper.redact import mask_text, url_secrets
 from keeper.risk.policy import RiskPolicy
 
 __all__ = [
-    "KeeperConfig",
-    "load_config",
     "ENV_PREFIX",
-    "SECRET_FIELDS",
     "MULTICALL3_ADDRESS",
+    "SECRET_FIELDS",
+    "KeeperConfig",
     "known_secrets",
+    "load_config",
 ]
 
 ENV_PREFIX = "KEEPER_"

@@ -25,7 +25,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from keeper.redact import REDACTED, mask_data
 
-__all__ = ["configure_logging", "route_stdlib_logging", "SecretRedactor", "REDACTED"]
+__all__ = ["REDACTED", "SecretRedactor", "configure_logging", "route_stdlib_logging"]
 
 _SECRET_NAMES = ("private_key", "privkey", "secret", "password", "passphrase", "mnemonic", "seed", "webhook_url")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -95,7 +95,7 @@ class CycleScheduler:
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(2)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
-            timezone=timezone.utc,
+            timezone=UTC,
         )
 
     def _clip(self, seconds: float) -> float:
@@ -162,7 +162,7 @@ class CycleScheduler:
             return
         log.info("check_interval_changed", old_s=round(self.interval_s, 2), new_s=round(new, 2))
         self.interval_s = new
-        start = datetime.now(timezone.utc) + timedelta(seconds=new)
+        start = datetime.now(UTC) + timedelta(seconds=new)
         self._modify(
             "cycle",
             lambda: self._scheduler.reschedule_job("cycle", trigger=IntervalTrigger(seconds=new, start_date=start)),
@@ -210,15 +210,15 @@ class CycleScheduler:
 
     def run_now(self) -> None:
         """Bring the next cycle forward to now (coalesced with one already due or running); no-op once stopped."""
-        if self._modify("cycle", lambda: self._scheduler.modify_job("cycle", next_run_time=datetime.now(timezone.utc))):
+        if self._modify("cycle", lambda: self._scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))):
             self.early_cycles += 1
 
     def poll_head_now(self) -> None:
         """Run the head watcher now (a newHeads notification arrived); coalesced with a running poll."""
-        self._modify("head", lambda: self._scheduler.modify_job("head", next_run_time=datetime.now(timezone.utc)))
+        self._modify("head", lambda: self._scheduler.modify_job("head", next_run_time=datetime.now(UTC)))
 
     def start(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self._scheduler.add_job(
             self._run_cycle,
             IntervalTrigger(seconds=self.interval_s, start_date=now),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from aavechain import AaveChain
+
 from keeper.chain.anvil import Anvil
 
 

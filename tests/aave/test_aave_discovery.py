@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from aavechain import LIQUIDATOR_KEY, LP_KEY, AaveChain
+
 from keeper.dev.aave_v3 import SeedAccount
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.tx.journal import Journal

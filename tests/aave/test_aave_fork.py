@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from aavechain import KEEPER_KEY, AaveChain
+
 from keeper.accounts.aave_v3 import WAD, account_data, cheapest_top_up
 from keeper.chain.anvil import Anvil
 from keeper.dev.aave_v3 import SeedAccount

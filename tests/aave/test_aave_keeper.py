@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from aavechain import KEEPER_KEY, LIQUIDATOR_KEY
 from web3.exceptions import ContractLogicError
 
-from aavechain import KEEPER_KEY, LIQUIDATOR_KEY
 from keeper.accounts.aave_v3 import (
     WAD,
     after_top_up,

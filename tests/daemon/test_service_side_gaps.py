@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_daemon_e2e import TRADER, open_book, write_config
+from test_daemon_e2e import TRADER
 
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import Side

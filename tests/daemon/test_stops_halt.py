@@ -90,7 +90,7 @@ class WebhookThatChecksHealth:
             def log_message(self, *args) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 receiver.alerts.append(payload)
                 if payload["key"] == "keeper:halted":

@@ -98,7 +98,7 @@ class TestTiming:
             for a in (hi, lo, op, cl):
                 a[cut:] *= 0.7  # a different future: a further 30 % crash
             alt.append(replace(b, high=hi, low=lo, open=op, close=cl))
-        pols = lambda: [FixedRatio(5, 10, 20), parse_policy("risk")]  # noqa: E731
+        pols = lambda: [FixedRatio(5, 10, 20), parse_policy("risk")]
         a = run_fast(load_book(), short, pols(), replace(CFG, record=False))
         b = run_fast(load_book(), alt, pols(), replace(CFG, record=False))
         t_cut = int(short[0].t_s[cut])

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import secret_leaks
+
 from keeper.dev.reference import ANVIL_KEYS
 
 pytestmark = pytest.mark.chain

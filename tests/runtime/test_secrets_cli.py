@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import structlog
+from conftest import secret_leaks
 from eth_account import Account
 from structlog.testing import capture_logs
 
-from conftest import secret_leaks
 from keeper.chain.rpc import ChainClient
 from keeper.cli import exit_code
 from keeper.dev.reference import ANVIL_KEYS

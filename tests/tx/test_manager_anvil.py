@@ -9,10 +9,9 @@ import textwrap
 import pytest
 from eth_account import Account
 
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.tx.call import ContractCall
 from keeper.tx.fees import GWEI, FeePolicy
-
-from keeper.dev.reference import ANVIL_KEYS
 
 URGENT_KEY, ROUTINE_KEY = ANVIL_KEYS[2], ANVIL_KEYS[4]
 
