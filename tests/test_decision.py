@@ -44,11 +44,30 @@ def _position(side: Side, size: float, entry: float, collateral: float) -> Posit
 
 CASES = {
     # defect 1 of issue 11: the CLI said 2.93e-6 / $352.54 / $0, the daemon 2.89e-6 / $651.92 / $451.92
-    "defect1_long_inside_stress_gap": dict(
-        side="long", size=1.0, entry=3000.0, price=3000.0, collateral=200.0, fee=0.0
-    ),
-    "long_above_trigger": dict(side="long", size=1.0, entry=3000.0, price=2900.0, collateral=130.0, fee=0.0),
-    "short_held_with_fees": dict(side="short", size=2.0, entry=3000.0, price=2950.0, collateral=4000.0, fee=0.1),
+    "defect1_long_inside_stress_gap": {
+        "side": "long",
+        "size": 1.0,
+        "entry": 3000.0,
+        "price": 3000.0,
+        "collateral": 200.0,
+        "fee": 0.0,
+    },
+    "long_above_trigger": {
+        "side": "long",
+        "size": 1.0,
+        "entry": 3000.0,
+        "price": 2900.0,
+        "collateral": 130.0,
+        "fee": 0.0,
+    },
+    "short_held_with_fees": {
+        "side": "short",
+        "size": 2.0,
+        "entry": 3000.0,
+        "price": 2950.0,
+        "collateral": 4000.0,
+        "fee": 0.1,
+    },
 }
 
 

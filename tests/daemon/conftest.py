@@ -58,7 +58,8 @@ format = "json"
 
 
 def open_book(chain, reserve_e6: int, eth_collateral_e6: int = 3_000 * 10**6, btc_collateral_e6: int = 20_000 * 10**6):
-    """Trader: ETH long 20 ETH at 3,000 (20x with $3k) and BTC short 2 BTC at 60,000; `reserve_e6` left in the wallet."""
+    """Trader: ETH long 20 ETH at 3,000 (20x with $3k) and BTC short 2 BTC at 60,000; `reserve_e6` left in the
+    wallet."""
     key = ANVIL_KEYS[TRADER]
     chain.mint(chain.addresses[TRADER], eth_collateral_e6 + btc_collateral_e6 + reserve_e6)
     chain.approve_engine(key)

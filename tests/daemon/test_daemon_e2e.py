@@ -24,6 +24,7 @@ def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subproc
     full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "keeper", *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -38,7 +39,8 @@ def wallet(chain) -> int:
 
 class TestCheck:
     def test_check_without_execute_sends_nothing(self, chain, tmp_path, write_config, open_book, margin_events):
-        """`keeper check` plans a top-up for an endangered position but sends nothing: nonce, wallet, collateral unchanged."""
+        """`keeper check` plans a top-up for an endangered position but sends nothing: nonce, wallet, collateral
+        unchanged."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         chain.push_price("ETH", 2_900 * 10**8)
         nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
@@ -54,7 +56,8 @@ class TestCheck:
         assert margin_events(chain, "MarginAdded") == []
 
     def test_check_execute_tops_up_on_chain(self, chain, tmp_path, write_config, open_book, margin_events):
-        """`keeper check --execute` sends the planned top-up; the chain shows it and the position leaves the trigger band."""
+        """`keeper check --execute` sends the planned top-up; the chain shows it and the position leaves the trigger
+        band."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         chain.push_price("ETH", 2_900 * 10**8)
         cfg = write_config(chain, tmp_path)
@@ -109,7 +112,8 @@ class TestCheck:
         assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
 
     def test_status_and_stress_tables(self, chain, tmp_path, write_config, open_book):
-        """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names liquidations."""
+        """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names
+        liquidations."""
         open_book(chain, reserve_e6=0)
         cfg = write_config(chain, tmp_path)
         status = json.loads(keeper("status", "--config", str(cfg), "--json").stdout)
@@ -210,19 +214,20 @@ class TestDanger:
 
 class TestDaemon:
     def test_killed_mid_crash_resumes_without_duplicate(self, chain, tmp_path, write_config, open_book, margin_events):
-        """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second top-up."""
+        """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second
+        top-up."""
         open_book(
             chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6
         )  # both far from liquidation: nothing to do at start
         cfg = write_config(chain, tmp_path)
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        log1 = open(tmp_path / "run1.log", "w")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
-            stdout=log1,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        with open(tmp_path / "run1.log", "w") as log1:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log1,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
             _wait_log(tmp_path / "run1.log", "cycle_finished", 60)
             assert margin_events(chain, "MarginAdded") == []
@@ -235,13 +240,13 @@ class TestDaemon:
         finally:
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
-        log2 = open(tmp_path / "run2.log", "w")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
-            stdout=log2,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        with open(tmp_path / "run2.log", "w") as log2:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log2,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
             _wait_log(tmp_path / "run2.log", "daemon_started", 60)
             _wait_log(tmp_path / "run2.log", "cycle_finished", 60)  # a cycle ran while the top-up is pending ...
@@ -268,11 +273,14 @@ class TestDaemon:
 
         open_book(chain, reserve_e6=1_000 * 10**6)
         cfg = write_config(chain, tmp_path)
-        log = open(tmp_path / "run.log", "w")
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        with open(tmp_path / "run.log", "w") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
             line = _wait_log(tmp_path / "run.log", "http_listening", 60)
             listening = json.loads(line)
@@ -306,11 +314,14 @@ class TestWebSocket:
         """With a ws:// endpoint and slow polling, a new oracle round still brings a top-up within seconds."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
         cfg = write_config(chain, tmp_path, rpc=chain.anvil.ws_url, head_poll_s="30")
-        log = open(tmp_path / "run.log", "w")
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        with open(tmp_path / "run.log", "w") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
             _wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
             _wait_log(tmp_path / "run.log", "cycle_finished", 30)

@@ -48,6 +48,7 @@ def keeper(tmp_path: Path, *args: str, env: dict | None = None, timeout: float =
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
     return subprocess.run(
         [sys.executable, "-m", "keeper", *args, "--env-file", str(tmp_path / "none.env")],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
