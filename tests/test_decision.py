@@ -226,7 +226,7 @@ def test_log_line_and_check_json_carry_the_reason(service):
     events = [e for e in logs if e["event"] == "position_decision"]
     assert len(events) == 1 and events[0]["reason"] == out.plan.decisions[0].reason != ""
     assert events[0]["action"] == "top_up" and events[0]["log_distance"] == pytest.approx(0.06398, abs=1e-5)
-    service.adapter = SimpleNamespace(markets={0: market})
+    service.adapter = SimpleNamespace(known_markets=lambda: {0: market})
     report = CycleReport(1, NOW_S, list(out.risks), out.plan)
     rows = json.loads(json.dumps(position_rows(report, service)))
     assert rows[0]["reason"] == out.plan.decisions[0].reason and rows[0]["suggested_action"] == "top_up"

@@ -9,28 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from keeper.dev.reference import ANVIL_KEYS
+from tests.conftest import TRADER, keeper, log_lines, wait_for, wait_log
 
 pytestmark = pytest.mark.chain
-
-TRADER = 1  # anvil key index; the keeper signs as the trader (own account)
-
-
-def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "keeper", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        cwd=os.getcwd(),
-    )
 
 
 def wallet(chain) -> int:
@@ -229,12 +214,12 @@ class TestDaemon:
                 env=env,
             )
         try:
-            _wait_log(tmp_path / "run1.log", "cycle_finished", 60)
+            wait_log(tmp_path / "run1.log", "cycle_finished", 60)
             assert margin_events(chain, "MarginAdded") == []
             chain.anvil.request("evm_setAutomine", [False])
             chain.push_price("ETH", 2_500 * 10**8, wait=False)  # -17 %: inside the stress gap
             chain.anvil.request("evm_mine", [])  # the price lands; the keeper's top-up now waits in the pool
-            _wait_log(tmp_path / "run1.log", "action_sent", 30)
+            wait_log(tmp_path / "run1.log", "action_sent", 30)
             pending = chain.anvil.request("txpool_status")
             assert int(pending["pending"], 16) == 1
         finally:
@@ -248,16 +233,18 @@ class TestDaemon:
                 env=env,
             )
         try:
-            _wait_log(tmp_path / "run2.log", "daemon_started", 60)
-            _wait_log(tmp_path / "run2.log", "cycle_finished", 60)  # a cycle ran while the top-up is pending ...
+            wait_log(tmp_path / "run2.log", "daemon_started", 60)
+            wait_log(tmp_path / "run2.log", "cycle_finished", 60)  # a cycle ran while the top-up is pending ...
             eth = json.loads(
-                next(line for line in _lines(tmp_path / "run2.log", "position_decision") if '"market": "ETH"' in line)
+                next(
+                    line for line in log_lines(tmp_path / "run2.log", "position_decision") if '"market": "ETH"' in line
+                )
             )
             assert eth["action"] == "awaiting_tx:sent"  # ... saw the journaled intent and held
             assert int(chain.anvil.request("txpool_status")["pending"], 16) == 1  # still one: no second top-up
             assert margin_events(chain, "MarginAdded") == []
             chain.anvil.request("evm_mine", [])
-            _wait_log(tmp_path / "run2.log", "tx_final", 30)
+            wait_log(tmp_path / "run2.log", "tx_final", 30)
             chain.anvil.request("evm_setAutomine", [True])
         finally:
             daemon.send_signal(signal.SIGTERM)
@@ -282,23 +269,23 @@ class TestDaemon:
                 env=env,
             )
         try:
-            line = _wait_log(tmp_path / "run.log", "http_listening", 60)
+            line = wait_log(tmp_path / "run.log", "http_listening", 60)
             listening = json.loads(line)
             url = f"http://{listening['host']}:{listening['port']}"
-            _wait_log(tmp_path / "run.log", "cycle_finished", 30)
+            wait_log(tmp_path / "run.log", "cycle_finished", 30)
             health = json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read())
             assert health["status"] == "ok"
             metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
             assert "keeper_position_breach_probability{" in metrics and "keeper_cycle_duration_seconds" in metrics
             chain.push_price("ETH", 2_900 * 10**8)
-            _wait_log(tmp_path / "run.log", "tx_final", 30)
+            wait_log(tmp_path / "run.log", "tx_final", 30)
 
             def samples() -> dict[str, str]:
                 text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
                 return dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
             key = 'keeper_actions_total{kind="top_up",outcome="confirmed"}'
-            metrics = _wait_for(lambda: (m := samples()).get(key) and m, 10, f"{key} in /metrics")
+            metrics = wait_for(lambda: (m := samples()).get(key) and m, 10, f"{key} in /metrics")
             assert float(metrics["keeper_gas_used_total"]) > 21_000
             assert float(metrics[key]) == 1.0
         finally:
@@ -323,43 +310,13 @@ class TestWebSocket:
                 env=env,
             )
         try:
-            _wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
-            _wait_log(tmp_path / "run.log", "cycle_finished", 30)
+            wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
+            wait_log(tmp_path / "run.log", "cycle_finished", 30)
             chain.push_price("ETH", 2_500 * 10**8)
             pushed = time.monotonic()
-            _wait_log(tmp_path / "run.log", "action_sent", 10)
+            wait_log(tmp_path / "run.log", "action_sent", 10)
             assert time.monotonic() - pushed < 10  # the 30 s poll and the 300 s interval could not have done it
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
         assert len(margin_events(chain, "MarginAdded")) == 1
-
-
-def _lines(path: Path, event: str) -> list[str]:
-    return [line for line in path.read_text().splitlines() if f'"event": "{event}"' in line]
-
-
-def _wait_for(probe, timeout_s: float, what: str):
-    """Poll ``probe`` (every 0.1 s, an observable condition, not a guess of how long something takes) until it
-    returns something truthy; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} within {timeout_s}s")
-
-
-def _wait_log(path: Path, event: str, timeout_s: float, count: int = 1) -> str:
-    """The ``count``-th ``event`` line of the daemon's JSON log, waiting up to ``timeout_s`` for it."""
-    try:
-        return _wait_for(
-            lambda: (found := _lines(path, event)) and len(found) >= count and found[count - 1],
-            timeout_s,
-            f"{event} #{count}",
-        )
-    except AssertionError:
-        raise AssertionError(
-            f"no {event} #{count} in {path.name} within {timeout_s}s:\n{path.read_text()[-3000:]}"
-        ) from None
