@@ -125,7 +125,9 @@ def bench_naive(url: str, dep, keys, sample: int) -> dict:
     for account, mid in measured:
         engine.functions.getPosition(Web3.to_checksum_address(account), mid).call()
     per = (time.perf_counter() - t0) / len(measured)
-    per_call_requests = 3  # eth_call + 2 x eth_chainId from the validation middleware (web3's validation middleware asks for eth_chainId twice per call)
+    # eth_call + 2 x eth_chainId from the validation middleware
+    # (web3's validation middleware asks for eth_chainId twice per call)
+    per_call_requests = 3
     return {
         "s": fixed + per * len(keys),
         "extrapolated": len(measured) < len(keys),

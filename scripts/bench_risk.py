@@ -80,7 +80,7 @@ def main() -> None:
     market = Market(0, "ETH", 5 * 10**15, 50 * WAD, 10**16, int(0.1 * WAD / SECONDS_PER_YEAR), 3600)
     book = [
         Position(f"0x{i:040x}", 0, Side.LONG if lg else Side.SHORT, int(q * 1e18), 3000 * 10**8, int(c * 1e6))
-        for i, (lg, q, c) in enumerate(zip(is_long, size, coll))
+        for i, (lg, q, c) in enumerate(zip(is_long, size, coll, strict=True))
     ]
     rows.append(
         (

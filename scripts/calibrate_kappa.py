@@ -1,11 +1,11 @@
 """Calibrate the fat-tail multiplier kappa of the buffer policy (reproduces keeper.risk.policy.DEFAULT_KAPPA).
 
 Steps: (1) fit GARCH(1,1)-t to ETH/USDT hourly log returns 2017-08..2024-06 (the hourly
-Binance file described in docs/data.md, given with --data); its nu describes the tails of the standardised innovations; (2) Monte Carlo
-(keeper.risk.policy.calibrate_kappa) of the distance that gives breach probability p over one hour in
-one-minute steps at sigma = 0.8/yr, under (a) Student-t increments with that nu and (b) Merton jumps
-(0.2 per hour, log-jump std 1.2 %; Merton, J. Financial Economics 3, 1976), both at the Gaussian variance; kappa = ratio to
-the Gaussian distance. The default is the larger of the two at p = p_target = 1e-4, rounded up to 0.05.
+Binance file described in docs/data.md, given with --data); its nu describes the tails of the standardised
+innovations; (2) Monte Carlo (keeper.risk.policy.calibrate_kappa) of the distance that gives breach probability p
+over one hour in one-minute steps at sigma = 0.8/yr, under (a) Student-t increments with that nu and (b) Merton jumps
+(0.2 per hour, log-jump std 1.2 %; Merton, J. Financial Economics 3, 1976), both at the Gaussian variance;
+kappa = ratio to the Gaussian distance. The default is the larger of the two at p = p_target = 1e-4, rounded up to 0.05.
 
 Run: .venv/bin/python scripts/calibrate_kappa.py --data PATH [--paths N] [--seed S]   (~20 s on 2 cores)
 """
@@ -52,7 +52,7 @@ def main() -> None:
             p, 0.8, 3600.0, rng, n_paths=args.paths, jump_intensity_annual=jump_intensity, jump_std=0.012
         )
         rows.append((p, t_cal.kappa, j_cal.kappa))
-    print(f"{'p':>8} {'t(nu=%.2f)' % fit.nu:>12} {'merton':>8}")
+    print(f"{'p':>8} {f't(nu={fit.nu:.2f})':>12} {'merton':>8}")
     for p, kt, kj in rows:
         print(f"{p:8.0e} {kt:12.3f} {kj:8.3f}")
     k_target = max(rows[1][1], rows[1][2])

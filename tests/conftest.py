@@ -6,7 +6,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +116,112 @@ def pytest_collection_modifyitems(config, items):
     ]
     if unmarked:
         raise pytest.UsageError("tests use an anvil fixture without @pytest.mark.chain: " + ", ".join(unmarked))
+
+
+# ---- the daemon's end-to-end helpers (tests/daemon, tests/faults, tests/runtime use them) ----------------
+# Import them as ``from tests.conftest import ...`` (shared helpers live here, never in a test module).
+
+TRADER = 1  # anvil key index; the keeper signs as the trader (own account)
+
+
+def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "keeper", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=os.getcwd(),
+    )
+
+
+def write_config(chain, tmp_path: Path, **overrides: str) -> Path:
+    dep = chain.deployment.save(tmp_path / "deployment.json")
+    rpc = overrides.pop("rpc", chain.anvil.url)
+    head_poll_s = overrides.pop("head_poll_s", "0.2")
+    risk = overrides.pop("risk", "")
+    limits = overrides.pop("limits", "")
+    text = f"""
+[chain]
+rpc_urls = ["{rpc}"]
+chain_id = {overrides.pop("chain_id", chain.deployment.chain_id)}
+
+[protocol]
+deployment = "{dep}"
+
+[[accounts]]
+address = "{chain.addresses[TRADER]}"
+mode = "protect"
+
+[risk]
+check_interval_min_s = 1.0
+{risk}
+
+[limits]
+max_top_up_usd = 50000
+max_per_day_usd = 200000
+{limits}
+
+[schedule]
+head_poll_s = {head_poll_s}
+initial_interval_s = 2.0
+
+[journal]
+path = "{tmp_path / "journal.sqlite"}"
+
+[http]
+port = 0
+
+[log]
+format = "json"
+"""
+    path = tmp_path / "keeper.toml"
+    path.write_text(text)
+    return path
+
+
+def open_book(chain, reserve_e6: int, eth_collateral_e6: int = 3_000 * 10**6, btc_collateral_e6: int = 20_000 * 10**6):
+    """Trader: ETH long 20 ETH at 3,000 (20x with $3k) and BTC short 2 BTC at 60,000; `reserve_e6` left in the
+    wallet."""
+    key = ANVIL_KEYS[TRADER]
+    chain.mint(chain.addresses[TRADER], eth_collateral_e6 + btc_collateral_e6 + reserve_e6)
+    chain.approve_engine(key)
+    chain.open_position(key, "ETH", True, 20 * 10**18, eth_collateral_e6)
+    chain.open_position(key, "BTC", False, 2 * 10**18, btc_collateral_e6)
+
+
+def margin_events(chain, name: str) -> list[dict]:
+    event = getattr(chain.engine.events, name)
+    return [dict(e["args"]) for e in event.get_logs(from_block=chain.deployment.start_block)]
+
+
+def log_lines(path: Path, event: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if f'"event": "{event}"' in line]
+
+
+def wait_for(probe, timeout_s: float, what: str):
+    """Poll ``probe`` (every 0.1 s, an observable condition, not a guess of how long something takes) until it
+    returns something truthy; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout_s}s")
+
+
+def wait_log(path: Path, event: str, timeout_s: float, count: int = 1) -> str:
+    """The ``count``-th ``event`` line of the daemon's JSON log, waiting up to ``timeout_s`` for it."""
+    try:
+        return wait_for(
+            lambda: (found := log_lines(path, event)) and len(found) >= count and found[count - 1],
+            timeout_s,
+            f"{event} #{count}",
+        )
+    except AssertionError:
+        raise AssertionError(
+            f"no {event} #{count} in {path.name} within {timeout_s}s:\n{path.read_text()[-3000:]}"
+        ) from None

@@ -217,7 +217,8 @@ def test_fresh_interpreter_check_would_catch_a_shell_import():
 
 
 def test_daemon_import_loads_no_dev_tooling():
-    """Importing the daemon (service, `keeper run`, `keeper check`) loads no dev chain tooling, simulator or plotting."""
+    """Importing the daemon (service, `keeper run`, `keeper check`) loads no dev chain tooling, simulator or
+    plotting."""
     together = ",".join(DAEMON_MODULES)
     loaded = loaded_after_import([together])[together]
     assert set(DAEMON_MODULES) <= set(loaded)

@@ -44,11 +44,30 @@ def _position(side: Side, size: float, entry: float, collateral: float) -> Posit
 
 CASES = {
     # defect 1 of issue 11: the CLI said 2.93e-6 / $352.54 / $0, the daemon 2.89e-6 / $651.92 / $451.92
-    "defect1_long_inside_stress_gap": dict(
-        side="long", size=1.0, entry=3000.0, price=3000.0, collateral=200.0, fee=0.0
-    ),
-    "long_above_trigger": dict(side="long", size=1.0, entry=3000.0, price=2900.0, collateral=130.0, fee=0.0),
-    "short_held_with_fees": dict(side="short", size=2.0, entry=3000.0, price=2950.0, collateral=4000.0, fee=0.1),
+    "defect1_long_inside_stress_gap": {
+        "side": "long",
+        "size": 1.0,
+        "entry": 3000.0,
+        "price": 3000.0,
+        "collateral": 200.0,
+        "fee": 0.0,
+    },
+    "long_above_trigger": {
+        "side": "long",
+        "size": 1.0,
+        "entry": 3000.0,
+        "price": 2900.0,
+        "collateral": 130.0,
+        "fee": 0.0,
+    },
+    "short_held_with_fees": {
+        "side": "short",
+        "size": 2.0,
+        "entry": 3000.0,
+        "price": 2950.0,
+        "collateral": 4000.0,
+        "fee": 0.1,
+    },
 }
 
 
@@ -207,7 +226,7 @@ def test_log_line_and_check_json_carry_the_reason(service):
     events = [e for e in logs if e["event"] == "position_decision"]
     assert len(events) == 1 and events[0]["reason"] == out.plan.decisions[0].reason != ""
     assert events[0]["action"] == "top_up" and events[0]["log_distance"] == pytest.approx(0.06398, abs=1e-5)
-    service.adapter = SimpleNamespace(markets={0: market})
+    service.adapter = SimpleNamespace(known_markets=lambda: {0: market})
     report = CycleReport(1, NOW_S, list(out.risks), out.plan)
     rows = json.loads(json.dumps(position_rows(report, service)))
     assert rows[0]["reason"] == out.plan.decisions[0].reason and rows[0]["suggested_action"] == "top_up"

@@ -77,7 +77,7 @@ def state(wallet_usd: float = 1_000, *, spent_usd: float = 0, stale=(), watch=()
 
 
 def limits(**kw) -> PlanLimits:
-    base = dict(max_per_tx_e6=5_000 * USD, max_per_day_e6=20_000 * USD, min_action_e6=10 * USD)
+    base = {"max_per_tx_e6": 5_000 * USD, "max_per_day_e6": 20_000 * USD, "min_action_e6": 10 * USD}
     base.update(kw)
     return PlanLimits(**base)
 

@@ -85,7 +85,7 @@ class TestCrash:
     def test_debt_only_wallet_repays_and_survives(self, aave, tmp_path):
         """A keeper holding only USDC repays on behalf; after the crash liquidationCall reverts 45."""
         user = _setup(aave)
-        adapter, snap, market, top_up = _plan(aave, user, {"USDC": 10**12})
+        adapter, _snap, _market, top_up = _plan(aave, user, {"USDC": 10**12})
         assert top_up is not None and top_up.kind == "repay" and top_up.asset == aave.token("USDC")
         _send(aave, adapter, tmp_path, top_up, user)
         aave.set_price("WETH", CRASH_E8)
@@ -95,7 +95,7 @@ class TestCrash:
     def test_collateral_only_wallet_supplies_and_survives(self, aave, tmp_path):
         """A keeper holding only WETH supplies on behalf; the trader's HF holds above the target after the crash."""
         user = _setup(aave)
-        adapter, snap, market, top_up = _plan(aave, user, {"WETH": 10**24})
+        adapter, _snap, _market, top_up = _plan(aave, user, {"WETH": 10**24})
         assert top_up is not None and top_up.kind == "supply" and top_up.asset == aave.token("WETH")
         _send(aave, adapter, tmp_path, top_up, user)
         aave.set_price("WETH", CRASH_E8)
@@ -171,7 +171,7 @@ class TestEModeAndIsolation:
         user = _setup(aave, SeedAccount((("USDC", 100_000.0),), (("DAI", 90_000.0),), emode=1))
         assert aave.account_data(user)[3] == 9500
         crash = ("DAI", 107 * 10**6)
-        adapter, snap, market, top_up = _plan(aave, user, {"DAI": 10**24}, crash)
+        adapter, _snap, _market, top_up = _plan(aave, user, {"DAI": 10**24}, crash)
         assert top_up is not None and top_up.kind == "repay"
         _send(aave, adapter, tmp_path, top_up, user)
         aave.set_price(*crash)

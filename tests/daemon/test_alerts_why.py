@@ -9,11 +9,11 @@ import os
 
 import pytest
 from structlog.testing import capture_logs
-from test_daemon_e2e import TRADER, keeper, margin_events, open_book, write_config
 
 from keeper.dev.reference import ANVIL_KEYS, DEFAULT_BOOK
 from keeper.runtime.config import load_config
 from keeper.runtime.service import TOP_UP_GAS_LIMIT_DEFAULT, KeeperService
+from tests.conftest import TRADER, keeper, margin_events, open_book, write_config
 
 pytestmark = pytest.mark.chain
 

@@ -9,27 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from keeper.dev.reference import ANVIL_KEYS
+from tests.conftest import TRADER, keeper, log_lines, wait_for, wait_log
 
 pytestmark = pytest.mark.chain
-
-TRADER = 1  # anvil key index; the keeper signs as the trader (own account)
-
-
-def keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "keeper", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        cwd=os.getcwd(),
-    )
 
 
 def wallet(chain) -> int:
@@ -38,7 +24,8 @@ def wallet(chain) -> int:
 
 class TestCheck:
     def test_check_without_execute_sends_nothing(self, chain, tmp_path, write_config, open_book, margin_events):
-        """`keeper check` plans a top-up for an endangered position but sends nothing: nonce, wallet, collateral unchanged."""
+        """`keeper check` plans a top-up for an endangered position but sends nothing: nonce, wallet, collateral
+        unchanged."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         chain.push_price("ETH", 2_900 * 10**8)
         nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
@@ -54,7 +41,8 @@ class TestCheck:
         assert margin_events(chain, "MarginAdded") == []
 
     def test_check_execute_tops_up_on_chain(self, chain, tmp_path, write_config, open_book, margin_events):
-        """`keeper check --execute` sends the planned top-up; the chain shows it and the position leaves the trigger band."""
+        """`keeper check --execute` sends the planned top-up; the chain shows it and the position leaves the trigger
+        band."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         chain.push_price("ETH", 2_900 * 10**8)
         cfg = write_config(chain, tmp_path)
@@ -109,7 +97,8 @@ class TestCheck:
         assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
 
     def test_status_and_stress_tables(self, chain, tmp_path, write_config, open_book):
-        """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names liquidations."""
+        """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names
+        liquidations."""
         open_book(chain, reserve_e6=0)
         cfg = write_config(chain, tmp_path)
         status = json.loads(keeper("status", "--config", str(cfg), "--json").stdout)
@@ -210,49 +199,52 @@ class TestDanger:
 
 class TestDaemon:
     def test_killed_mid_crash_resumes_without_duplicate(self, chain, tmp_path, write_config, open_book, margin_events):
-        """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second top-up."""
+        """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second
+        top-up."""
         open_book(
             chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6
         )  # both far from liquidation: nothing to do at start
         cfg = write_config(chain, tmp_path)
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        log1 = open(tmp_path / "run1.log", "w")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
-            stdout=log1,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        with open(tmp_path / "run1.log", "w") as log1:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log1,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
-            _wait_log(tmp_path / "run1.log", "cycle_finished", 60)
+            wait_log(tmp_path / "run1.log", "cycle_finished", 60)
             assert margin_events(chain, "MarginAdded") == []
             chain.anvil.request("evm_setAutomine", [False])
             chain.push_price("ETH", 2_500 * 10**8, wait=False)  # -17 %: inside the stress gap
             chain.anvil.request("evm_mine", [])  # the price lands; the keeper's top-up now waits in the pool
-            _wait_log(tmp_path / "run1.log", "action_sent", 30)
+            wait_log(tmp_path / "run1.log", "action_sent", 30)
             pending = chain.anvil.request("txpool_status")
             assert int(pending["pending"], 16) == 1
         finally:
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
-        log2 = open(tmp_path / "run2.log", "w")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
-            stdout=log2,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        with open(tmp_path / "run2.log", "w") as log2:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log2,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
-            _wait_log(tmp_path / "run2.log", "daemon_started", 60)
-            _wait_log(tmp_path / "run2.log", "cycle_finished", 60)  # a cycle ran while the top-up is pending ...
+            wait_log(tmp_path / "run2.log", "daemon_started", 60)
+            wait_log(tmp_path / "run2.log", "cycle_finished", 60)  # a cycle ran while the top-up is pending ...
             eth = json.loads(
-                next(line for line in _lines(tmp_path / "run2.log", "position_decision") if '"market": "ETH"' in line)
+                next(
+                    line for line in log_lines(tmp_path / "run2.log", "position_decision") if '"market": "ETH"' in line
+                )
             )
             assert eth["action"] == "awaiting_tx:sent"  # ... saw the journaled intent and held
             assert int(chain.anvil.request("txpool_status")["pending"], 16) == 1  # still one: no second top-up
             assert margin_events(chain, "MarginAdded") == []
             chain.anvil.request("evm_mine", [])
-            _wait_log(tmp_path / "run2.log", "tx_final", 30)
+            wait_log(tmp_path / "run2.log", "tx_final", 30)
             chain.anvil.request("evm_setAutomine", [True])
         finally:
             daemon.send_signal(signal.SIGTERM)
@@ -268,29 +260,32 @@ class TestDaemon:
 
         open_book(chain, reserve_e6=1_000 * 10**6)
         cfg = write_config(chain, tmp_path)
-        log = open(tmp_path / "run.log", "w")
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        with open(tmp_path / "run.log", "w") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
-            line = _wait_log(tmp_path / "run.log", "http_listening", 60)
+            line = wait_log(tmp_path / "run.log", "http_listening", 60)
             listening = json.loads(line)
             url = f"http://{listening['host']}:{listening['port']}"
-            _wait_log(tmp_path / "run.log", "cycle_finished", 30)
+            wait_log(tmp_path / "run.log", "cycle_finished", 30)
             health = json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read())
             assert health["status"] == "ok"
             metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
             assert "keeper_position_breach_probability{" in metrics and "keeper_cycle_duration_seconds" in metrics
             chain.push_price("ETH", 2_900 * 10**8)
-            _wait_log(tmp_path / "run.log", "tx_final", 30)
+            wait_log(tmp_path / "run.log", "tx_final", 30)
 
             def samples() -> dict[str, str]:
                 text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
                 return dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
             key = 'keeper_actions_total{kind="top_up",outcome="confirmed"}'
-            metrics = _wait_for(lambda: (m := samples()).get(key) and m, 10, f"{key} in /metrics")
+            metrics = wait_for(lambda: (m := samples()).get(key) and m, 10, f"{key} in /metrics")
             assert float(metrics["keeper_gas_used_total"]) > 21_000
             assert float(metrics[key]) == 1.0
         finally:
@@ -306,49 +301,22 @@ class TestWebSocket:
         """With a ws:// endpoint and slow polling, a new oracle round still brings a top-up within seconds."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
         cfg = write_config(chain, tmp_path, rpc=chain.anvil.ws_url, head_poll_s="30")
-        log = open(tmp_path / "run.log", "w")
         env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        with open(tmp_path / "run.log", "w") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
-            _wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
-            _wait_log(tmp_path / "run.log", "cycle_finished", 30)
+            wait_log(tmp_path / "run.log", "newheads_subscribed", 60)
+            wait_log(tmp_path / "run.log", "cycle_finished", 30)
             chain.push_price("ETH", 2_500 * 10**8)
             pushed = time.monotonic()
-            _wait_log(tmp_path / "run.log", "action_sent", 10)
+            wait_log(tmp_path / "run.log", "action_sent", 10)
             assert time.monotonic() - pushed < 10  # the 30 s poll and the 300 s interval could not have done it
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
         assert len(margin_events(chain, "MarginAdded")) == 1
-
-
-def _lines(path: Path, event: str) -> list[str]:
-    return [line for line in path.read_text().splitlines() if f'"event": "{event}"' in line]
-
-
-def _wait_for(probe, timeout_s: float, what: str):
-    """Poll ``probe`` (every 0.1 s, an observable condition, not a guess of how long something takes) until it
-    returns something truthy; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} within {timeout_s}s")
-
-
-def _wait_log(path: Path, event: str, timeout_s: float, count: int = 1) -> str:
-    """The ``count``-th ``event`` line of the daemon's JSON log, waiting up to ``timeout_s`` for it."""
-    try:
-        return _wait_for(
-            lambda: (found := _lines(path, event)) and len(found) >= count and found[count - 1],
-            timeout_s,
-            f"{event} #{count}",
-        )
-    except AssertionError:
-        raise AssertionError(
-            f"no {event} #{count} in {path.name} within {timeout_s}s:\n{path.read_text()[-3000:]}"
-        ) from None

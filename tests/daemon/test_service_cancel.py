@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_daemon_e2e import TRADER
 
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.runtime.config import load_config

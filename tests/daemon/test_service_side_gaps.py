@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_daemon_e2e import TRADER
 
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import Side
@@ -19,7 +18,8 @@ TRADER = 1  # anvil key index of the trader whose book the open_book fixture ope
 
 
 def test_assess_sizes_a_long_on_falls_and_a_short_on_rises(chain, tmp_path, write_config, open_book):
-    """40 ETH rounds of +0.1 % with one -3 %: the ETH long is sized on the 6 % down gap; the BTC short on BTC's up gap."""
+    """40 ETH rounds of +0.1 % with one -3 %: the ETH long is sized on the 6 % down gap; the BTC short on BTC's up
+    gap."""
     open_book(chain, reserve_e6=30_000 * 10**6)
     price = 3_000.0
     for k in range(40):

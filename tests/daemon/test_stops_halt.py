@@ -16,12 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import DevChain
-from test_daemon_e2e import TRADER, _wait_log, margin_events, open_book, write_config
 
 from keeper.chain.anvil import Anvil, free_port
 from keeper.chain.testing import FaultProxy
 from keeper.dev.reference import ANVIL_KEYS
+from tests.conftest import TRADER, DevChain, margin_events, open_book, wait_log, write_config
 
 pytestmark = pytest.mark.chain
 
@@ -121,7 +120,7 @@ class TestStopsThatStop:
             cfg = with_sections(write_config(chain, tmp_path, rpc=proxy.url), schedule="shutdown_timeout_s = 6")
             daemon = start_daemon(cfg, tmp_path / "run1.log")
             try:
-                _wait_log(tmp_path / "run1.log", "cycle_finished", 60)
+                wait_log(tmp_path / "run1.log", "cycle_finished", 60)
                 proxy.delay_s = STALL_S
                 chain.push_price("ETH", 2_500 * 10**8)  # -17 %: the next cycle plans a top-up, through the stall
                 wait_requests(proxy, sum(proxy.seen.values()) + 4, 60)  # the daemon is deep in slow requests
@@ -141,7 +140,7 @@ class TestStopsThatStop:
                 while not margin_events(chain, "MarginAdded"):
                     assert time.monotonic() < deadline, (tmp_path / "run2.log").read_text()[-3000:]
                     time.sleep(0.2)
-                _wait_log(tmp_path / "run2.log", "tx_final", 30)
+                wait_log(tmp_path / "run2.log", "tx_final", 30)
                 n_cycles = count_events(tmp_path / "run2.log", "cycle_finished")
                 chain.push_price("ETH", 2_500 * 10**8)  # a new round: one more cycle on the same state
                 deadline = time.monotonic() + 30
@@ -162,11 +161,11 @@ class TestStopsThatStop:
             cfg = with_sections(write_config(chain, tmp_path, rpc=proxy.url), schedule="shutdown_timeout_s = 60")
             daemon = start_daemon(cfg, tmp_path / "run.log")
             try:
-                _wait_log(tmp_path / "run.log", "cycle_finished", 60)
+                wait_log(tmp_path / "run.log", "cycle_finished", 60)
                 proxy.delay_s = 20.0  # a hung node: one request outlives the whole test
                 wait_requests(proxy, sum(proxy.seen.values()) + 1, 30)
                 daemon.send_signal(signal.SIGTERM)
-                _wait_log(tmp_path / "run.log", "shutdown_requested", 10)
+                wait_log(tmp_path / "run.log", "shutdown_requested", 10)
                 assert daemon.poll() is None  # the first signal waits for the stalled work
                 daemon.send_signal(signal.SIGTERM)
                 sent_at = time.monotonic()
@@ -192,7 +191,7 @@ class TestHaltOnWrongChain:
                 cfg = with_sections(write_config(chain, tmp_path, rpc=proxy.url), http_port=port)
                 daemon = start_daemon(cfg, tmp_path / "run.log", env={"KEEPER_ALERTS__WEBHOOK_URL": hook.url})
                 try:
-                    _wait_log(tmp_path / "run.log", "cycle_finished", 60)
+                    wait_log(tmp_path / "run.log", "cycle_finished", 60)
                     proxy.serve(other.url)
                     switched = time.monotonic()
                     code = daemon.wait(30)
@@ -227,10 +226,10 @@ class TestHaltOnWrongChain:
                 )
                 daemon = start_daemon(cfg, tmp_path / "run.log")
                 try:
-                    _wait_log(tmp_path / "run.log", "cycle_finished", 60)
+                    wait_log(tmp_path / "run.log", "cycle_finished", 60)
                     proxy.serve(other.url)
                     chain.push_price("ETH", 2_500 * 10**8)
-                    _wait_log(tmp_path / "run.log", "tx_final", 60)
+                    wait_log(tmp_path / "run.log", "tx_final", 60)
                     assert daemon.poll() is None
                     daemon.send_signal(signal.SIGTERM)
                     assert daemon.wait(20) == 0
@@ -251,7 +250,7 @@ class TestHaltOnWrongChain:
             cfg = write_config(own, tmp_path)
             daemon = start_daemon(cfg, tmp_path / "run.log")
             try:
-                _wait_log(tmp_path / "run.log", "cycle_finished", 60)
+                wait_log(tmp_path / "run.log", "cycle_finished", 60)
                 own.anvil.request("anvil_reset", [])
                 code = daemon.wait(30)
             finally:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from keeper.dev.reference import ANVIL_KEYS
-from tests.daemon.test_daemon_e2e import TRADER, _wait_log, keeper, margin_events, open_book, write_config
+from tests.conftest import TRADER, keeper, margin_events, open_book, wait_log, write_config
 
 pytestmark = pytest.mark.chain
 
@@ -27,7 +27,7 @@ def test_check_execute_beside_daemon_refuses(chain, tmp_path):
             [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env
         )
     try:
-        _wait_log(tmp_path / "run.log", "tx_final", 60)
+        wait_log(tmp_path / "run.log", "tx_final", 60)
         nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
         second = keeper("check", "--config", str(cfg), "--execute", "--json")
         assert second.returncode != 0

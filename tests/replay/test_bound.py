@@ -140,7 +140,7 @@ def test_buffer_constraint_uses_the_decision_price():
     from keeper.replay.bound import survival_need
 
     prices = np.array([100.0, 90.0, 95.0])
-    need0, mm = survival_need(1, 1.0, 100.0, prices, 0.005)
+    need0, _mm = survival_need(1, 1.0, 100.0, prices, 0.005)
     need, _ = survival_need(1, 1.0, 100.0, prices, 0.005, buffer=0.02)
     assert need0.tolist() == pytest.approx([0.5, 10.45, 5.475])
     # round 1: max(survive 90 -> 10.45, cushion at 100 -> 0.5 + 2 = 2.5); round 2: cushion at 90 -> 10.45 + 1.8

@@ -173,6 +173,7 @@ def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path):
             "--out",
             str(tmp_path / "o"),
         ],
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,

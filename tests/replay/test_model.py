@@ -58,7 +58,8 @@ class TestArithmetic:
         assert m.view("long", 0, T0).equity == 1 + 0
 
     def test_fee_one_day_reference(self):
-        """10 %/yr on $3000 entry notional for 86,400 s: rate 3170979198 wad/s -> index 273972602707200 -> fee 821917."""
+        """10 %/yr on $3000 entry notional for 86,400 s: rate 3170979198 wad/s -> index 273972602707200 -> fee
+        821917."""
         m = _model()
         m.open_position("a", 0, True, 10**18, 100 * 10**6, T0)
         m.push_price(0, 3000 * 10**8, T0 + 86_400)

@@ -40,7 +40,7 @@ class TestReferenceValues:
         vec = barrier.breach_probability(spots, levels, 0.7, HOUR, is_long=longs, drift_annual=0.1)
         one = [
             float(barrier.breach_probability(s, b, 0.7, HOUR, is_long=lg, drift_annual=0.1))
-            for s, b, lg in zip(spots, levels, longs)
+            for s, b, lg in zip(spots, levels, longs, strict=True)
         ]
         np.testing.assert_allclose(vec, one, rtol=1e-14)
 
@@ -98,18 +98,18 @@ class TestInversion:
     @pytest.mark.parametrize(("mu", "fee_rate"), [(0.0, 0.0), (0.8, 0.1), (-0.8, 0.3)])
     def test_collateral_round_trips_to_target_probability(self, is_long, mu, fee_rate):
         """The collateral found for p = 1e-4 puts the domain liquidation price where the closed form gives 1e-4."""
-        kw = dict(
-            is_long=is_long,
-            size=2.0,
-            entry=2900.0,
-            price=3000.0,
-            maintenance=0.005,
-            sigma_annual=0.8,
-            horizon_s=HOUR,
-            pending_fee=3.0,
-            drift_annual=mu,
-            fee_rate_annual=fee_rate,
-        )
+        kw = {
+            "is_long": is_long,
+            "size": 2.0,
+            "entry": 2900.0,
+            "price": 3000.0,
+            "maintenance": 0.005,
+            "sigma_annual": 0.8,
+            "horizon_s": HOUR,
+            "pending_fee": 3.0,
+            "drift_annual": mu,
+            "fee_rate_annual": fee_rate,
+        }
         c = float(barrier.collateral_for_probability(1e-4, **kw))
         pos = Position(
             "0xa", 0, Side.LONG if is_long else Side.SHORT, 2 * 10**18, 2900 * 10**8, round(c * 1e6), 3_000_000

@@ -15,7 +15,15 @@ from keeper.risk import gaps
 from keeper.risk import policy as pol
 
 ETH = Market(0, "ETH", 5 * 10**15, 50 * WAD, 10**16, int(0.10 * WAD / SECONDS_PER_YEAR), 3600)
-KW = dict(horizon_s=60.0, window_s=3600.0, factor=2.0, floor=0.03, cap=0.5, fallback=0.12, min_rounds=30)
+KW = {
+    "horizon_s": 60.0,
+    "window_s": 3600.0,
+    "factor": 2.0,
+    "floor": 0.03,
+    "cap": 0.5,
+    "fallback": 0.12,
+    "min_rounds": 30,
+}
 
 
 def series(log_moves, dt=60.0, p0=3000.0):
@@ -175,7 +183,9 @@ def test_per_side_gaps_set_trigger_and_target_release_uses_the_larger(side):
     policy = pol.RiskPolicy(release_min_fraction=0.0)
     own, other = (0.06, 0.03) if side is Side.LONG else (0.03, 0.06)
 
-    def assess(c, gaps_=gaps.SideGaps(0.06, 0.03), p=policy):
+    default_gaps = gaps.SideGaps(0.06, 0.03)
+
+    def assess(c, gaps_=default_gaps, p=policy):
         return pol.assess_positions([_pos(c, side)], {0: ETH}, {0: 3000 * 10**8}, {0: 0.3}, p, 60.0, 0, {0: gaps_})[0]
 
     r = assess(150.0)

@@ -69,7 +69,8 @@ class TestPolicy:
         assert r.top_up_e6 == 0 and r.excess_e6 == 0
 
     def test_stress_gap_sets_the_required_distance(self):
-        """With the constant 12 % stress gap (+100 % headroom) the required liquidation price sits 24 % below the price."""
+        """With the constant 12 % stress gap (+100 % headroom) the required liquidation price sits 24 % below the
+        price."""
         r = assess(pos(collateral_usd=40.0), policy=pol.RiskPolicy())
         assert r.stress_bound and r.stress_gap == 0.12
         assert r.required_distance == pytest.approx(0.12 * 2.0, abs=1e-5)
@@ -90,7 +91,8 @@ class TestPolicy:
         assert not healed.stress_breach and healed.top_up_e6 == 0
 
     def test_liquidatable_position(self):
-        """Past the liquidation price: liquidatable, probability 1, a top-up that restores the target, shortest interval."""
+        """Past the liquidation price: liquidatable, probability 1, a top-up that restores the target, shortest
+        interval."""
         r = assess(pos(collateral_usd=10.0), price_e8=2980 * 10**8)
         assert r.liquidatable and r.breach_probability == 1.0 and r.log_distance < 0
         assert r.top_up_e6 > 0 and r.suggested_check_interval_s == NO_STRESS.check_interval_min_s
@@ -156,7 +158,7 @@ class TestPolicy:
         prices = {0: P_ETH, 1: 60000 * 10**8}
         sig = {0: 0.8, 1: 0.6}
         batch = pol.assess_positions(book, {0: ETH, 1: BTC}, prices, sig, pol.RiskPolicy(), 60.0, 0)
-        for p, b in zip(book, batch):
+        for p, b in zip(book, batch, strict=True):
             m = ETH if p.market_id == 0 else BTC
             assert pol.assess_position(p, m, prices[p.market_id], sig[p.market_id], pol.RiskPolicy(), 60.0, 0) == b
 

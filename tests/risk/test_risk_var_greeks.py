@@ -13,7 +13,8 @@ from keeper.risk import greeks, var
 
 class TestVarEs:
     def test_student_t_reference_values(self):
-        """Standard t, nu = 4, a = 0.99: VaR 3.746947, ES 5.220584 (closed forms of McNeil, Frey, Embrechts, QRM 2015, 2.2.3), to 1e-6."""
+        """Standard t, nu = 4, a = 0.99: VaR 3.746947, ES 5.220584 (closed forms of McNeil, Frey, Embrechts, QRM
+        2015, 2.2.3), to 1e-6."""
         r = var.var_es_student_t(0.0, 1.0, 4.0, 0.99)
         assert r.var == pytest.approx(3.746947, abs=1e-6)
         assert r.es == pytest.approx(5.220584, abs=1e-6)
@@ -65,7 +66,7 @@ def quantlib_greeks(spot, strike, t, sigma, is_call, rate, div):
     today = ql.Date(1, 1, 2026)
     ql.Settings.instance().evaluationDate = today
     dc = ql.Actual365Fixed()
-    maturity = today + int(round(t * 365))
+    maturity = today + round(t * 365)
     t_exact = dc.yearFraction(today, maturity)
     process = ql.BlackScholesMertonProcess(
         ql.QuoteHandle(ql.SimpleQuote(spot)),

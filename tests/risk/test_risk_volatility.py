@@ -74,7 +74,7 @@ class TestEwmaAndIrregularTimes:
         rng = np.random.default_rng(5)
         r, dt = rng.standard_normal(200) * 1e-3, rng.uniform(5, 60, 200)
         v = float(np.mean(r[:30] ** 2 / dt[:30]))
-        for ri, di in zip(r, dt):
+        for ri, di in zip(r, dt, strict=True):
             v = 0.94 * v + 0.06 * ri * ri / di
         assert vol.ewma_variance_per_s(r, dt) == pytest.approx(v, rel=1e-12)
 

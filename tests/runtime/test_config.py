@@ -6,6 +6,7 @@ import traceback
 from decimal import Decimal
 from pathlib import Path
 
+import pydantic
 import pytest
 from eth_account import Account
 
@@ -97,7 +98,7 @@ class TestLoading:
     def test_config_is_frozen(self, tmp_path):
         """The loaded config cannot be mutated."""
         cfg = load(tmp_path)
-        with pytest.raises(Exception):
+        with pytest.raises(pydantic.ValidationError):
             cfg.dry_run = False  # type: ignore[misc]
 
 

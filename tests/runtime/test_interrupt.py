@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import secret_leaks
 
 from keeper.dev.reference import ANVIL_KEYS
+from tests.conftest import secret_leaks
 
 pytestmark = pytest.mark.chain
 

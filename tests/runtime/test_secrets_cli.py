@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-from conftest import secret_leaks
 from eth_account import Account
 from structlog.testing import capture_logs
 
@@ -24,6 +23,7 @@ from keeper.errors import ChainMismatchError, ConfigError, HaltError, InputError
 from keeper.redact import REDACTED, mask_data, mask_text, mask_url
 from keeper.runtime.config import known_secrets, load_config
 from keeper.runtime.logging import configure_logging
+from tests.conftest import secret_leaks
 
 KEY = ANVIL_KEYS[5]
 CRED_URL = "https://alice:s3cr3tpw@eth.example.com:8443/v2/APIKEY123456?token=QUERYTOKEN9"
@@ -48,6 +48,7 @@ def keeper(tmp_path: Path, *args: str, env: dict | None = None, timeout: float =
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
     return subprocess.run(
         [sys.executable, "-m", "keeper", *args, "--env-file", str(tmp_path / "none.env")],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -120,7 +120,7 @@ class TestStuckAndReplacement:
             anvil.request("evm_mine")
         done = m.wait(rec.id, timeout_s=10)
         assert done.state == "confirmed"
-        mined = [a for a in m.journal.attempts(rec.id) if a.tx_hash == done.tx_hash][0]
+        mined = next(a for a in m.journal.attempts(rec.id) if a.tx_hash == done.tx_hash)
         assert mined.nonce == first.nonce and mined.max_fee_per_gas > first.max_fee_per_gas
         assert balance(anvil, RECIPIENT) == AMOUNT and nonce(anvil, URGENT) == 1
 

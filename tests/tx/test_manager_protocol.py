@@ -96,7 +96,7 @@ class TestSimulation:
 
 
 CHILD = textwrap.dedent(
-    """
+    f"""
     import os, signal, sys, time
     from keeper.chain.rpc import ChainClient
     from keeper.dev.reference import ANVIL_KEYS, Deployment
@@ -110,11 +110,10 @@ CHILD = textwrap.dedent(
     m = TransactionManager(client, Journal(journal_path), [Lane.from_key("urgent", ANVIL_KEYS[2])],
                            confirmations=1, on_signed=hook)
     m.reconcile()
-    rec = m.submit(adapter.add_margin_call(trader, 0, %d), "top_up:crash", %d)
+    rec = m.submit(adapter.add_margin_call(trader, 0, {TOP_UP}), "top_up:crash", {STAKE})
     print("SENT", rec.nonce, flush=True)
     time.sleep(60)
 """
-    % (TOP_UP, STAKE)
 )
 
 
