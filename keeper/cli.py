@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         line = " ".join(mask_text(str(exc)).split())
         print(f"error: {line}", file=sys.stderr)
         sys.exit(exit_code(exc))
-    except Exception:  # a bug, not bad input: keep the traceback for the report, without secrets
+    # a bug, not bad input: keep the traceback for the report, without secrets
+    except Exception:  # noqa: BLE001 - top-level boundary of the CLI, must catch everything
         print(mask_text(traceback.format_exc()), file=sys.stderr, end="")
         sys.exit(EXIT_FAILURE)

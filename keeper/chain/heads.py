@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from websockets.sync.client import connect
+
+if TYPE_CHECKING:
+    from websockets.sync.connection import Connection
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +42,7 @@ class NewHeadsSubscription:
         self._max_backoff_s = max_backoff_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn = None
+        self._conn: Connection | None = None
         self.heads_seen = 0
         self.reconnects = 0
         self.connected = threading.Event()
@@ -54,8 +58,8 @@ class NewHeadsSubscription:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # closing a broken socket
-                pass
+            except Exception as exc:  # noqa: BLE001 - closing a broken socket may fail in any way
+                log.debug("newheads_close_failed", error=f"{type(exc).__name__}: {exc}")
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -80,7 +84,7 @@ class NewHeadsSubscription:
                         if msg.get("method") == "eth_subscription" and head:
                             self.heads_seen += 1
                             self._on_head(int(head["number"], 16), int(head["timestamp"], 16))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - supervisor loop: any failure means reconnect
                 self.connected.clear()
                 if self._stop.is_set():
                     break

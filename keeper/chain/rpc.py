@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 import structlog
@@ -49,6 +49,9 @@ def _masked(exc: BaseException, url: str) -> str:
     """``exc``'s text without the URL's credentials (requests quotes the path: ``url: /v2/APIKEY``)."""
     return mask_text(str(exc), url_secrets(url))
 
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +141,7 @@ class WebSocketTransport:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._conn = None
+        self._conn: ClientConnection | None = None
         self._lock = threading.Lock()
 
     def send(self, body: bytes, timeout_s: float) -> bytes:
@@ -162,8 +165,8 @@ class WebSocketTransport:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken socket may fail in any way
-                pass
+            except Exception as exc:  # noqa: BLE001 - closing a broken socket may fail in any way
+                log.debug("ws_close_failed", url=mask_url(self.url), error=type(exc).__name__)
             self._conn = None
 
     def close(self) -> None:
@@ -174,7 +177,7 @@ class WebSocketTransport:
 def _read_body(resp: requests.Response, deadline: float) -> bytes:
     """The whole body, or :class:`requests.Timeout` when it is still arriving at ``deadline`` (a node that
     trickles bytes would otherwise pass every per-read timeout forever)."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         # read1: what one recv brings (read(n) would wait for n bytes, each recv within the read timeout)
         chunk = resp.raw.read1(65_536, decode_content=True)
@@ -651,7 +654,7 @@ def _make_provider_class():
             super().__init__()
             self._client = client
 
-        def make_request(self, method, params):  # type: ignore[override]
+        def make_request(self, method, params):
             try:
                 result = self._client.request(str(method), list(params))
             except RpcErrorResponse as exc:

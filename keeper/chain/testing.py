@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 from keeper.chain.anvil import free_port
 from keeper.errors import TransientRpcError
@@ -153,7 +154,7 @@ class FaultProxy:
             except OSError:
                 pass
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

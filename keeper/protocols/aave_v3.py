@@ -136,7 +136,10 @@ AAVE_ERRORS: dict[int, str] = {
     35: "HEALTH_FACTOR_LOWER_THAN_LIQUIDATION_THRESHOLD: Health factor is lesser than the liquidation threshold",
     36: "COLLATERAL_CANNOT_COVER_NEW_BORROW: There is not enough collateral to cover a new borrow",
     37: "COLLATERAL_SAME_AS_BORROWING_CURRENCY: Collateral is (mostly) the same currency that is being borrowed",
-    38: "AMOUNT_BIGGER_THAN_MAX_LOAN_SIZE_STABLE: The requested amount is greater than the max loan size in stable rate mode",
+    38: (
+        "AMOUNT_BIGGER_THAN_MAX_LOAN_SIZE_STABLE: The requested amount is greater than the max loan size"
+        " in stable rate mode"
+    ),
     39: "NO_DEBT_OF_SELECTED_TYPE: For repayment of a specific type of debt, the user needs to have debt that type",
     40: "NO_EXPLICIT_AMOUNT_TO_REPAY_ON_BEHALF: To repay on behalf of a user an explicit amount to repay is needed",
     41: "NO_OUTSTANDING_STABLE_DEBT: User does not have outstanding stable rate debt on this reserve",
@@ -151,7 +154,10 @@ AAVE_ERRORS: dict[int, str] = {
     51: "SUPPLY_CAP_EXCEEDED: Supply cap is exceeded",
     52: "UNBACKED_MINT_CAP_EXCEEDED: Unbacked mint cap is exceeded",
     53: "DEBT_CEILING_EXCEEDED: Debt ceiling is exceeded",
-    54: "UNDERLYING_CLAIMABLE_RIGHTS_NOT_ZERO: Claimable rights over underlying not zero (aToken supply or accruedToTreasury)",
+    54: (
+        "UNDERLYING_CLAIMABLE_RIGHTS_NOT_ZERO: Claimable rights over underlying not zero"
+        " (aToken supply or accruedToTreasury)"
+    ),
     55: "STABLE_DEBT_NOT_ZERO: Stable debt supply is not zero",
     56: "VARIABLE_DEBT_SUPPLY_NOT_ZERO: Variable debt supply is not zero",
     57: "LTV_VALIDATION_FAILED: Ltv validation failed",
@@ -184,7 +190,10 @@ AAVE_ERRORS: dict[int, str] = {
     84: "INVALID_OPTIMAL_STABLE_TO_TOTAL_DEBT_RATIO: Invalid optimal stable to total debt ratio",
     85: "UNDERLYING_CANNOT_BE_RESCUED: The underlying asset cannot be rescued",
     86: "ADDRESSES_PROVIDER_ALREADY_ADDED: Reserve has already been added to reserve list",
-    87: "POOL_ADDRESSES_DO_NOT_MATCH: The token implementation pool address and the pool address provided by the initializing pool do not match",
+    87: (
+        "POOL_ADDRESSES_DO_NOT_MATCH: The token implementation pool address and the pool address provided"
+        " by the initializing pool do not match"
+    ),
     88: "STABLE_BORROWING_ENABLED: Stable borrowing is enabled",
     89: "SILOED_BORROWING_VIOLATION: User is trying to borrow multiple assets including a siloed one",
     90: "RESERVE_DEBT_NOT_ZERO: the total debt of the reserve needs to be 0",

@@ -264,7 +264,7 @@ class PerpV2Adapter:
                 ),
                 max_price_spread_ratio_e6=_uint(info.data, 4),
             )
-        traders: dict[str, PerpTraderState] = {}
+        states: dict[str, PerpTraderState] = {}
         failed: list[str] = []
         bases = [to_checksum_address(m.base_token) for m in self.markets.values()]
         for t in who:
@@ -288,7 +288,7 @@ class PerpV2Adapter:
                 legs=tuple(legs),
             )
             checked = chunk[3:7] if cross_check else None
-            traders[t.lower()] = PerpTraderState(
+            states[t.lower()] = PerpTraderState(
                 account=account,
                 has_orders=_uint(has_order.data) == 1,
                 unrealized_pnl_x18=_int(pnl.data, 1),
@@ -302,7 +302,7 @@ class PerpV2Adapter:
             twap_interval_s=twap,
             mark_config_s=mark_cfg,
             markets=markets,
-            traders=traders,
+            traders=states,
             block_number=res.block_number,
             block_timestamp=res.block_timestamp,
             round_trips=res.round_trips,

@@ -130,7 +130,7 @@ class AlertSink:
         """Alert once per ``key`` per dedup window, within the rate limit; returns what happened."""
         try:
             return self._send(key, text, severity, dict(fields or {}))
-        except Exception as exc:  # an alert must never break the cycle
+        except Exception as exc:  # noqa: BLE001 - an alert must never break the cycle
             log.warning("alert_failed", key=key, error=type(exc).__name__, detail=str(exc))
             return self._count(AlertOutcome.FAILED)
 
@@ -200,7 +200,7 @@ class AlertSink:
                 if payload is None:
                     return
                 self._post(payload)
-            except Exception as exc:  # keep the worker alive whatever happens
+            except Exception as exc:  # noqa: BLE001 - keep the worker alive whatever happens
                 log.warning("alert_failed", error=type(exc).__name__)
             finally:
                 self._queue.task_done()

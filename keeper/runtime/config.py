@@ -111,9 +111,12 @@ class _Model(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
         """``chain_id = true`` is a mistake, not 1: a bool is refused wherever a number is expected."""
-        if isinstance(v, bool) and info.field_name is not None:
-            if _is_number_type(cls.model_fields[info.field_name].annotation):
-                raise ValueError("must be a number, not true/false")
+        if (
+            isinstance(v, bool)
+            and info.field_name is not None
+            and _is_number_type(cls.model_fields[info.field_name].annotation)
+        ):
+            raise ValueError("must be a number, not true/false")
         return v
 
 
@@ -136,7 +139,7 @@ class ChainConfig(_Model):
             if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.netloc:
                 raise ValueError(f"{shown!r} is not an http(s):// or ws(s):// URL")
             try:
-                parts.port
+                _ = parts.port  # evaluating .port validates it
             except ValueError:
                 raise ValueError(f"{shown!r} has a port outside 1-65535") from None
             if parts.port == 0:
@@ -533,6 +536,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[tuple[
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or not env[name].strip():
             continue  # empty means unset (a copied .env.example has empty secrets)
+        path: tuple[str, ...]
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
         else:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
@@ -156,7 +156,7 @@ class HealthServer:
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
 
-    def start(self) -> HealthServer:
+    def start(self) -> Self:
         if self._server is not None:
             return self
         server = ThreadingHTTPServer((self._host, self._port), _handler(self.state, self.metrics))
@@ -177,7 +177,7 @@ class HealthServer:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> HealthServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

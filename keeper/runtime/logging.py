@@ -122,7 +122,8 @@ def configure_logging(
     stream: TextIO | None = None,
     known_secrets: Iterable[str] = (),
 ) -> Literal["json", "pretty"]:
-    """Configure structlog (and stdlib logging) for the process; returns the format chosen (``auto`` -> pretty on a TTY).
+    """Configure structlog (and stdlib logging) for the process; returns the format chosen
+    (``auto`` -> pretty on a TTY).
 
     ``known_secrets``: exact strings masked in every line (keystore password, secret parts of RPC URLs).
     Third-party stdlib loggers are routed through the same chain at ``FOREIGN_MIN_LEVEL`` or above.

@@ -178,7 +178,7 @@ class CycleScheduler:
             news = self._watch_head()
         except self._halt_on:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed head poll must not stop the scheduler
             log.warning("head_poll_failed", error=f"{type(exc).__name__}: {exc}")
             news = None
         now = self._clock()

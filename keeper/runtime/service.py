@@ -363,7 +363,7 @@ class KeeperService:
         try:
             snap = self.adapter.read_book([(account, int(market_id))])
             risks, _ = self.assess(snap)
-        except Exception as exc:  # keep the transaction when in doubt
+        except Exception as exc:  # noqa: BLE001 - keep the transaction when in doubt, whatever failed
             log.warning("still_needed_unknown", intent=intent.id, error=str(exc))
             return True
         if not risks:
@@ -557,7 +557,7 @@ class KeeperService:
         stake = self.adapter.value_at_stake_e6(pos, market, price.price_e8) if pos else 0
         call = self.adapter.call_for_action(action)
         lane = "routine" if action.kind is ActionKind.RELEASE else "urgent"
-        out = {
+        out: dict[str, object] = {
             "action": action.kind.value,
             "account": action.account,
             "market_id": action.market_id,

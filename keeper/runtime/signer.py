@@ -23,7 +23,7 @@ def _from_key(key: str, variable: str = "KEEPER_PRIVATE_KEY", field: str = "sign
     problem: str | None = None
     try:
         return Account.from_key(key.strip())
-    except Exception as exc:  # eth_keys ValidationError / ValueError: messages may echo the key
+    except Exception as exc:  # noqa: BLE001 - any error (eth_keys ValidationError, ValueError, ...) may echo the key
         problem = f"{variable} is not a valid secp256k1 private key ({type(exc).__name__}; value hidden)"
     raise ConfigError(problem, field=field)
 
@@ -71,7 +71,7 @@ def _from_keystore(keystore: Path, password_file: Path) -> LocalAccount:
             + ("wrong password (MAC mismatch)" if wrong else "unsupported or damaged keystore"),
             field="signer.password_file" if wrong else "signer.keystore",
         )
-    except Exception as exc:  # malformed keystore JSON structure (KeyError, TypeError)
+    except Exception as exc:  # noqa: BLE001 - malformed keystore JSON structure (KeyError, TypeError, ...)
         problem = ConfigError(
             f"cannot decrypt keystore {str(keystore)!r}: not a v3 keystore ({type(exc).__name__})",
             field="signer.keystore",

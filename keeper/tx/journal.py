@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,7 @@ class Journal:
                 ),
             )
             intent_id = cur.lastrowid
+            assert intent_id is not None, "lastrowid is set after an INSERT"
             self._event(c, intent_id, "intent_created", {"key": idempotency_key, "lane": lane})
         return self.get(intent_id)
 
@@ -368,6 +370,7 @@ class Journal:
                 ),
             )
             attempt_id = cur.lastrowid
+            assert attempt_id is not None, "lastrowid is set after an INSERT"
             c.execute(
                 "UPDATE intents SET state = CASE WHEN state = 'intent' THEN 'signed' ELSE state END,"
                 " nonce = ?, updated_at = ? WHERE id = ?",
@@ -542,7 +545,7 @@ class Journal:
         return (row[0], row[1]) if row else None
 
     def save_scan(
-        self, name: str, block: int, block_hash: str | None, accounts: set[tuple[str, int, int]] = frozenset()
+        self, name: str, block: int, block_hash: str | None, accounts: AbstractSet[tuple[str, int, int]] = frozenset()
     ) -> None:
         """Persist discovered ``(account, market_id, first_block)`` and the cursor in one transaction."""
         with self._tx() as c:

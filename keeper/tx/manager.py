@@ -365,6 +365,7 @@ class TransactionManager:
         if kind == "cancel":
             to, data, value, gas = intent.sender, b"", 0, CANCEL_GAS
         else:
+            assert intent.gas_limit is not None, "gas_limit is set at submit, before any signing"
             to, data, value, gas = intent.to, intent.data, intent.value_wei, intent.gas_limit
         tx_hash, raw = self._sign(ls, nonce=nonce, to=to, data=data, value=value, gas=gas, fees=fees)
         attempt = self.journal.add_attempt(
@@ -484,9 +485,13 @@ class TransactionManager:
             r = receipts.get(a.tx_hash)
             if r:
                 block = canon.get(int(r["blockNumber"], 16))
-                if block is not None and block["hash"] == r["blockHash"]:
-                    if mined is None or int(r["status"], 16) == 1:  # a landed attempt wins over a revert
-                        mined = (a, r)
+                # a landed attempt wins over a revert
+                if (
+                    block is not None
+                    and block["hash"] == r["blockHash"]
+                    and (mined is None or int(r["status"], 16) == 1)
+                ):
+                    mined = (a, r)
         if mined is not None:
             a, r = mined
             bn, bh = int(r["blockNumber"], 16), r["blockHash"]
@@ -530,7 +535,7 @@ class TransactionManager:
             report.actions.append((intent.id, "reorged"))
 
         live = [a for a in attempts if a.nonce == intent.nonce]
-        if not live:
+        if not live or intent.nonce is None:  # a live attempt implies intent.nonce is set
             return None
         if mined_nonce > intent.nonce:
             # our nonce is counted as used but no receipt of ours was seen. A lagging or load-balanced node
@@ -642,7 +647,9 @@ class TransactionManager:
         self, intent: IntentRecord, previous: Fees | None, ls: _LaneState, gas: int | None = None
     ) -> Fees | None:
         market = self.fees.market(self.client, ls.lane.tip_percentile)
-        cap = self.fees.cap_per_gas(gas or intent.gas_limit, intent.value_at_stake_e6)
+        gas = gas or intent.gas_limit
+        assert gas is not None, "gas_limit is set at submit, before any fee bump"
+        cap = self.fees.cap_per_gas(gas, intent.value_at_stake_e6)
         try:
             if previous is None:
                 return self.fees.initial(market, cap)
