@@ -384,7 +384,8 @@ def account_breach_screen(
     horizon_s: float,
     monitoring_dt_s: float | None = None,
 ) -> float:
-    """Cross-margin screening probability :math:`2\\Phi(-M/(\\sigma_M\\sqrt h))` (reflection principle for the account's margin as a driftless Brownian motion).
+    """Cross-margin screening probability :math:`2\\Phi(-M/(\\sigma_M\\sqrt h))` (reflection principle for the
+    account's margin as a driftless Brownian motion).
 
     ``margin_excess`` M = equity - maintenance (USD); ``gradient`` :math:`g_i = (q_i - m_i|q_i|)S_i`
     aggregated per asset; :math:`\\sigma_M^2 = (g\\sigma)^T \\Sigma (g\\sigma)`. Within ~7% of correlated GBM MC.
