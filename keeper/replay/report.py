@@ -301,11 +301,11 @@ def markdown_report(
         (
             "Amounts in USD (collateral token). Idle collateral = sum of max(0, collateral - accrued fee - "
             "maintenance) over live positions, time-weighted (idle equity counts unrealised PnL too); min ratio = "
-            "lowest equity/maintenance seen before the liquidator acted. Idle floor = the least average idle any keeper could "
-            "hold with that many transactions (keeper/replay/bound.py). Gas: per-action constants (see summary.json), "
-            "not receipts. Cost = average idle x capital rate x duration + gas x preset gas price x the native "
-            "token's price when the gas was spent + penalties + bad debt "
-            "(keeper/replay/cost.py; rates in summary.json)."
+            "lowest equity/maintenance seen before the liquidator acted. Idle floor = the least average idle any "
+            "keeper could hold with that many transactions (keeper/replay/bound.py). Gas: per-action constants (see "
+            "summary.json), not receipts. Cost = average idle x capital rate x duration + gas x preset gas price x "
+            "the native token's price when the gas was spent + penalties + bad debt (keeper/replay/cost.py; rates in "
+            "summary.json)."
         ),
         "",
     ]
