@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import typer
 from eth_account import Account
@@ -222,7 +222,7 @@ class DaemonKeeper:
         self.ctx: DemoContext | None = None
         self.port = 0
         self.log_path: Path | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     def start(self, ctx: DemoContext) -> None:
         if not daemon_available():
@@ -431,7 +431,9 @@ class LiveView:
         if self.live is not None:
             self.live.update(self.render(played, liquidated or set()))
 
-    def render(self, played: PlayedRound | None, liquidated: set[tuple[str, int]] = frozenset()) -> Group:
+    def render(
+        self, played: PlayedRound | None, liquidated: frozenset[tuple[str, int]] | set[tuple[str, int]] = frozenset()
+    ) -> Group:
         views = read_views(self.ops, self.keys)
         if played is None:
             head = f"{self.title}: before the first round"

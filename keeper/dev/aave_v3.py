@@ -481,7 +481,7 @@ class AaveOps:
         self._do(self.deployer_key, self.configurator.functions.setReservePause(self.deployment.tokens[symbol], paused))
 
     def account_data(self, user: str) -> tuple[int, int, int, int, int, int]:
-        return tuple(self.pool.functions.getUserAccountData(Web3.to_checksum_address(user)).call())  # type: ignore[return-value]
+        return tuple(self.pool.functions.getUserAccountData(Web3.to_checksum_address(user)).call())
 
     def provide_liquidity(self, key: str, usd: int = LIQUIDITY_USD) -> None:
         """Supply ``usd`` worth of every reserve from ``key`` so borrowers find liquidity."""

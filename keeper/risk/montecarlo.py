@@ -139,7 +139,7 @@ def nearest_correlation(corr: ArrayLike, *, tol: float = 1e-12, max_iter: int = 
         correction = x - r  # Dykstra's correction
         y_next = x.copy()
         np.fill_diagonal(y_next, 1.0)  # projection onto unit diagonal
-        moved = np.linalg.norm(y_next - y) / max(np.linalg.norm(y), 1.0)
+        moved = np.linalg.norm(y_next - y) / max(float(np.linalg.norm(y)), 1.0)
         y = y_next
         if moved < tol:
             break
