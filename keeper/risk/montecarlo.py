@@ -31,6 +31,7 @@ upper bound in practice for QMC).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -330,7 +331,9 @@ def breach_probabilities(
     return MCEstimate(np.clip(p, 0.0, 1.0), np.sqrt(var / n), n)
 
 
-def breach_probabilities_loop(paths: PathSet, asset_index, is_long, log_barrier) -> FloatArray:
+def breach_probabilities_loop(
+    paths: PathSet, asset_index: Iterable[int], is_long: Iterable[bool], log_barrier: Iterable[float]
+) -> FloatArray:
     """Plain-loop oracle of :func:`breach_probabilities` (one position at a time, no sorting)."""
     w = np.ones(paths.n_paths) if paths.weights is None else paths.weights
     out = []
