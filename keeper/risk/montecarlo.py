@@ -154,7 +154,7 @@ def cholesky_factor(corr: ArrayLike | None, n_assets: int) -> FloatArray:
     c = np.asarray(corr, dtype=float)
     if c.shape != (n_assets, n_assets):
         raise ValueError(f"corr must be {n_assets}x{n_assets}")
-    return np.linalg.cholesky(nearest_correlation(c))
+    return np.asarray(np.linalg.cholesky(nearest_correlation(c)), dtype=np.float64)
 
 
 def brownian_bridge_order(n_steps: int) -> list[tuple[int, int, int]]:
