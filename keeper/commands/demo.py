@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import typer
 from eth_account import Account
@@ -68,7 +68,7 @@ class DemoPosition:
 
     @property
     def collateral_e6(self) -> int:
-        return int(round(self.notional_usd / self.leverage * 1e6))
+        return round(self.notional_usd / self.leverage * 1e6)
 
 
 DEMO_BOOK: tuple[DemoPosition, ...] = (
@@ -222,7 +222,7 @@ class DaemonKeeper:
         self.ctx: DemoContext | None = None
         self.port = 0
         self.log_path: Path | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     def start(self, ctx: DemoContext) -> None:
         if not daemon_available():
@@ -431,7 +431,9 @@ class LiveView:
         if self.live is not None:
             self.live.update(self.render(played, liquidated or set()))
 
-    def render(self, played: PlayedRound | None, liquidated: set[tuple[str, int]] = frozenset()) -> Group:
+    def render(
+        self, played: PlayedRound | None, liquidated: frozenset[tuple[str, int]] | set[tuple[str, int]] = frozenset()
+    ) -> Group:
         views = read_views(self.ops, self.keys)
         if played is None:
             head = f"{self.title}: before the first round"
@@ -614,18 +616,24 @@ def summary_tables(summary: dict[str, Any]) -> Group:
             f"{r['margin_moved_in'] - r['margin_moved_out']:+,.0f}" if kept else "-",
         )
     lines = [
-        f"liquidations without the keeper: {summary['liquidated_without_keeper']}"
-        f" (penalties ${summary['penalties_without_keeper']:,.2f})",
+        (
+            f"liquidations without the keeper: {summary['liquidated_without_keeper']}"
+            f" (penalties ${summary['penalties_without_keeper']:,.2f})"
+        ),
     ]
     if summary["keeper_ran"]:
         lines += [
             f"liquidations with the keeper:    {summary['liquidated_with_keeper']}",
             f"positions saved:                 {summary['positions_saved']}",
-            f"top-ups:                         {summary['top_ups']} (${summary['collateral_added']:,.2f} from a "
-            f"${summary['reserve']:,.0f} reserve)",
+            (
+                f"top-ups:                         {summary['top_ups']} (${summary['collateral_added']:,.2f} from a "
+                f"${summary['reserve']:,.0f} reserve)"
+            ),
             f"rebalances (moveMargin):         {summary['rebalances']} (${summary['collateral_moved']:,.2f})",
-            f"keeper gas:                      {summary['gas_used']:,} gas in {summary['keeper_transactions']} "
-            f"transactions ({summary['gas_cost_eth']:.6f} ETH)",
+            (
+                f"keeper gas:                      {summary['gas_used']:,} gas in {summary['keeper_transactions']} "
+                f"transactions ({summary['gas_cost_eth']:.6f} ETH)"
+            ),
         ]
     else:
         lines.append("keeper run: skipped")
@@ -649,7 +657,7 @@ def run_demo(
     """Set up, run the control and (when ``keeper`` is given) the keeper run; return the summary."""
     t0 = time.monotonic()
     scenario = scenario or demo_crash(seed)
-    reserve_e6 = int(round(reserve_usd * 1e6))
+    reserve_e6 = round(reserve_usd * 1e6)
     anvil, ops = start_devchain(seed=False)
     try:
         accounts = open_book(ops, book, reserve_e6=reserve_e6)

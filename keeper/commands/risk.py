@@ -189,8 +189,8 @@ def compute_risk(
         paths = simulate_paths(
             pm, horizon_s, MC_STEPS, MC_PATHS, np.random.default_rng(MC_SEED), importance_shift=shift
         )
-        est = breach_probabilities(paths, [0], [is_long], [log_b])
-        p_mc, se_mc = float(est.probability[0]), float(est.stderr[0])
+        mc = breach_probabilities(paths, [0], [is_long], [log_b])
+        p_mc, se_mc = float(mc.probability[0]), float(mc.stderr[0])
 
     ve = position_var_es(
         sign * size, price, sigma, horizon_s, 0.99, nu=DEFAULT_T_NU if fat else None, drift_annual=drift

@@ -57,7 +57,7 @@ class RateStrategy:
 
     def args(self, provider: str) -> tuple:
         def ray(pct: float) -> int:
-            return int(round(pct * 100)) * RAY // 10_000
+            return round(pct * 100) * RAY // 10_000
 
         # stable borrowing stays disabled: its slopes only need to be valid
         return (
@@ -217,7 +217,7 @@ def aave_artifact(name: str) -> dict[str, Any]:
 def link(artifact: dict[str, Any], libraries: dict[str, str]) -> dict[str, Any]:
     """Bytecode with each library placeholder replaced by its address (at every linkReferences offset)."""
     code = artifact["bytecode"].removeprefix("0x")
-    for _file, libs in artifact["links"].items():
+    for libs in artifact["links"].values():
         for lib, refs in libs.items():
             if lib not in libraries:
                 raise ToolchainError(f"library {lib} must be deployed before it is linked")
@@ -430,7 +430,7 @@ class AaveOps:
         self._senders.clear()
 
     def units(self, symbol: str, amount: float) -> int:
-        return int(round(amount * 10**6)) * 10 ** self.deployment.decimals[symbol] // 10**6
+        return round(amount * 10**6) * 10 ** self.deployment.decimals[symbol] // 10**6
 
     def _do(self, key: str, fn: Any, gas: int | None = None) -> dict[str, Any]:
         s = self.sender(key)
@@ -481,7 +481,7 @@ class AaveOps:
         self._do(self.deployer_key, self.configurator.functions.setReservePause(self.deployment.tokens[symbol], paused))
 
     def account_data(self, user: str) -> tuple[int, int, int, int, int, int]:
-        return tuple(self.pool.functions.getUserAccountData(Web3.to_checksum_address(user)).call())  # type: ignore[return-value]
+        return tuple(self.pool.functions.getUserAccountData(Web3.to_checksum_address(user)).call())
 
     def provide_liquidity(self, key: str, usd: int = LIQUIDITY_USD) -> None:
         """Supply ``usd`` worth of every reserve from ``key`` so borrowers find liquidity."""

@@ -186,7 +186,7 @@ class PerpDeployment:
 
 def sqrt_price_x96(price: float, *, price_e18: int | None = None) -> int:
     """sqrtPriceX96 of a quote-per-base price (both tokens have 18 decimals)."""
-    p18 = price_e18 if price_e18 is not None else int(round(price * 10**18))
+    p18 = price_e18 if price_e18 is not None else round(price * 10**18)
     return math.isqrt(p18 * 2**192 // 10**18)
 
 
@@ -260,7 +260,7 @@ def deploy_perp_v2(
     feeds: dict[str, tuple[str, str, str]] = {}
     bases: dict[str, Any] = {}
     for spec in markets:
-        agg = d.deploy("MockV3Aggregator", 8, int(round(spec.price * 1e8)))
+        agg = d.deploy("MockV3Aggregator", 8, round(spec.price * 1e8))
         cl = d.deploy("ChainlinkPriceFeedV3", agg, CHAINLINK_TIMEOUT_S, CHAINLINK_TWAP_S)
         disp = d.deploy("PriceFeedDispatcher", cl)
         feeds[spec.symbol] = (agg, cl, disp)
@@ -488,7 +488,7 @@ class PerpOps:
     # -- prices
     def push_index(self, symbol: str, price: float) -> None:
         """A new Chainlink round on ``symbol``'s aggregator (the index follows at once; the mark does not)."""
-        self.send(self.deployer_key, self.aggregators[symbol].functions.updateAnswer(int(round(price * 1e8))))
+        self.send(self.deployer_key, self.aggregators[symbol].functions.updateAnswer(round(price * 1e8)))
 
     def market_price(self, symbol: str) -> float:
         return price_of_sqrt(self.pools[symbol].functions.slot0().call()[0])

@@ -60,9 +60,9 @@ class MarketSpec:
     def params(self, feed: str) -> tuple:
         return (
             Web3.to_checksum_address(feed),
-            int(round(self.maintenance_margin * WAD)),
-            int(round(self.max_leverage * WAD)),
-            int(round(self.liquidation_penalty * WAD)),
+            round(self.maintenance_margin * WAD),
+            round(self.max_leverage * WAD),
+            round(self.liquidation_penalty * WAD),
             int(self.fee_rate_annual * WAD) // SECONDS_PER_YEAR,
             self.heartbeat_s,
         )
@@ -169,7 +169,7 @@ def deploy_protocol(
     feed_art = load_artifact("PriceFeed")
     feeds: dict[str, str] = {}
     for spec in markets:
-        feeds[spec.symbol] = d.deploy(feed_art, f"{spec.symbol} / USD", int(round(spec.initial_price * 1e8)))
+        feeds[spec.symbol] = d.deploy(feed_art, f"{spec.symbol} / USD", round(spec.initial_price * 1e8))
     engine = d.deploy(load_artifact("PerpEngine"), usd)
     eng = contract(w3, "PerpEngine", engine)
     usd_c = contract(w3, "MockUSD", usd)

@@ -1,4 +1,5 @@
-"""The book a replay protects: markets, positions and wallets, from a TOML file (default: keeper/data/default_book.toml).
+"""The book a replay protects: markets, positions and wallets, from a TOML file (default:
+keeper/data/default_book.toml).
 
 Format::
 

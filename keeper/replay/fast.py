@@ -123,7 +123,7 @@ class EwmaVol:
     var_per_s: float | None = None
 
     def add_close(self, t_s: int, price: float) -> None:
-        if self.last_t is not None and t_s > self.last_t:
+        if self.last_t is not None and self.last_p is not None and t_s > self.last_t:
             r = math.log(price / self.last_p)
             x = r * r / (t_s - self.last_t)
             if self.var_per_s is None:
@@ -320,7 +320,7 @@ class _Run:
         obs = Observation(
             now_s=now,
             round_index=k,
-            positions=tuple(p for key in self.keys if (p := m.position(key[0], key[1], now)) is not None),
+            positions=tuple(pos for key in self.keys if (pos := m.position(key[0], key[1], now)) is not None),
             markets={ms.market.market_id: ms.market for ms in m.markets.values()},
             prices={mid: PriceRound(ms.round_id, ms.price_e8, ms.price_updated_s) for mid, ms in m.markets.items()},
             wallet_e6=dict(self.wallet),

@@ -105,7 +105,7 @@ class PolicyResult:
         if ratio < self.min_margin_ratio:
             self.min_margin_ratio = ratio
             self.min_margin_ratio_at = f"{label} @ {now_s}"
-        if self.ratio is not None:
+        if self.ratio is not None and self.liq_price is not None:
             self.ratio[k, j] = ratio
             self.liq_price[k, j] = liquidation_price_e8 / 1e8
 

@@ -12,7 +12,8 @@ The arithmetic follows docs/design.md "Reference protocol rules" line by line, i
 * ``equity_e6 = collateral_e6 + pnl_e6 - pendingFee_e6``
 * ``mm_e6 = size_e18 * price_e8 * maintenanceMarginWad // (1e20 * 1e18)``; liquidatable ⇔ ``equity < mm``
   and the price is fresh (``now - updatedAt <= heartbeat``).
-* liquidation (and close): equity taken before the fee settles; ``penalty = min(max(equity, 0), notional * penaltyWad // 1e18)`` to the liquidator,
+* liquidation (and close): equity taken before the fee settles;
+  ``penalty = min(max(equity, 0), notional * penaltyWad // 1e18)`` to the liquidator,
   ``returned = max(equity, 0) - penalty`` to the account; the position is deleted.
 * open/increase: after the change ``equity * maxLeverageWad >= notional * 1e18``; increase re-averages the
   entry price by size.

@@ -657,11 +657,15 @@ def _renamed(pos, name: str):
     return replace(pos, account=name)
 
 
+# The default configuration (module-level: ReplayConfig is a frozen dataclass, shared like fast.run_fast's default).
+_DEFAULT_CONFIG = ReplayConfig()
+
+
 def run_onchain(
     book: Book,
     series: Sequence[Bars],
     policies: Sequence[Policy],
-    config: ReplayConfig = ReplayConfig(),
+    config: ReplayConfig = _DEFAULT_CONFIG,
     progress: Callable[[int, int], None] | None = None,
     *,
     anvil: Anvil | None = None,

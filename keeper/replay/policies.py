@@ -147,7 +147,9 @@ class FixedRatio:
                             acct,
                             pos.market_id,
                             amount_e6=amount,
-                            reason=f"margin ratio {ratio:.2f} > {self.release_above:g}: release down to {self.target:g}",
+                            reason=(
+                                f"margin ratio {ratio:.2f} > {self.release_above:g}: release down to {self.target:g}"
+                            ),
                         )
                     )
         return out
@@ -217,7 +219,8 @@ class RiskSized:
             ps.append(price_e8)
 
     def _stress_gaps(self, obs: Observation) -> dict:
-        """Record each market's new oracle round and estimate its stress gaps (per side, ``SideGaps``) from the rounds seen so far
+        """Record each market's new oracle round and estimate its stress gaps (per side, ``SideGaps``) from the
+        rounds seen so far
         (the daemon does the same from its oracle-history cache; no round after ``obs.now_s`` exists here).
         The window is bounded by ``stress_window_s`` (plus one round before it, as the estimator needs)."""
         rp = self.risk_policy

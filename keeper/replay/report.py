@@ -264,10 +264,12 @@ def markdown_report(
     lines = [
         f"# Replay {_iso(result.start_s)} .. {_iso(result.end_s)} UTC",
         "",
-        f"Prices: {', '.join(f'{s} `{src}`' for s, src in result.sources.items())}. Book: `{result.book.source}` "
-        f"({len(result.book.positions)} positions, wallets ${sum(result.book.wallets_e6.values()) / 1e6:,.0f}). "
-        f"{result.t_s.size} rounds (4 per bar, intra-bar order `{result.config.order}`), warm-up "
-        f"{result.config.warmup_s / 3600:g} h, inclusion delay {result.config.inclusion_delay_rounds} round(s).",
+        (
+            f"Prices: {', '.join(f'{s} `{src}`' for s, src in result.sources.items())}. Book: `{result.book.source}` "
+            f"({len(result.book.positions)} positions, wallets ${sum(result.book.wallets_e6.values()) / 1e6:,.0f}). "
+            f"{result.t_s.size} rounds (4 per bar, intra-bar order `{result.config.order}`), warm-up "
+            f"{result.config.warmup_s / 3600:g} h, inclusion delay {result.config.inclusion_delay_rounds} round(s)."
+        ),
         "",
     ]
     if command:
@@ -277,27 +279,34 @@ def markdown_report(
         tc = check_target(result.results)
         red = "n/a" if tc.idle_reduction is None else f"{tc.idle_reduction:.1%}"
         lines += [
-            f"**Target** (zero liquidations, idle >= {TARGET_IDLE_REDUCTION:.0%} below the best zero-liquidation "
-            f"fixed baseline, no more transactions): baseline `{tc.baseline}`, idle reduction {red}: "
-            f"**{'met' if tc.met else 'not met'}** ({tc.reason}).",
+            (
+                f"**Target** (zero liquidations, idle >= {TARGET_IDLE_REDUCTION:.0%} below the best zero-liquidation "
+                f"fixed baseline, no more transactions): baseline `{tc.baseline}`, idle reduction {red}: "
+                f"**{'met' if tc.met else 'not met'}** ({tc.reason})."
+            ),
             "",
         ]
         reach = target_reach(result.floors, result.results)
         if reach is not None:
             floor, goal, out_of_reach = reach
             lines += [
-                f"Idle floor (`--bound`): with {result.results[tc.baseline].transactions} transactions no keeper, even "
-                f"one that knows every future price, holds less than {floor:,.0f} on average; the target asks for "
-                f"{goal:,.0f}: **{reach_verdict(out_of_reach)}**.",
+                (
+                    f"Idle floor (`--bound`): with {result.results[tc.baseline].transactions} transactions no keeper, "
+                    f"even one that knows every future price, holds less than {floor:,.0f} on average; "
+                    f"the target asks for {goal:,.0f}: **{reach_verdict(out_of_reach)}**."
+                ),
                 "",
             ]
     lines += [
-        "Amounts in USD (collateral token). Idle collateral = sum of max(0, collateral - accrued fee - maintenance) "
-        "over live positions, time-weighted (idle equity counts unrealised PnL too); min ratio = lowest "
-        "equity/maintenance seen before the liquidator acted. Idle floor = the least average idle any keeper could "
-        "hold with that many transactions (keeper/replay/bound.py). Gas: per-action constants (see summary.json), "
-        "not receipts. Cost = average idle x capital rate x duration + gas x preset gas price x the native "
-        "token's price when the gas was spent + penalties + bad debt (keeper/replay/cost.py; rates in summary.json).",
+        (
+            "Amounts in USD (collateral token). Idle collateral = sum of max(0, collateral - accrued fee - "
+            "maintenance) over live positions, time-weighted (idle equity counts unrealised PnL too); min ratio = "
+            "lowest equity/maintenance seen before the liquidator acted. Idle floor = the least average idle any "
+            "keeper could hold with that many transactions (keeper/replay/bound.py). Gas: per-action constants (see "
+            "summary.json), not receipts. Cost = average idle x capital rate x duration + gas x preset gas price x "
+            "the native token's price when the gas was spent + penalties + bad debt (keeper/replay/cost.py; rates in "
+            "summary.json)."
+        ),
         "",
     ]
     for p in plots:

@@ -138,8 +138,8 @@ def distance_for_probability(
 
 def gaussian_distance(p: ArrayLike, sigma_h: ArrayLike) -> FloatArray:
     """Zero-drift required log-distance :math:`\\Phi^{-1}(1-p/2)\\,\\sigma_h` (reflection principle)."""
-    p = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0)
-    return ndtri(1.0 - p / 2.0) * np.asarray(sigma_h, dtype=float)
+    p_arr = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0)
+    return ndtri(1.0 - p_arr / 2.0) * np.asarray(sigma_h, dtype=float)
 
 
 # ---- liquidation price <-> collateral (keeper.domain formulas, floats, vectorised) -------------------

@@ -31,6 +31,7 @@ upper bound in practice for QMC).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,7 +140,7 @@ def nearest_correlation(corr: ArrayLike, *, tol: float = 1e-12, max_iter: int = 
         correction = x - r  # Dykstra's correction
         y_next = x.copy()
         np.fill_diagonal(y_next, 1.0)  # projection onto unit diagonal
-        moved = np.linalg.norm(y_next - y) / max(np.linalg.norm(y), 1.0)
+        moved = np.linalg.norm(y_next - y) / max(float(np.linalg.norm(y)), 1.0)
         y = y_next
         if moved < tol:
             break
@@ -153,7 +154,7 @@ def cholesky_factor(corr: ArrayLike | None, n_assets: int) -> FloatArray:
     c = np.asarray(corr, dtype=float)
     if c.shape != (n_assets, n_assets):
         raise ValueError(f"corr must be {n_assets}x{n_assets}")
-    return np.linalg.cholesky(nearest_correlation(c))
+    return np.asarray(np.linalg.cholesky(nearest_correlation(c)), dtype=np.float64)
 
 
 def brownian_bridge_order(n_steps: int) -> list[tuple[int, int, int]]:
@@ -330,7 +331,9 @@ def breach_probabilities(
     return MCEstimate(np.clip(p, 0.0, 1.0), np.sqrt(var / n), n)
 
 
-def breach_probabilities_loop(paths: PathSet, asset_index, is_long, log_barrier) -> FloatArray:
+def breach_probabilities_loop(
+    paths: PathSet, asset_index: Iterable[int], is_long: Iterable[bool], log_barrier: Iterable[float]
+) -> FloatArray:
     """Plain-loop oracle of :func:`breach_probabilities` (one position at a time, no sorting)."""
     w = np.ones(paths.n_paths) if paths.weights is None else paths.weights
     out = []
@@ -384,7 +387,8 @@ def account_breach_screen(
     horizon_s: float,
     monitoring_dt_s: float | None = None,
 ) -> float:
-    """Cross-margin screening probability :math:`2\\Phi(-M/(\\sigma_M\\sqrt h))` (reflection principle for the account's margin as a driftless Brownian motion).
+    """Cross-margin screening probability :math:`2\\Phi(-M/(\\sigma_M\\sqrt h))` (reflection principle for the
+    account's margin as a driftless Brownian motion).
 
     ``margin_excess`` M = equity - maintenance (USD); ``gradient`` :math:`g_i = (q_i - m_i|q_i|)S_i`
     aggregated per asset; :math:`\\sigma_M^2 = (g\\sigma)^T \\Sigma (g\\sigma)`. Within ~7% of correlated GBM MC.

@@ -12,7 +12,8 @@ probability at :math:`p` is
     d_{req}(p) = \\max\\big(\\kappa\\,\\Phi^{-1}(1 - p/2)\\,\\sigma_h,\\ d_{stress}\\big) + d_{cost}
 
 (reflection principle for driftless Brownian motion, :math:`P(\\min \\le -d) = 2\\Phi(-d/\\sigma_h)`; Shreve,
-*Stochastic Calculus for Finance II*, 3.7), with :math:`\\kappa` a fat-tail multiplier calibrated by Monte Carlo (:func:`calibrate_kappa`,
+*Stochastic Calculus for Finance II*, 3.7), with :math:`\\kappa` a fat-tail multiplier calibrated by Monte Carlo
+(:func:`calibrate_kappa`,
 ``scripts/calibrate_kappa.py``), :math:`d_{stress}` the largest single-round price gap to survive (adaptive:
 :mod:`keeper.risk.gaps` estimates it per market from recent oracle rounds; the constant ``stress_gap`` is
 the fallback) and

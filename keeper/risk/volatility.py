@@ -3,7 +3,8 @@
 Oracle rounds arrive at irregular times, so every log return is put on a common clock before it is used:
 
 * EWMA (RiskMetrics, J.P. Morgan/Reuters *RiskMetrics Technical Document*, 1996, lambda = 0.94) runs on
-  per-second variance samples :math:`r_i^2/\\Delta t_i`: :math:`v_i = \\lambda v_{i-1} + (1-\\lambda) r_i^2/\\Delta t_i`.
+  per-second variance samples :math:`r_i^2/\\Delta t_i`:
+  :math:`v_i = \\lambda v_{i-1} + (1-\\lambda) r_i^2/\\Delta t_i`.
 * GARCH(1,1) (Bollerslev 1986; Student-t innovations, Bollerslev 1987) runs on returns rescaled to the
   median interval :math:`\\bar{\\Delta}`, :math:`\\tilde r_i = r_i\\sqrt{\\bar\\Delta/\\Delta t_i}`:
 
@@ -267,6 +268,6 @@ def estimate_volatility(
         return finish(ewma, "ewma", f"garch fit failed: {exc}")
     if not fit.converged or fit.persistence >= 0.9999:
         return finish(ewma, "ewma", f"garch fit unusable (converged={fit.converged}, alpha+beta={fit.persistence:.4f})")
-    steps = max(1, int(math.ceil(horizon_s / base)))
+    steps = max(1, math.ceil(horizon_s / base))
     var_h = float(np.sum(garch_forecast(fit, steps)))
     return finish(math.sqrt(var_h / (steps * base) * SECONDS_PER_YEAR), "garch", "")

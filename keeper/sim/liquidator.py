@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Self
 
 import structlog
 from eth_account import Account
@@ -208,7 +209,7 @@ class LiquidatorBot:
 
     # ---- background thread -------------------------------------------------------------------------
 
-    def start(self) -> LiquidatorBot:
+    def start(self) -> Self:
         """Sweep on every new block in a daemon thread until :meth:`stop`."""
         if self._thread is not None and self._thread.is_alive():
             return self
@@ -236,7 +237,7 @@ class LiquidatorBot:
                 log.warning("liquidator_sweep_failed", error=str(exc))
             self._stop.wait(self.poll_interval_s)
 
-    def __enter__(self) -> LiquidatorBot:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
