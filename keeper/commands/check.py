@@ -211,10 +211,11 @@ def register(app: typer.Typer) -> None:
                 opened[0].close()
             raise typer.Exit(EXIT_INTERRUPTED) from None
         try:
+            rows = position_rows(report, service)
             out = {
                 "block": report.block_number,
                 "executed": execute,
-                "positions": position_rows(report, service),
+                "positions": rows,
                 "actions": [
                     {
                         "kind": a.kind.value,
@@ -238,7 +239,7 @@ def register(app: typer.Typer) -> None:
                 print(masked_json(out))
                 return
             console = Console()
-            console.print(status_table(out["positions"]))
+            console.print(status_table(rows))
             console.print(plan_table(report) if report.plan.actions else "plan: nothing to do")
             for s in report.sent:
                 console.print(

@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 import typer
 from rich.console import Console
@@ -53,7 +53,7 @@ def _parse_prices(items: list[str]) -> dict[str, Path]:
 class PlainProgress:
     """Progress as plain lines (for logs and pipes, where the bar is not drawn): one line per 5 % or 30 s."""
 
-    def __init__(self, stream: TextIO, step: float = 0.05, every_s: float = 30.0) -> None:
+    def __init__(self, stream: IO[str], step: float = 0.05, every_s: float = 30.0) -> None:
         self._stream, self._step, self._every_s = stream, step, every_s
         self._t0 = self._last_t = time.monotonic()
         self._last_frac = 0.0
@@ -212,7 +212,7 @@ def replay_command(
             f"{'MET' if tc.met else 'NOT MET'} ({tc.reason})"
         )
         reach = target_reach(result.floors, result.results)
-        if reach is not None:
+        if reach is not None and tc.baseline is not None:
             Console().print(
                 f"idle floor with {result.results[tc.baseline].transactions} transactions: {reach[0]:,.0f} "
                 f"vs the target's {reach[1]:,.0f} -> "

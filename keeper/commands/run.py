@@ -41,13 +41,7 @@ HALT_ON = (ChainMismatchError, HaltError)
 
 def required_code(service: KeeperService) -> dict[str, str]:
     """Addresses that must hold code on every endpoint: the protocol's contracts and Multicall3."""
-    adapter = service.adapter
-    named = {
-        "engine": getattr(adapter, "engine", None),
-        "collateral": getattr(adapter, "collateral", None),
-        "Multicall3": adapter.multicall.address,
-    }
-    return {name: address for name, address in named.items() if address}
+    return service.adapter.contract_addresses()
 
 
 def _exit_now(signum: int) -> None:

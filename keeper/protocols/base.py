@@ -83,6 +83,11 @@ class ProtocolAdapter(ABC):
         """Raise :class:`~keeper.errors.ChainMismatchError` naming what is missing when the protocol's contracts
         (and the batching contract the reads use) are not on the connected chain."""
 
+    @abstractmethod
+    def contract_addresses(self) -> dict[str, str]:
+        """Name -> address of every contract that must hold code on an endpoint for it to serve this deployment
+        (the protocol's and the batching contract's); the RPC client checks them on every endpoint it uses."""
+
     def known_markets(self) -> dict[int, Market]:
         """The markets as last read, reading them when none has been yet."""
         return self.markets or self.load_markets()

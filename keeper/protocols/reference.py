@@ -217,6 +217,9 @@ class ReferenceAdapter(ProtocolAdapter):
 
     # ---- reads -----------------------------------------------------------------------------------
 
+    def contract_addresses(self) -> dict[str, str]:
+        return {"engine": self.engine, "collateral": self.collateral, "Multicall3": self.multicall.address}
+
     def check_deployment(self) -> None:
         for name, address in (("engine", self.engine), ("collateral", self.collateral)):
             if not self.client.get_code(address):

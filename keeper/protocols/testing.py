@@ -97,6 +97,9 @@ class FakeAdapter(ProtocolAdapter):
 
     # ---- the keeper's side: the adapter interface -----------------------------------------------
 
+    def contract_addresses(self) -> dict[str, str]:
+        return {"engine": FAKE_ENGINE, "collateral": FAKE_COLLATERAL}
+
     def check_deployment(self) -> None:
         if not self.deployed:
             raise ChainMismatchError("no fake protocol deployed")

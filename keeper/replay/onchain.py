@@ -59,6 +59,7 @@ import structlog
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
+from pydantic import SecretStr
 
 from keeper.chain.abi import Function, event_topic
 from keeper.chain.anvil import Anvil
@@ -370,12 +371,14 @@ def keeper_config(
     )
 
     rp, lim = policy.risk_policy, policy.limits
+    if lim is None:
+        raise ValueError(f"policy {policy.name!r} has no plan limits: the on-chain replay runs the daemon with them")
     risk = {f: getattr(rp, f) for f in RiskConfig.model_fields if f != "min_action_usd" and hasattr(rp, f)}
     cfg = KeeperConfig(
         chain=ChainConfig(rpc_urls=(rpc_url,), chain_id=chain_id, request_timeout_s=60),
         protocol=ProtocolConfig(deployment=deployment_path),
         accounts=(AccountConfig(address=account),),
-        signer=SignerConfig(private_key=key),
+        signer=SignerConfig(private_key=SecretStr(key)),
         risk=RiskConfig(**risk, min_action_usd=Decimal(rp.min_action_e6) / 10**6),
         limits=LimitsConfig(
             max_top_up_usd=Decimal(lim.max_per_tx_e6) / 10**6,

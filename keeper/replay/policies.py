@@ -31,6 +31,7 @@ from keeper.decision import BookDecision, decide
 from keeper.domain import Action, ActionKind, Market, Position, PriceRound, min_equity_e6, notional_e6
 from keeper.errors import InputError
 from keeper.planner import BookState, PlanLimits
+from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import RiskPolicy
 
 DEFAULT_MIN_ACTION_E6 = 10_000_000
@@ -218,14 +219,14 @@ class RiskSized:
             ts.append(t_s)
             ps.append(price_e8)
 
-    def _stress_gaps(self, obs: Observation) -> dict:
+    def _stress_gaps(self, obs: Observation) -> dict[int, SideGaps]:
         """Record each market's new oracle round and estimate its stress gaps (per side, ``SideGaps``) from the
         rounds seen so far
         (the daemon does the same from its oracle-history cache; no round after ``obs.now_s`` exists here).
         The window is bounded by ``stress_window_s`` (plus one round before it, as the estimator needs)."""
         rp = self.risk_policy
         window = rp.stress_window_s
-        out: dict[int, float] = {}
+        out: dict[int, SideGaps] = {}
         for mid, rnd in obs.prices.items():
             self.observe_round(mid, rnd.updated_at_s, rnd.price_e8)
             ts, ps = self._history[mid]

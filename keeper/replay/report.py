@@ -186,7 +186,7 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
         if tu:
             idx = np.searchsorted(t, [e.t_s for e in tu])
             ax.scatter(
-                [_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in tu],
+                mdates.date2num([_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in tu]),
                 price[idx],
                 marker="^",
                 color="tab:green",
@@ -196,7 +196,7 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
             )
         if lq:
             ax.scatter(
-                [_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in lq],
+                mdates.date2num([_dt.datetime.fromtimestamp(e.t_s, tz=_dt.UTC) for e in lq]),
                 [e.price_e8 / 1e8 for e in lq],
                 marker="x",
                 color="tab:red",
@@ -287,7 +287,7 @@ def markdown_report(
             "",
         ]
         reach = target_reach(result.floors, result.results)
-        if reach is not None:
+        if reach is not None and tc.baseline is not None:
             floor, goal, out_of_reach = reach
             lines += [
                 (

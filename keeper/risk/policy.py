@@ -179,7 +179,7 @@ def sigma_horizon(sigma_annual: ArrayLike, horizon_s: ArrayLike) -> NDArray[np.f
 
 
 def required_distance(
-    p: ArrayLike, sigma_h: ArrayLike, kappa: float, d_stress: float, d_cost: ArrayLike = 0.0
+    p: ArrayLike, sigma_h: ArrayLike, kappa: float, d_stress: ArrayLike, d_cost: ArrayLike = 0.0
 ) -> NDArray[np.float64]:
     """d_req(p) = max(kappa Phi^-1(1 - p/2) sigma_h, d_stress) + d_cost."""
     return np.maximum(kappa * gaussian_distance(p, sigma_h), d_stress) + np.asarray(d_cost, dtype=float)
@@ -233,7 +233,16 @@ class RiskArrays:
     stress_gap: NDArray[np.float64]
 
 
-def _collateral_at_distance(is_long, size, entry, price, maintenance, pending_fee, d):
+def _collateral_at_distance(
+    is_long: NDArray[np.bool_],
+    size: NDArray[np.float64],
+    entry: NDArray[np.float64],
+    price: NDArray[np.float64],
+    maintenance: NDArray[np.float64],
+    pending_fee: NDArray[np.float64],
+    d: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Collateral that puts the liquidation price at log distance ``d`` from ``price`` (elementwise)."""
     sign = np.where(is_long, 1.0, -1.0)
     s_liq = price * np.exp(-sign * d)
     return sign * size * (entry - s_liq * (1.0 - sign * maintenance)) + pending_fee
