@@ -58,8 +58,8 @@ import numpy as np
 import structlog
 from eth_account import Account
 from eth_utils import keccak
-from web3 import Web3
 from pydantic import SecretStr
+from web3 import Web3
 
 from keeper.chain.abi import Function, event_topic
 from keeper.chain.anvil import Anvil
