@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import typer
 from eth_account import Account
@@ -40,6 +40,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from web3 import Web3
+from web3.types import TxData
 
 from keeper.chain.anvil import Anvil, free_port
 from keeper.commands.devchain import start_devchain
@@ -387,7 +388,8 @@ def collect_run(
     if keeper_address is not None:
         mine = keeper_address.lower()
         for n in range(first_block, last + 1):
-            for tx in w3.eth.get_block(n, full_transactions=True)["transactions"]:
+            for item in w3.eth.get_block(n, full_transactions=True)["transactions"]:
+                tx = cast(TxData, item)  # full_transactions=True: whole transactions, not hashes
                 if tx["from"].lower() != mine:
                     continue
                 receipt = w3.eth.get_transaction_receipt(tx["hash"])
@@ -483,10 +485,14 @@ def play_run(
     t0 = time.monotonic()
     first_block = ctx.ops.w3.eth.block_number + 1
     keys = book_keys(ctx.ops, book)
-    hooks: list[Callable[[PlayedRound], None]] = [lambda pr: bot.sweep()]
+
+    def sweep(pr: PlayedRound) -> None:
+        bot.sweep()
+
+    hooks: list[Callable[[PlayedRound], None]] = [sweep]
     if keeper is not None:
         hooks.append(keeper.after_round)
-        hooks.append(lambda pr: bot.sweep())
+        hooks.append(sweep)
     if view is not None:
         hooks.append(lambda pr: view.update(pr, bot.liquidated_keys()))
     try:
@@ -602,7 +608,10 @@ def summary_tables(summary: dict[str, Any]) -> Group:
         def outcome(liq: dict | None, flag: bool | None) -> Text:
             if flag is None:
                 return Text("-", style="dim")
-            return Text(f"liq. @ {liq['price']:,.0f}", style="red") if flag else Text("survived", style="green")
+            if not flag:
+                return Text("survived", style="green")
+            liq = cast(dict, liq)  # liquidated: the run recorded the liquidation (``flag`` is ``key in liquidated``)
+            return Text(f"liq. @ {liq['price']:,.0f}", style="red")
 
         kept = "liquidated_with_keeper" in r
         t.add_row(

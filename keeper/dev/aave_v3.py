@@ -24,6 +24,7 @@ from typing import Any
 
 from eth_account import Account
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
 from keeper.errors import InputError, ToolchainError
@@ -255,7 +256,9 @@ def deploy_aave(
     start_block = w3.eth.block_number
     d = Sender(w3, deployer_key)
     multicall_art = load_artifact("Multicall3")
-    w3.provider.make_request("anvil_setCode", [MULTICALL3_ADDRESS, "0x" + multicall_art["runtime"].removeprefix("0x")])
+    w3.provider.make_request(
+        RPCEndpoint("anvil_setCode"), [MULTICALL3_ADDRESS, "0x" + multicall_art["runtime"].removeprefix("0x")]
+    )
 
     provider = d.deploy(aave_artifact("PoolAddressesProvider"), "0", d.address)
     prov = _contract(w3, "PoolAddressesProvider", provider)
@@ -361,7 +364,7 @@ def deploy_aave(
         data = poolc.functions.getReserveData(tokens[r.symbol]).call()
         a_tokens[r.symbol], v_tokens[r.symbol] = data[8], data[10]
     return AaveDeployment(
-        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", ""),
+        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", "") or "",
         chain_id=w3.eth.chain_id,
         start_block=start_block,
         provider=provider,

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3 import Web3
+from web3.types import Nonce, RPCEndpoint, TxParams
 
 from keeper.chain.multicall import MULTICALL3_ADDRESS
 from keeper.domain import SECONDS_PER_YEAR, WAD, Side
@@ -92,13 +94,13 @@ class Sender:
         self.w3 = w3
         self.account: LocalAccount = Account.from_key(key)
         self.nonce = w3.eth.get_transaction_count(self.account.address, "pending")
-        self.pending: list[bytes] = []
+        self.pending: list[HexBytes] = []
 
     @property
     def address(self) -> str:
         return self.account.address
 
-    def send(self, tx: dict[str, Any], *, gas: int | None = None) -> bytes:
+    def send(self, tx: dict[str, Any], *, gas: int | None = None) -> HexBytes:
         base = self.w3.eth.get_block("latest")["baseFeePerGas"]
         tx = {
             "chainId": self.w3.eth.chain_id,
@@ -111,14 +113,14 @@ class Sender:
         }
         # Generous margin: the engine's fee index writes depend on block.timestamp, so an estimate made in
         # the same second as the previous block can miss two cold SSTOREs (~44k gas) when mined a second later.
-        tx["gas"] = gas or int(self.w3.eth.estimate_gas(tx) * 1.5) + 60_000
+        tx["gas"] = gas or int(self.w3.eth.estimate_gas(cast(TxParams, tx)) * 1.5) + 60_000
         signed = self.account.sign_transaction(tx)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        self.nonce += 1
+        self.nonce = Nonce(self.nonce + 1)
         self.pending.append(tx_hash)
         return tx_hash
 
-    def transact(self, fn, *, gas: int | None = None) -> bytes:
+    def transact(self, fn, *, gas: int | None = None) -> HexBytes:
         """Send a web3 contract function call."""
         return self.send(_call_tx(fn, self.account.address), gas=gas)
 
@@ -130,10 +132,11 @@ class Sender:
 
     def wait(self, tx_hash: bytes | None = None) -> dict[str, Any]:
         """Wait for ``tx_hash`` (default: every pending one); raise if any reverted."""
-        hashes = [tx_hash] if tx_hash is not None else list(self.pending)
+        hashes = [HexBytes(tx_hash)] if tx_hash is not None else list(self.pending)
         receipt: dict[str, Any] = {}
         for h in hashes:
-            receipt = self.w3.eth.wait_for_transaction_receipt(h, timeout=30)
+            # The public return type stays dict[str, Any] (callers in perp_v2 rely on it); the receipt is a TxReceipt.
+            receipt = cast(dict[str, Any], self.w3.eth.wait_for_transaction_receipt(h, timeout=30))
             if receipt["status"] != 1:
                 tx = self.w3.eth.get_transaction(h)
                 raise RuntimeError(
@@ -164,7 +167,9 @@ def deploy_protocol(
     start_block = w3.eth.block_number
     d = Sender(w3, deployer_key)
     multicall_art = load_artifact("Multicall3")
-    w3.provider.make_request("anvil_setCode", [MULTICALL3_ADDRESS, "0x" + multicall_art["runtime"].removeprefix("0x")])
+    w3.provider.make_request(
+        RPCEndpoint("anvil_setCode"), [MULTICALL3_ADDRESS, "0x" + multicall_art["runtime"].removeprefix("0x")]
+    )
     usd = d.deploy(load_artifact("MockUSD"))
     feed_art = load_artifact("PriceFeed")
     feeds: dict[str, str] = {}
@@ -187,7 +192,7 @@ def deploy_protocol(
         if view[0][0].lower() != feeds[symbol].lower():
             raise RuntimeError(f"market {market_id} is not {symbol}: the engine numbered markets differently")
     return Deployment(
-        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", ""),
+        rpc_url=rpc_url or getattr(w3.provider, "endpoint_uri", "") or "",
         chain_id=w3.eth.chain_id,
         start_block=start_block,
         engine=engine,
