@@ -181,7 +181,7 @@ def test_installed_keeper_loads_abis_and_artifacts_from_the_package(venv: Path, 
     code = (
         "import json, keeper.resources as r\n"
         "from keeper.chain.abi import load_abi\n"
-        "from keeper.devchain import load_artifact\n"
+        "from keeper.dev.reference import load_artifact\n"
         "print(json.dumps({'abi_path': str(r.abi_path('PerpEngine')),\n"
         "  'abis': {n: load_abi(n) for n in ('PerpEngine', 'MockUSD', 'PriceFeed', 'ERC20', 'AggregatorV3')},\n"
         "  'bytecode': {n: len(load_artifact(n)['bytecode']) for n in r.DEPLOYED_CONTRACTS}}))\n"
