@@ -47,6 +47,7 @@ from keeper.commands.devchain import start_devchain
 from keeper.dev.reference import ANVIL_KEYS, DevChainOps
 from keeper.domain import Side
 from keeper.errors import InputError, KeeperError
+from keeper.protocols.reference import write_atomically
 from keeper.sim.liquidator import LIQUIDATOR_KEY, LiquidatorBot
 from keeper.sim.scenario import PlayedRound, Scenario, ScenarioPlayer, demo_crash
 
@@ -687,11 +688,7 @@ def run_demo(
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomically(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -24,10 +24,10 @@ from typing import Any
 
 from eth_account import Account
 from web3 import Web3
-from web3.types import RPCEndpoint
 
-from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
+from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, install_multicall3
 from keeper.errors import InputError, ToolchainError
+from keeper.protocols.reference import write_atomically
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 AAVE_ARTIFACTS = PROJECT_ROOT / "node_modules" / "@aave" / "core-v3" / "artifacts" / "contracts"
@@ -187,10 +187,7 @@ class AaveDeployment:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
-        return path
+        return write_atomically(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> AaveDeployment:
@@ -255,10 +252,7 @@ def deploy_aave(
     """Deploy an Aave v3 market with ``reserves`` and ``emodes`` on a local chain; return its addresses."""
     start_block = w3.eth.block_number
     d = Sender(w3, deployer_key)
-    multicall_art = load_artifact("Multicall3")
-    w3.provider.make_request(
-        RPCEndpoint("anvil_setCode"), [MULTICALL3_ADDRESS, "0x" + multicall_art["runtime"].removeprefix("0x")]
-    )
+    install_multicall3(w3)
 
     provider = d.deploy(aave_artifact("PoolAddressesProvider"), "0", d.address)
     prov = _contract(w3, "PoolAddressesProvider", provider)

@@ -29,8 +29,9 @@ from eth_account import Account
 from web3 import Web3
 from web3.types import RPCEndpoint
 
-from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, load_artifact
+from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, multicall3_code
 from keeper.errors import ChainMismatchError, InputError, ToolchainError
+from keeper.protocols.reference import write_atomically
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = PROJECT_ROOT / "node_modules"
@@ -137,12 +138,7 @@ class PerpDeployment:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return write_atomically(path, self.to_json())
 
     @classmethod
     def from_json(cls, text: str, source: str = "deployment") -> PerpDeployment:
@@ -254,7 +250,7 @@ def deploy_perp_v2(
     rpc = request or _provider_rpc(w3)
     start_block = w3.eth.block_number
     d = _Deployer(w3, deployer_key)
-    rpc("anvil_setCode", [MULTICALL3_ADDRESS, "0x" + load_artifact("Multicall3")["runtime"].removeprefix("0x")])
+    rpc("anvil_setCode", [MULTICALL3_ADDRESS, multicall3_code()])
     usdc = d.deploy("MintableERC20", "USD Coin", "USDC", SETTLEMENT_DECIMALS)
     quote = d.init("QuoteToken", "vUSD", "vUSD")
     feeds: dict[str, tuple[str, str, str]] = {}

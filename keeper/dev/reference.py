@@ -152,6 +152,16 @@ def _call_tx(fn, sender: str) -> dict[str, Any]:
     return {"to": fn.address, "data": fn._encode_transaction_data(), "from": sender}
 
 
+def multicall3_code() -> str:
+    """Runtime code of our Multicall3 build (0x-prefixed), for ``anvil_setCode`` at the canonical address."""
+    return "0x" + load_artifact("Multicall3")["runtime"].removeprefix("0x")
+
+
+def install_multicall3(w3: Web3) -> None:
+    """Put Multicall3 at its canonical address on a local anvil (anvil does not predeploy it)."""
+    w3.provider.make_request(RPCEndpoint("anvil_setCode"), [MULTICALL3_ADDRESS, multicall3_code()])
+
+
 def contract(w3: Web3, name: str, address: str):
     return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_artifact(name)["abi"])
 
@@ -166,10 +176,7 @@ def deploy_protocol(
     """Deploy the reference protocol and Multicall3 on a local chain; return where it lives."""
     start_block = w3.eth.block_number
     d = Sender(w3, deployer_key)
-    multicall_art = load_artifact("Multicall3")
-    w3.provider.make_request(
-        RPCEndpoint("anvil_setCode"), [MULTICALL3_ADDRESS, "0x" + multicall_art["runtime"].removeprefix("0x")]
-    )
+    install_multicall3(w3)
     usd = d.deploy(load_artifact("MockUSD"))
     feed_art = load_artifact("PriceFeed")
     feeds: dict[str, str] = {}

@@ -59,6 +59,16 @@ ALLOWANCE_LOW = 2**128
 POSITION_OPENED = event_topic("PositionOpened(address,uint256,bool,uint256,uint256,uint256)")
 
 
+def write_atomically(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 @dataclass(frozen=True)
 class Deployment:
     """Where the reference protocol lives on a chain."""
@@ -77,12 +87,7 @@ class Deployment:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return write_atomically(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Deployment:
