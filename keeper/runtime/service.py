@@ -332,15 +332,18 @@ class KeeperService:
         at the current fee (next base fee x the fee policy's multiplier + the configured tip)."""
         if self.signer_address is None or self.txm is None:
             return
-        try:
-            balance = self.client.get_balance(self.signer_address)
-            block = self.client.get_block("latest") or {}
+        try:  # one round trip for both
+            balance_hex, block = self.client.batch(
+                [("eth_getBalance", [self.signer_address, "latest"]), ("eth_getBlockByNumber", ["latest", False])]
+            )
         except TransientRpcError as exc:
             self.metrics.count_rpc_error("balance")
             log.warning("native_balance_unknown", error=str(exc))
             return
+        balance = int(balance_hex, 16)
         tip = self.config.fees.priority_fee_wei
-        max_fee = max(1, FeePolicy().base_multiplier * int(block.get("baseFeePerGas", "0x0"), 16) + tip)
+        base_fee = int((block or {}).get("baseFeePerGas", "0x0"), 16)
+        max_fee = max(1, self.txm.fees.base_multiplier * base_fee + tip)
         self.metrics.set_native(
             self.signer_address, balance, top_ups_of_gas_left(balance, self.top_up_gas_limit, max_fee)
         )
