@@ -103,6 +103,12 @@ class Function:
         """Return values decoded with the output types."""
         return decode(self.output_types, data)
 
+    def decode_input(self, calldata: bytes) -> tuple | None:
+        """The arguments of ``calldata`` when it calls this function (selector matches), else ``None``."""
+        if calldata[:4] != self.selector:
+            return None
+        return decode(self.input_types, calldata[4:])
+
     @classmethod
     def from_abi(cls, abi: Iterable[dict], name: str) -> Function:
         for item in abi:

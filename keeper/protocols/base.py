@@ -142,6 +142,12 @@ class ProtocolAdapter(ABC):
         """The approval ``owner`` must send before the protocol can pull top-ups from its wallet, or ``None``
         when the allowance already suffices. The call's ``meta["key"]`` is its idempotency key."""
 
+    def describe_transaction(self, to: str, data: bytes) -> dict | None:
+        """What a transaction of the keeper's key found on chain did, in the ``meta`` form of
+        :meth:`call_for_action` (``kind``, ``account``, ``market_id``, ``amount_e6``...), or ``None`` when it is
+        not a call to this protocol. Used to journal transactions the journal lost, so they still count."""
+        return None
+
     def call_for_action(self, action: Action) -> ContractCall:
         """The transaction that carries out ``action`` (ALERT actions have none)."""
         meta = {

@@ -27,7 +27,7 @@ from keeper.chain.abi import ErrorDecoder, Function, event_topic, load_abi
 from keeper.chain.discovery import LogScanner
 from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
 from keeper.chain.rpc import ChainClient
-from keeper.domain import Market, Position, PriceRound, Side
+from keeper.domain import ActionKind, Market, Position, PriceRound, Side
 from keeper.errors import ChainMismatchError, InputError
 from keeper.protocols.base import BookSnapshot, HeadProbe, PositionExtras, PositionKey, ProtocolAdapter, keys_of
 from keeper.tx.call import ContractCall
@@ -423,6 +423,28 @@ class ReferenceAdapter(ProtocolAdapter):
             size_delta_e18,
             description=f"decreasePosition {size_delta_e18} e18 for {account} market {market_id}",
         )
+
+    def describe_transaction(self, to: str, data: bytes) -> dict | None:
+        if to.lower() != self.engine.lower():
+            return None
+        for kind, fn in (
+            (ActionKind.TOP_UP, F_ADD_MARGIN),
+            (ActionKind.RELEASE, F_REMOVE_MARGIN),
+            (ActionKind.MOVE_MARGIN, F_MOVE_MARGIN),
+            (ActionKind.REDUCE_SIZE, F_DECREASE),
+        ):
+            args = fn.decode_input(data)
+            if args is None:
+                continue
+            meta: dict = {"kind": kind.value, "account": str(args[0]).lower()}
+            if kind is ActionKind.MOVE_MARGIN:
+                meta.update(from_market_id=int(args[1]), market_id=int(args[2]), amount_e6=int(args[3]))
+            elif kind is ActionKind.REDUCE_SIZE:
+                meta.update(market_id=int(args[1]), size_delta_e18=int(args[2]))
+            else:
+                meta.update(market_id=int(args[1]), amount_e6=int(args[2]))
+            return meta
+        return None
 
     def approve_collateral_call(self, amount: int) -> ContractCall:
         """Let the engine pull up to ``amount`` collateral base units from the sender's wallet."""

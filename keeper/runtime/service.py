@@ -35,7 +35,14 @@ import structlog
 from keeper.chain.rpc import ChainClient
 from keeper.decision import BookDecision, decide
 from keeper.domain import Action, ActionKind, Plan
-from keeper.errors import ChainMismatchError, RpcRejectedError, SimulationRevert, TransactionError, TransientRpcError
+from keeper.errors import (
+    ChainMismatchError,
+    LaneBlocked,
+    RpcRejectedError,
+    SimulationRevert,
+    TransactionError,
+    TransientRpcError,
+)
 from keeper.planner import BookState, PlanLimits
 from keeper.protocols import registry
 from keeper.protocols.base import BookSnapshot, PositionKey, ProtocolAdapter
@@ -58,7 +65,8 @@ PROTECTIVE = (ActionKind.TOP_UP, ActionKind.MOVE_MARGIN, ActionKind.REDUCE_SIZE)
 # gas limit assumed for a top-up until one is mined (then: its gasUsed with the manager's margin); a reference
 # engine addMargin measured ~60-80k gas on anvil, so this errs on the side of an early alert
 TOP_UP_GAS_LIMIT_DEFAULT = 150_000
-NOT_SENT = ("rejected", "error")  # CycleReport.sent states of actions that never reached the chain
+NOT_SENT = ("rejected", "error", "waiting")  # CycleReport.sent states of actions that never reached the chain
+FAILED = ("rejected", "error")  # ... of those, the ones refused (``waiting``: the lane is blocked, retried)
 
 
 @dataclass
@@ -116,6 +124,7 @@ class KeeperService:
         self._last_rounds: dict[int, int] = {}
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
+        self._allowance_pending = False  # the approval could not be sent at start (lane blocked): retried
         self.stress_gaps: dict[int, SideGaps] = {}  # per market: (down for longs, up for shorts)
         self.implied_vol: ImpliedVolSource | None = None
         if config.implied_vol.source:
@@ -188,7 +197,13 @@ class KeeperService:
                 ]
                 journal.lock_for_sending()  # one writer per journal: a second sender refuses here (JournalBusy)
                 txm = TransactionManager(
-                    client, journal, lanes, fees, confirmations=config.fees.confirmations, error_decoder=adapter.errors
+                    client,
+                    journal,
+                    lanes,
+                    fees,
+                    confirmations=config.fees.confirmations,
+                    error_decoder=adapter.errors,
+                    describe_transaction=adapter.describe_transaction,
                 )
         service = cls(
             config,
@@ -227,15 +242,30 @@ class KeeperService:
                 log.info(
                     "journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state, tx_hash=rec.tx_hash
                 )
+            self._report_blocked_lanes(self.txm)
             self._ensure_allowance(self.txm, self.signer_address or "")
 
     def _ensure_allowance(self, txm: TransactionManager, signer: str) -> None:
+        """Approve the protocol to pull top-ups, once; postponed (retried each cycle) while the lane is blocked."""
+        self._allowance_pending = False
         call = self.adapter.approval_call(signer)
         if call is None:
             return
-        intent = txm.submit(call, call.meta.get("key") or f"approve:{call.to.lower()}:{signer.lower()}", 0, "routine")
+        try:
+            intent = txm.submit(
+                call, call.meta.get("key") or f"approve:{call.to.lower()}:{signer.lower()}", 0, "routine"
+            )
+        except LaneBlocked as exc:
+            self._allowance_pending = True
+            log.warning("collateral_approval_postponed", why=str(exc))
+            return
         final = txm.wait(intent.id, timeout_s=120)
         log.info("collateral_approved", state=final.state, tx_hash=final.tx_hash)
+
+    def _report_blocked_lanes(self, txm: TransactionManager) -> None:
+        """Alert while a lane waits for transactions of its key that the journal does not know."""
+        for lane, why in txm.blocked_lanes().items():
+            self.alerts.send(f"tx:lane_blocked:{lane}", f"{lane} lane waits: {why}", severity="critical")
 
     def close(self) -> None:
         self.alerts.close()
@@ -514,6 +544,10 @@ class KeeperService:
         report = CycleReport(snap.block_number, snap.block_timestamp, risks, plan, wallet_e6=wallet, sigmas=sigmas)
         self._explain(snap, plan)
         txm = self.txm if execute and not self.config.dry_run else None
+        if txm is not None:
+            self._report_blocked_lanes(txm)
+            if self._allowance_pending and not txm.blocked_lanes():
+                self._ensure_allowance(txm, self.signer_address or "")
         for action in plan.actions:
             if action.kind is ActionKind.ALERT or action.needs_approval:
                 key, text, severity, fields = alert_from_action(action)
@@ -570,6 +604,11 @@ class KeeperService:
         }
         try:
             intent = txm.submit(call, key, stake, lane)
+        except LaneBlocked as exc:
+            out.update(state="waiting", reason=str(exc))
+            self.metrics.count_action(action.kind.value, "lane_blocked")
+            log.warning("action_waits_for_unknown_transactions", key=key, reason=str(exc))
+            return out
         except SimulationRevert as exc:
             out.update(state="rejected", reason=exc.reason)
             self.metrics.count_action(action.kind.value, "simulation_revert")
@@ -678,7 +717,8 @@ class KeeperService:
             positions=len(risks),
             actions=len(report.plan.actions),
             sent=sum(1 for s in report.sent if s.get("state") not in NOT_SENT),
-            failed=sum(1 for s in report.sent if s.get("state") in NOT_SENT),
+            failed=sum(1 for s in report.sent if s.get("state") in FAILED),
+            waiting=sum(1 for s in report.sent if s.get("state") == "waiting"),
             worst_breach_probability=worst,
             wallet=wallet / 1e6,
             next_check_s=round(report.next_interval_s, 2),

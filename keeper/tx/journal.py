@@ -431,6 +431,18 @@ class Journal:
             ).fetchone()
         return row[0]
 
+    def highest_nonce(self, sender: str) -> int | None:
+        """Highest nonce this journal holds for ``sender`` in any state (signed attempts and transactions
+        imported from the chain): the node's count above it is what the journal does not know."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MAX(n) FROM (SELECT a.nonce AS n FROM attempts a JOIN intents i ON a.intent_id = i.id"
+                " WHERE lower(i.sender) = lower(?) UNION ALL SELECT nonce FROM intents"
+                " WHERE lower(sender) = lower(?) AND nonce IS NOT NULL)",
+                (sender, sender),
+            ).fetchone()
+        return row[0]
+
     def signed_nonces(self, sender: str, lo: int, hi: int, *, exclude_intent: int | None = None) -> set[int]:
         """Nonces in ``[lo, hi)`` of any transaction we signed for ``sender`` (any intent state; imported landed
         transactions included), leaving out ``exclude_intent``'s own attempts."""
@@ -467,10 +479,13 @@ class Journal:
         block_hash: str,
         landed_at: float,
         meta: dict,
+        state: str = "confirmed",
     ) -> IntentRecord:
         """Record a transaction of our key found on chain but unknown to the journal (journal lost or restored
-        from a backup) as a ``confirmed`` intent, dated by its block, so it counts (e.g. against the day
-        budget) like one we sent. Idempotent per ``tx_hash``."""
+        from a backup) as a final intent (``confirmed``, or ``reverted`` when its receipt failed), dated by its
+        block, so it counts (e.g. against the day budget) like one we sent. Idempotent per ``tx_hash``."""
+        if state not in ("confirmed", "reverted"):
+            raise ValueError(f"an imported transaction is confirmed or reverted, not {state!r}")
         with self._tx() as c:
             row = c.execute("SELECT id FROM intents WHERE lower(tx_hash) = lower(?)", (tx_hash,)).fetchone()
             if row is not None:
@@ -479,14 +494,15 @@ class Journal:
                 cur = c.execute(
                     "INSERT INTO intents (idempotency_key, lane, sender, to_address, data, value_wei,"
                     " value_at_stake_e6, meta, state, nonce, tx_hash, block_number, block_hash, reason,"
-                    " created_at, updated_at) VALUES (?,?,?,?,'', '0', 0, ?, 'confirmed', ?,?,?,?,"
-                    " 'imported from the chain at start (not in the journal)', ?, ?)",
+                    " created_at, updated_at) VALUES (?,?,?,?,'', '0', 0, ?, ?, ?,?,?,?,"
+                    " 'found on chain, not in the journal (imported)', ?, ?)",
                     (
                         idempotency_key,
                         lane,
                         sender,
                         to,
                         json.dumps(meta, sort_keys=True),
+                        state,
                         nonce,
                         tx_hash,
                         block_number,

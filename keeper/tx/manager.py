@@ -52,11 +52,12 @@ from eth_utils import to_checksum_address
 
 from keeper.chain.abi import ErrorDecoder
 from keeper.chain.rpc import ChainClient, ExecutionReverted, RpcErrorResponse
-from keeper.errors import SenderConflict, SimulationRevert, TransactionRejected, TransientRpcError
+from keeper.errors import LaneBlocked, SenderConflict, SimulationRevert, TransactionRejected, TransientRpcError
 from keeper.tx.call import ContractCall
 from keeper.tx.fees import FeeCapExceeded, FeePolicy, Fees
 from keeper.tx.journal import AttemptRecord, IntentRecord, Journal
 from keeper.tx.nonce import NonceAllocator
+from keeper.tx.reconcile import Describe, LaneBlock, find_landed
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +122,7 @@ class TransactionManager:
         error_decoder: ErrorDecoder | None = None,
         on_signed: Callable[[AttemptRecord], None] | None = None,
         evidence_blocks: int = 4,
+        describe_transaction: Describe | None = None,
     ) -> None:
         if not lanes:
             raise ValueError("at least one signer lane is required")
@@ -151,6 +153,12 @@ class TransactionManager:
         self.evidence_blocks = evidence_blocks
         self.halted: str | None = None  # set when a second sender of our key is detected: no new sends
         self._nonce_taken_since: dict[int, int] = {}  # intent id -> head when first seen used without receipt
+        # lower-case address -> transactions of that key in flight that the journal does not know (see
+        # keeper/tx/reconcile.py): nothing new is signed for it until they are final
+        self._blocks: dict[str, LaneBlock] = {}
+        # what an imported transaction of ours did (the protocol adapter decodes its input: kind, account,
+        # amount), so a top-up found on chain counts against the day budget like one we sent
+        self._describe = describe_transaction
 
     # ---- public API ------------------------------------------------------------------------------
 
@@ -175,6 +183,9 @@ class TransactionManager:
         ls = self._lane(lane)
         if self.halted is not None:
             raise SenderConflict(f"sending stopped: {self.halted}")
+        block = self._blocks.get(ls.lane.address.lower())
+        if block is not None:
+            raise LaneBlocked(f"lane {lane!r}: {block.reason}")
         existing = self.journal.find_active(idempotency_key, self.dedupe_window_s)
         if existing is not None:
             log.info("tx_deduplicated", key=idempotency_key, intent=existing.id, state=existing.state)
@@ -231,18 +242,30 @@ class TransactionManager:
 
     def poll(self) -> PollReport:
         """Advance every open intent of this manager's lanes by one step (see module docstring)."""
+        return self._poll(at_start=False)
+
+    def _poll(self, *, at_start: bool) -> PollReport:
         report = PollReport()
         intents = [i for i in self.journal.open_intents() if i.lane in self._lanes and i.state != "intent"]
-        senders = sorted({i.sender for i in intents})
+        senders = sorted({ls.lane.address.lower() for ls in self._lanes.values()} | {i.sender.lower() for i in intents})
         first = self.client.batch(
-            [("eth_blockNumber", [])] + [("eth_getTransactionCount", [s, "latest"]) for s in senders]
+            [("eth_blockNumber", [])]
+            + [("eth_getTransactionCount", [s, tag]) for s in senders for tag in ("latest", "pending")]
         )
         head = self._head = int(first[0], 16)
         report.head = head
-        mined_nonce = {s.lower(): int(n, 16) for s, n in zip(senders, first[1:], strict=True)}
+        counts = [int(n, 16) for n in first[1:]]
+        mined_nonce = dict(zip(senders, counts[0::2], strict=True))
+        pending_nonce = dict(zip(senders, counts[1::2], strict=True))
         self._late_evidence(head, report)
-        if not intents:
-            return report
+        if intents:
+            self._advance_all(intents, head, mined_nonce, report)
+        self._audit_nonces(head, mined_nonce, pending_nonce, at_start=at_start)
+        return report
+
+    def _advance_all(
+        self, intents: list[IntentRecord], head: int, mined_nonce: dict[str, int], report: PollReport
+    ) -> None:
         attempts = {i.id: self.journal.attempts(i.id) for i in intents}
         hashes = [a.tx_hash for i in intents for a in attempts[i.id]]
         receipts = dict(
@@ -266,23 +289,143 @@ class TransactionManager:
                 continue
             if final is not None:
                 report.finalized.append(final)
-        return report
 
     def reconcile(self) -> PollReport:
-        """Bring the journal in line with the chain after a restart; call before submitting anything."""
+        """Bring the journal in line with the chain after a restart; call before submitting anything.
+
+        Unsigned intents are abandoned; open ones advance one step; then each key's nonces on the node are
+        compared with the journal: landed transactions the journal does not know are imported (so they count),
+        and pending ones it does not know block the lane until they are final (:meth:`blocked_lanes`)."""
         for intent in self.journal.open_intents():
             if intent.lane in self._lanes and intent.state == "intent":
                 self.journal.update(
                     intent.id, state="abandoned", reason="not signed before restart", event="tx_abandoned"
                 )
-        report = self.poll()
-        seen = set()
-        for ls in self._lanes.values():
-            if id(ls.nonces) not in seen:
-                seen.add(id(ls.nonces))
-                ls.nonces.sync()
-        log.info("journal_reconciled", open=len(self.journal.open_intents()), finalized=len(report.finalized))
+        report = self._poll(at_start=True)
+        for nonces in self._allocators():
+            nonces.sync()
+        log.info(
+            "journal_reconciled",
+            open=len(self.journal.open_intents()),
+            finalized=len(report.finalized),
+            blocked_lanes=sorted(self.blocked_lanes()),
+        )
         return report
+
+    def blocked_lanes(self) -> dict[str, str]:
+        """Lane name -> why nothing is signed for it now (transactions of its key the journal does not know are
+        in flight); empty when every lane may send."""
+        return {
+            name: self._blocks[ls.lane.address.lower()].reason
+            for name, ls in self._lanes.items()
+            if ls.lane.address.lower() in self._blocks
+        }
+
+    def _allocators(self) -> list[NonceAllocator]:
+        unique: dict[int, NonceAllocator] = {}
+        for ls in self._lanes.values():
+            unique.setdefault(id(ls.nonces), ls.nonces)
+        return list(unique.values())
+
+    def _allocator_of(self, address: str) -> NonceAllocator:
+        return next(ls.nonces for ls in self._lanes.values() if ls.lane.address.lower() == address)
+
+    def _lane_of(self, address: str) -> str:
+        return next(name for name, ls in self._lanes.items() if ls.lane.address.lower() == address)
+
+    def _audit_nonces(self, head: int, mined: dict[str, int], pending: dict[str, int], *, at_start: bool) -> None:
+        """Compare each key's nonces on the node with what this journal signed (module keeper/tx/reconcile.py).
+
+        At start: pending nonces no attempt of ours holds block the lane; landed ones are imported. While
+        running: a count beyond the next nonce this process would hand out was signed by someone else (a second
+        sender of the key, on another journal): sending stops. A blocked lane is released once its unknown
+        transactions are ``confirmations`` deep, after importing them."""
+        for address in sorted(self._lanes_by_address()):
+            latest, in_pool = mined.get(address, 0), pending.get(address, 0)
+            block = self._blocks.get(address)
+            if block is not None:
+                if in_pool > block.until_nonce:
+                    self._halt(
+                        f"nonces of {address} keep advancing (pending {in_pool} > {block.until_nonce} when the"
+                        " lane was blocked) with transactions this keeper did not sign: another process sends"
+                        " with the same key"
+                    )
+                if block.final(latest, head, self.confirmations):
+                    self._import_from_chain(address, range(block.from_nonce, block.until_nonce), head)
+                    del self._blocks[address]
+                    self._allocator_of(address).sync()
+                    log.warning("lane_unblocked", lane=self._lane_of(address), address=address, head=head)
+                    self.journal.event(None, "lane_unblocked", address=address, head=head)
+                continue
+            if at_start:
+                top = self.journal.highest_nonce(address)
+                landed_from = 0 if top is None else top + 1
+                if latest > landed_from:
+                    self._import_from_chain(address, range(landed_from, latest), head)
+                known = self.journal.signed_nonces(address, latest, max(in_pool, latest))
+                unknown = [n for n in range(latest, in_pool) if n not in known]
+                if unknown:
+                    self._block(address, latest, in_pool, head, unknown)
+                continue
+            nxt = self._allocator_of(address).next_nonce
+            if nxt is not None and max(latest, in_pool) > nxt:
+                self._halt(
+                    f"the node counts {max(latest, in_pool)} transactions of {address} but this keeper signed"
+                    f" nonces below {nxt} only: another process sends with the same key"
+                )
+
+    def _lanes_by_address(self) -> set[str]:
+        return {ls.lane.address.lower() for ls in self._lanes.values()}
+
+    def _block(self, address: str, latest: int, pending: int, head: int, unknown: list[int]) -> None:
+        reason = (
+            f"{len(unknown)} transaction(s) of {address} (nonces {unknown[0]}-{unknown[-1]}) are pending on the node"
+            " but not in this journal (journal lost or restored from an older copy, or another process using the"
+            " key); nothing is sent for this key until they are final"
+        )
+        self._blocks[address] = LaneBlock(address, latest, pending, head, reason)
+        log.warning("lane_blocked", lane=self._lane_of(address), address=address, nonces=unknown, head=head)
+        self.journal.event(None, "lane_blocked", address=address, nonces=unknown, head=head)
+
+    def _import_from_chain(self, address: str, nonces: range, head: int) -> None:
+        """Journal the mined transactions of ``address`` with ``nonces`` that it does not know (as confirmed or
+        reverted, dated by their block, described by the protocol adapter), so the day budget counts them."""
+        known = self.journal.signed_nonces(address, nonces.start, nonces.stop)
+        wanted = [n for n in nonces if n not in known]
+        if not wanted:
+            return
+        found, missing = find_landed(self.client, address, wanted, head)
+        lane = self._lane_of(address)
+        for tx in found:
+            if self.journal.knows_tx(tx.tx_hash):
+                continue
+            meta = (self._describe(tx.to, tx.data) if self._describe is not None else None) or {"kind": "unknown"}
+            rec = self.journal.import_landed(
+                idempotency_key=f"chain:{tx.tx_hash}",
+                lane=lane,
+                sender=address,
+                to=tx.to,
+                tx_hash=tx.tx_hash,
+                nonce=tx.nonce,
+                block_number=tx.block_number,
+                block_hash=tx.block_hash,
+                landed_at=float(tx.block_timestamp),
+                meta=meta,
+                state="confirmed" if tx.succeeded else "reverted",
+            )
+            log.warning(
+                "tx_imported_from_chain",
+                intent=rec.id,
+                tx_hash=tx.tx_hash,
+                nonce=tx.nonce,
+                block=tx.block_number,
+                state=rec.state,
+                kind=meta.get("kind"),
+                amount_e6=meta.get("amount_e6"),
+            )
+        if missing:
+            log.warning("chain_import_incomplete", address=address, nonces=missing)
+            self.journal.event(None, "chain_import_incomplete", address=address, nonces=missing)
 
     def wait(
         self,
