@@ -39,6 +39,7 @@ from keeper.errors import (
     ChainMismatchError,
     LaneBlocked,
     RpcRejectedError,
+    SenderConflict,
     SimulationRevert,
     TransactionError,
     TransientRpcError,
@@ -264,8 +265,13 @@ class KeeperService:
 
     def _report_blocked_lanes(self, txm: TransactionManager) -> None:
         """Alert while a lane waits for transactions of its key that the journal does not know."""
+        by_reason: dict[str, list[str]] = {}
         for lane, why in txm.blocked_lanes().items():
-            self.alerts.send(f"tx:lane_blocked:{lane}", f"{lane} lane waits: {why}", severity="critical")
+            by_reason.setdefault(why, []).append(lane)  # lanes sharing a key share the reason: one alert
+        for why, lanes in by_reason.items():
+            self.alerts.send(
+                f"tx:lane_blocked:{'+'.join(lanes)}", f"{'/'.join(lanes)} lane waits: {why}", severity="critical"
+            )
 
     def close(self) -> None:
         self.alerts.close()
@@ -319,6 +325,9 @@ class KeeperService:
             )
             if self.health is not None and hasattr(self.health, "mark_unsafe"):
                 self.health.mark_unsafe(f"sending stopped: {txm.halted}")
+            # the daemon stops here (the scheduler halts on it: exit 1, /healthz "halted") rather than at the
+            # next action, so an operator learns of the second sender now, not at the next price crash
+            raise SenderConflict(txm.halted)
         for rec in report.finalized:
             kind = rec.meta.get("kind", "other")
             self.metrics.count_action(kind, rec.state)
