@@ -5,7 +5,9 @@
 * :class:`FaultProxy` is a real HTTP server on a free loopback port in front of a node: switch it to answer
   503, to reset connections, to stall every request (``delay_s``), to forward to another node
   (:meth:`FaultProxy.serve`), or stop it entirely, to test failover against a real anvil; ``null_methods``
-  makes it answer ``null`` for chosen methods (receipts missing while the nonce is already counted).
+  makes it answer ``null`` for chosen methods (receipts missing while the nonce is already counted);
+  ``lag_blocks`` makes it answer as a node that many blocks behind (head, state reads, receipts), for every
+  request or, with ``lag_every = 2``, every other one (a load balancer over a synced and a lagging backend).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Self
 
 from keeper.chain.anvil import free_port
 from keeper.errors import TransientRpcError
+
+# where the block tag sits in the params of the state reads a lagging node answers from its older head
+_LAG_TAG_AT = {"eth_getTransactionCount": 1, "eth_call": 1, "eth_getBalance": 1, "eth_getCode": 1}
 
 
 def _methods(body: bytes) -> list[str]:
@@ -93,10 +98,15 @@ class FaultProxy:
                 if proxy.mode in ("503", "429"):
                     self._reply(int(proxy.mode), b"unavailable")
                     return
-                req = urllib.request.Request(proxy.upstream, data=body, headers={"Content-Type": "application/json"})
                 try:
+                    lagged = proxy._lagged_head()
+                    sent = body if lagged is None else proxy._lag_request(body, lagged)
+                    req = urllib.request.Request(
+                        proxy.upstream, data=sent, headers={"Content-Type": "application/json"}
+                    )
                     with urllib.request.urlopen(req, timeout=30) as resp:
-                        self._reply(resp.status, proxy._rewrite(body, resp.read()))
+                        answer = proxy._rewrite(body, resp.read())
+                    self._reply(resp.status, answer if lagged is None else proxy._lag_answer(body, answer, lagged))
                 except urllib.error.URLError:
                     self._reply(502, b"bad gateway")
 
@@ -139,6 +149,59 @@ class FaultProxy:
                 item.pop("error", None)
                 item["result"] = None
                 self.nulled += 1
+        return json.dumps(items if isinstance(got, list) else items[0]).encode()
+
+    # ---- a lagging backend (behind a load balancer: ``lag_every = 2`` answers alternately) ----------------
+
+    lag_blocks: int = 0  # answer as a node this many blocks behind the upstream would
+    lag_every: int = 1  # ... for every request (1), every other one (2: a load balancer over two backends), ...
+    _requests: int = 0
+
+    def _lagged_head(self) -> int | None:
+        """The head the lagging backend is at, when this request goes to it; ``None`` for the synced one."""
+        if self.lag_blocks <= 0:
+            return None
+        self._requests += 1
+        if self._requests % self.lag_every != 0:
+            return None
+        req = urllib.request.Request(
+            self.upstream,
+            data=json.dumps({"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber", "params": []}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return max(0, int(json.loads(resp.read())["result"], 16) - self.lag_blocks)
+
+    def _lag_request(self, body: bytes, lagged: int) -> bytes:
+        """State reads at ``latest``/``pending`` are asked at the lagged head instead (what that node knows)."""
+        try:
+            sent = json.loads(body)
+        except ValueError:
+            return body
+        for item in sent if isinstance(sent, list) else [sent]:
+            method, params = item.get("method"), item.get("params") or []
+            at = 0 if method == "eth_getBlockByNumber" else _LAG_TAG_AT.get(method)
+            if at is not None and len(params) > at and params[at] in ("latest", "pending"):
+                params[at] = hex(lagged)
+        return json.dumps(sent).encode()
+
+    def _lag_answer(self, body: bytes, answer: bytes, lagged: int) -> bytes:
+        """The head is the lagged one; receipts, transactions and blocks newer than it are not known yet."""
+        try:
+            sent, got = json.loads(body), json.loads(answer)
+        except ValueError:
+            return answer
+        methods = {r.get("id"): r.get("method") for r in (sent if isinstance(sent, list) else [sent])}
+        items = got if isinstance(got, list) else [got]
+        for item in items:
+            method, result = methods.get(item.get("id")), item.get("result")
+            if method == "eth_blockNumber":
+                item["result"] = hex(lagged)
+            elif method in ("eth_getTransactionReceipt", "eth_getTransactionByHash", "eth_getBlockByNumber"):
+                number = result.get("blockNumber") or result.get("number") if isinstance(result, dict) else None
+                if isinstance(result, dict) and (number is None or int(number, 16) > lagged):
+                    item["result"] = None  # pending, or mined after the lagged head
+                    self.nulled += 1
         return json.dumps(items if isinstance(got, list) else items[0]).encode()
 
     def stop(self) -> None:

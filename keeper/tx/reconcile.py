@@ -126,7 +126,7 @@ def find_landed(
         ok = True
         if receipts:
             receipt = client.get_receipt(tx["hash"]) or {}
-            ok = int(receipt.get("status", "0x1"), 16) == 1
+            ok = int(receipt.get("status", "0x1"), 16) == 1  # no receipt yet: counted as spent (the safe side)
         found.append(
             LandedTransaction(
                 tx_hash=tx["hash"],

@@ -11,10 +11,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from keeper.chain.testing import FaultProxy
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.tx.journal import Journal
 from tests.conftest import TRADER, log_lines, margin_events, open_book, wait_for, wait_log, write_config
@@ -190,3 +192,41 @@ def test_a_transaction_of_the_key_sent_elsewhere_halts_an_idle_daemon(chain, tmp
     assert '"event": "keeper_halting"' in text and "another process sends with the same key" in text
     assert '"key": "tx:second_sender"' in text
     assert margin_events(chain, "MarginAdded") == []
+
+
+def test_behind_a_load_balancer_with_a_lagging_backend_the_top_up_is_paid_once(chain, tmp_path):
+    """Every other answer comes from a backend 3 blocks behind (older head, older nonce counts and state, no receipt
+    yet for the newest blocks) while blocks keep coming: the crash is topped up once, with one signed attempt, and
+    the journal says confirmed."""
+    open_safe_book(chain)
+    mining = threading.Event()
+
+    def mine() -> None:
+        while not mining.wait(0.25):
+            chain.anvil.request("evm_mine", [])
+
+    miner = threading.Thread(target=mine, daemon=True)
+    miner.start()
+    try:
+        with FaultProxy(chain.anvil.url) as proxy:
+            proxy.lag_blocks, proxy.lag_every = 3, 2
+            daemon = start(write_config(chain, tmp_path, rpc=proxy.url), tmp_path / "run.log")
+            try:
+                wait_log(tmp_path / "run.log", "cycle_finished", 60)
+                finals = len(log_lines(tmp_path / "run.log", "tx_final"))  # (an approval the lagging state asked for)
+                chain.push_price("ETH", CRASH_E8)
+                wait_log(tmp_path / "run.log", "tx_final", 60, count=finals + 1)
+                assert proxy.nulled > 0  # the lagging backend did hide receipts
+            finally:
+                assert stop(daemon) == 0
+    finally:
+        mining.set()
+        miner.join(5)
+    (added,) = margin_events(chain, "MarginAdded")
+    j = Journal(tmp_path / "journal.sqlite")
+    try:
+        (rec,) = [i for i in j.all_intents() if i.meta.get("kind") == "top_up"]
+        assert rec.state == "confirmed" and len(j.attempts(rec.id)) == 1 and rec.meta["amount_e6"] == added["amount"]
+        assert all(i.state == "confirmed" for i in j.all_intents())  # nothing reverted, nothing abandoned
+    finally:
+        j.close()

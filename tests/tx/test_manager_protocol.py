@@ -106,21 +106,28 @@ CHILD = textwrap.dedent(
     url, journal_path, deployment_path, mode, trader = sys.argv[1:6]
     client = ChainClient.connect([url], 31337)
     adapter = ReferenceAdapter.from_deployment(client, Deployment.load(deployment_path))
-    hook = (lambda attempt: os.kill(os.getpid(), signal.SIGKILL)) if mode == "after_sign" else None
-    m = TransactionManager(client, Journal(journal_path), [Lane.from_key("urgent", ANVIL_KEYS[2])],
-                           confirmations=1, on_signed=hook)
+    die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+    journal = Journal(journal_path)
+    m = TransactionManager(client, journal, [Lane.from_key("urgent", ANVIL_KEYS[2])],
+                           confirmations=1, on_signed=die if mode == "after_sign" else None)
     m.reconcile()
+    if mode == "after_intent":  # killed with the intent written, before simulating or signing
+        create = journal.create_intent
+        journal.create_intent = lambda **kw: die(create(**kw))
     rec = m.submit(adapter.add_margin_call(trader, 0, {TOP_UP}), "top_up:crash", {STAKE})
     print("SENT", rec.nonce, flush=True)
+    if mode == "after_mined":  # automine: mined at broadcast; killed before any poll saw the receipt
+        die()
     time.sleep(60)
 """
 )
 
 
 class TestCrashSafety:
-    @pytest.mark.parametrize("mode", ["after_send", "after_sign"])
+    @pytest.mark.parametrize("mode", ["after_intent", "after_sign", "after_send", "after_mined"])
     def test_sigkill_then_restart_gives_exactly_one_top_up(self, book, tmp_path, mode):
-        """A manager SIGKILLed after signing or after sending is restarted on its journal: one top-up on chain."""
+        """A manager SIGKILLed after each step of a send (intent written, signed, broadcast, mined) is restarted on
+        its journal and asked for the same top-up again: exactly one top-up on chain, the journal confirmed."""
         dep = book.deployment.save(tmp_path / "deployment.json")
         jpath = tmp_path / "journal.db"
         before = collateral(book)
@@ -146,15 +153,22 @@ class TestCrashSafety:
         if mode == "after_send":
             book.anvil.request("evm_mine")
             book.anvil.request("evm_setAutomine", [True])
+        elif mode == "after_mined":
+            assert topped_up_once(before, collateral(book))  # landed before the kill
         else:
             assert collateral(book) == before  # killed before the broadcast: nothing on chain yet
         j = Journal(jpath)
         _, adapter, m = make(book.anvil.url, j, deployment=book.deployment)
         m.reconcile()
+        assert m.blocked_lanes() == {} and m.halted is None  # every nonce the node counts is in the journal
         (intent,) = j.by_key("top_up:crash")
-        final = m.wait(intent.id, timeout_s=20)
+        if mode == "after_intent":  # never signed: abandoned at start, so the same top-up is sent now, once
+            assert intent.state == "abandoned" and j.attempts(intent.id) == []
+        else:
+            assert m.wait(intent.id, timeout_s=20).state == "confirmed"
         again = m.submit(adapter.add_margin_call(book.addresses[1], 0, TOP_UP), "top_up:crash", STAKE)
-        assert final.state == "confirmed" and again.id == intent.id
+        final = m.wait(again.id, timeout_s=20)
+        assert final.state == "confirmed" and (again.id == intent.id) == (mode != "after_intent")
         assert topped_up_once(before, collateral(book))
         assert margin_added_count(book) == 1
 
