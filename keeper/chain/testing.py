@@ -67,6 +67,11 @@ class FaultTransport:
         self.inner.close()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a client hanging up mid-request is the point here
+        pass
+
+
 class FaultProxy:
     """An HTTP JSON-RPC proxy to ``upstream``; ``mode`` is ``"pass"``, ``"503"``, ``"429"`` or ``"reset"``."""
 
@@ -121,7 +126,7 @@ class FaultProxy:
         self.nulled = 0  # answers replaced by null so far
         self._stopped = False
         self._conns: set = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
