@@ -19,14 +19,16 @@ pushed at the crash price, and the daemon is stopped. Counted from the chain (``
 keeper's key): landed top-ups (intended: 1), duplicates (landed - 1), lost (none landed), reverted transactions of
 the keeper's key, hangs (a stop that took longer than the bound + 10 s), and any secret found in the logs.
 
-    python scripts/soak_faults.py --schedules 200 --seed 1 --out .keeper/soak.json
+    python scripts/soak_faults.py --schedules 200 --seed 1 --jobs 3 --out .keeper/soak.json
 
-Needs the contracts built (``make setup``). Runs about 10 s per schedule on a 2-core machine.
+Needs the contracts built (``make setup``). A schedule takes 15-40 s of wall time on a 2-core machine (most of
+it waiting: outages, block times, daemon start-up); ``--jobs`` runs several at once, each with its own anvil.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -380,21 +383,34 @@ def _stop(daemon: subprocess.Popen) -> tuple[float, bool]:
         return time.monotonic() - t0, True
 
 
+_SOAK: Soak | None = None  # one per worker process (its own anvils)
+
+
+def _worker_init() -> None:
+    global _SOAK
+    _SOAK = Soak(Path(tempfile.mkdtemp(prefix="keeper-soak-")))
+    atexit.register(_SOAK.close)
+
+
+def _worker_run(seed: int) -> Outcome:
+    assert _SOAK is not None
+    return _SOAK.run(Schedule.draw(seed))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--schedules", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1, help="schedule i uses seed + i")
+    ap.add_argument("--jobs", type=int, default=1, help="schedules run at once (each worker has its own anvil)")
     ap.add_argument("--out", type=Path, default=None, help="write every schedule and its outcome as JSON here")
     args = ap.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="keeper-soak-"))
-    soak = Soak(workdir)
     outcomes: list[Outcome] = []
     t0 = time.monotonic()
-    try:
-        for i in range(args.schedules):
-            sched = Schedule.draw(args.seed + i)
-            o = soak.run(sched)
+    seeds = [args.seed + i for i in range(args.schedules)]
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init) as pool:
+        for i, o in enumerate(pool.map(_worker_run, seeds)):
             outcomes.append(o)
+            sched = o.schedule
             flag = "" if (o.duplicated, o.lost, o.hang, o.reverted, o.secrets) == (0, 0, False, 0, []) else "  <-- "
             print(
                 f"[{i + 1}/{args.schedules}] seed={sched.seed} fault={sched.fault} kill={sched.kill}"
@@ -403,9 +419,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{' error=' + o.error if o.error else ''}{flag}",
                 flush=True,
             )
-    finally:
-        soak.close()
-        shutil.rmtree(workdir, ignore_errors=True)
     summary = {
         "schedules": len(outcomes),
         "top_ups_intended": len(outcomes),
@@ -423,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_stop_s": round(max((o.stop_s for o in outcomes), default=0.0), 2),
         "wall_s": round(time.monotonic() - t0, 1),
         "seed": args.seed,
+        "jobs": args.jobs,
     }
     print(json.dumps(summary, indent=2))
     if args.out is not None:
