@@ -102,6 +102,7 @@ class Outcome:
     second_refused: bool | None = None
     secrets: list[str] = field(default_factory=list)
     error: str | None = None
+    kept: str | None = None  # where a bad schedule's logs were kept
 
     @property
     def duplicated(self) -> int:
@@ -226,7 +227,10 @@ class Soak:
             text = path.read_text(errors="replace").lower()
             if TRADER_KEY.lower().removeprefix("0x") in text:
                 out.secrets.append(path.name)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if (out.duplicated, out.lost, out.hang, out.reverted, out.secrets) == (0, 0, False, 0, []):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            out.kept = str(run_dir)  # logs and journal of a bad schedule, for the post-mortem
         return out
 
     def _start(self, cfg: Path, run_dir: Path, logs: list[Path]) -> subprocess.Popen:

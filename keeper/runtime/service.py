@@ -396,8 +396,8 @@ class KeeperService:
     def still_needed(self, intent) -> bool:
         """Is a stuck transaction's purpose still there? Re-reads its position (the manager cancels it if not).
 
-        A top-up or move is needed while the target position exists and sits below its target buffer; a
-        release while the source still holds more than its target; a reduction while the position is
+        A top-up or move is needed while the target position exists, is endangered and has not received the
+        amount yet; a release while the source still holds more than its target; a reduction while the position is
         endangered. Errors answer "needed" (never cancel on doubt)."""
         kind, account, market_id = intent.meta.get("kind"), intent.meta.get("account"), intent.meta.get("market_id")
         if kind is None or account is None or market_id is None:
@@ -413,7 +413,13 @@ class KeeperService:
             return False
         r = risks[0]
         if kind in (ActionKind.TOP_UP.value, ActionKind.MOVE_MARGIN.value):
-            needed = r.position.collateral_e6 < r.required_collateral_e6
+            # Needed while the keeper would top this position up now (the planner's own rule), and only while
+            # the collateral has not already risen by the amount (a landed attempt whose receipt an endpoint
+            # hides). "Below the target" would be wrong: a top-up restores exactly the target, and the fee
+            # accrued a second later puts it a few micro-dollars below again.
+            before, amount = intent.meta.get("collateral_before_e6"), int(intent.meta.get("amount_e6") or 0)
+            landed = before is not None and r.position.collateral_e6 >= int(before) + amount * 99 // 100
+            needed = is_endangered(r, self.policy.p_trigger) and not landed
         elif kind == ActionKind.RELEASE.value:
             needed = r.excess_e6 > 0
         else:
@@ -612,7 +618,7 @@ class KeeperService:
             "lane": lane,
         }
         try:
-            intent = txm.submit(call, key, stake, lane)
+            intent = txm.submit(call, key, stake, lane, meta={"collateral_before_e6": pos.collateral_e6 if pos else 0})
         except LaneBlocked as exc:
             out.update(state="waiting", reason=str(exc))
             self.metrics.count_action(action.kind.value, "lane_blocked")

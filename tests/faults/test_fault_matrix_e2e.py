@@ -230,3 +230,44 @@ def test_behind_a_load_balancer_with_a_lagging_backend_the_top_up_is_paid_once(c
         assert all(i.state == "confirmed" for i in j.all_intents())  # nothing reverted, nothing abandoned
     finally:
         j.close()
+
+
+def test_receipts_hidden_past_the_evidence_window_with_fast_blocks_pay_once(chain, tmp_path):
+    """Receipts answered null for 3 s while a block comes every 0.3 s (10 blocks: past the 4-block evidence window,
+    the soak's seed 78): the landed top-up raised the collateral, so the daemon's "still needed" check says no and
+    nothing is signed again, even though the fee accrued since leaves the position a hair below its target."""
+    open_safe_book(chain)
+    stop_mining = threading.Event()
+
+    def mine() -> None:
+        while not stop_mining.wait(0.3):
+            chain.anvil.request("evm_mine", [])
+
+    with FaultProxy(chain.anvil.url) as proxy:
+        daemon = start(write_config(chain, tmp_path, rpc=proxy.url), tmp_path / "run.log")
+        miner = threading.Thread(target=mine, daemon=True)
+        try:
+            wait_log(tmp_path / "run.log", "cycle_finished", 60)
+            chain.anvil.request("evm_setAutomine", [False])
+            miner.start()
+            proxy.null_methods = {"eth_getTransactionReceipt", "eth_getTransactionByHash"}
+            chain.push_price("ETH", CRASH_E8, wait=False)
+            wait_log(tmp_path / "run.log", "action_sent", 30)
+            wait_log(tmp_path / "run.log", "tx_nonce_taken", 30)  # the evidence window ran out with receipts hidden
+            proxy.null_methods = set()
+            # no longer needed -> abandoned, then corrected to confirmed once its receipt shows (chain truth)
+            late = json.loads(wait_log(tmp_path / "run.log", "tx_late_receipt", 30))
+            assert late["state"] == "confirmed"
+        finally:
+            stop_mining.set()
+            if miner.is_alive():
+                miner.join(5)
+            assert stop(daemon) == 0
+    (added,) = margin_events(chain, "MarginAdded")
+    assert log_lines(tmp_path / "run.log", "tx_sent")[1:] == []  # one signature, never a second nonce
+    j = Journal(tmp_path / "journal.sqlite")
+    try:
+        (rec,) = [i for i in j.all_intents() if i.meta.get("kind") == "top_up"]
+        assert rec.state == "confirmed" and len(j.attempts(rec.id)) == 1 and rec.meta["amount_e6"] == added["amount"]
+    finally:
+        j.close()
