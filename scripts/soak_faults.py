@@ -15,9 +15,11 @@ schedule draws, from its own seed:
 * SIGTERM while every request stalls 3 s (the stop must finish within the configured bound).
 
 Then the faults are healed, the daemon (restarted if it is down) is given time to settle, a new oracle round is
-pushed at the crash price, and the daemon is stopped. Counted from the chain (``MarginAdded`` events paid by the
-keeper's key): landed top-ups (intended: 1), duplicates (landed - 1), lost (none landed), reverted transactions of
-the keeper's key, hangs (a stop that took longer than the bound + 10 s), and any secret found in the logs.
+pushed at the crash price, and the daemon is stopped. Counted from the chain: rescues landed (``MarginAdded`` paid
+by the keeper's key, or ``MarginMoved``: a lagging backend can show the wallet empty, and moving margin from the
+healthy BTC short is then the planner's answer; intended: 1), duplicates (landed - 1), lost (none landed),
+reverted transactions of the keeper's key, hangs (a stop that took longer than the bound + 10 s), and any secret
+found in the logs.
 
     python scripts/soak_faults.py --schedules 200 --seed 1 --jobs 3 --out .keeper/soak.json
 
@@ -208,7 +210,7 @@ class Soak:
                 self._heal(proxy)
                 if daemon.poll() is not None:
                     daemon = self._start(cfg, run_dir, logs)
-                _wait(lambda: self._margin_added(start_block) and not _open_intents(journal), 90, "the top-up final")
+                _wait(lambda: self._rescues(start_block) and not _open_intents(journal), 90, "the rescue final")
                 rounds = len(_events(logs[-1], "cycle_finished"))
                 self.ops.push_price("ETH", CRASH_E8, wait=sched.block_time_s is None)  # a new round: one more cycle
                 _wait(lambda: len(_events(logs[-1], "cycle_finished")) > rounds, 60, "a cycle after the heal")
@@ -220,8 +222,8 @@ class Soak:
                 out.stop_s, out.hang = _stop(daemon)
                 proxy.delay_s = 0.0
                 miner.stop()
-        out.landed = len(self._margin_added(start_block))
         out.moves = len(self.ops.engine.events.MarginMoved().get_logs(from_block=start_block))
+        out.landed = len(self._margin_added(start_block)) + out.moves
         out.reverted = self._reverted(start_block)
         for path in logs:
             text = path.read_text(errors="replace").lower()
@@ -308,6 +310,10 @@ class Soak:
     def _margin_added(self, start_block: int) -> list:
         logs = self.ops.engine.events.MarginAdded().get_logs(from_block=start_block)
         return [lg for lg in logs if lg["args"]["payer"] == TRADER]
+
+    def _rescues(self, start_block: int) -> int:
+        moved = self.ops.engine.events.MarginMoved().get_logs(from_block=start_block)
+        return len(self._margin_added(start_block)) + len(moved)
 
     def _reverted(self, start_block: int) -> int:
         n = 0
