@@ -10,6 +10,7 @@ liquidator bot (keeper.replay.onchain): slower (rounds per second, not thousands
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -48,6 +49,38 @@ def _parse_prices(items: list[str]) -> dict[str, Path]:
     if not out:
         raise InputError("give at least one --prices SYMBOL=path.csv")
     return out
+
+
+LONG_HISTORY_MAX_GAP_S = 7 * 86_400.0
+
+
+def _long_tails(items: list[str], series: list, order: str, max_gap_s: float | None) -> dict:
+    """Symbol -> LongTail fitted on the ``--long-history`` bars that open before that symbol's replayed window."""
+    from keeper.replay.prices import load_bars, long_tail_before
+
+    tails = {}
+    by_symbol = {b.symbol: b for b in series}
+    for sym, path in (_parse_prices(items) if items else {}).items():
+        if sym not in by_symbol:
+            raise InputError(f"--long-history {sym}: no --prices {sym}=... to replay (give the same symbol)")
+        window = by_symbol[sym]
+        # years of an exchange's bars hold outages (hours to days without a bar): the move across one is a move
+        # over a longer interval, which can only overstate the per-round tail, so long gaps are accepted here
+        history = load_bars(path, sym, max_gap_s=max(max_gap_s or 0.0, LONG_HISTORY_MAX_GAP_S))
+        tail = long_tail_before(history, int(window.t_s[0]), order)
+        if tail is None:
+            raise InputError(
+                f"--long-history {sym}={path}: too few bars before the replayed window"
+                " (it starts at the first bar of --prices) to fit a tail"
+            )
+        tails[sym] = tail
+        down, up = (tail.down[0][1], tail.up[0][1])
+        print(
+            f"long-history tail {sym}: {tail.source}; one-round falls: u={down.threshold:.4f} xi={down.shape:.3f},"
+            f" rises: u={up.threshold:.4f} xi={up.shape:.3f}",
+            file=sys.stderr,
+        )
+    return tails
 
 
 class PlainProgress:
@@ -94,6 +127,17 @@ def replay_command(
         [], "--gas-preset", help="NAME=GWEI gas price for the total cost; repeat (default: l1=20 and l2=0.05)."
     ),
     native: str = typer.Option("ETH", "--native", help="Replayed symbol whose price pays for gas (total cost)."),
+    long_history: list[str] = typer.Option(
+        [],
+        "--long-history",
+        help="SYMBOL=path.csv: years of that asset's bars; the risk policy's stress gap takes the worse of the"
+        " recent rounds and this history's tail (fitted only on bars before the replayed window).",
+    ),
+    tail_probability: float | None = typer.Option(
+        None,
+        "--tail-probability",
+        help="Per-decision probability at which the long-history tail is read (default: the policy's p_trigger).",
+    ),
     bound: bool = typer.Option(
         False,
         "--bound",
@@ -107,7 +151,7 @@ def replay_command(
     from keeper.replay.cost import CostModel
     from keeper.replay.fast import ReplayConfig, run_fast
     from keeper.replay.metrics import check_target
-    from keeper.replay.policies import parse_policy
+    from keeper.replay.policies import RiskSized, parse_policy
     from keeper.replay.prices import INTRABAR_ORDERS, load_bars
     from keeper.replay.report import comparison_table, policy_costs, write_report
 
@@ -127,6 +171,12 @@ def replay_command(
     series = [load_bars(p, sym, max_gap_s=max_gap_s) for sym, p in files.items()]
     specs = policy or list(DEFAULT_POLICIES)
     pols = [parse_policy(s) for s in specs]
+    tails = _long_tails(long_history, series, order, max_gap_s)
+    for pol in pols:
+        if isinstance(pol, RiskSized):
+            pol.long_tails = tails
+            if tail_probability is not None:
+                pol.risk_policy = dataclasses.replace(pol.risk_policy, stress_tail_probability=tail_probability)
     names = [p.name for p in pols]
     if len(set(names)) != len(names):
         raise InputError(f"a policy is given twice: {', '.join(names)}")

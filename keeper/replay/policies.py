@@ -33,6 +33,7 @@ from keeper.errors import InputError
 from keeper.planner import BookState, PlanLimits
 from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import RiskPolicy
+from keeper.risk.tails import LongTail
 
 DEFAULT_MIN_ACTION_E6 = 10_000_000
 
@@ -170,6 +171,7 @@ class RiskSized:
     risk_policy: RiskPolicy = field(default_factory=RiskPolicy)
     limits: PlanLimits | None = None
     name: str = "risk"
+    long_tails: dict[str, LongTail] = field(default_factory=dict)  # symbol -> tail from history before the window
     _history: dict = field(default_factory=dict, repr=False)  # market id -> (deque of t_s, deque of price)
 
     def __post_init__(self) -> None:
@@ -233,7 +235,9 @@ class RiskSized:
             while len(ts) > 2 and ts[1] <= obs.now_s - window:
                 ts.popleft()
                 ps.popleft()
-            out[mid] = rp.estimate_stress_gap(ts, ps, obs.check_interval_s, now_s=obs.now_s).side_gaps
+            market = obs.markets.get(mid)
+            tail = self.long_tails.get(market.symbol.upper()) if market is not None else None
+            out[mid] = rp.estimate_stress_gap(ts, ps, obs.check_interval_s, now_s=obs.now_s, long_tail=tail).side_gaps
         return out
 
 

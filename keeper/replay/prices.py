@@ -28,11 +28,13 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from keeper.errors import InputError
+from keeper.risk.tails import LongTail
 
 REQUIRED_COLUMNS = ("unix_s", "open", "high", "low", "close")
 DEFAULT_MAX_GAP_BARS = 4.0
@@ -228,3 +230,21 @@ def build_rounds(series: Sequence[Bars], order: str = "adverse", start_s: int | 
                 by_t.setdefault(t0 + offs[k], {})[b.symbol] = to_e8(path[k])
             closes.setdefault(t0 + offs[-1], []).append(b.symbol)
     return [Round(t, by_t[t], tuple(closes.get(t, ()))) for t in sorted(by_t)]
+
+
+def long_tail_before(bars: Bars, before_s: int, order: str = "adverse") -> LongTail | None:
+    """The asset's long-history tail (:class:`keeper.risk.tails.LongTail`) from the bars that open strictly before
+    ``before_s`` (a replay calibrates it on data before the window it scores: no look-ahead), at the round interval
+    the replay gives them (sub-rounds of each bar, :func:`build_rounds`); ``None`` with too little history."""
+    older = bars.slice_time(int(bars.t_s[0]) if len(bars) else 0, before_s - 1)
+    if len(older) < 2:
+        return None
+    rounds = build_rounds([older], order)
+    times = [r.t_s for r in rounds]
+    prices = [r.prices_e8[bars.symbol] for r in rounds]
+    first, last = _utc(int(older.t_s[0])), _utc(int(older.t_s[-1]))
+    return LongTail.fit(times, prices, source=f"{bars.symbol} {first}..{last}, {len(older):,} bars of {bars.source}")
+
+
+def _utc(t_s: int) -> str:
+    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%d")

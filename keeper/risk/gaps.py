@@ -36,6 +36,14 @@ Too little history (fewer than ``min_rounds`` moves in the window) gives ``fallb
 ``stress_gap``) and says so: a keeper that just started knows nothing about the market's recent gaps and
 must assume the worst it is configured for. A history shorter than the window but with ``min_rounds``
 moves is used as it is (a shorter window, still no look-ahead).
+
+**Tails from long history** (``long_tail``, :class:`keeper.risk.tails.LongTail`): a window of a few hours of an
+hourly feed holds a handful of moves, and a calm window says nothing of the next crash bar. With a long-history
+tail of the asset (a generalised Pareto fit to years of its moves at its round interval), each side's gap is the
+worse of the recent-rounds estimate and the tail's move over the horizon exceeded with probability
+``tail_probability`` (the policy's ``p_trigger``), floored and capped the same way; and when recent rounds are
+too few, the fallback is that tail, not the constant. The March 2020 BTC fall replayed from hourly rounds
+(-24.7 % in one round, after years in which hourly falls of 16-24 % had already happened) is the case it is for.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from keeper.risk.tails import LongTail
 
 MAX_SPAN_ROUNDS = 64
 """Upper bound on ``n`` (spans longer than this are covered by the volatility term of the policy)."""
@@ -62,6 +72,7 @@ class GapEstimate:
     fallback_reason: str | None = None
     stress_gap_down: float | None = None  # d_s for longs: from the largest FALL only (None: = stress_gap)
     stress_gap_up: float | None = None  # d_s for shorts: from the largest RISE only (None: = stress_gap)
+    tail_gap: float | None = None  # the long-history tail's (larger side's) gap, floored and capped, when one was given
 
     @property
     def side_gaps(self) -> SideGaps:
@@ -123,15 +134,21 @@ def estimate_stress_gap(
     cap: float,
     fallback: float,
     min_rounds: int = 30,
+    long_tail: LongTail | None = None,
+    tail_probability: float = 1e-3,
 ) -> GapEstimate:
-    """d_stress = clip(factor * g_n, floor, cap) from the oracle rounds ``(times_s, prices)`` (see module doc).
+    """d_stress = clip(factor * g_n, floor, cap) from the oracle rounds ``(times_s, prices)`` (see module doc),
+    per side the worse of that and the long-history tail when ``long_tail`` is given.
 
     ``now_s`` (default: the last round's time) closes the window ``[now_s - window_s, now_s]``; rounds after
     ``now_s`` are ignored (no look-ahead). Rounds must be in time order; non-positive prices are dropped.
-    Too little history returns ``max(fallback, floor)`` capped, with the reason.
+    Too little history returns the long-history tail when given, else ``max(fallback, floor)`` capped, with the
+    reason.
     """
     if not (window_s > 0 and factor > 0 and 0 <= floor <= cap < 1 and 0 <= fallback < 1):
         raise ValueError("need window_s > 0, factor > 0, 0 <= floor <= cap < 1, 0 <= fallback < 1")
+    if not 0 < tail_probability < 1:
+        raise ValueError("tail_probability must be strictly between 0 and 1")
     t = np.asarray(times_s, dtype=float)
     p = np.asarray(prices, dtype=float)
     if t.shape != p.shape:
@@ -141,21 +158,47 @@ def estimate_stress_gap(
     if now_s is not None:
         keep = t <= now_s
         t, p = t[keep], p[keep]
-    fb = min(max(fallback, floor), cap)
+
+    def bound(x: float) -> float:
+        return float(min(max(x, floor), cap))
+
+    tail = None
+    if long_tail is not None:
+        feed_dt = float(np.median(np.diff(t))) if t.size >= 2 else None
+        tail_down, tail_up = long_tail.side_gaps(tail_probability, horizon_s, feed_dt)
+        tail = (bound(tail_down), bound(tail_up))
+
+    def short_history(reason: str, rounds: int) -> GapEstimate:
+        if tail is None:
+            fb = bound(fallback)
+            return GapEstimate(fb, math.nan, 1, rounds, reason)
+        source = f" ({long_tail.source})" if long_tail is not None and long_tail.source else ""
+        return GapEstimate(
+            max(tail), math.nan, 1, rounds, f"{reason}: long-history tail{source}", tail[0], tail[1], max(tail)
+        )
+
     if t.size == 0:
-        return GapEstimate(fb, math.nan, 1, 0, "no oracle history")
+        return short_history("no oracle history", 0)
     end = float(t[-1]) if now_s is None else float(now_s)
     start = end - window_s
     # the first round kept is the last one at or before the window's start (its move into the window counts)
     first = max(0, int(np.searchsorted(t, start, side="right")) - 1)
     t, p = t[first:], p[first:]
     if t.size - 1 < min_rounds:
-        return GapEstimate(fb, math.nan, 1, int(t.size), f"{t.size - 1} moves in the window < {min_rounds}")
+        return short_history(f"{t.size - 1} moves in the window < {min_rounds}", int(t.size))
     n = span_rounds(horizon_s, float(np.median(np.diff(t))))
     down, up = max_span_moves(np.log(p), n)
     g = max(down, up)  # = max_span_move: the largest |move|
-
-    def clip(x: float) -> float:
-        return float(min(max(factor * x, floor), cap))
-
-    return GapEstimate(clip(g), g, n, int(t.size), None, clip(down), clip(up))
+    gap_down, gap_up = bound(factor * down), bound(factor * up)
+    if tail is not None:
+        gap_down, gap_up = max(gap_down, tail[0]), max(gap_up, tail[1])
+    return GapEstimate(
+        max(gap_down, gap_up),
+        g,
+        n,
+        int(t.size),
+        None,
+        gap_down,
+        gap_up,
+        None if tail is None else max(tail),
+    )

@@ -44,6 +44,7 @@ from scipy.special import ndtr, ndtri
 from keeper.domain import SECONDS_PER_YEAR, Market, Position, Side
 from keeper.risk.barrier import fee_drift, gaussian_distance, liquidation_price
 from keeper.risk.gaps import GapEstimate, SideGaps, estimate_stress_gap
+from keeper.risk.tails import LongTail
 
 DEFAULT_KAPPA = 1.60
 """Fat-tail multiplier: the larger of the two Monte Carlo calibrations at p = 1e-4 (p_target) of
@@ -71,6 +72,8 @@ class RiskPolicy:
     stress_cap: float = 0.5
     stress_min_rounds: int = 30
     stress_per_side: bool = True
+    # per-decision probability at which a long-history tail is read (None: p_trigger); see keeper/risk/gaps.py
+    stress_tail_probability: float | None = None
     inclusion_latency_s: float = 12.0
     oracle_lag_s: float = 0.0
     check_interval_min_s: float = 5.0
@@ -95,6 +98,8 @@ class RiskPolicy:
             raise ValueError("need stress_window_s >= 0, stress_factor > 0, stress_min_rounds >= 1")
         if not 0.0 <= self.stress_floor <= self.stress_cap < 1.0:
             raise ValueError("need 0 <= stress_floor <= stress_cap < 1")
+        if self.stress_tail_probability is not None and not 0.0 < self.stress_tail_probability < 1.0:
+            raise ValueError("stress_tail_probability must be strictly between 0 and 1")
         if self.inclusion_latency_s < 0 or self.oracle_lag_s < 0:
             raise ValueError("latencies must be >= 0")
         if not 0 < self.check_interval_min_s <= self.check_interval_max_s:
@@ -112,9 +117,15 @@ class RiskPolicy:
         return check_interval_s + self.latency_s
 
     def estimate_stress_gap(
-        self, times_s: ArrayLike, prices: ArrayLike, check_interval_s: float, now_s: float | None = None
+        self,
+        times_s: ArrayLike,
+        prices: ArrayLike,
+        check_interval_s: float,
+        now_s: float | None = None,
+        long_tail: LongTail | None = None,
     ) -> GapEstimate:
-        """This policy's stress gap for one market from its oracle rounds (:mod:`keeper.risk.gaps`).
+        """This policy's stress gap for one market from its oracle rounds (:mod:`keeper.risk.gaps`), with the
+        market's long-history tail (at ``p_trigger``) as a lower bound and as the fallback when given.
 
         ``stress_window_s = 0`` switches the estimator off: the constant ``stress_gap`` is used.
         """
@@ -131,6 +142,8 @@ class RiskPolicy:
             cap=self.stress_cap,
             fallback=self.stress_gap,
             min_rounds=self.stress_min_rounds,
+            long_tail=long_tail,
+            tail_probability=self.stress_tail_probability or self.p_trigger,
         )
 
     def effective_sigma(self, sigma_annual: ArrayLike) -> NDArray[np.float64]:

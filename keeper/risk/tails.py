@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 DEFAULT_THRESHOLD_FRACTION = 0.05
 """Share of the largest moves treated as the tail (the threshold ``u`` is their smallest)."""
@@ -66,6 +65,8 @@ class TailFit:
         """Per-observation probability that the adverse log move exceeds ``move`` (for ``move >= threshold``)."""
         if move < self.threshold:
             raise ValueError(f"move {move} is below the fitted threshold {self.threshold}: outside the tail")
+        from scipy import stats  # imported when a fit is used (scipy.stats costs ~0.3 s of start-up)
+
         tail = self.n_exceedances / self.n_moves
         return float(tail * stats.genpareto.sf(move - self.threshold, self.shape, loc=0.0, scale=self.scale))
 
@@ -101,6 +102,8 @@ def fit_tail(moves: ArrayLike, threshold_fraction: float = DEFAULT_THRESHOLD_FRA
     excess = excess[excess > 0]
     if excess.size < MIN_EXCEEDANCES:
         return None
+    from scipy import stats
+
     shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
     return TailFit(
         threshold=u,
@@ -128,3 +131,83 @@ def tail_gap(
     if fit is None:
         return None
     return fit.quantile(p), fit
+
+
+DEFAULT_SPANS = (1, 2, 4, 8, 16)
+"""Spans (in rounds of the history) fitted by :meth:`LongTail.fit`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LongTail:
+    """One asset's tail from years of its price history at its own round interval, per side and span.
+
+    ``down[i] = (span, fit)``: the fit to falls over ``span`` consecutive rounds (what liquidates a long);
+    ``up``: rises (a short). Built once from the history (:meth:`fit`), read at every decision
+    (:meth:`side_gaps`). The stress gap takes the worse of this and the recent-rounds estimate
+    (:func:`keeper.risk.gaps.estimate_stress_gap`), and falls back to it when recent rounds are too few.
+    """
+
+    round_interval_s: float
+    down: tuple[tuple[int, TailFit], ...]
+    up: tuple[tuple[int, TailFit], ...]
+    source: str = ""
+
+    @classmethod
+    def fit(
+        cls,
+        times_s: ArrayLike,
+        prices: ArrayLike,
+        *,
+        spans: tuple[int, ...] = DEFAULT_SPANS,
+        threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
+        source: str = "",
+    ) -> LongTail | None:
+        """Fit falls and rises over each span of ``spans`` rounds; ``None`` when the history is too short for
+        even the one-round fit. Times in seconds, in order; the round interval is their median spacing."""
+        t = np.asarray(times_s, dtype=np.float64)
+        p = np.asarray(prices, dtype=np.float64)
+        if t.shape != p.shape:
+            raise ValueError("times_s and prices must have the same length")
+        ok = np.isfinite(p) & (p > 0) & np.isfinite(t)
+        t, p = t[ok], p[ok]
+        if t.size < 3:
+            return None
+        interval = float(np.median(np.diff(t)))
+        if not interval > 0:
+            raise ValueError("times_s must increase")
+        x = np.log(p)
+        sides: dict[str, list[tuple[int, TailFit]]] = {"long": [], "short": []}
+        for span in sorted(set(spans)):
+            for side, fits in sides.items():
+                f = fit_tail(adverse_moves(x, side, span), threshold_fraction)
+                if f is not None:
+                    fits.append((span, f))
+        if not sides["long"] or not sides["short"] or sides["long"][0][0] != 1 or sides["short"][0][0] != 1:
+            return None
+        return cls(interval, tuple(sides["long"]), tuple(sides["short"]), source)
+
+    def span_rounds(self, horizon_s: float) -> int:
+        """Rounds of this history that a move over ``horizon_s`` spans (at least 1: a feed whose rounds come
+        faster than the history's is given the history's one-round tail, which can only overstate it)."""
+        return max(1, math.ceil(horizon_s / self.round_interval_s - 1e-9))
+
+    def side_gaps(self, p: float, horizon_s: float, feed_interval_s: float | None = None) -> tuple[float, float]:
+        """(fall, rise) log moves over ``horizon_s`` exceeded with probability ``p``.
+
+        A horizon of one history round or more reads the fit of the shortest fitted span covering it (the
+        longest fitted one when none does). A shorter horizon ``t = max(horizon_s, feed_interval_s)`` (an oracle
+        moves one round at a time, so no move shorter than its interval is seen) reads the one-round fit at
+        ``p * interval / t``: for subexponential (fat-tailed) moves the tail of a sum of ``m`` independent pieces
+        is ``m`` times the tail of one, P(S_m > x) ~ m P(X > x) (Embrechts, Klueppelberg and Mikosch,
+        *Modelling Extremal Events*, 1997, section 1.3), so a move over ``t`` exceeds ``x`` about ``t / interval``
+        times as often as a move over a whole history round does."""
+        t = max(horizon_s, feed_interval_s or 0.0)
+        if t < self.round_interval_s:
+            q = min(0.5, p * self.round_interval_s / max(t, 1e-9))
+            return self.down[0][1].quantile(q), self.up[0][1].quantile(q)
+        n = self.span_rounds(horizon_s)
+
+        def pick(fits: tuple[tuple[int, TailFit], ...]) -> TailFit:
+            return next((f for span, f in fits if span >= n), fits[-1][1])
+
+        return pick(self.down).quantile(p), pick(self.up).quantile(p)

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keeper.domain import SECONDS_PER_YEAR, WAD, Market, Position, Side
+from keeper.replay.prices import Bars, long_tail_before
 from keeper.risk import gaps
 from keeper.risk import policy as pol
+from keeper.risk.tails import LongTail
 
 ETH = Market(0, "ETH", 5 * 10**15, 50 * WAD, 10**16, int(0.10 * WAD / SECONDS_PER_YEAR), 3600)
 KW = {
@@ -202,3 +204,62 @@ def test_per_side_gaps_set_trigger_and_target_release_uses_the_larger(side):
     # a float is both sides (backward compatible); stress_per_side=False collapses the pair to the larger gap
     assert assess(150.0, 0.06).stress_gap == 0.06
     assert assess(150.0, p=dataclasses.replace(policy, stress_per_side=False)).stress_gap == 0.06
+
+
+# ---- long-history tails (issue: tails from long history as well as recent rounds) ----------------------------
+
+
+def _long_tail(seed: int = 11, scale: float = 0.01) -> LongTail:
+    rng = np.random.default_rng(seed)
+    prices = 3_000.0 * np.exp(np.cumsum(scale * rng.standard_t(3, 40_000)))
+    tail = LongTail.fit(np.arange(prices.size) * 60.0, prices, spans=(1,))
+    assert tail is not None
+    return tail
+
+
+def test_too_few_recent_rounds_fall_back_to_the_long_history_tail_not_the_constant():
+    """Five rounds are too few for the recent estimate: the gap is the tail's move at the probability asked for
+    (per side), floored and capped, and the reason says so."""
+    tail = _long_tail()
+    t = np.arange(6) * 60.0
+    est = gaps.estimate_stress_gap(t, 3_000.0 + t, long_tail=tail, tail_probability=1e-4, **KW)
+    fall, rise = tail.side_gaps(1e-4, KW["horizon_s"], 60.0)
+    assert est.side_gaps == pytest.approx((max(fall, KW["floor"]), max(rise, KW["floor"])))
+    assert est.stress_gap != KW["fallback"] and "long-history tail" in (est.fallback_reason or "")
+    assert gaps.estimate_stress_gap(t, 3_000.0 + t, **KW).stress_gap == KW["fallback"]  # without: the constant
+
+
+def test_calm_recent_rounds_are_floored_by_the_tail_and_a_crash_window_exceeds_it():
+    """A calm hour (0.01 % moves) gets the tail's gap; an hour with a 15 % fall keeps its own larger gap."""
+    tail = _long_tail()
+    t = np.arange(61) * 60.0
+    calm = gaps.estimate_stress_gap(t, 3_000.0 * (1 + 1e-4 * np.sin(t)), long_tail=tail, **KW)
+    fall = tail.side_gaps(1e-3, KW["horizon_s"], 60.0)[0]
+    assert calm.fallback_reason is None and calm.side_gaps.down == pytest.approx(max(fall, KW["floor"]))
+    assert (
+        calm.tail_gap is not None
+        and calm.side_gaps.down > gaps.estimate_stress_gap(t, 3_000.0 + 0 * t, **KW).stress_gap
+    )
+    crash = np.full(t.size, 3_000.0)
+    crash[30:] = 2_550.0
+    hit = gaps.estimate_stress_gap(t, crash, long_tail=tail, **KW)
+    assert hit.side_gaps.down == pytest.approx(min(2 * math.log(3_000 / 2_550), KW["cap"]))
+    assert hit.side_gaps.down > calm.side_gaps.down
+
+
+def test_the_replay_fits_the_tail_only_on_bars_before_the_window(tmp_path):
+    """No look-ahead: a crash after the window's start does not change the tail the replay fits."""
+    rng = np.random.default_rng(12)
+    n = 5_000
+    t0 = 1_600_000_000
+    close = 3_000.0 * np.exp(np.cumsum(0.01 * rng.standard_t(3, n)))
+    start = t0 + 4_000 * 3600
+
+    def bars(c: np.ndarray) -> Bars:
+        t = t0 + np.arange(c.size) * 3600
+        return Bars("ETH", "synthetic", t, c, c * 1.001, c * 0.999, c, 3600)
+
+    later_crash = close.copy()
+    later_crash[4_500:] *= 0.3
+    a, b = long_tail_before(bars(close), start), long_tail_before(bars(later_crash), start)
+    assert a is not None and a == b

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from keeper.risk.tails import MIN_EXCEEDANCES, TailFit, adverse_moves, fit_tail, tail_gap
+from keeper.risk.tails import MIN_EXCEEDANCES, LongTail, TailFit, adverse_moves, fit_tail, tail_gap
 
 
 class TestKnownTails:
@@ -69,3 +69,41 @@ class TestInputs:
         fit = fit_tail(np.abs(rng.standard_t(4, 50_000)))
         qs = [fit.quantile(p) for p in (1e-2, 1e-3, 1e-4, 1e-5)]
         assert qs == sorted(qs) and qs[0] >= fit.threshold
+
+
+def _walk(n: int, seed: int, nu: float = 3.0, step_s: float = 3600.0, scale: float = 0.01):
+    """A Student-t(nu) log-price random walk with one round every ``step_s``: (times, prices)."""
+    rng = np.random.default_rng(seed)
+    log_p = np.cumsum(scale * rng.standard_t(nu, n))
+    return np.arange(n) * step_s, 3_000.0 * np.exp(log_p)
+
+
+class TestLongTail:
+    def test_one_round_quantile_matches_the_generating_distribution(self):
+        """Fitted on 300k t(3) rounds, the one-round fall and rise exceeded with p = 1e-4 match scipy's t quantile
+        within 12 % (a horizon shorter than nothing else: one round of the history)."""
+        t, p = _walk(300_000, 3)
+        tail = LongTail.fit(t, p, spans=(1,))
+        assert tail is not None and tail.round_interval_s == 3600.0
+        fall, rise = tail.side_gaps(1e-4, horizon_s=3600.0)
+        exact = 0.01 * stats.t.ppf(1 - 1e-4, 3)
+        assert fall == pytest.approx(exact, rel=0.12) and rise == pytest.approx(exact, rel=0.12)
+
+    def test_longer_horizons_read_longer_spans_and_grow(self):
+        """A 3-hour horizon reads the 4-round span's fit: its quantile is larger than one round's."""
+        tail = LongTail.fit(*_walk(50_000, 4), spans=(1, 4))
+        assert tail is not None and tail.span_rounds(3 * 3600.0) == 3
+        one, four = tail.side_gaps(1e-3, 3600.0)[0], tail.side_gaps(1e-3, 3 * 3600.0)[0]
+        assert four > one * 1.2
+
+    def test_a_faster_feed_reads_the_one_round_fit_at_a_scaled_probability(self):
+        """A 5-minute feed and a 5-minute horizon against hourly history: the one-round fit at 12 p (the
+        subexponential tail of a sum of 12 pieces), which is smaller than the hourly quantile at p."""
+        tail = LongTail.fit(*_walk(50_000, 5), spans=(1,))
+        assert tail is not None
+        fast = tail.side_gaps(1e-4, horizon_s=300.0, feed_interval_s=300.0)
+        assert fast == pytest.approx((tail.down[0][1].quantile(12e-4), tail.up[0][1].quantile(12e-4)), rel=1e-12)
+        assert fast[0] < tail.side_gaps(1e-4, horizon_s=3600.0)[0]
+
+    def test_too_short_a_history_gives_none(self):
+        assert LongTail.fit(*_walk(200, 6)) is None
