@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 from eth_account import Account
 from web3 import Web3
 
@@ -81,6 +84,12 @@ def secret_leaks(text: str) -> list[str]:
     return found
 
 
+@pytest.fixture(name="secret_leaks")
+def _secret_leaks_fixture():
+    """``secret_leaks(text) -> list[str]``: which known secrets (dev keys, test passwords, URL userinfo) are in it."""
+    return secret_leaks
+
+
 def _is_input_file(path: Path) -> bool:
     name = path.name.lower()
     return name.endswith(_INPUT_SUFFIXES) or any(n in name for n in _INPUT_NAMES)
@@ -96,14 +105,17 @@ def _no_secret_in_outputs(request):
     tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
     if tmp is not None and Path(tmp).is_dir():
         for path in sorted(Path(tmp).rglob("*")):
-            if path.is_file() and not _is_input_file(path):
+            # a symlink is an input the test set up (e.g. a PATH of links to sh/node/npm), not an output it wrote;
+            # following it would read whole binaries
+            if path.is_file() and not path.is_symlink() and not _is_input_file(path):
                 text = path.read_bytes().decode("utf-8", errors="replace")
                 leaks += [f"{found} in {path.relative_to(tmp)}" for found in secret_leaks(text)]
     if leaks:
         pytest.fail("secret in test output: " + "; ".join(leaks), pytrace=False)
 
 
-ANVIL_FIXTURES = {"devchain", "chain"}
+# every fixture that starts an anvil (here and in the subfolders' conftest.py files)
+ANVIL_FIXTURES = {"devchain", "chain", "anvil", "make_manager", "aave_session", "aave", "perp_devchain", "perp"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -116,6 +128,61 @@ def pytest_collection_modifyitems(config, items):
     ]
     if unmarked:
         raise pytest.UsageError("tests use an anvil fixture without @pytest.mark.chain: " + ", ".join(unmarked))
+
+
+# ---- the CLI in this process ------------------------------------------------------------------------------
+# Where a test's point is the CLI's exit code and message, ``keeper.cli.main`` runs in the test's own interpreter
+# (what ``python -m keeper`` runs, minus the ~3 s of interpreter start and imports). Each command family keeps at
+# least one true subprocess test besides (tests/runtime/test_secrets_cli.py, tests/risk/test_risk_cli.py,
+# tests/replay/test_cost.py, tests/test_devchain.py, the daemon end-to-end tests).
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What one ``keeper`` invocation returned: exit code, stdout, stderr (like ``subprocess.CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _reset_logging() -> None:
+    """Undo ``configure_logging`` (structlog defaults, our root handler removed), as a fresh process would have it."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if type(h).__name__ == "_ForeignHandler"]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+@pytest.fixture
+def keeper_cli(capsys, monkeypatch):
+    """``keeper_cli(*args, env=None, cwd=None) -> CliResult``: ``keeper.cli.main(args)`` in this process with no
+    ``KEEPER_*`` variable inherited (only ``env``), run from ``cwd``; logging set up by the command is undone after."""
+    from keeper.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> CliResult:
+        for name in [k for k in os.environ if k.startswith("KEEPER_")]:
+            monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()  # what the test printed before is not the command's output
+        code: int | str | None = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        if isinstance(code, str):  # sys.exit("message"): printed on stderr with exit status 1 by the interpreter
+            code, err = 1, err + code + "\n"
+        return CliResult(0 if code is None else code, out, err)
+
+    try:
+        yield run
+    finally:
+        _reset_logging()
 
 
 # ---- the daemon's end-to-end helpers (tests/daemon, tests/faults, tests/runtime use them) ----------------
