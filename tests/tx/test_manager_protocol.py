@@ -112,7 +112,7 @@ CHILD = textwrap.dedent(
     m.reconcile()
     rec = m.submit(adapter.add_margin_call(trader, 0, {TOP_UP}), "top_up:crash", {STAKE})
     print("SENT", rec.nonce, flush=True)
-    time.sleep(60)
+    time.sleep(60)  # stay alive, the transaction pending, until the test kills this process
 """
 )
 
