@@ -48,10 +48,11 @@ test: setup lint
 	$(FORGE) test --offline
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
-# Everything that needs no anvil (tests marked `chain` deselected): the core, the service against the in-memory
-# adapter, configuration, the CLI's bad-input paths.
+# The fast loop: everything that needs no anvil and builds no wheel (tests marked `chain` or `packaging`
+# deselected): the core, the service against the in-memory adapter, configuration, the CLI's bad-input paths.
+# `make test` runs every test, the wheel build and install (tests/test_wheel.py, marker `packaging`) included.
 test-unit: $(VENV)/.stamp
-	$(VPY) -m pytest $(PYTEST_ARGS) -m "not chain"
+	$(VPY) -m pytest $(PYTEST_ARGS) -m "not chain and not packaging"
 
 test-contracts: setup
 	$(FORGE) test --offline -vv

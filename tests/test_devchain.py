@@ -6,7 +6,9 @@ import json
 import socket
 import subprocess
 import sys
+import tomllib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from web3 import Web3
@@ -121,7 +123,8 @@ class TestProtocolMatchesCore:
 
 @pytest.mark.chain
 def test_devchain_command_once(tmp_path):
-    """`keeper devchain --once` deploys, writes a deployment file, prints the trader's book and stops anvil."""
+    """`keeper devchain --once` deploys, writes a deployment file, prints the trader's book and stops anvil; the
+    example configuration's engine and collateral are the addresses it deploys to."""
     out = tmp_path / "devchain.json"
     proc = subprocess.run(
         [sys.executable, "-m", "keeper", "devchain", "--once", "--out", str(out)],
@@ -134,5 +137,7 @@ def test_devchain_command_once(tmp_path):
     d = Deployment.load(out)
     assert d.chain_id == 31337 and set(d.feeds) == {"ETH", "BTC"}
     assert "positions of" in proc.stdout
+    example = tomllib.loads((Path(__file__).resolve().parents[1] / "examples" / "keeper.toml").read_text())
+    assert (example["protocol"]["engine"], example["protocol"]["collateral"]) == (d.engine, d.collateral)
     w3 = Web3(Web3.HTTPProvider(d.rpc_url, request_kwargs={"timeout": 2}))
     assert not w3.is_connected()  # its anvil was stopped on exit

@@ -5,6 +5,10 @@ The wheel is built from a copy of the checkout's files (so the build leaves noth
 third-party dependencies come from the project's .venv through a ``.pth`` line (offline, and a ``.pth`` in a path
 added that way is not processed, so the .venv's editable ``keeper`` stays invisible). Every command runs from a
 directory outside the checkout, and each test checks that ``keeper`` was imported from the venv, not the checkout.
+
+The tests that build or use the wheel carry the ``packaging`` marker: building and installing is real packaging work
+(about 10 s on a 2-core machine), run by ``make test`` and deselected by ``make test-unit``. The declared-dependency
+check at the end reads the sources only and runs everywhere.
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ def _env(venv: Path, *extra_path: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.packaging
 def test_wheel_holds_the_abis_the_contracts_and_py_typed(wheel: Path):
     """The wheel carries byte-identical copies of abis/*.json and of the deployed contracts' forge artifacts."""
     with zipfile.ZipFile(wheel) as zf:
@@ -139,6 +144,7 @@ def test_wheel_holds_the_abis_the_contracts_and_py_typed(wheel: Path):
         assert not any(n.startswith(("tests/", "scripts/", "abis/", "contracts/")) for n in names)
 
 
+@pytest.mark.packaging
 def test_installed_keeper_help_runs_from_the_venv(venv: Path, outside: Path):
     """`keeper --help` from the installed console script lists the commands, with keeper imported from the venv."""
     out = _run([str(venv / "bin" / "keeper"), "--help"], cwd=outside, env=_env(venv))
@@ -150,6 +156,7 @@ def test_installed_keeper_help_runs_from_the_venv(venv: Path, outside: Path):
     assert Path(where).resolve().is_relative_to(venv.resolve())
 
 
+@pytest.mark.packaging
 def test_installed_keeper_risk_json_matches_the_checkout(venv: Path, outside: Path):
     """`keeper risk ... --json` from the wheel prints the same JSON object as the checkout's keeper."""
     args = [
@@ -176,6 +183,7 @@ def test_installed_keeper_risk_json_matches_the_checkout(venv: Path, outside: Pa
     assert installed == checkout
 
 
+@pytest.mark.packaging
 def test_installed_keeper_loads_abis_and_artifacts_from_the_package(venv: Path, outside: Path):
     """load_abi and load_artifact read the wheel's own files: same ABIs as abis/, bytecode present."""
     code = (
@@ -194,6 +202,7 @@ def test_installed_keeper_loads_abis_and_artifacts_from_the_package(venv: Path, 
     assert all(n > 1000 for n in got["bytecode"].values()), got["bytecode"]
 
 
+@pytest.mark.packaging
 def test_installed_keeper_npm_artifact_missing_is_one_line(venv: Path, outside: Path):
     """Outside a checkout the npm-artifact lookup fails with one ToolchainError line naming node_modules."""
     code = (
@@ -209,6 +218,7 @@ def test_installed_keeper_npm_artifact_missing_is_one_line(venv: Path, outside: 
     assert len(lines) == 1 and "node_modules not found" in lines[0] and "npm ci" in lines[0]
 
 
+@pytest.mark.packaging
 @pytest.mark.chain
 def test_installed_keeper_devchain_deploys_from_the_wheel(venv: Path, outside: Path):
     """`keeper devchain --once` from the wheel deploys the reference protocol and writes a verifiable deployment."""

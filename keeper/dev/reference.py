@@ -29,7 +29,7 @@ from web3.types import Nonce, RPCEndpoint, TxParams
 
 from keeper.chain.multicall import MULTICALL3_ADDRESS
 from keeper.domain import SECONDS_PER_YEAR, WAD, Side
-from keeper.protocols.reference import Deployment
+from keeper.protocols.reference import UNLIMITED_ALLOWANCE, Deployment
 from keeper.resources import contract_artifact_path
 
 # anvil's default accounts (mnemonic "test test ... junk"): public test keys, never real funds.
@@ -261,9 +261,9 @@ class DevChainOps:
         s = self.sender(self.deployer_key)
         s.wait(s.transact(self.usd.functions.mint(Web3.to_checksum_address(to), amount_e6)))
 
-    def approve_engine(self, key: str, amount_e6: int = 2**255) -> None:
+    def approve_engine(self, key: str, allowance: int = UNLIMITED_ALLOWANCE) -> None:
         s = self.sender(key)
-        s.wait(s.transact(self.usd.functions.approve(self.engine.address, amount_e6)))
+        s.wait(s.transact(self.usd.functions.approve(self.engine.address, allowance)))
 
     def open_position(self, key: str, symbol: str, is_long: bool, size_e18: int, collateral_e6: int) -> None:
         s = self.sender(key)

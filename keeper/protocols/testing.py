@@ -17,6 +17,7 @@ from keeper.chain.abi import ErrorDecoder
 from keeper.domain import Market, Position, PriceRound
 from keeper.errors import ChainMismatchError, InputError
 from keeper.protocols.base import BookSnapshot, HeadProbe, PositionKey, ProtocolAdapter, keys_of
+from keeper.protocols.reference import ALLOWANCE_LOW, UNLIMITED_ALLOWANCE
 from keeper.tx.call import ContractCall
 
 FAKE_ENGINE = "0x00000000000000000000000000000000000fa4e1"
@@ -175,9 +176,11 @@ class FakeAdapter(ProtocolAdapter):
         )
 
     def approval_call(self, owner: str) -> ContractCall | None:
-        if self.allowances.get(owner.lower(), 0) >= 2**128:
+        if self.allowances.get(owner.lower(), 0) >= ALLOWANCE_LOW:
             return None
-        call = self._call("approve", kind="approve", amount=2**255, key=f"approve:{FAKE_ENGINE}:{owner.lower()}")
+        call = self._call(
+            "approve", kind="approve", amount=UNLIMITED_ALLOWANCE, key=f"approve:{FAKE_ENGINE}:{owner.lower()}"
+        )
         return replace(call, to=FAKE_COLLATERAL)
 
 

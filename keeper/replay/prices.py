@@ -1,7 +1,8 @@
 """Price bars from CSV files, and the oracle rounds a replay pushes for each bar.
 
-CSV format (the one of ``/work/shared/data``): a header ``timestamp_utc,unix_s,open,high,low,close,volume``
-(``timestamp_utc`` and ``volume`` are optional; the others are required, in any order), one bar per line,
+CSV format (the one of the bar files in ``tests/data``, see its PROVENANCE.md): a header
+``timestamp_utc,unix_s,open,high,low,close,volume`` (``timestamp_utc`` and ``volume`` are optional; the others
+are required, in any order), one bar per line,
 ``unix_s`` = bar open in seconds, prices in USD (or USDT). Bad input raises :class:`keeper.errors.InputError`
 whose message names the file and the 1-based line: missing columns, unparsable or non-positive numbers,
 ``high < max(open, close)`` or ``low > min(open, close)``, timestamps that do not increase, and gaps longer

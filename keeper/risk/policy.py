@@ -198,7 +198,7 @@ def required_distance(
     return np.maximum(kappa * gaussian_distance(p, sigma_h), d_stress) + np.asarray(d_cost, dtype=float)
 
 
-def fat_tail_probability(
+def kappa_scaled_breach_probability(
     distance: ArrayLike, sigma_h: ArrayLike, kappa: float, d_cost: ArrayLike = 0.0
 ) -> NDArray[np.float64]:
     """2 Phi(-(d - d_cost)/(kappa sigma_h)), clipped to [0, 1]; 1 at or past the liquidation price.
@@ -304,7 +304,7 @@ def assess_arrays(
             s_liq > 0, sign * np.log(np.where(s_liq > 0, price / np.where(s_liq > 0, s_liq, 1.0), 1.0)), np.inf
         )
     d_cost = fee_drift(is_long, entry, price, rate, mm) * h / SECONDS_PER_YEAR
-    p = fat_tail_probability(distance, sig_h, policy.kappa, d_cost)
+    p = kappa_scaled_breach_probability(distance, sig_h, policy.kappa, d_cost)
     d_s = policy.stress_gap if stress_gap is None else np.asarray(stress_gap, dtype=float)
     d_s = np.broadcast_to(np.asarray(d_s, dtype=float), price.shape)
     d_vol_target = policy.kappa * gaussian_distance(policy.p_target, sig_h)

@@ -293,7 +293,7 @@ class TestWrongChainAndDeadlines:
                     conn.sendall(b" ")
                 except OSError:
                     break
-                time.sleep(0.2)
+                time.sleep(0.2)  # a trickling server: letting time pass between bytes is the point
             conn.close()
 
         threading.Thread(target=serve, daemon=True).start()

@@ -13,20 +13,26 @@ from structlog.testing import capture_logs
 from keeper.dev.reference import ANVIL_KEYS, DEFAULT_BOOK
 from keeper.runtime.config import load_config
 from keeper.runtime.service import TOP_UP_GAS_LIMIT_DEFAULT, KeeperService
-from tests.conftest import TRADER, keeper, margin_events, open_book, write_config
 
 pytestmark = pytest.mark.chain
 
 GWEI = 10**9
 
 
-def service_for(chain, tmp_path, **overrides: str) -> KeeperService:
-    cfg = load_config(
-        write_config(chain, tmp_path, **overrides),
-        env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]},
-        dotenv_path=None,
-    )
-    return KeeperService.from_config(cfg, execute=True, send_alerts=False)
+@pytest.fixture
+def service_for(write_config):
+    """``service_for(chain, tmp_path, **overrides) -> KeeperService``: the daemon's service, executing, signing as
+    the trader, alerts not sent."""
+
+    def make(chain, tmp_path, **overrides: str) -> KeeperService:
+        cfg = load_config(
+            write_config(chain, tmp_path, **overrides),
+            env={**os.environ, "KEEPER_PRIVATE_KEY": chain.trader_key},
+            dotenv_path=None,
+        )
+        return KeeperService.from_config(cfg, execute=True, send_alerts=False)
+
+    return make
 
 
 def max_fee_now(chain) -> int:
@@ -35,7 +41,9 @@ def max_fee_now(chain) -> int:
 
 
 class TestAlertsSayWhy:
-    def test_send_without_gas_is_a_critical_alert_and_not_sent(self, chain, tmp_path):
+    def test_send_without_gas_is_a_critical_alert_and_not_sent(
+        self, chain, tmp_path, margin_events, open_book, service_for
+    ):
         """Native balance 0: the top-up fails at the node; the cycle reports it as failed (not sent), raises a
         critical send_failed alert and a critical gas alert, and the native-balance gauge reads 0."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
@@ -43,14 +51,14 @@ class TestAlertsSayWhy:
         try:
             service.start()
             chain.push_price("ETH", 2_500 * 10**8)
-            chain.anvil.request("anvil_setBalance", [chain.addresses[TRADER], "0x0"])
+            chain.anvil.request("anvil_setBalance", [chain.trader, "0x0"])
             with capture_logs() as logs:
                 report = service.cycle(execute=True)
         finally:
             service.close()
         assert [s["state"] for s in report.sent if s["action"] == "top_up"] == ["error"]
         alerts = {e["key"]: e for e in logs if e["event"] == "alert"}
-        who = chain.addresses[TRADER].lower()
+        who = chain.trader.lower()
         assert alerts[f"{who}:0:send_failed"]["severity"] == "critical"
         assert "could not be sent" in alerts[f"{who}:0:send_failed"]["text"]
         assert alerts[f"gas:{who}"]["severity"] == "critical" and alerts[f"gas:{who}"]["field_top_ups_left"] == 0
@@ -59,15 +67,15 @@ class TestAlertsSayWhy:
         assert service.metrics.value("keeper_native_balance_eth", {"account": who}) == 0.0
         assert margin_events(chain, "MarginAdded") == []
 
-    def test_low_gas_warns_before_it_runs_out(self, chain, tmp_path):
+    def test_low_gas_warns_before_it_runs_out(self, chain, tmp_path, open_book, service_for):
         """With gas for exactly 3 top-ups (threshold 5) the keeper warns with the count; with 5 it stays quiet."""
         open_book(chain, reserve_e6=1_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
         service = service_for(chain, tmp_path)
-        who = chain.addresses[TRADER].lower()
+        who = chain.trader.lower()
         try:
             service.start()
             per_top_up = TOP_UP_GAS_LIMIT_DEFAULT * max_fee_now(chain)
-            chain.anvil.request("anvil_setBalance", [chain.addresses[TRADER], hex(3 * per_top_up + per_top_up // 2)])
+            chain.anvil.request("anvil_setBalance", [chain.trader, hex(3 * per_top_up + per_top_up // 2)])
             with capture_logs() as logs:
                 service.cycle(execute=True)
             gas = [e for e in logs if e["event"] == "alert" and e["key"] == f"gas:{who}"]
@@ -77,7 +85,7 @@ class TestAlertsSayWhy:
                 3.5 * per_top_up / 1e18
             )
             chain.anvil.request(
-                "anvil_setBalance", [chain.addresses[TRADER], hex(6 * max_fee_now(chain) * TOP_UP_GAS_LIMIT_DEFAULT)]
+                "anvil_setBalance", [chain.trader, hex(6 * max_fee_now(chain) * TOP_UP_GAS_LIMIT_DEFAULT)]
             )
             with capture_logs() as logs:
                 service.cycle(execute=True)
@@ -85,7 +93,9 @@ class TestAlertsSayWhy:
         finally:
             service.close()
 
-    def test_fresh_devchain_with_unfunded_wallet_raises_no_cannot_be_saved(self, chain, tmp_path):
+    def test_fresh_devchain_with_unfunded_wallet_raises_no_cannot_be_saved(
+        self, chain, tmp_path, keeper, margin_events, write_config
+    ):
         """The devchain's default book watched by the operator key (no collateral tokens): positions with breach
         probability ~1e-9 get no "cannot be saved" alert from `keeper check --execute`."""
         chain.seed_book(ANVIL_KEYS[1], DEFAULT_BOOK, reserve_e6=50_000 * 10**6)

@@ -12,35 +12,32 @@ import time
 
 import pytest
 
-from keeper.dev.reference import ANVIL_KEYS
-from tests.conftest import TRADER, keeper, log_lines, wait_for, wait_log
-
 pytestmark = pytest.mark.chain
 
 
 def wallet(chain) -> int:
-    return chain.usd.functions.balanceOf(chain.addresses[TRADER]).call()
+    return chain.usd.functions.balanceOf(chain.trader).call()
 
 
 class TestCheck:
-    def test_check_without_execute_sends_nothing(self, chain, tmp_path, write_config, open_book, margin_events):
+    def test_check_without_execute_sends_nothing(self, chain, tmp_path, write_config, open_book, margin_events, keeper):
         """`keeper check` plans a top-up for an endangered position but sends nothing: nonce, wallet, collateral
         unchanged."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         chain.push_price("ETH", 2_900 * 10**8)
-        nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
-        before = chain.position(chain.addresses[TRADER], "ETH")[4]
+        nonce = chain.w3.eth.get_transaction_count(chain.trader)
+        before = chain.position(chain.trader, "ETH")[4]
         cfg = write_config(chain, tmp_path)
         proc = keeper("check", "--config", str(cfg), "--json")
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         assert [a["kind"] for a in out["actions"]][:1] == ["top_up"]
         assert out["sent"] == [] and out["executed"] is False
-        assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
-        assert chain.position(chain.addresses[TRADER], "ETH")[4] == before
+        assert chain.w3.eth.get_transaction_count(chain.trader) == nonce
+        assert chain.position(chain.trader, "ETH")[4] == before
         assert margin_events(chain, "MarginAdded") == []
 
-    def test_check_execute_tops_up_on_chain(self, chain, tmp_path, write_config, open_book, margin_events):
+    def test_check_execute_tops_up_on_chain(self, chain, tmp_path, write_config, open_book, margin_events, keeper):
         """`keeper check --execute` sends the planned top-up; the chain shows it and the position leaves the trigger
         band."""
         open_book(chain, reserve_e6=30_000 * 10**6)
@@ -58,7 +55,7 @@ class TestCheck:
         again = json.loads(keeper("check", "--config", str(cfg), "--json").stdout)
         assert not any(a["kind"] == "top_up" for a in again["actions"])
 
-    def test_implied_vol_floor_raises_sigma(self, chain, tmp_path, write_config, open_book):
+    def test_implied_vol_floor_raises_sigma(self, chain, tmp_path, write_config, open_book, keeper):
         """An implied volatility above the history estimate becomes the sigma used for that market only."""
         open_book(chain, reserve_e6=0)
         (tmp_path / "iv.json").write_text('{"ETH": 4.5}')
@@ -70,7 +67,7 @@ class TestCheck:
         assert rows["ETH"]["sigma_annual"] == pytest.approx(4.5)
         assert rows["BTC"]["sigma_annual"] < 4.5
 
-    def test_watch_all_discovers_every_account_and_never_sends(self, chain, tmp_path, write_config, open_book):
+    def test_watch_all_discovers_every_account_and_never_sends(self, chain, tmp_path, write_config, open_book, keeper):
         """Risk-team mode: no accounts listed, watch_all = true; positions come from events, actions become alerts."""
         open_book(chain, reserve_e6=30_000 * 10**6)
         other = chain.keys[5]
@@ -82,21 +79,21 @@ class TestCheck:
         text = cfg.read_text()
         start = text.index("[[accounts]]")
         cfg.write_text("watch_all = true\n" + text[:start] + text[text.index("[risk]") :])
-        nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
+        nonce = chain.w3.eth.get_transaction_count(chain.trader)
         proc = keeper("check", "--config", str(cfg), "--execute", "--json", env={"KEEPER_PRIVATE_KEY": ""})
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         seen = {(r["account"].lower(), r["market"]) for r in out["positions"]}
         assert seen == {
-            (chain.addresses[TRADER].lower(), "ETH"),
-            (chain.addresses[TRADER].lower(), "BTC"),
+            (chain.trader.lower(), "ETH"),
+            (chain.trader.lower(), "BTC"),
             (chain.addresses[5].lower(), "BTC"),
         }
         assert out["sent"] == [] and all(a["kind"] == "alert" for a in out["actions"])
         assert any("watch-only" in a["reason"] for a in out["actions"])
-        assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
+        assert chain.w3.eth.get_transaction_count(chain.trader) == nonce
 
-    def test_status_and_stress_tables(self, chain, tmp_path, write_config, open_book):
+    def test_status_and_stress_tables(self, chain, tmp_path, write_config, open_book, keeper):
         """`keeper status --json` lists both positions with a liquidation price; `keeper stress --json` names
         liquidations."""
         open_book(chain, reserve_e6=0)
@@ -107,18 +104,18 @@ class TestCheck:
         assert rows["ETH"]["liquidation_price"] == pytest.approx((3000 - 150) / 0.995, rel=1e-3)
         stress = json.loads(keeper("stress", "--config", str(cfg), "--json").stdout)
         down20 = next(s for s in stress["scenarios"] if s["scenario"].startswith("-20%"))
-        assert {"account": chain.addresses[TRADER].lower(), "market": "ETH"} in down20["liquidated"]
+        assert {"account": chain.trader.lower(), "market": "ETH"} in down20["liquidated"]
 
 
 class TestBadInput:
-    def test_bad_config_value_exits_2_naming_the_field(self, chain, tmp_path, write_config):
+    def test_bad_config_value_exits_2_naming_the_field(self, chain, tmp_path, write_config, keeper):
         """An invalid value is reported at start with the field and what is allowed, exit code 2."""
         cfg = write_config(chain, tmp_path, risk="p_trigger = 2.0")
         proc = keeper("check", "--config", str(cfg))
         assert proc.returncode == 2
         assert "risk.p_trigger" in proc.stderr and "Traceback" not in proc.stderr
 
-    def test_bad_private_key_is_not_printed(self, chain, tmp_path, write_config):
+    def test_bad_private_key_is_not_printed(self, chain, tmp_path, write_config, keeper):
         """A malformed key exits 2 without echoing it."""
         cfg = write_config(chain, tmp_path)
         secret = "0x" + "ab" * 31 + "zz"
@@ -126,14 +123,14 @@ class TestBadInput:
         assert proc.returncode == 2
         assert secret not in proc.stderr + proc.stdout and "ab" * 31 not in proc.stderr
 
-    def test_wrong_chain_id_refused(self, chain, tmp_path, write_config):
+    def test_wrong_chain_id_refused(self, chain, tmp_path, write_config, keeper):
         """A config that expects another chain id stops at start (exit 2 for the mismatch between file and config)."""
         cfg = write_config(chain, tmp_path, chain_id="5")
         proc = keeper("check", "--config", str(cfg))
         assert proc.returncode != 0
         assert "chain id" in proc.stderr
 
-    def test_deployment_without_code_refused(self, chain, tmp_path, write_config):
+    def test_deployment_without_code_refused(self, chain, tmp_path, write_config, keeper):
         """A deployment naming an address with no code stops at start, naming which contract and why."""
         from dataclasses import replace
 
@@ -145,7 +142,7 @@ class TestBadInput:
         assert proc.returncode == 1
         assert "no contract at the configured collateral address" in proc.stderr and "Traceback" not in proc.stderr
 
-    def test_bad_implied_vol_source_exits_2(self, chain, tmp_path, write_config):
+    def test_bad_implied_vol_source_exits_2(self, chain, tmp_path, write_config, keeper):
         """A configured implied-vol file that does not exist stops `check` at start with exit 2."""
         cfg = write_config(chain, tmp_path)
         cfg.write_text(cfg.read_text() + f'\n[implied_vol]\nsource = "{tmp_path / "missing.json"}"\n')
@@ -154,7 +151,7 @@ class TestBadInput:
 
 
 class TestDanger:
-    def test_stale_oracle_alerts_and_never_releases(self, chain, tmp_path, write_config, open_book):
+    def test_stale_oracle_alerts_and_never_releases(self, chain, tmp_path, write_config, open_book, keeper):
         """With release enabled and a huge excess, a stale oracle gives an alert and no release."""
         open_book(chain, reserve_e6=0, btc_collateral_e6=100_000 * 10**6)
         chain.anvil.request("evm_increaseTime", [3_700])
@@ -171,7 +168,7 @@ class TestDanger:
         assert any(a["kind"] == "release" and a["market_id"] == 1 for a in out["actions"])
 
     def test_empty_wallet_moves_margin_and_alerts_the_rest(
-        self, chain, tmp_path, write_config, open_book, margin_events
+        self, chain, tmp_path, write_config, open_book, margin_events, keeper
     ):
         """With no wallet funds the keeper moves excess from the BTC short to the endangered ETH long, on chain."""
         open_book(chain, reserve_e6=0, btc_collateral_e6=60_000 * 10**6)  # BTC short at 2x: far from liquidation
@@ -184,8 +181,8 @@ class TestDanger:
         moved = margin_events(chain, "MarginMoved")
         assert len(moved) >= 1 and moved[0]["fromMarketId"] == 1 and moved[0]["toMarketId"] == 0
         assert margin_events(chain, "MarginAdded") == []
-        eth = chain.position(chain.addresses[TRADER], "ETH")
-        btc = chain.position(chain.addresses[TRADER], "BTC")
+        eth = chain.position(chain.trader, "ETH")
+        btc = chain.position(chain.trader, "BTC")
         fees = sum(f["fee"] for f in margin_events(chain, "FeeSettled") if f["marketId"] == 0)
         assert not eth[11] and eth[4] == 3_000 * 10**6 + sum(m["amount"] for m in moved) - fees
         planned = {r["market"]: r for r in out["positions"]}
@@ -198,14 +195,16 @@ class TestDanger:
 
 
 class TestDaemon:
-    def test_killed_mid_crash_resumes_without_duplicate(self, chain, tmp_path, write_config, open_book, margin_events):
+    def test_killed_mid_crash_resumes_without_duplicate(
+        self, chain, tmp_path, write_config, open_book, margin_events, wait_log, log_lines
+    ):
         """SIGKILL while a top-up is pending in the mempool; the restarted daemon reconciles and sends no second
         top-up."""
         open_book(
             chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6
         )  # both far from liquidation: nothing to do at start
         cfg = write_config(chain, tmp_path)
-        env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+        env = {**os.environ, "KEEPER_PRIVATE_KEY": chain.trader_key}
         with open(tmp_path / "run1.log", "w") as log1:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
@@ -254,13 +253,15 @@ class TestDaemon:
         assert len(added) == 1, added
         assert '"event": "daemon_stopped"' in (tmp_path / "run2.log").read_text()
 
-    def test_sigterm_exits_cleanly_and_health_answers(self, chain, tmp_path, write_config, open_book):
+    def test_sigterm_exits_cleanly_and_health_answers(
+        self, chain, tmp_path, write_config, open_book, wait_log, wait_for
+    ):
         """The daemon serves /healthz and /metrics while running and exits 0 on SIGTERM."""
         import urllib.request
 
         open_book(chain, reserve_e6=1_000 * 10**6)
         cfg = write_config(chain, tmp_path)
-        env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+        env = {**os.environ, "KEEPER_PRIVATE_KEY": chain.trader_key}
         with open(tmp_path / "run.log", "w") as log:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
@@ -293,15 +294,17 @@ class TestDaemon:
             daemon.wait(20)
         assert daemon.returncode == 0
         text = (tmp_path / "run.log").read_text()
-        assert ANVIL_KEYS[TRADER][2:] not in text
+        assert chain.trader_key[2:] not in text
 
 
 class TestWebSocket:
-    def test_new_round_over_websocket_triggers_a_top_up(self, chain, tmp_path, write_config, open_book, margin_events):
+    def test_new_round_over_websocket_triggers_a_top_up(
+        self, chain, tmp_path, write_config, open_book, margin_events, wait_log
+    ):
         """With a ws:// endpoint and slow polling, a new oracle round still brings a top-up within seconds."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
         cfg = write_config(chain, tmp_path, rpc=chain.anvil.ws_url, head_poll_s="30")
-        env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+        env = {**os.environ, "KEEPER_PRIVATE_KEY": chain.trader_key}
         with open(tmp_path / "run.log", "w") as log:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],

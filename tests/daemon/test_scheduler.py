@@ -8,17 +8,8 @@ import time
 from keeper.runtime.scheduler import CycleScheduler, HeadNews
 
 
-def _wait_for(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 class TestCycleScheduler:
-    def test_cycles_never_overlap(self):
+    def test_cycles_never_overlap(self, wait_for):
         """A cycle slower than its interval never runs twice at once (max_instances=1, coalesce)."""
         running = 0
         peak = 0
@@ -30,7 +21,7 @@ class TestCycleScheduler:
             with lock:
                 running += 1
                 peak = max(peak, running)
-            time.sleep(0.3)
+            time.sleep(0.3)  # a slow cycle (longer than its interval): time passing is the point
             with lock:
                 running -= 1
                 runs += 1
@@ -38,19 +29,19 @@ class TestCycleScheduler:
         s = CycleScheduler(cycle, initial_interval_s=0.05, min_interval_s=0.05)
         s.start()
         try:
-            assert _wait_for(lambda: runs >= 3)
+            wait_for(lambda: runs >= 3, 5, "three cycles")
         finally:
             s.stop()
             s._scheduler.shutdown(wait=True)
         assert peak == 1
 
-    def test_interval_follows_the_cycle_suggestion(self):
+    def test_interval_follows_the_cycle_suggestion(self, wait_for):
         """When the cycle asks for a shorter interval the scheduler reschedules and runs more often."""
         runs = []
         s = CycleScheduler(lambda: runs.append(time.monotonic()) or 0.1, initial_interval_s=30, min_interval_s=0.05)
         s.start()
         try:
-            assert _wait_for(lambda: len(runs) >= 4, timeout_s=5)
+            wait_for(lambda: len(runs) >= 4, 5, "four cycles")
         finally:
             s.stop()
             s._scheduler.shutdown(wait=True)
@@ -68,7 +59,7 @@ class TestCycleScheduler:
         finally:
             s._scheduler.shutdown(wait=False)
 
-    def test_oracle_round_triggers_an_immediate_cycle(self):
+    def test_oracle_round_triggers_an_immediate_cycle(self, wait_for):
         """A changed oracle round brings the next cycle forward even with a long interval."""
         runs = []
         rounds = iter([HeadNews(1, 0, False), HeadNews(2, 0, True)])
@@ -79,13 +70,13 @@ class TestCycleScheduler:
         s = CycleScheduler(lambda: runs.append(1), head, initial_interval_s=600, head_poll_s=0.05)
         s.start()
         try:
-            assert _wait_for(lambda: len(runs) >= 2, timeout_s=5)
+            wait_for(lambda: len(runs) >= 2, 5, "a second, early cycle")
         finally:
             s.stop()
             s._scheduler.shutdown(wait=True)
         assert s.early_cycles == 1
 
-    def test_watchdog_alerts_once_and_recovers(self):
+    def test_watchdog_alerts_once_and_recovers(self, wait_for):
         """No new block for stall_after_s raises exactly one stall, and a new block one recovery."""
         block = {"n": 1}
         stalls, recoveries = [], []
@@ -100,11 +91,11 @@ class TestCycleScheduler:
         )
         s.start()
         try:
-            assert _wait_for(lambda: len(stalls) == 1)
-            time.sleep(0.3)
+            wait_for(lambda: len(stalls) == 1, 5, "a stall")
+            time.sleep(0.3)  # another stall_after_s with no block (about six head polls): no second stall
             assert len(stalls) == 1
             block["n"] = 2
-            assert _wait_for(lambda: len(recoveries) == 1)
+            wait_for(lambda: len(recoveries) == 1, 5, "a recovery")
             assert recoveries[0] >= 0.3
         finally:
             s.stop()
@@ -116,7 +107,7 @@ class TestCycleScheduler:
 
         def cycle():
             started.set()
-            time.sleep(0.5)
+            time.sleep(0.5)  # a cycle still running when stop is asked: time passing is the point
             finished.set()
 
         s = CycleScheduler(cycle, initial_interval_s=600)
@@ -128,7 +119,7 @@ class TestCycleScheduler:
         assert not t.is_alive()
         assert finished.is_set()
 
-    def test_failed_cycle_is_counted_and_retried(self):
+    def test_failed_cycle_is_counted_and_retried(self, wait_for):
         """An exception in a cycle is recorded and the next tick runs again."""
         calls = []
 
@@ -140,7 +131,7 @@ class TestCycleScheduler:
         s = CycleScheduler(cycle, initial_interval_s=0.1, min_interval_s=0.05)
         s.start()
         try:
-            assert _wait_for(lambda: len(calls) >= 2)
+            wait_for(lambda: len(calls) >= 2, 5, "a second cycle after the failed one")
         finally:
             s.stop()
             s._scheduler.shutdown(wait=True)

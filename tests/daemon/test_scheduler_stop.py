@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+
 from keeper.errors import ChainMismatchError
 from keeper.runtime.scheduler import CycleScheduler, HeadNews
 
@@ -19,17 +21,21 @@ class TestSchedulerStops:
         """A head poll still running at shutdown (a slow RPC) that then brings the cycle forward: run_until_stopped
         returns (the issue's hang: shutdown joined the pool under the job-store lock the head job needed)."""
         started, stop_asked, head_entered = threading.Event(), threading.Event(), threading.Event()
+        shut_down, returned_after_shutdown = threading.Event(), threading.Event()
 
         def cycle() -> None:
             started.set()
 
         def head() -> HeadNews:
             head_entered.set()
-            if stop_asked.wait(10):
-                time.sleep(0.6)  # the main thread is inside shutdown by now
+            # the poll answers only once the main thread has been through APScheduler's shutdown (the event it
+            # dispatches at its end); the old code never got there while a job ran, and this wait then times out
+            if stop_asked.wait(10) and shut_down.wait(3):
+                returned_after_shutdown.set()
             return _news_with_new_round()
 
         s = CycleScheduler(cycle, head, initial_interval_s=600, head_poll_s=0.05)
+        s._scheduler.add_listener(lambda _event: shut_down.set(), EVENT_SCHEDULER_SHUTDOWN)
         t = threading.Thread(target=s.run_until_stopped, daemon=True)
         t.start()
         assert started.wait(5)
@@ -38,6 +44,7 @@ class TestSchedulerStops:
         stop_asked.set()
         t.join(8)
         assert not t.is_alive()
+        assert returned_after_shutdown.is_set()  # the precondition: the poll ended after the shutdown, not before
 
     def test_hung_cycle_is_left_behind_at_the_bound(self):
         """A cycle hung for 30 s: run_until_stopped(1 s) returns False within 2 s, having called on_deadline once."""

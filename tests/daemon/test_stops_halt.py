@@ -19,16 +19,15 @@ import pytest
 
 from keeper.chain.anvil import Anvil, free_port
 from keeper.chain.testing import FaultProxy
-from keeper.dev.reference import ANVIL_KEYS
-from tests.conftest import TRADER, DevChain, margin_events, open_book, wait_log, write_config
 
 pytestmark = pytest.mark.chain
 
 STALL_S = 3.5  # the issue's slow RPC: 3-4 s per request
 
 
-def start_daemon(cfg: Path, log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER], **(env or {})}
+def start_daemon(chain, cfg: Path, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """``keeper run`` as a process signing as ``chain``'s trader, its output in ``log_path``."""
+    full_env = {**os.environ, "KEEPER_PRIVATE_KEY": chain.trader_key, **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "keeper", "run", "--config", str(cfg)],
         stdout=open(log_path, "w"),
@@ -67,13 +66,9 @@ def with_sections(cfg: Path, *, schedule: str = "", http_port: int | None = None
     return cfg
 
 
-def wait_requests(proxy: FaultProxy, more_than: int, timeout_s: float) -> None:
-    """Wait until the proxy has received more than ``more_than`` requests in total."""
-    deadline = time.monotonic() + timeout_s
-    while sum(proxy.seen.values()) <= more_than:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"proxy saw only {sum(proxy.seen.values())} requests")
-        time.sleep(0.05)
+def requests_seen(proxy: FaultProxy) -> int:
+    """How many requests the proxy has received in total."""
+    return sum(proxy.seen.values())
 
 
 class WebhookThatChecksHealth:
@@ -103,7 +98,7 @@ class WebhookThatChecksHealth:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
     def close(self) -> None:
@@ -112,18 +107,21 @@ class WebhookThatChecksHealth:
 
 
 class TestStopsThatStop:
-    def test_sigterm_with_stalled_rpc_exits_within_the_bound_and_restart_adds_once(self, chain, tmp_path):
+    def test_sigterm_with_stalled_rpc_exits_within_the_bound_and_restart_adds_once(
+        self, chain, tmp_path, wait_log, margin_events, open_book, write_config, wait_for
+    ):
         """SIGTERM while every RPC request stalls 3.5 s mid top-up exits within shutdown_timeout_s, and a restart on
         the same journal ends with exactly one MarginAdded for the endangered position."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
         with FaultProxy(chain.anvil.url) as proxy:
             cfg = with_sections(write_config(chain, tmp_path, rpc=proxy.url), schedule="shutdown_timeout_s = 6")
-            daemon = start_daemon(cfg, tmp_path / "run1.log")
+            daemon = start_daemon(chain, cfg, tmp_path / "run1.log")
             try:
                 wait_log(tmp_path / "run1.log", "cycle_finished", 60)
                 proxy.delay_s = STALL_S
                 chain.push_price("ETH", 2_500 * 10**8)  # -17 %: the next cycle plans a top-up, through the stall
-                wait_requests(proxy, sum(proxy.seen.values()) + 4, 60)  # the daemon is deep in slow requests
+                more_than = requests_seen(proxy) + 4
+                wait_for(lambda: requests_seen(proxy) > more_than, 60, "4 more requests")  # deep in slow requests
                 daemon.send_signal(signal.SIGTERM)
                 sent_at = time.monotonic()
                 daemon.wait(30)
@@ -134,19 +132,23 @@ class TestStopsThatStop:
             names = [e.get("event") for e in events(tmp_path / "run1.log")]
             assert "shutdown_requested" in names and "daemon_stopped" in names
             proxy.delay_s = 0.0
-            daemon = start_daemon(cfg, tmp_path / "run2.log")
+            daemon = start_daemon(chain, cfg, tmp_path / "run2.log")
             try:
-                deadline = time.monotonic() + 90
-                while not margin_events(chain, "MarginAdded"):
-                    assert time.monotonic() < deadline, (tmp_path / "run2.log").read_text()[-3000:]
-                    time.sleep(0.2)
+                wait_for(
+                    lambda: margin_events(chain, "MarginAdded"),
+                    90,
+                    "MarginAdded event",
+                    detail=lambda: (tmp_path / "run2.log").read_text()[-3000:],
+                )
                 wait_log(tmp_path / "run2.log", "tx_final", 30)
                 n_cycles = count_events(tmp_path / "run2.log", "cycle_finished")
                 chain.push_price("ETH", 2_500 * 10**8)  # a new round: one more cycle on the same state
-                deadline = time.monotonic() + 30
-                while count_events(tmp_path / "run2.log", "cycle_finished") <= n_cycles:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.2)
+                wait_for(
+                    lambda: count_events(tmp_path / "run2.log", "cycle_finished") > n_cycles,
+                    30,
+                    "cycle on the new round",
+                    detail=lambda: (tmp_path / "run2.log").read_text()[-3000:],
+                )
                 daemon.send_signal(signal.SIGTERM)
                 assert daemon.wait(20) == 0
             finally:
@@ -154,16 +156,17 @@ class TestStopsThatStop:
         added = margin_events(chain, "MarginAdded")
         assert len(added) == 1 and added[0]["marketId"] == 0, added
 
-    def test_second_signal_exits_at_once(self, chain, tmp_path):
+    def test_second_signal_exits_at_once(self, chain, tmp_path, wait_log, open_book, write_config, wait_for):
         """With a 60 s shutdown bound and a stalled RPC, a second SIGTERM ends the process within 2 s, exit 143."""
         open_book(chain, reserve_e6=1_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
         with FaultProxy(chain.anvil.url) as proxy:
             cfg = with_sections(write_config(chain, tmp_path, rpc=proxy.url), schedule="shutdown_timeout_s = 60")
-            daemon = start_daemon(cfg, tmp_path / "run.log")
+            daemon = start_daemon(chain, cfg, tmp_path / "run.log")
             try:
                 wait_log(tmp_path / "run.log", "cycle_finished", 60)
                 proxy.delay_s = 20.0  # a hung node: one request outlives the whole test
-                wait_requests(proxy, sum(proxy.seen.values()) + 1, 30)
+                more_than = requests_seen(proxy) + 1
+                wait_for(lambda: requests_seen(proxy) > more_than, 30, "another request through the hung node")
                 daemon.send_signal(signal.SIGTERM)
                 wait_log(tmp_path / "run.log", "shutdown_requested", 10)
                 assert daemon.poll() is None  # the first signal waits for the stalled work
@@ -179,7 +182,9 @@ class TestStopsThatStop:
 
 
 class TestHaltOnWrongChain:
-    def test_endpoint_switching_chain_id_halts_alerts_and_reports_unhealthy(self, chain, tmp_path):
+    def test_endpoint_switching_chain_id_halts_alerts_and_reports_unhealthy(
+        self, chain, tmp_path, wait_log, margin_events, open_book, write_config
+    ):
         """The only endpoint starts serving chain id 999 mid-run: `run` stops acting, alerts critically, /healthz
         answers 503 "halted" while the alert is delivered, and the process exits 1 within seconds."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
@@ -189,7 +194,7 @@ class TestHaltOnWrongChain:
         try:
             with FaultProxy(chain.anvil.url) as proxy:
                 cfg = with_sections(write_config(chain, tmp_path, rpc=proxy.url), http_port=port)
-                daemon = start_daemon(cfg, tmp_path / "run.log", env={"KEEPER_ALERTS__WEBHOOK_URL": hook.url})
+                daemon = start_daemon(chain, cfg, tmp_path / "run.log", env={"KEEPER_ALERTS__WEBHOOK_URL": hook.url})
                 try:
                     wait_log(tmp_path / "run.log", "cycle_finished", 60)
                     proxy.serve(other.url)
@@ -211,7 +216,9 @@ class TestHaltOnWrongChain:
         chain.push_price("ETH", 2_500 * 10**8)  # nobody is watching any more: nothing is sent
         assert margin_events(chain, "MarginAdded") == []
 
-    def test_wrong_chain_behind_one_endpoint_is_failed_over(self, chain, tmp_path):
+    def test_wrong_chain_behind_one_endpoint_is_failed_over(
+        self, chain, tmp_path, wait_log, margin_events, open_book, write_config
+    ):
         """With a second, correct endpoint, the one that switched to chain id 999 is failed over and the keeper
         still tops up the endangered position exactly once."""
         open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
@@ -224,7 +231,7 @@ class TestHaltOnWrongChain:
                         f'rpc_urls = ["{proxy.url}"]', f'rpc_urls = ["{proxy.url}", "{chain.anvil.url}"]'
                     )
                 )
-                daemon = start_daemon(cfg, tmp_path / "run.log")
+                daemon = start_daemon(chain, cfg, tmp_path / "run.log")
                 try:
                     wait_log(tmp_path / "run.log", "cycle_finished", 60)
                     proxy.serve(other.url)
@@ -241,22 +248,19 @@ class TestHaltOnWrongChain:
         assert "serves chain id 999" in text and '"event": "keeper_halting"' not in text
         assert len(margin_events(chain, "MarginAdded")) == 1
 
-    def test_reset_chain_halts(self, tmp_path):
+    def test_reset_chain_halts(self, tmp_path, fresh_devchain, open_book, write_config, wait_log):
         """anvil_reset under a running daemon (no code at the protocol or Multicall3 any more) halts it: exit 1
         with a critical alert naming the missing code."""
-        own = DevChain(Anvil.start())
+        own = fresh_devchain  # its own anvil: the reset must not reach the worker's shared chain
+        open_book(own, reserve_e6=1_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
+        cfg = write_config(own, tmp_path)
+        daemon = start_daemon(own, cfg, tmp_path / "run.log")
         try:
-            open_book(own, reserve_e6=1_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
-            cfg = write_config(own, tmp_path)
-            daemon = start_daemon(cfg, tmp_path / "run.log")
-            try:
-                wait_log(tmp_path / "run.log", "cycle_finished", 60)
-                own.anvil.request("anvil_reset", [])
-                code = daemon.wait(30)
-            finally:
-                stop_daemon(daemon)
+            wait_log(tmp_path / "run.log", "cycle_finished", 60)
+            own.anvil.request("anvil_reset", [])
+            code = daemon.wait(30)
         finally:
-            own.anvil.stop()
+            stop_daemon(daemon)
         text = (tmp_path / "run.log").read_text()
         assert code == 1, text[-3000:]
         alert = next(

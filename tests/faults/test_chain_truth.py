@@ -10,13 +10,14 @@ import shutil
 import pytest
 from eth_account import Account
 
+from keeper.dev.reference import ANVIL_KEYS
 from keeper.errors import LaneBlocked, SenderConflict
 from keeper.tx.call import ContractCall
 from keeper.tx.journal import Journal
-from tests.tx.conftest import URGENT_KEY
 
 pytestmark = pytest.mark.chain
 
+URGENT_KEY = ANVIL_KEYS[2]  # the urgent lane of the make_manager fixture (tests/conftest.py)
 RECIPIENT = "0x" + "6b" * 20
 AMOUNT = 10**15
 STAKE_E6 = 1_000_000_000

@@ -10,10 +10,21 @@ import pytest
 
 from keeper.chain.testing import FaultProxy
 from keeper.errors import JournalBusy, JournalError
+from keeper.tx.call import ContractCall
 from keeper.tx.journal import Journal
-from tests.tx.test_manager_anvil import AMOUNT, RECIPIENT, STAKE_E6, balance, transfer
 
 HIDE = {"eth_getTransactionReceipt", "eth_getTransactionByHash"}
+RECIPIENT = "0x" + "6b" * 20
+AMOUNT = 10**15  # wei
+STAKE_E6 = 1_000_000_000  # $1,000 at stake: a fee budget far above anvil's fees
+
+
+def transfer() -> ContractCall:
+    return ContractCall(to=RECIPIENT, value_wei=AMOUNT, description="exactly-once transfer")
+
+
+def balance(anvil, address: str) -> int:
+    return int(anvil.request("eth_getBalance", [address, "latest"]), 16)
 
 
 def _mine(anvil, n: int = 1) -> None:
@@ -97,7 +108,7 @@ class TestWriterLock:
                 (
                     "import sys, time; from keeper.tx.journal import Journal; j = Journal(sys.argv[1]); "
                     "j.lock_for_sending(); print('locked', flush=True); time.sleep(60)"
-                ),
+                ),  # the holder keeps the lock, sleeping, until the test kills it
                 str(path),
             ],
             stdout=subprocess.PIPE,

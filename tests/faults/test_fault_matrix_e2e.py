@@ -19,11 +19,10 @@ import pytest
 from keeper.chain.testing import FaultProxy
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.tx.journal import Journal
-from tests.conftest import TRADER, log_lines, margin_events, open_book, wait_for, wait_log, write_config
 
 pytestmark = pytest.mark.chain
 
-ENV = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+ENV = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[1]}  # the trader of the dev chain (chain.trader_key)
 
 
 def start(cfg: Path, log_path: Path) -> subprocess.Popen:
@@ -39,7 +38,7 @@ def stop(daemon: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
     return daemon.wait(30)
 
 
-def open_safe_book(chain) -> None:
+def open_safe_book(chain, open_book) -> None:
     """The trader's ETH long and BTC short far from liquidation: nothing to do until ETH falls to $2,500."""
     open_book(chain, reserve_e6=30_000 * 10**6, eth_collateral_e6=15_000 * 10**6, btc_collateral_e6=60_000 * 10**6)
 
@@ -63,12 +62,14 @@ def remove_journal(path: Path) -> None:
 
 
 @pytest.mark.parametrize("fate", ["deleted", "restored_from_older_copy"])
-def test_journal_lost_with_a_top_up_pending_waits_for_it_and_pays_once(chain, tmp_path, fate):
+def test_journal_lost_with_a_top_up_pending_waits_for_it_and_pays_once(
+    chain, tmp_path, fate, open_book, write_config, wait_log, wait_for, log_lines, margin_events
+):
     """SIGKILL with a top-up in the mempool, then the journal is deleted (or replaced by a backup taken before the
     top-up): the restarted daemon sees a pending nonce of its key that its journal does not know, acts on nothing
     for that key until it is mined, imports it as a top-up (it counts against the day budget), and never pays
     twice."""
-    open_safe_book(chain)
+    open_safe_book(chain, open_book)
     cfg = write_config(chain, tmp_path)
     journal = tmp_path / "journal.sqlite"
     daemon = start(cfg, tmp_path / "run1.log")
@@ -117,7 +118,9 @@ def test_journal_lost_with_a_top_up_pending_waits_for_it_and_pays_once(chain, tm
         j.close()
 
 
-def test_two_daemons_on_one_journal_second_refuses_in_one_line(chain, tmp_path):
+def test_two_daemons_on_one_journal_second_refuses_in_one_line(
+    chain, tmp_path, open_book, write_config, wait_log, wait_for, log_lines, margin_events
+):
     """A second `keeper run` on a journal a running daemon holds exits non-zero with one line naming the lock."""
     open_book(chain, reserve_e6=30_000 * 10**6)
     cfg = write_config(chain, tmp_path)
@@ -143,10 +146,12 @@ def test_two_daemons_on_one_journal_second_refuses_in_one_line(chain, tmp_path):
     assert len(margin_events(chain, "MarginAdded")) == 1
 
 
-def test_one_key_on_two_journals_one_daemon_halts_and_one_top_up_lands(chain, tmp_path):
+def test_one_key_on_two_journals_one_daemon_halts_and_one_top_up_lands(
+    chain, tmp_path, open_book, write_config, wait_log, wait_for, log_lines, margin_events
+):
     """Two daemons with the same key and their own journals: the one whose nonce the other used stops sending,
     raises the critical alert and exits 1; the crash is paid for once."""
-    open_safe_book(chain)
+    open_safe_book(chain, open_book)
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a_dir.mkdir()
     b_dir.mkdir()
@@ -173,17 +178,19 @@ def test_one_key_on_two_journals_one_daemon_halts_and_one_top_up_lands(chain, tm
     assert len(margin_events(chain, "MarginAdded")) == 1
 
 
-def test_a_transaction_of_the_key_sent_elsewhere_halts_an_idle_daemon(chain, tmp_path):
+def test_a_transaction_of_the_key_sent_elsewhere_halts_an_idle_daemon(
+    chain, tmp_path, open_book, write_config, wait_log, wait_for, log_lines, margin_events
+):
     """The key signs a transaction outside the keeper (a wallet, a script, another keeper) while the daemon has
     nothing to do: at its next head poll the daemon sees a nonce it did not sign, alerts and exits 1, before any
     decision could pay twice."""
-    open_safe_book(chain)
+    open_safe_book(chain, open_book)
     cfg = write_config(chain, tmp_path)
     daemon = start(cfg, tmp_path / "run.log")
     try:
         wait_log(tmp_path / "run.log", "cycle_finished", 60)
         assert daemon.poll() is None
-        s = chain.sender(ANVIL_KEYS[TRADER])
+        s = chain.sender(chain.trader_key)
         s.wait(s.transact(chain.usd.functions.transfer(chain.addresses[0], 1)))
         assert daemon.wait(30) == 1
     finally:
@@ -194,11 +201,13 @@ def test_a_transaction_of_the_key_sent_elsewhere_halts_an_idle_daemon(chain, tmp
     assert margin_events(chain, "MarginAdded") == []
 
 
-def test_behind_a_load_balancer_with_a_lagging_backend_the_top_up_is_paid_once(chain, tmp_path):
+def test_behind_a_load_balancer_with_a_lagging_backend_the_top_up_is_paid_once(
+    chain, tmp_path, open_book, write_config, wait_log, wait_for, log_lines, margin_events
+):
     """Every other answer comes from a backend 3 blocks behind (older head, older nonce counts and state, no receipt
     yet for the newest blocks) while blocks keep coming: the crash is topped up once, with one signed attempt, and
     the journal says confirmed."""
-    open_safe_book(chain)
+    open_safe_book(chain, open_book)
     mining = threading.Event()
 
     def mine() -> None:
@@ -232,11 +241,13 @@ def test_behind_a_load_balancer_with_a_lagging_backend_the_top_up_is_paid_once(c
         j.close()
 
 
-def test_receipts_hidden_past_the_evidence_window_with_fast_blocks_pay_once(chain, tmp_path):
+def test_receipts_hidden_past_the_evidence_window_with_fast_blocks_pay_once(
+    chain, tmp_path, open_book, write_config, wait_log, wait_for, log_lines, margin_events
+):
     """Receipts answered null for 3 s while a block comes every 0.3 s (10 blocks: past the 4-block evidence window,
     the soak's seed 78): the landed top-up raised the collateral, so the daemon's "still needed" check says no and
     nothing is signed again, even though the fee accrued since leaves the position a hair below its target."""
-    open_safe_book(chain)
+    open_safe_book(chain, open_book)
     stop_mining = threading.Event()
 
     def mine() -> None:

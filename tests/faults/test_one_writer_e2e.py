@@ -10,25 +10,22 @@ import sys
 
 import pytest
 
-from keeper.dev.reference import ANVIL_KEYS
-from tests.conftest import TRADER, keeper, margin_events, open_book, wait_log, write_config
-
 pytestmark = pytest.mark.chain
 
 
-def test_check_execute_beside_daemon_refuses(chain, tmp_path):
+def test_check_execute_beside_daemon_refuses(chain, tmp_path, keeper, wait_log, margin_events, open_book, write_config):
     """A second sending process on the daemon's journal exits non-zero naming the lock; nothing extra is sent."""
     open_book(chain, reserve_e6=30_000 * 10**6)
     chain.push_price("ETH", 2_900 * 10**8)  # the daemon's first cycle tops up once
     cfg = write_config(chain, tmp_path)
-    env = {**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}
+    env = {**os.environ, "KEEPER_PRIVATE_KEY": chain.trader_key}
     with open(tmp_path / "run.log", "w") as out:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "keeper", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env
         )
     try:
         wait_log(tmp_path / "run.log", "tx_final", 60)
-        nonce = chain.w3.eth.get_transaction_count(chain.addresses[TRADER])
+        nonce = chain.w3.eth.get_transaction_count(chain.trader)
         second = keeper("check", "--config", str(cfg), "--execute", "--json")
         assert second.returncode != 0
         lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
@@ -36,9 +33,9 @@ def test_check_execute_beside_daemon_refuses(chain, tmp_path):
         assert "Traceback" not in second.stderr
         reader = keeper("check", "--config", str(cfg), "--json")
         assert reader.returncode == 0, reader.stderr
-        assert chain.w3.eth.get_transaction_count(chain.addresses[TRADER]) == nonce
+        assert chain.w3.eth.get_transaction_count(chain.trader) == nonce
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
     assert len(margin_events(chain, "MarginAdded")) == 1
-    assert ANVIL_KEYS[TRADER][2:] not in (tmp_path / "run.log").read_text() + second.stderr + second.stdout
+    assert chain.trader_key[2:] not in (tmp_path / "run.log").read_text() + second.stderr + second.stdout

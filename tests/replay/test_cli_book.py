@@ -10,20 +10,19 @@ from keeper.cli import main
 from keeper.errors import ConfigError
 from keeper.replay.book import load_book, opening_collateral_e6, parse_book
 
-from .conftest import BTC_CSV, ETH_CSV
 
-
-def test_cli_fast_writes_summary_report_and_plots(tmp_path, capsys):
-    """The CLI replays two policies and writes summary.json (issue keys, USD), report.md and PNGs."""
+def test_cli_fast_writes_summary_report_and_plots(tmp_path, capsys, crash_csv):
+    """The CLI replays two policies on the crash window and writes summary.json (issue keys, USD), report.md and
+    PNGs."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
         main(
             [
                 "replay",
                 "--prices",
-                f"ETH={ETH_CSV}",
+                f"ETH={crash_csv['ETH']}",
                 "--prices",
-                f"BTC={BTC_CSV}",
+                f"BTC={crash_csv['BTC']}",
                 "--fast",
                 "--warmup-h",
                 "6",
@@ -47,7 +46,7 @@ def test_cli_fast_writes_summary_report_and_plots(tmp_path, capsys):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_bound_adds_idle_floors(tmp_path, capsys):
+def test_cli_bound_adds_idle_floors(tmp_path, capsys, crash_csv):
     """--bound: every liquidation-free policy gets an idle floor below its own idle (none, liquidated, gets
     none), the target gets the floor at the baseline's budget, and the report says what it means."""
     out = tmp_path / "out"
@@ -56,9 +55,9 @@ def test_cli_bound_adds_idle_floors(tmp_path, capsys):
             [
                 "replay",
                 "--prices",
-                f"ETH={ETH_CSV}",
+                f"ETH={crash_csv['ETH']}",
                 "--prices",
-                f"BTC={BTC_CSV}",
+                f"BTC={crash_csv['BTC']}",
                 "--fast",
                 "--warmup-h",
                 "6",
@@ -90,20 +89,31 @@ def test_cli_bound_adds_idle_floors(tmp_path, capsys):
     assert "idle floor with" in capsys.readouterr().out
 
 
-def test_cli_bad_csv_exits_2_naming_line(tmp_path, capsys):
+def test_cli_bad_csv_exits_2_naming_line(tmp_path, capsys, ftx_csv):
     """A bad price file exits 2 with one line naming the file and line."""
     bad = tmp_path / "eth.csv"
     bad.write_text("timestamp_utc,unix_s,open,high,low,close,volume\nx,60,1,2,0.5,1,0\nx,120,1,2,zz,1,0\n")
     with pytest.raises(SystemExit) as exc:
-        main(["replay", "--prices", f"ETH={bad}", "--prices", f"BTC={BTC_CSV}", "--fast"])
+        main(["replay", "--prices", f"ETH={bad}", "--prices", f"BTC={ftx_csv['BTC']}", "--fast"])
     assert exc.value.code == 2
     assert "eth.csv:3: column 'low': cannot parse 'zz'" in capsys.readouterr().err
 
 
-def test_cli_unknown_policy_exits_2(capsys):
+def test_cli_unknown_policy_exits_2(capsys, ftx_csv):
     """An unknown policy name exits 2 listing the allowed ones."""
     with pytest.raises(SystemExit) as exc:
-        main(["replay", "--prices", f"ETH={ETH_CSV}", "--prices", f"BTC={BTC_CSV}", "--fast", "--policy", "magic"])
+        main(
+            [
+                "replay",
+                "--prices",
+                f"ETH={ftx_csv['ETH']}",
+                "--prices",
+                f"BTC={ftx_csv['BTC']}",
+                "--fast",
+                "--policy",
+                "magic",
+            ]
+        )
     assert exc.value.code == 2
     assert "allowed: none, risk" in capsys.readouterr().err
 

@@ -14,8 +14,6 @@ from keeper.replay.fast import GAS_PER_ACTION, GAS_REVERT, ReplayConfig, run_fas
 from keeper.replay.policies import parse_policy
 from keeper.replay.report import policy_costs
 
-from .conftest import BTC_CSV, ETH_CSV
-
 
 class TestFormula:
     def test_hand_computed_total(self):
@@ -98,7 +96,7 @@ class TestOnReplay:
         assert hi.total_usd - lo.total_usd == pytest.approx(lo.gas_usd)
 
 
-def test_cli_summary_has_total_cost_per_preset(tmp_path, capsys):
+def test_cli_summary_has_total_cost_per_preset(tmp_path, capsys, crash_csv):
     """summary.json holds policies[name].total_cost_usd mapping each preset to USD, and the report has the columns."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
@@ -106,9 +104,9 @@ def test_cli_summary_has_total_cost_per_preset(tmp_path, capsys):
             [
                 "replay",
                 "--prices",
-                f"ETH={ETH_CSV}",
+                f"ETH={crash_csv['ETH']}",
                 "--prices",
-                f"BTC={BTC_CSV}",
+                f"BTC={crash_csv['BTC']}",
                 "--fast",
                 "--warmup-h",
                 "6",
@@ -141,16 +139,18 @@ def test_cli_summary_has_total_cost_per_preset(tmp_path, capsys):
     assert "cost l1 $" in (out / "report.md").read_text()
 
 
-def test_cli_bad_native_exits_2(capsys):
+def test_cli_bad_native_exits_2(capsys, ftx_csv):
     """--native must name a replayed market: exit 2 with a one-line error."""
     with pytest.raises(SystemExit) as exc:
-        main(["replay", "--prices", f"ETH={ETH_CSV}", "--fast", "--native", "BTC", "--policy", "none"])
+        main(["replay", "--prices", f"ETH={ftx_csv['ETH']}", "--fast", "--native", "BTC", "--policy", "none"])
     assert exc.value.code == 2
     assert "--native" in capsys.readouterr().err
 
 
-def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path):
-    """Piped (no terminal), the replay still reports progress as plain lines ending at 100 %."""
+def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path, crash_csv):
+    """Piped (no terminal), the replay still reports progress as plain lines ending at 100 % (a real process: the
+    replay command's subprocess test). Two policies on the 14 h window: 768 rounds, progress reported at 50 % and
+    100 %."""
     import subprocess
     import sys
 
@@ -161,14 +161,16 @@ def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path):
             "keeper",
             "replay",
             "--prices",
-            f"ETH={ETH_CSV}",
+            f"ETH={crash_csv['ETH']}",
             "--prices",
-            f"BTC={BTC_CSV}",
+            f"BTC={crash_csv['BTC']}",
             "--fast",
             "--warmup-h",
             "6",
             "--policy",
             "none",
+            "--policy",
+            "fixed:12:24:48",
             "--no-plots",
             "--out",
             str(tmp_path / "o"),

@@ -90,7 +90,7 @@ class TestTiming:
 
     def test_no_look_ahead(self, ftx_bars):
         """Changing bars after a cut leaves every decision and liquidation before the cut unchanged."""
-        cut = 300  # bars
+        cut = 150  # bars: 6 h of warm-up, then 6.5 h of decisions before the cut
         short = [b.slice_time(int(b.t_s[0]), int(b.t_s[cut + 36])) for b in ftx_bars]  # 3 h of future is enough
         alt = []
         for b in short:
@@ -169,10 +169,11 @@ def test_a_policy_object_replayed_twice_starts_from_nothing(ftx_bars):
     from keeper.replay.prices import Bars
 
     book = load_book()
-    cut = [b.slice_time(int(b.t_s[0]), int(b.t_s[0]) + 30 * 3600) for b in ftx_bars]
+    start = int(ftx_bars[0].t_s[0])
+    cut = [b.slice_time(start, start + 12 * 3600) for b in ftx_bars]  # 6 h of warm-up, 6 h replayed
     assert all(isinstance(b, Bars) for b in cut)
     reused = parse_policy("risk")
-    later = [b.slice_time(int(b.t_s[0]) + 30 * 3600, int(b.t_s[-1])) for b in ftx_bars]  # another, later window
+    later = [b.slice_time(start + 28 * 3600, start + 40 * 3600) for b in ftx_bars]  # another, later window: the crash
     run_fast(book, later, [reused], CFG)
     again = run_fast(book, cut, [reused], CFG).results["risk"]
     fresh = run_fast(book, cut, [parse_policy("risk")], CFG).results["risk"]

@@ -9,8 +9,6 @@ import pytest
 from keeper.errors import InputError
 from keeper.replay.prices import SUBROUNDS_PER_BAR, bar_path, build_rounds, load_bars
 
-from .conftest import ETH_CSV
-
 HEADER = "timestamp_utc,unix_s,open,high,low,close,volume\n"
 
 
@@ -104,4 +102,3 @@ class TestIntrabarOrder:
         rounds = build_rounds(ftx_bars)
         assert len(rounds) == 4 * 576
         assert all(set(r.prices_e8) == {"ETH", "BTC"} for r in rounds)
-        assert ETH_CSV.exists()

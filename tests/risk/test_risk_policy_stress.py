@@ -29,7 +29,7 @@ def assess(p, price_e8=P_ETH, policy=NO_STRESS, sigma=0.8, interval=60.0):
 
 
 class TestPolicy:
-    def test_probability_is_the_fat_tail_formula(self):
+    def test_probability_is_the_kappa_scaled_gaussian(self):
         """breach_probability = 2 Phi(-(d - d_cost)/(kappa sigma_h)) with h = interval + latency."""
         r = assess(pos(collateral_usd=60.0))
         sig_h = 0.8 * math.sqrt(72.0 / SECONDS_PER_YEAR)

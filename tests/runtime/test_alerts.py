@@ -45,7 +45,9 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )  # shutdown() returns within one poll interval (default 0.5 s)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/SECRETTOKEN"
 

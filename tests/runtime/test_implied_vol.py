@@ -71,7 +71,7 @@ def test_url_source_over_real_http():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         now = [0.0]
         src = ImpliedVolSource(f"http://127.0.0.1:{server.server_address[1]}/iv", refresh_s=1, clock=lambda: now[0])

@@ -7,13 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from keeper.dev.reference import ANVIL_KEYS
-from tests.conftest import secret_leaks
 
 pytestmark = pytest.mark.chain
 
@@ -23,7 +21,7 @@ TRADER = 1  # anvil key index: the keeper signs for its own account
 def endangered_book(chain, tmp_path: Path) -> Path:
     """Trader long 20 ETH at 3,000 with $3k collateral, ETH pushed to 2,900: `check` plans a top-up."""
     key = ANVIL_KEYS[TRADER]
-    chain.mint(chain.addresses[TRADER], 33_000 * 10**6)
+    chain.mint(chain.trader, 33_000 * 10**6)
     chain.approve_engine(key)
     chain.open_position(key, "ETH", True, 20 * 10**18, 3_000 * 10**6)
     chain.push_price("ETH", 2_900 * 10**8)
@@ -36,7 +34,7 @@ chain_id = {chain.deployment.chain_id}
 [protocol]
 deployment = "{dep}"
 [[accounts]]
-address = "{chain.addresses[TRADER]}"
+address = "{chain.trader}"
 [limits]
 max_top_up_usd = 50000
 max_per_day_usd = 200000
@@ -48,21 +46,11 @@ format = "json"
     return path
 
 
-def wait_for_pending_tx(chain, address: str, timeout_s: float = 90) -> None:
-    """Block until the node holds a pending (unmined) transaction from ``address``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if chain.w3.eth.get_transaction_count(address, "pending") > chain.w3.eth.get_transaction_count(address):
-            return
-        time.sleep(0.05)  # polling an observable event (the node's pending nonce), not a timing guess
-    raise AssertionError("the keeper never broadcast a transaction")
-
-
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
-def test_ctrl_c_reports_sent_and_pending(chain, tmp_path, as_json):
+def test_ctrl_c_reports_sent_and_pending(chain, tmp_path, as_json, secret_leaks, wait_for):
     """SIGINT while a top-up is pending prints its intent, nonce and the hash the node holds, and exits 130."""
     cfg = endangered_book(chain, tmp_path)
-    trader = chain.addresses[TRADER]
+    trader = chain.trader
     chain.anvil.request("evm_setAutomine", [False])  # the top-up stays pending until the test mines
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")},
@@ -82,7 +70,11 @@ def test_ctrl_c_reports_sent_and_pending(chain, tmp_path, as_json):
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
-        wait_for_pending_tx(chain, trader)
+        wait_for(  # the node holds a pending (unmined) transaction from the trader
+            lambda: chain.w3.eth.get_transaction_count(trader, "pending") > chain.w3.eth.get_transaction_count(trader),
+            90,
+            "pending transaction from the trader (the keeper never broadcast one)",
+        )
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

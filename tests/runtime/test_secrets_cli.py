@@ -1,4 +1,8 @@
-"""Secrets never printed, strict config, one-line errors: keeper.redact, config validation, the CLI as a process."""
+"""Secrets never printed, strict config, one-line errors: keeper.redact, config validation, the CLI's errors.
+
+The CLI's error paths run ``keeper.cli.main`` in this process (the ``keeper_cli`` fixture: exit code, stdout and
+stderr as a process would give them); one test runs the real ``python -m keeper`` process on the same input.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,6 @@ from keeper.errors import ChainMismatchError, ConfigError, HaltError, InputError
 from keeper.redact import REDACTED, mask_data, mask_text, mask_url
 from keeper.runtime.config import known_secrets, load_config
 from keeper.runtime.logging import configure_logging
-from tests.conftest import secret_leaks
 
 KEY = ANVIL_KEYS[5]
 CRED_URL = "https://alice:s3cr3tpw@eth.example.com:8443/v2/APIKEY123456?token=QUERYTOKEN9"
@@ -44,7 +47,10 @@ address = "{TRADER}"
 """
 
 
-def keeper(tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def keeper_process(
+    tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """``python -m keeper ...`` as a real process, no ``KEEPER_*`` variable inherited, an empty dotenv file."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
     return subprocess.run(
         [sys.executable, "-m", "keeper", *args, "--env-file", str(tmp_path / "none.env")],
@@ -69,7 +75,17 @@ def config_error(tmp_path: Path, text: str, env: dict | None = None) -> str:
     return str(info.value)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+@pytest.fixture
+def keeper(keeper_cli, tmp_path):
+    """``keeper(*args, env=None)``: the CLI in this process, run from ``tmp_path`` with an empty dotenv file."""
+
+    def run(*args: str, env: dict | None = None):
+        return keeper_cli(*args, "--env-file", str(tmp_path / "none.env"), env=env, cwd=tmp_path)
+
+    return run
+
+
+def assert_one_line_error(proc, *words: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -123,9 +139,16 @@ class TestSecretsInConfigErrors:
         ],
         ids=["privatekey", "key-no-0x", "top-level-signer", "env-signer-key", "password-field"],
     )
-    def test_misspelled_secret_not_echoed(self, tmp_path, text, env):
+    def test_misspelled_secret_not_echoed(self, keeper, secret_leaks, tmp_path, text, env):
         """A key or password under a wrong field name is reported by field, exit 2, its value never printed."""
-        proc = keeper(tmp_path, "check", "--config", str(config_file(tmp_path, text)), env=env)
+        proc = keeper("check", "--config", str(config_file(tmp_path, text)), env=env)
+        assert_one_line_error(proc, "signer")
+        assert secret_leaks(proc.stderr + proc.stdout) == []
+
+    def test_misspelled_secret_not_echoed_by_the_process(self, secret_leaks, tmp_path):
+        """The same as a real `python -m keeper check` process: exit 2, one line, the key in neither stream."""
+        text = BASE + f'[signer]\nprivatekey = "{KEY}"\n'
+        proc = keeper_process(tmp_path, "check", "--config", str(config_file(tmp_path, text)))
         assert_one_line_error(proc, "signer")
         assert secret_leaks(proc.stderr + proc.stdout) == []
 
@@ -138,22 +161,22 @@ class TestSecretsInConfigErrors:
 
 
 class TestOneLineErrors:
-    def test_binary_password_file(self, tmp_path):
+    def test_binary_password_file(self, keeper, tmp_path):
         """A password file that is not UTF-8 stops at load with one line and exit 2 (no UnicodeDecodeError)."""
         ks = tmp_path / "ks.json"
         ks.write_text(json.dumps(Account.encrypt(KEY, "keystore-pw-7f3a", kdf="pbkdf2", iterations=2)))
         pw = tmp_path / "pw.bin"
         pw.write_bytes(b"\xff\xfe\x00\x81binary")
         text = BASE.replace("dry_run = true", "") + f'[signer]\nkeystore = "{ks}"\npassword_file = "{pw}"\n'
-        proc = keeper(tmp_path, "check", "--config", str(config_file(tmp_path, text)))
+        proc = keeper("check", "--config", str(config_file(tmp_path, text)))
         assert_one_line_error(proc, "password_file", "not UTF-8")
 
-    def test_signer_not_a_table(self, tmp_path):
+    def test_signer_not_a_table(self, keeper, tmp_path):
         """`signer = 5` is a config error naming the field, exit 2 (no TypeError)."""
-        proc = keeper(tmp_path, "check", "--config", str(config_file(tmp_path, "signer = 5\n" + BASE)))
+        proc = keeper("check", "--config", str(config_file(tmp_path, "signer = 5\n" + BASE)))
         assert_one_line_error(proc, "signer", "must be a [signer] table")
 
-    def test_http_port_in_use_before_journal(self, tmp_path):
+    def test_http_port_in_use_before_journal(self, keeper, tmp_path):
         """`run` with its HTTP port taken exits 2 with one line before the journal file is created."""
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
@@ -161,7 +184,7 @@ class TestOneLineErrors:
             port = busy.getsockname()[1]
             journal = tmp_path / "j" / "journal.sqlite"
             text = BASE + f'[journal]\npath = "{journal}"\n[http]\nport = {port}\n'
-            proc = keeper(tmp_path, "run", "--config", str(config_file(tmp_path, text)))
+            proc = keeper("run", "--config", str(config_file(tmp_path, text)))
         assert_one_line_error(proc, f"http.port {port}", "already in use")
         assert not journal.exists() and not journal.parent.exists()
 
@@ -234,7 +257,7 @@ class TestLogRouting:
                 root.removeHandler(h)
         root.setLevel(logging.WARNING)
 
-    def test_third_party_logger_is_json_and_redacted(self):
+    def test_third_party_logger_is_json_and_redacted(self, secret_leaks):
         """An APScheduler/urllib3 warning becomes one JSON line, key, URL credentials and known secrets masked."""
         stream = io.StringIO()
         configure_logging("json", "info", stream=stream, known_secrets=["keystore-pw-7f3a"])
@@ -273,7 +296,7 @@ class TestLogRouting:
         assert "s3cr3tpw" not in text and "APIKEY123456" not in text and "alice" not in text
 
 
-def test_scanner_detects_each_secret_kind():
+def test_scanner_detects_each_secret_kind(secret_leaks):
     """The autouse output scanner recognises a dev key (with and without 0x), a test password and URL userinfo."""
     assert secret_leaks(f"x {ANVIL_KEYS[2]} y") == ["anvil key #2"]
     assert secret_leaks(ANVIL_KEYS[0][2:].upper()) == ["anvil key #0"]

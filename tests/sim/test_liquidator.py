@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from keeper.domain import NOTIONAL_DIVISOR
@@ -73,14 +71,12 @@ class TestSweep:
         assert chain.position(a, "ETH")[0]
 
 
-def test_background_thread_liquidates_on_new_block(chain):
+def test_background_thread_liquidates_on_new_block(chain, wait_for):
     """Started as a thread, the bot liquidates a position made liquidatable by a price push it did not see coming."""
     a, b = _open_pair(chain)
     bot = LiquidatorBot(chain.anvil.url, chain.deployment, chain.keys[3], accounts=[a, b], poll_interval_s=0.02)
     with bot:
         chain.push_price("ETH", _liq_price_e8(chain, b) - 10**8)  # both past the boundary
-        deadline = time.monotonic() + 20
-        while bot.count < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: bot.count >= 2, 20, "two liquidations by the bot's thread")
     assert sorted(x.account for x in bot.liquidations) == sorted([a, b])
     assert bot.errors == 0

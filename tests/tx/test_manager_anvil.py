@@ -13,6 +13,8 @@ from keeper.dev.reference import ANVIL_KEYS
 from keeper.tx.call import ContractCall
 from keeper.tx.fees import GWEI, FeePolicy
 
+pytestmark = pytest.mark.chain  # every test here starts its own anvil (the ``anvil`` fixture)
+
 URGENT_KEY, ROUTINE_KEY = ANVIL_KEYS[2], ANVIL_KEYS[4]
 
 RECIPIENT = "0x" + "5a" * 20

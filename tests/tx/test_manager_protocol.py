@@ -118,7 +118,7 @@ CHILD = textwrap.dedent(
     print("SENT", rec.nonce, flush=True)
     if mode == "after_mined":  # automine: mined at broadcast; killed before any poll saw the receipt
         die()
-    time.sleep(60)
+    time.sleep(60)  # stay alive, the transaction pending, until the test kills this process
 """
 )
 
