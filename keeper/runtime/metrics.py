@@ -90,12 +90,12 @@ class KeeperMetrics:
     # ---- recording helpers (the daemon calls these; each is one line at the call site) ----------------
 
     def observe_position(
-        self, account: str, market: str, *, breach_probability: float, distance: float, collateral_e6: int
+        self, account: str, market: str, *, breach_probability: float, log_distance: float, collateral_e6: int
     ) -> None:
         labels = (account.lower(), str(market))
         self._positions.add(labels)
         self.breach_probability.labels(*labels).set(breach_probability)
-        self.distance_to_liquidation.labels(*labels).set(distance)
+        self.distance_to_liquidation.labels(*labels).set(log_distance)
         self.collateral_usd.labels(*labels).set(collateral_e6 / 1e6)
 
     def forget_positions_except(self, live: set[tuple[str, str]]) -> None:

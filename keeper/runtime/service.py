@@ -713,7 +713,7 @@ class KeeperService:
                 r.position.account,
                 symbol,
                 breach_probability=r.breach_probability,
-                distance=r.log_distance,
+                log_distance=r.log_distance,
                 collateral_e6=r.position.collateral_e6,
             )
         self.metrics.forget_positions_except(

@@ -116,7 +116,7 @@ class TransactionManager:
         lanes: Sequence[Lane],
         fee_policy: FeePolicy | None = None,
         *,
-        confirmations: int = 2,
+        confirmations: int = 1,
         dedupe_window_s: float = 120.0,
         still_needed: StillNeeded | None = None,
         error_decoder: ErrorDecoder | None = None,

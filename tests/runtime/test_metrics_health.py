@@ -36,7 +36,7 @@ class TestMetrics:
     def test_own_registry_and_values(self):
         """Two KeeperMetrics do not share state; recorded values read back exactly."""
         a, b = KeeperMetrics(), KeeperMetrics()
-        a.observe_position(ACCOUNT, "ETH", breach_probability=2e-3, distance=0.04, collateral_e6=1_234_500_000)
+        a.observe_position(ACCOUNT, "ETH", breach_probability=2e-3, log_distance=0.04, collateral_e6=1_234_500_000)
         a.count_action("top_up", "confirmed")
         a.count_action("top_up", "confirmed")
         a.add_gas(60_000, 3 * 10**15)
@@ -53,8 +53,8 @@ class TestMetrics:
     def test_forget_closed_positions(self):
         """Series of positions that disappeared are removed; live ones stay."""
         m = KeeperMetrics()
-        m.observe_position(ACCOUNT, "ETH", breach_probability=0.1, distance=0.01, collateral_e6=1)
-        m.observe_position(ACCOUNT, "BTC", breach_probability=0.1, distance=0.01, collateral_e6=1)
+        m.observe_position(ACCOUNT, "ETH", breach_probability=0.1, log_distance=0.01, collateral_e6=1)
+        m.observe_position(ACCOUNT, "BTC", breach_probability=0.1, log_distance=0.01, collateral_e6=1)
         m.forget_positions_except({(ACCOUNT, "BTC")})
         assert m.value("keeper_position_distance_to_liquidation", {"account": ACCOUNT.lower(), "market": "ETH"}) is None
         assert m.value("keeper_position_distance_to_liquidation", {"account": ACCOUNT.lower(), "market": "BTC"}) == 0.01
