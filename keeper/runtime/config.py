@@ -278,6 +278,9 @@ class RiskConfig(_Model):
     min_action_usd: Decimal = Field(default=Decimal(_DEFAULT_POLICY.min_action_e6) / 10**6, ge=0)
     sigma_floor_annual: float = Field(default=_DEFAULT_POLICY.sigma_floor_annual, ge=0, le=20)
     sigma_fallback_annual: float = Field(default=_DEFAULT_POLICY.sigma_fallback_annual, gt=0, le=20)
+    stress_tail_probability: float | None = Field(default=None, gt=0, lt=1)
+    # market symbol -> CSV of years of its bars: the stress gap's long-history tail (keeper/runtime/long_history.py)
+    long_history: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("min_action_usd")
     @classmethod
@@ -299,7 +302,7 @@ class RiskConfig(_Model):
         return self
 
     def to_policy(self) -> RiskPolicy:
-        data = self.model_dump()
+        data = self.model_dump(exclude={"long_history"})
         data["min_action_e6"] = _usd_to_e6(data.pop("min_action_usd"))
         return RiskPolicy(**data)
 

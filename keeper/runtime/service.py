@@ -53,6 +53,7 @@ from keeper.runtime.alerts import AlertSink, alert_from_action, gas_alert, top_u
 from keeper.runtime.config import KeeperConfig
 from keeper.runtime.health import HealthState
 from keeper.runtime.implied_vol import ImpliedVolSource
+from keeper.runtime.long_history import load_long_tails
 from keeper.runtime.metrics import KeeperMetrics
 from keeper.runtime.scheduler import HeadNews
 from keeper.runtime.volatility_cache import VolatilityCache
@@ -135,6 +136,9 @@ class KeeperService:
                 timeout_s=config.implied_vol.timeout_s,
             )
             self.implied_vol.load()  # a bad source is a configuration error, found at start
+        self.long_tails = load_long_tails(
+            config.risk.long_history, clock(), self.policy.stress_tail_probability or self.policy.p_trigger
+        )  # a missing or short history file is a configuration error, found at start
 
     # ---- construction ----------------------------------------------------------------------------
 
@@ -470,11 +474,13 @@ class KeeperService:
                     log.info("implied_vol_floor", market_id=mid, history_sigma=round(sigmas[mid], 4), implied=implied)
                 sigmas[mid] = implied
             rounds = self.vol.rounds(mid)
+            market = snap.markets.get(mid)
             gap = self.policy.estimate_stress_gap(
                 [r.updated_at_s for r in rounds],
                 [r.price_e8 for r in rounds],
                 self.check_interval_s,
                 now_s=snap.block_timestamp,
+                long_tail=self.long_tails.get(market.symbol.upper()) if market is not None else None,
             )
             gaps[mid] = gap.side_gaps
             if gap.fallback_reason and new_round:

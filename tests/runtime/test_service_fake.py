@@ -163,3 +163,40 @@ def test_position_lines_carry_bound_context(fake, fake_config):
         service.close()
     (line,) = [e for e in logs if e["event"] == "position_decision"]
     assert (line["chain_id"], line["account"], line["market_id"], line["market"]) == (31337, TRADER.lower(), 0, "ETH")
+
+
+def _write_history(path, bars: int, scale: float, end_s: int) -> str:
+    """Hourly bars of a Student-t(3) walk ending before ``end_s`` (the replay's CSV format)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    close = 3_000.0 * np.exp(np.cumsum(scale * rng.standard_t(3, bars)))
+    rows = ["timestamp_utc,unix_s,open,high,low,close,volume"]
+    rows += [f"x,{end_s - 3600 * (bars - i)},{c:.4f},{c:.4f},{c:.4f},{c:.4f},1" for i, c in enumerate(close, start=0)]
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_long_history_tail_floors_the_stress_gap_and_a_bad_file_stops_the_start(fake, fake_config, tmp_path):
+    """[risk.long_history] ETH = years of violent hourly bars: the ETH stress gap rises to the tail's one-round move
+    (calm recent rounds alone give the floor); a missing file is a one-line ConfigError naming the field."""
+    from keeper.errors import ConfigError
+
+    open_long(fake, 30_000 * 10**6)
+    cfg = fake_config()
+    plain = service_for(fake, cfg)
+    history = _write_history(tmp_path / "eth_1h.csv", 5_000, 0.05, fake.block_timestamp)
+    with_tail = cfg.model_copy(update={"risk": cfg.risk.model_copy(update={"long_history": {"ETH": history}})})
+    tailed = service_for(fake, with_tail)
+    snap, _ = tailed.read()
+    _, gaps_plain = plain.estimate(snap)
+    _, gaps_tail = tailed.estimate(snap)
+    horizon_s = tailed.policy.horizon_s(tailed.check_interval_s)
+    fall, _ = tailed.long_tails["ETH"].side_gaps(cfg.risk.p_trigger, horizon_s, 60.0)  # the feed: a round a minute
+    assert gaps_plain[0].down == pytest.approx(cfg.risk.stress_floor)
+    assert gaps_tail[0].down == pytest.approx(min(fall, cfg.risk.stress_cap)) and gaps_tail[0].down > 0.1
+
+    missing = cfg.model_copy(update={"risk": cfg.risk.model_copy(update={"long_history": {"ETH": "/no/such.csv"}})})
+    with pytest.raises(ConfigError) as err:
+        service_for(fake, missing)
+    assert err.value.field == "risk.long_history.ETH" and "\n" not in str(err.value)
