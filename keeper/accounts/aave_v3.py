@@ -22,9 +22,9 @@ Every function mirrors the contract it names, rounding included (sources under
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from keeper.accounts.base import BPS, Leg, LegKind, MarginAccount
+from keeper.accounts.base import ADD_COLLATERAL, BPS, REPAY_DEBT, ActionOption, Leg, LegKind, MarginAccount
 
 RAY = 10**27
 HALF_RAY = RAY // 2
@@ -340,11 +340,20 @@ def margin_account(account: AaveAccount, market: Market, block_number: int = 0) 
                     cfg.decimals,
                     lt,
                     key,
+                    reserve.liquidity_rate_ray / RAY,
                 )
             )
         if ur.borrowing:
             legs.append(
-                Leg(ur.asset, LegKind.DEBT, ur.debt_balance(reserve, market.timestamp_s), cfg.decimals, BPS, key)
+                Leg(
+                    ur.asset,
+                    LegKind.DEBT,
+                    ur.debt_balance(reserve, market.timestamp_s),
+                    cfg.decimals,
+                    BPS,
+                    key,
+                    reserve.variable_borrow_rate_ray / RAY,
+                )
             )
     return MarginAccount("aave-v3", account.user, tuple(legs), block_number)
 
@@ -612,8 +621,119 @@ def liquidation_outcome(
     return Liquidation(close, actual, coll - fee, fee)
 
 
+# ---- the rules the protocol-neutral decision asks for (keeper.accounts.base.AccountRules) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class AaveRules:
+    """Aave v3's exact rules over one read (accounts keyed by lower-case address), for
+    :func:`keeper.decision.decide_accounts`. ``symbols`` (asset -> symbol) only names assets in the reasons."""
+
+    accounts: Mapping[str, AaveAccount]
+    market: Market
+    symbols: Mapping[str, str] = field(default_factory=dict)
+    protocol: str = "aave-v3"
+
+    def _acct(self, account: str) -> AaveAccount:
+        return self.accounts[account.lower()]
+
+    def _name(self, asset: str) -> str:
+        return self.symbols.get(asset, asset)
+
+    def health(self, account: str) -> int:
+        return health_factor(self._acct(account), self.market)
+
+    def liquidatable(self, account: str) -> bool:
+        return is_liquidatable(self._acct(account), self.market)
+
+    def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
+        return margin_account(self._acct(account), self.market, block_number)
+
+    def options(
+        self, account: str, survive_prices_e8: Mapping[str, int], wallet: Mapping[str, int], budget_e6: int
+    ) -> tuple[list[ActionOption], list[str]]:
+        acct = self._acct(account)
+        stressed = replace(self.market, prices_e8={**self.market.prices_e8, **survive_prices_e8})
+        held = {a: q for a, q in wallet.items() if q > 0 and a in self.market.reserves}
+        if not held:
+            return [], ["the keeper's wallet holds none of the pool's assets"]
+        out: list[ActionOption] = []
+        why: list[str] = []
+        for asset, q in sorted(held.items()):
+            unit = 10 ** self.market.reserves[asset].config.decimals
+            price = asset_price(acct, self.market, asset)  # today's price: what the action costs
+            budget_units = budget_e6 * 100 * unit // price if price > 0 else 0
+            name = self._name(asset)
+            for kind, blocker, fn in (
+                (ADD_COLLATERAL, supply_blocker, min_supply),
+                (REPAY_DEBT, repay_blocker, min_repay),
+            ):
+                verb = "supply" if kind == ADD_COLLATERAL else "repay"
+                blocked = blocker(acct, self.market, asset)
+                if blocked is not None:
+                    why.append(f"{verb} {name}: {blocked.replace(asset, name)}")
+                    continue
+                need = fn(acct, stressed, asset, HF_LIQUIDATION_THRESHOLD)
+                if need == 0:
+                    continue
+                cap = min(q, budget_units)
+                if kind == REPAY_DEBT:
+                    ur = acct.reserve(asset)
+                    debt = ur.debt_balance(self.market.reserves[asset], self.market.timestamp_s) if ur else 0
+                    cap = min(cap, debt)
+                reaches = need is not None and need <= cap
+                amount = need if reaches and need is not None else cap
+                if not reaches:
+                    if need is None:
+                        why.append(
+                            f"{verb} {name}: even the whole {'debt' if kind == REPAY_DEBT else 'wallet'} "
+                            "does not survive the move"
+                        )
+                    elif need > q:
+                        why.append(f"{verb} {name}: needs {need} units, the wallet holds {q}")
+                    else:
+                        why.append(
+                            f"{verb} {name}: needs ${need * price // unit / 1e8:,.2f}, over the cap of "
+                            f"${budget_e6 / 1e6:,.2f}"
+                        )
+                if amount <= 0:
+                    continue
+                after = after_top_up(
+                    acct,
+                    stressed,
+                    asset,
+                    add_collateral=amount if kind == ADD_COLLATERAL else 0,
+                    repay=amount if kind == REPAY_DEBT else 0,
+                    enable_collateral=kind == ADD_COLLATERAL,
+                )
+                out.append(
+                    ActionOption(
+                        kind, asset, amount, amount * price // unit // 100, reaches, health_factor(after, stressed)
+                    )
+                )
+        return out, why
+
+    def value_at_stake_e6(self, account: str) -> int:
+        """The liquidator's bonus on the closable debt (close factor x debt x (bonus - 1)), largest pair, USD e6."""
+        acct = self._acct(account)
+        best = 0
+        colls = [r.asset for r in acct.reserves if r.using_as_collateral]
+        debts = [r.asset for r in acct.reserves if r.borrowing]
+        for c in colls:
+            for d in debts:
+                out = liquidation_outcome(acct, self.market, c, d)
+                price_c = asset_price(acct, self.market, c)
+                unit_c = 10 ** self.market.reserves[c].config.decimals
+                seized = (out.collateral_to_liquidator + out.protocol_fee_collateral) * price_c // unit_c
+                price_d = asset_price(acct, self.market, d)
+                repaid = out.debt_covered * price_d // 10 ** self.market.reserves[d].config.decimals
+                best = max(best, (seized - repaid) // 100)
+        return best
+
+
 __all__ = [
     "AaveAccount",
+    "AaveRules",
     "AccountData",
     "EModeCategory",
     "Liquidation",

@@ -1,0 +1,222 @@
+"""Margin accounts in the core: account risk (closed form, screen, Monte Carlo) and the account decision."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keeper.accounts.aave_v3 import (
+    RAY,
+    WAD,
+    AaveAccount,
+    AaveRules,
+    Market,
+    ReserveState,
+    UserReserve,
+    decode_reserve_configuration,
+    health_factor,
+    margin_account,
+)
+from keeper.decision import AccountBookState, decide_accounts
+from keeper.domain import AccountActionKind
+from keeper.planner import PlanLimits
+from keeper.risk.accounts import account_breach_mc, assess_account
+from keeper.risk.montecarlo import PathModel, simulate_paths
+from keeper.risk.policy import RiskPolicy, fat_tail_probability, sigma_horizon
+
+POLICY = RiskPolicy(stress_window_s=0.0)
+LIMITS = PlanLimits.from_policy(POLICY, max_per_tx_e6=50_000 * 10**6, max_per_day_e6=200_000 * 10**6)
+PRICES = {"WETH": 3_000 * 10**8, "WBTC": 60_000 * 10**8, "USDC": 10**8}
+SIGMAS = {"WETH": 0.8, "WBTC": 0.6, "USDC": 0.01}
+SYMBOLS = {a: a for a in PRICES}
+
+
+def _bitmap(ltv: int, lt: int, bonus: int, decimals: int, *, frozen: bool = False, paused: bool = False) -> int:
+    return ltv | lt << 16 | bonus << 32 | decimals << 48 | 1 << 56 | int(frozen) << 57 | 1 << 58 | int(paused) << 60
+
+
+def _market(*, frozen: frozenset[str] = frozenset(), paused: frozenset[str] = frozenset(), borrow_rate=0.0) -> Market:
+    params = {"WETH": (8000, 8250, 10500, 18), "WBTC": (7300, 7800, 10500, 8), "USDC": (7700, 8000, 10450, 6)}
+    reserves = {}
+    for rid, (asset, (ltv, lt, bonus, dec)) in enumerate(params.items()):
+        cfg = decode_reserve_configuration(
+            _bitmap(ltv, lt, bonus, dec, frozen=asset in frozen, paused=asset in paused) | 1000 << 152
+        )
+        reserves[asset] = ReserveState(asset, cfg, RAY, 0, RAY, int(borrow_rate * RAY), 0, rid)
+    return Market(reserves, dict(PRICES), {}, 0)
+
+
+def _account(user: str, weth: float = 10.0, usdc_debt: float = 22_000.0, wbtc: float = 0.0) -> AaveAccount:
+    reserves = [UserReserve("WETH", int(weth * 10**18), 0, 0, True, False)]
+    if wbtc:
+        reserves.append(UserReserve("WBTC", int(wbtc * 10**8), 0, 0, True, False))
+    reserves.append(UserReserve("USDC", 0, int(usdc_debt * 10**6), 0, False, True))
+    return AaveAccount(user, 0, tuple(reserves))
+
+
+def _decide(accounts, market, wallet, **state_kw):
+    rules = AaveRules({a.user.lower(): a for a in accounts}, market, SYMBOLS)
+    views = [margin_account(a, market) for a in accounts]
+    return decide_accounts(
+        views,
+        rules,
+        AccountBookState(wallet=wallet, symbols=SYMBOLS, **state_kw),
+        prices_e8=market.prices_e8,
+        sigmas_annual=SIGMAS,
+        policy=POLICY,
+        limits=LIMITS,
+        check_interval_s=60.0,
+    )
+
+
+class TestAccountRisk:
+    def test_one_factor_liquidation_price_is_the_aave_formula(self):
+        """10 WETH against 12,692.307692 USDC at LT 82.5 %: liquidation price $1,538.46 (D 1e4 / (LT q))."""
+        market = _market()
+        view = margin_account(_account("t", 10.0, 12_692.307692), market)
+        r = assess_account(view, PRICES, SIGMAS, POLICY, 60.0)
+        assert r.method == "closed_form" and r.dominant_asset == "WETH"
+        # the single-collateral closed form P* = D 1e4 10^dec / (LT q) (Aave's own figures); 1e-8 relative
+        assert r.liquidation_price_e8 == pytest.approx(153_846_153_840, rel=1e-8)
+
+    def test_one_factor_probability_is_the_fat_tail_barrier(self):
+        """The closed form equals 2 Phi(-d/(kappa sigma_h)) at the account's own log-distance to liquidation."""
+        market = _market()
+        view = margin_account(_account("t", 10.0, 22_000.0), market)
+        r = assess_account(view, PRICES, SIGMAS, POLICY, 60.0)
+        d = math.log(3_000 / (22_000 / (10 * 0.825)))
+        expected = float(fat_tail_probability(d, sigma_horizon(0.8, POLICY.horizon_s(60.0)), POLICY.kappa))
+        assert r.log_distance == pytest.approx(d, rel=1e-9)
+        assert r.breach_probability == pytest.approx(expected, rel=1e-9)
+
+    @settings(max_examples=40, deadline=None)
+    @given(weth=st.floats(5.0, 30.0), extra=st.floats(0.01, 10.0), debt=st.floats(5_000.0, 30_000.0))
+    def test_more_collateral_never_raises_the_breach_probability(self, weth, extra, debt):
+        """Adding WETH collateral never raises the account's breach probability."""
+        market = _market()
+        before = assess_account(margin_account(_account("t", weth, debt), market), PRICES, SIGMAS, POLICY, 60.0)
+        after = assess_account(margin_account(_account("t", weth + extra, debt), market), PRICES, SIGMAS, POLICY, 60.0)
+        assert after.breach_probability <= before.breach_probability + 1e-15
+
+    def test_interest_accrual_is_a_drift_that_raises_the_probability(self):
+        """A 300 %/yr borrow rate (debt grows) makes the same account riskier over the horizon."""
+        calm = assess_account(margin_account(_account("t"), _market()), PRICES, SIGMAS, POLICY, 300.0)
+        market = _market(borrow_rate=3.0)
+        accruing = assess_account(margin_account(_account("t"), market), PRICES, SIGMAS, POLICY, 300.0)
+        assert accruing.drift_usd_per_year == pytest.approx(-22_000 * 3.0)
+        assert accruing.breach_probability > calm.breach_probability
+
+    def test_two_factors_use_the_screen_and_monte_carlo_agrees(self):
+        """WETH + WBTC collateral: screen (kappa 1) within 25 % of correlated Gaussian Monte Carlo at p ~ 1e-2."""
+        policy = RiskPolicy(kappa=1.0, stress_window_s=0.0, check_interval_max_s=3600.0)
+        market = _market()
+        view = margin_account(_account("t", 5.0, 35_150.0, wbtc=0.5), market)
+        corr = {("WETH", "WBTC"): 0.7}
+        r = assess_account(view, PRICES, SIGMAS, policy, 3600.0, correlation=corr)
+        assert r.method == "screen" and 1e-3 < r.breach_probability < 0.2
+        model = PathModel(sigma_annual=(0.8, 0.6), corr=((1.0, 0.7), (0.7, 1.0)))
+        paths = simulate_paths(model, r.horizon_s, 240, 40_000, np.random.default_rng(3), keep_paths=True)
+        p_mc, se = account_breach_mc(paths, ["WETH", "WBTC"], view, PRICES)
+        # screen: continuous monitoring of a linearised M; MC: 240 grid checks of the exact linear M
+        assert p_mc == pytest.approx(r.breach_probability, rel=0.25), (p_mc, se, r.breach_probability)
+
+    def test_survive_move_is_down_for_collateral_and_past_the_stress_gap(self):
+        """The move to survive takes WETH down by at least twice its 12 % stress gap and leaves USDC alone."""
+        view = margin_account(_account("t"), _market())
+        r = assess_account(view, PRICES, SIGMAS, POLICY, 60.0)
+        assert r.survive_prices_e8["USDC"] == PRICES["USDC"]
+        assert r.survive_prices_e8["WETH"] <= PRICES["WETH"] * math.exp(-0.24) + 1
+
+
+class TestAccountDecision:
+    def test_debt_only_wallet_repays_enough_to_survive(self):
+        """A wallet of USDC repays; after the repay the exact HF at the move to survive is >= 1."""
+        market = _market()
+        acct = _account("0xa")
+        out = _decide([acct], market, {"USDC": 10**12})
+        (action,) = out.onchain_actions
+        assert action.kind is AccountActionKind.REPAY_DEBT and action.asset == "USDC"
+        d = out.decision("0xa")
+        assert d is not None and d.band == "trigger" and "repay" in d.reason
+        risk = out.risks[0]
+        from keeper.accounts.aave_v3 import after_top_up
+
+        stressed = market.with_price("WETH", risk.survive_prices_e8["WETH"])
+        assert health_factor(after_top_up(acct, stressed, "USDC", repay=action.amount), stressed) >= WAD
+        assert health_factor(after_top_up(acct, stressed, "USDC", repay=action.amount - 1), stressed) < WAD
+
+    def test_collateral_only_wallet_supplies(self):
+        """A wallet of WETH supplies WETH on behalf."""
+        out = _decide([_account("0xa")], _market(), {"WETH": 10**24})
+        (action,) = out.onchain_actions
+        assert action.kind is AccountActionKind.ADD_COLLATERAL and action.asset == "WETH"
+
+    def test_both_in_wallet_picks_the_cheaper(self):
+        """With both, the repay is chosen and it costs less than the supply that would also survive."""
+        market = _market()
+        both = _decide([_account("0xa")], market, {"WETH": 10**24, "USDC": 10**12})
+        supply = _decide([_account("0xa")], market, {"WETH": 10**24})
+        (chosen,) = both.onchain_actions
+        assert chosen.kind is AccountActionKind.REPAY_DEBT
+        assert chosen.cost_e6 < supply.onchain_actions[0].cost_e6
+
+    def test_empty_wallet_alerts_with_the_cause(self):
+        """Nothing to pay with: one alert that says the wallet holds none of the pool's assets."""
+        out = _decide([_account("0xa")], _market(), {})
+        assert not out.onchain_actions
+        (alert,) = out.actions
+        assert alert.kind is AccountActionKind.ALERT and "holds none of the pool's assets" in alert.reason
+
+    def test_frozen_collateral_reserve_is_not_supplied_and_the_alert_says_why(self):
+        """WETH frozen and only WETH in the wallet: no supply; the alert names the frozen reserve (code 28)."""
+        out = _decide([_account("0xa")], _market(frozen=frozenset({"WETH"})), {"WETH": 10**24})
+        assert not out.onchain_actions
+        assert "frozen" in out.actions[0].reason and "28" in out.actions[0].reason
+
+    def test_stale_price_source_is_danger(self):
+        """A safe account whose WETH source is stale is in the trigger band, with the staleness in the reason."""
+        out = _decide([_account("0xa", 10.0, 5_000.0)], _market(), {"USDC": 10**12}, stale_assets={"WETH": 7_200})
+        d = out.decision("0xa")
+        assert d is not None and d.band == "trigger" and "stale" in d.reason and d.stale_assets == ("WETH",)
+        safe = _decide([_account("0xa", 10.0, 5_000.0)], _market(), {"USDC": 10**12}).decision("0xa")
+        assert safe is not None and safe.band == "hold"
+
+    def test_per_transaction_cap_sends_what_it_can_and_alerts(self):
+        """Under a $500 cap the repay is $500 (not the full need) and an alert says the cap is short."""
+        limits = PlanLimits.from_policy(POLICY, max_per_tx_e6=500 * 10**6, max_per_day_e6=1_000 * 10**6)
+        rules = AaveRules({"0xa": _account("0xa")}, _market(), SYMBOLS)
+        out = decide_accounts(
+            [margin_account(_account("0xa"), _market())],
+            rules,
+            AccountBookState(wallet={"USDC": 10**12}, symbols=SYMBOLS),
+            prices_e8=PRICES,
+            sigmas_annual=SIGMAS,
+            policy=POLICY,
+            limits=limits,
+            check_interval_s=60.0,
+        )
+        (action,) = out.onchain_actions
+        assert action.cost_e6 <= 500 * 10**6 and action.amount == 500 * 10**6
+        assert any(a.kind is AccountActionKind.ALERT and "cap" in a.reason for a in out.actions)
+
+    def test_watch_only_account_is_alerted_not_acted_on(self):
+        """A watch-only endangered account gets an alert and no transaction."""
+        out = _decide([_account("0xa")], _market(), {"USDC": 10**12}, watch_only=frozenset({"0xa"}))
+        assert not out.onchain_actions and "watch-only" in out.actions[0].reason
+
+    def test_safe_account_holds(self):
+        """A conservatively levered account is left alone with the reason saying so."""
+        out = _decide([_account("0xa", 10.0, 3_000.0)], _market(), {"USDC": 10**12})
+        d = out.decision("0xa")
+        assert d is not None and d.band == "hold" and d.action == "none" and "hold" in d.reason
+
+    def test_wallet_is_shared_in_order_of_expected_loss(self):
+        """Two endangered accounts and USDC for one: the bigger expected loss is served first."""
+        small, big = _account("0xs", 1.0, 2_200.0), _account("0xb", 100.0, 220_000.0)
+        one = _decide([big], _market(), {"USDC": 10**12}).onchain_actions[0]
+        out = _decide([small, big], _market(), {"USDC": one.amount})
+        assert [a.account for a in out.onchain_actions] == ["0xb"]
