@@ -21,6 +21,7 @@ the tests call it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -133,7 +134,12 @@ def _risk_words(r: AccountRisk, state: AccountBookState, p_trigger: float) -> st
     words = f"breach {r.breach_probability:.1e} {cmp} trigger {p_trigger:.0e} within {_minutes(r.horizon_s)}"
     if r.liquidation_price_e8:
         words += f" ({name} liquidation price {_price(r.liquidation_price_e8)}"
-        words += f", {r.log_distance:.1%} away)" if r.log_distance != float("inf") else ")"
+        if math.isfinite(r.log_distance):
+            falls = r.gradient_usd.get(r.dominant_asset, 0.0) > 0  # collateral: liquidated by a fall
+            move = -math.expm1(-r.log_distance) if falls else math.expm1(r.log_distance)
+            words += f", {'a fall' if falls else 'a rise'} of {move:.1%})"
+        else:
+            words += ")"
     if r.method != "closed_form":
         words += f" [{r.method}]"
     return words
@@ -266,7 +272,10 @@ def decide_accounts(
         if budget < limits.max_per_tx_e6:
             causes.append(f"day budget: {_usd(day_left / 1e6)} left of {_usd(limits.max_per_day_e6 / 1e6)}")
         if chosen is None:
-            text = f"{words}; must survive {survive}: cannot act: " + "; ".join(causes or ["no option"])
+            if causes:
+                text = f"{words}; must survive {survive}: cannot act: " + "; ".join(causes)
+            else:  # endangered only by a stale source: the last known prices ask for nothing
+                text = f"{words}: no supply or repay is needed at the last known prices; alert"
             actions.append(alert(r, text, urgent))
             decisions[key] = base(r, "trigger", "alert", text, short_causes=tuple(causes), blocked=tuple(why_not))
             continue

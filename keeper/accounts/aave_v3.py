@@ -635,7 +635,12 @@ class AaveRules:
     protocol: str = "aave-v3"
 
     def _acct(self, account: str) -> AaveAccount:
-        return self.accounts[account.lower()]
+        found = self.accounts.get(account) or self.accounts.get(account.lower())
+        if found is None:
+            found = next((a for k, a in self.accounts.items() if k.lower() == account.lower()), None)
+        if found is None:
+            raise KeyError(f"account {account} was not read")
+        return found
 
     def _name(self, asset: str) -> str:
         return self.symbols.get(asset, asset)

@@ -90,7 +90,8 @@ class ActionOption:
 class AccountRules(Protocol):
     """A protocol's exact rules for its accounts, as the decision needs them (pure; Aave: ``AaveRules``)."""
 
-    protocol: str
+    @property
+    def protocol(self) -> str: ...
 
     def health(self, account: str) -> int:
         """The protocol's own safety figure for ``account`` now (Aave: health factor, wad)."""

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
+from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load, require_position_protocol
 from keeper.redact import mask_data
 from keeper.runtime.config import SECRET_FIELDS
 from keeper.runtime.service import CycleReport, KeeperService
@@ -114,6 +114,7 @@ def one_cycle(
     config: Path | None, env_file: Path | None, *, execute: bool, on_service: Any = None
 ) -> tuple[KeeperService, CycleReport]:
     cfg = load(config, env_file, log_level="warning")
+    require_position_protocol(cfg, "check")
     service = KeeperService.from_config(cfg, execute=execute, send_alerts=execute)
     if on_service is not None:
         on_service(service)

@@ -27,6 +27,7 @@ import typer
 from keeper.chain.heads import NewHeadsSubscription
 from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, check_http_port, load
 from keeper.errors import ChainMismatchError, HaltError, TransientRpcError
+from keeper.protocols import registry
 from keeper.runtime.health import HealthServer, HealthState
 from keeper.runtime.metrics import KeeperMetrics
 from keeper.runtime.scheduler import CycleScheduler, HeadNews
@@ -42,6 +43,15 @@ HALT_ON = (ChainMismatchError, HaltError)
 def required_code(service: KeeperService) -> dict[str, str]:
     """Addresses that must hold code on every endpoint: the protocol's contracts and Multicall3."""
     return service.adapter.contract_addresses()
+
+
+def service_class(protocol: str) -> type[KeeperService]:
+    """The service for ``protocol``: positions (the reference protocol) or margin accounts (Aave v3)."""
+    if registry.is_account_protocol(protocol):
+        from keeper.runtime.accounts_service import AccountKeeperService
+
+        return AccountKeeperService
+    return KeeperService
 
 
 def _exit_now(signum: int) -> None:
@@ -60,7 +70,7 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
     check_http_port(cfg)  # before the journal is opened or reconciled: a busy port stops us with nothing done
     metrics = KeeperMetrics()
     health = HealthState(cfg.http.max_cycle_age_s, cfg.http.max_head_age_s)
-    service = KeeperService.from_config(cfg, execute=True, metrics=metrics, health=health)
+    service = service_class(cfg.protocol.name).from_config(cfg, execute=True, metrics=metrics, health=health)
     service.client.require_code(required_code(service))
     server = None
     heads = None

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
+from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load, require_position_protocol
 from keeper.risk.stress import run_stress, stress_grid
 from keeper.runtime.service import KeeperService
 
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Loss per account and positions liquidated under +-5..20 % moves, tails, and vol up/same/down."""
         cfg = load(config, env_file, log_level="warning")
+        require_position_protocol(cfg, "stress")
         service = KeeperService.from_config(cfg, execute=False, send_alerts=False)
         try:
             service.adapter.load_markets()
