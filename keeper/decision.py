@@ -240,7 +240,7 @@ def decide_accounts(
         )
 
     # endangered accounts by expected loss (probability x what a liquidation takes), ties by address
-    stake = {r.account.lower(): rules.value_at_stake_e6(r.account) if r.has_debt else 0 for r in risks}
+    stake = {r.account.lower(): rules.value_at_stake_e6(r.account) if endangered(r) else 0 for r in risks}
     order = sorted(risks, key=lambda r: (-(r.breach_probability * stake[r.account.lower()]), r.account.lower()))
     for r in order:
         key = r.account.lower()

@@ -131,6 +131,17 @@ class TestAccountRisk:
         assert r.survive_prices_e8["USDC"] == PRICES["USDC"]
         assert r.survive_prices_e8["WETH"] <= PRICES["WETH"] * math.exp(-0.24) + 1
 
+    def test_var_es_of_the_margin_is_the_student_t_formula(self):
+        """With no drift the 99 % VaR and ES are the standard Student-t(4) figures times the scale."""
+        # standard t, nu = 4, a = 0.99: VaR t_a = 3.746947, ES 5.220584 (McNeil, Frey, Embrechts, QRM 2.2.4); 1e-6
+        from keeper.risk.accounts import account_var_es
+
+        r = assess_account(margin_account(_account("t"), _market()), PRICES, SIGMAS, POLICY, 60.0)
+        tail = account_var_es(r)
+        scale = r.sigma_margin_usd * math.sqrt(r.horizon_s / (365 * 86400)) * math.sqrt(0.5)
+        assert tail.var == pytest.approx(3.746947 * scale, rel=1e-6)
+        assert tail.es == pytest.approx(5.220584 * scale, rel=1e-6)
+
 
 class TestAccountDecision:
     def test_debt_only_wallet_repays_enough_to_survive(self):

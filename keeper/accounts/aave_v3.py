@@ -633,6 +633,7 @@ class AaveRules:
     market: Market
     symbols: Mapping[str, str] = field(default_factory=dict)
     protocol: str = "aave-v3"
+    _hf: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # per account, this read
 
     def _acct(self, account: str) -> AaveAccount:
         found = self.accounts.get(account) or self.accounts.get(account.lower())
@@ -646,10 +647,14 @@ class AaveRules:
         return self.symbols.get(asset, asset)
 
     def health(self, account: str) -> int:
-        return health_factor(self._acct(account), self.market)
+        key = account.lower()
+        if key not in self._hf:
+            self._hf[key] = health_factor(self._acct(account), self.market)
+        return self._hf[key]
 
     def liquidatable(self, account: str) -> bool:
-        return is_liquidatable(self._acct(account), self.market)
+        """``liquidationCall``'s check, HF < 1e18 (:func:`is_liquidatable`)."""
+        return self.health(account) < HF_LIQUIDATION_THRESHOLD
 
     def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
         return margin_account(self._acct(account), self.market, block_number)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
+from eth_abi import decode as abi_decode
 from eth_utils import to_checksum_address
 
 from keeper.accounts.aave_v3 import (
@@ -533,6 +534,26 @@ class AaveV3Adapter:
             "cost_e6": action.cost_e6,
         }
         return ContractCall(call.to, call.data, call.value_wei, call.description, {**call.meta, **meta})
+
+    def describe_transaction(self, to: str, data: bytes) -> dict | None:
+        """What a supply or repay of the keeper's key found on chain did, in the ``meta`` form of
+        :meth:`call_for_account_action` (no ``cost_e6``: the price at the time is not known), or ``None`` when
+        it is not one (so a transaction a lost journal forgot is journaled again with its purpose)."""
+        if to.lower() != self.pool.lower() or len(data) < 4:
+            return None
+        for kind, fn, who in (
+            (AccountActionKind.ADD_COLLATERAL, F_SUPPLY, 2),
+            (AccountActionKind.REPAY_DEBT, F_REPAY, 3),
+        ):
+            if data[:4] == fn.selector:
+                args = abi_decode(list(fn.input_types), data[4:])
+                return {
+                    "kind": kind.value,
+                    "account": str(args[who]).lower(),
+                    "asset": to_checksum_address(args[0]),
+                    "amount": str(int(args[1])),
+                }
+        return None
 
     # ---- discovery -------------------------------------------------------------------------------
 

@@ -51,12 +51,14 @@ from keeper.domain import SECONDS_PER_YEAR
 from keeper.risk.barrier import gaussian_distance
 from keeper.risk.montecarlo import PathSet, hit_probability, nearest_correlation
 from keeper.risk.policy import RiskPolicy, fat_tail_probability, sigma_horizon, suggested_check_interval
+from keeper.risk.var import VarEs, var_es_normal, var_es_student_t
 
 __all__ = [
     "DEFAULT_DOMINANCE",
     "MATERIAL_SHARE",
     "AccountRisk",
     "account_breach_mc",
+    "account_var_es",
     "assess_account",
     "assess_accounts",
     "correlation_from_histories",
@@ -305,6 +307,22 @@ def assess_accounts(
         )
         for a in accounts
     ]
+
+
+def account_var_es(risk: AccountRisk, level: float = 0.99, student_t_nu: float | None = 4.0) -> VarEs:
+    """VaR and ES of the account's margin loss over its horizon (USD, positive = loss).
+
+    First order in the log moves, the loss is :math:`L = -\\Delta M` with mean :math:`-\\dot M h` (interest)
+    and standard deviation :math:`\\sigma_M\\sqrt h`; with ``student_t_nu`` the loss is Student-t of that
+    variance (scale :math:`\\sigma\\sqrt{(\nu-2)/\nu}`), else normal (McNeil, Frey and Embrechts,
+    *Quantitative Risk Management*, 2.2).
+    """
+    h_years = risk.horizon_s / SECONDS_PER_YEAR
+    mu = -risk.drift_usd_per_year * h_years
+    sd = risk.sigma_margin_usd * math.sqrt(h_years)
+    if student_t_nu is None or sd == 0:
+        return var_es_normal(mu, sd, level)
+    return var_es_student_t(mu, sd * math.sqrt((student_t_nu - 2.0) / student_t_nu), student_t_nu, level)
 
 
 def account_breach_mc(

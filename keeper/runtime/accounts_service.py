@@ -32,7 +32,7 @@ from keeper.decision import AccountBookDecision, AccountBookState, decide_accoun
 from keeper.domain import AccountAction, AccountActionKind, Plan, PriceRound
 from keeper.errors import ChainMismatchError, RpcRejectedError, SimulationRevert, TransactionError, TransientRpcError
 from keeper.protocols.aave_v3 import AaveSnapshot, AaveV3Adapter
-from keeper.risk.accounts import correlation_from_histories
+from keeper.risk.accounts import account_var_es, correlation_from_histories
 from keeper.runtime.service import CycleReport, KeeperService
 from keeper.tx.fees import FeeCapExceeded
 from keeper.tx.manager import TransactionManager
@@ -290,8 +290,11 @@ class AccountKeeperService(KeeperService):
 
     def _explain_accounts(self, snap: AaveSnapshot, outcome: AccountBookDecision) -> None:
         """One ``account_decision`` per account, and the watch list ranked by breach probability."""
+        risks = {r.account.lower(): r for r in outcome.risks}
         for d in outcome.decisions:
             onchain = snap.onchain.get(self._checksum(d.account))
+            risk = risks[d.key]
+            tail = account_var_es(risk) if risk.has_debt else None
             log.bind(chain_id=self.config.chain.chain_id, account=d.account.lower(), protocol=d.protocol).info(
                 "account_decision",
                 health_factor=d.health_wad / 1e18 if d.health_wad else None,
@@ -305,6 +308,9 @@ class AccountKeeperService(KeeperService):
                 method=d.method,
                 horizon_s=d.horizon_s,
                 stale=[self._symbols.get(a, a) for a in d.stale_assets],
+                exposure_usd={self._symbols.get(a, a): round(g, 2) for a, g in risk.gradient_usd.items()},
+                var_99_usd=round(tail.var, 2) if tail else None,
+                es_99_usd=round(tail.es, 2) if tail else None,
                 band=d.band,
                 action=d.action,
                 amount=d.amount,
