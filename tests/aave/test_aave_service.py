@@ -8,10 +8,12 @@ import pytest
 import structlog
 from aavechain import KEEPER_KEY, LIQUIDATOR_KEY
 from structlog.testing import capture_logs
+from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from keeper.accounts.aave_v3 import health_factor
-from keeper.dev.aave_v3 import SeedAccount
+from keeper.chain.anvil import Anvil
+from keeper.dev.aave_v3 import AaveOps, SeedAccount
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import AccountActionKind
 from keeper.runtime.accounts_service import AccountKeeperService
@@ -24,12 +26,12 @@ LEVERED_ETH = SeedAccount((("WETH", 10.0),), (("USDC", 22_000.0),))  # HF 1.125 
 CRASH_E8 = 2_600 * 10**8  # HF 0.975 without action
 
 
-def _config(aave, tmp_path: Path, user: str | None, **protocol: object):
+def _config(aave, tmp_path: Path, user: str | None, url: str | None = None, **protocol: object):
     extra = "".join(f"{k} = {v!r}\n" if isinstance(v, str) else f"{k} = {v}\n" for k, v in protocol.items())
     accounts = f'[[accounts]]\naddress = "{user}"\nmode = "protect"\n' if user else ""
     toml = f"""{"watch_all = true" if user is None else ""}
 [chain]
-rpc_urls = ["{aave.anvil.url}"]
+rpc_urls = ["{url or aave.anvil.url}"]
 chain_id = {aave.deployment.chain_id}
 
 [protocol]
@@ -52,10 +54,9 @@ enabled = false
     return load_config(path, env={"KEEPER_PRIVATE_KEY": KEEPER_KEY}, dotenv_path=None)
 
 
-def _service(aave, tmp_path, user, **protocol) -> AccountKeeperService:
-    service = AccountKeeperService.from_config(
-        _config(aave, tmp_path, user, **protocol), execute=True, send_alerts=False
-    )
+def _service(aave, tmp_path, user, url=None, **protocol) -> AccountKeeperService:
+    cfg = _config(aave, tmp_path, user, url, **protocol)
+    service = AccountKeeperService.from_config(cfg, execute=True, send_alerts=False)
     service.start()
     return service
 
@@ -101,6 +102,28 @@ class TestCrash:
         with pytest.raises(ContractLogicError, match="45"):
             _liquidate(aave, user)
         service.close()
+
+    def test_keeper_protects_the_account_on_a_fork(self, aave, tmp_path):
+        """Pointed at a fork (anvil --fork-url), the daemon's repay lands on the fork only and the crash there
+        no longer liquidates, while the origin chain's account is untouched."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, {"USDC": 50_000})
+        origin_before = aave.account_data(user)
+        fork = Anvil.start(fork_url=aave.anvil.url, fork_block_number=aave.w3.eth.block_number)
+        try:
+            service = _service(aave, tmp_path, user, fork.url)
+            (action,) = _run(service).outcome.onchain_actions
+            assert action.kind is AccountActionKind.REPAY_DEBT
+            on_fork = AaveOps(Web3(Web3.HTTPProvider(fork.url)), aave.deployment)
+            assert on_fork.account_data(user)[5] > origin_before[5]
+            on_fork.set_price("WETH", CRASH_E8)
+            with pytest.raises(ContractLogicError, match="45"):
+                on_fork.liquidate(LIQUIDATOR_KEY, "WETH", "USDC", user, 1_000 * 10**6)
+            assert aave.account_data(user) == origin_before
+            service.close()
+        finally:
+            fork.stop()
 
 
 class TestWallet:
