@@ -97,6 +97,7 @@ class AccountBookState:
     watch_only: frozenset[str] = frozenset()
     busy: Mapping[str, str] = field(default_factory=dict)
     symbols: Mapping[str, str] = field(default_factory=dict)
+    decimals: Mapping[str, int] = field(default_factory=dict)  # asset -> token decimals (amounts in words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +283,9 @@ def decide_accounts(
         kind = AccountActionKind.ADD_COLLATERAL if chosen.kind == ADD_COLLATERAL else AccountActionKind.REPAY_DEBT
         name = state.symbols.get(chosen.asset, chosen.asset)
         verb = "supply" if kind is AccountActionKind.ADD_COLLATERAL else "repay"
-        what = f"{verb} {chosen.amount} units of {name} ({_usd(chosen.cost_e6 / 1e6)})"
+        dec = state.decimals.get(chosen.asset)
+        units = f"{chosen.amount / 10**dec:,.6g}" if dec is not None else f"{chosen.amount} units of"
+        what = f"{verb} {units} {name} ({_usd(chosen.cost_e6 / 1e6)})"
         goal = "to survive" if chosen.reaches_target else "toward surviving (short: " + "; ".join(causes) + ")"
         text = f"{words}: {what} {goal} {survive}"
         approval = limits.manual_approval_above_e6

@@ -195,6 +195,7 @@ class AccountKeeperService(KeeperService):
             watch_only=self._watch_only_users(users),
             busy=busy or {},
             symbols=self._symbols,
+            decimals={a: r.config.decimals for a, r in snap.market.reserves.items()},
         )
         outcome = decide_accounts(
             [rules.margin_account(u, snap.block_number) for u in users],
