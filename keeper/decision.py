@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from keeper.accounts.base import ADD_COLLATERAL, AccountRules, ActionOption, MarginAccount
 from keeper.domain import AccountAction, AccountActionKind, AccountDecision, Decision, Plan, Position
 from keeper.planner import BookState, PlanLimits, awaiting_decision, plan_actions
-from keeper.risk.accounts import AccountRisk, assess_accounts
+from keeper.risk.accounts import AccountMonteCarlo, AccountRisk, assess_accounts, refine_with_monte_carlo
 from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import PositionRisk, RiskPolicy, assess_positions
 
@@ -175,7 +175,7 @@ def decide_accounts(
     check_interval_s: float,
     stress_gaps: Mapping[str, tuple[float, float]] | None = None,
     correlation: Mapping[tuple[str, str], float] | None = None,
-    breach_overrides: Mapping[str, float] | None = None,
+    monte_carlo: AccountMonteCarlo | None = None,
 ) -> AccountBookDecision:
     """Assess every account, then decide for each one (pure, deterministic; see the module docstring).
 
@@ -186,8 +186,9 @@ def decide_accounts(
     the move (:func:`_choose`), bounded by the wallet, ``limits.max_per_tx_e6`` and what is left of
     ``limits.max_per_day_e6``; an alert when none reaches the target (naming why: empty wallet, cap, frozen or
     paused reserve, isolation mode) or the account is watch-only; ``needs_approval`` above
-    ``limits.manual_approval_above_e6``. ``breach_overrides`` replaces the probability of some accounts (a
-    Monte Carlo estimate for multi-factor accounts, :func:`keeper.risk.accounts.account_breach_mc`).
+    ``limits.manual_approval_above_e6``. ``monte_carlo``: the multi-factor accounts above ``p_release`` get
+    the correlated fat-tailed Monte Carlo estimate instead of the screen's
+    (:func:`keeper.risk.accounts.refine_with_monte_carlo`; pure: the generator is passed in).
     """
     risks = assess_accounts(
         accounts,
@@ -199,10 +200,18 @@ def decide_accounts(
         correlation=correlation,
         liquidatable={a.account.lower(): rules.liquidatable(a.account) for a in accounts if a.legs},
     )
-    for i, r in enumerate(risks):
-        if breach_overrides and r.account.lower() in breach_overrides and not r.liquidatable:
-            risks[i] = replace(r, breach_probability=breach_overrides[r.account.lower()], method="monte_carlo")
     by_acct = {a.account.lower(): a for a in accounts}
+    if monte_carlo is not None:
+        risks = refine_with_monte_carlo(
+            risks,
+            by_acct,
+            prices_e8,
+            sigmas_annual,
+            policy,
+            monte_carlo,
+            correlation=correlation,
+            p_floor=limits.p_release,
+        )
     wallet = dict(state.wallet)
     day_left = max(0, limits.max_per_day_e6 - state.spent_today_e6)
     decisions: dict[str, AccountDecision] = {}

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,13 +49,14 @@ from numpy.typing import NDArray
 from keeper.accounts.base import BPS, LegKind, MarginAccount
 from keeper.domain import SECONDS_PER_YEAR
 from keeper.risk.barrier import gaussian_distance
-from keeper.risk.montecarlo import PathSet, hit_probability, nearest_correlation
+from keeper.risk.montecarlo import PathModel, PathSet, hit_probability, nearest_correlation, simulate_paths
 from keeper.risk.policy import RiskPolicy, fat_tail_probability, sigma_horizon, suggested_check_interval
 from keeper.risk.var import VarEs, var_es_normal, var_es_student_t
 
 __all__ = [
     "DEFAULT_DOMINANCE",
     "MATERIAL_SHARE",
+    "AccountMonteCarlo",
     "AccountRisk",
     "account_breach_mc",
     "account_var_es",
@@ -63,6 +64,7 @@ __all__ = [
     "assess_accounts",
     "correlation_from_histories",
     "exposures",
+    "refine_with_monte_carlo",
 ]
 
 DEFAULT_DOMINANCE = 0.95
@@ -307,6 +309,70 @@ def assess_accounts(
         )
         for a in accounts
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountMonteCarlo:
+    """How :func:`refine_with_monte_carlo` simulates: one correlated path set for every asset of the accounts it
+    refines, multivariate Student-t increments (``student_t_nu``) of the assets' variance, ``n_steps`` checks
+    over the horizon, at most ``max_accounts`` accounts (the riskiest by the screen). An estimate whose
+    relative standard error is above ``max_rel_stderr`` (too few paths hit) keeps the screen's figure."""
+
+    rng: np.random.Generator
+    n_paths: int = 16_384
+    n_steps: int = 16
+    student_t_nu: float | None = 4.0
+    max_accounts: int = 200
+    max_rel_stderr: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.n_paths < 2 or self.n_steps < 1 or self.max_accounts < 0:
+            raise ValueError("need n_paths >= 2, n_steps >= 1, max_accounts >= 0")
+        if not 0 < self.max_rel_stderr <= 1:
+            raise ValueError("max_rel_stderr must be in (0, 1]")
+
+
+def refine_with_monte_carlo(
+    risks: Sequence[AccountRisk],
+    accounts: Mapping[str, MarginAccount],
+    prices_e8: Mapping[str, int],
+    sigmas_annual: Mapping[str, float],
+    policy: RiskPolicy,
+    mc: AccountMonteCarlo,
+    *,
+    correlation: Mapping[tuple[str, str], float] | None = None,
+    p_floor: float = 0.0,
+) -> list[AccountRisk]:
+    """The risks with the multi-factor (``screen``) accounts above ``p_floor`` re-estimated on shared
+    correlated fat-tailed paths (:func:`account_breach_mc`): ``method = "monte_carlo"`` and ``stderr`` set.
+    The paths' volatility is ``kappa`` times each asset's (as the screen's is): what the simulation adds is the
+    exact margin along the paths (no linearisation), discrete checks and Student-t steps.
+    Deterministic for a given ``mc.rng`` state; one-factor, liquidatable and debt-free accounts are unchanged."""
+    chosen = [
+        i
+        for i, r in sorted(enumerate(risks), key=lambda x: -x[1].breach_probability)
+        if r.method == "screen" and not r.liquidatable and r.breach_probability > p_floor
+    ][: mc.max_accounts]
+    if not chosen:
+        return list(risks)
+    assets = sorted({a for i in chosen for a, g in risks[i].gradient_usd.items() if g != 0.0})
+    # volatility scaled by the policy's fat-tail multiplier kappa, as in every closed form of the policy, so that
+    # p_trigger / p_target mean the same whichever method estimated an account
+    sig = tuple(policy.kappa * float(policy.effective_sigma(sigmas_annual.get(a, math.nan))) for a in assets)
+    corr = _corr(assets, correlation)
+    model = PathModel(
+        sigma_annual=sig, corr=tuple(tuple(float(x) for x in row) for row in corr), student_t_nu=mc.student_t_nu
+    )
+    horizon = risks[chosen[0]].horizon_s
+    paths = simulate_paths(model, horizon, mc.n_steps, mc.n_paths, mc.rng, keep_paths=True)
+    out = list(risks)
+    for i in chosen:
+        r = risks[i]
+        cost = max(0.0, -r.drift_usd_per_year * horizon / SECONDS_PER_YEAR)
+        p, se = account_breach_mc(paths, assets, accounts[r.account.lower()], prices_e8, cost)
+        if p > 0 and se / p <= mc.max_rel_stderr:
+            out[i] = replace(r, breach_probability=p, method="monte_carlo", stderr=se)
+    return out
 
 
 def account_var_es(risk: AccountRisk, level: float = 0.99, student_t_nu: float | None = 4.0) -> VarEs:

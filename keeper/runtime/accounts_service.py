@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import numpy as np
 import structlog
 from eth_abi.exceptions import DecodingError
 
@@ -32,7 +33,7 @@ from keeper.decision import AccountBookDecision, AccountBookState, decide_accoun
 from keeper.domain import AccountAction, AccountActionKind, Plan, PriceRound
 from keeper.errors import ChainMismatchError, RpcRejectedError, SimulationRevert, TransactionError, TransientRpcError
 from keeper.protocols.aave_v3 import AaveSnapshot, AaveV3Adapter
-from keeper.risk.accounts import account_var_es, correlation_from_histories
+from keeper.risk.accounts import AccountMonteCarlo, account_var_es, correlation_from_histories
 from keeper.runtime.service import CycleReport, KeeperService
 from keeper.tx.fees import FeeCapExceeded
 from keeper.tx.manager import TransactionManager
@@ -208,6 +209,8 @@ class AccountKeeperService(KeeperService):
             check_interval_s=self.check_interval_s,
             stress_gaps=gaps,
             correlation=corr,
+            # multi-factor accounts: correlated fat-tailed paths, reproducible per block
+            monte_carlo=AccountMonteCarlo(np.random.default_rng(snap.block_number)),
         )
         return outcome, sigmas, stale
 
