@@ -217,9 +217,14 @@ def decide_accounts(
     decisions: dict[str, AccountDecision] = {}
     actions: list[AccountAction] = []
 
+    stale_by: dict[str, tuple[str, ...]] = {}
+
     def stale_of(r: AccountRisk) -> tuple[str, ...]:
-        held = {leg.price_key or leg.asset for leg in by_acct[r.account.lower()].legs}
-        return tuple(sorted(a for a in state.stale_assets if a in held))
+        key = r.account.lower()
+        if key not in stale_by:
+            held = {leg.price_key or leg.asset for leg in by_acct[key].legs}
+            stale_by[key] = tuple(sorted(a for a in state.stale_assets if a in held))
+        return stale_by[key]
 
     def endangered(r: AccountRisk) -> bool:
         return r.liquidatable or r.breach_probability > limits.p_trigger or r.stress_breach or bool(stale_of(r))

@@ -163,6 +163,73 @@ class TestAccountRisk:
         assert a.method == "monte_carlo" and a.breach_probability == b.breach_probability
         assert abs(a.breach_probability - big.breach_probability) <= 4 * math.hypot(a.stderr, big.stderr)
 
+    @settings(max_examples=25, deadline=None)
+    @given(
+        books=st.lists(
+            st.tuples(st.floats(0.5, 40.0), st.floats(0.0, 2.0), st.floats(1.01, 4.0), st.booleans()),
+            min_size=1,
+            max_size=12,
+        ),
+        rho=st.floats(-0.5, 0.95),
+    )
+    def test_vectorised_assessment_equals_the_plain_loop(self, books, rho):
+        """assess_accounts (one matrix pass) gives what assess_account gives account by account."""
+        from keeper.risk.accounts import assess_accounts
+
+        market = _market()
+        views = []
+        for k, (weth, wbtc, hf, _with_gaps) in enumerate(books):
+            coll = weth * 3000 * 0.825 + wbtc * 60000 * 0.78
+            views.append(margin_account(_account(f"0x{k:040x}", weth, coll / hf, wbtc=wbtc), market))
+        gaps = {"WETH": (0.05, 0.07), "WBTC": (0.04, 0.09)} if books[0][3] else None
+        corr = {("WETH", "WBTC"): rho}
+        fast = assess_accounts(views, PRICES, SIGMAS, POLICY, 120.0, stress_gaps=gaps, correlation=corr)
+        for view, got in zip(views, fast, strict=True):
+            want = assess_account(view, PRICES, SIGMAS, POLICY, 120.0, stress_gaps=gaps, correlation=corr)
+            assert (got.method, got.dominant_asset, got.stress_breach, got.liquidatable) == (
+                want.method, want.dominant_asset, want.stress_breach, want.liquidatable
+            )  # fmt: skip
+            # floats from a matrix product vs per-account sums: 1e-9 relative; integer prices within 1 unit
+            assert got.breach_probability == pytest.approx(want.breach_probability, rel=1e-9, abs=1e-300)
+            assert abs(got.liquidation_price_e8 - want.liquidation_price_e8) <= 1
+            assert got.suggested_check_interval_s == pytest.approx(want.suggested_check_interval_s, rel=1e-9)
+            for a, price in want.survive_prices_e8.items():
+                assert abs(got.survive_prices_e8[a] - price) <= 1
+
+
+class TestExactMinimum:
+    @settings(max_examples=30, deadline=None)
+    @given(weth=st.floats(1.0, 50.0), hf=st.floats(0.5, 1.3), target=st.floats(1.0, 1.6), wbtc=st.floats(0.0, 1.0))
+    def test_guess_gives_the_same_integer_as_plain_bisection(self, weth, hf, target, wbtc):
+        """min_supply / min_repay with the closed-form start equal the plain bisection's answer, and are minimal."""
+        from keeper.accounts import aave_v3 as av
+
+        market = _market()
+        coll = weth * 3000 * 0.825 + wbtc * 60000 * 0.78
+        acct = _account("0xa", weth, coll / hf, wbtc=wbtc)
+        t = int(target * 1e18)
+        for asset, kind in (("USDC", "repay"), ("WETH", "supply")):
+            if kind == "repay":
+                got = av.min_repay(acct, market, asset, t)
+
+                def hf_of(x, asset=asset):
+                    return av.health_factor(av.after_top_up(acct, market, asset, repay=x), market)
+
+                ur = acct.reserve(asset)
+                hi = ur.scaled_variable_debt if ur else 0
+            else:
+                got = av.min_supply(acct, market, asset, t)
+
+                def hf_of(x, asset=asset):
+                    up = av.after_top_up(acct, market, asset, add_collateral=x, enable_collateral=True)
+                    return av.health_factor(up, market)
+
+                hi = 10**30
+            plain = av._min_amount(hf_of, t, hi)
+            assert got == plain
+            if got:
+                assert hf_of(got) >= t > hf_of(got - 1)
+
 
 class TestAccountDecision:
     def test_debt_only_wallet_repays_enough_to_survive(self):

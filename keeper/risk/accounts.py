@@ -293,22 +293,130 @@ def assess_accounts(
     stress_gaps: Mapping[str, tuple[float, float]] | None = None,
     correlation: Mapping[tuple[str, str], float] | None = None,
     liquidatable: Mapping[str, bool] | None = None,
+    dominance: float = DEFAULT_DOMINANCE,
 ) -> list[AccountRisk]:
-    """:func:`assess_account` for every account, in the given order."""
-    liq = liquidatable or {}
-    return [
-        assess_account(
-            a,
-            prices_e8,
-            sigmas_annual,
-            policy,
-            check_interval_s,
-            stress_gaps=stress_gaps,
-            correlation=correlation,
-            liquidatable=liq.get(a.account.lower()),
+    """:func:`assess_account` for every account, in the given order, vectorised over the accounts.
+
+    The gradients form one ``(accounts, assets)`` matrix; variance shares, probabilities, liquidation prices,
+    check intervals and the moves to survive are array operations, and only the exact margin at the stress
+    prices and the result objects are per account. :func:`assess_account` is its plain-loop oracle (the tests
+    compare the two on random books).
+    """
+    if not check_interval_s > 0:
+        raise ValueError("check_interval_s must be > 0")
+    if not 0.5 < dominance <= 1.0:
+        raise ValueError("dominance must be in (0.5, 1]")
+    n = len(accounts)
+    if n == 0:
+        return []
+    liq_in = liquidatable or {}
+    gaps = stress_gaps or {}
+    ex = [exposures(a, prices_e8) for a in accounts]
+    assets = sorted({k for e in ex for k, v in e[2].items() if v != 0.0})
+    h = policy.horizon_s(check_interval_s)
+    h_years = h / SECONDS_PER_YEAR
+    coll = np.fromiter((e[0] for e in ex), float, n)
+    debt = np.fromiter((e[1] for e in ex), float, n)
+    drift = np.fromiter((e[3] for e in ex), float, n)
+    m = coll - debt
+    given = [liq_in.get(a.account.lower()) for a in accounts]
+    liq = np.array([bool(m[i] < 0) if g is None else bool(g) for i, g in enumerate(given)])
+    if not assets:
+        return [assess_account(a, prices_e8, sigmas_annual, policy, check_interval_s) for a in accounts]
+    col = {a: j for j, a in enumerate(assets)}
+    grad = np.zeros((n, len(assets)))
+    for i, e in enumerate(ex):
+        for k, v in e[2].items():
+            if v != 0.0:
+                grad[i, col[k]] = v
+    has = (debt > 0) & (np.abs(grad).sum(axis=1) > 0)
+    sig = np.asarray([float(policy.effective_sigma(sigmas_annual.get(a, math.nan))) for a in assets])
+    corr = _corr(assets, correlation)
+    gs = grad * sig
+    cg = gs @ corr
+    var_m = (gs * cg).sum(axis=1)
+    sigma_m = np.sqrt(np.maximum(var_m, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrib = np.where(var_m[:, None] > 0, gs * cg / var_m[:, None], 0.0)
+    rows = np.arange(n)
+    top = np.argmax(np.abs(gs), axis=1)
+    share = contrib[rows, top]
+    g_top = np.where(has, grad[rows, top], 1.0)
+    cost = np.maximum(0.0, -drift * h_years)
+    down = np.asarray([gaps.get(a, (policy.stress_gap, policy.stress_gap))[0] for a in assets], dtype=float)
+    up = np.asarray([gaps.get(a, (policy.stress_gap, policy.stress_gap))[1] for a in assets], dtype=float)
+    adverse = np.where(grad > 0, down, up)  # collateral falls, debt rises
+    material = (grad != 0) & (np.abs(gs) >= MATERIAL_SHARE * np.abs(gs[rows, top])[:, None])
+    k_target = policy.kappa * float(gaussian_distance(policy.p_target, 1.0))
+    one = share >= dominance
+    ratio = 1.0 - m / g_top
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.where(ratio > 0, np.where(m > 0, np.abs(np.log(np.where(ratio > 0, ratio, 1.0))), 0.0), np.inf)
+    sig_top = sig[top]
+    sig_h_top = np.asarray(sigma_horizon(sig_top, h))
+    d_cost_one = cost / np.abs(g_top)
+    p_one = fat_tail_probability(distance, sig_h_top, policy.kappa, d_cost_one)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_screen = np.where(
+            sigma_m > 0,
+            fat_tail_probability(m, np.where(sigma_m > 0, sigma_m, 1.0) * math.sqrt(h_years), policy.kappa, cost),
+            0.0,
         )
-        for a in accounts
-    ]
+    p = np.where(liq | (m <= 0), 1.0, np.where(one, p_one, p_screen))
+    interval_one = suggested_check_interval(distance, sig_top, policy)
+    interval_screen = np.where(
+        sigma_m > 0,
+        suggested_check_interval(np.maximum(m, 0.0), np.where(sigma_m > 0, sigma_m, 1.0), policy),
+        policy.check_interval_max_s,
+    )
+    interval = np.where(liq, policy.check_interval_min_s, np.where(one, interval_one, interval_screen))
+    adverse_top = adverse[rows, top]
+    d_target_one = np.maximum(k_target * sig_h_top, adverse_top * (1.0 + policy.stress_headroom)) + d_cost_one
+    with np.errstate(divide="ignore", invalid="ignore"):
+        design = np.where(sigma_m[:, None] > 0, -k_target * math.sqrt(h_years) * sig * cg / sigma_m[:, None], 0.0)
+    survive_screen = np.where(
+        material, -np.copysign(np.maximum(np.abs(design), adverse * (1.0 + policy.stress_headroom)), grad), 0.0
+    )
+    stress_x = np.where(material, -np.copysign(adverse, grad), 0.0)
+    mat_rows = [[j for j, flag in enumerate(row) if flag] for row in material.tolist()]
+    out: list[AccountRisk] = []
+    for i, a in enumerate(accounts):
+        if not has[i]:
+            out.append(assess_account(a, prices_e8, sigmas_annual, policy, check_interval_s, liquidatable=given[i]))
+            continue
+        dom = assets[int(top[i])]
+        mat = mat_rows[i]
+        stress_prices = _move(prices_e8, {assets[j]: float(stress_x[i, j]) for j in mat})
+        if one[i]:
+            survive = {dom: -math.copysign(float(d_target_one[i]), float(g_top[i]))}
+        else:
+            survive = {assets[j]: float(survive_screen[i, j]) for j in mat}
+        out.append(
+            AccountRisk(
+                a.protocol,
+                a.account,
+                float(m[i]),
+                float(coll[i]),
+                float(debt[i]),
+                ex[i][2],
+                float(p[i]),
+                "closed_form" if one[i] else "screen",
+                dom,
+                float(share[i]),
+                int(prices_e8[dom] * float(ratio[i])) if ratio[i] > 0 else 0,
+                float(distance[i]),
+                float(sigma_m[i]),
+                float(drift[i]),
+                h,
+                survive_prices_e8=_move(prices_e8, survive),
+                stress_prices_e8=stress_prices,
+                stress_gaps={assets[j]: float(adverse[i, j]) for j in mat},
+                stress_breach=_excess_at(a, stress_prices) - float(cost[i]) < 0,
+                liquidatable=bool(liq[i]),
+                suggested_check_interval_s=float(interval[i]),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
