@@ -31,9 +31,17 @@ from eth_abi.exceptions import DecodingError
 from keeper.accounts.aave_v3 import AaveRules
 from keeper.decision import AccountBookDecision, AccountBookState, decide_accounts
 from keeper.domain import AccountAction, AccountActionKind, Plan, PriceRound
-from keeper.errors import ChainMismatchError, RpcRejectedError, SimulationRevert, TransactionError, TransientRpcError
+from keeper.errors import (
+    ChainMismatchError,
+    ConfigError,
+    RpcRejectedError,
+    SimulationRevert,
+    TransactionError,
+    TransientRpcError,
+)
 from keeper.protocols.aave_v3 import AaveSnapshot, AaveV3Adapter
 from keeper.risk.accounts import AccountMonteCarlo, account_var_es, correlation_from_histories
+from keeper.runtime.config import AssetConfig
 from keeper.runtime.service import CycleReport, KeeperService
 from keeper.tx.fees import FeeCapExceeded
 from keeper.tx.manager import TransactionManager
@@ -79,6 +87,13 @@ class AccountKeeperService(KeeperService):
         if not reserves:
             raise ChainMismatchError(f"the pool {self.aave.pool} lists no reserves: wrong provider or market?")
         self._symbols = self._read_symbols(list(reserves))
+        unknown = set(self.config.protocol.assets) - set(self._symbols.values()) - set(self._symbols)
+        if unknown:
+            raise ConfigError(
+                f"protocol.assets names {', '.join(sorted(unknown))}, not reserves of this pool "
+                f"(its reserves: {', '.join(self._symbols.values())})",
+                field="protocol.assets",
+            )
         log.info(
             "keeper_starting",
             protocol=self.aave.name,
@@ -141,12 +156,26 @@ class AccountKeeperService(KeeperService):
                 self.vol.add(rid, self._history(asset, latest))
             est = self.vol.estimate(rid)
             sigmas[asset] = est.sigma_annual
+            own = self._asset_config(asset)
+            if est.fallback_reason and own is not None and own.sigma_fallback_annual is not None:
+                sigmas[asset] = max(own.sigma_fallback_annual, self.policy.sigma_floor_annual)
             rounds = self.vol.rounds(rid)
             times, prices = [r.updated_at_s for r in rounds], [r.price_e8 for r in rounds]
             gap = self.policy.estimate_stress_gap(times, prices, self.check_interval_s, now_s=snap.market.timestamp_s)
             gaps[asset] = (gap.side_gaps[0], gap.side_gaps[1])
             histories[asset] = (times, prices)
         return sigmas, gaps, correlation_from_histories(histories)
+
+    def _asset_config(self, asset: str) -> AssetConfig | None:
+        symbol = self._symbols.get(asset, asset)
+        assets = self.config.protocol.assets
+        return assets.get(symbol) or assets.get(symbol.upper()) or assets.get(asset)
+
+    def _stale_after(self, asset: str) -> int:
+        own = self._asset_config(asset)
+        if own is not None and own.stale_after_s is not None:
+            return own.stale_after_s
+        return self.config.protocol.stale_after_s
 
     def _history(self, asset: str, latest: PriceRound) -> list[PriceRound]:
         known = self.vol.last_round_id(self.aave.reserves[asset].reserve_id)
@@ -184,8 +213,7 @@ class AccountKeeperService(KeeperService):
         """The daemon's decision over one read: estimates, stale sources, then :func:`decide_accounts`."""
         sigmas, gaps, corr = self.estimate_assets(snap)
         now = snap.market.timestamp_s
-        stale_after = self.config.protocol.stale_after_s
-        stale = {a: r.age_s(now) for a, r in snap.rounds.items() if r.is_stale(now, stale_after)}
+        stale = {a: r.age_s(now) for a, r in snap.rounds.items() if r.is_stale(now, self._stale_after(a))}
         stale |= {a: now for a in snap.market.reserves if a not in snap.rounds}  # no round at all: unknown
         rules = AaveRules(snap.accounts, snap.market, self._symbols)
         users = sorted(snap.accounts)

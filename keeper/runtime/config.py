@@ -151,6 +151,16 @@ class MarketConfig(_Model):
     symbol: str = Field(min_length=1, max_length=16)
 
 
+class AssetConfig(_Model):
+    """Per-asset settings of a margin-account protocol (``[protocol.assets.USDC]``), keyed by token symbol."""
+
+    # its price source's heartbeat: a latest round older than this is stale (default: protocol.stale_after_s)
+    stale_after_s: int | None = Field(default=None, gt=0, le=30 * 86_400)
+    # the volatility assumed while its source has too little history (default: risk.sigma_fallback_annual);
+    # a stablecoin's feed may update once a day: without this it looks as volatile as the fallback says
+    sigma_fallback_annual: float | None = Field(default=None, gt=0, le=20)
+
+
 class ProtocolConfig(_Model):
     """The deployment: a deployment JSON file (written by ``keeper devchain``) or explicit addresses."""
 
@@ -167,6 +177,7 @@ class ProtocolConfig(_Model):
     # a price source whose latest round is older than this is stale (danger); Chainlink's longest heartbeat
     # on the Aave markets' feeds is a day (stablecoins), ETH/USD is an hour
     stale_after_s: int = Field(default=86_400, gt=0, le=30 * 86_400)
+    assets: dict[str, AssetConfig] = Field(default_factory=dict)  # by token symbol (aave-v3)
 
     @field_validator("engine", "collateral", "multicall", "provider")
     @classmethod
@@ -191,8 +202,8 @@ class ProtocolConfig(_Model):
     def _source(self) -> ProtocolConfig:
         if registry.is_account_protocol(self.name):
             return self._aave_source()
-        if self.provider or self.market:
-            raise ValueError(f"provider / market are fields of aave-v3, not of protocol {self.name!r}")
+        if self.provider or self.market or self.assets:
+            raise ValueError(f"provider / market / assets are fields of aave-v3, not of protocol {self.name!r}")
         if self.deployment is not None and (self.engine or self.collateral):
             raise ValueError("give either deployment (a file) or engine + collateral addresses, not both")
         if self.deployment is None and not (self.engine and self.collateral):

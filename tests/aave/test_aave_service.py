@@ -16,6 +16,7 @@ from keeper.chain.anvil import Anvil
 from keeper.dev.aave_v3 import AaveOps, SeedAccount
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import AccountActionKind
+from keeper.errors import ConfigError
 from keeper.runtime.accounts_service import AccountKeeperService
 from keeper.runtime.config import load_config
 
@@ -26,7 +27,7 @@ LEVERED_ETH = SeedAccount((("WETH", 10.0),), (("USDC", 22_000.0),))  # HF 1.125 
 CRASH_E8 = 2_600 * 10**8  # HF 0.975 without action
 
 
-def _config(aave, tmp_path: Path, user: str | None, url: str | None = None, **protocol: object):
+def _config(aave, tmp_path: Path, user: str | None, url: str | None = None, tables: str = "", **protocol: object):
     extra = "".join(f"{k} = {v!r}\n" if isinstance(v, str) else f"{k} = {v}\n" for k, v in protocol.items())
     accounts = f'[[accounts]]\naddress = "{user}"\nmode = "protect"\n' if user else ""
     toml = f"""{"watch_all = true" if user is None else ""}
@@ -38,6 +39,7 @@ chain_id = {aave.deployment.chain_id}
 name = "aave-v3"
 provider = "{aave.deployment.provider}"
 {extra}
+{tables}
 {accounts}
 [limits]
 max_top_up_usd = 100000
@@ -54,8 +56,8 @@ enabled = false
     return load_config(path, env={"KEEPER_PRIVATE_KEY": KEEPER_KEY}, dotenv_path=None)
 
 
-def _service(aave, tmp_path, user, url=None, **protocol) -> AccountKeeperService:
-    cfg = _config(aave, tmp_path, user, url, **protocol)
+def _service(aave, tmp_path, user, url=None, tables="", **protocol) -> AccountKeeperService:
+    cfg = _config(aave, tmp_path, user, url, tables, **protocol)
     service = AccountKeeperService.from_config(cfg, execute=True, send_alerts=False)
     service.start()
     return service
@@ -177,6 +179,32 @@ class TestDanger:
         assert d is not None and d.band == "trigger" and "stale" in d.reason
         assert aave.token("WETH") in d.stale_assets
         assert any(e["event"] == "alert" and "stale" in e["text"] for e in logs)
+        service.close()
+
+    def test_per_asset_heartbeat_and_stablecoin_volatility(self, aave, tmp_path):
+        """[protocol.assets.X]: USDC's own day-long heartbeat keeps it fresh while WETH (10 min) is stale, and
+        USDC's fallback volatility makes WETH the one risky factor of a WETH-against-USDC account."""
+        aave.open_account(TRADER, SeedAccount((("WETH", 10.0),), (("USDC", 5_000.0),)))
+        user = aave.address(TRADER)
+        aave.advance(700)
+        tables = (
+            "[protocol.assets.WETH]\nstale_after_s = 600\n"
+            "[protocol.assets.USDC]\nstale_after_s = 86400\nsigma_fallback_annual = 0.05\n"
+        )
+        service = _service(aave, tmp_path, user, tables=tables)
+        report = _run(service)
+        d = report.outcome.decision(user)
+        assert d is not None and d.stale_assets == (aave.token("WETH"),)
+        assert d.method == "closed_form" and d.dominant_asset == aave.token("WETH")
+        assert report.asset_sigmas[aave.token("USDC")] == 0.05
+        service.close()
+
+    def test_unknown_asset_symbol_is_a_config_error_at_start(self, aave, tmp_path):
+        """[protocol.assets.XYZ] for a token the pool does not list stops the start with a one-line error."""
+        cfg = _config(aave, tmp_path, aave.address(TRADER), tables="[protocol.assets.XYZ]\nstale_after_s = 60\n")
+        service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
+        with pytest.raises(ConfigError, match="XYZ, not reserves of this pool"):
+            service.start()
         service.close()
 
     def test_frozen_reserve_is_not_supplied_to_and_the_alert_says_why(self, aave, tmp_path):

@@ -39,6 +39,17 @@ class TestAaveConfig:
         cfg = _load(tmp_path, 'provider = "0x2f39d218133AFaB8F2B819B1066c7E434Ad94E9e"')
         assert cfg.protocol.provider == "0x2f39d218133AFaB8F2B819B1066c7E434Ad94E9e"
 
+    def test_per_asset_table(self, tmp_path):
+        """``[protocol.assets.USDC]`` sets that asset's heartbeat and fallback volatility."""
+        path = tmp_path / "keeper.toml"
+        path.write_text(
+            BASE.format(protocol='market = "ethereum"')
+            + "[protocol.assets.USDC]\nstale_after_s = 90000\nsigma_fallback_annual = 0.05\n"
+        )
+        cfg = load_config(path, env={}, dotenv_path=None)
+        assert cfg.protocol.assets["USDC"].stale_after_s == 90_000
+        assert cfg.protocol.assets["USDC"].sigma_fallback_annual == 0.05
+
     @pytest.mark.parametrize(
         "protocol, words",
         [
