@@ -25,9 +25,8 @@ import structlog
 import typer
 
 from keeper.chain.heads import NewHeadsSubscription
-from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, check_http_port, load
+from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, check_http_port, load, service_class
 from keeper.errors import ChainMismatchError, HaltError, TransientRpcError
-from keeper.protocols import registry
 from keeper.runtime.health import HealthServer, HealthState
 from keeper.runtime.metrics import KeeperMetrics
 from keeper.runtime.scheduler import CycleScheduler, HeadNews
@@ -43,15 +42,6 @@ HALT_ON = (ChainMismatchError, HaltError)
 def required_code(service: KeeperService) -> dict[str, str]:
     """Addresses that must hold code on every endpoint: the protocol's contracts and Multicall3."""
     return service.adapter.contract_addresses()
-
-
-def service_class(protocol: str) -> type[KeeperService]:
-    """The service for ``protocol``: positions (the reference protocol) or margin accounts (Aave v3)."""
-    if registry.is_account_protocol(protocol):
-        from keeper.runtime.accounts_service import AccountKeeperService
-
-        return AccountKeeperService
-    return KeeperService
 
 
 def _exit_now(signum: int) -> None:

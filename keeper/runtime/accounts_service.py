@@ -63,6 +63,7 @@ class AccountCycleReport(CycleReport):
     asset_sigmas: dict[str, float] = field(default_factory=dict)
     stale: dict[str, int] = field(default_factory=dict)  # asset -> age of its latest round (s)
     round_trips: int = 0
+    symbols: dict[str, str] = field(default_factory=dict)  # asset -> token symbol
 
 
 class AccountKeeperService(KeeperService):
@@ -265,6 +266,7 @@ class AccountKeeperService(KeeperService):
             wallet=wallet,
             asset_sigmas=sigmas,
             stale=stale,
+            symbols=dict(self._symbols),
         )
         report.round_trips = snap.round_trips
         self._explain_accounts(snap, outcome)

@@ -274,6 +274,34 @@ class TestWatchAll:
         service.close()
 
 
+class TestCli:
+    def test_keeper_check_shows_the_decisions_and_sends_nothing(self, aave, tmp_path):
+        """``keeper check --json`` on an aave-v3 config: the endangered account, its repay, nothing sent."""
+        import json
+        import os
+        import subprocess
+        import sys
+
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, {"USDC": 50_000})
+        _config(aave, tmp_path, user)  # writes keeper.toml
+        hf_before = aave.account_data(user)[5]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
+        env["KEEPER_PRIVATE_KEY"] = KEEPER_KEY
+        proc = subprocess.run(
+            [sys.executable, "-m", "keeper", "check", "--config", str(tmp_path / "keeper.toml"), "--json"],
+            capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        (row,) = out["accounts"]
+        assert row["account"].lower() == user.lower() and row["band"] == "trigger" and row["action"] == "repay_debt"
+        assert row["health_factor"] == pytest.approx(hf_before / 1e18, rel=1e-12)
+        assert out["sent"] == [] and out["executed"] is False
+        assert aave.account_data(user)[5] == hf_before
+
+
 def test_structlog_is_configured_for_capture():
     """capture_logs sees the service's events (guards the assertions above against a silent logger)."""
     with capture_logs() as logs:
