@@ -197,6 +197,28 @@ class TestAccountRisk:
                 assert abs(got.survive_prices_e8[a] - price) <= 1
 
 
+class TestStressGrid:
+    def test_grid_marks_liquidation_where_the_exact_health_factor_is_below_one(self):
+        """10 WETH against 22,000 USDC (liq. $2,666.67, -11.1 %): WETH -15 % and -20 % liquidate, -10 % does
+        not; USDC +15 % (debt +15 %) liquidates too; every row's flag is the exact HF < 1."""
+        from keeper.risk.accounts import account_stress_grid
+
+        market = _market()
+        acct = _account("0xa")
+        rules = AaveRules({"0xa": acct}, market, SYMBOLS)
+        rows = account_stress_grid(
+            margin_account(acct, market),
+            PRICES,
+            health_at=lambda p: rules.health_at("0xa", p),
+            liquidated_at=lambda p: rules.health_at("0xa", p) < WAD,
+        )
+        by = {r.scenario: r for r in rows}
+        assert by["WETH -15%"].liquidated and by["WETH -20%"].liquidated and not by["WETH -10%"].liquidated
+        assert by["USDC +15%"].liquidated and not by["USDC +10%"].liquidated
+        assert all(r.liquidated == (r.health < WAD) for r in rows)
+        assert by["WETH -10%"].loss_usd == pytest.approx(30_000 * 0.825 * 0.10, rel=1e-9)
+
+
 class TestExactMinimum:
     @settings(max_examples=30, deadline=None)
     @given(weth=st.floats(1.0, 50.0), hf=st.floats(0.5, 1.3), target=st.floats(1.0, 1.6), wbtc=st.floats(0.0, 1.0))

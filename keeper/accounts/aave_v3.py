@@ -691,6 +691,11 @@ class AaveRules:
         """``liquidationCall``'s check, HF < 1e18 (:func:`is_liquidatable`)."""
         return self.health(account) < HF_LIQUIDATION_THRESHOLD
 
+    def health_at(self, account: str, prices_e8: Mapping[str, int]) -> int:
+        """The exact health factor of ``account`` at other prices (asset -> e8), this read's balances."""
+        moved = replace(self.market, prices_e8={**self.market.prices_e8, **prices_e8})
+        return health_factor(self._acct(account), moved)
+
     def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
         return margin_account(self._acct(account), self.market, block_number)
 

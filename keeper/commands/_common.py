@@ -47,19 +47,6 @@ def service_class(protocol: str) -> type[KeeperService]:
     return KeeperService
 
 
-def require_position_protocol(cfg: KeeperConfig, command: str) -> None:
-    """One-line error for commands that know positions only (``check``, ``status``, ``stress``) when the
-    configuration names a margin-account protocol (Aave v3): ``keeper run`` protects those."""
-    from keeper.protocols import registry
-
-    if registry.is_account_protocol(cfg.protocol.name):
-        raise ConfigError(
-            f"`keeper {command}` does not read {cfg.protocol.name} accounts yet: use `keeper run` "
-            "(with dry_run = true to see the decisions without sending)",
-            field="protocol.name",
-        )
-
-
 def check_http_port(cfg: KeeperConfig) -> None:
     """Fail with a one-line :class:`ConfigError` when the health listener cannot bind ``http.host:http.port``.
 

@@ -40,7 +40,7 @@ integer health factor) then finds the least supply or repay that keeps the accou
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -55,10 +55,13 @@ from keeper.risk.var import VarEs, var_es_normal, var_es_student_t
 
 __all__ = [
     "DEFAULT_DOMINANCE",
+    "DEFAULT_STRESS_MOVES",
     "MATERIAL_SHARE",
     "AccountMonteCarlo",
     "AccountRisk",
+    "AccountStress",
     "account_breach_mc",
+    "account_stress_grid",
     "account_var_es",
     "assess_account",
     "assess_accounts",
@@ -480,6 +483,66 @@ def refine_with_monte_carlo(
         p, se = account_breach_mc(paths, assets, accounts[r.account.lower()], prices_e8, cost)
         if p > 0 and se / p <= mc.max_rel_stderr:
             out[i] = replace(r, breach_probability=p, method="monte_carlo", stderr=se)
+    return out
+
+
+DEFAULT_STRESS_MOVES = (-0.20, -0.15, -0.10, -0.05, 0.05, 0.10, 0.15, 0.20)
+"""Relative price moves of the stress grid (SPAN / Deribit portfolio margin style, +-5 to 20 %)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStress:
+    """One scenario of an account's stress grid: the price moves, the margin after them and the loss."""
+
+    scenario: str
+    moves: Mapping[str, float]  # asset -> relative move
+    margin_excess_usd: float
+    loss_usd: float  # margin lost (positive = loss)
+    liquidated: bool
+    health: int = 0  # the protocol's figure after the moves (Aave: HF in wad), when the caller has the rule
+
+
+def account_stress_grid(
+    account: MarginAccount,
+    prices_e8: Mapping[str, int],
+    *,
+    moves: Sequence[float] = DEFAULT_STRESS_MOVES,
+    health_at: Callable[[Mapping[str, int]], int] | None = None,
+    liquidated_at: Callable[[Mapping[str, int]], bool] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> list[AccountStress]:
+    """The account's margin under each move of every asset it holds alone, of all its collateral assets
+    together and of all its debt assets together (a crash of what it holds, a squeeze of what it owes).
+
+    ``health_at`` / ``liquidated_at`` are the protocol's exact rule at a price vector (Aave: the integer health
+    factor, HF < 1); without them the linear margin decides (``M < 0``)."""
+    names = names or {}
+    base = _excess_at(account, prices_e8)
+    colls = sorted({leg.price_key or leg.asset for leg in account.legs if leg.kind is LegKind.COLLATERAL})
+    debts = sorted({leg.price_key or leg.asset for leg in account.legs if leg.kind is LegKind.DEBT})
+    groups: list[tuple[str, list[str]]] = [(names.get(a, a), [a]) for a in sorted({*colls, *debts})]
+    if len(colls) > 1:
+        groups.append(("collateral", colls))
+    if len(debts) > 1:
+        groups.append(("debt", debts))
+    out = []
+    for label, assets in groups:
+        for mv in moves:
+            moved = dict(prices_e8)
+            for a in assets:
+                moved[a] = max(1, int(prices_e8[a] * (1.0 + mv)))
+            m = _excess_at(account, moved)
+            liq = liquidated_at(moved) if liquidated_at is not None else m < 0
+            out.append(
+                AccountStress(
+                    f"{label} {mv:+.0%}",
+                    dict.fromkeys(assets, mv),
+                    m,
+                    base - m,
+                    liq,
+                    health_at(moved) if health_at is not None else 0,
+                )
+            )
     return out
 
 

@@ -20,15 +20,18 @@ decision is one ``account_decision`` event with its reason, ranked by breach pro
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
 import structlog
 from eth_abi.exceptions import DecodingError
 
-from keeper.accounts.aave_v3 import AaveRules
+from keeper.accounts.aave_v3 import WAD, AaveRules
+from keeper.accounts.base import LegKind
 from keeper.decision import AccountBookDecision, AccountBookState, decide_accounts
 from keeper.domain import AccountAction, AccountActionKind, Plan, PriceRound
 from keeper.errors import (
@@ -40,7 +43,13 @@ from keeper.errors import (
     TransientRpcError,
 )
 from keeper.protocols.aave_v3 import AaveSnapshot, AaveV3Adapter
-from keeper.risk.accounts import AccountMonteCarlo, account_var_es, correlation_from_histories
+from keeper.risk.accounts import (
+    AccountMonteCarlo,
+    AccountStress,
+    account_stress_grid,
+    account_var_es,
+    correlation_from_histories,
+)
 from keeper.runtime.config import AssetConfig
 from keeper.runtime.service import CycleReport, KeeperService
 from keeper.tx.fees import FeeCapExceeded
@@ -52,6 +61,10 @@ MAX_UINT256 = 2**256 - 1
 ACCOUNT_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPAY_DEBT.value)
 AAVE_GAS_LIMIT_DEFAULT = 200_000  # repay on behalf ~166k, supply ~136k on anvil
 RANKED_IN_LOG = 10
+
+
+def _below_one(rules: AaveRules, user: str, prices_e8: Mapping[str, int]) -> bool:
+    return rules.health_at(user, prices_e8) < WAD
 
 
 @dataclass
@@ -312,6 +325,24 @@ class AccountKeeperService(KeeperService):
             duration_ms=round(report.duration_s * 1e3, 1),
         )
         return report
+
+    def stress(self) -> tuple[int, dict[str, list[AccountStress]]]:
+        """(block, account -> its stress grid) for every watched account with debt, at the exact health factor."""
+        snap = self.aave.read_accounts(self.watched_users(), cross_check=False)
+        rules = AaveRules(snap.accounts, snap.market, self._symbols)
+        out = {}
+        for user in sorted(snap.accounts):
+            view = rules.margin_account(user)
+            if not any(leg.kind is LegKind.DEBT for leg in view.legs):
+                continue
+            out[user] = account_stress_grid(
+                view,
+                snap.market.prices_e8,
+                health_at=partial(rules.health_at, user),
+                liquidated_at=partial(_below_one, rules, user),
+                names=self._symbols,
+            )
+        return snap.block_number, out
 
     def _alert(self, action: AccountAction) -> None:
         severity = "critical" if action.urgent else "warning"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -274,32 +278,44 @@ class TestWatchAll:
         service.close()
 
 
+def _cli(tmp_path: Path, command: str) -> dict:
+    """``keeper <command> --config keeper.toml --json`` in a subprocess; its JSON line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
+    env["KEEPER_PRIVATE_KEY"] = KEEPER_KEY
+    proc = subprocess.run(
+        [sys.executable, "-m", "keeper", command, "--config", str(tmp_path / "keeper.toml"), "--json"],
+        capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 class TestCli:
     def test_keeper_check_shows_the_decisions_and_sends_nothing(self, aave, tmp_path):
         """``keeper check --json`` on an aave-v3 config: the endangered account, its repay, nothing sent."""
-        import json
-        import os
-        import subprocess
-        import sys
-
         aave.open_account(TRADER, LEVERED_ETH)
         user = aave.address(TRADER)
         _fund(aave, {"USDC": 50_000})
         _config(aave, tmp_path, user)  # writes keeper.toml
         hf_before = aave.account_data(user)[5]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
-        env["KEEPER_PRIVATE_KEY"] = KEEPER_KEY
-        proc = subprocess.run(
-            [sys.executable, "-m", "keeper", "check", "--config", str(tmp_path / "keeper.toml"), "--json"],
-            capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        out = _cli(tmp_path, "check")
         (row,) = out["accounts"]
         assert row["account"].lower() == user.lower() and row["band"] == "trigger" and row["action"] == "repay_debt"
         assert row["health_factor"] == pytest.approx(hf_before / 1e18, rel=1e-12)
         assert out["sent"] == [] and out["executed"] is False
         assert aave.account_data(user)[5] == hf_before
+
+    def test_keeper_stress_grid_on_real_aave(self, aave, tmp_path):
+        """``keeper stress --json``: the levered account is liquidated by WETH -15 % and the HF there equals the
+        pool's own getUserAccountData after that move."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _config(aave, tmp_path, user)
+        grid = _cli(tmp_path, "stress")["accounts"]
+        rows = {r["scenario"]: r for r in next(v for k, v in grid.items() if k.lower() == user.lower())}
+        assert rows["WETH -15%"]["liquidated"] and not rows["WETH -10%"]["liquidated"]
+        aave.set_price("WETH", int(aave.price_e8("WETH") * 0.85))
+        assert rows["WETH -15%"]["health_factor"] == pytest.approx(aave.account_data(user)[5] / 1e18, rel=1e-9)
 
 
 def test_structlog_is_configured_for_capture():
