@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from eth_account import Account
+from rich.console import Console
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 
@@ -120,6 +121,16 @@ def seed_history(ops: AaveOps, anvil: Anvil, rng: np.random.Generator) -> None:
         ops.set_price(s, p0)
 
 
+def round_line(name: str, index: int, ops: AaveOps, users: Sequence[str]) -> str:
+    """One line per round for the console: prices, then each account's health factor (LIQ. below 1)."""
+    prices = " ".join(f"{s} {ops.price_e8(s) / 1e8:,.{2 if s in ('LINK', 'DAI') else 0}f}" for s in CRASH[0])
+    hfs = []
+    for k, u in enumerate(users):
+        hf = ops.account_data(u)[5] / 1e18
+        hfs.append(f"A{k + 1} " + ("LIQ." if hf < 1 else "no debt" if hf > 1e6 else f"{hf:.3f}"))
+    return f"{name:<7} {index + 1}/{len(CRASH)} {prices} | HF {' '.join(hfs)}"
+
+
 def collect(ops: AaveOps, name: str, first_block: int, users: Sequence[str], keeper: str | None) -> AaveRun:
     w3 = ops.w3
     run = AaveRun(name, first_block, w3.eth.block_number)
@@ -201,6 +212,7 @@ def play(
     name: str,
     keeper: DaemonKeeper | None,
     workdir: Path,
+    console: Console | None = None,
 ) -> AaveRun:
     t0 = time.monotonic()
     first_block = ops.w3.eth.block_number + 1
@@ -212,7 +224,7 @@ def play(
             keeper.port = free_port()
             text = keeper_config(anvil, ops, users, keeper.port, keeper.fresh_journal(workdir))
             keeper.launch(text, workdir, ANVIL_KEYS[2], anvil, ops.w3)
-        for row in CRASH:
+        for i, row in enumerate(CRASH):
             rpc(anvil, "evm_increaseTime", [ROUND_STEP_S])
             for s, factor in row.items():
                 ops.set_price(s, int(start[s] * factor))
@@ -221,6 +233,8 @@ def play(
             if keeper is not None:
                 keeper.wait_for_cycle(landed, ops.w3.eth.block_number)
                 bot.sweep()
+            if console is not None:
+                console.print(round_line(name, i, ops, users), highlight=False, soft_wrap=True)
     finally:
         if keeper is not None:
             keeper.stop()
@@ -229,7 +243,7 @@ def play(
     return run
 
 
-def run_aave_demo(*, keeper: bool, workdir: Path, seed: int = 7) -> dict[str, Any]:
+def run_aave_demo(*, keeper: bool, workdir: Path, seed: int = 7, console: Console | None = None) -> dict[str, Any]:
     """Deploy, seed, run the control and (``keeper``) the keeper run; the ``aave-v3`` entry of the summary."""
     anvil = Anvil.start()
     try:
@@ -243,12 +257,12 @@ def run_aave_demo(*, keeper: bool, workdir: Path, seed: int = 7) -> dict[str, An
         client = ChainClient.connect(anvil.url)
         bot = AaveLiquidator(ops, AaveV3Adapter(client, ops.deployment.provider), users)
         snapshot = rpc(anvil, "evm_snapshot")
-        control = play(ops, anvil, bot, users, name="CONTROL", keeper=None, workdir=workdir)
+        control = play(ops, anvil, bot, users, name="CONTROL", keeper=None, workdir=workdir, console=console)
         kept = None
         if keeper:
             rpc(anvil, "evm_revert", [snapshot])
             ops.reset_nonces()
-            kept = play(ops, anvil, bot, users, name="KEEPER", keeper=DaemonKeeper(), workdir=workdir)
+            kept = play(ops, anvil, bot, users, name="KEEPER", keeper=DaemonKeeper(), workdir=workdir, console=console)
         client.close()
         return summarize(users, control, kept)
     finally:

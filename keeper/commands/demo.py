@@ -741,7 +741,9 @@ def run_demo(
 
         if console is not None:
             console.print("[bold]Aave v3[/bold]: the crash on real Aave accounts (control run, then the keeper)")
-        summary["protocols"]["aave-v3"] = run_aave_demo(keeper=keeper is not None, workdir=workdir / "aave-v3")
+        summary["protocols"]["aave-v3"] = run_aave_demo(
+            keeper=keeper is not None, workdir=workdir / "aave-v3", console=console
+        )
         summary["seconds"] = round(time.monotonic() - t0, 1)
     return summary
 
