@@ -33,7 +33,7 @@ from eth_abi.exceptions import DecodingError
 from keeper.accounts.aave_v3 import WAD, AaveRules
 from keeper.accounts.base import LegKind
 from keeper.decision import AccountBookDecision, AccountBookState, decide_accounts
-from keeper.domain import AccountAction, AccountActionKind, Plan, PriceRound
+from keeper.domain import AccountAction, AccountActionKind, ActionKind, Plan, PriceRound
 from keeper.errors import (
     ChainMismatchError,
     ConfigError,
@@ -455,6 +455,10 @@ class AccountKeeperService(KeeperService):
             reason=action.reason,
         )
         return out
+
+    def _count_gas(self, tx_hash: str | None, kind: str = "other") -> None:
+        """The sibling's gas accounting; a mined supply or repay sizes the gas-left alert like a top-up does."""
+        super()._count_gas(tx_hash, ActionKind.TOP_UP.value if kind in ACCOUNT_KINDS else kind)
 
     def still_needed(self, intent: Any) -> bool:
         """A stuck supply/repay is still needed while its account is endangered (errors answer yes)."""

@@ -131,6 +131,19 @@ class TestCrash:
         finally:
             fork.stop()
 
+    def test_a_mined_repay_sizes_the_gas_left_alert(self, aave, tmp_path):
+        """The head watcher's poll finalises the cycle's repay and takes its gas as the per-action estimate."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, {"USDC": 50_000})
+        service = _service(aave, tmp_path, user)
+        report = service.cycle(execute=True)
+        assert [s["action"] for s in report.sent] == ["repay_debt"]
+        service.watch_head()  # a new head: the manager polls, the repay is final, its receipt is counted
+        receipt = aave.w3.eth.get_transaction_receipt(report.sent[0]["tx_hash"])
+        assert service.top_up_gas_limit > receipt["gasUsed"] and service.top_up_gas_limit != 200_000
+        service.close()
+
 
 class TestWallet:
     @pytest.mark.parametrize(
