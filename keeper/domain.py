@@ -298,3 +298,74 @@ class Plan:
     @property
     def onchain_actions(self) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind is not ActionKind.ALERT and not a.needs_approval)
+
+
+# ---- margin accounts (several assets per account: Aave v3 and the like) ---------------------------------
+
+
+class AccountActionKind(enum.Enum):
+    """Protocol-neutral actions on a margin account (the adapter maps them to its calls)."""
+
+    ADD_COLLATERAL = "add_collateral"  # wallet -> account collateral (Aave: supply on behalf)
+    REPAY_DEBT = "repay_debt"  # wallet -> account debt (Aave: repay on behalf, variable rate)
+    ALERT = "alert"  # nothing sent on chain
+
+
+@dataclass(frozen=True, slots=True)
+class AccountAction:
+    """One thing the keeper does for a margin account: ``amount`` of ``asset`` in its native units.
+
+    ``cost_e6`` is its value in USD (e6) at the price it was decided on; ``needs_approval`` marks an action
+    above the manual-approval threshold (alerted, not sent).
+    """
+
+    kind: AccountActionKind
+    account: str
+    asset: str = ""
+    amount: int = 0
+    cost_e6: int = 0
+    reason: str = ""
+    breach_probability: float = 0.0
+    urgent: bool = False
+    needs_approval: bool = False
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.kind.value}:{self.account.lower()}:{self.asset.lower()}:{self.amount}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDecision:
+    """The keeper's decision on one margin account: the risk inputs, the band, what it does and why.
+
+    ``band`` is ``trigger`` (endangered), ``hold`` or ``awaiting_tx``; ``action`` e.g. ``repay_debt``,
+    ``add_collateral``, ``alert`` or ``none``; ``reason`` in the trader's words, never empty. ``health_wad`` is
+    the protocol's own figure (Aave: the health factor, 1e18 = 1.0; 0 when the protocol has none).
+    ``stale_assets`` are assets whose price source's latest round is older than its heartbeat (danger);
+    ``blocked`` says why an action was not possible (frozen or paused reserve, isolation mode, empty wallet).
+    """
+
+    protocol: str
+    account: str
+    band: str
+    action: str
+    reason: str
+    breach_probability: float
+    method: str
+    dominant_asset: str
+    liquidation_price_e8: int
+    log_distance: float
+    margin_excess_usd: float
+    debt_usd: float
+    horizon_s: float
+    health_wad: int = 0
+    asset: str = ""
+    amount: int = 0
+    cost_e6: int = 0
+    stale_assets: tuple[str, ...] = ()
+    short_causes: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.account.lower()

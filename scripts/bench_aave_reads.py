@@ -10,7 +10,8 @@ the batch must equal its template's, and the keeper's recomputation must equal i
 
 For each N in --sizes: ``AaveV3Adapter.read_accounts`` (two Multicall3 passes at one block; HTTP round trips
 counted by the client), then ``account_data`` for every account (the pure arithmetic), median of --repeat;
-then the same read without the contract's ``getUserAccountData`` (``cross_check=False``) plus the arithmetic.
+then the same read without the contract's ``getUserAccountData`` (``cross_check=False``) plus the arithmetic,
+then the daemon's risk + plan on that read (``decide_accounts``).
 Naive: per account ``getUserAccountData``, ``getUserConfiguration``, ``getUserEMode`` and the balances of
 its reserves through web3 contract objects, timed on --naive-sample accounts and extrapolated linearly.
 
@@ -28,12 +29,15 @@ import time
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from keeper.accounts.aave_v3 import account_data
+from keeper.accounts.aave_v3 import AaveRules, account_data
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
+from keeper.decision import AccountBookState, decide_accounts
 from keeper.dev.aave_v3 import AaveOps, SeedAccount, aave_artifact, deploy_aave
 from keeper.dev.reference import ANVIL_KEYS
+from keeper.planner import PlanLimits
 from keeper.protocols.aave_v3 import AaveV3Adapter
+from keeper.risk.policy import RiskPolicy
 
 TEMPLATES = (
     SeedAccount((("WETH", 10.0), ("WBTC", 0.5)), (("USDC", 30_000.0),)),
@@ -75,6 +79,26 @@ def clone_accounts(anvil: Anvil, client: ChainClient, templates: list[str], cont
     for j in range(0, len(writes), 2_000):
         client.batch(writes[j : j + 2_000])
     return users
+
+
+POLICY = RiskPolicy()
+LIMITS = PlanLimits.from_policy(POLICY, max_per_tx_e6=5_000 * 10**6, max_per_day_e6=10**12)
+
+
+def decide_lean(snap):
+    """The daemon's decision over one read (no price history: the policy's fallbacks), a USDC wallet."""
+    rules = AaveRules(snap.accounts, snap.market)
+    usdc = next(a for a, r in snap.market.reserves.items() if r.config.decimals == 6)
+    return decide_accounts(
+        [rules.margin_account(u) for u in snap.accounts],
+        rules,
+        AccountBookState(wallet={usdc: 10**12}),
+        prices_e8=snap.market.prices_e8,
+        sigmas_annual={},
+        policy=POLICY,
+        limits=LIMITS,
+        check_interval_s=60.0,
+    )
 
 
 def main() -> None:
@@ -135,6 +159,17 @@ def main() -> None:
             print(
                 f"N={n}: read without getUserAccountData + exact arithmetic median "
                 f"{statistics.median(lean) * 1e3:.0f} ms, round trips {statistics.median(lean_trips):.0f}"
+            )
+            decides = []
+            for _ in range(args.repeat):  # risk + plan: the daemon's decide_accounts on that read
+                t = time.perf_counter()
+                outcome = decide_lean(lean_snap)
+                decides.append(time.perf_counter() - t)
+            endangered = sum(dd.band == "trigger" for dd in outcome.decisions)
+            print(
+                f"N={n}: risk + plan (decide_accounts, wallet of 1M USDC) median "
+                f"{statistics.median(decides) * 1e3:.0f} ms ({endangered} endangered); whole cycle "
+                f"{(statistics.median(lean) + statistics.median(decides)) * 1e3:.0f} ms"
             )
         # naive loop on a sample
         pool = w3.eth.contract(address=d.pool, abi=aave_artifact("Pool")["abi"])

@@ -7,7 +7,8 @@ excess here is the first-order view the risk code uses:
 .. math:: M(S) = \\sum_{c} q_c S_c w_c - \\sum_{d} q_d S_d
 
 in the base currency (USD, 8 decimals), with :math:`w_c` the collateral's liquidation weight (Aave: the
-liquidation threshold in bps) and :math:`q` amounts in whole tokens.
+liquidation threshold in bps) and :math:`q` amounts in whole tokens. Each leg also carries the rate at which
+its amount accrues (the risk code's interest drift, :mod:`keeper.risk.accounts`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 BPS = 10_000
 
@@ -34,6 +36,7 @@ class Leg:
     decimals: int
     weight_bps: int = BPS  # collateral: liquidation weight; debt: 10000
     price_key: str = ""  # asset whose price applies (Aave e-mode price source); "" = ``asset``
+    rate_annual: float = 0.0  # interest accruing on the leg per year (collateral: supply rate; debt: borrow rate)
 
     def value_e8(self, prices_e8: Mapping[str, int]) -> int:
         """Value in the base currency (8 decimals), floored like the protocols do."""
@@ -60,3 +63,53 @@ class MarginAccount:
             v = leg.value_e8(prices_e8)
             total += v * leg.weight_bps // BPS if leg.kind is LegKind.COLLATERAL else -v
         return total
+
+
+ADD_COLLATERAL = "add_collateral"
+REPAY_DEBT = "repay_debt"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOption:
+    """One way to protect an account: add ``amount`` of ``asset`` as collateral or repay that much debt.
+
+    ``cost_e6`` is the amount's value in USD (e6) at today's price; ``reaches_target`` whether it keeps the
+    account solvent at the prices it must survive; ``health_after`` the protocol's figure at those prices
+    after the action (higher is safer; Aave: the health factor in wad), the score options are ranked by when
+    none reaches the target.
+    """
+
+    kind: str  # ADD_COLLATERAL | REPAY_DEBT
+    asset: str
+    amount: int
+    cost_e6: int
+    reaches_target: bool
+    health_after: int
+
+
+class AccountRules(Protocol):
+    """A protocol's exact rules for its accounts, as the decision needs them (pure; Aave: ``AaveRules``)."""
+
+    @property
+    def protocol(self) -> str: ...
+
+    def health(self, account: str) -> int:
+        """The protocol's own safety figure for ``account`` now (Aave: health factor, wad)."""
+        ...
+
+    def liquidatable(self, account: str) -> bool:
+        """The protocol's exact liquidation rule, now."""
+        ...
+
+    def options(
+        self, account: str, survive_prices_e8: Mapping[str, int], wallet: Mapping[str, int], budget_e6: int
+    ) -> tuple[list[ActionOption], list[str]]:
+        """Per asset of ``wallet`` (asset -> units held) and per kind: the least action that keeps ``account``
+        solvent at ``survive_prices_e8``, or the most the wallet and ``budget_e6`` allow when that is short
+        (``reaches_target`` False). Also one line per impossible option saying why (frozen reserve, ...)."""
+        ...
+
+    def value_at_stake_e6(self, account: str) -> int:
+        """What a liquidation would take from the owner now (USD e6): the liquidator's bonus on the closable
+        debt; the fee cap of a protective transaction is tied to it."""
+        ...

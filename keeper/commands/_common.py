@@ -5,12 +5,16 @@ from __future__ import annotations
 import errno
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from keeper.errors import ConfigError
 from keeper.runtime.config import KeeperConfig, known_secrets, load_config
 from keeper.runtime.logging import configure_logging
+
+if TYPE_CHECKING:
+    from keeper.runtime.service import KeeperService
 
 CONFIG_OPTION = typer.Option(
     None, "--config", "-c", envvar="KEEPER_CONFIG", help="TOML configuration file (see examples/keeper.toml)."
@@ -28,6 +32,19 @@ def load(config: Path | None, env_file: Path | None, *, log_level: str | None = 
     cfg = load_config(config, dotenv_path=env_file)
     configure_logging(cfg.log.format, log_level or cfg.log.level, known_secrets=known_secrets(cfg))
     return cfg
+
+
+def service_class(protocol: str) -> type[KeeperService]:
+    """The service for ``protocol``: positions (the reference protocol) or margin accounts (Aave v3)."""
+    from keeper.protocols import registry
+
+    if registry.is_account_protocol(protocol):
+        from keeper.runtime.accounts_service import AccountKeeperService
+
+        return AccountKeeperService
+    from keeper.runtime.service import KeeperService
+
+    return KeeperService
 
 
 def check_http_port(cfg: KeeperConfig) -> None:

@@ -11,8 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
+from keeper.commands._accounts_view import account_check_output, accounts_table
+from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load, service_class
 from keeper.redact import mask_data
+from keeper.runtime.accounts_service import AccountCycleReport
 from keeper.runtime.config import SECRET_FIELDS
 from keeper.runtime.service import CycleReport, KeeperService
 
@@ -114,7 +116,7 @@ def one_cycle(
     config: Path | None, env_file: Path | None, *, execute: bool, on_service: Any = None
 ) -> tuple[KeeperService, CycleReport]:
     cfg = load(config, env_file, log_level="warning")
-    service = KeeperService.from_config(cfg, execute=execute, send_alerts=execute)
+    service = service_class(cfg.protocol.name).from_config(cfg, execute=execute, send_alerts=execute)
     if on_service is not None:
         on_service(service)
     service.start()
@@ -211,6 +213,15 @@ def register(app: typer.Typer) -> None:
                 opened[0].close()
             raise typer.Exit(EXIT_INTERRUPTED) from None
         try:
+            if isinstance(report, AccountCycleReport):
+                out = account_check_output(report, executed=execute)
+                if as_json:
+                    print(masked_json(out))
+                    return
+                Console().print(accounts_table(out))
+                if report.outcome is not None and report.outcome.onchain_actions and not execute:
+                    Console().print("dry run: nothing was sent (use --execute to send)")
+                return
             rows = position_rows(report, service)
             out = {
                 "block": report.block_number,
@@ -260,6 +271,13 @@ def register(app: typer.Typer) -> None:
         """Table of watched positions: liquidation price, distance, sigma, breach probability, buffer target."""
         service, report = one_cycle(config, env_file, execute=False)
         try:
+            if isinstance(report, AccountCycleReport):
+                out = account_check_output(report, executed=False)
+                if as_json:
+                    print(masked_json(out))
+                else:
+                    Console().print(accounts_table(out))
+                return
             rows = position_rows(report, service)
             if as_json:
                 print(masked_json({"block": report.block_number, "positions": rows}))

@@ -189,7 +189,12 @@ deployment = "{deployment_path}"
 max_top_up_usd = 50000
 max_per_day_usd = 1000000
 
-[schedule]
+{daemon_config_tail(journal, http_port)}"""
+
+
+def daemon_config_tail(journal: Path, http_port: int) -> str:
+    """The demo daemon's schedule, journal, health listener and log sections (every protocol's the same)."""
+    return f"""[schedule]
 head_poll_s = 0.1          # the demo pushes a round every ~1 s of wall time: notice it quickly
 
 [journal]
@@ -225,23 +230,39 @@ class DaemonKeeper:
         self.port = 0
         self.log_path: Path | None = None
         self._log: BinaryIO | None = None
+        self._anvil: Anvil | None = None
+        self._w3: Web3 | None = None
+        self._keeper_address = ""
 
     def start(self, ctx: DemoContext) -> None:
-        if not daemon_available():
-            raise KeeperError("`keeper run` is not available in this installation: the daemon is missing")
         self.ctx = ctx
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         deployment_path = ctx.ops.deployment.save(ctx.workdir / "deployment.json").resolve()
-        journal = (ctx.workdir / "journal.sqlite").resolve()
+        journal = self.fresh_journal(ctx.workdir)
+        self.port = free_port()
+        config_text = keeper_config_toml(ctx, deployment_path, self.port, journal)
+        self.launch(config_text, ctx.workdir, ctx.keeper_key, ctx.anvil, ctx.ops.w3)
+
+    @staticmethod
+    def fresh_journal(workdir: Path) -> Path:
+        journal = (workdir / "journal.sqlite").resolve()
         for stale in (journal, journal.with_suffix(".sqlite-wal"), journal.with_suffix(".sqlite-shm")):
             stale.unlink(missing_ok=True)
-        self.port = free_port()
-        config = ctx.workdir / "keeper.toml"
-        config.write_text(keeper_config_toml(ctx, deployment_path, self.port, journal))
-        self.log_path = ctx.workdir / "keeper.log"
+        return journal
+
+    def launch(self, config_text: str, workdir: Path, keeper_key: str, anvil: Anvil, w3: Web3) -> None:
+        """Write ``config_text``, start ``keeper run`` on it, wait for its first cycle and for that cycle's
+        transactions to be mined (``self.port`` must be the config's http port)."""
+        if not daemon_available():
+            raise KeeperError("`keeper run` is not available in this installation: the daemon is missing")
+        self._anvil, self._w3 = anvil, w3
+        self._keeper_address = Account.from_key(keeper_key).address
+        config = workdir / "keeper.toml"
+        config.write_text(config_text)
+        self.log_path = workdir / "keeper.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
-        env["KEEPER_PRIVATE_KEY"] = ctx.keeper_key  # a public anvil test key; never written to a file
+        env["KEEPER_PRIVATE_KEY"] = keeper_key  # a public anvil test key; never written to a file
         self.process = subprocess.Popen(
             [sys.executable, "-m", "keeper", "run", "--config", str(config)],
             stdin=subprocess.DEVNULL,
@@ -262,7 +283,7 @@ class DaemonKeeper:
                 f"the keeper daemon did not complete a cycle in {self.start_timeout_s:.0f}s; see {self.log_path}"
             )
         # the first cycle's top-ups are mined, and (within 2 s) a cycle has seen them: then the scenario starts
-        self._wait_idle(time.monotonic(), ctx.ops.w3.eth.block_number, 2.0)
+        self._wait_idle(time.monotonic(), w3.eth.block_number, 2.0)
 
     def health(self) -> dict | None:
         try:
@@ -282,9 +303,9 @@ class DaemonKeeper:
             raise KeeperError(f"the keeper daemon exited with code {self.process.returncode}:\n{tail}")
 
     def _keeper_pending(self) -> bool:
-        assert self.ctx is not None
-        content = rpc(self.ctx.anvil, "txpool_content")
-        mine = self.ctx.keeper_address.lower()
+        assert self._anvil is not None
+        content = rpc(self._anvil, "txpool_content")
+        mine = self._keeper_address.lower()
         return any(addr.lower() == mine for part in content.values() for addr in part)
 
     def _wait_idle(self, since: float, block: int, timeout_s: float) -> None:
@@ -301,7 +322,11 @@ class DaemonKeeper:
         time.sleep(self.settle_s)
 
     def after_round(self, played: PlayedRound) -> None:
-        self._wait_idle(played.landed_monotonic_s or time.monotonic(), played.block_number, self.round_timeout_s)
+        self.wait_for_cycle(played.landed_monotonic_s or time.monotonic(), played.block_number)
+
+    def wait_for_cycle(self, since_monotonic_s: float, block: int) -> None:
+        """Until a cycle finished after ``since_monotonic_s`` saw ``block`` and nothing of ours is pending."""
+        self._wait_idle(since_monotonic_s, block, self.round_timeout_s)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -343,6 +368,23 @@ def book_keys(ops: DevChainOps, book: Sequence[DemoPosition]) -> list[tuple[str,
 
 def read_views(ops: DevChainOps, keys: Sequence[tuple[str, int]]) -> list[tuple]:
     return ops.engine.functions.getPositions([a for a, _ in keys], [m for _, m in keys]).call()
+
+
+def keeper_gas(w3: Web3, keeper_address: str, first_block: int, last_block: int) -> tuple[int, int, int, int]:
+    """(transactions, reverted, gas used, gas cost in wei) of ``keeper_address`` in the block range, from receipts."""
+    mine = keeper_address.lower()
+    txs = reverted = gas = cost = 0
+    for n in range(first_block, last_block + 1):
+        for item in w3.eth.get_block(n, full_transactions=True)["transactions"]:
+            tx = cast(TxData, item)  # full_transactions=True: whole transactions, not hashes
+            if tx["from"].lower() != mine:
+                continue
+            receipt = w3.eth.get_transaction_receipt(tx["hash"])
+            txs += 1
+            reverted += receipt["status"] != 1
+            gas += receipt["gasUsed"]
+            cost += receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    return txs, reverted, gas, cost
 
 
 def collect_run(
@@ -387,17 +429,9 @@ def collect_run(
             }
         )
     if keeper_address is not None:
-        mine = keeper_address.lower()
-        for n in range(first_block, last + 1):
-            for item in w3.eth.get_block(n, full_transactions=True)["transactions"]:
-                tx = cast(TxData, item)  # full_transactions=True: whole transactions, not hashes
-                if tx["from"].lower() != mine:
-                    continue
-                receipt = w3.eth.get_transaction_receipt(tx["hash"])
-                res.keeper_txs += 1
-                res.keeper_reverted += receipt["status"] != 1
-                res.keeper_gas_used += receipt["gasUsed"]
-                res.keeper_gas_cost_wei += receipt["gasUsed"] * receipt["effectiveGasPrice"]
+        res.keeper_txs, res.keeper_reverted, res.keeper_gas_used, res.keeper_gas_cost_wei = keeper_gas(
+            w3, keeper_address, first_block, last
+        )
     res.final = dict(zip([(a.lower(), m) for a, m in keys], read_views(ops, keys), strict=True))
     return res
 
@@ -647,6 +681,17 @@ def summary_tables(summary: dict[str, Any]) -> Group:
         ]
     else:
         lines.append("keeper run: skipped")
+    aave = summary.get("protocols", {}).get("aave-v3")
+    if aave is not None:
+        lines.append(
+            f"Aave v3 accounts:                {aave['positions']}, liquidated without the keeper "
+            f"{aave['liquidated_without_keeper']}, with it {aave['liquidated_with_keeper']}"
+        )
+        if aave["top_ups"] is not None:
+            lines.append(
+                f"Aave v3 supplies / repays:       {aave['supplies']} / {aave['repays']} "
+                f"(${aave['collateral_added']:,.2f}), {aave['gas_used']:,} gas"
+            )
     lines.append(f"demo wall time:                  {summary['seconds']:.1f} s")
     return Group(t, Text("\n".join(lines)))
 
@@ -663,8 +708,13 @@ def run_demo(
     keeper: KeeperRunner | None = None,
     workdir: Path = DEFAULT_DIR / "demo",
     console: Console | None = None,
+    aave: bool = False,
 ) -> dict[str, Any]:
-    """Set up, run the control and (when ``keeper`` is given) the keeper run; return the summary."""
+    """Set up, run the control and (when ``keeper`` is given) the keeper run; return the summary.
+
+    ``aave``: then play the crash on real Aave v3 accounts too (:mod:`keeper.commands._demo_aave`, its own
+    chain; the keeper run uses the daemon whenever ``keeper`` is given); the summary's ``protocols`` object
+    maps ``reference`` and ``aave-v3`` to their counts."""
     t0 = time.monotonic()
     scenario = scenario or demo_crash(seed)
     reserve_e6 = round(reserve_usd * 1e6)
@@ -682,9 +732,32 @@ def run_demo(
             ops.reset_nonces()
             bot.reset()
             kept = play_run(ctx, scenario, bot, book, name=f"KEEPER ({keeper.name})", keeper=keeper, view=view)
-        return summarize(ctx, book, scenario, control, kept, reserve_e6=reserve_e6, seconds=time.monotonic() - t0)
+        summary = summarize(ctx, book, scenario, control, kept, reserve_e6=reserve_e6, seconds=time.monotonic() - t0)
     finally:
         anvil.stop()
+    summary["protocols"] = {"reference": protocol_entry(summary, len(book))}
+    if aave:
+        from keeper.commands._demo_aave import run_aave_demo
+
+        if console is not None:
+            console.print("[bold]Aave v3[/bold]: the crash on real Aave accounts (control run, then the keeper)")
+        summary["protocols"]["aave-v3"] = run_aave_demo(
+            keeper=keeper is not None, workdir=workdir / "aave-v3", console=console
+        )
+        summary["seconds"] = round(time.monotonic() - t0, 1)
+    return summary
+
+
+def protocol_entry(summary: dict[str, Any], positions: int) -> dict[str, Any]:
+    """The reference protocol's line of the ``protocols`` object (the same keys as every protocol's)."""
+    return {
+        "positions": positions,
+        "liquidated_without_keeper": summary["liquidated_without_keeper"],
+        "liquidated_with_keeper": summary["liquidated_with_keeper"],
+        "top_ups": summary["top_ups"],
+        "collateral_added": summary["collateral_added"],
+        "gas_used": summary["gas_used"],
+    }
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> Path:
@@ -699,8 +772,10 @@ def register(app: typer.Typer) -> None:
         reserve: float = typer.Option(DEFAULT_RESERVE_USD, help="USD in the keeper's wallet for top-ups."),
         keeper: bool = typer.Option(True, help="Run the keeper pass (--no-keeper: control run only)."),
         out: Path = typer.Option(DEFAULT_DIR / SUMMARY_NAME, help="Where to write the summary JSON."),
+        aave: bool = typer.Option(True, help="Also play the crash on real Aave v3 accounts (--no-aave: skip)."),
     ) -> None:
-        """Crash ETH -35% and squeeze BTC +25% on a local chain: liquidations without and with the keeper."""
+        """Crash ETH -35% and squeeze BTC +25% on a local chain (reference protocol and real Aave v3): liquidations
+        without and with the keeper."""
         if reserve < 0:
             raise InputError(f"--reserve {reserve}: must be >= 0")
         from keeper.runtime.logging import configure_logging
@@ -717,7 +792,9 @@ def register(app: typer.Typer) -> None:
             elif console is not None:
                 console.print("[yellow]`keeper run` is not available yet: showing the control run only[/yellow]")
         try:
-            summary = run_demo(seed=seed, reserve_usd=reserve, keeper=runner, workdir=workdir, console=console)
+            summary = run_demo(
+                seed=seed, reserve_usd=reserve, keeper=runner, workdir=workdir, console=console, aave=aave
+            )
         finally:
             log_file.close()
         path = write_summary(summary, out)

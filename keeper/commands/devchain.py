@@ -121,6 +121,11 @@ def register(app: typer.Typer) -> None:
                         f"  aave account {trader}: collateral ${data[0] / 1e8:,.2f} "
                         f"debt ${data[1] / 1e8:,.2f} HF {data[5] / 1e18:.4f}"
                     )
+                console.print(
+                    f'  to protect them: [protocol] name = "aave-v3", provider = "{aave_ops.deployment.provider}"'
+                    " and their addresses as [[accounts]] (keeper wallet: anvil key 2)",
+                    markup=False,
+                )
             path = ops.deployment.save(out)
             console.print(f"anvil pid {anvil.pid} at [bold]{anvil.url}[/bold] (chain id {ops.deployment.chain_id})")
             console.print(f"deployment file: {path}")

@@ -25,7 +25,7 @@ import structlog
 import typer
 
 from keeper.chain.heads import NewHeadsSubscription
-from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, check_http_port, load
+from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, check_http_port, load, service_class
 from keeper.errors import ChainMismatchError, HaltError, TransientRpcError
 from keeper.runtime.health import HealthServer, HealthState
 from keeper.runtime.metrics import KeeperMetrics
@@ -60,7 +60,7 @@ def run_daemon(config_path: Path | None, env_file: Path | None) -> None:
     check_http_port(cfg)  # before the journal is opened or reconciled: a busy port stops us with nothing done
     metrics = KeeperMetrics()
     health = HealthState(cfg.http.max_cycle_age_s, cfg.http.max_head_age_s)
-    service = KeeperService.from_config(cfg, execute=True, metrics=metrics, health=health)
+    service = service_class(cfg.protocol.name).from_config(cfg, execute=True, metrics=metrics, health=health)
     service.client.require_code(required_code(service))
     server = None
     heads = None

@@ -4,15 +4,56 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load
+from keeper.protocols import registry
 from keeper.risk.stress import run_stress, stress_grid
+from keeper.runtime.config import KeeperConfig
 from keeper.runtime.service import KeeperService
+
+
+def account_stress(cfg: KeeperConfig, *, as_json: bool) -> None:
+    """The grid for margin accounts (Aave v3): each asset, all collateral, all debt, +-5..20 %, exact HF."""
+    from keeper.runtime.accounts_service import AccountKeeperService
+
+    service = cast(AccountKeeperService, AccountKeeperService.from_config(cfg, execute=False, send_alerts=False))
+    try:
+        service.start()
+        block, grids = service.stress()
+    finally:
+        service.close()
+    data = {
+        "block": block,
+        "accounts": {
+            user: [
+                {
+                    "scenario": row.scenario,
+                    "margin_excess_usd": round(row.margin_excess_usd, 2),
+                    "loss_usd": round(row.loss_usd, 2),
+                    "health_factor": row.health / 1e18,
+                    "liquidated": row.liquidated,
+                }
+                for row in rows
+            ]
+            for user, rows in grids.items()
+        },
+    }
+    if as_json:
+        print(json.dumps(data))
+        return
+    t = Table(title=f"stress at block {block} ({len(grids)} accounts with debt)")
+    for col in ("account", "liquidated by", "worst loss (USD)", "worst scenario"):
+        t.add_column(col, justify="right" if col == "worst loss (USD)" else "left")
+    for user, rows in grids.items():
+        worst = max(rows, key=lambda r: r.loss_usd)
+        liq = ", ".join(r.scenario for r in rows if r.liquidated) or "-"
+        t.add_row(user[:10] + "…", liq, f"{worst.loss_usd:,.2f}", worst.scenario)
+    Console().print(t)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +65,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Loss per account and positions liquidated under +-5..20 % moves, tails, and vol up/same/down."""
         cfg = load(config, env_file, log_level="warning")
+        if registry.is_account_protocol(cfg.protocol.name):
+            account_stress(cfg, as_json=as_json)
+            return
         service = KeeperService.from_config(cfg, execute=False, send_alerts=False)
         try:
             service.adapter.load_markets()

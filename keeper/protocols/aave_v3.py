@@ -32,8 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
+from eth_abi import decode as abi_decode
 from eth_utils import to_checksum_address
 
 from keeper.accounts.aave_v3 import (
@@ -49,9 +51,14 @@ from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function, event_topic
 from keeper.chain.discovery import LogScanner
 from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
 from keeper.chain.rpc import ChainClient
-from keeper.domain import PriceRound
+from keeper.domain import AccountAction, AccountActionKind, PriceRound
 from keeper.errors import ChainMismatchError, InputError
+from keeper.protocols.base import HeadProbe
 from keeper.tx.call import ContractCall
+
+if TYPE_CHECKING:
+    from keeper.runtime.config import KeeperConfig
+    from keeper.tx.journal import Journal
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +94,8 @@ F_SUPPLY = Function("supply(address,uint256,address,uint16)")
 F_REPAY = Function("repay(address,uint256,uint256,address)")
 F_WITHDRAW = Function("withdraw(address,uint256,address)")
 F_APPROVE = Function("approve(address,uint256)")
+F_ALLOWANCE = Function("allowance(address,address)")
+F_GET_ROUND = Function("getRoundData(uint80)")
 
 POOL_EVENTS = {
     # event topic -> index of the topic holding the account (Pool.sol 1.19.3 event declarations)
@@ -447,6 +456,105 @@ class AaveV3Adapter:
             first.block_number, market, accounts, onchain, rounds, first.round_trips + res2.round_trips, tuple(failed)
         )
 
+    # ---- what the daemon needs besides the book ----------------------------------------------------
+
+    def contract_addresses(self) -> dict[str, str]:
+        """Name -> address of every contract an endpoint must hold for it to serve this market."""
+        return {
+            "PoolAddressesProvider": self.provider,
+            "Pool": self.pool,
+            "AaveOracle": self.oracle,
+            "Multicall3": self.multicall.address,
+        }
+
+    def check_deployment(self) -> None:
+        for name, address in self.contract_addresses().items():
+            if not self.client.get_code(address):
+                raise ChainMismatchError(
+                    f"no contract at the {name} address {address} on chain id {self.client.chain_id}: "
+                    "wrong provider or market, or a restarted chain?"
+                )
+
+    def known_assets(self) -> list[str]:
+        if not self.reserves:
+            self.load_reserves()
+        return list(self.reserves)
+
+    def probe_head(self) -> HeadProbe:
+        """The head and each reserve's price source's latest round id (keyed by reserve id), in one read."""
+        assets = self.known_assets()
+        calls = [Call(self.sources.get(a, ZERO_ADDRESS), F_LATEST_ROUND.encode()) for a in assets]
+        res = self.multicall.aggregate3(calls)
+        rounds = {
+            self.reserves[a].reserve_id: _round(r.data).round_id
+            for a, r in zip(assets, res.results, strict=True)
+            if r.success and len(r.data) >= 160
+        }
+        return HeadProbe(res.block_number, res.block_timestamp, rounds)
+
+    def wallet(self, owner: str) -> tuple[dict[str, int], dict[str, int]]:
+        """(balance, allowance to the pool) of ``owner`` in every reserve's underlying, in one read."""
+        assets = self.known_assets()
+        who = to_checksum_address(owner)
+        calls = [Call(a, F_BALANCE.encode(who)) for a in assets]
+        calls += [Call(a, F_ALLOWANCE.encode(who, self.pool)) for a in assets]
+        res = self.multicall.aggregate3(calls).results
+        n = len(assets)
+        balances = {a: _word(r.data, 0) if r.success else 0 for a, r in zip(assets, res[:n], strict=True)}
+        allowances = {a: _word(r.data, 0) if r.success else 0 for a, r in zip(assets, res[n:], strict=True)}
+        return balances, allowances
+
+    def source_history(self, asset: str, max_rounds: int, latest: PriceRound) -> list[PriceRound]:
+        """The price source's rounds before ``latest`` (oldest first, ``latest`` included), in one read.
+
+        Round ids step back one at a time within the aggregator's phase (Chainlink's proxy ids are
+        ``phase << 64 | round``); a round that does not answer ends the history."""
+        source = self.sources.get(asset)
+        if source is None or latest.round_id <= 1:
+            return [latest]
+        phase_start = latest.round_id >> 64 << 64
+        ids = [i for i in range(latest.round_id - max_rounds + 1, latest.round_id) if i > phase_start]
+        res = self.multicall.aggregate3([Call(source, F_GET_ROUND.encode(i)) for i in ids]).results
+        out = [_round(r.data) for r in res if r.success and len(r.data) >= 160]
+        return [r for r in out if r.updated_at_s > 0] + [latest]
+
+    def call_for_account_action(self, action: AccountAction) -> ContractCall:
+        """The supply or repay on behalf that carries out ``action`` (alerts have none)."""
+        if action.kind is AccountActionKind.ADD_COLLATERAL:
+            call = self.supply_call(action.asset, action.amount, action.account)
+        elif action.kind is AccountActionKind.REPAY_DEBT:
+            call = self.repay_call(action.asset, action.amount, action.account)
+        else:
+            raise InputError(f"{action.kind.value} actions are not sent on chain")
+        meta = {
+            "kind": action.kind.value,
+            "account": action.account.lower(),
+            "asset": action.asset,
+            "amount": str(action.amount),
+            "cost_e6": action.cost_e6,
+        }
+        return ContractCall(call.to, call.data, call.value_wei, call.description, {**call.meta, **meta})
+
+    def describe_transaction(self, to: str, data: bytes) -> dict | None:
+        """What a supply or repay of the keeper's key found on chain did, in the ``meta`` form of
+        :meth:`call_for_account_action` (no ``cost_e6``: the price at the time is not known), or ``None`` when
+        it is not one (so a transaction a lost journal forgot is journaled again with its purpose)."""
+        if to.lower() != self.pool.lower() or len(data) < 4:
+            return None
+        for kind, fn, who in (
+            (AccountActionKind.ADD_COLLATERAL, F_SUPPLY, 2),
+            (AccountActionKind.REPAY_DEBT, F_REPAY, 3),
+        ):
+            if data[:4] == fn.selector:
+                args = abi_decode(list(fn.input_types), data[4:])
+                return {
+                    "kind": kind.value,
+                    "account": str(args[who]).lower(),
+                    "asset": to_checksum_address(args[0]),
+                    "amount": str(int(args[1])),
+                }
+        return None
+
     # ---- discovery -------------------------------------------------------------------------------
 
     def discover_accounts(self, to_block: int | None = None) -> set[str]:
@@ -525,3 +633,16 @@ __all__ = [
     "decode_reserve_data",
     "resolve_provider",
 ]
+
+
+def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | None) -> AaveV3Adapter:
+    """The registry's factory: ``[protocol] name = "aave-v3"`` with ``provider`` or ``market``."""
+    p = config.protocol
+    return AaveV3Adapter.for_market(
+        client,
+        p.market,
+        p.provider,
+        multicall=p.multicall,
+        journal=journal,
+        start_block=p.start_block,
+    )

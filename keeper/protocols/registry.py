@@ -28,7 +28,11 @@ AdapterFactory = Callable[["ChainClient", "KeeperConfig", "Journal | None"], "Pr
 
 _BUILTIN: dict[str, str] = {
     "reference": "keeper.protocols.reference:from_config",
+    "aave-v3": "keeper.protocols.aave_v3:from_config",
 }
+ACCOUNT_PROTOCOLS = frozenset({"aave-v3"})
+"""Protocols whose unit is a margin account (several assets, one health figure) rather than a position per
+market: the daemon runs :class:`keeper.runtime.accounts_service.AccountKeeperService` for them."""
 _FACTORIES: dict[str, AdapterFactory | str] = dict(_BUILTIN)
 
 
@@ -46,6 +50,11 @@ def unregister(name: str) -> None:
     if name in _BUILTIN:
         raise ValueError(f"{name!r} is a built-in protocol adapter")
     _FACTORIES.pop(name, None)
+
+
+def is_account_protocol(name: str) -> bool:
+    """Whether ``name`` is protected account by account (:data:`ACCOUNT_PROTOCOLS`)."""
+    return name in ACCOUNT_PROTOCOLS
 
 
 def names() -> tuple[str, ...]:

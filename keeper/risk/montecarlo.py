@@ -371,7 +371,12 @@ def account_breach_probability(
     const = net_collateral_total - float(np.sum(q * p0))
     prices = s0[:, None, None] * np.exp(paths.paths)
     excess = const + np.einsum("a,apt->pt", coef, prices)
-    hit = (excess < 0).any(axis=1)
+    return hit_probability(paths, (excess < 0).any(axis=1))
+
+
+def hit_probability(paths: PathSet, hit: NDArray[np.bool_]) -> tuple[float, float]:
+    """Weighted share of the paths flagged in ``hit`` (importance weights when the set has them) and its
+    standard error."""
     w = np.ones(paths.n_paths) if paths.weights is None else paths.weights
     n = paths.n_paths
     p = float(np.sum(w * hit) / n)

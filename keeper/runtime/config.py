@@ -151,6 +151,16 @@ class MarketConfig(_Model):
     symbol: str = Field(min_length=1, max_length=16)
 
 
+class AssetConfig(_Model):
+    """Per-asset settings of a margin-account protocol (``[protocol.assets.USDC]``), keyed by token symbol."""
+
+    # its price source's heartbeat: a latest round older than this is stale (default: protocol.stale_after_s)
+    stale_after_s: int | None = Field(default=None, gt=0, le=30 * 86_400)
+    # the volatility assumed while its source has too little history (default: risk.sigma_fallback_annual);
+    # a stablecoin's feed may update once a day: without this it looks as volatile as the fallback says
+    sigma_fallback_annual: float | None = Field(default=None, gt=0, le=20)
+
+
 class ProtocolConfig(_Model):
     """The deployment: a deployment JSON file (written by ``keeper devchain``) or explicit addresses."""
 
@@ -160,8 +170,16 @@ class ProtocolConfig(_Model):
     collateral: str | None = None
     multicall: str = MULTICALL3_ADDRESS
     markets: dict[int, MarketConfig] = Field(default_factory=dict)
+    # aave-v3: the market's PoolAddressesProvider, or a market name of the built-in table
+    provider: str | None = None
+    market: str | None = None
+    start_block: int = Field(default=0, ge=0)  # where watch_all's event scan starts
+    # a price source whose latest round is older than this is stale (danger); Chainlink's longest heartbeat
+    # on the Aave markets' feeds is a day (stablecoins), ETH/USD is an hour
+    stale_after_s: int = Field(default=86_400, gt=0, le=30 * 86_400)
+    assets: dict[str, AssetConfig] = Field(default_factory=dict)  # by token symbol (aave-v3)
 
-    @field_validator("engine", "collateral", "multicall")
+    @field_validator("engine", "collateral", "multicall", "provider")
     @classmethod
     def _addr(cls, v: str | None) -> str | None:
         return None if v is None else _check_address(v)
@@ -182,12 +200,34 @@ class ProtocolConfig(_Model):
 
     @model_validator(mode="after")
     def _source(self) -> ProtocolConfig:
+        if registry.is_account_protocol(self.name):
+            return self._aave_source()
+        if self.provider or self.market or self.assets:
+            raise ValueError(f"provider / market / assets are fields of aave-v3, not of protocol {self.name!r}")
         if self.deployment is not None and (self.engine or self.collateral):
             raise ValueError("give either deployment (a file) or engine + collateral addresses, not both")
         if self.deployment is None and not (self.engine and self.collateral):
             raise ValueError("needs deployment = 'path/to/deployment.json' or both engine and collateral addresses")
         if self.deployment is not None:
             _check_file("deployment file", self.deployment)
+        return self
+
+    def _aave_source(self) -> ProtocolConfig:
+        if self.deployment is not None or self.engine or self.collateral:
+            raise ValueError(f"{self.name} takes provider or market, not deployment / engine / collateral")
+        if bool(self.provider) == bool(self.market):
+            raise ValueError(
+                f"{self.name} needs exactly one of provider = '0x...' (the market's PoolAddressesProvider) or "
+                "market = 'ethereum' (or arbitrum, base, optimism, polygon, avalanche)"
+            )
+        if self.market is not None:
+            from keeper.protocols.aave_v3 import AAVE_V3_MARKETS  # only when this protocol is chosen
+
+            if self.market.strip().lower() not in AAVE_V3_MARKETS:
+                raise ValueError(
+                    f"unknown Aave v3 market {self.market!r}: one of {', '.join(AAVE_V3_MARKETS)}, "
+                    "or give its PoolAddressesProvider as provider"
+                )
         return self
 
 

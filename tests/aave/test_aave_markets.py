@@ -154,3 +154,22 @@ class TestArithmetic:
         view = margin_account(account, Market({"WETH": weth, "USDC": usdc}, prices, {}, 0))
         assert [leg.kind for leg in view.legs] == [LegKind.COLLATERAL, LegKind.DEBT]
         assert view.margin_excess_e8(prices) == 30_000 * 10**8 * 8250 // 10_000 - 1_269_230_769_200
+
+
+def test_describe_transaction_reads_back_supply_and_repay():
+    """A supply or repay calldata to the pool decodes into its journal meta; other calls are not ours."""
+    from keeper.protocols.aave_v3 import AaveV3Adapter
+
+    adapter = AaveV3Adapter.__new__(AaveV3Adapter)  # decoding needs only the pool address
+    adapter.pool = "0x" + "11" * 20
+    asset, user = "0x" + "22" * 20, "0x" + "33" * 20
+    supply = adapter.supply_call(asset, 5 * 10**18, user)
+    repay = adapter.repay_call(asset, 7 * 10**6, user)
+    assert adapter.describe_transaction(supply.to, supply.data) == {
+        "kind": "add_collateral",
+        "account": user,
+        "asset": "0x" + "22" * 20,
+        "amount": str(5 * 10**18),
+    }
+    assert adapter.describe_transaction(repay.to, repay.data)["kind"] == "repay_debt"
+    assert adapter.describe_transaction("0x" + "44" * 20, supply.data) is None

@@ -1,0 +1,479 @@
+"""The keeper for margin-account protocols (Aave v3): one cycle = read accounts, assess, decide, act, explain.
+
+:class:`AccountKeeperService` is the account-level sibling of :class:`keeper.runtime.service.KeeperService`,
+driven by the same scheduler and ``keeper run`` (it reuses the sibling's construction, head watching,
+transaction polling, gas checks and alerts)::
+
+    adapter.read_accounts     two Multicall3 round trips at one block: reserves, e-mode, price source rounds,
+                              every watched account's configuration and balances (+ the wallet: one more)
+    VolatilityCache           price source history per asset -> sigma (EWMA) and stress gaps (down, up)
+    decide_accounts           account risk (closed form / screen), cheapest supply or repay that survives
+    TransactionManager        approval per asset, then supply/repay on behalf: journal, simulate, sign, send
+
+Safety rules on top of the decision's caps: an account with an open transaction gets no new action; a stale
+price source (latest round older than ``protocol.stale_after_s``) is danger (alert, protective action still
+sent: supply and repay need no price); frozen or paused reserves are never supplied to (the alert says why);
+accounts discovered with ``watch_all`` and accounts in ``watch`` mode are alerted, never acted on; every
+decision is one ``account_decision`` event with its reason, ranked by breach probability.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, cast
+
+import numpy as np
+import structlog
+from eth_abi.exceptions import DecodingError
+
+from keeper.accounts.aave_v3 import WAD, AaveRules
+from keeper.accounts.base import LegKind
+from keeper.decision import AccountBookDecision, AccountBookState, decide_accounts
+from keeper.domain import AccountAction, AccountActionKind, ActionKind, Plan, PriceRound
+from keeper.errors import (
+    ChainMismatchError,
+    ConfigError,
+    RpcRejectedError,
+    SimulationRevert,
+    TransactionError,
+    TransientRpcError,
+)
+from keeper.protocols.aave_v3 import AaveSnapshot, AaveV3Adapter
+from keeper.risk.accounts import (
+    AccountMonteCarlo,
+    AccountStress,
+    account_stress_grid,
+    account_var_es,
+    correlation_from_histories,
+)
+from keeper.runtime.config import AssetConfig
+from keeper.runtime.service import CycleReport, KeeperService
+from keeper.tx.fees import FeeCapExceeded
+from keeper.tx.manager import TransactionManager
+
+log = structlog.get_logger("keeper")
+
+MAX_UINT256 = 2**256 - 1
+ACCOUNT_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPAY_DEBT.value)
+AAVE_GAS_LIMIT_DEFAULT = 200_000  # repay on behalf ~166k, supply ~136k on anvil
+RANKED_IN_LOG = 10
+
+
+def _below_one(rules: AaveRules, user: str, prices_e8: Mapping[str, int]) -> bool:
+    return rules.health_at(user, prices_e8) < WAD
+
+
+@dataclass
+class AccountCycleReport(CycleReport):
+    """What one account cycle saw and did (``risks``/``plan`` of the position sibling stay empty)."""
+
+    outcome: AccountBookDecision | None = None
+    wallet: dict[str, int] = field(default_factory=dict)  # asset -> units the signer holds
+    asset_sigmas: dict[str, float] = field(default_factory=dict)
+    stale: dict[str, int] = field(default_factory=dict)  # asset -> age of its latest round (s)
+    round_trips: int = 0
+    symbols: dict[str, str] = field(default_factory=dict)  # asset -> token symbol
+
+
+class AccountKeeperService(KeeperService):
+    """The keeper's cycle over one margin-account protocol (the adapter is an :class:`AaveV3Adapter`)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.top_up_gas_limit = AAVE_GAS_LIMIT_DEFAULT
+        self._symbols: dict[str, str] = {}
+        self._discovered_accounts: set[str] = set()
+
+    @property
+    def aave(self) -> AaveV3Adapter:
+        return cast(AaveV3Adapter, self.adapter)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the market's contracts, load its reserves, reconcile the journal with the chain."""
+        self.aave.check_deployment()
+        reserves = self.aave.load_reserves()
+        if not reserves:
+            raise ChainMismatchError(f"the pool {self.aave.pool} lists no reserves: wrong provider or market?")
+        self._symbols = self._read_symbols(list(reserves))
+        unknown = set(self.config.protocol.assets) - set(self._symbols.values()) - set(self._symbols)
+        if unknown:
+            raise ConfigError(
+                f"protocol.assets names {', '.join(sorted(unknown))}, not reserves of this pool "
+                f"(its reserves: {', '.join(self._symbols.values())})",
+                field="protocol.assets",
+            )
+        log.info(
+            "keeper_starting",
+            protocol=self.aave.name,
+            pool=self.aave.pool,
+            reserves=[self._symbols.get(a, a) for a in reserves],
+            accounts=len(self.config.accounts),
+            watch_all=self.config.watch_all,
+            executing=self.txm is not None,
+            signer=self.signer_address,
+        )
+        if self.txm is not None:
+            report = self.txm.reconcile()
+            for rec in report.finalized:
+                log.info(
+                    "journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state, tx_hash=rec.tx_hash
+                )
+
+    def _read_symbols(self, assets: list[str]) -> dict[str, str]:
+        from keeper.chain.abi import Function
+        from keeper.chain.multicall import Call
+
+        f_symbol = Function("symbol()", ["string"])
+        res = self.aave.multicall.aggregate3([Call(a, f_symbol.encode()) for a in assets]).results
+        out = {}
+        for a, r in zip(assets, res, strict=True):
+            try:
+                out[a] = str(f_symbol.decode(r.data)[0]) if r.success else a
+            except (DecodingError, ValueError):  # a token without a string symbol: named by its address
+                out[a] = a
+        return out
+
+    # ---- what to watch ---------------------------------------------------------------------------
+
+    def watched_users(self) -> list[str]:
+        users = [a.address.lower() for a in self.config.accounts]
+        if self.config.watch_all:
+            self._discovered_accounts |= self.aave.discover_accounts()
+            users += sorted(self._discovered_accounts)
+        return list(dict.fromkeys(users))
+
+    def _watch_only_users(self, users: list[str]) -> frozenset[str]:
+        protected = {a.lower() for a in self.config.protected_accounts}
+        if self.signer_address is None or self.config.limits.alert_only:
+            protected = set()
+        return frozenset(u.lower() for u in users if u.lower() not in protected)
+
+    # ---- estimates -------------------------------------------------------------------------------
+
+    def estimate_assets(
+        self, snap: AaveSnapshot
+    ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[tuple[str, str], float]]:
+        """Sigma and stress gaps (down, up) per asset from its price source's rounds (read incrementally),
+        and their pairwise correlations."""
+        sigmas: dict[str, float] = {}
+        gaps: dict[str, tuple[float, float]] = {}
+        histories: dict[str, tuple[list[int], list[int]]] = {}
+        for asset, latest in snap.rounds.items():
+            rid = snap.market.reserves[asset].reserve_id
+            if self.vol.last_round_id(rid) != latest.round_id:
+                self.vol.add(rid, self._history(asset, latest))
+            est = self.vol.estimate(rid)
+            sigmas[asset] = est.sigma_annual
+            own = self._asset_config(asset)
+            if est.fallback_reason and own is not None and own.sigma_fallback_annual is not None:
+                sigmas[asset] = max(own.sigma_fallback_annual, self.policy.sigma_floor_annual)
+            rounds = self.vol.rounds(rid)
+            times, prices = [r.updated_at_s for r in rounds], [r.price_e8 for r in rounds]
+            gap = self.policy.estimate_stress_gap(times, prices, self.check_interval_s, now_s=snap.market.timestamp_s)
+            gaps[asset] = (gap.side_gaps[0], gap.side_gaps[1])
+            histories[asset] = (times, prices)
+        return sigmas, gaps, correlation_from_histories(histories)
+
+    def _asset_config(self, asset: str) -> AssetConfig | None:
+        symbol = self._symbols.get(asset, asset)
+        assets = self.config.protocol.assets
+        return assets.get(symbol) or assets.get(symbol.upper()) or assets.get(asset)
+
+    def _stale_after(self, asset: str) -> int:
+        own = self._asset_config(asset)
+        if own is not None and own.stale_after_s is not None:
+            return own.stale_after_s
+        return self.config.protocol.stale_after_s
+
+    def _history(self, asset: str, latest: PriceRound) -> list[PriceRound]:
+        known = self.vol.last_round_id(self.aave.reserves[asset].reserve_id)
+        want = self.vol.window if known is None else max(1, min(self.vol.window, latest.round_id - known))
+        try:
+            return self.aave.source_history(asset, want, latest)
+        except TransientRpcError as exc:
+            log.warning("price_history_unavailable", asset=self._symbols.get(asset, asset), error=str(exc))
+            return [latest]
+
+    # ---- the cycle -------------------------------------------------------------------------------
+
+    def spent_today_e6(self, now_s: float) -> int:
+        """Supplies and repays since 00:00 UTC that may have moved money (the sibling's rule, these kinds)."""
+        midnight = datetime.fromtimestamp(now_s, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        spent = 0
+        for rec in self.journal.intents_since(midnight):
+            if rec.meta.get("kind") not in ACCOUNT_KINDS or rec.state in ("rejected", "cancelled", "reverted"):
+                continue
+            if rec.state == "abandoned" and self.journal.attempt_count(rec.id) == 0:
+                continue
+            spent += int(rec.meta.get("cost_e6") or 0)
+        return spent
+
+    def _busy_accounts(self) -> dict[str, str]:
+        return {
+            str(rec.meta["account"]).lower(): rec.state
+            for rec in self.journal.open_intents()
+            if rec.meta.get("kind") in ACCOUNT_KINDS and rec.meta.get("account")
+        }
+
+    def decide_snapshot(
+        self, snap: AaveSnapshot, wallet: dict[str, int], *, busy: dict[str, str] | None = None
+    ) -> tuple[AccountBookDecision, dict[str, float], dict[str, int]]:
+        """The daemon's decision over one read: estimates, stale sources, then :func:`decide_accounts`."""
+        sigmas, gaps, corr = self.estimate_assets(snap)
+        now = snap.market.timestamp_s
+        stale = {a: r.age_s(now) for a, r in snap.rounds.items() if r.is_stale(now, self._stale_after(a))}
+        stale |= {a: now for a in snap.market.reserves if a not in snap.rounds}  # no round at all: unknown
+        rules = AaveRules(snap.accounts, snap.market, self._symbols)
+        users = sorted(snap.accounts)
+        state = AccountBookState(
+            wallet=wallet,
+            spent_today_e6=self.spent_today_e6(self.clock()),
+            stale_assets=stale,
+            watch_only=self._watch_only_users(users),
+            busy=busy or {},
+            symbols=self._symbols,
+            decimals={a: r.config.decimals for a, r in snap.market.reserves.items()},
+        )
+        outcome = decide_accounts(
+            [rules.margin_account(u, snap.block_number) for u in users],
+            rules,
+            state,
+            prices_e8=snap.market.prices_e8,
+            sigmas_annual=sigmas,
+            policy=self.policy,
+            limits=self.limits,
+            check_interval_s=self.check_interval_s,
+            stress_gaps=gaps,
+            correlation=corr,
+            # multi-factor accounts: correlated fat-tailed paths, reproducible per block
+            monte_carlo=AccountMonteCarlo(np.random.default_rng(snap.block_number)),
+        )
+        return outcome, sigmas, stale
+
+    def cycle(self, *, execute: bool = True) -> AccountCycleReport:
+        try:
+            return self._account_cycle(execute)
+        except TransientRpcError:
+            self.metrics.count_rpc_error("cycle")
+            raise
+
+    def _account_cycle(self, execute: bool) -> AccountCycleReport:
+        started = time.perf_counter()
+        users = self.watched_users()
+        snap = self.aave.read_accounts(users, cross_check=len(users) <= 1_000)
+        wallet, allowances = self.aave.wallet(self.signer_address) if self.signer_address else ({}, {})
+        busy = self._busy_accounts() if self.txm is not None else {}
+        outcome, sigmas, stale = self.decide_snapshot(snap, wallet, busy=busy)
+        report = AccountCycleReport(
+            snap.block_number,
+            snap.market.timestamp_s,
+            [],
+            Plan(),
+            outcome=outcome,
+            wallet=wallet,
+            asset_sigmas=sigmas,
+            stale=stale,
+            symbols=dict(self._symbols),
+        )
+        report.round_trips = snap.round_trips
+        self._explain_accounts(snap, outcome)
+        txm = self.txm if execute and not self.config.dry_run else None
+        for action in outcome.actions:
+            if action.kind is AccountActionKind.ALERT or action.needs_approval:
+                self._alert(action)
+                continue
+            skip = None
+            if txm is None:
+                skip = "not executing (check without --execute, dry run or watch-only)"
+            elif self.stopping.is_set():
+                skip = "shutting down or halted: no new transaction"
+            if skip is not None or txm is None:
+                report.skipped.append({"action": action.kind.value, "account": action.account, "why": skip})
+                continue
+            report.sent.append(self._send_account(txm, action, snap, allowances))
+        if execute:
+            self._check_gas()
+        intervals = [r.suggested_check_interval_s for r in outcome.risks if r.has_debt]
+        report.next_interval_s = max(
+            self.policy.check_interval_min_s, min(min(intervals, default=1e18), self.policy.check_interval_max_s)
+        )
+        self.check_interval_s = report.next_interval_s
+        self._last_rounds = {snap.market.reserves[a].reserve_id: r.round_id for a, r in snap.rounds.items()}
+        report.duration_s = time.perf_counter() - started
+        now = self.clock()
+        self.metrics.observe_cycle(report.duration_s, now)
+        if self.health is not None:
+            self.health.mark_cycle(now)
+        log.info(
+            "cycle_finished",
+            protocol=self.aave.name,
+            block=snap.block_number,
+            accounts=len(outcome.decisions),
+            endangered=sum(1 for d in outcome.decisions if d.band == "trigger"),
+            actions=len(outcome.actions),
+            sent=sum(1 for s in report.sent if s.get("state") not in ("rejected", "error")),
+            worst_breach_probability=max((r.breach_probability for r in outcome.risks), default=0.0),
+            stale_sources=[self._symbols.get(a, a) for a in stale],
+            round_trips=snap.round_trips,
+            next_check_s=round(report.next_interval_s, 2),
+            duration_ms=round(report.duration_s * 1e3, 1),
+        )
+        return report
+
+    def stress(self) -> tuple[int, dict[str, list[AccountStress]]]:
+        """(block, account -> its stress grid) for every watched account with debt, at the exact health factor."""
+        snap = self.aave.read_accounts(self.watched_users(), cross_check=False)
+        rules = AaveRules(snap.accounts, snap.market, self._symbols)
+        out = {}
+        for user in sorted(snap.accounts):
+            view = rules.margin_account(user)
+            if not any(leg.kind is LegKind.DEBT for leg in view.legs):
+                continue
+            out[user] = account_stress_grid(
+                view,
+                snap.market.prices_e8,
+                health_at=partial(rules.health_at, user),
+                liquidated_at=partial(_below_one, rules, user),
+                names=self._symbols,
+            )
+        return snap.block_number, out
+
+    def _alert(self, action: AccountAction) -> None:
+        severity = "critical" if action.urgent else "warning"
+        self.alerts.send(
+            f"{action.account.lower()}:{action.kind.value}",
+            f"{action.account}: {action.reason}",
+            severity=severity,
+            fields={"account": action.account, "breach_probability": action.breach_probability},
+        )
+
+    def _explain_accounts(self, snap: AaveSnapshot, outcome: AccountBookDecision) -> None:
+        """One ``account_decision`` per account, and the watch list ranked by breach probability."""
+        risks = {r.account.lower(): r for r in outcome.risks}
+        for d in outcome.decisions:
+            onchain = snap.onchain.get(self._checksum(d.account))
+            risk = risks[d.key]
+            tail = account_var_es(risk) if risk.has_debt else None
+            log.bind(chain_id=self.config.chain.chain_id, account=d.account.lower(), protocol=d.protocol).info(
+                "account_decision",
+                health_factor=d.health_wad / 1e18 if d.health_wad else None,
+                health_factor_onchain=(onchain.health_factor_wad / 1e18) if onchain and d.health_wad else None,
+                debt_usd=round(d.debt_usd, 2),
+                margin_excess_usd=round(d.margin_excess_usd, 2),
+                dominant_asset=self._symbols.get(d.dominant_asset, d.dominant_asset),
+                liquidation_price=d.liquidation_price_e8 / 1e8,
+                log_distance=round(d.log_distance, 6),
+                breach_probability=d.breach_probability,
+                method=d.method,
+                horizon_s=d.horizon_s,
+                stale=[self._symbols.get(a, a) for a in d.stale_assets],
+                exposure_usd={self._symbols.get(a, a): round(g, 2) for a, g in risk.gradient_usd.items()},
+                var_99_usd=round(tail.var, 2) if tail else None,
+                es_99_usd=round(tail.es, 2) if tail else None,
+                band=d.band,
+                action=d.action,
+                amount=d.amount,
+                cost_usd=d.cost_e6 / 1e6,
+                reason=d.reason,
+            )
+        ranked = sorted(outcome.decisions, key=lambda d: -d.breach_probability)[:RANKED_IN_LOG]
+        if self.config.watch_all and ranked:
+            log.info(
+                "accounts_ranked",
+                top=[{"account": d.account, "breach_probability": d.breach_probability} for d in ranked],
+            )
+
+    def _checksum(self, account: str) -> str:
+        from eth_utils import to_checksum_address
+
+        return to_checksum_address(account)
+
+    def _send_account(
+        self, txm: TransactionManager, action: AccountAction, snap: AaveSnapshot, allowances: dict[str, int]
+    ) -> dict:
+        rules = AaveRules(snap.accounts, snap.market, self._symbols)
+        stake = rules.value_at_stake_e6(action.account)
+        out: dict[str, object] = {
+            "action": action.kind.value,
+            "account": action.account,
+            "asset": action.asset,
+            "amount": action.amount,
+            "cost_e6": action.cost_e6,
+        }
+        try:
+            if allowances.get(action.asset, 0) < action.amount:
+                approve = self.aave.approve_call(action.asset, MAX_UINT256)
+                signer = (self.signer_address or "").lower()
+                intent = txm.submit(approve, f"approve:{action.asset.lower()}:{signer}", stake, "urgent")
+                final = txm.wait(intent.id, timeout_s=60)
+                log.info("asset_approved", asset=self._symbols.get(action.asset), state=final.state)
+                allowances[action.asset] = MAX_UINT256 if final.state == "confirmed" else 0
+            hf = rules.health(action.account)
+            key = f"{action.idempotency_key}:hf{hf}"
+            intent = txm.submit(self.aave.call_for_account_action(action), key, stake, "urgent")
+        except SimulationRevert as exc:
+            out.update(state="rejected", reason=exc.reason)
+            self.metrics.count_action(action.kind.value, "simulation_revert")
+            log.warning("action_refused_by_simulation", account=action.account, reason=exc.reason)
+            self.alerts.send(
+                f"{action.account.lower()}:revert",
+                f"{action.kind.value} for {action.account} would revert: {exc.reason}",
+                severity="critical",
+                fields=out,
+            )
+            return out
+        except (FeeCapExceeded, TransactionError, TransientRpcError, RpcRejectedError) as exc:
+            out.update(state="error", reason=str(exc))
+            self.metrics.count_action(action.kind.value, "error")
+            log.warning("action_send_failed", account=action.account, error=str(exc))
+            self.alerts.send(
+                f"{action.account.lower()}:send_failed",
+                f"{action.kind.value} for {action.account} could not be sent: {exc}",
+                severity="critical",
+                fields=out,
+            )
+            return out
+        attempts = self.journal.attempts(intent.id)
+        tx_hash = intent.tx_hash or (attempts[-1].tx_hash if attempts else None)
+        out.update(state=intent.state, tx_hash=tx_hash, intent=intent.id, nonce=intent.nonce)
+        self.metrics.count_action(action.kind.value, "sent")
+        log.bind(account=action.account.lower()).info(
+            "action_sent",
+            kind=action.kind.value,
+            asset=self._symbols.get(action.asset, action.asset),
+            amount=action.amount,
+            cost_usd=action.cost_e6 / 1e6,
+            tx_hash=tx_hash,
+            nonce=intent.nonce,
+            intent=intent.id,
+            reason=action.reason,
+        )
+        return out
+
+    def _count_gas(self, tx_hash: str | None, kind: str = "other") -> None:
+        """The sibling's gas accounting; a mined supply or repay sizes the gas-left alert like a top-up does."""
+        super()._count_gas(tx_hash, ActionKind.TOP_UP.value if kind in ACCOUNT_KINDS else kind)
+
+    def still_needed(self, intent: Any) -> bool:
+        """A stuck supply/repay is still needed while its account is endangered (errors answer yes)."""
+        account = intent.meta.get("account")
+        if intent.meta.get("kind") not in ACCOUNT_KINDS or not account:
+            return True
+        try:
+            snap = self.aave.read_accounts([account])
+            wallet = self.aave.wallet(self.signer_address)[0] if self.signer_address else {}
+            outcome, _, _ = self.decide_snapshot(snap, wallet)
+        except Exception as exc:  # noqa: BLE001 - keep the transaction when in doubt, as the sibling does
+            log.warning("still_needed_unknown", intent=intent.id, error=str(exc))
+            return True
+        d = outcome.decision(account)
+        needed = d is not None and d.band == "trigger"
+        if not needed:
+            log.info("tx_purpose_gone", intent=intent.id, why="account no longer endangered")
+        return needed

@@ -1,0 +1,338 @@
+"""The daemon's account service on real Aave v3: read, assess, decide and send supply/repay on behalf."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import structlog
+from aavechain import KEEPER_KEY, LIQUIDATOR_KEY
+from structlog.testing import capture_logs
+from web3 import Web3
+from web3.exceptions import ContractLogicError
+
+from keeper.accounts.aave_v3 import health_factor
+from keeper.chain.anvil import Anvil
+from keeper.dev.aave_v3 import AaveOps, SeedAccount
+from keeper.dev.reference import ANVIL_KEYS
+from keeper.domain import AccountActionKind
+from keeper.errors import ConfigError
+from keeper.runtime.accounts_service import AccountKeeperService
+from keeper.runtime.config import load_config
+
+pytestmark = pytest.mark.chain
+
+TRADER = ANVIL_KEYS[3]
+LEVERED_ETH = SeedAccount((("WETH", 10.0),), (("USDC", 22_000.0),))  # HF 1.125 at $3,000, liq. $2,666.67
+CRASH_E8 = 2_600 * 10**8  # HF 0.975 without action
+
+
+def _config(aave, tmp_path: Path, user: str | None, url: str | None = None, tables: str = "", **protocol: object):
+    extra = "".join(f"{k} = {v!r}\n" if isinstance(v, str) else f"{k} = {v}\n" for k, v in protocol.items())
+    accounts = f'[[accounts]]\naddress = "{user}"\nmode = "protect"\n' if user else ""
+    toml = f"""{"watch_all = true" if user is None else ""}
+[chain]
+rpc_urls = ["{url or aave.anvil.url}"]
+chain_id = {aave.deployment.chain_id}
+
+[protocol]
+name = "aave-v3"
+provider = "{aave.deployment.provider}"
+{extra}
+{tables}
+{accounts}
+[limits]
+max_top_up_usd = 100000
+max_per_day_usd = 1000000
+
+[journal]
+path = "{tmp_path / "journal.sqlite"}"
+
+[http]
+enabled = false
+"""
+    path = tmp_path / "keeper.toml"
+    path.write_text(toml)
+    return load_config(path, env={"KEEPER_PRIVATE_KEY": KEEPER_KEY}, dotenv_path=None)
+
+
+def _service(aave, tmp_path, user, url=None, tables="", **protocol) -> AccountKeeperService:
+    cfg = _config(aave, tmp_path, user, url, tables, **protocol)
+    service = AccountKeeperService.from_config(cfg, execute=True, send_alerts=False)
+    service.start()
+    return service
+
+
+def _run(service: AccountKeeperService):
+    """One cycle, then wait until every transaction it sent is final."""
+    report = service.cycle(execute=True)
+    assert service.txm is not None
+    for sent in report.sent:
+        assert "intent" in sent, sent
+        assert service.txm.wait(int(sent["intent"]), timeout_s=30).state == "confirmed"
+    return report
+
+
+def _fund(aave, wallet: dict[str, float]) -> None:
+    for symbol, amount in wallet.items():
+        aave.mint(symbol, aave.address(KEEPER_KEY), aave.units(symbol, amount))
+
+
+def _liquidate(aave, user: str, collateral: str = "WETH", debt: str = "USDC"):
+    return aave.liquidate(LIQUIDATOR_KEY, collateral, debt, user, 1_000 * 10 ** aave.deployment.decimals[debt])
+
+
+class TestCrash:
+    def test_control_liquidated_keeper_run_saved_and_hf_matches_the_pool(self, aave, tmp_path):
+        """Control: the crash lets liquidationCall through. Keeper run: its repay makes it revert 45, and the
+        keeper's health factor after acting equals getUserAccountData's to the wei."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        before = aave.snapshot()
+        aave.set_price("WETH", CRASH_E8)
+        assert _liquidate(aave, user)["status"] == 1  # control run: liquidated
+        aave.revert(before)
+
+        _fund(aave, {"USDC": 50_000})
+        service = _service(aave, tmp_path, user)
+        report = _run(service)
+        (action,) = report.outcome.onchain_actions
+        assert action.kind is AccountActionKind.REPAY_DEBT and action.asset == aave.token("USDC")
+        snap = service.aave.read_accounts([user])
+        assert health_factor(snap.accounts[user], snap.market) == aave.account_data(user)[5]
+        aave.set_price("WETH", CRASH_E8)
+        with pytest.raises(ContractLogicError, match="45"):
+            _liquidate(aave, user)
+        service.close()
+
+    def test_keeper_protects_the_account_on_a_fork(self, aave, tmp_path):
+        """Pointed at a fork (anvil --fork-url), the daemon's repay lands on the fork only and the crash there
+        no longer liquidates, while the origin chain's account is untouched."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, {"USDC": 50_000})
+        origin_before = aave.account_data(user)
+        fork = Anvil.start(fork_url=aave.anvil.url, fork_block_number=aave.w3.eth.block_number)
+        try:
+            service = _service(aave, tmp_path, user, fork.url)
+            (action,) = _run(service).outcome.onchain_actions
+            assert action.kind is AccountActionKind.REPAY_DEBT
+            on_fork = AaveOps(Web3(Web3.HTTPProvider(fork.url)), aave.deployment)
+            assert on_fork.account_data(user)[5] > origin_before[5]
+            on_fork.set_price("WETH", CRASH_E8)
+            with pytest.raises(ContractLogicError, match="45"):
+                on_fork.liquidate(LIQUIDATOR_KEY, "WETH", "USDC", user, 1_000 * 10**6)
+            assert aave.account_data(user) == origin_before
+            service.close()
+        finally:
+            fork.stop()
+
+    def test_a_mined_repay_sizes_the_gas_left_alert(self, aave, tmp_path):
+        """The head watcher's poll finalises the cycle's repay and takes its gas as the per-action estimate."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, {"USDC": 50_000})
+        service = _service(aave, tmp_path, user)
+        report = service.cycle(execute=True)
+        assert [s["action"] for s in report.sent] == ["repay_debt"]
+        service.watch_head()  # a new head: the manager polls, the repay is final, its receipt is counted
+        receipt = aave.w3.eth.get_transaction_receipt(report.sent[0]["tx_hash"])
+        assert service.top_up_gas_limit > receipt["gasUsed"] and service.top_up_gas_limit != 200_000
+        service.close()
+
+
+class TestWallet:
+    @pytest.mark.parametrize(
+        "wallet, kind, symbol",
+        [
+            ({"WETH": 100.0}, AccountActionKind.ADD_COLLATERAL, "WETH"),
+            ({"USDC": 50_000.0}, AccountActionKind.REPAY_DEBT, "USDC"),
+            ({"WETH": 100.0, "USDC": 50_000.0}, AccountActionKind.REPAY_DEBT, "USDC"),
+        ],
+        ids=["collateral-only-supplies", "debt-only-repays", "both-picks-the-cheaper"],
+    )
+    def test_wallet_decides_the_action(self, aave, tmp_path, wallet, kind, symbol):
+        """What the keeper's wallet holds decides supply or repay; the pool's own HF rises; the crash then fails."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, wallet)
+        hf_before = aave.account_data(user)[5]
+        service = _service(aave, tmp_path, user)
+        (action,) = _run(service).outcome.onchain_actions
+        assert action.kind is kind and action.asset == aave.token(symbol)
+        assert aave.account_data(user)[5] > hf_before
+        aave.set_price("WETH", CRASH_E8)
+        with pytest.raises(ContractLogicError, match="45"):
+            _liquidate(aave, user)
+        service.close()
+
+    def test_empty_wallet_alerts_with_the_cause(self, aave, tmp_path):
+        """Nothing in the wallet: no transaction, one alert that says so."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        service = _service(aave, tmp_path, user)
+        with capture_logs() as logs:
+            report = _run(service)
+        assert not report.sent and not report.outcome.onchain_actions
+        alerts = [e for e in logs if e["event"] == "alert"]
+        assert any("holds none of the pool's assets" in e["text"] for e in alerts), alerts
+        service.close()
+
+
+class TestDanger:
+    def test_stale_price_source_is_danger(self, aave, tmp_path):
+        """A safe account whose price sources stopped updating is in the trigger band and alerted, naming why."""
+        aave.open_account(TRADER, SeedAccount((("WETH", 10.0),), (("USDC", 5_000.0),)))
+        user = aave.address(TRADER)
+        aave.advance(700)
+        service = _service(aave, tmp_path, user, stale_after_s=600)
+        with capture_logs() as logs:
+            report = _run(service)
+        d = report.outcome.decision(user)
+        assert d is not None and d.band == "trigger" and "stale" in d.reason
+        assert aave.token("WETH") in d.stale_assets
+        assert any(e["event"] == "alert" and "stale" in e["text"] for e in logs)
+        service.close()
+
+    def test_per_asset_heartbeat_and_stablecoin_volatility(self, aave, tmp_path):
+        """[protocol.assets.X]: USDC's own day-long heartbeat keeps it fresh while WETH (10 min) is stale, and
+        USDC's fallback volatility makes WETH the one risky factor of a WETH-against-USDC account."""
+        aave.open_account(TRADER, SeedAccount((("WETH", 10.0),), (("USDC", 5_000.0),)))
+        user = aave.address(TRADER)
+        aave.advance(700)
+        tables = (
+            "[protocol.assets.WETH]\nstale_after_s = 600\n"
+            "[protocol.assets.USDC]\nstale_after_s = 86400\nsigma_fallback_annual = 0.05\n"
+        )
+        service = _service(aave, tmp_path, user, tables=tables)
+        report = _run(service)
+        d = report.outcome.decision(user)
+        assert d is not None and d.stale_assets == (aave.token("WETH"),)
+        assert d.method == "closed_form" and d.dominant_asset == aave.token("WETH")
+        assert report.asset_sigmas[aave.token("USDC")] == 0.05
+        service.close()
+
+    def test_unknown_asset_symbol_is_a_config_error_at_start(self, aave, tmp_path):
+        """[protocol.assets.XYZ] for a token the pool does not list stops the start with a one-line error."""
+        cfg = _config(aave, tmp_path, aave.address(TRADER), tables="[protocol.assets.XYZ]\nstale_after_s = 60\n")
+        service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
+        with pytest.raises(ConfigError, match="XYZ, not reserves of this pool"):
+            service.start()
+        service.close()
+
+    def test_frozen_reserve_is_not_supplied_to_and_the_alert_says_why(self, aave, tmp_path):
+        """WETH frozen and only WETH in the wallet: nothing is sent, the alert names the frozen reserve."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, {"WETH": 100.0})
+        aave.set_frozen("WETH", True)
+        service = _service(aave, tmp_path, user)
+        with capture_logs() as logs:
+            report = _run(service)
+        assert not report.sent
+        assert any(e["event"] == "alert" and "frozen" in e["text"] for e in logs)
+        service.close()
+
+
+class TestEModeAndIsolation:
+    def test_emode_account_is_protected_with_the_category_threshold(self, aave, tmp_path):
+        """An e-mode stablecoin account (LT 95 %) near its limit gets a DAI repay; the pool's HF equals ours."""
+        aave.open_account(TRADER, SeedAccount((("USDC", 100_000.0),), (("DAI", 93_000.0),), emode=1))
+        user = aave.address(TRADER)
+        assert aave.account_data(user)[3] == 9500
+        _fund(aave, {"DAI": 100_000.0})
+        service = _service(aave, tmp_path, user)
+        report = _run(service)
+        d = report.outcome.decision(user)
+        assert d is not None and d.band == "trigger", d
+        (action,) = report.outcome.onchain_actions
+        assert action.kind is AccountActionKind.REPAY_DEBT and action.asset == aave.token("DAI")
+        snap = service.aave.read_accounts([user])
+        assert health_factor(snap.accounts[user], snap.market) == aave.account_data(user)[5]
+        service.close()
+
+    def test_isolated_account_is_supplied_its_own_asset_only(self, aave, tmp_path):
+        """In isolation mode a USDC-and-LINK wallet does not supply USDC (not collateral there): LINK or a repay."""
+        aave.open_account(TRADER, SeedAccount((("LINK", 5_000.0),), (("USDC", 30_000.0),)))
+        user = aave.address(TRADER)
+        aave.set_price("LINK", 95 * 10**7)  # $9.50: HF 1.077, 7 % above the liquidation price
+        _fund(aave, {"LINK": 100_000.0, "USDC": 1_000_000.0})
+        service = _service(aave, tmp_path, user)
+        report = _run(service)
+        d = report.outcome.decision(user)
+        assert d is not None and any("isolat" in b for b in d.blocked), d
+        (action,) = report.outcome.onchain_actions
+        assert action.asset != aave.token("USDC") or action.kind is AccountActionKind.REPAY_DEBT
+        snap = service.aave.read_accounts([user])
+        assert health_factor(snap.accounts[user], snap.market) == aave.account_data(user)[5]
+        service.close()
+
+
+class TestWatchAll:
+    def test_every_account_is_discovered_ranked_and_only_alerted(self, aave, tmp_path):
+        """watch_all finds every account from the Pool's events; the endangered one is alerted, nothing is sent."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        aave.open_account(ANVIL_KEYS[4], SeedAccount((("WETH", 10.0),), (("USDC", 2_000.0),)))
+        service = _service(aave, tmp_path, None)
+        with capture_logs() as logs:
+            report = service.cycle(execute=True)
+        found = {d.account.lower() for d in report.outcome.decisions}
+        assert {aave.address(TRADER).lower(), aave.address(ANVIL_KEYS[4]).lower()} <= found
+        assert not report.sent and service.txm is None
+        ranked = next(e for e in logs if e["event"] == "accounts_ranked")["top"]
+        assert ranked[0]["account"].lower() == aave.address(TRADER).lower()
+        assert any(e["event"] == "alert" and "watch-only" in e["text"] for e in logs), [
+            (d.band, d.reason) for d in report.outcome.decisions
+        ]
+        service.close()
+
+
+def _cli(tmp_path: Path, command: str) -> dict:
+    """``keeper <command> --config keeper.toml --json`` in a subprocess; its JSON line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
+    env["KEEPER_PRIVATE_KEY"] = KEEPER_KEY
+    proc = subprocess.run(
+        [sys.executable, "-m", "keeper", command, "--config", str(tmp_path / "keeper.toml"), "--json"],
+        capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class TestCli:
+    def test_keeper_check_shows_the_decisions_and_sends_nothing(self, aave, tmp_path):
+        """``keeper check --json`` on an aave-v3 config: the endangered account, its repay, nothing sent."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _fund(aave, {"USDC": 50_000})
+        _config(aave, tmp_path, user)  # writes keeper.toml
+        hf_before = aave.account_data(user)[5]
+        out = _cli(tmp_path, "check")
+        (row,) = out["accounts"]
+        assert row["account"].lower() == user.lower() and row["band"] == "trigger" and row["action"] == "repay_debt"
+        assert row["health_factor"] == pytest.approx(hf_before / 1e18, rel=1e-12)
+        assert out["sent"] == [] and out["executed"] is False
+        assert aave.account_data(user)[5] == hf_before
+
+    def test_keeper_stress_grid_on_real_aave(self, aave, tmp_path):
+        """``keeper stress --json``: the levered account is liquidated by WETH -15 % and the HF there equals the
+        pool's own getUserAccountData after that move."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _config(aave, tmp_path, user)
+        grid = _cli(tmp_path, "stress")["accounts"]
+        rows = {r["scenario"]: r for r in next(v for k, v in grid.items() if k.lower() == user.lower())}
+        assert rows["WETH -15%"]["liquidated"] and not rows["WETH -10%"]["liquidated"]
+        aave.set_price("WETH", int(aave.price_e8("WETH") * 0.85))
+        assert rows["WETH -15%"]["health_factor"] == pytest.approx(aave.account_data(user)[5] / 1e18, rel=1e-9)
+
+
+def test_structlog_is_configured_for_capture():
+    """capture_logs sees the service's events (guards the assertions above against a silent logger)."""
+    with capture_logs() as logs:
+        structlog.get_logger("keeper").warning("alert", text="x")
+    assert logs and logs[0]["text"] == "x"
