@@ -26,7 +26,7 @@ from keeper.domain import AccountActionKind
 from keeper.planner import PlanLimits
 from keeper.risk.accounts import account_breach_mc, assess_account
 from keeper.risk.montecarlo import PathModel, simulate_paths
-from keeper.risk.policy import RiskPolicy, fat_tail_probability, sigma_horizon
+from keeper.risk.policy import RiskPolicy, kappa_scaled_breach_probability, sigma_horizon
 
 POLICY = RiskPolicy(stress_window_s=0.0)
 LIMITS = PlanLimits.from_policy(POLICY, max_per_tx_e6=50_000 * 10**6, max_per_day_e6=200_000 * 10**6)
@@ -89,7 +89,7 @@ class TestAccountRisk:
         view = margin_account(_account("t", 10.0, 22_000.0), market)
         r = assess_account(view, PRICES, SIGMAS, POLICY, 60.0)
         d = math.log(3_000 / (22_000 / (10 * 0.825)))
-        expected = float(fat_tail_probability(d, sigma_horizon(0.8, POLICY.horizon_s(60.0)), POLICY.kappa))
+        expected = float(kappa_scaled_breach_probability(d, sigma_horizon(0.8, POLICY.horizon_s(60.0)), POLICY.kappa))
         assert r.log_distance == pytest.approx(d, rel=1e-9)
         assert r.breach_probability == pytest.approx(expected, rel=1e-9)
 

@@ -14,7 +14,7 @@ so over a short horizon :math:`M` moves like an arithmetic Brownian motion with
   :math:`S^*_a = S_a (1 - M/g_a)` (below the price for a collateral asset, above it for a debt asset), the
   log-distance :math:`d = |\\ln(S^*_a/S_a)|` and the same fat-tailed first-passage probability the reference
   protocol's positions get, :math:`2\\Phi(-(d - d_{cost})/(\\kappa\\sigma_h))`
-  (:func:`keeper.risk.policy.fat_tail_probability`: reflection principle, Shreve, *Stochastic Calculus for
+  (:func:`keeper.risk.policy.kappa_scaled_breach_probability`: reflection principle, Shreve, *Stochastic Calculus for
   Finance II*, 3.7, with the Monte Carlo calibrated fat-tail multiplier :math:`\\kappa`).
 * **Several factors** (e.g. WETH and WBTC collateral against a WETH debt): the cross-margin screen
   :math:`2\\Phi(-(M - c)/(\\kappa\\sigma_M\\sqrt h))` (within ~7 % of correlated GBM Monte Carlo), refined by
@@ -50,7 +50,7 @@ from keeper.accounts.base import BPS, LegKind, MarginAccount
 from keeper.domain import SECONDS_PER_YEAR
 from keeper.risk.barrier import gaussian_distance
 from keeper.risk.montecarlo import PathModel, PathSet, hit_probability, nearest_correlation, simulate_paths
-from keeper.risk.policy import RiskPolicy, fat_tail_probability, sigma_horizon, suggested_check_interval
+from keeper.risk.policy import RiskPolicy, kappa_scaled_breach_probability, sigma_horizon, suggested_check_interval
 from keeper.risk.var import VarEs, var_es_normal, var_es_student_t
 
 __all__ = [
@@ -229,7 +229,7 @@ def assess_account(
             liq_price_e8 = int(prices_e8[dom] * ratio)
             distance = abs(math.log(ratio)) if m > 0 else 0.0
         d_cost = cost / abs(g_dom)
-        p = 1.0 if liq or m <= 0 else float(fat_tail_probability(distance, sig_h, policy.kappa, d_cost))
+        p = 1.0 if liq or m <= 0 else float(kappa_scaled_breach_probability(distance, sig_h, policy.kappa, d_cost))
         d_vol = k_target * sig_h
         d_target = max(d_vol, adverse_gap(top) * (1.0 + policy.stress_headroom)) + d_cost
         survive = {dom: -math.copysign(d_target, g_dom)}
@@ -241,7 +241,7 @@ def assess_account(
         elif sigma_m == 0:
             p = 0.0
         else:
-            p = float(fat_tail_probability(m, sigma_m * math.sqrt(h_years), policy.kappa, cost))
+            p = float(kappa_scaled_breach_probability(m, sigma_m * math.sqrt(h_years), policy.kappa, cost))
         ratio = 1.0 - m / g_dom
         if ratio > 0:
             liq_price_e8 = int(prices_e8[dom] * ratio)
@@ -358,11 +358,13 @@ def assess_accounts(
     sig_top = sig[top]
     sig_h_top = np.asarray(sigma_horizon(sig_top, h))
     d_cost_one = cost / np.abs(g_top)
-    p_one = fat_tail_probability(distance, sig_h_top, policy.kappa, d_cost_one)
+    p_one = kappa_scaled_breach_probability(distance, sig_h_top, policy.kappa, d_cost_one)
     with np.errstate(divide="ignore", invalid="ignore"):
         p_screen = np.where(
             sigma_m > 0,
-            fat_tail_probability(m, np.where(sigma_m > 0, sigma_m, 1.0) * math.sqrt(h_years), policy.kappa, cost),
+            kappa_scaled_breach_probability(
+                m, np.where(sigma_m > 0, sigma_m, 1.0) * math.sqrt(h_years), policy.kappa, cost
+            ),
             0.0,
         )
     p = np.where(liq | (m <= 0), 1.0, np.where(one, p_one, p_screen))

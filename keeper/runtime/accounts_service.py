@@ -37,6 +37,7 @@ from keeper.domain import AccountAction, AccountActionKind, ActionKind, Plan, Pr
 from keeper.errors import (
     ChainMismatchError,
     ConfigError,
+    LaneBlocked,
     RpcRejectedError,
     SimulationRevert,
     TransactionError,
@@ -124,6 +125,7 @@ class AccountKeeperService(KeeperService):
                 log.info(
                     "journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state, tx_hash=rec.tx_hash
                 )
+            self._report_blocked_lanes(self.txm)
 
     def _read_symbols(self, assets: list[str]) -> dict[str, str]:
         from keeper.chain.abi import Function
@@ -284,6 +286,8 @@ class AccountKeeperService(KeeperService):
         report.round_trips = snap.round_trips
         self._explain_accounts(snap, outcome)
         txm = self.txm if execute and not self.config.dry_run else None
+        if txm is not None:
+            self._report_blocked_lanes(txm)
         for action in outcome.actions:
             if action.kind is AccountActionKind.ALERT or action.needs_approval:
                 self._alert(action)
@@ -417,6 +421,11 @@ class AccountKeeperService(KeeperService):
             hf = rules.health(action.account)
             key = f"{action.idempotency_key}:hf{hf}"
             intent = txm.submit(self.aave.call_for_account_action(action), key, stake, "urgent")
+        except LaneBlocked as exc:
+            out.update(state="waiting", reason=str(exc))
+            self.metrics.count_action(action.kind.value, "lane_blocked")
+            log.warning("action_waits_for_unknown_transactions", account=action.account, reason=str(exc))
+            return out
         except SimulationRevert as exc:
             out.update(state="rejected", reason=exc.reason)
             self.metrics.count_action(action.kind.value, "simulation_revert")
