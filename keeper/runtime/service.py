@@ -59,7 +59,7 @@ from keeper.runtime.scheduler import HeadNews
 from keeper.runtime.volatility_cache import VolatilityCache
 from keeper.tx.fees import FeeCapExceeded, FeePolicy
 from keeper.tx.journal import Journal
-from keeper.tx.manager import GAS_EXTRA, GAS_MARGIN_DEN, GAS_MARGIN_NUM, Lane, TransactionManager
+from keeper.tx.manager import GAS_EXTRA, GAS_MARGIN_DEN, GAS_MARGIN_NUM, LANDED, Lane, TransactionManager
 
 log = structlog.get_logger("keeper")
 
@@ -397,7 +397,7 @@ class KeeperService:
             key, text, severity, fields = alert
             self.alerts.send(key, text, severity=severity, fields=fields)
 
-    def still_needed(self, intent) -> bool:
+    def still_needed(self, intent) -> bool | str:
         """Is a stuck transaction's purpose still there? Re-reads its position (the manager cancels it if not).
 
         A top-up or move is needed while the target position exists, is endangered and has not received the
@@ -423,7 +423,10 @@ class KeeperService:
             # accrued a second later puts it a few micro-dollars below again.
             before, amount = intent.meta.get("collateral_before_e6"), int(intent.meta.get("amount_e6") or 0)
             landed = before is not None and r.position.collateral_e6 >= int(before) + amount * 99 // 100
-            needed = is_endangered(r, self.policy.p_trigger) and not landed
+            if landed:
+                log.info("tx_effect_on_chain", intent=intent.id, kind=kind, collateral_e6=r.position.collateral_e6)
+                return LANDED
+            needed = is_endangered(r, self.policy.p_trigger)
         elif kind == ActionKind.RELEASE.value:
             needed = r.excess_e6 > 0
         else:

@@ -33,7 +33,8 @@ the intent is ``rejected`` (ours was refused, it cannot land) and every later su
 Among several mined attempts of one intent, a successful one decides the final state.
 
 "Still needed" is a callback the caller gives (per submit, or one for the manager) that looks at the
-intent (its ``meta`` carries the action) and today's chain state; default: always needed.
+intent (its ``meta`` carries the action) and today's chain state; default: always needed. It may answer
+:data:`LANDED` (the effect is already on chain): then nothing is rebroadcast, replaced or cancelled.
 
 Lanes: each lane has its own key, nonce allocator and stuck/fee settings, so an urgent top-up never waits
 behind a routine rebalance stuck in another lane's nonce queue.
@@ -66,7 +67,10 @@ GAS_MARGIN_NUM, GAS_MARGIN_DEN, GAS_EXTRA = 12, 10, 10_000
 CANCEL_GAS = 21_000
 GAS_ESTIMATE_AHEAD_S = 60
 
-StillNeeded = Callable[[IntentRecord], bool]
+LANDED = "landed"
+"""What a ``still_needed`` callback returns (instead of ``False``) when the chain shows the intent's effect already
+happened (e.g. the collateral rose by the amount): nothing is resent or cancelled, the receipt is waited for."""
+StillNeeded = Callable[[IntentRecord], bool | str]
 
 
 @dataclass
@@ -604,14 +608,19 @@ class TransactionManager:
     # ---- polling internals -----------------------------------------------------------------------
 
     def _needed(self, intent: IntentRecord) -> bool:
+        """Still worth sending (``LANDED`` counts as not: it must not be sent again)."""
+        return self._verdict(intent) not in (False, LANDED)
+
+    def _verdict(self, intent: IntentRecord) -> bool | str:
         fn = self._still_needed.get(intent.id) or self._still_needed_default
         if fn is None:
             return True
         try:
-            return bool(fn(intent))
+            answer = fn(intent)
         except Exception as exc:  # noqa: BLE001 - a broken callback must not stop the manager; keep going
             log.error("still_needed_failed", intent=intent.id, error=str(exc))
             return True
+        return LANDED if answer == LANDED else bool(answer)
 
     def _advance(
         self,
@@ -716,7 +725,11 @@ class TransactionManager:
             return None
 
         last = live[-1]
-        needed = self._needed(intent)
+        verdict = self._verdict(intent)
+        if verdict == LANDED:  # an endpoint shows the effect while this one has no receipt yet: wait for it
+            report.actions.append((intent.id, "landed:awaiting_receipt"))
+            return None
+        needed = bool(verdict)
         known = self.client.get_transaction(last.tx_hash)
         if known is None and not (last.kind != "cancel" and not needed):
             # dropped from the pool (or the broadcast was lost): the same signed bytes again
@@ -732,6 +745,11 @@ class TransactionManager:
         sent_at = last.sent_at or last.signed_at
         stuck = head - sent_block >= ls.lane.stuck_blocks or self.journal.clock() - sent_at >= ls.lane.stuck_s
         if last.kind != "cancel" and not needed:
+            if self._mined_anywhere(attempts):
+                # "not needed" because it landed: an endpoint behind the others has no receipt yet; never cancel
+                # a nonce that is already mined (the cancel would only be refused), wait for the receipt instead
+                report.actions.append((intent.id, "mined_elsewhere:awaiting_receipt"))
+                return None
             self._replace(intent, ls, last, kind="cancel", report=report)
         elif stuck:
             self._replace(intent, ls, last, kind=last.kind if last.kind == "cancel" else "replace", report=report)
@@ -776,6 +794,11 @@ class TransactionManager:
             if any(isinstance(x, dict) for x in answers):
                 return True
         return False
+
+    def _mined_anywhere(self, attempts: Sequence[AttemptRecord]) -> bool:
+        """Has any endpoint a receipt for any of these attempts?"""
+        calls = [("eth_getTransactionReceipt", [a.tx_hash]) for a in attempts]
+        return bool(calls) and any(isinstance(x, dict) for answers in self.client.batch_each(calls) for x in answers)
 
     def _simulates(self, intent: IntentRecord) -> bool:
         """Re-simulate the intent's call at ``latest`` (a top-up that already landed no longer passes)."""
