@@ -115,3 +115,22 @@ class TestSecondSender:
             a.submit(pay("a"), "k:a", STAKE_E6)
         assert a.journal.by_key("k:a") == [] and count(anvil) == 1 and received(anvil) == AMOUNT
         assert b.halted is None  # b signed every nonce the node counts
+
+
+class TestLandedVerdict:
+    def test_landed_means_no_rebroadcast_no_replacement_no_cancel(self, anvil, make_manager, clock):
+        """A still-needed callback answering LANDED (its effect is on chain) while the node does not know the
+        transaction: the manager neither rebroadcasts, replaces nor cancels, however long it waits."""
+        from keeper.tx.manager import LANDED
+
+        anvil.request("evm_setAutomine", [False])
+        m = make_manager(still_needed=lambda _i: LANDED, stuck_blocks=1, stuck_s=1.0)
+        rec = m.submit(pay("x"), "k:landed", STAKE_E6)
+        (attempt,) = m.journal.attempts(rec.id)
+        anvil.request("anvil_dropTransaction", [attempt.tx_hash])
+        for _ in range(3):
+            clock.advance(60)
+            anvil.request("evm_mine")
+            report = m.poll()
+            assert (rec.id, "landed:awaiting_receipt") in report.actions
+        assert len(m.journal.attempts(rec.id)) == 1 and count(anvil, "pending") == 0
