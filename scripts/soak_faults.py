@@ -210,7 +210,13 @@ class Soak:
                 self._heal(proxy)
                 if daemon.poll() is not None:
                     daemon = self._start(cfg, run_dir, logs)
-                _wait(lambda: self._rescues(start_block) and not _open_intents(journal), 90, "the rescue final")
+                # a real chain keeps producing blocks (the daemon advances its transactions once per block); with
+                # automine nothing comes unless someone sends, so the soak mines an empty block now and then
+                _wait(
+                    lambda: (self._rescues(start_block) and not _open_intents(journal)) or self._tick(sched),
+                    90,
+                    "the rescue final",
+                )
                 rounds = len(_events(logs[-1], "cycle_finished"))
                 self.ops.push_price("ETH", CRASH_E8, wait=sched.block_time_s is None)  # a new round: one more cycle
                 _wait(lambda: len(_events(logs[-1], "cycle_finished")) > rounds, 60, "a cycle after the heal")
@@ -310,6 +316,13 @@ class Soak:
     def _margin_added(self, start_block: int) -> list:
         logs = self.ops.engine.events.MarginAdded().get_logs(from_block=start_block)
         return [lg for lg in logs if lg["args"]["payer"] == TRADER]
+
+    def _tick(self, sched: Schedule) -> bool:
+        if sched.block_time_s is None:
+            self._ticks = getattr(self, "_ticks", 0) + 1
+            if self._ticks % 10 == 0:  # every ~1 s of waiting
+                self.anvil.request("evm_mine", [])
+        return False
 
     def _rescues(self, start_block: int) -> int:
         moved = self.ops.engine.events.MarginMoved().get_logs(from_block=start_block)
@@ -439,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "reverted_transactions": sum(o.reverted for o in outcomes),
         "margin_moves": sum(o.moves for o in outcomes),
         "secrets_in_logs": sum(bool(o.secrets) for o in outcomes),
+        "schedules_not_settled_in_90_s": sum(o.error is not None for o in outcomes),
         "reset_chain_halts": f"{sum(o.halted_on_reset is True for o in outcomes)}"
         f"/{sum(o.halted_on_reset is not None for o in outcomes)}",
         "second_process_refused": f"{sum(o.second_refused is True for o in outcomes)}"
