@@ -120,12 +120,7 @@ class AccountKeeperService(KeeperService):
             signer=self.signer_address,
         )
         if self.txm is not None:
-            report = self.txm.reconcile()
-            for rec in report.finalized:
-                log.info(
-                    "journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state, tx_hash=rec.tx_hash
-                )
-            self._report_blocked_lanes(self.txm)
+            self._reconcile_journal(self.txm)
 
     def _read_symbols(self, assets: list[str]) -> dict[str, str]:
         from keeper.chain.abi import Function

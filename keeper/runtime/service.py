@@ -242,13 +242,17 @@ class KeeperService:
             signer=self.signer_address,
         )
         if self.txm is not None:
-            report = self.txm.reconcile()
-            for rec in report.finalized:
-                log.info(
-                    "journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state, tx_hash=rec.tx_hash
-                )
-            self._report_blocked_lanes(self.txm)
+            self._reconcile_journal(self.txm)
             self._ensure_allowance(self.txm, self.signer_address or "")
+
+    def _reconcile_journal(self, txm: TransactionManager) -> None:
+        """The chain as the source of truth before anything new is sent (TransactionManager.reconcile)."""
+        report = txm.reconcile()
+        for rec in report.finalized:
+            log.info(
+                "journal_intent_final", intent=rec.id, key=rec.idempotency_key, state=rec.state, tx_hash=rec.tx_hash
+            )
+        self._report_blocked_lanes(txm)
 
     def _ensure_allowance(self, txm: TransactionManager, signer: str) -> None:
         """Approve the protocol to pull top-ups, once; postponed (retried each cycle) while the lane is blocked."""
