@@ -20,6 +20,7 @@ from keeper.redact import mask_text
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
 def build_app() -> typer.Typer:
@@ -49,7 +50,10 @@ def exit_code(exc: KeeperError) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    app = build_app()
+    try:
+        app = build_app()
+    except KeyboardInterrupt:  # Ctrl-C while the commands load: nothing started, nothing to report
+        sys.exit(EXIT_INTERRUPTED)
     try:
         app(args=argv, prog_name="keeper")  # standalone: usage errors exit 2 with click's message
     except KeeperError as exc:

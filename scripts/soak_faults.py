@@ -172,6 +172,7 @@ class Soak:
         self.blank.stop()
 
     def reset(self) -> None:
+        self.anvil.request("anvil_dropAllTransactions")  # the pool survives evm_revert
         self.anvil.request("evm_revert", [self.snapshot])
         self.snapshot = self.anvil.request("evm_snapshot")
         self.anvil.request("evm_setAutomine", [True])

@@ -45,6 +45,9 @@ class DevChain(DevChainOps):
         return self.anvil.request("evm_snapshot")
 
     def revert(self, snapshot_id: str) -> None:
+        # anvil keeps its transaction pool across evm_revert: a transaction a test left pending would otherwise be
+        # the next test's "pending nonce the journal does not know" (and get mined into it)
+        self.anvil.request("anvil_dropAllTransactions")
         self.anvil.request("evm_revert", [snapshot_id])
         self.anvil.request("evm_setAutomine", [True])
         self.reset_nonces()

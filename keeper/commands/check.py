@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from keeper.cli import EXIT_INTERRUPTED
 from keeper.commands._accounts_view import account_check_output, accounts_table
 from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load, service_class
 from keeper.redact import mask_data
@@ -102,9 +103,6 @@ def plan_table(report: CycleReport) -> Table:
             a.reason,
         )
     return t
-
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
 def masked_json(data: Any) -> str:
