@@ -30,8 +30,8 @@ it waiting: outages, block times, daemon start-up); ``--jobs`` runs several at o
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
+import multiprocessing.util
 import os
 import random
 import shutil
@@ -413,7 +413,8 @@ _SOAK: Soak | None = None  # one per worker process (its own anvils)
 def _worker_init() -> None:
     global _SOAK
     _SOAK = Soak(Path(tempfile.mkdtemp(prefix="keeper-soak-")))
-    atexit.register(_SOAK.close)
+    # a pool worker leaves through multiprocessing's exit path, which runs Finalize hooks but not atexit
+    multiprocessing.util.Finalize(None, _SOAK.close, exitpriority=10)
 
 
 def _worker_run(seed: int) -> Outcome:
