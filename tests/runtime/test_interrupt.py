@@ -16,6 +16,10 @@ from keeper.dev.reference import ANVIL_KEYS
 pytestmark = pytest.mark.chain
 
 TRADER = 1  # anvil key index: the keeper signs for its own account
+CHILD_WITH_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    " sys.argv[0] = 'keeper'; runpy.run_module('keeper', run_name='__main__', alter_sys=True)"
+)
 
 
 def endangered_book(chain, tmp_path: Path) -> Path:
@@ -58,8 +62,10 @@ def test_ctrl_c_reports_sent_and_pending(chain, tmp_path, as_json, secret_leaks,
     }
     args = [
         sys.executable,
-        "-m",
-        "keeper",
+        "-c",
+        # a suite started in the background (`make test &`, a CI runner) inherits SIGINT ignored, and Python then
+        # installs no KeyboardInterrupt handler: the child gets the handler a terminal's Ctrl-C would meet
+        CHILD_WITH_SIGINT,
         "check",
         "--config",
         str(cfg),
@@ -68,7 +74,14 @@ def test_ctrl_c_reports_sent_and_pending(chain, tmp_path, as_json, secret_leaks,
         str(tmp_path / "none.env"),
         *(["--json"] if as_json else []),
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         wait_for(  # the node holds a pending (unmined) transaction from the trader
             lambda: chain.w3.eth.get_transaction_count(trader, "pending") > chain.w3.eth.get_transaction_count(trader),
