@@ -146,9 +146,7 @@ class AccountKeeperService(KeeperService):
         return list(dict.fromkeys(users))
 
     def _watch_only_users(self, users: list[str]) -> frozenset[str]:
-        protected = {a.lower() for a in self.config.protected_accounts}
-        if self.signer_address is None or self.config.limits.alert_only:
-            protected = set()
+        protected = self._protected()
         return frozenset(u.lower() for u in users if u.lower() not in protected)
 
     # ---- estimates -------------------------------------------------------------------------------

@@ -296,10 +296,15 @@ class KeeperService:
             keys += sorted(self._discovered)
         return list(dict.fromkeys(keys))
 
-    def _watch_only(self, keys: Sequence[PositionKey]) -> set[str]:
-        protected = {a.lower() for a in self.config.protected_accounts}
+    def _protected(self) -> set[str]:
+        """Accounts the keeper may act for: the configured ``protect`` accounts, none without a signer or in
+        alert-only mode."""
         if self.signer_address is None or self.config.limits.alert_only:
-            protected = set()
+            return set()
+        return {a.lower() for a in self.config.protected_accounts}
+
+    def _watch_only(self, keys: Sequence[PositionKey]) -> set[str]:
+        protected = self._protected()
         return {a for a, _ in keys if a not in protected}
 
     # ---- head watching (the scheduler's fast loop) -------------------------------------------------
