@@ -166,6 +166,7 @@ class Soak:
         self.ops.open_position(TRADER_KEY, "BTC", False, 2 * 10**18, btc)
         self.deployment_path = self.deployment.save(workdir / "deployment.json")
         self.snapshot = self.anvil.request("evm_snapshot")
+        self._ticks = 0  # waits polled while settling (an empty block every 10 on an automine chain)
 
     def close(self) -> None:
         self.anvil.stop()
@@ -320,7 +321,7 @@ class Soak:
 
     def _tick(self, sched: Schedule) -> bool:
         if sched.block_time_s is None:
-            self._ticks = getattr(self, "_ticks", 0) + 1
+            self._ticks += 1
             if self._ticks % 10 == 0:  # every ~1 s of waiting
                 self.anvil.request("evm_mine", [])
         return False
