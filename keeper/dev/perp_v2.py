@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ from web3 import Web3
 from web3.types import RPCEndpoint
 
 from keeper.dev.reference import ANVIL_KEYS, MULTICALL3_ADDRESS, Sender, multicall3_code
-from keeper.errors import ChainMismatchError, InputError, ToolchainError
-from keeper.protocols.reference import write_atomically
+from keeper.errors import ToolchainError
+from keeper.protocols.perp_v2 import PerpDeployment, PerpMarketRecord
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = PROJECT_ROOT / "node_modules"
@@ -98,83 +98,6 @@ class PerpMarketSpec:
 
 
 DEFAULT_PERP_MARKETS = (PerpMarketSpec("ETH", 2000.0, 5_000.0), PerpMarketSpec("BTC", 40_000.0, 250.0))
-
-
-@dataclass(frozen=True)
-class PerpMarketRecord:
-    """Where one market lives: its base token, Uniswap pool and index price chain."""
-
-    base_token: str
-    pool: str
-    aggregator: str
-    chainlink_feed: str
-    dispatcher: str
-
-
-@dataclass(frozen=True)
-class PerpDeployment:
-    """Where Curie lives on a chain (JSON-serialisable; ``markets`` keyed by symbol)."""
-
-    rpc_url: str
-    chain_id: int
-    start_block: int
-    clearing_house: str
-    config: str
-    vault: str
-    account_balance: str
-    exchange: str
-    order_book: str
-    market_registry: str
-    insurance_fund: str
-    collateral_manager: str
-    quote_token: str
-    settlement_token: str
-    uniswap_factory: str
-    multicall: str
-    markets: dict[str, PerpMarketRecord] = field(default_factory=dict)
-    deployer: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    def save(self, path: str | Path) -> Path:
-        return write_atomically(path, self.to_json())
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "deployment") -> PerpDeployment:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{source} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
-        missing = sorted(set(cls.__dataclass_fields__) - {"markets", "deployer"} - set(data))
-        if missing:
-            raise InputError(f"{source} is not a Perp v2 deployment: it lacks {', '.join(missing)}")
-        markets = {s: PerpMarketRecord(**m) for s, m in data.get("markets", {}).items()}
-        return cls(**{**{k: data[k] for k in cls.__dataclass_fields__ if k in data}, "markets": markets})
-
-    @classmethod
-    def load(cls, path: str | Path) -> PerpDeployment:
-        path = Path(path)
-        try:
-            return cls.from_json(path.read_text(), f"deployment file {path}")
-        except FileNotFoundError as exc:
-            raise InputError(
-                f"deployment file {path} does not exist: run `keeper devchain --protocol perp-v2`"
-            ) from exc
-
-    def verify(self, w3: Web3) -> None:
-        """Refuse a deployment that does not match the chain: chain id and code at every address."""
-        chain_id = w3.eth.chain_id
-        if chain_id != self.chain_id:
-            raise ChainMismatchError(f"deployment is for chain id {self.chain_id} but the node is chain id {chain_id}")
-        named = {"clearing_house": self.clearing_house, "vault": self.vault, "multicall": self.multicall}
-        named |= {f"pool {s}": m.pool for s, m in self.markets.items()}
-        for name, address in named.items():
-            if len(w3.eth.get_code(Web3.to_checksum_address(address))) == 0:
-                raise ChainMismatchError(
-                    f"deployment names {name} at {address} but the chain has no code there "
-                    "(a restarted chain? re-run `keeper devchain --protocol perp-v2`)"
-                )
 
 
 # ---- pure helpers -----------------------------------------------------------------------------------

@@ -18,8 +18,11 @@ them into words for the journal and the alerts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eth_abi import decode
 from eth_utils import to_checksum_address
@@ -29,7 +32,11 @@ from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function
 from keeper.chain.multicall import Call, Multicall
 from keeper.chain.rpc import ChainClient
 from keeper.errors import ChainMismatchError, InputError
+from keeper.protocols.reference import write_atomically
 from keeper.tx.call import ContractCall
+
+if TYPE_CHECKING:
+    from web3 import Web3
 
 F_ACCOUNT_INFO = Function("getAccountInfo(address,address)")
 F_FUNDING = Function("getPendingFundingPayment(address,address)")
@@ -99,6 +106,84 @@ class PerpErrorDecoder(ErrorDecoder):
         return out
 
 
+@dataclass(frozen=True)
+class PerpMarketRecord:
+    """Where one market lives: its base token, Uniswap pool and index price chain."""
+
+    base_token: str
+    pool: str
+    aggregator: str
+    chainlink_feed: str
+    dispatcher: str
+
+
+@dataclass(frozen=True)
+class PerpDeployment:
+    """Where Curie lives on a chain (JSON-serialisable; ``markets`` keyed by symbol)."""
+
+    rpc_url: str
+    chain_id: int
+    start_block: int
+    clearing_house: str
+    config: str
+    vault: str
+    account_balance: str
+    exchange: str
+    order_book: str
+    market_registry: str
+    insurance_fund: str
+    collateral_manager: str
+    quote_token: str
+    settlement_token: str
+    uniswap_factory: str
+    multicall: str
+    markets: dict[str, PerpMarketRecord] = field(default_factory=dict)
+    deployer: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        return write_atomically(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "deployment") -> PerpDeployment:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+        missing = sorted(set(cls.__dataclass_fields__) - {"markets", "deployer"} - set(data))
+        if missing:
+            raise InputError(f"{source} is not a Perp v2 deployment: it lacks {', '.join(missing)}")
+        markets = {s: PerpMarketRecord(**m) for s, m in data.get("markets", {}).items()}
+        return cls(**{**{k: data[k] for k in cls.__dataclass_fields__ if k in data}, "markets": markets})
+
+    @classmethod
+    def load(cls, path: str | Path) -> PerpDeployment:
+        path = Path(path)
+        try:
+            return cls.from_json(path.read_text(), f"deployment file {path}")
+        except FileNotFoundError as exc:
+            raise InputError(
+                f"deployment file {path} does not exist: run `keeper devchain --protocol perp-v2`"
+            ) from exc
+
+    def verify(self, w3: Web3) -> None:
+        """Refuse a deployment that does not match the chain (a web3 connection): chain id and code at every
+        address (the daemon checks the same through :meth:`PerpV2Adapter.check_deployment`)."""
+        chain_id = w3.eth.chain_id
+        if chain_id != self.chain_id:
+            raise ChainMismatchError(f"deployment is for chain id {self.chain_id} but the node is chain id {chain_id}")
+        named = {"clearing_house": self.clearing_house, "vault": self.vault, "multicall": self.multicall}
+        named |= {f"pool {s}": m.pool for s, m in self.markets.items()}
+        for name, address in named.items():
+            if len(w3.eth.get_code(to_checksum_address(address))) == 0:
+                raise ChainMismatchError(
+                    f"deployment names {name} at {address} but the chain has no code there "
+                    "(a restarted chain? re-run `keeper devchain --protocol perp-v2`)"
+                )
+
+
 def _int(data: bytes, i: int = 0) -> int:
     return int.from_bytes(data[32 * i : 32 * (i + 1)], "big", signed=True)
 
@@ -162,7 +247,7 @@ class PerpSnapshot:
 
 
 class PerpV2Adapter:
-    """Curie at the addresses of a deployment (keeper.dev.perp_v2.PerpDeployment or the same fields)."""
+    """Curie at the addresses of a :class:`PerpDeployment` (written by ``keeper devchain --protocol perp-v2``)."""
 
     name = "perp-v2"
 
