@@ -296,7 +296,7 @@ def decide_accounts(
             continue
         kind = AccountActionKind.ADD_COLLATERAL if chosen.kind == ADD_COLLATERAL else AccountActionKind.REPAY_DEBT
         name = state.symbols.get(chosen.asset, chosen.asset)
-        verb = "supply" if kind is AccountActionKind.ADD_COLLATERAL else "repay"
+        verb = chosen.verb or ("supply" if kind is AccountActionKind.ADD_COLLATERAL else "repay")
         dec = state.decimals.get(chosen.asset)
         units = f"{chosen.amount / 10**dec:,.6g}" if dec is not None else f"{chosen.amount} units of"
         what = f"{verb} {units} {name} ({_usd(chosen.cost_e6 / 1e6)})"

@@ -4,11 +4,14 @@ A protocol adapter builds one :class:`MarginAccount` per account it watches; its
 (e.g. Aave's health factor, keeper/accounts/aave_v3.py) stays exact in the protocol's own module. The margin
 excess here is the first-order view the risk code uses:
 
-.. math:: M(S) = \\sum_{c} q_c S_c w_c - \\sum_{d} q_d S_d
+.. math:: M(S) = K + \\sum_{c} q_c S_c w_c - \\sum_{d} q_d S_d w_d
 
 in the base currency (USD, 8 decimals), with :math:`w_c` the collateral's liquidation weight (Aave: the
-liquidation threshold in bps) and :math:`q` amounts in whole tokens. Each leg also carries the rate at which
-its amount accrues (the risk code's interest drift, :mod:`keeper.risk.accounts`).
+liquidation threshold in bps), :math:`w_d` the debt's (1 for Aave; a perpetual short's requirement makes it
+1 + the maintenance ratio), :math:`q` amounts in whole tokens and :math:`K` cash at face value (a perpetual
+account's vault balance plus its open notional and realised PnL; 0 for Aave). Each leg also carries the rate
+at which its amount accrues, and the account a drift not tied to a leg (a perpetual's funding), the risk
+code's drift (:mod:`keeper.risk.accounts`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Leg:
     kind: LegKind
     amount: int
     decimals: int
-    weight_bps: int = BPS  # collateral: liquidation weight; debt: 10000
+    weight_bps: int = BPS  # collateral: liquidation weight; debt: what a unit of it counts for (Aave 10000)
     price_key: str = ""  # asset whose price applies (Aave e-mode price source); "" = ``asset``
     rate_annual: float = 0.0  # interest accruing on the leg per year (collateral: supply rate; debt: borrow rate)
 
@@ -45,23 +48,30 @@ class Leg:
 
 @dataclass(frozen=True, slots=True)
 class MarginAccount:
-    """An account of one protocol: its legs and the block they were read at."""
+    """An account of one protocol: its legs, its cash and the block they were read at.
+
+    ``cash_e8`` is margin at face value (USD, 8 decimals; negative: owed), ``drift_usd_per_year`` the rate at
+    which the margin changes with time apart from the legs' own rates (a perpetual's funding at the current
+    premium; negative: the account pays)."""
 
     protocol: str
     account: str
     legs: tuple[Leg, ...]
     block_number: int = 0
+    cash_e8: int = 0
+    drift_usd_per_year: float = 0.0
 
     @property
     def assets(self) -> frozenset[str]:
         return frozenset(leg.price_key or leg.asset for leg in self.legs)
 
     def margin_excess_e8(self, prices_e8: Mapping[str, int]) -> int:
-        """M(S): weighted collateral minus debt, base currency with 8 decimals (negative: liquidatable)."""
-        total = 0
+        """M(S): cash plus weighted collateral minus weighted debt, base currency with 8 decimals (negative:
+        liquidatable)."""
+        total = self.cash_e8
         for leg in self.legs:
-            v = leg.value_e8(prices_e8)
-            total += v * leg.weight_bps // BPS if leg.kind is LegKind.COLLATERAL else -v
+            v = leg.value_e8(prices_e8) * leg.weight_bps // BPS
+            total += v if leg.kind is LegKind.COLLATERAL else -v
         return total
 
 
@@ -85,6 +95,7 @@ class ActionOption:
     cost_e6: int
     reaches_target: bool
     health_after: int
+    verb: str = ""  # how the trader calls it (Perp v2: "deposit"); "" = supply / repay by kind
 
 
 class AccountRules(Protocol):
@@ -94,11 +105,20 @@ class AccountRules(Protocol):
     def protocol(self) -> str: ...
 
     def health(self, account: str) -> int:
-        """The protocol's own safety figure for ``account`` now (Aave: health factor, wad)."""
+        """The protocol's own safety figure for ``account`` now, in wad, below 1e18 exactly when liquidatable
+        (Aave: the health factor; Perp v2: account value over the maintenance requirement)."""
         ...
 
     def liquidatable(self, account: str) -> bool:
         """The protocol's exact liquidation rule, now."""
+        ...
+
+    def health_at(self, account: str, prices_e8: Mapping[str, int]) -> int:
+        """The same figure at other prices (asset -> e8; assets not named keep this read's price)."""
+        ...
+
+    def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
+        """The protocol-neutral view of ``account`` the risk engine assesses."""
         ...
 
     def options(

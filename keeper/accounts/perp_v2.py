@@ -26,8 +26,11 @@ Pending funding is frozen at the block it was read (it accrues with time: a drif
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+from keeper.accounts.base import ADD_COLLATERAL, BPS, ActionOption, Leg, LegKind, MarginAccount
 
 ONE_E18 = 10**18
 RATIO_ONE = 10**6
@@ -35,6 +38,7 @@ SETTLEMENT_SCALE = 10**12  # 18 - 6 decimals
 DUST_E18 = 10  # AccountBalance._DUST: |size| below it counts as no position
 MIN_PARTIAL_LIQUIDATE_VALUE_X18 = 100 * ONE_E18  # AccountBalance._MIN_PARTIAL_LIQUIDATE_POSITION_VALUE
 Q96 = 2**96
+WAD = 10**18
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,3 +264,183 @@ def notional_to_move_x18(depth: PoolDepth, move: float) -> int:
     dy = abs(target - depth.sqrt_price_x96) * depth.liquidity // Q96
     fee_keep = RATIO_ONE - depth.exchange_fee_ratio_e6
     return dy * RATIO_ONE // fee_keep if move > 0 else dy * fee_keep // RATIO_ONE
+
+
+def premium_gaps(depth: PoolDepth, push_notional_x18: int, max_spread_ratio_e6: int) -> tuple[float, float]:
+    """(down, up) log moves of the mark a market sell / buy of ``push_notional_x18`` vUSD can cause.
+
+    The mark follows the pool (keeper.protocols.perp_v2 explains the median of TWAPs), so the premium can gap
+    by what the order moves the pool within its current range (:func:`price_impact`; a thin pool moves more),
+    but never past the market's price band: Curie reverts a swap that ends more than ``max_spread_ratio_e6``
+    from the index (``EX_OPB``). An order larger than the range holds is priced at the band.
+    """
+    band = math.log(1.0 + max_spread_ratio_e6 / RATIO_ONE) if max_spread_ratio_e6 > 0 else math.inf
+    if push_notional_x18 <= 0:
+        return 0.0, 0.0
+    try:
+        down = -math.log1p(price_impact(depth, push_notional_x18, buy=False))
+    except ValueError:  # the sell takes out the whole range (or the pool is empty)
+        down = band
+    try:
+        up = math.log1p(price_impact(depth, push_notional_x18, buy=True))
+    except ValueError:
+        up = band
+    return min(down, band), min(up, band)
+
+
+# ---- the protocol-neutral view and rules (keeper.accounts.base) ------------------------------------------
+
+PRICE_E8_SCALE = 10**10  # an 18-decimal mark to the base currency's 8 decimals
+MAX_HEALTH = 2**256 - 1  # no position: nothing can be liquidated (the figure Aave gives a debt-free account)
+DAYS_PER_YEAR = 365.0
+
+
+def cash_x18(account: PerpAccount) -> int:
+    """The part of the account value that does not move with the marks: vault balance, pending fee, owed
+    realised PnL, open notionals, minus pending funding (18 decimals)."""
+    return (
+        account.vault_balance_e6 * SETTLEMENT_SCALE
+        + account.pending_fee_x18
+        - sum(leg.pending_funding_x18 for leg in account.legs)
+        + account.owed_realized_pnl_x18
+        + sum(leg.open_notional_x18 for leg in account.legs)
+    )
+
+
+def funding_drift_usd_per_year(account: PerpAccount, premiums_x18: Mapping[str, int]) -> float:
+    """What funding does to the margin per year if today's premium (mark - index TWAP, per base) persists.
+
+    Curie's funding payment of a position is ``size x (mark TWAP - index TWAP) x dt / 1 day``, paid by longs
+    when the premium is positive (``Exchange._getFundingGrowthGlobalAndTwaps``): the margin drifts by minus
+    that, 365 times a year."""
+    per_day = sum(leg_size_e18(leg) / ONE_E18 * premiums_x18.get(leg.base_token, 0) / ONE_E18 for leg in account.legs)
+    return -per_day * DAYS_PER_YEAR
+
+
+def margin_view(
+    account: PerpAccount,
+    params: PerpParams,
+    premiums_x18: Mapping[str, int] | None = None,
+    block_number: int = 0,
+    protocol: str = "perp-v2",
+) -> MarginAccount:
+    """The account as the risk engine sees it: M(S) = cash + sum over longs of size x S x (1 - mm) - sum over
+    shorts of |size| x S x (1 + mm), which is account value - requirement (:func:`margin_at`) up to the
+    contracts' floor roundings (an mmRatio that is not a whole number of bps is rounded to one here; the
+    decision itself uses the exact rule, :class:`PerpRules`). Longs are collateral legs, shorts debt legs,
+    both priced at their base token's mark; funding at today's premium is the drift."""
+    mm_bps = round(params.mm_ratio_e6 * BPS / RATIO_ONE)
+    legs = []
+    for leg in account.legs:
+        size = leg_size_e18(leg)
+        if size == 0:
+            continue
+        long = size > 0
+        legs.append(
+            Leg(
+                leg.base_token,
+                LegKind.COLLATERAL if long else LegKind.DEBT,
+                abs(size),
+                18,
+                BPS - mm_bps if long else BPS + mm_bps,
+            )
+        )
+    return MarginAccount(
+        protocol,
+        account.trader,
+        tuple(legs),
+        block_number,
+        cash_e8=cash_x18(account) // PRICE_E8_SCALE,
+        drift_usd_per_year=funding_drift_usd_per_year(account, premiums_x18 or {}),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PerpRules:
+    """Curie's exact rules over one read, for :func:`keeper.decision.decide_accounts` (accounts keyed by
+    lower-case trader, marks by base token). Prices the decision passes are e8 marks; a moved e8 price moves
+    the 18-decimal mark by the same ratio, so the rule stays exact at this read's marks."""
+
+    accounts: Mapping[str, PerpAccount]
+    marks_x18: Mapping[str, int]
+    params: PerpParams
+    settlement_token: str
+    premiums_x18: Mapping[str, int] = field(default_factory=dict)
+    protocol: str = "perp-v2"
+
+    @property
+    def prices_e8(self) -> dict[str, int]:
+        return {b: m // PRICE_E8_SCALE for b, m in self.marks_x18.items()}
+
+    def _acct(self, account: str) -> PerpAccount:
+        found = self.accounts.get(account.lower())
+        if found is None:
+            raise KeyError(f"account {account} was not read")
+        return found
+
+    def marks_at(self, prices_e8: Mapping[str, int]) -> dict[str, int]:
+        """The 18-decimal marks at e8 prices (bases not named keep this read's mark)."""
+        now = self.prices_e8
+        out = dict(self.marks_x18)
+        for base, p in prices_e8.items():
+            if base in out and now.get(base, 0) > 0 and p != now[base]:
+                out[base] = self.marks_x18[base] * p // now[base]
+        return out
+
+    def _health(self, acct: PerpAccount, marks_x18: Mapping[str, int]) -> int:
+        m = margin_at(acct, marks_x18, self.params)
+        if m.requirement_x18 == 0:
+            return MAX_HEALTH
+        return max(0, m.account_value_x18) * WAD // m.requirement_x18
+
+    def health(self, account: str) -> int:
+        """Account value over the maintenance requirement, wad (below 1e18 exactly when liquidatable)."""
+        return self._health(self._acct(account), self.marks_x18)
+
+    def health_at(self, account: str, prices_e8: Mapping[str, int]) -> int:
+        return self._health(self._acct(account), self.marks_at(prices_e8))
+
+    def liquidatable(self, account: str) -> bool:
+        """``ClearingHouse.liquidate``'s check: getAccountValue < getMarginRequirementForLiquidation."""
+        return margin_at(self._acct(account), self.marks_x18, self.params).liquidatable
+
+    def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
+        return margin_view(self._acct(account), self.params, self.premiums_x18, block_number, self.protocol)
+
+    def options(
+        self, account: str, survive_prices_e8: Mapping[str, int], wallet: Mapping[str, int], budget_e6: int
+    ) -> tuple[list[ActionOption], list[str]]:
+        """One option at most: the least ``Vault.depositFor`` of the settlement token that keeps the account
+        unliquidatable at the survive prices (one deposit backs every market of the account), or what the
+        wallet and the budget allow. Reducing a position needs the owner's key and is not offered here."""
+        acct = self._acct(account)
+        token = next((a for a in wallet if a.lower() == self.settlement_token.lower()), self.settlement_token)
+        held = wallet.get(token, 0)
+        if held <= 0:
+            return [], ["the keeper's wallet holds no settlement token for Vault.depositFor"]
+        marks = self.marks_at(survive_prices_e8)
+        need = min_deposit_e6(acct, marks, self.params)
+        if need == 0:
+            return [], []
+        cap = min(held, budget_e6)
+        reaches = need <= cap
+        amount = need if reaches else cap
+        why = []
+        if not reaches:
+            why.append(
+                f"depositFor needs ${need / 1e6:,.2f}, the wallet holds ${held / 1e6:,.2f}"
+                if need > held
+                else f"depositFor needs ${need / 1e6:,.2f}, over the cap of ${budget_e6 / 1e6:,.2f}"
+            )
+        if amount <= 0:
+            return [], why
+        after = replace(acct, vault_balance_e6=acct.vault_balance_e6 + amount)
+        option = ActionOption(ADD_COLLATERAL, token, amount, amount, reaches, self._health(after, marks), "deposit")
+        return [option], why
+
+    def value_at_stake_e6(self, account: str) -> int:
+        """The liquidation penalty on every position of the account at today's marks (USD e6): a liquidator
+        takes whole positions once the account value is below half the requirement, which a crash reaches."""
+        m = margin_at(self._acct(account), self.marks_x18, self.params)
+        penalty_x18 = m.total_abs_position_value_x18 * self.params.liquidation_penalty_ratio_e6 // RATIO_ONE
+        return penalty_x18 // SETTLEMENT_SCALE

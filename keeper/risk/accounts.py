@@ -3,8 +3,11 @@
 A :class:`~keeper.accounts.base.MarginAccount` holds legs in several assets. Its margin excess (base currency,
 USD) is linear in every price,
 
-.. math:: M(S) = \\sum_c q_c S_c w_c - \\sum_d q_d S_d,
-    \\qquad g_a = \\frac{\\partial M}{\\partial \\ln S_a} = \\sum_{c \\in a} q_c S_c w_c - \\sum_{d \\in a} q_d S_d
+.. math:: M(S) = K + \\sum_c q_c S_c w_c - \\sum_d q_d S_d w_d,
+    \\qquad g_a = \\frac{\\partial M}{\\partial \\ln S_a} = \\sum_{c \\in a} q_c S_c w_c - \\sum_{d \\in a} q_d S_d w_d
+
+(``K`` cash at face value; Aave's debt weights are 1, a perpetual short's is 1 + the maintenance ratio, its
+long's collateral weight 1 - that ratio: :mod:`keeper.accounts.perp_v2`)
 
 so over a short horizon :math:`M` moves like an arithmetic Brownian motion with
 :math:`\\sigma_M^2 = (g\\sigma)^T C (g\\sigma)` (``C`` the assets' correlation matrix).
@@ -118,21 +121,25 @@ class AccountRisk:
 
 
 def exposures(account: MarginAccount, prices_e8: Mapping[str, int]) -> tuple[float, float, dict[str, float], float]:
-    """(weighted collateral, debt, gradient dM/dln S per asset, drift dM/dt per year), all in USD floats."""
-    coll = debt = drift = 0.0
+    """(weighted collateral, weighted debt, gradient dM/dln S per asset, drift dM/dt per year), USD floats.
+
+    Cash counts as collateral when positive and as debt when negative (a perpetual long's open notional is
+    owed), so ``collateral - debt`` is M."""
+    cash = account.cash_e8 / 1e8
+    coll, debt = max(cash, 0.0), max(-cash, 0.0)
+    drift = account.drift_usd_per_year
     grad: dict[str, float] = {}
     for leg in account.legs:
         key = leg.price_key or leg.asset
-        v = leg.value_e8(prices_e8) / 1e8
+        vw = leg.value_e8(prices_e8) / 1e8 * leg.weight_bps / BPS
         if leg.kind is LegKind.COLLATERAL:
-            vw = v * leg.weight_bps / BPS
             coll += vw
             grad[key] = grad.get(key, 0.0) + vw
             drift += vw * leg.rate_annual
         else:
-            debt += v
-            grad[key] = grad.get(key, 0.0) - v
-            drift -= v * leg.rate_annual
+            debt += vw
+            grad[key] = grad.get(key, 0.0) - vw
+            drift -= vw * leg.rate_annual
     return coll, debt, grad, drift
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keeper.accounts.base import LegKind
 from keeper.accounts.perp_v2 import (
     Q96,
     PerpAccount,
     PerpLeg,
     PerpParams,
+    PerpRules,
     PoolDepth,
     format_settlement_e6,
+    funding_drift_usd_per_year,
+    margin_view,
+    premium_gaps,
     liquidatable_size_e18,
     margin_at,
     min_deposit_e6,
@@ -21,6 +28,10 @@ from keeper.accounts.perp_v2 import (
     price_impact,
     sqrt_after_notional,
 )
+from keeper.decision import AccountBookState, decide_accounts
+from keeper.domain import AccountActionKind
+from keeper.planner import PlanLimits
+from keeper.risk.policy import RiskPolicy
 
 PARAMS = PerpParams(mm_ratio_e6=62_500, im_ratio_e6=100_000, liquidation_penalty_ratio_e6=25_000)
 ETH, BTC = "0x" + "11" * 20, "0x" + "22" * 20
@@ -111,3 +122,128 @@ def test_thin_pool_moves_more_than_a_deep_one():
     d, t = price_impact(deep, 100_000 * E18, buy=False), price_impact(thin, 100_000 * E18, buy=False)
     assert d < 0 and t < 0 and 9 < t / d < 11
     assert sqrt_after_notional(deep, 0, buy=True) == sqrt
+
+
+# ---- the protocol-neutral view and rules the daemon decides with -----------------------------------------
+
+USDC = "0x" + "33" * 20
+MARKS = {ETH: 2_000 * E18, BTC: 40_000 * E18}
+
+
+def rules_for(*accounts: PerpAccount, premiums=None) -> PerpRules:
+    return PerpRules({a.trader: a for a in accounts}, MARKS, PARAMS, USDC, premiums or {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    balance=st.integers(0, 10**10),
+    eth=st.integers(-(10**20), 10**20),
+    btc=st.integers(-(10**19), 10**19),
+    eth_move=st.floats(0.5, 1.5),
+    btc_move=st.floats(0.5, 1.5),
+)
+def test_linear_view_equals_account_value_minus_requirement(balance, eth, btc, eth_move, btc_move):
+    """M(S) of the risk engine's view = the contract's account value - requirement, to 2e-6 USD
+    (the floors of the 18-to-8-decimal conversion), at any mark vector."""
+    legs = (PerpLeg(ETH, eth, -eth * 2_000, 0), PerpLeg(BTC, btc, -btc * 40_000, 0))
+    acct = account(balance, *legs)
+    marks = moved_marks(MARKS, {ETH: eth_move, BTC: btc_move})
+    view = margin_view(acct, PARAMS)
+    prices_e8 = {b: m // 10**10 for b, m in marks.items()}
+    exact = margin_at(acct, marks, PARAMS)
+    got = view.margin_excess_e8(prices_e8) / 1e8
+    want = exact.excess_x18 / 1e18
+    notional = exact.total_abs_position_value_x18 / 1e18
+    assert abs(got - want) <= 2e-6 + 1e-12 * notional  # value floored to 1e-6 USD by the contract, legs to 1e-8
+
+
+def test_long_is_collateral_short_is_debt_weighted_by_the_maintenance_ratio():
+    view = margin_view(
+        account(1_000 * 10**6, PerpLeg(ETH, E18, -2_000 * E18), PerpLeg(BTC, -E18 // 10, 4_000 * E18)), PARAMS
+    )
+    by_asset = {leg.asset: leg for leg in view.legs}
+    assert by_asset[ETH].kind is LegKind.COLLATERAL and by_asset[ETH].weight_bps == 10_000 - 625
+    assert by_asset[BTC].kind is LegKind.DEBT and by_asset[BTC].weight_bps == 10_000 + 625
+    assert view.cash_e8 == (1_000 - 2_000 + 4_000) * 10**8
+
+
+def test_funding_drift_charges_longs_when_the_mark_is_above_the_index():
+    """Premium +$10 on ETH, 2 ETH long: the trader pays 2 x 10 per day, 7,300 a year."""
+    acct = account(1_000 * 10**6, PerpLeg(ETH, 2 * E18, -4_000 * E18))
+    assert funding_drift_usd_per_year(acct, {ETH: 10 * E18}) == -2 * 10 * 365
+    short = account(1_000 * 10**6, PerpLeg(ETH, -2 * E18, 4_000 * E18))
+    assert funding_drift_usd_per_year(short, {ETH: 10 * E18}) == 2 * 10 * 365
+
+
+def test_health_is_value_over_requirement_and_below_one_exactly_when_liquidatable():
+    acct = account(300 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18))
+    rules = rules_for(acct)
+    m = margin_at(acct, MARKS, PARAMS)
+    assert rules.health(acct.trader) == m.account_value_x18 * 10**18 // m.requirement_x18
+    for price in range(1_850, 2_000, 5):
+        at = {ETH: price * 10**8}
+        liq = margin_at(acct, rules.marks_at(at), PARAMS).liquidatable
+        assert (rules.health_at(acct.trader, at) < 10**18) == liq, price
+    assert (
+        rules_for(
+            account(
+                5,
+            )
+        ).health("0xt")
+        == 2**256 - 1
+    )  # no position: nothing to liquidate
+
+
+def test_one_deposit_option_survives_the_move_and_is_the_least():
+    acct = account(300 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18), PerpLeg(BTC, E18 // 10, -4_000 * E18))
+    rules = rules_for(acct)
+    survive = {ETH: 1_700 * 10**8, BTC: 36_000 * 10**8}
+    options, why = rules.options(acct.trader, survive, {USDC: 10**12}, 10**12)
+    assert why == [] and len(options) == 1
+    opt = options[0]
+    marks = rules.marks_at(survive)
+    assert opt.reaches_target and opt.asset == USDC and opt.cost_e6 == opt.amount
+    funded = PerpAccount(acct.trader, acct.vault_balance_e6 + opt.amount, 0, 0, acct.legs)
+    short = PerpAccount(acct.trader, acct.vault_balance_e6 + opt.amount - 1, 0, 0, acct.legs)
+    assert not margin_at(funded, marks, PARAMS).liquidatable and margin_at(short, marks, PARAMS).liquidatable
+    # a wallet too small sends what it holds and says why
+    options, why = rules.options(acct.trader, survive, {USDC: opt.amount // 2}, 10**12)
+    assert options[0].amount == opt.amount // 2 and not options[0].reaches_target and "wallet holds" in why[0]
+    assert rules.options(acct.trader, survive, {}, 10**12)[0] == []
+
+
+def test_value_at_stake_is_the_penalty_on_every_position():
+    acct = account(300 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18), PerpLeg(BTC, -E18 // 10, 4_000 * E18))
+    assert rules_for(acct).value_at_stake_e6(acct.trader) == (6_000 + 4_000) * 25_000  # 2.5 % of $10,000, e6
+
+
+def test_premium_gap_is_wider_in_a_thin_pool_and_stops_at_the_price_band():
+    sqrt = int(2_000**0.5 * Q96)
+    deep, thin = PoolDepth(sqrt, 10**24, 1_000), PoolDepth(sqrt, 10**23, 1_000)
+    d_down, d_up = premium_gaps(deep, 100_000 * E18, 100_000)
+    t_down, t_up = premium_gaps(thin, 100_000 * E18, 100_000)
+    assert 0 < d_down < t_down and 0 < d_up < t_up
+    assert abs(d_down + math.log1p(price_impact(deep, 100_000 * E18, buy=False))) < 1e-12
+    band = math.log(1.1)
+    assert premium_gaps(thin, 10**9 * E18, 100_000) == (band, band)  # EX_OPB caps what a push can do
+    assert premium_gaps(deep, 0, 100_000) == (0.0, 0.0)
+
+
+def test_decision_deposits_for_a_cross_margin_account_in_danger():
+    """A 10x long in both markets, 15 % ETH vol: the decision picks one depositFor that survives the move."""
+    acct = account(1_000 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18), PerpLeg(BTC, E18 // 10, -4_000 * E18))
+    rules = rules_for(acct)
+    view = rules.margin_account(acct.trader)
+    out = decide_accounts(
+        [view], rules, AccountBookState(wallet={USDC: 10**12}, symbols={ETH: "ETH", BTC: "BTC", USDC: "USDC"}, decimals={USDC: 6}),
+        prices_e8=rules.prices_e8, sigmas_annual={ETH: 0.8, BTC: 0.6}, policy=RiskPolicy(),
+        limits=PlanLimits(10**11, 10**12), check_interval_s=60.0, correlation={(ETH, BTC): 0.8},
+    )  # fmt: skip
+    d = out.decision(acct.trader)
+    assert d is not None and d.band == "trigger" and d.asset == USDC and d.amount > 0
+    (action,) = out.onchain_actions
+    assert action.kind is AccountActionKind.ADD_COLLATERAL and f"deposit {d.amount / 1e6:,.6g} USDC" in action.reason
+    risk = out.risks[0]
+    marks = rules.marks_at(risk.survive_prices_e8)
+    funded = PerpAccount(acct.trader, acct.vault_balance_e6 + d.amount, 0, 0, acct.legs)
+    assert not margin_at(funded, marks, PARAMS).liquidatable
