@@ -17,14 +17,14 @@ from keeper.accounts.perp_v2 import (
     PoolDepth,
     format_settlement_e6,
     funding_drift_usd_per_year,
-    margin_view,
-    premium_gaps,
     liquidatable_size_e18,
     margin_at,
+    margin_view,
     min_deposit_e6,
     moved_marks,
     mul_div_signed,
     notional_to_move_x18,
+    premium_gaps,
     price_impact,
     sqrt_after_notional,
 )
@@ -234,8 +234,9 @@ def test_decision_deposits_for_a_cross_margin_account_in_danger():
     acct = account(1_000 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18), PerpLeg(BTC, E18 // 10, -4_000 * E18))
     rules = rules_for(acct)
     view = rules.margin_account(acct.trader)
+    state = AccountBookState(wallet={USDC: 10**12}, symbols={ETH: "ETH", BTC: "BTC", USDC: "USDC"}, decimals={USDC: 6})
     out = decide_accounts(
-        [view], rules, AccountBookState(wallet={USDC: 10**12}, symbols={ETH: "ETH", BTC: "BTC", USDC: "USDC"}, decimals={USDC: 6}),
+        [view], rules, state,
         prices_e8=rules.prices_e8, sigmas_annual={ETH: 0.8, BTC: 0.6}, policy=RiskPolicy(),
         limits=PlanLimits(10**11, 10**12), check_interval_s=60.0, correlation={(ETH, BTC): 0.8},
     )  # fmt: skip
