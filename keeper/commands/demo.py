@@ -692,6 +692,18 @@ def summary_tables(summary: dict[str, Any]) -> Group:
                 f"Aave v3 supplies / repays:       {aave['supplies']} / {aave['repays']} "
                 f"(${aave['collateral_added']:,.2f}), {aave['gas_used']:,} gas"
             )
+    perp = summary.get("protocols", {}).get("perp-v2")
+    if perp is not None:
+        lines.append(
+            f"Perp v2 accounts:                {perp['positions']}, liquidated without the keeper "
+            f"{perp['liquidated_without_keeper']} ({perp['liquidations_without_keeper']} liquidations), with it "
+            f"{perp['liquidated_with_keeper']}"
+        )
+        if perp["top_ups"] is not None:
+            lines.append(
+                f"Perp v2 deposits (depositFor):   {perp['top_ups']} (${perp['collateral_added']:,.2f}), "
+                f"{perp['gas_used']:,} gas"
+            )
     lines.append(f"demo wall time:                  {summary['seconds']:.1f} s")
     return Group(t, Text("\n".join(lines)))
 
@@ -709,12 +721,14 @@ def run_demo(
     workdir: Path = DEFAULT_DIR / "demo",
     console: Console | None = None,
     aave: bool = False,
+    perp: bool = False,
 ) -> dict[str, Any]:
     """Set up, run the control and (when ``keeper`` is given) the keeper run; return the summary.
 
     ``aave``: then play the crash on real Aave v3 accounts too (:mod:`keeper.commands._demo_aave`, its own
-    chain; the keeper run uses the daemon whenever ``keeper`` is given); the summary's ``protocols`` object
-    maps ``reference`` and ``aave-v3`` to their counts."""
+    chain; the keeper run uses the daemon whenever ``keeper`` is given); ``perp``: and on real Perp v2 accounts
+    (:mod:`keeper.commands._demo_perp`, a chain of its own too). The summary's ``protocols`` object maps
+    ``reference``, ``aave-v3`` and ``perp-v2`` to their counts."""
     t0 = time.monotonic()
     scenario = scenario or demo_crash(seed)
     reserve_e6 = round(reserve_usd * 1e6)
@@ -745,6 +759,15 @@ def run_demo(
             keeper=keeper is not None, workdir=workdir / "aave-v3", console=console
         )
         summary["seconds"] = round(time.monotonic() - t0, 1)
+    if perp:
+        from keeper.commands._demo_perp import run_perp_demo
+
+        if console is not None:
+            console.print("[bold]Perp v2[/bold]: the crash on real Curie accounts (control run, then the keeper)")
+        summary["protocols"]["perp-v2"] = run_perp_demo(
+            keeper=keeper is not None, workdir=workdir / "perp-v2", console=console
+        )
+        summary["seconds"] = round(time.monotonic() - t0, 1)
     return summary
 
 
@@ -773,9 +796,10 @@ def register(app: typer.Typer) -> None:
         keeper: bool = typer.Option(True, help="Run the keeper pass (--no-keeper: control run only)."),
         out: Path = typer.Option(DEFAULT_DIR / SUMMARY_NAME, help="Where to write the summary JSON."),
         aave: bool = typer.Option(True, help="Also play the crash on real Aave v3 accounts (--no-aave: skip)."),
+        perp: bool = typer.Option(True, help="Also play a crash on real Perp v2 accounts (--no-perp: skip)."),
     ) -> None:
-        """Crash ETH -35% and squeeze BTC +25% on a local chain (reference protocol and real Aave v3): liquidations
-        without and with the keeper."""
+        """Crash ETH -35% and squeeze BTC +25% on a local chain (reference protocol, real Aave v3 and Perp v2):
+        liquidations without and with the keeper."""
         if reserve < 0:
             raise InputError(f"--reserve {reserve}: must be >= 0")
         from keeper.runtime.logging import configure_logging
@@ -793,7 +817,7 @@ def register(app: typer.Typer) -> None:
                 console.print("[yellow]`keeper run` is not available yet: showing the control run only[/yellow]")
         try:
             summary = run_demo(
-                seed=seed, reserve_usd=reserve, keeper=runner, workdir=workdir, console=console, aave=aave
+                seed=seed, reserve_usd=reserve, keeper=runner, workdir=workdir, console=console, aave=aave, perp=perp
             )
         finally:
             log_file.close()
