@@ -36,10 +36,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_utils import to_checksum_address
 
 from keeper.accounts.aave_v3 import (
     AaveAccount,
+    AaveRules,
     AccountData,
     EModeCategory,
     Market,
@@ -53,7 +55,7 @@ from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
 from keeper.chain.rpc import ChainClient
 from keeper.domain import AccountAction, AccountActionKind, PriceRound
 from keeper.errors import ChainMismatchError, InputError
-from keeper.protocols.base import HeadProbe
+from keeper.protocols.base import AccountAdapter, AccountBook, HeadProbe
 from keeper.tx.call import ContractCall
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ AAVE_V3_MARKETS: dict[str, tuple[int, str]] = {
 }
 
 F_GET_POOL = Function("getPool()", ["address"])
+F_SYMBOL = Function("symbol()", ["string"])
 F_GET_ORACLE = Function("getPriceOracle()", ["address"])
 F_GET_DATA_PROVIDER = Function("getPoolDataProvider()", ["address"])
 F_RESERVES_LIST = Function("getReservesList()", ["address[]"])
@@ -297,7 +300,7 @@ class AaveSnapshot:
     failed: tuple[str, ...] = field(default_factory=tuple)
 
 
-class AaveV3Adapter:
+class AaveV3Adapter(AccountAdapter):
     """One Aave v3 pool found through its ``PoolAddressesProvider``."""
 
     name = "aave-v3"
@@ -331,6 +334,7 @@ class AaveV3Adapter:
         self.reserves: dict[str, ReserveState] = {}
         self.sources: dict[str, str] = {}
         self.emode_ids: tuple[int, ...] = ()
+        self.symbols: dict[str, str] = {}  # asset -> symbol, from load()
         self.scanner = None
         if journal is not None:
             self.scanner = LogScanner(
@@ -366,6 +370,42 @@ class AaveV3Adapter:
         self.emode_ids = tuple(sorted({s.config.emode_category for s in self.reserves.values()} - {0}))
         log.info("aave_reserves_loaded", pool=self.pool, reserves=n, emode_categories=len(self.emode_ids))
         return self.reserves
+
+    def load(self) -> dict[str, str]:
+        """The reserves (:meth:`load_reserves`) and each underlying's ``symbol()`` (a token without a string
+        symbol is named by its address)."""
+        reserves = self.load_reserves()
+        if not reserves:
+            raise ChainMismatchError(f"the pool {self.pool} lists no reserves: wrong provider or market?")
+        assets = list(reserves)
+        res = self.multicall.aggregate3([Call(a, F_SYMBOL.encode()) for a in assets]).results
+        out = {}
+        for a, r in zip(assets, res, strict=True):
+            try:
+                out[a] = str(F_SYMBOL.decode(r.data)[0]) if r.success else a
+            except (DecodingError, ValueError):
+                out[a] = a
+        self.symbols = out
+        return dict(out)
+
+    def read_book(self, accounts: Iterable[str], *, cross_check: bool = True) -> AccountBook:
+        """:meth:`read_accounts` as the protocol-neutral book: prices are the oracle's, rounds the sources'."""
+        snap = self.read_accounts(accounts, cross_check=cross_check)
+        rules = AaveRules(snap.accounts, snap.market, self.symbols)
+        return AccountBook(
+            protocol=self.name,
+            block_number=snap.block_number,
+            timestamp_s=snap.market.timestamp_s,
+            accounts=tuple(rules.margin_account(u, snap.block_number) for u in sorted(snap.accounts)),
+            rules=rules,
+            prices_e8=dict(snap.market.prices_e8),
+            rounds=dict(snap.rounds),
+            history_ids={a: r.reserve_id for a, r in snap.market.reserves.items()},
+            decimals={a: r.config.decimals for a, r in snap.market.reserves.items()},
+            onchain_health={u.lower(): d.health_factor_wad for u, d in snap.onchain.items()},
+            round_trips=snap.round_trips,
+            failed=snap.failed,
+        )
 
     def read_accounts(
         self, users: Iterable[str], block: int | str = "latest", *, cross_check: bool = True

@@ -23,8 +23,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from keeper.accounts.base import AccountRules, MarginAccount
 from keeper.chain.abi import ErrorDecoder
-from keeper.domain import Action, ActionKind, Market, Position, PriceRound, notional_e6
+from keeper.domain import AccountAction, Action, ActionKind, Market, Position, PriceRound, notional_e6
 from keeper.errors import InputError
 from keeper.tx.call import ContractCall
 
@@ -184,3 +185,94 @@ def keys_of(pairs: Sequence[tuple[str, int]]) -> list[PositionKey]:
     for account, market_id in pairs:
         seen.setdefault((account.lower(), int(market_id)), None)
     return list(seen)
+
+
+# ---- margin-account protocols (Aave v3, Perp v2): several assets per account, one health figure ----------
+
+
+@dataclass(frozen=True)
+class AccountBook:
+    """Every watched margin account of one protocol and the prices its rule liquidates at, read at one block.
+
+    ``accounts`` holds the risk engine's view of each account read (legless when it holds nothing),
+    ``rules`` the protocol's exact rule over this read. ``prices_e8`` is asset -> the price that decides a
+    liquidation (Aave: the oracle's; Perp v2: the mark), ``rounds`` asset -> the latest round of the oracle
+    whose history measures its volatility (Aave: the price source; Perp v2: the index feed) and
+    ``history_ids`` asset -> its key in the volatility cache and the head probe. ``premium_gaps`` asset ->
+    (down, up) log moves added to the oracle's stress gap where the liquidating price can move away from the
+    oracle's (Perp v2: a market order pushing the mark, from the pool's depth); ``price_basis`` asset -> what
+    the price is (``{"basis": "mark", "index": ..., "premium": ...}``), for the logs.
+    """
+
+    protocol: str
+    block_number: int
+    timestamp_s: int
+    accounts: tuple[MarginAccount, ...]
+    rules: AccountRules
+    prices_e8: dict[str, int]
+    rounds: dict[str, PriceRound]
+    history_ids: dict[str, int]
+    decimals: dict[str, int]
+    onchain_health: dict[str, int] = field(default_factory=dict)  # account -> the contract's own figure (wad)
+    premium_gaps: dict[str, tuple[float, float]] = field(default_factory=dict)
+    price_basis: dict[str, dict[str, object]] = field(default_factory=dict)
+    round_trips: int = 1
+    failed: tuple[str, ...] = ()
+
+
+class AccountAdapter(ABC):
+    """Reads one margin-account protocol into :class:`AccountBook` and builds its protective transactions.
+
+    The account sibling of :class:`ProtocolAdapter` (the service's only door to the protocol, found by name
+    through :mod:`keeper.protocols.registry`): Aave v3 supplies and repays on behalf, Perp v2 deposits for a
+    trader. Assets are named by their token address; :meth:`load` says their symbols."""
+
+    name: str = "accounts"
+    errors: ErrorDecoder
+
+    @abstractmethod
+    def check_deployment(self) -> None:
+        """Raise :class:`~keeper.errors.ChainMismatchError` naming what is missing on the connected chain."""
+
+    @abstractmethod
+    def contract_addresses(self) -> dict[str, str]:
+        """Name -> address of every contract an endpoint must hold code at to serve this deployment."""
+
+    @abstractmethod
+    def load(self) -> dict[str, str]:
+        """Read what changes only by governance (reserves, markets) and return asset -> symbol, for every asset
+        the accounts may hold or the keeper may pay with."""
+
+    @abstractmethod
+    def probe_head(self) -> HeadProbe:
+        """The head and each asset's oracle latest round id (keyed like ``AccountBook.history_ids``)."""
+
+    @abstractmethod
+    def read_book(self, accounts: Iterable[str], *, cross_check: bool = True) -> AccountBook:
+        """Every account in ``accounts`` with the prices and rules, at one block (two round trips at most).
+        ``cross_check`` also reads the contract's own health figure per account (``onchain_health``)."""
+
+    @abstractmethod
+    def wallet(self, owner: str) -> tuple[dict[str, int], dict[str, int]]:
+        """(balance, allowance to the protocol) per payable asset of ``owner``, native units, one read."""
+
+    @abstractmethod
+    def source_history(self, asset: str, max_rounds: int, latest: PriceRound) -> list[PriceRound]:
+        """The rounds of ``asset``'s oracle up to ``latest`` (oldest first), at most ``max_rounds``."""
+
+    @abstractmethod
+    def approve_call(self, asset: str, amount: int) -> ContractCall:
+        """``approve`` of ``asset`` to the contract that pulls the keeper's payments."""
+
+    @abstractmethod
+    def call_for_account_action(self, action: AccountAction) -> ContractCall:
+        """The transaction that carries out ``action`` (alerts have none)."""
+
+    @abstractmethod
+    def describe_transaction(self, to: str, data: bytes) -> dict | None:
+        """What a protective transaction of the keeper's key found on chain did (``kind``, ``account``,
+        ``asset``, ``amount``), or ``None`` when it is not one of this protocol's."""
+
+    @abstractmethod
+    def discover_accounts(self) -> set[str]:
+        """Every account the protocol's events name (the cursor persists in the journal)."""

@@ -27,16 +27,36 @@ from typing import TYPE_CHECKING
 from eth_abi import decode
 from eth_utils import to_checksum_address
 
-from keeper.accounts.perp_v2 import PerpAccount, PerpLeg, PerpMargin, PerpParams, PoolDepth, margin_at
-from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function
+from keeper.accounts.perp_v2 import (
+    ONE_E18,
+    WAD,
+    PerpAccount,
+    PerpLeg,
+    PerpMargin,
+    PerpParams,
+    PerpRules,
+    PoolDepth,
+    leg_size_e18,
+    margin_at,
+    margin_view,
+    position_value_x18,
+    premium_gaps,
+)
+from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function, event_topic
+from keeper.chain.discovery import LogScanner
 from keeper.chain.multicall import Call, Multicall
 from keeper.chain.rpc import ChainClient
-from keeper.errors import ChainMismatchError, InputError
-from keeper.protocols.reference import write_atomically
+from keeper.domain import AccountAction, AccountActionKind, PriceRound
+from keeper.errors import ChainMismatchError, ConfigError, InputError
+from keeper.protocols.base import AccountAdapter, AccountBook, HeadProbe
+from keeper.protocols.reference import decode_round, history_round_ids, write_atomically
 from keeper.tx.call import ContractCall
 
 if TYPE_CHECKING:
     from web3 import Web3
+
+    from keeper.runtime.config import KeeperConfig
+    from keeper.tx.journal import Journal
 
 F_ACCOUNT_INFO = Function("getAccountInfo(address,address)")
 F_FUNDING = Function("getPendingFundingPayment(address,address)")
@@ -61,6 +81,17 @@ F_TWAP = Function("getTwapInterval()")
 F_MARK_CONFIG = Function("getMarkPriceConfig()")
 F_DEPOSIT_FOR = Function("depositFor(address,address,uint256)")
 F_APPROVE = Function("approve(address,uint256)")
+F_ALLOWANCE = Function("allowance(address,address)")
+F_ERC20_BALANCE = Function("balanceOf(address)")
+F_SYMBOL = Function("symbol()", ["string"])
+F_GET_ROUND = Function("getRoundData(uint80)")
+TOPIC_POSITION_CHANGED = event_topic(
+    "PositionChanged(address,address,int256,int256,uint256,int256,int256,uint256)"
+)  # IClearingHouse: trader is topic 1
+DEFAULT_MARK_PUSH_USD = 250_000.0
+"""The adverse market order (USD notional) the buffer must survive beside the index's own gap: it moves the
+mark by the pool's depth (``premium_gaps``). The watched book's own positions on that side are added (their
+liquidation would trade that way). Configurable as ``protocol.mark_push_usd``."""
 
 # Curie 2.8.4 revert codes (the comments beside each require in the contracts' sources)
 PERP_ERRORS = {
@@ -205,6 +236,7 @@ class PerpMarketState:
     is_open: bool
     depth: PoolDepth
     max_price_spread_ratio_e6: int
+    index_round: PriceRound | None = None  # the index aggregator's latest round (volatility, staleness)
 
     @property
     def premium(self) -> float:
@@ -246,16 +278,43 @@ class PerpSnapshot:
         return margin_at(self.traders[trader.lower()].account, self.marks_x18, self.params)
 
 
-class PerpV2Adapter:
+class PerpV2Adapter(AccountAdapter):
     """Curie at the addresses of a :class:`PerpDeployment` (written by ``keeper devchain --protocol perp-v2``)."""
 
     name = "perp-v2"
 
     def __init__(
-        self, client: ChainClient, deployment, *, max_calls_per_chunk: int = 120, max_request_bytes: int = 1_900_000
+        self,
+        client: ChainClient,
+        deployment: PerpDeployment,
+        *,
+        max_calls_per_chunk: int = 120,
+        max_request_bytes: int = 1_900_000,
+        journal: Journal | None = None,
+        mark_push_usd: float = DEFAULT_MARK_PUSH_USD,
+        log_chunk_blocks: int = 5_000,
+        reorg_depth: int = 12,
     ) -> None:
+        if not mark_push_usd >= 0:
+            raise InputError(f"mark_push_usd must be >= 0, got {mark_push_usd}")
         self.client = client
         self.d = deployment
+        self.mark_push_usd = mark_push_usd
+        self.symbols: dict[str, str] = {}
+        self.scanner = (
+            LogScanner(
+                client,
+                journal,
+                f"{self.name}:{deployment.clearing_house.lower()}:traders",
+                to_checksum_address(deployment.clearing_house),
+                [[TOPIC_POSITION_CHANGED]],
+                deployment.start_block,
+                chunk_blocks=log_chunk_blocks,
+                reorg_depth=reorg_depth,
+            )
+            if journal is not None
+            else None
+        )
         self.markets = {s: m for s, m in deployment.markets.items()}
         # Curie's views cost ~50-100k gas each (TWAPs through the pool's observations): small chunks keep each
         # eth_call under the node's gas cap. JSON-RPC batches up to 1.9 MB (anvil 1.7.1 refuses bodies over
@@ -348,6 +407,7 @@ class PerpV2Adapter:
                     exchange_fee_ratio_e6=_uint(info.data, 1),
                 ),
                 max_price_spread_ratio_e6=_uint(info.data, 4),
+                index_round=decode_round(rnd.data),
             )
         states: dict[str, PerpTraderState] = {}
         failed: list[str] = []
@@ -394,6 +454,183 @@ class PerpV2Adapter:
             failed=tuple(failed),
         )
 
+    # ---- the account book (keeper.protocols.base.AccountAdapter) ----------------------------------
+
+    def contract_addresses(self) -> dict[str, str]:
+        d = self.d
+        named = {
+            "ClearingHouse": d.clearing_house,
+            "ClearingHouseConfig": d.config,
+            "Vault": d.vault,
+            "AccountBalance": d.account_balance,
+            "Exchange": d.exchange,
+            "Multicall3": d.multicall,
+        }
+        for symbol, m in self.markets.items():
+            named |= {f"{symbol} base token": m.base_token, f"{symbol} pool": m.pool, f"{symbol} index": m.aggregator}
+        return {k: to_checksum_address(v) for k, v in named.items()}
+
+    def check_deployment(self) -> None:
+        if self.client.chain_id is not None and self.client.chain_id != self.d.chain_id:
+            raise ChainMismatchError(
+                f"deployment is for chain id {self.d.chain_id} but the node is chain id {self.client.chain_id}"
+            )
+        for name, address in self.contract_addresses().items():
+            if not self.client.get_code(address):
+                raise ChainMismatchError(
+                    f"no contract at the {name} address {address} on chain id {self.client.chain_id}: "
+                    "wrong deployment file, or a restarted chain? (re-run `keeper devchain --protocol perp-v2`)"
+                )
+
+    def load(self) -> dict[str, str]:
+        """Base token -> market symbol, settlement token -> its ``symbol()``."""
+        res = self.multicall.aggregate3([Call(self.settlement_token, F_SYMBOL.encode())]).results[0]
+        try:
+            token = str(F_SYMBOL.decode(res.data)[0]) if res.success else "settlement token"
+        except (ValueError, OverflowError):
+            token = "settlement token"
+        self.symbols = {to_checksum_address(m.base_token): s for s, m in self.markets.items()}
+        self.symbols[self.settlement_token] = token
+        return dict(self.symbols)
+
+    def history_ids(self) -> dict[str, int]:
+        """Base token -> its market's position in the deployment (the volatility cache's key)."""
+        return {to_checksum_address(m.base_token): i for i, m in enumerate(self.markets.values())}
+
+    def probe_head(self) -> HeadProbe:
+        ids = self.history_ids()
+        aggregators = [to_checksum_address(m.aggregator) for m in self.markets.values()]
+        res = self.multicall.aggregate3([Call(a, F_LATEST_ROUND.encode()) for a in aggregators])
+        rounds = {
+            i: decode_round(r.data).round_id
+            for i, r in zip(ids.values(), res.results, strict=True)
+            if r.success and len(r.data) >= 160
+        }
+        return HeadProbe(res.block_number, res.block_timestamp, rounds)
+
+    def read_book(self, accounts: Iterable[str], *, cross_check: bool = True) -> AccountBook:
+        """:meth:`read` as the protocol-neutral book. Prices are the marks (Curie values positions and the
+        requirement at the mark, not the index); volatility comes from the index feed's rounds; the premium
+        gap per market is what a market order of :data:`DEFAULT_MARK_PUSH_USD` (``mark_push_usd``) plus the
+        book's own positions on that side does to the pool (``premium_gaps``), capped at the price band."""
+        snap = self.read(accounts, cross_check=cross_check)
+        marks = {m.base_token: m.mark_price_x18 for m in snap.markets.values()}
+        premiums = {
+            m.base_token: m.mark_price_x18 - (m.index_twap_x18 or m.index_price_x18) for m in snap.markets.values()
+        }
+        traders = {t: st.account for t, st in snap.traders.items()}
+        rules = PerpRules(traders, marks, snap.params, self.settlement_token, premiums)
+        long_x18 = dict.fromkeys(marks, 0)
+        short_x18 = dict.fromkeys(marks, 0)
+        for acct in traders.values():
+            for leg in acct.legs:
+                value = position_value_x18(leg_size_e18(leg), marks[leg.base_token])
+                (long_x18 if value > 0 else short_x18)[leg.base_token] += abs(value)
+        push = int(self.mark_push_usd * ONE_E18)
+        gaps: dict[str, tuple[float, float]] = {}
+        basis: dict[str, dict[str, object]] = {}
+        for m in snap.markets.values():
+            down, _ = premium_gaps(m.depth, push + long_x18[m.base_token], m.max_price_spread_ratio_e6)
+            _, up = premium_gaps(m.depth, push + short_x18[m.base_token], m.max_price_spread_ratio_e6)
+            gaps[m.base_token] = (down, up)
+            basis[m.base_token] = {
+                "basis": "mark",
+                "mark": m.mark_price_x18 / ONE_E18,
+                "index": m.index_price_x18 / ONE_E18,
+                "premium": round(m.premium, 6),
+                "premium_gap_down": round(down, 6),
+                "premium_gap_up": round(up, 6),
+            }
+        onchain = {}
+        if cross_check:
+            for t, st in snap.traders.items():
+                req = st.contract_requirement_x18
+                onchain[t] = max(0, st.contract_account_value_x18) * WAD // req if req > 0 else 2**256 - 1
+        decimals = dict.fromkeys(marks, 18) | {self.settlement_token: 6}
+        return AccountBook(
+            protocol=self.name,
+            block_number=snap.block_number,
+            timestamp_s=snap.block_timestamp,
+            accounts=tuple(
+                margin_view(a, snap.params, premiums, snap.block_number) for _, a in sorted(traders.items())
+            ),
+            rules=rules,
+            prices_e8=rules.prices_e8,
+            rounds={m.base_token: m.index_round for m in snap.markets.values() if m.index_round is not None},
+            history_ids=self.history_ids(),
+            decimals=decimals,
+            onchain_health=onchain,
+            premium_gaps=gaps,
+            price_basis=basis,
+            round_trips=snap.round_trips,
+            failed=snap.failed,
+        )
+
+    def wallet(self, owner: str) -> tuple[dict[str, int], dict[str, int]]:
+        """The settlement token ``owner`` holds and has approved to the vault, in one read."""
+        who = to_checksum_address(owner)
+        token, vault = self.settlement_token, to_checksum_address(self.d.vault)
+        res = self.multicall.aggregate3(
+            [Call(token, F_ERC20_BALANCE.encode(who)), Call(token, F_ALLOWANCE.encode(who, vault))]
+        ).results
+        balance, allowance = (_uint(r.data) if r.success else 0 for r in res)
+        return {token: balance}, {token: allowance}
+
+    def source_history(self, asset: str, max_rounds: int, latest: PriceRound) -> list[PriceRound]:
+        """The index aggregator's rounds before ``latest`` (oldest first, ``latest`` included), one read."""
+        market = next((m for m in self.markets.values() if m.base_token.lower() == asset.lower()), None)
+        if market is None:
+            raise InputError(f"{asset} is not a base token of this Perp v2 deployment")
+        ids = history_round_ids(latest.round_id, None, max_rounds)
+        res = self.multicall.aggregate3([Call(market.aggregator, F_GET_ROUND.encode(i)) for i in ids]).results
+        out = [decode_round(r.data) for r in res if r.success and len(r.data) >= 160]
+        return [r for r in out if r.updated_at_s > 0] + [latest]
+
+    def approve_call(self, asset: str, amount: int) -> ContractCall:
+        if asset.lower() != self.settlement_token.lower():
+            raise InputError(f"Perp v2 takes top-ups in its settlement token {self.settlement_token}, not {asset}")
+        return self.approve_call_e6(amount)
+
+    def call_for_account_action(self, action: AccountAction) -> ContractCall:
+        """``Vault.depositFor`` for an add-collateral action (the only one Curie lets a third party send)."""
+        if action.kind is not AccountActionKind.ADD_COLLATERAL:
+            raise InputError(f"{action.kind.value} actions are not sent on Perp v2 by the keeper")
+        if action.asset.lower() != self.settlement_token.lower():
+            raise InputError(f"depositFor takes the settlement token {self.settlement_token}, not {action.asset}")
+        call = self.deposit_for_call(action.account, action.amount)
+        meta = {
+            "kind": action.kind.value,
+            "account": action.account.lower(),
+            "asset": self.settlement_token,
+            "amount": str(action.amount),
+            "cost_e6": action.cost_e6,
+        }
+        return ContractCall(call.to, call.data, call.value_wei, call.description, {**call.meta, **meta})
+
+    def describe_transaction(self, to: str, data: bytes) -> dict | None:
+        """A ``depositFor`` of the keeper's key found on chain, in :meth:`call_for_account_action`'s meta form
+        (``cost_e6`` too: the settlement token is worth its face value)."""
+        if to.lower() != self.d.vault.lower() or data[:4] != F_DEPOSIT_FOR.selector:
+            return None
+        args = F_DEPOSIT_FOR.decode_input(data)
+        if args is None:
+            return None
+        trader, token, amount = args
+        return {
+            "kind": AccountActionKind.ADD_COLLATERAL.value,
+            "account": str(trader).lower(),
+            "asset": to_checksum_address(token),
+            "amount": str(int(amount)),
+            "cost_e6": int(amount),
+        }
+
+    def discover_accounts(self) -> set[str]:
+        """Every trader the ClearingHouse's PositionChanged events name (makers' orders are not taker risk)."""
+        if self.scanner is None:
+            raise ValueError("discover_accounts needs a journal (cursor store): pass journal= to the adapter")
+        self.scanner.scan(_traders_from_logs)
+        return {a for a, _ in self.scanner.store.known_accounts(self.scanner.name)}
+
     # ---- transactions ----------------------------------------------------------------------------
 
     def deposit_for_call(self, trader: str, amount_e6: int) -> ContractCall:
@@ -409,7 +646,7 @@ class PerpV2Adapter:
             meta={"protocol": self.name, "kind": "top_up", "account": trader.lower(), "amount_e6": amount_e6},
         )
 
-    def approve_call(self, amount_e6: int) -> ContractCall:
+    def approve_call_e6(self, amount_e6: int) -> ContractCall:
         """Settlement token ``approve(vault, amount)`` from the payer."""
         return ContractCall(
             to=self.settlement_token,
@@ -417,6 +654,29 @@ class PerpV2Adapter:
             description=f"approve Perp v2 vault for {amount_e6 / 1e6:,.6f} USDC",
             meta={"protocol": self.name, "kind": "approve", "amount_e6": amount_e6},
         )
+
+
+def _traders_from_logs(logs: list[dict]) -> set[tuple[str, int, int]]:
+    out = set()
+    for lg in logs:
+        topics = lg["topics"]
+        if lg.get("removed") or len(topics) < 2 or topics[0] != TOPIC_POSITION_CHANGED:
+            continue
+        out.add(("0x" + topics[1][-40:].lower(), 0, int(lg["blockNumber"], 16)))
+    return out
+
+
+def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | None) -> PerpV2Adapter:
+    """The registry's factory: ``[protocol] name = "perp-v2"`` with ``deployment`` (a PerpDeployment file)."""
+    p = config.protocol
+    if p.deployment is None:
+        raise ConfigError("perp-v2 needs protocol.deployment = 'path/to/devchain-perp-v2.json'", field="protocol")
+    try:
+        deployment = PerpDeployment.load(p.deployment)
+    except InputError as exc:
+        raise ConfigError(str(exc), field="protocol.deployment") from exc
+    push = DEFAULT_MARK_PUSH_USD if p.mark_push_usd is None else p.mark_push_usd
+    return PerpV2Adapter(client, deployment, journal=journal, mark_push_usd=push)
 
 
 def stale_markets(snapshot: PerpSnapshot, max_age_s: int) -> list[str]:

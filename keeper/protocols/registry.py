@@ -29,8 +29,9 @@ AdapterFactory = Callable[["ChainClient", "KeeperConfig", "Journal | None"], "Pr
 _BUILTIN: dict[str, str] = {
     "reference": "keeper.protocols.reference:from_config",
     "aave-v3": "keeper.protocols.aave_v3:from_config",
+    "perp-v2": "keeper.protocols.perp_v2:from_config",
 }
-ACCOUNT_PROTOCOLS = frozenset({"aave-v3"})
+ACCOUNT_PROTOCOLS = frozenset({"aave-v3", "perp-v2"})
 """Protocols whose unit is a margin account (several assets, one health figure) rather than a position per
 market: the daemon runs :class:`keeper.runtime.accounts_service.AccountKeeperService` for them."""
 _FACTORIES: dict[str, AdapterFactory | str] = dict(_BUILTIN)

@@ -1,18 +1,22 @@
-"""The keeper for margin-account protocols (Aave v3): one cycle = read accounts, assess, decide, act, explain.
+"""The keeper for margin-account protocols (Aave v3, Perp v2): one cycle = read accounts, assess, decide, act.
 
 :class:`AccountKeeperService` is the account-level sibling of :class:`keeper.runtime.service.KeeperService`,
 driven by the same scheduler and ``keeper run`` (it reuses the sibling's construction, head watching,
 transaction polling, gas checks and alerts)::
 
-    adapter.read_accounts     two Multicall3 round trips at one block: reserves, e-mode, price source rounds,
-                              every watched account's configuration and balances (+ the wallet: one more)
-    VolatilityCache           price source history per asset -> sigma (EWMA) and stress gaps (down, up)
-    decide_accounts           account risk (closed form / screen), cheapest supply or repay that survives
-    TransactionManager        approval per asset, then supply/repay on behalf: journal, simulate, sign, send
+    adapter.read_book         the protocol's AccountBook at one block, two Multicall3 round trips at most (Aave:
+                              reserves, e-mode, price source rounds, every account's configuration and balances;
+                              Perp v2: every trader's legs, vault balance and funding, marks, index rounds and
+                              pool depth) (+ the wallet: one more)
+    VolatilityCache           oracle history per asset -> sigma (EWMA) and stress gaps (down, up), plus the
+                              book's premium gap where the liquidating price is not the oracle's (Perp's mark)
+    decide_accounts           account risk (closed form / screen / Monte Carlo), the cheapest action that survives
+    TransactionManager        approval per asset, then the protective call: journal, simulate, sign, send
 
 Safety rules on top of the decision's caps: an account with an open transaction gets no new action; a stale
 price source (latest round older than ``protocol.stale_after_s``) is danger (alert, protective action still
-sent: supply and repay need no price); frozen or paused reserves are never supplied to (the alert says why);
+sent: supply, repay and deposit need no price); frozen or paused reserves are never supplied to (the alert
+says why);
 accounts discovered with ``watch_all`` and accounts in ``watch`` mode are alerted, never acted on; every
 decision is one ``account_decision`` event with its reason, ranked by breach probability.
 """
@@ -28,9 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 import structlog
-from eth_abi.exceptions import DecodingError
 
-from keeper.accounts.aave_v3 import WAD, AaveRules
 from keeper.accounts.base import LegKind
 from keeper.decision import AccountBookDecision, AccountBookState, decide_accounts
 from keeper.domain import AccountAction, AccountActionKind, ActionKind, Plan, PriceRound
@@ -43,7 +45,7 @@ from keeper.errors import (
     TransactionError,
     TransientRpcError,
 )
-from keeper.protocols.aave_v3 import AaveSnapshot, AaveV3Adapter
+from keeper.protocols.base import AccountAdapter, AccountBook
 from keeper.risk.accounts import (
     AccountMonteCarlo,
     AccountStress,
@@ -60,12 +62,13 @@ log = structlog.get_logger("keeper")
 
 MAX_UINT256 = 2**256 - 1
 ACCOUNT_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPAY_DEBT.value)
-AAVE_GAS_LIMIT_DEFAULT = 200_000  # repay on behalf ~166k, supply ~136k on anvil
+GAS_LIMIT_DEFAULT = {"aave-v3": 200_000, "perp-v2": 400_000}  # Aave repay ~166k, supply ~136k; Curie depositFor
 RANKED_IN_LOG = 10
+WAD = 10**18
 
 
-def _below_one(rules: AaveRules, user: str, prices_e8: Mapping[str, int]) -> bool:
-    return rules.health_at(user, prices_e8) < WAD
+def _below_one(rules: Any, user: str, prices_e8: Mapping[str, int]) -> bool:
+    return bool(rules.health_at(user, prices_e8) < WAD)
 
 
 @dataclass
@@ -81,39 +84,39 @@ class AccountCycleReport(CycleReport):
 
 
 class AccountKeeperService(KeeperService):
-    """The keeper's cycle over one margin-account protocol (the adapter is an :class:`AaveV3Adapter`)."""
+    """The keeper's cycle over one margin-account protocol (the adapter is an :class:`AccountAdapter`)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.top_up_gas_limit = AAVE_GAS_LIMIT_DEFAULT
+        self.top_up_gas_limit = GAS_LIMIT_DEFAULT.get(self.accounts_adapter.name, 300_000)
         self._symbols: dict[str, str] = {}
         self._discovered_accounts: set[str] = set()
 
     @property
-    def aave(self) -> AaveV3Adapter:
-        return cast(AaveV3Adapter, self.adapter)
+    def accounts_adapter(self) -> AccountAdapter:
+        return cast(AccountAdapter, self.adapter)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check the market's contracts, load its reserves, reconcile the journal with the chain."""
-        self.aave.check_deployment()
-        reserves = self.aave.load_reserves()
-        if not reserves:
-            raise ChainMismatchError(f"the pool {self.aave.pool} lists no reserves: wrong provider or market?")
-        self._symbols = self._read_symbols(list(reserves))
+        """Check the deployment's contracts, load its assets, reconcile the journal with the chain."""
+        adapter = self.accounts_adapter
+        adapter.check_deployment()
+        self._symbols = adapter.load()
+        if not self._symbols:
+            raise ChainMismatchError(f"the {adapter.name} deployment lists no assets: wrong deployment?")
         unknown = set(self.config.protocol.assets) - set(self._symbols.values()) - set(self._symbols)
         if unknown:
             raise ConfigError(
-                f"protocol.assets names {', '.join(sorted(unknown))}, not reserves of this pool "
-                f"(its reserves: {', '.join(self._symbols.values())})",
+                f"protocol.assets names {', '.join(sorted(unknown))}, not assets of this deployment "
+                f"(its assets: {', '.join(self._symbols.values())})",
                 field="protocol.assets",
             )
         log.info(
             "keeper_starting",
-            protocol=self.aave.name,
-            pool=self.aave.pool,
-            reserves=[self._symbols.get(a, a) for a in reserves],
+            protocol=adapter.name,
+            contracts=adapter.contract_addresses(),
+            assets=list(self._symbols.values()),
             accounts=len(self.config.accounts),
             watch_all=self.config.watch_all,
             executing=self.txm is not None,
@@ -122,26 +125,12 @@ class AccountKeeperService(KeeperService):
         if self.txm is not None:
             self._reconcile_journal(self.txm)
 
-    def _read_symbols(self, assets: list[str]) -> dict[str, str]:
-        from keeper.chain.abi import Function
-        from keeper.chain.multicall import Call
-
-        f_symbol = Function("symbol()", ["string"])
-        res = self.aave.multicall.aggregate3([Call(a, f_symbol.encode()) for a in assets]).results
-        out = {}
-        for a, r in zip(assets, res, strict=True):
-            try:
-                out[a] = str(f_symbol.decode(r.data)[0]) if r.success else a
-            except (DecodingError, ValueError):  # a token without a string symbol: named by its address
-                out[a] = a
-        return out
-
     # ---- what to watch ---------------------------------------------------------------------------
 
     def watched_users(self) -> list[str]:
         users = [a.address.lower() for a in self.config.accounts]
         if self.config.watch_all:
-            self._discovered_accounts |= self.aave.discover_accounts()
+            self._discovered_accounts |= self.accounts_adapter.discover_accounts()
             users += sorted(self._discovered_accounts)
         return list(dict.fromkeys(users))
 
@@ -152,17 +141,18 @@ class AccountKeeperService(KeeperService):
     # ---- estimates -------------------------------------------------------------------------------
 
     def estimate_assets(
-        self, snap: AaveSnapshot
+        self, book: AccountBook
     ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[tuple[str, str], float]]:
-        """Sigma and stress gaps (down, up) per asset from its price source's rounds (read incrementally),
-        and their pairwise correlations."""
+        """Sigma and stress gaps (down, up) per asset from its oracle's rounds (read incrementally), the book's
+        premium gap added where the liquidating price can gap away from the oracle's (log moves add), and the
+        assets' pairwise correlations."""
         sigmas: dict[str, float] = {}
         gaps: dict[str, tuple[float, float]] = {}
         histories: dict[str, tuple[list[int], list[int]]] = {}
-        for asset, latest in snap.rounds.items():
-            rid = snap.market.reserves[asset].reserve_id
+        for asset, latest in book.rounds.items():
+            rid = book.history_ids[asset]
             if self.vol.last_round_id(rid) != latest.round_id:
-                self.vol.add(rid, self._history(asset, latest))
+                self.vol.add(rid, self._history(asset, rid, latest))
             est = self.vol.estimate(rid)
             sigmas[asset] = est.sigma_annual
             own = self._asset_config(asset)
@@ -170,8 +160,9 @@ class AccountKeeperService(KeeperService):
                 sigmas[asset] = max(own.sigma_fallback_annual, self.policy.sigma_floor_annual)
             rounds = self.vol.rounds(rid)
             times, prices = [r.updated_at_s for r in rounds], [r.price_e8 for r in rounds]
-            gap = self.policy.estimate_stress_gap(times, prices, self.check_interval_s, now_s=snap.market.timestamp_s)
-            gaps[asset] = (gap.side_gaps[0], gap.side_gaps[1])
+            gap = self.policy.estimate_stress_gap(times, prices, self.check_interval_s, now_s=book.timestamp_s)
+            push_down, push_up = book.premium_gaps.get(asset, (0.0, 0.0))
+            gaps[asset] = (gap.side_gaps[0] + push_down, gap.side_gaps[1] + push_up)
             histories[asset] = (times, prices)
         return sigmas, gaps, correlation_from_histories(histories)
 
@@ -186,11 +177,11 @@ class AccountKeeperService(KeeperService):
             return own.stale_after_s
         return self.config.protocol.stale_after_s
 
-    def _history(self, asset: str, latest: PriceRound) -> list[PriceRound]:
-        known = self.vol.last_round_id(self.aave.reserves[asset].reserve_id)
+    def _history(self, asset: str, history_id: int, latest: PriceRound) -> list[PriceRound]:
+        known = self.vol.last_round_id(history_id)
         want = self.vol.window if known is None else max(1, min(self.vol.window, latest.round_id - known))
         try:
-            return self.aave.source_history(asset, want, latest)
+            return self.accounts_adapter.source_history(asset, want, latest)
         except TransientRpcError as exc:
             log.warning("price_history_unavailable", asset=self._symbols.get(asset, asset), error=str(exc))
             return [latest]
@@ -217,15 +208,14 @@ class AccountKeeperService(KeeperService):
         }
 
     def decide_snapshot(
-        self, snap: AaveSnapshot, wallet: dict[str, int], *, busy: dict[str, str] | None = None
+        self, book: AccountBook, wallet: dict[str, int], *, busy: dict[str, str] | None = None
     ) -> tuple[AccountBookDecision, dict[str, float], dict[str, int]]:
         """The daemon's decision over one read: estimates, stale sources, then :func:`decide_accounts`."""
-        sigmas, gaps, corr = self.estimate_assets(snap)
-        now = snap.market.timestamp_s
-        stale = {a: r.age_s(now) for a, r in snap.rounds.items() if r.is_stale(now, self._stale_after(a))}
-        stale |= {a: now for a in snap.market.reserves if a not in snap.rounds}  # no round at all: unknown
-        rules = AaveRules(snap.accounts, snap.market, self._symbols)
-        users = sorted(snap.accounts)
+        sigmas, gaps, corr = self.estimate_assets(book)
+        now = book.timestamp_s
+        stale = {a: r.age_s(now) for a, r in book.rounds.items() if r.is_stale(now, self._stale_after(a))}
+        stale |= {a: now for a in book.prices_e8 if a not in book.rounds}  # no round at all: unknown
+        users = sorted(a.account.lower() for a in book.accounts)
         state = AccountBookState(
             wallet=wallet,
             spent_today_e6=self.spent_today_e6(self.clock()),
@@ -233,13 +223,13 @@ class AccountKeeperService(KeeperService):
             watch_only=self._watch_only_users(users),
             busy=busy or {},
             symbols=self._symbols,
-            decimals={a: r.config.decimals for a, r in snap.market.reserves.items()},
+            decimals=book.decimals,
         )
         outcome = decide_accounts(
-            [rules.margin_account(u, snap.block_number) for u in users],
-            rules,
+            list(book.accounts),
+            book.rules,
             state,
-            prices_e8=snap.market.prices_e8,
+            prices_e8=book.prices_e8,
             sigmas_annual=sigmas,
             policy=self.policy,
             limits=self.limits,
@@ -247,7 +237,7 @@ class AccountKeeperService(KeeperService):
             stress_gaps=gaps,
             correlation=corr,
             # multi-factor accounts: correlated fat-tailed paths, reproducible per block
-            monte_carlo=AccountMonteCarlo(np.random.default_rng(snap.block_number)),
+            monte_carlo=AccountMonteCarlo(np.random.default_rng(book.block_number)),
         )
         return outcome, sigmas, stale
 
@@ -261,13 +251,14 @@ class AccountKeeperService(KeeperService):
     def _account_cycle(self, execute: bool) -> AccountCycleReport:
         started = time.perf_counter()
         users = self.watched_users()
-        snap = self.aave.read_accounts(users, cross_check=len(users) <= 1_000)
-        wallet, allowances = self.aave.wallet(self.signer_address) if self.signer_address else ({}, {})
+        adapter = self.accounts_adapter
+        snap = adapter.read_book(users, cross_check=len(users) <= 1_000)
+        wallet, allowances = adapter.wallet(self.signer_address) if self.signer_address else ({}, {})
         busy = self._busy_accounts() if self.txm is not None else {}
         outcome, sigmas, stale = self.decide_snapshot(snap, wallet, busy=busy)
         report = AccountCycleReport(
             snap.block_number,
-            snap.market.timestamp_s,
+            snap.timestamp_s,
             [],
             Plan(),
             outcome=outcome,
@@ -301,7 +292,7 @@ class AccountKeeperService(KeeperService):
             self.policy.check_interval_min_s, min(min(intervals, default=1e18), self.policy.check_interval_max_s)
         )
         self.check_interval_s = report.next_interval_s
-        self._last_rounds = {snap.market.reserves[a].reserve_id: r.round_id for a, r in snap.rounds.items()}
+        self._last_rounds = {snap.history_ids[a]: r.round_id for a, r in snap.rounds.items()}
         report.duration_s = time.perf_counter() - started
         now = self.clock()
         self.metrics.observe_cycle(report.duration_s, now)
@@ -309,7 +300,7 @@ class AccountKeeperService(KeeperService):
             self.health.mark_cycle(now)
         log.info(
             "cycle_finished",
-            protocol=self.aave.name,
+            protocol=adapter.name,
             block=snap.block_number,
             accounts=len(outcome.decisions),
             endangered=sum(1 for d in outcome.decisions if d.band == "trigger"),
@@ -325,21 +316,21 @@ class AccountKeeperService(KeeperService):
 
     def stress(self) -> tuple[int, dict[str, list[AccountStress]]]:
         """(block, account -> its stress grid) for every watched account with debt, at the exact health factor."""
-        snap = self.aave.read_accounts(self.watched_users(), cross_check=False)
-        rules = AaveRules(snap.accounts, snap.market, self._symbols)
+        book = self.accounts_adapter.read_book(self.watched_users(), cross_check=False)
+        rules = book.rules
         out = {}
-        for user in sorted(snap.accounts):
-            view = rules.margin_account(user)
-            if not any(leg.kind is LegKind.DEBT for leg in view.legs):
+        for view in book.accounts:
+            user = view.account
+            if not any(leg.kind is LegKind.DEBT for leg in view.legs) and view.cash_e8 >= 0:
                 continue
             out[user] = account_stress_grid(
                 view,
-                snap.market.prices_e8,
+                book.prices_e8,
                 health_at=partial(rules.health_at, user),
                 liquidated_at=partial(_below_one, rules, user),
                 names=self._symbols,
             )
-        return snap.block_number, out
+        return book.block_number, out
 
     def _alert(self, action: AccountAction) -> None:
         severity = "critical" if action.urgent else "warning"
@@ -350,17 +341,21 @@ class AccountKeeperService(KeeperService):
             fields={"account": action.account, "breach_probability": action.breach_probability},
         )
 
-    def _explain_accounts(self, snap: AaveSnapshot, outcome: AccountBookDecision) -> None:
+    def _explain_accounts(self, snap: AccountBook, outcome: AccountBookDecision) -> None:
         """One ``account_decision`` per account, and the watch list ranked by breach probability."""
         risks = {r.account.lower(): r for r in outcome.risks}
+
+        def name(asset: str) -> str:
+            return self._symbols.get(asset, asset)
+
         for d in outcome.decisions:
-            onchain = snap.onchain.get(self._checksum(d.account))
+            onchain = snap.onchain_health.get(d.key)
             risk = risks[d.key]
             tail = account_var_es(risk) if risk.has_debt else None
             log.bind(chain_id=self.config.chain.chain_id, account=d.account.lower(), protocol=d.protocol).info(
                 "account_decision",
                 health_factor=d.health_wad / 1e18 if d.health_wad else None,
-                health_factor_onchain=(onchain.health_factor_wad / 1e18) if onchain and d.health_wad else None,
+                health_factor_onchain=(onchain / 1e18) if onchain is not None and d.health_wad else None,
                 debt_usd=round(d.debt_usd, 2),
                 margin_excess_usd=round(d.margin_excess_usd, 2),
                 dominant_asset=self._symbols.get(d.dominant_asset, d.dominant_asset),
@@ -370,6 +365,11 @@ class AccountKeeperService(KeeperService):
                 method=d.method,
                 horizon_s=d.horizon_s,
                 stale=[self._symbols.get(a, a) for a in d.stale_assets],
+                # which price liquidates and what the risk model forecast (Perp v2: the mark, index, premium gap)
+                price_basis={
+                    self._symbols.get(a, a): snap.price_basis[a] for a in risk.gradient_usd if a in snap.price_basis
+                }
+                or None,
                 exposure_usd={self._symbols.get(a, a): round(g, 2) for a, g in risk.gradient_usd.items()},
                 var_99_usd=round(tail.var, 2) if tail else None,
                 es_99_usd=round(tail.es, 2) if tail else None,
@@ -386,16 +386,12 @@ class AccountKeeperService(KeeperService):
                 top=[{"account": d.account, "breach_probability": d.breach_probability} for d in ranked],
             )
 
-    def _checksum(self, account: str) -> str:
-        from eth_utils import to_checksum_address
-
-        return to_checksum_address(account)
-
     def _send_account(
-        self, txm: TransactionManager, action: AccountAction, snap: AaveSnapshot, allowances: dict[str, int]
+        self, txm: TransactionManager, action: AccountAction, snap: AccountBook, allowances: dict[str, int]
     ) -> dict:
-        rules = AaveRules(snap.accounts, snap.market, self._symbols)
+        rules = snap.rules
         stake = rules.value_at_stake_e6(action.account)
+        adapter = self.accounts_adapter
         out: dict[str, object] = {
             "action": action.kind.value,
             "account": action.account,
@@ -405,7 +401,7 @@ class AccountKeeperService(KeeperService):
         }
         try:
             if allowances.get(action.asset, 0) < action.amount:
-                approve = self.aave.approve_call(action.asset, MAX_UINT256)
+                approve = adapter.approve_call(action.asset, MAX_UINT256)
                 signer = (self.signer_address or "").lower()
                 intent = txm.submit(approve, f"approve:{action.asset.lower()}:{signer}", stake, "urgent")
                 final = txm.wait(intent.id, timeout_s=60)
@@ -413,7 +409,7 @@ class AccountKeeperService(KeeperService):
                 allowances[action.asset] = MAX_UINT256 if final.state == "confirmed" else 0
             hf = rules.health(action.account)
             key = f"{action.idempotency_key}:hf{hf}"
-            intent = txm.submit(self.aave.call_for_account_action(action), key, stake, "urgent")
+            intent = txm.submit(adapter.call_for_account_action(action), key, stake, "urgent")
         except LaneBlocked as exc:
             out.update(state="waiting", reason=str(exc))
             self.metrics.count_action(action.kind.value, "lane_blocked")
@@ -468,8 +464,8 @@ class AccountKeeperService(KeeperService):
         if intent.meta.get("kind") not in ACCOUNT_KINDS or not account:
             return True
         try:
-            snap = self.aave.read_accounts([account])
-            wallet = self.aave.wallet(self.signer_address)[0] if self.signer_address else {}
+            snap = self.accounts_adapter.read_book([account])
+            wallet = self.accounts_adapter.wallet(self.signer_address)[0] if self.signer_address else {}
             outcome, _, _ = self.decide_snapshot(snap, wallet)
         except Exception as exc:  # noqa: BLE001 - keep the transaction when in doubt, as the sibling does
             log.warning("still_needed_unknown", intent=intent.id, error=str(exc))

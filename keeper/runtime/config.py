@@ -177,7 +177,10 @@ class ProtocolConfig(_Model):
     # a price source whose latest round is older than this is stale (danger); Chainlink's longest heartbeat
     # on the Aave markets' feeds is a day (stablecoins), ETH/USD is an hour
     stale_after_s: int = Field(default=86_400, gt=0, le=30 * 86_400)
-    assets: dict[str, AssetConfig] = Field(default_factory=dict)  # by token symbol (aave-v3)
+    assets: dict[str, AssetConfig] = Field(default_factory=dict)  # by token symbol (aave-v3, perp-v2)
+    # perp-v2: the adverse market order (USD) the buffer must survive beside the index's gap: it pushes the
+    # mark by the pool's depth (default: keeper.protocols.perp_v2.DEFAULT_MARK_PUSH_USD)
+    mark_push_usd: float | None = Field(default=None, ge=0, le=1e12)
 
     @field_validator("engine", "collateral", "multicall", "provider")
     @classmethod
@@ -200,10 +203,21 @@ class ProtocolConfig(_Model):
 
     @model_validator(mode="after")
     def _source(self) -> ProtocolConfig:
-        if registry.is_account_protocol(self.name):
+        if self.name == "aave-v3":
             return self._aave_source()
-        if self.provider or self.market or self.assets:
-            raise ValueError(f"provider / market / assets are fields of aave-v3, not of protocol {self.name!r}")
+        if self.provider or self.market:
+            raise ValueError(f"provider / market are fields of aave-v3, not of protocol {self.name!r}")
+        if self.name == "perp-v2":
+            if self.engine or self.collateral:
+                raise ValueError("perp-v2 takes deployment = 'path/to/devchain-perp-v2.json', not engine / collateral")
+            if self.deployment is None:
+                raise ValueError(
+                    "perp-v2 needs deployment = 'path/to/devchain-perp-v2.json' (keeper devchain writes it)"
+                )
+            _check_file("deployment file", self.deployment)
+            return self
+        if self.assets:
+            raise ValueError(f"assets are fields of the account protocols, not of protocol {self.name!r}")
         if self.deployment is not None and (self.engine or self.collateral):
             raise ValueError("give either deployment (a file) or engine + collateral addresses, not both")
         if self.deployment is None and not (self.engine and self.collateral):

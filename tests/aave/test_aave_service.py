@@ -102,7 +102,7 @@ class TestCrash:
         report = _run(service)
         (action,) = report.outcome.onchain_actions
         assert action.kind is AccountActionKind.REPAY_DEBT and action.asset == aave.token("USDC")
-        snap = service.aave.read_accounts([user])
+        snap = service.accounts_adapter.read_accounts([user])
         assert health_factor(snap.accounts[user], snap.market) == aave.account_data(user)[5]
         aave.set_price("WETH", CRASH_E8)
         with pytest.raises(ContractLogicError, match="45"):
@@ -220,7 +220,7 @@ class TestDanger:
         """[protocol.assets.XYZ] for a token the pool does not list stops the start with a one-line error."""
         cfg = _config(aave, tmp_path, aave.address(TRADER), tables="[protocol.assets.XYZ]\nstale_after_s = 60\n")
         service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
-        with pytest.raises(ConfigError, match="XYZ, not reserves of this pool"):
+        with pytest.raises(ConfigError, match="XYZ, not assets of this deployment"):
             service.start()
         service.close()
 
@@ -251,7 +251,7 @@ class TestEModeAndIsolation:
         assert d is not None and d.band == "trigger", d
         (action,) = report.outcome.onchain_actions
         assert action.kind is AccountActionKind.REPAY_DEBT and action.asset == aave.token("DAI")
-        snap = service.aave.read_accounts([user])
+        snap = service.accounts_adapter.read_accounts([user])
         assert health_factor(snap.accounts[user], snap.market) == aave.account_data(user)[5]
         service.close()
 
@@ -267,7 +267,7 @@ class TestEModeAndIsolation:
         assert d is not None and any("isolat" in b for b in d.blocked), d
         (action,) = report.outcome.onchain_actions
         assert action.asset != aave.token("USDC") or action.kind is AccountActionKind.REPAY_DEBT
-        snap = service.aave.read_accounts([user])
+        snap = service.accounts_adapter.read_accounts([user])
         assert health_factor(snap.accounts[user], snap.market) == aave.account_data(user)[5]
         service.close()
 

@@ -69,7 +69,7 @@ def make_manager(perp, tmp_path) -> tuple[TransactionManager, Journal]:
 def fund_keeper(perp, manager, amount_e6: int) -> None:
     """Mint settlement tokens to the keeper's wallet and approve the vault through the manager."""
     perp.ops.mint(perp.addresses[2], amount_e6)
-    intent = manager.submit(perp.adapter.approve_call(amount_e6), "approve-vault", 0)
+    intent = manager.submit(perp.adapter.approve_call_e6(amount_e6), "approve-vault", 0)
     assert manager.wait(intent.id, timeout_s=30).state == "confirmed"
 
 
