@@ -696,8 +696,12 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     if perp is not None:
         lines.append(
             f"Perp v2 accounts:                {perp['positions']}, liquidated without the keeper "
-            f"{perp['liquidated_without_keeper']} ({perp['liquidations_without_keeper']} liquidations), with it "
-            f"{perp['liquidated_with_keeper']}"
+            f"{perp['liquidated_without_keeper']}, with it {perp['liquidated_with_keeper']}"
+        )
+        with_keeper = perp["liquidations_with_keeper"]
+        lines.append(
+            f"Perp v2 liquidate calls:         {perp['liquidations_without_keeper']} without the keeper"
+            + ("" if with_keeper is None else f", {with_keeper} with it")
         )
         if perp["top_ups"] is not None:
             lines.append(
@@ -798,8 +802,8 @@ def register(app: typer.Typer) -> None:
         aave: bool = typer.Option(True, help="Also play the crash on real Aave v3 accounts (--no-aave: skip)."),
         perp: bool = typer.Option(True, help="Also play a crash on real Perp v2 accounts (--no-perp: skip)."),
     ) -> None:
-        """Crash ETH -35% and squeeze BTC +25% on a local chain (reference protocol, real Aave v3 and Perp v2):
-        liquidations without and with the keeper."""
+        """A market crash on local chains (the reference protocol, real Aave v3 and real Perp v2): liquidations
+        without and with the keeper."""
         if reserve < 0:
             raise InputError(f"--reserve {reserve}: must be >= 0")
         from keeper.runtime.logging import configure_logging
