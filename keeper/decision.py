@@ -143,6 +143,12 @@ def _risk_words(r: AccountRisk, state: AccountBookState, p_trigger: float) -> st
             words += ")"
     if r.method != "closed_form":
         words += f" [{r.method}]"
+    if r.stress_breach and not r.liquidatable:
+        gaps = ", ".join(
+            f"{state.symbols.get(a, a)} {math.expm1(-g if r.gradient_usd.get(a, 0.0) > 0 else g):+.1%}"
+            for a, g in sorted(r.stress_gaps.items())
+        )
+        words += f"; one oracle-round gap ({gaps}) would liquidate it" if gaps else "; inside its stress gap"
     return words
 
 
