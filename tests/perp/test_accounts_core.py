@@ -230,7 +230,7 @@ def test_premium_gap_is_wider_in_a_thin_pool_and_stops_at_the_price_band():
 
 
 def test_decision_deposits_for_a_cross_margin_account_in_danger():
-    """A 10x long in both markets, no single-round history (the 12 % fallback gap): the decision picks one depositFor that survives the move."""
+    """A 10x long in both markets, no round history (the 12 % fallback gap): one depositFor that survives."""
     acct = account(1_000 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18), PerpLeg(BTC, E18 // 10, -4_000 * E18))
     rules = rules_for(acct)
     view = rules.margin_account(acct.trader)
