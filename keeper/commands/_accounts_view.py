@@ -1,4 +1,5 @@
-"""What ``keeper check`` / ``keeper status`` show for margin accounts (Aave v3): one row per account."""
+"""What ``keeper check`` / ``keeper status`` show for margin accounts (Aave v3, Perp v2): one row per account,
+with its markets (exposure per asset, and what each price is where it is not the oracle's: Perp's mark)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def account_check_output(report: AccountCycleReport, *, executed: bool) -> dict[
                 "cost_usd": d.cost_e6 / 1e6,
                 "reason": d.reason,
                 "liquidatable": bool(r.liquidatable) if r is not None else False,
+                "markets": {
+                    name(a, a): {"exposure_usd": round(g, 2), **report.price_basis.get(a, {})}
+                    for a, g in (r.gradient_usd.items() if r is not None else ())
+                },
             }
         )
     actions = [

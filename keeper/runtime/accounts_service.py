@@ -81,6 +81,7 @@ class AccountCycleReport(CycleReport):
     stale: dict[str, int] = field(default_factory=dict)  # asset -> age of its latest round (s)
     round_trips: int = 0
     symbols: dict[str, str] = field(default_factory=dict)  # asset -> token symbol
+    price_basis: dict[str, dict[str, object]] = field(default_factory=dict)  # asset -> what its price is
 
 
 class AccountKeeperService(KeeperService):
@@ -266,6 +267,7 @@ class AccountKeeperService(KeeperService):
             asset_sigmas=sigmas,
             stale=stale,
             symbols=dict(self._symbols),
+            price_basis=snap.price_basis,
         )
         report.round_trips = snap.round_trips
         self._explain_accounts(snap, outcome)

@@ -7,6 +7,7 @@ liquidator after the move either go through (control) or revert ``CH_EAV`` (the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,26 @@ def test_wrong_deployment_file_is_refused_at_start(perp, tmp_path):
     with pytest.raises(ConfigError, match="perp-v2 needs deployment"):
         (tmp_path / "bad.toml").write_text('[chain]\nrpc_urls=["http://x"]\n[protocol]\nname = "perp-v2"\n')
         load_config(tmp_path / "bad.toml", env={}, dotenv_path=None)
+
+
+def test_check_and_stress_show_the_account_and_its_markets(perp, tmp_path, keeper_cli):
+    """`keeper check --json` lists the cross-margin account with both markets priced at the mark; `keeper
+    stress --json` gives its grid per market and for all longs together, liquidated where the rule says so."""
+    trader = perp.addresses[CROSS_TRADER]
+    _config(perp, tmp_path, [trader])
+    env = {"KEEPER_PRIVATE_KEY": perp.keys[KEEPER]}
+    proc = keeper_cli("check", "--config", str(tmp_path / "keeper.toml"), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    (row,) = out["accounts"]
+    assert row["account"].lower() == trader.lower() and row["band"] == "trigger"
+    assert set(row["markets"]) == {"ETH", "BTC"}
+    assert all(m["basis"] == "mark" and m["exposure_usd"] > 0 for m in row["markets"].values())
+    assert out["executed"] is False and out["sent"] == []
+    proc = keeper_cli("stress", "--config", str(tmp_path / "keeper.toml"), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    grid = {r["scenario"]: r for r in json.loads(proc.stdout)["accounts"][trader.lower()]}
+    assert {"ETH -10%", "BTC -10%", "collateral -10%"} <= set(grid)
+    assert grid["collateral -10%"]["liquidated"] and not grid["collateral +10%"]["liquidated"]
+    assert grid["collateral -10%"]["loss_usd"] > grid["ETH -10%"]["loss_usd"] > grid["BTC -10%"]["loss_usd"] > 0
+    assert grid["ETH -10%"]["liquidated"] == (grid["ETH -10%"]["health_factor"] < 1)
