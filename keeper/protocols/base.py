@@ -229,6 +229,9 @@ class AccountAdapter(ABC):
 
     name: str = "accounts"
     errors: ErrorDecoder
+    cross_check_max_accounts: int = 1_000
+    """Books up to this size are read with the contract's own health figure beside the keeper's (``read_book``'s
+    ``cross_check``); larger ones skip it to keep the read at two round trips."""
 
     @abstractmethod
     def check_deployment(self) -> None:

@@ -282,6 +282,7 @@ class PerpV2Adapter(AccountAdapter):
     """Curie at the addresses of a :class:`PerpDeployment` (written by ``keeper devchain --protocol perp-v2``)."""
 
     name = "perp-v2"
+    cross_check_max_accounts = 100  # the contract's own value and requirement re-run every TWAP per trader
 
     def __init__(
         self,

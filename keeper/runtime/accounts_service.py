@@ -253,7 +253,7 @@ class AccountKeeperService(KeeperService):
         started = time.perf_counter()
         users = self.watched_users()
         adapter = self.accounts_adapter
-        snap = adapter.read_book(users, cross_check=len(users) <= 1_000)
+        snap = adapter.read_book(users, cross_check=len(users) <= adapter.cross_check_max_accounts)
         wallet, allowances = adapter.wallet(self.signer_address) if self.signer_address else ({}, {})
         busy = self._busy_accounts() if self.txm is not None else {}
         outcome, sigmas, stale = self.decide_snapshot(snap, wallet, busy=busy)

@@ -7,6 +7,7 @@ liquidator after the move either go through (control) or revert ``CH_EAV`` (the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -236,9 +237,7 @@ def test_watch_all_discovers_every_trader_from_events_and_only_alerts(perp, tmp_
 
 
 def test_wrong_deployment_file_is_refused_at_start(perp, tmp_path):
-    """A deployment naming a chain id the node does not serve stops the start with a one-line error."""
-    import dataclasses
-
+    """A deployment naming a ClearingHouse the chain does not hold stops the start with a one-line error."""
     from keeper.errors import ChainMismatchError, ConfigError
 
     cfg = _config(perp, tmp_path, [perp.addresses[1]])
@@ -277,3 +276,58 @@ def test_check_and_stress_show_the_account_and_its_markets(perp, tmp_path, keepe
     assert grid["collateral -10%"]["liquidated"] and not grid["collateral +10%"]["liquidated"]
     assert grid["collateral -10%"]["loss_usd"] > grid["ETH -10%"]["loss_usd"] > grid["BTC -10%"]["loss_usd"] > 0
     assert grid["ETH -10%"]["liquidated"] == (grid["ETH -10%"]["health_factor"] < 1)
+
+
+def _seed_index_history(perp, rounds: int = 40, step_s: int = 60, seed: int = 3) -> None:
+    """A quiet hour of index rounds (0.03 % per minute): enough rounds for the measured stress gaps, so the
+    buffer is set by volatility and depth, not by the fallback gap."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    level = {"ETH": 2_000.0, "BTC": 40_000.0}
+    for _ in range(rounds):
+        perp.ops.advance(step_s)
+        for symbol in level:
+            level[symbol] *= float(np.exp(rng.normal(0.0, 0.0003)))
+            perp.ops.push_index(symbol, level[symbol])
+
+
+def test_a_mark_dragged_below_an_unchanged_index_is_acted_on(perp, tmp_path):
+    """The hedged trader (short ETH $8,000, long BTC $8,000 on $2,000) holds with measured gaps. The BTC pool is
+    then pushed 9 % down while the index stays put: 16 min later the mark, not the index, has the account near
+    its requirement and the service deposits; the index alone would have said hold."""
+    trader = perp.addresses[4]
+    _seed_index_history(perp)
+    perp.ops.mint(perp.addresses[KEEPER], 100_000 * 10**6)
+    service = _service(perp, tmp_path, [trader])
+    try:
+        first = service.cycle(execute=True)
+        d = first.outcome.decision(trader)
+        assert d is not None and d.band == "hold", d.reason if d else None
+        btc = perp.ops.deployment.markets["BTC"].base_token
+        index_btc = perp.ops.aggregators["BTC"].functions.latestRoundData().call()[1] / 1e8
+        perp.ops.move_market("BTC", index_btc * 0.91)
+        for _ in range(16):  # the premium TWAP catches up; the index keeps its level and stays fresh
+            perp.ops.advance(60)
+            perp.ops.push_index("BTC", index_btc)
+            perp.ops.push_index("ETH", perp.ops.aggregators["ETH"].functions.latestRoundData().call()[1] / 1e8)
+        book = service.accounts_adapter.read_book([trader])
+        assert float(book.price_basis[btc]["premium"]) < -0.05  # type: ignore[arg-type]
+        # at the index prices the same account holds: only the mark makes it act
+        at_index = {a: int(float(b["index"]) * 1e8) for a, b in book.price_basis.items()}  # type: ignore[arg-type]
+        index_book = dataclasses.replace(book, prices_e8=at_index, rules=_rules_at(book, at_index))
+        held, _, _ = service.decide_snapshot(index_book, {perp.ops.deployment.settlement_token: 10**12})
+        assert held.decision(trader).band == "hold", held.decision(trader).reason  # type: ignore[union-attr]
+        report = _run(service)
+        d = report.outcome.decision(trader)
+        assert d is not None and d.band == "trigger" and d.amount > 0, d.reason if d else None
+        assert len(report.sent) == 1  # and confirmed (_run waits for it)
+    finally:
+        service.close()
+
+
+def _rules_at(book, prices_e8):
+    """The book's Perp rules with every mark replaced by ``prices_e8`` (e8, scaled to 18 decimals)."""
+    rules = book.rules
+    marks = {b: prices_e8[b] * 10**10 for b in rules.marks_x18}
+    return dataclasses.replace(rules, marks_x18=marks)
