@@ -287,8 +287,8 @@ def _seed_index_history(perp, rounds: int = 40, step_s: int = 60, seed: int = 3)
     level = {"ETH": 2_000.0, "BTC": 40_000.0}
     for _ in range(rounds):
         perp.ops.advance(step_s)
-        for symbol in level:
-            level[symbol] *= float(np.exp(rng.normal(0.0, 0.0003)))
+        for symbol, price in list(level.items()):
+            level[symbol] = price * float(np.exp(rng.normal(0.0, 0.0003)))
             perp.ops.push_index(symbol, level[symbol])
 
 
