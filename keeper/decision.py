@@ -25,7 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from keeper.accounts.base import ADD_COLLATERAL, AccountRules, ActionOption, MarginAccount
+from keeper.accounts.base import WALLET_FUNDED, AccountRules, ActionOption, MarginAccount
 from keeper.domain import AccountAction, AccountActionKind, AccountDecision, Decision, Plan, Position
 from keeper.planner import BookState, PlanLimits, awaiting_decision, plan_actions
 from keeper.risk.accounts import AccountMonteCarlo, AccountRisk, assess_accounts, refine_with_monte_carlo
@@ -300,7 +300,7 @@ def decide_accounts(
             actions.append(alert(r, text, urgent))
             decisions[key] = base(r, "trigger", "alert", text, short_causes=tuple(causes), blocked=tuple(why_not))
             continue
-        kind = AccountActionKind.ADD_COLLATERAL if chosen.kind == ADD_COLLATERAL else AccountActionKind.REPAY_DEBT
+        kind = AccountActionKind(chosen.kind)
         name = state.symbols.get(chosen.asset, chosen.asset)
         verb = chosen.verb or ("supply" if kind is AccountActionKind.ADD_COLLATERAL else "repay")
         dec = state.decimals.get(chosen.asset)
@@ -324,7 +324,7 @@ def decide_accounts(
         actions.append(action)
         if not chosen.reaches_target:
             actions.append(alert(r, f"cannot reach the target: {text}", urgent))
-        if not needs:
+        if not needs and chosen.kind in WALLET_FUNDED:
             wallet[chosen.asset] = wallet.get(chosen.asset, 0) - chosen.amount
             day_left -= chosen.cost_e6
         decisions[key] = base(

@@ -77,19 +77,24 @@ class MarginAccount:
 
 ADD_COLLATERAL = "add_collateral"
 REPAY_DEBT = "repay_debt"
+REDUCE_EXPOSURE = "reduce_exposure"
+WALLET_FUNDED = frozenset({ADD_COLLATERAL, REPAY_DEBT})
+"""Option kinds paid from the keeper's wallet (and counted against the day's budget); a reduction is not."""
 
 
 @dataclass(frozen=True, slots=True)
 class ActionOption:
-    """One way to protect an account: add ``amount`` of ``asset`` as collateral or repay that much debt.
+    """One way to protect an account: add ``amount`` of ``asset`` as collateral, repay that much debt, or (with
+    the owner's key) close ``amount`` of the position in ``asset``.
 
-    ``cost_e6`` is the amount's value in USD (e6) at today's price; ``reaches_target`` whether it keeps the
+    ``cost_e6`` is the amount's value in USD (e6) at today's price (for a reduction: what closing loses to fees
+    and price impact); ``reaches_target`` whether it keeps the
     account solvent at the prices it must survive; ``health_after`` the protocol's figure at those prices
     after the action (higher is safer; Aave: the health factor in wad), the score options are ranked by when
     none reaches the target.
     """
 
-    kind: str  # ADD_COLLATERAL | REPAY_DEBT
+    kind: str  # ADD_COLLATERAL | REPAY_DEBT | REDUCE_EXPOSURE
     asset: str
     amount: int
     cost_e6: int

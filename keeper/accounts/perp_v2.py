@@ -30,7 +30,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from keeper.accounts.base import ADD_COLLATERAL, BPS, ActionOption, Leg, LegKind, MarginAccount
+from keeper.accounts.base import ADD_COLLATERAL, BPS, REDUCE_EXPOSURE, ActionOption, Leg, LegKind, MarginAccount
 
 ONE_E18 = 10**18
 RATIO_ONE = 10**6
@@ -288,6 +288,95 @@ def premium_gaps(depth: PoolDepth, push_notional_x18: int, max_spread_ratio_e6: 
     return min(down, band), min(up, band)
 
 
+# ---- reducing a position (the owner's key only) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reduction:
+    """Closing ``size_e18`` (signed like the position) of one market now: the account after it, the quote
+    the trade is expected to exchange and what it loses against the mark (fee and price impact, >= 0)."""
+
+    account: PerpAccount
+    base_token: str
+    size_e18: int
+    quote_x18: int  # received when closing a long, paid when closing a short (fee included)
+    cost_x18: int
+
+
+def after_reduce(account: PerpAccount, base_token: str, fraction_e6: int, depth: PoolDepth, mark_x18: int) -> Reduction:
+    """The account after closing ``fraction_e6`` (parts per million) of its position in ``base_token`` by a
+    taker trade against the pool now.
+
+    The trade fills around the pool price, on average half the way to where it pushes it (within the current
+    range: :func:`price_impact`), and pays Curie's fee on the quote. Curie then realises
+    ``quote - fraction x |openNotional|`` into the owed realised PnL and keeps the rest of the position with
+    its open notional scaled down (``AccountBalance.modifyTakerBalance`` and
+    ``Exchange._getRealizedPnl``, proportional for a reduction)."""
+    leg = next((lg for lg in account.legs if lg.base_token == base_token), None)
+    if leg is None or leg_size_e18(leg) == 0:
+        raise ValueError(f"the account has no position in {base_token}")
+    f = max(0, min(RATIO_ONE, fraction_e6))
+    close = mul_div_signed(leg.size_e18, f, RATIO_ONE)
+    pool = depth.price_x18
+    gross = abs(close) * pool // ONE_E18
+    long = leg.size_e18 > 0
+    impact = price_impact(depth, max(gross, 1), buy=not long) if gross else 0.0
+    avg = pool * (1.0 + impact / 2.0)
+    fee = depth.exchange_fee_ratio_e6
+    if long:  # sell base: receive quote less the fee
+        quote = int(abs(close) * avg / ONE_E18 * (RATIO_ONE - fee) / RATIO_ONE)
+        cost = abs(close) * mark_x18 // ONE_E18 - quote
+        realised = quote + mul_div_signed(leg.open_notional_x18, f, RATIO_ONE)
+    else:  # buy base back: pay quote plus the fee
+        quote = int(abs(close) * avg / ONE_E18 * (RATIO_ONE + fee) / RATIO_ONE)
+        cost = quote - abs(close) * mark_x18 // ONE_E18
+        realised = mul_div_signed(leg.open_notional_x18, f, RATIO_ONE) - quote
+    legs = tuple(
+        lg
+        if lg is not leg
+        else PerpLeg(
+            lg.base_token,
+            lg.size_e18 - close,
+            lg.open_notional_x18 - mul_div_signed(lg.open_notional_x18, f, RATIO_ONE),
+            lg.pending_funding_x18,
+        )
+        for lg in account.legs
+    )
+    after = replace(account, owed_realized_pnl_x18=account.owed_realized_pnl_x18 + realised, legs=legs)
+    return Reduction(after, base_token, close, quote, max(0, cost))
+
+
+def min_reduction(
+    account: PerpAccount,
+    base_token: str,
+    depth: PoolDepth,
+    marks_now_x18: Mapping[str, int],
+    survive_marks_x18: Mapping[str, int],
+    params: PerpParams,
+) -> Reduction | None:
+    """The smallest reduction of ``base_token``'s position (to 1 ppm, by bisection: margin at the survive
+    marks rises with the fraction closed) after which the account is not liquidatable at
+    ``survive_marks_x18``; ``None`` when even closing it all does not do it."""
+
+    def ok(f: int) -> bool:
+        r = after_reduce(account, base_token, f, depth, marks_now_x18[base_token])
+        return not margin_at(r.account, survive_marks_x18, params).liquidatable
+
+    try:
+        if not ok(RATIO_ONE):
+            return None
+    except ValueError:  # the pool's range cannot take the whole trade
+        return None
+    lo, hi = 0, RATIO_ONE
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return after_reduce(account, base_token, hi, depth, marks_now_x18[base_token])
+
+
 # ---- the protocol-neutral view and rules (keeper.accounts.base) ------------------------------------------
 
 PRICE_E8_SCALE = 10**10  # an 18-decimal mark to the base currency's 8 decimals
@@ -367,6 +456,8 @@ class PerpRules:
     settlement_token: str
     premiums_x18: Mapping[str, int] = field(default_factory=dict)
     protocol: str = "perp-v2"
+    depths: Mapping[str, PoolDepth] = field(default_factory=dict)  # base token -> its pool now
+    reducible: frozenset[str] = frozenset()  # accounts the keeper holds the key of, with reduction enabled
 
     @property
     def prices_e8(self) -> dict[str, int]:
@@ -410,18 +501,49 @@ class PerpRules:
     def options(
         self, account: str, survive_prices_e8: Mapping[str, int], wallet: Mapping[str, int], budget_e6: int
     ) -> tuple[list[ActionOption], list[str]]:
-        """One option at most: the least ``Vault.depositFor`` of the settlement token that keeps the account
-        unliquidatable at the survive prices (one deposit backs every market of the account), or what the
-        wallet and the budget allow. Reducing a position needs the owner's key and is not offered here."""
+        """The least ``Vault.depositFor`` of the settlement token that keeps the account unliquidatable at the
+        survive prices (one deposit backs every market of the account), or what the wallet and the budget
+        allow. When that deposit cannot reach the target and the keeper holds the owner's key with reductions
+        enabled (``reducible``), also the least reduction of each position that does (its cost: fee and price
+        impact on the pool's depth)."""
         acct = self._acct(account)
+        marks = self.marks_at(survive_prices_e8)
+        options, why = self._deposit(acct, marks, wallet, budget_e6)
+        if any(o.reaches_target for o in options) or account.lower() not in self.reducible:
+            return options, why
+        if not options and not why:  # nothing needed at these prices
+            return options, why
+        for leg in acct.legs:
+            depth = self.depths.get(leg.base_token)
+            if depth is None or leg_size_e18(leg) == 0:
+                continue
+            r = min_reduction(acct, leg.base_token, depth, self.marks_x18, marks, self.params)
+            if r is None:
+                why.append(f"reduce {leg.base_token}: even closing the whole position does not survive the move")
+                continue
+            options.append(
+                ActionOption(
+                    REDUCE_EXPOSURE,
+                    leg.base_token,
+                    abs(r.size_e18),
+                    r.cost_x18 // SETTLEMENT_SCALE,
+                    True,
+                    self._health(r.account, marks),
+                    "reduce",
+                )
+            )
+        return options, why
+
+    def _deposit(
+        self, acct: PerpAccount, marks: Mapping[str, int], wallet: Mapping[str, int], budget_e6: int
+    ) -> tuple[list[ActionOption], list[str]]:
         token = next((a for a in wallet if a.lower() == self.settlement_token.lower()), self.settlement_token)
         held = wallet.get(token, 0)
-        if held <= 0:
-            return [], ["the keeper's wallet holds no settlement token for Vault.depositFor"]
-        marks = self.marks_at(survive_prices_e8)
         need = min_deposit_e6(acct, marks, self.params)
         if need == 0:
             return [], []
+        if held <= 0:
+            return [], ["the keeper's wallet holds no settlement token for Vault.depositFor"]
         cap = min(held, budget_e6)
         reaches = need <= cap
         amount = need if reaches else cap

@@ -230,6 +230,9 @@ class AccountAdapter(ABC):
     name: str = "accounts"
     errors: ErrorDecoder
     cross_check_max_accounts: int = 1_000
+    reducible: frozenset[str] = frozenset()
+    """Accounts (lower case) whose owner's key the keeper holds and may reduce (``limits.allow_reduce``); a
+    protocol without reductions ignores it."""
     """Books up to this size are read with the contract's own health figure beside the keeper's (``read_book``'s
     ``cross_check``); larger ones skip it to keep the read at two round trips."""
 

@@ -41,6 +41,7 @@ from keeper.accounts.perp_v2 import (
     margin_view,
     position_value_x18,
     premium_gaps,
+    price_impact,
 )
 from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function, event_topic
 from keeper.chain.discovery import LogScanner
@@ -80,6 +81,8 @@ F_PENALTY = Function("getLiquidationPenaltyRatio()")
 F_TWAP = Function("getTwapInterval()")
 F_MARK_CONFIG = Function("getMarkPriceConfig()")
 F_DEPOSIT_FOR = Function("depositFor(address,address,uint256)")
+F_OPEN_POSITION = Function("openPosition((address,bool,bool,uint256,uint256,uint256,uint160,bytes32))")
+REDUCE_SLIPPAGE = 0.005  # a reduction's quote bound: twice the expected price impact plus this
 F_APPROVE = Function("approve(address,uint256)")
 F_ALLOWANCE = Function("allowance(address,address)")
 F_ERC20_BALANCE = Function("balanceOf(address)")
@@ -302,6 +305,7 @@ class PerpV2Adapter(AccountAdapter):
         self.d = deployment
         self.mark_push_usd = mark_push_usd
         self.symbols: dict[str, str] = {}
+        self.reducible: frozenset[str] = frozenset()  # accounts whose key the keeper holds, reduction enabled
         self.scanner = (
             LogScanner(
                 client,
@@ -520,7 +524,15 @@ class PerpV2Adapter(AccountAdapter):
             m.base_token: m.mark_price_x18 - (m.index_twap_x18 or m.index_price_x18) for m in snap.markets.values()
         }
         traders = {t: st.account for t, st in snap.traders.items()}
-        rules = PerpRules(traders, marks, snap.params, self.settlement_token, premiums)
+        rules = PerpRules(
+            traders,
+            marks,
+            snap.params,
+            self.settlement_token,
+            premiums,
+            depths={m.base_token: m.depth for m in snap.markets.values()},
+            reducible=self.reducible,
+        )
         long_x18 = dict.fromkeys(marks, 0)
         short_x18 = dict.fromkeys(marks, 0)
         for acct in traders.values():
@@ -593,7 +605,10 @@ class PerpV2Adapter(AccountAdapter):
         return self.approve_call_e6(amount)
 
     def call_for_account_action(self, action: AccountAction) -> ContractCall:
-        """``Vault.depositFor`` for an add-collateral action (the only one Curie lets a third party send)."""
+        """``Vault.depositFor`` for an add-collateral action (the only one Curie lets a third party send);
+        ``openPosition`` the other way for a reduction (sent with the owner's own key)."""
+        if action.kind is AccountActionKind.REDUCE_EXPOSURE:
+            return self.reduce_call(action)
         if action.kind is not AccountActionKind.ADD_COLLATERAL:
             raise InputError(f"{action.kind.value} actions are not sent on Perp v2 by the keeper")
         if action.asset.lower() != self.settlement_token.lower():
@@ -608,9 +623,59 @@ class PerpV2Adapter(AccountAdapter):
         }
         return ContractCall(call.to, call.data, call.value_wei, call.description, {**call.meta, **meta})
 
+    def reduce_call(self, action: AccountAction) -> ContractCall:
+        """Close ``action.amount`` (base units, 18 decimals) of the owner's position in ``action.asset``: a taker
+        trade the other way, exact in the base amount, with a quote bound of twice the expected price impact
+        plus :data:`REDUCE_SLIPPAGE` at the pool's price now (the trade reverts rather than fill worse)."""
+        market = next((m for m in self.markets.values() if m.base_token.lower() == action.asset.lower()), None)
+        if market is None or action.amount <= 0:
+            raise InputError(f"reduce needs a base token of this deployment and a positive size, got {action}")
+        info = self.multicall.aggregate3(
+            [
+                Call(market.pool, F_SLOT0.encode(), False),
+                Call(market.pool, F_LIQUIDITY.encode(), False),
+                Call(self.d.market_registry, F_MARKET_INFO.encode(market.base_token), False),
+                Call(self.d.account_balance, F_ACCOUNT_INFO.encode(action.account, market.base_token), False),
+            ]
+        ).results
+        depth = PoolDepth(_uint(info[0].data, 0), _uint(info[1].data), _uint(info[2].data, 1))
+        size = _int(info[3].data, 0)
+        if size == 0 or action.amount > abs(size):
+            raise InputError(f"{action.account} holds {size} of {action.asset}: cannot reduce by {action.amount}")
+        long = size > 0
+        quote = action.amount * depth.price_x18 // ONE_E18
+        tolerance = 2 * abs(price_impact(depth, max(quote, 1), buy=not long)) + REDUCE_SLIPPAGE
+        bound = int(quote * (1 - tolerance)) if long else int(quote * (1 + tolerance))
+        base = to_checksum_address(market.base_token)
+        # (baseToken, isBaseToQuote, isExactInput, amount, oppositeAmountBound, deadline, sqrtPriceLimitX96, ref)
+        params = (base, long, long, action.amount, bound, 2**256 - 1, 0, b"\x00" * 32)
+        return ContractCall(
+            to=to_checksum_address(self.d.clearing_house),
+            data=F_OPEN_POSITION.encode(params),
+            description=f"reduce {action.account}'s {'long' if long else 'short'} {base} by {action.amount / 1e18:.6g}",
+            meta={
+                "protocol": self.name,
+                "kind": action.kind.value,
+                "account": action.account.lower(),
+                "asset": base,
+                "amount": str(action.amount),
+                "cost_e6": action.cost_e6,
+            },
+        )
+
     def describe_transaction(self, to: str, data: bytes) -> dict | None:
         """A ``depositFor`` of the keeper's key found on chain, in :meth:`call_for_account_action`'s meta form
         (``cost_e6`` too: the settlement token is worth its face value)."""
+        if to.lower() == self.d.clearing_house.lower() and data[:4] == F_OPEN_POSITION.selector:
+            opened = F_OPEN_POSITION.decode_input(data)
+            if opened is None:
+                return None
+            base, _, _, amount, *_ = opened[0]
+            return {
+                "kind": AccountActionKind.REDUCE_EXPOSURE.value,
+                "asset": to_checksum_address(base),
+                "amount": str(int(amount)),
+            }  # the account is the sender: the caller knows it
         if to.lower() != self.d.vault.lower() or data[:4] != F_DEPOSIT_FOR.selector:
             return None
         args = F_DEPOSIT_FOR.decode_input(data)

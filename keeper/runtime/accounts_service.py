@@ -61,7 +61,8 @@ from keeper.tx.manager import TransactionManager
 log = structlog.get_logger("keeper")
 
 MAX_UINT256 = 2**256 - 1
-ACCOUNT_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPAY_DEBT.value)
+SPENDING_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPAY_DEBT.value)  # from the wallet
+ACCOUNT_KINDS = (*SPENDING_KINDS, AccountActionKind.REDUCE_EXPOSURE.value)
 GAS_LIMIT_DEFAULT = {"aave-v3": 200_000, "perp-v2": 400_000}  # Aave repay ~166k, supply ~136k; Curie depositFor
 RANKED_IN_LOG = 10
 WAD = 10**18
@@ -125,6 +126,10 @@ class AccountKeeperService(KeeperService):
         )
         if self.txm is not None:
             self._reconcile_journal(self.txm)
+        signer = (self.signer_address or "").lower()
+        if self.limits.allow_reduce and signer and signer in self._protected():
+            adapter.reducible = frozenset({signer})  # its own account: the keeper holds the owner's key
+            log.info("reductions_enabled", account=signer)
 
     # ---- what to watch ---------------------------------------------------------------------------
 
@@ -194,7 +199,7 @@ class AccountKeeperService(KeeperService):
         midnight = datetime.fromtimestamp(now_s, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         spent = 0
         for rec in self.journal.intents_since(midnight):
-            if rec.meta.get("kind") not in ACCOUNT_KINDS or rec.state in ("rejected", "cancelled", "reverted"):
+            if rec.meta.get("kind") not in SPENDING_KINDS or rec.state in ("rejected", "cancelled", "reverted"):
                 continue
             if rec.state == "abandoned" and self.journal.attempt_count(rec.id) == 0:
                 continue
@@ -402,7 +407,7 @@ class AccountKeeperService(KeeperService):
             "cost_e6": action.cost_e6,
         }
         try:
-            if allowances.get(action.asset, 0) < action.amount:
+            if action.kind.value in SPENDING_KINDS and allowances.get(action.asset, 0) < action.amount:
                 approve = adapter.approve_call(action.asset, MAX_UINT256)
                 signer = (self.signer_address or "").lower()
                 intent = txm.submit(approve, f"approve:{action.asset.lower()}:{signer}", stake, "urgent")

@@ -15,12 +15,14 @@ from keeper.accounts.perp_v2 import (
     PerpParams,
     PerpRules,
     PoolDepth,
+    after_reduce,
     format_settlement_e6,
     funding_drift_usd_per_year,
     liquidatable_size_e18,
     margin_at,
     margin_view,
     min_deposit_e6,
+    min_reduction,
     moved_marks,
     mul_div_signed,
     notional_to_move_x18,
@@ -248,3 +250,48 @@ def test_decision_deposits_for_a_cross_margin_account_in_danger():
     marks = rules.marks_at(risk.survive_prices_e8)
     funded = PerpAccount(acct.trader, acct.vault_balance_e6 + d.amount, 0, 0, acct.legs)
     assert not margin_at(funded, marks, PARAMS).liquidatable
+
+
+def _pool(price: float, liquidity: int = 10**24) -> PoolDepth:
+    return PoolDepth(int(price**0.5 * Q96), liquidity, 1_000)
+
+
+def test_closing_a_long_realises_the_fill_less_the_fee_and_scales_the_open_notional():
+    """Closing 40 % of a 3 ETH long bought for $6,000 at a $2,000 pool: quote ~ 1.2 x 2000 x (1 - 0.1 %) less
+    half the impact; realised = quote - 40 % of the open notional; the rest keeps 60 % of it."""
+    acct = account(300 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18))
+    pool = _pool(2_000.0)
+    r = after_reduce(acct, ETH, 400_000, pool, 2_000 * E18)
+    impact = price_impact(pool, int(1.2 * 2_000 * E18), buy=False)
+    expected = 1.2 * 2_000 * (1 + impact / 2) * 0.999
+    assert abs(r.quote_x18 / E18 - expected) < 1e-6 and r.size_e18 == 12 * E18 // 10
+    (leg,) = r.account.legs
+    assert leg.size_e18 == 18 * E18 // 10 and leg.open_notional_x18 == -3_600 * E18
+    assert r.account.owed_realized_pnl_x18 == r.quote_x18 - 2_400 * E18
+    assert r.cost_x18 == 2_400 * E18 - r.quote_x18 > 0  # the fee and the impact, against the mark
+
+
+def test_least_reduction_survives_and_one_ppm_less_does_not():
+    acct = account(800 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18), PerpLeg(BTC, E18 // 10, -4_000 * E18))
+    survive = {ETH: 1_800 * E18, BTC: 36_000 * E18}
+    r = min_reduction(acct, ETH, _pool(2_000.0), MARKS, survive, PARAMS)
+    assert r is not None and not margin_at(r.account, survive, PARAMS).liquidatable
+    fraction = r.size_e18 * 10**6 // (3 * E18)
+    less = after_reduce(acct, ETH, fraction - 1, _pool(2_000.0), MARKS[ETH])
+    assert margin_at(less.account, survive, PARAMS).liquidatable
+    thin = min_reduction(acct, ETH, _pool(2_000.0, 10**22), MARKS, survive, PARAMS)  # a hundredth of the depth
+    assert thin is not None and thin.size_e18 > r.size_e18 and thin.cost_x18 > 5 * r.cost_x18  # costs more
+    assert min_reduction(acct, ETH, _pool(2_000.0, 3 * 10**21), MARKS, survive, PARAMS) is None  # too thin
+
+
+def test_reduction_is_offered_only_with_the_owners_key_and_when_the_deposit_falls_short():
+    acct = account(300 * 10**6, PerpLeg(ETH, 3 * E18, -6_000 * E18))
+    survive = {ETH: 1_750 * 10**8}
+    depths = {ETH: _pool(2_000.0)}
+    plain = PerpRules({acct.trader: acct}, MARKS, PARAMS, USDC, depths=depths)
+    owned = PerpRules({acct.trader: acct}, MARKS, PARAMS, USDC, depths=depths, reducible=frozenset({acct.trader}))
+    assert plain.options(acct.trader, survive, {}, 10**12)[0] == []  # no wallet, no key: nothing to do
+    options, _ = owned.options(acct.trader, survive, {}, 10**12)
+    assert [o.kind for o in options] == ["reduce_exposure"] and options[0].reaches_target
+    funded, _ = owned.options(acct.trader, survive, {USDC: 10**12}, 10**12)
+    assert [o.kind for o in funded] == ["add_collateral"]  # a deposit that reaches the target comes first

@@ -30,10 +30,11 @@ BTC_SHORT = 5  # short BTC $10,000 on $1,500
 CRASH = {"ETH": 2_000.0 * 0.93, "BTC": 40_000.0 * 0.93}  # both markets -7 %: the 9x long is liquidatable
 
 
-def _config(perp, tmp_path: Path, traders: list[str] | None, *, protocol: str = "", mode: str = "protect"):
+def _config_text(perp, tmp_path: Path, traders: list[str] | None, *, protocol: str = "", mode: str = "protect"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     deployment = perp.ops.deployment.save(tmp_path / "perp.json")
     accounts = "".join(f'[[accounts]]\naddress = "{t}"\nmode = "{mode}"\n' for t in traders or [])
-    text = f"""{"watch_all = true" if traders is None else ""}
+    return f"""{"watch_all = true" if traders is None else ""}
 [chain]
 rpc_urls = ["{perp.anvil.url}"]
 chain_id = {perp.ops.deployment.chain_id}
@@ -54,9 +55,13 @@ path = "{tmp_path / "journal.sqlite"}"
 [http]
 enabled = false
 """
+
+
+def _config(perp, tmp_path: Path, traders: list[str] | None, *, key: str | None = None, limits: str = "", **kw):
+    text = _config_text(perp, tmp_path, traders, **kw).replace("[limits]\n", f"[limits]\n{limits}")
     path = tmp_path / "keeper.toml"
     path.write_text(text)
-    return load_config(path, env={"KEEPER_PRIVATE_KEY": perp.keys[KEEPER]}, dotenv_path=None)
+    return load_config(path, env={"KEEPER_PRIVATE_KEY": key or perp.keys[KEEPER]}, dotenv_path=None)
 
 
 def _service(perp, tmp_path, traders, **kw) -> AccountKeeperService:
@@ -331,3 +336,42 @@ def _rules_at(book, prices_e8):
     rules = book.rules
     marks = {b: prices_e8[b] * 10**10 for b in rules.marks_x18}
     return dataclasses.replace(rules, marks_x18=marks)
+
+
+def test_the_owner_with_no_settlement_token_reduces_with_allow_reduce_and_is_only_alerted_without(perp, tmp_path):
+    """The keeper runs with the trader's own key and an empty USDC wallet: without allow_reduce it can only
+    alert; with it, it closes part of one position (openPosition the other way, the least size given the
+    pool's depth) and the -7 % crash then cannot liquidate the account."""
+    trader = perp.addresses[CROSS_TRADER]
+    assert perp.ops.usdc.functions.balanceOf(trader).call() == 0  # its whole balance went into the vault
+    key = perp.keys[CROSS_TRADER]
+    service = AccountKeeperService.from_config(
+        _config(perp, tmp_path / "alert", [trader], key=key), execute=True, send_alerts=False
+    )
+    try:
+        service.start()
+        d = service.cycle(execute=True).outcome.decision(trader)
+        assert d is not None and d.action == "alert" and "no settlement token" in d.reason, d
+    finally:
+        service.close()
+
+    cfg = _config(perp, tmp_path / "reduce", [trader], key=key, limits="allow_reduce = true\n")
+    service = AccountKeeperService.from_config(cfg, execute=True, send_alerts=False)
+    try:
+        service.start()
+        sizes = perp.ops.account_balance.functions.getTakerPositionSize
+        d0 = service.cycle(execute=False).outcome.decision(trader)
+        assert d0 is not None and d0.action == "reduce_exposure", d0
+        before = sizes(trader, d0.asset).call()
+        report = _run(service)
+        d = report.outcome.decision(trader)
+        assert d is not None and d.action == "reduce_exposure" and d.asset == d0.asset, d
+        assert "reduce" in d.reason and 0 < d.amount < abs(before)
+        after = sizes(trader, d.asset).call()
+        assert abs(after) == abs(before) - d.amount  # exactly the size decided, the rest kept
+        perp.ops.set_prices(CRASH)
+        for symbol in ("ETH", "BTC"):
+            reason = _liquidate_reason(perp, trader, symbol)
+            assert reason is not None and reason.startswith("CH_EAV"), (symbol, reason)
+    finally:
+        service.close()
