@@ -153,15 +153,11 @@ def seed_history(ops: PerpOps, rng: np.random.Generator, start: Mapping[str, flo
     """
     x = dict.fromkeys(start, 0.0)
     for _ in range(HISTORY_ROUNDS):
-        rpc_increase(ops, HISTORY_STEP_S)
+        ops.rpc("evm_increaseTime", [HISTORY_STEP_S])
         for s in start:
             x[s] = 0.98 * x[s] + HISTORY_SIGMA[s] * float(rng.standard_normal())
         push_indexes(ops, {s: p0 * float(np.exp(x[s])) for s, p0 in start.items()})
     push_indexes(ops, start)  # the crash starts from the listed prices
-
-
-def rpc_increase(ops: PerpOps, seconds: int) -> None:
-    ops.rpc("evm_increaseTime", [int(seconds)])
 
 
 def play_round(ops: PerpOps, index: Mapping[str, float], push: float) -> None:
