@@ -169,6 +169,37 @@ def _choose(options: Sequence[ActionOption]) -> ActionOption | None:
     return max(options, key=lambda o: (o.health_after, -o.cost_e6, o.kind, o.asset), default=None)
 
 
+def _release(
+    r: AccountRisk,
+    rules: AccountRules,
+    state: AccountBookState,
+    limits: PlanLimits,
+    words: str,
+    stale: tuple[str, ...],
+    prices_e8: Mapping[str, int],
+) -> tuple[ActionOption, str] | None:
+    """A release for a safe account: only below ``p_release``, with ``limits.allow_release``, fresh prices, no
+    open transaction, not watch-only, and only what still survives the target move (``rules.release``: the
+    protocol's withdraw rule and the owner's key). After it the account sits near ``p_target``: between the
+    release and the trigger probabilities, so neither fires again at once."""
+    key = r.account.lower()
+    if not (limits.allow_release and r.has_debt and r.breach_probability < limits.p_release):
+        return None
+    if stale or key in state.busy or key in state.watch_only or limits.alert_only:
+        return None
+    option = rules.release(r.account, r.survive_prices_e8, limits.max_per_tx_e6)
+    if option is None or option.amount <= 0:
+        return None
+    name = state.symbols.get(option.asset, option.asset)
+    dec = state.decimals.get(option.asset)
+    units = f"{option.amount / 10**dec:,.6g}" if dec is not None else f"{option.amount} units of"
+    text = (
+        f"{words}, below release {limits.p_release:.0e}: release {units} {name} ({_usd(option.cost_e6 / 1e6)}) to "
+        f"the owner, still surviving {_survive_words(r, prices_e8, state)}"
+    )
+    return option, text
+
+
 def decide_accounts(
     accounts: Sequence[MarginAccount],
     rules: AccountRules,
@@ -273,7 +304,20 @@ def decide_accounts(
         if r.liquidatable:
             words = f"LIQUIDATABLE now (health {rules.health(r.account) / 1e18:.4f}); {words}"
         if not endangered(r):
-            decisions[key] = base(r, "hold", "none", f"{words}: hold" if r.has_debt else "no debt: nothing to do")
+            released = _release(r, rules, state, limits, words, stale, prices_e8)
+            if released is None:
+                decisions[key] = base(r, "hold", "none", f"{words}: hold" if r.has_debt else "no debt: nothing to do")
+                continue
+            option, text = released
+            actions.append(
+                AccountAction(
+                    AccountActionKind.RELEASE, r.account, option.asset, option.amount, option.cost_e6, text,
+                    r.breach_probability,
+                )
+            )  # fmt: skip
+            decisions[key] = base(
+                r, "release", "release", text, asset=option.asset, amount=option.amount, cost_e6=option.cost_e6
+            )
             continue
         if key in state.busy:
             decisions[key] = base(r, "awaiting_tx", f"awaiting_tx:{state.busy[key]}", f"{words}: a transaction is open")

@@ -309,6 +309,7 @@ class AccountActionKind(enum.Enum):
     ADD_COLLATERAL = "add_collateral"  # wallet -> account collateral (Aave: supply on behalf)
     REPAY_DEBT = "repay_debt"  # wallet -> account debt (Aave: repay on behalf, variable rate)
     REDUCE_EXPOSURE = "reduce_exposure"  # owner's key only: close part of a position (Perp v2: trade it back)
+    RELEASE = "release"  # owner's key only: margin back to the owner's wallet (Perp v2: Vault.withdraw)
     ALERT = "alert"  # nothing sent on chain
 
 

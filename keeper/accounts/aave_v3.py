@@ -763,6 +763,10 @@ class AaveRules:
                 )
         return out, why
 
+    def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
+        """Never: the daemon does not send Aave's ``withdraw`` (it needs the owner's key; not wired yet)."""
+        return None
+
     def value_at_stake_e6(self, account: str) -> int:
         """The liquidator's bonus on the closable debt (close factor x debt x (bonus - 1)), largest pair, USD e6."""
         acct = self._acct(account)

@@ -78,6 +78,7 @@ class MarginAccount:
 ADD_COLLATERAL = "add_collateral"
 REPAY_DEBT = "repay_debt"
 REDUCE_EXPOSURE = "reduce_exposure"
+RELEASE = "release"
 WALLET_FUNDED = frozenset({ADD_COLLATERAL, REPAY_DEBT})
 """Option kinds paid from the keeper's wallet (and counted against the day's budget); a reduction is not."""
 
@@ -132,6 +133,13 @@ class AccountRules(Protocol):
         """Per asset of ``wallet`` (asset -> units held) and per kind: the least action that keeps ``account``
         solvent at ``survive_prices_e8``, or the most the wallet and ``budget_e6`` allow when that is short
         (``reaches_target`` False). Also one line per impossible option saying why (frozen reserve, ...)."""
+        ...
+
+    def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
+        """The most margin (at most ``max_e6`` USD) the owner may take back from ``account`` so that it still
+        survives ``survive_prices_e8`` and passes the protocol's own withdraw rule, or ``None`` when the keeper
+        may not release it (it does not hold the owner's key, releases are not enabled, the protocol's
+        withdrawal is not wired) or there is nothing to release."""
         ...
 
     def value_at_stake_e6(self, account: str) -> int:

@@ -30,7 +30,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from keeper.accounts.base import ADD_COLLATERAL, BPS, REDUCE_EXPOSURE, ActionOption, Leg, LegKind, MarginAccount
+from keeper.accounts.base import (
+    ADD_COLLATERAL,
+    BPS,
+    REDUCE_EXPOSURE,
+    RELEASE,
+    ActionOption,
+    Leg,
+    LegKind,
+    MarginAccount,
+)
 
 ONE_E18 = 10**18
 RATIO_ONE = 10**6
@@ -138,6 +147,30 @@ def margin_at(account: PerpAccount, marks_x18: Mapping[str, int], params: PerpPa
 def moved_marks(marks_x18: Mapping[str, int], factors: Mapping[str, float]) -> dict[str, int]:
     """Mark prices after relative moves (``factors[base] = new/old``; bases not named keep their mark)."""
     return {b: int(m * factors[b]) if b in factors else m for b, m in marks_x18.items()}
+
+
+def free_collateral_e6(account: PerpAccount, marks_x18: Mapping[str, int], params: PerpParams) -> int:
+    """What ``Vault.withdraw`` lets a settlement-token-only taker take (``Vault._getFreeCollateralByRatio`` at
+    imRatio): min(collateral, account value) - total debt value x imRatio, with collateral = vault balance +
+    owed realised PnL + pending fee - pending funding (unrealised profit is not withdrawable) and total debt
+    value (``AccountBalance.getTotalDebtValue``) = the shorts' |size| x mark plus the net quote owed; floored
+    to the token's units, never below 0."""
+    m = margin_at(account, marks_x18, params)
+    collateral = (
+        account.vault_balance_e6 * SETTLEMENT_SCALE
+        + account.pending_fee_x18
+        - sum(leg.pending_funding_x18 for leg in account.legs)
+        + account.owed_realized_pnl_x18
+    )
+    value = collateral + m.unrealized_pnl_x18
+    base_debt = sum(
+        abs(position_value_x18(leg_size_e18(leg), marks_x18[leg.base_token]))
+        for leg in account.legs
+        if leg.size_e18 < 0
+    )
+    quote_debt = max(0, -sum(leg.open_notional_x18 for leg in account.legs))
+    required = (base_debt + quote_debt) * params.im_ratio_e6 // RATIO_ONE
+    return max(0, format_settlement_e6(min(collateral, value) - required))
 
 
 def min_deposit_e6(
@@ -458,6 +491,7 @@ class PerpRules:
     protocol: str = "perp-v2"
     depths: Mapping[str, PoolDepth] = field(default_factory=dict)  # base token -> its pool now
     reducible: frozenset[str] = frozenset()  # accounts the keeper holds the key of, with reduction enabled
+    releasable: frozenset[str] = frozenset()  # the same, with release enabled
 
     @property
     def prices_e8(self) -> dict[str, int]:
@@ -559,6 +593,23 @@ class PerpRules:
         after = replace(acct, vault_balance_e6=acct.vault_balance_e6 + amount)
         option = ActionOption(ADD_COLLATERAL, token, amount, amount, reaches, self._health(after, marks), "deposit")
         return [option], why
+
+    def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
+        """The largest ``Vault.withdraw`` of the settlement token (owner's key, ``releasable``) after which the
+        account is still unliquidatable at the survive prices and within :func:`free_collateral_e6` (Curie's
+        own withdraw rule at today's marks); at most ``max_e6``."""
+        if account.lower() not in self.releasable:
+            return None
+        acct = self._acct(account)
+        marks = self.marks_at(survive_prices_e8)
+        at_survive = margin_at(acct, marks, self.params)
+        keep_e6 = -(-at_survive.requirement_x18 // SETTLEMENT_SCALE)  # value must stay >= the requirement
+        amount = min(at_survive.account_value_e6 - keep_e6, free_collateral_e6(acct, self.marks_x18, self.params))
+        amount = min(amount, max_e6, acct.vault_balance_e6)
+        if amount <= 0:
+            return None
+        after = replace(acct, vault_balance_e6=acct.vault_balance_e6 - amount)
+        return ActionOption(RELEASE, self.settlement_token, amount, amount, True, self._health(after, marks), "release")
 
     def value_at_stake_e6(self, account: str) -> int:
         """The liquidation penalty on every position of the account at today's marks (USD e6): a liquidator

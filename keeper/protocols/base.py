@@ -233,6 +233,8 @@ class AccountAdapter(ABC):
     reducible: frozenset[str] = frozenset()
     """Accounts (lower case) whose owner's key the keeper holds and may reduce (``limits.allow_reduce``); a
     protocol without reductions ignores it."""
+    releasable: frozenset[str] = frozenset()
+    """The same for releases (``limits.allow_release``)."""
     """Books up to this size are read with the contract's own health figure beside the keeper's (``read_book``'s
     ``cross_check``); larger ones skip it to keep the read at two round trips."""
 

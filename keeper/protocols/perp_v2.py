@@ -81,6 +81,7 @@ F_PENALTY = Function("getLiquidationPenaltyRatio()")
 F_TWAP = Function("getTwapInterval()")
 F_MARK_CONFIG = Function("getMarkPriceConfig()")
 F_DEPOSIT_FOR = Function("depositFor(address,address,uint256)")
+F_WITHDRAW = Function("withdraw(address,uint256)")
 F_OPEN_POSITION = Function("openPosition((address,bool,bool,uint256,uint256,uint256,uint160,bytes32))")
 REDUCE_SLIPPAGE = 0.005  # a reduction's quote bound: twice the expected price impact plus this
 F_APPROVE = Function("approve(address,uint256)")
@@ -532,6 +533,7 @@ class PerpV2Adapter(AccountAdapter):
             premiums,
             depths={m.base_token: m.depth for m in snap.markets.values()},
             reducible=self.reducible,
+            releasable=self.releasable,
         )
         long_x18 = dict.fromkeys(marks, 0)
         short_x18 = dict.fromkeys(marks, 0)
@@ -609,6 +611,8 @@ class PerpV2Adapter(AccountAdapter):
         ``openPosition`` the other way for a reduction (sent with the owner's own key)."""
         if action.kind is AccountActionKind.REDUCE_EXPOSURE:
             return self.reduce_call(action)
+        if action.kind is AccountActionKind.RELEASE:
+            return self.withdraw_call(action)
         if action.kind is not AccountActionKind.ADD_COLLATERAL:
             raise InputError(f"{action.kind.value} actions are not sent on Perp v2 by the keeper")
         if action.asset.lower() != self.settlement_token.lower():
@@ -622,6 +626,25 @@ class PerpV2Adapter(AccountAdapter):
             "cost_e6": action.cost_e6,
         }
         return ContractCall(call.to, call.data, call.value_wei, call.description, {**call.meta, **meta})
+
+    def withdraw_call(self, action: AccountAction) -> ContractCall:
+        """``Vault.withdraw(settlementToken, amount)``: margin back to the sender, which must be the trader (the
+        keeper holds the owner's key; ``limits.allow_release``)."""
+        if action.asset.lower() != self.settlement_token.lower() or action.amount <= 0:
+            raise InputError(f"a release withdraws a positive amount of {self.settlement_token}, got {action}")
+        return ContractCall(
+            to=to_checksum_address(self.d.vault),
+            data=F_WITHDRAW.encode(self.settlement_token, action.amount),
+            description=f"Vault.withdraw({action.amount / 1e6:,.6f} USDC) to {action.account}",
+            meta={
+                "protocol": self.name,
+                "kind": action.kind.value,
+                "account": action.account.lower(),
+                "asset": self.settlement_token,
+                "amount": str(action.amount),
+                "cost_e6": action.cost_e6,
+            },
+        )
 
     def reduce_call(self, action: AccountAction) -> ContractCall:
         """Close ``action.amount`` (base units, 18 decimals) of the owner's position in ``action.asset``: a taker
@@ -676,6 +699,15 @@ class PerpV2Adapter(AccountAdapter):
                 "asset": to_checksum_address(base),
                 "amount": str(int(amount)),
             }  # the account is the sender: the caller knows it
+        if to.lower() == self.d.vault.lower() and data[:4] == F_WITHDRAW.selector:
+            withdrawn = F_WITHDRAW.decode_input(data)
+            if withdrawn is None:
+                return None
+            return {
+                "kind": AccountActionKind.RELEASE.value,
+                "asset": to_checksum_address(withdrawn[0]),
+                "amount": str(int(withdrawn[1])),
+            }  # the account is the sender
         if to.lower() != self.d.vault.lower() or data[:4] != F_DEPOSIT_FOR.selector:
             return None
         args = F_DEPOSIT_FOR.decode_input(data)

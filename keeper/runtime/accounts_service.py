@@ -62,7 +62,7 @@ log = structlog.get_logger("keeper")
 
 MAX_UINT256 = 2**256 - 1
 SPENDING_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPAY_DEBT.value)  # from the wallet
-ACCOUNT_KINDS = (*SPENDING_KINDS, AccountActionKind.REDUCE_EXPOSURE.value)
+ACCOUNT_KINDS = (*SPENDING_KINDS, AccountActionKind.REDUCE_EXPOSURE.value, AccountActionKind.RELEASE.value)
 GAS_LIMIT_DEFAULT = {"aave-v3": 200_000, "perp-v2": 400_000}  # Aave repay ~166k, supply ~136k; Curie depositFor
 RANKED_IN_LOG = 10
 WAD = 10**18
@@ -127,9 +127,17 @@ class AccountKeeperService(KeeperService):
         if self.txm is not None:
             self._reconcile_journal(self.txm)
         signer = (self.signer_address or "").lower()
-        if self.limits.allow_reduce and signer and signer in self._protected():
-            adapter.reducible = frozenset({signer})  # its own account: the keeper holds the owner's key
-            log.info("reductions_enabled", account=signer)
+        owner = frozenset({signer}) if signer and signer in self._protected() else frozenset()
+        # the keeper's key is the account's own: it may reduce or release it when the limits allow
+        adapter.reducible = owner if self.limits.allow_reduce else frozenset()
+        adapter.releasable = owner if self.limits.allow_release else frozenset()
+        if owner and (adapter.reducible or adapter.releasable):
+            log.info(
+                "owner_actions_enabled",
+                account=signer,
+                reduce=bool(adapter.reducible),
+                release=bool(adapter.releasable),
+            )
 
     # ---- what to watch ---------------------------------------------------------------------------
 
@@ -466,7 +474,8 @@ class AccountKeeperService(KeeperService):
         super()._count_gas(tx_hash, ActionKind.TOP_UP.value if kind in ACCOUNT_KINDS else kind)
 
     def still_needed(self, intent: Any) -> bool:
-        """A stuck supply/repay is still needed while its account is endangered (errors answer yes)."""
+        """A stuck supply/repay/deposit/reduction is still needed while its account is endangered, a release
+        while the account is still in the release band (errors answer yes)."""
         account = intent.meta.get("account")
         if intent.meta.get("kind") not in ACCOUNT_KINDS or not account:
             return True
@@ -478,7 +487,9 @@ class AccountKeeperService(KeeperService):
             log.warning("still_needed_unknown", intent=intent.id, error=str(exc))
             return True
         d = outcome.decision(account)
-        needed = d is not None and d.band == "trigger"
+        # a stuck release is wanted only while the account is still safe enough to release from
+        wanted = "release" if intent.meta.get("kind") == AccountActionKind.RELEASE.value else "trigger"
+        needed = d is not None and d.band == wanted
         if not needed:
             log.info("tx_purpose_gone", intent=intent.id, why="account no longer endangered")
         return needed

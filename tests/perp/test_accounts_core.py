@@ -17,6 +17,7 @@ from keeper.accounts.perp_v2 import (
     PoolDepth,
     after_reduce,
     format_settlement_e6,
+    free_collateral_e6,
     funding_drift_usd_per_year,
     liquidatable_size_e18,
     margin_at,
@@ -295,3 +296,29 @@ def test_reduction_is_offered_only_with_the_owners_key_and_when_the_deposit_fall
     assert [o.kind for o in options] == ["reduce_exposure"] and options[0].reaches_target
     funded, _ = owned.options(acct.trader, survive, {USDC: 10**12}, 10**12)
     assert [o.kind for o in funded] == ["add_collateral"]  # a deposit that reaches the target comes first
+
+
+def test_free_collateral_is_curies_withdraw_rule():
+    """min(collateral, value) - debt value x imRatio: a long's owed quote and a short's base value are debt."""
+    acct = account(1_000 * 10**6, PerpLeg(ETH, 2 * E18, -4_000 * E18), PerpLeg(BTC, -E18 // 10, 4_000 * E18))
+    marks = {ETH: 2_100 * E18, BTC: 40_000 * E18}  # ETH long +$200 (unrealised: not withdrawable)
+    debt = 4_000 - 4_000 + 4_000  # net quote owed 0 (the short's +4,000 offsets), base debt 0.1 x 40,000
+    assert free_collateral_e6(acct, marks, PARAMS) == (1_000 - debt * 0.1) * 10**6
+    loss = {ETH: 1_900 * E18, BTC: 40_000 * E18}  # unrealised -$200 lowers it
+    assert free_collateral_e6(acct, loss, PARAMS) == (1_000 - 200 - debt * 0.1) * 10**6
+
+
+def test_release_only_with_the_owners_key_and_what_still_survives():
+    acct = account(5_000 * 10**6, PerpLeg(ETH, E18, -2_000 * E18))  # 0.4x: far from liquidation
+    survive = {ETH: 1_500 * 10**8}
+    plain = PerpRules({acct.trader: acct}, MARKS, PARAMS, USDC)
+    owned = PerpRules({acct.trader: acct}, MARKS, PARAMS, USDC, releasable=frozenset({acct.trader}))
+    assert plain.release(acct.trader, survive, 10**12) is None
+    opt = owned.release(acct.trader, survive, 10**12)
+    assert opt is not None and opt.kind == "release" and opt.asset == USDC
+    marks = owned.marks_at(survive)
+    after = PerpAccount(acct.trader, acct.vault_balance_e6 - opt.amount, 0, 0, acct.legs)
+    m = margin_at(after, marks, PARAMS)
+    assert not m.liquidatable and m.account_value_x18 - m.requirement_x18 < 10**12  # to the last unit
+    assert opt.amount <= free_collateral_e6(acct, MARKS, PARAMS)
+    assert owned.release(acct.trader, survive, 1_000 * 10**6).amount == 1_000 * 10**6  # the per-tx cap

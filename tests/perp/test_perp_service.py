@@ -375,3 +375,33 @@ def test_the_owner_with_no_settlement_token_reduces_with_allow_reduce_and_is_onl
             assert reason is not None and reason.startswith("CH_EAV"), (symbol, reason)
     finally:
         service.close()
+
+
+def test_the_owner_releases_what_a_safe_account_does_not_need_with_allow_release(perp, tmp_path):
+    """A 2x long ($10,000 of ETH on $5,000), the keeper holding the trader's key and allow_release: it withdraws
+    the excess (Vault.withdraw to the owner) and the account still survives the move of the target; a second
+    cycle does not release again (the account now sits between the release and the trigger probabilities)."""
+    from keeper.dev.perp_v2 import SeedLeg, SeedTrader
+
+    _seed_index_history(perp)
+    perp.ops.open_trader(SeedTrader(6, 5_000.0, (SeedLeg("ETH", True, 10_000.0),)))
+    trader, key = perp.addresses[6], perp.keys[6]
+    cfg = _config(perp, tmp_path, [trader], key=key, limits="allow_release = true\n")
+    service = AccountKeeperService.from_config(cfg, execute=True, send_alerts=False)
+    try:
+        service.start()
+        wallet_before = perp.ops.usdc.functions.balanceOf(trader).call()
+        vault_before = _vault_balance(perp, trader)
+        report = _run(service)
+        d = report.outcome.decision(trader)
+        assert d is not None and d.action == "release" and d.amount > 0, d
+        assert "release" in d.reason and "to the owner" in d.reason
+        assert _vault_balance(perp, trader) == vault_before - d.amount
+        assert perp.ops.usdc.functions.balanceOf(trader).call() == wallet_before + d.amount
+        book = service.accounts_adapter.read_book([trader])
+        risk = next(r for r in report.outcome.risks if r.account.lower() == trader.lower())
+        assert book.rules.health_at(trader, risk.survive_prices_e8) >= 10**18  # still survives the target move
+        again = service.cycle(execute=True).outcome.decision(trader)
+        assert again is not None and again.band == "hold", again
+    finally:
+        service.close()
