@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Protocol
 
 from keeper.decision import BookDecision, decide
@@ -32,7 +32,7 @@ from keeper.domain import Action, ActionKind, Market, Position, PriceRound, min_
 from keeper.errors import InputError
 from keeper.planner import BookState, PlanLimits
 from keeper.risk.gaps import SideGaps
-from keeper.risk.policy import RiskPolicy
+from keeper.risk.policy import CostBands, RiskPolicy
 from keeper.risk.tails import LongTail
 
 DEFAULT_MIN_ACTION_E6 = 10_000_000
@@ -172,6 +172,11 @@ class RiskSized:
     limits: PlanLimits | None = None
     name: str = "risk"
     long_tails: dict[str, LongTail] = field(default_factory=dict)  # symbol -> tail from history before the window
+    # cost-aware bands (keeper.risk.policy.cost_aware_bands): gas price (gwei) and capital rate of one cost preset;
+    # each decision prices a transaction at ``gas_per_tx`` x that gas price x the native market's latest round
+    cost_preset: tuple[float, float] | None = None
+    native_symbol: str = "ETH"
+    gas_per_tx: int = 78_200  # a top-up's gas (the fast replay's addMargin median, keeper.replay.fast)
     _history: dict = field(default_factory=dict, repr=False)  # market id -> (deque of t_s, deque of price)
 
     def __post_init__(self) -> None:
@@ -195,12 +200,31 @@ class RiskSized:
             state,
             obs.positions,
             sigmas_annual=obs.sigma_annual,
-            policy=self.risk_policy,
+            policy=self._policy_now(obs),
             limits=self.limits,
             check_interval_s=obs.check_interval_s,
             now_s=obs.now_s,
             stress_gaps=gaps,
         )
+
+    def _policy_now(self, obs: Observation) -> RiskPolicy:
+        """The risk policy, with the cost bands of this moment when the policy is cost-aware (the native
+        token's price moves the USD cost of a transaction)."""
+        if self.cost_preset is None:
+            return self.risk_policy
+        gwei, rate = self.cost_preset
+        native = next(
+            (
+                obs.prices[mid].price_e8 / 1e8
+                for mid, m in obs.markets.items()
+                if m.symbol.upper() == self.native_symbol.upper() and mid in obs.prices
+            ),
+            None,
+        )
+        if native is None:
+            raise InputError(f"cost-aware policy {self.name}: no replayed market {self.native_symbol} prices the gas")
+        bands = CostBands(gas_usd_per_tx=self.gas_per_tx * gwei * 1e-9 * native, capital_rate_annual=rate)
+        return replace(self.risk_policy, cost_bands=bands)
 
     def decide(self, obs: Observation) -> list[Action]:
         if not obs.positions:
@@ -241,11 +265,37 @@ class RiskSized:
         return out
 
 
-def parse_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> Policy:
-    """``none`` | ``risk`` | ``risk:norelease`` | ``fixed:X:Y`` | ``fixed:X:Y:Z`` -> a policy object."""
+def parse_policy(
+    spec: str,
+    *,
+    min_action_e6: int = DEFAULT_MIN_ACTION_E6,
+    gas_presets_gwei: Mapping[str, float] | None = None,
+    capital_rate_annual: float = 0.08,
+    native_symbol: str = "ETH",
+) -> Policy:
+    """``none`` | ``risk`` | ``risk:norelease`` | ``risk:cost:PRESET`` | ``fixed:X:Y`` | ``fixed:X:Y:Z`` -> a policy.
+
+    ``risk:cost:PRESET`` (e.g. ``risk:cost:l1``) is the risk policy with cost-aware restore and release bands
+    at that gas preset (``gas_presets_gwei``) and ``capital_rate_annual``: the same trigger, the bands that
+    minimise the cost of protection at that preset (:func:`keeper.risk.policy.cost_aware_bands`)."""
     s = spec.strip().lower()
     if s == "none":
         return NoKeeper()
+    if s.startswith("risk:cost:"):
+        preset = s.split(":", 2)[2]
+        presets = {k.lower(): v for k, v in (gas_presets_gwei or {}).items()}
+        if preset not in presets:
+            raise InputError(
+                f"bad policy {spec!r}: unknown gas preset {preset!r} (known: {', '.join(presets) or 'none'})"
+            )
+        from keeper.replay.fast import GAS_PER_ACTION  # the replay's gas per top-up (fast imports this module)
+
+        return RiskSized(
+            name=f"risk:cost:{preset}",
+            cost_preset=(presets[preset], capital_rate_annual),
+            native_symbol=native_symbol,
+            gas_per_tx=GAS_PER_ACTION[ActionKind.TOP_UP],
+        )
     if s in ("risk", "risk:norelease"):
         if s == "risk":
             return RiskSized()
@@ -261,4 +311,6 @@ def parse_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> Po
         except ValueError:
             raise InputError(f"bad policy {spec!r}: X, Y, Z must be numbers (margin ratios)") from None
         return FixedRatio(nums[0], nums[1], nums[2] if len(nums) == 3 else None, min_action_e6=min_action_e6)
-    raise InputError(f"unknown policy {spec!r}; allowed: none, risk, risk:norelease, fixed:X:Y, fixed:X:Y:Z")
+    raise InputError(
+        f"unknown policy {spec!r}; allowed: none, risk, risk:norelease, risk:cost:PRESET, fixed:X:Y, fixed:X:Y:Z"
+    )

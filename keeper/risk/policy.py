@@ -55,6 +55,86 @@ up to 0.05). See the README (risk section)."""
 
 
 @dataclass(frozen=True, slots=True)
+class CostBands:
+    """What one protective transaction costs (``gas_usd_per_tx``: gas x gas price x the native token's price)
+    and what idle collateral would earn elsewhere (``capital_rate_annual``): the inputs of the cost-aware
+    restore and release levels (:func:`cost_aware_bands`)."""
+
+    gas_usd_per_tx: float
+    capital_rate_annual: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.gas_usd_per_tx) and self.gas_usd_per_tx >= 0.0):
+            raise ValueError(f"gas_usd_per_tx must be >= 0, got {self.gas_usd_per_tx}")
+        if not (math.isfinite(self.capital_rate_annual) and 0.0 <= self.capital_rate_annual < 10.0):
+            raise ValueError(f"capital_rate_annual must be a yearly rate in [0, 10), got {self.capital_rate_annual}")
+
+
+MAX_COST_BAND = 1.0
+"""The cost-aware restore and release distances never go past this log distance (a free capital rate would
+otherwise ask for an infinite buffer)."""
+
+
+def cost_aware_bands(
+    trigger_distance: ArrayLike,
+    min_restore_distance: ArrayLike,
+    notional_usd: ArrayLike,
+    sigma_annual: ArrayLike,
+    bands: CostBands,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    r"""Restore and release log distances that minimise the long-run cost of protection per year.
+
+    The position's log distance to liquidation :math:`X` is modelled as a driftless Brownian motion with
+    variance :math:`\sigma^2` per year (the volatility itself: the cost is an expectation, not a tail). The
+    keeper tops up to :math:`x` when :math:`X` falls to the trigger :math:`a` (fixed by the
+    breach-probability constraint) and releases down to :math:`x` when it rises to :math:`b`: an (s, S)-type
+    band policy, optimal for impulse control of Brownian motion with a fixed cost per intervention
+    (Harrison, Sellke and Taylor, "Impulse control of Brownian motion", Math. Oper. Res. 8(3), 1983).
+    Each cycle costs one transaction, :math:`K`, and the idle capital :math:`c X` per year while it lasts
+    (:math:`c = r N`: the capital rate on the notional, idle collateral being about :math:`N X` above
+    maintenance). From :math:`x`, the exit time of :math:`(a, b)` has :math:`E\tau = (x-a)(b-x)/\sigma^2`
+    and :math:`E\int_0^\tau X\,dt = (x-a)(b-x)(a+b+x)/(3\sigma^2)` (Green's function of the interval;
+    Karlin and Taylor, *A Second Course in Stochastic Processes*, 15.3), so by renewal the cost per year is
+
+    .. math:: g(u, w) = \frac{K\sigma^2}{u w} + c\,\Big(a + \frac{2u + w}{3}\Big),
+        \qquad u = x - a,\ w = b - x,
+
+    minimised at :math:`w = 2u`, :math:`u^* = (3K\sigma^2 / (4c))^{1/3}` (the cube-root law of band
+    policies under fixed costs; Constantinides, "Capital market equilibrium with transaction costs",
+    J. Polit. Econ. 94(4), 1986). The restore level may not fall below the breach-probability target
+    (``min_restore_distance``): then :math:`u` is that floor and :math:`w = \sqrt{3K\sigma^2/(c u)}`.
+    Dear gas (large :math:`K`) gives wide, rare, large top-ups; dear capital (large :math:`c`) tight,
+    frequent ones. Returns ``(restore, release)`` distances, elementwise, at most :data:`MAX_COST_BAND`.
+    """
+    a = np.asarray(trigger_distance, dtype=float)
+    floor = np.maximum(np.asarray(min_restore_distance, dtype=float) - a, 0.0)
+    c = bands.capital_rate_annual * np.abs(np.asarray(notional_usd, dtype=float))
+    k_var = bands.gas_usd_per_tx * np.asarray(sigma_annual, dtype=float) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u_star = np.where(c > 0, np.cbrt(3.0 * k_var / (4.0 * np.where(c > 0, c, 1.0))), MAX_COST_BAND)
+        u = np.maximum(u_star, floor)
+        w = np.where(
+            (c > 0) & (u > 0), np.sqrt(3.0 * k_var / (np.where(c > 0, c, 1.0) * np.where(u > 0, u, 1.0))), MAX_COST_BAND
+        )
+    restore = np.minimum(a + u, MAX_COST_BAND)
+    release = np.minimum(restore + w, MAX_COST_BAND)
+    return restore, np.maximum(release, restore)
+
+
+def band_cost_per_year(
+    trigger: float, restore: float, release: float, sigma_annual: float, notional_usd: float, bands: CostBands
+) -> float:
+    """:math:`g` of :func:`cost_aware_bands` at given bands (USD per year): gas per transaction over the mean
+    cycle time plus the capital rate on the mean idle distance (tests and reports)."""
+    u, w = restore - trigger, release - restore
+    if u <= 0 or w <= 0:
+        return math.inf
+    var = sigma_annual**2
+    c = bands.capital_rate_annual * abs(notional_usd)
+    return bands.gas_usd_per_tx * var / (u * w) + c * (trigger + (2 * u + w) / 3.0)
+
+
+@dataclass(frozen=True, slots=True)
 class RiskPolicy:
     """Parameters of the risk-sized buffer; every field is configurable (README explains defaults)."""
 
@@ -82,6 +162,8 @@ class RiskPolicy:
     min_action_e6: int = 10_000_000
     sigma_floor_annual: float = 0.0
     sigma_fallback_annual: float = 1.5
+    # the cost-aware restore and release levels (cost_aware_bands); None: the fixed headroom rules above
+    cost_bands: CostBands | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.p_release <= self.p_target <= self.p_trigger < 1.0:
@@ -321,6 +403,14 @@ def assess_arrays(
     d_release = required_distance(
         policy.p_release, sig_h, policy.kappa, d_s_rel * (1.0 + policy.release_headroom), d_cost
     )
+    releasable = p < policy.p_release
+    if policy.cost_bands is not None:
+        # the trigger stays the risk constraint; restore and release minimise the cost of protection
+        d_trigger = np.maximum(policy.kappa * gaussian_distance(policy.p_trigger, sig_h), d_s) + d_cost
+        # the cost is an expectation: it uses the volatility itself; kappa (a tail multiplier) stays in the
+        # trigger and the target, which are tail constraints
+        d_target, d_release = cost_aware_bands(d_trigger, d_target, size * price, sigma, policy.cost_bands)
+        releasable = np.ones_like(p, dtype=bool)  # above b the release lands at x >= the target: safe
     req = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_target), 0.0)
     rel = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_release), 0.0)
     min_action = policy.min_action_e6 / 1e6
@@ -328,7 +418,7 @@ def assess_arrays(
     top_up = np.where((p > policy.p_trigger) | stress_breach, np.maximum(req - coll, min_action), 0.0)
     # a release is worth a transaction only when it is a real slice of the position (release_min_fraction)
     min_release = np.maximum(min_action, policy.release_min_fraction * size * price)
-    excess_raw = np.where((p < policy.p_release) & (coll > rel), coll - req, 0.0)
+    excess_raw = np.where(releasable & (coll > rel), coll - req, 0.0)
     excess = np.where(excess_raw >= min_release, excess_raw, 0.0)
     equity = coll - fee + sign * size * (price - entry)
     return RiskArrays(
