@@ -104,6 +104,7 @@ class AccountKeeperService(KeeperService):
         """Check the deployment's contracts, load its assets, reconcile the journal with the chain."""
         adapter = self.accounts_adapter
         adapter.check_deployment()
+        self.native_price.check()
         self._symbols = adapter.load()
         if not self._symbols:
             raise ChainMismatchError(f"the {adapter.name} deployment lists no assets: wrong deployment?")
@@ -267,6 +268,7 @@ class AccountKeeperService(KeeperService):
         users = self.watched_users()
         adapter = self.accounts_adapter
         snap = adapter.read_book(users, cross_check=len(users) <= adapter.cross_check_max_accounts)
+        self._update_native_price({self._symbols.get(a, a): p for a, p in snap.prices_e8.items()})
         wallet, allowances = adapter.wallet(self.signer_address) if self.signer_address else ({}, {})
         busy = self._busy_accounts() if self.txm is not None else {}
         outcome, sigmas, stale = self.decide_snapshot(snap, wallet, busy=busy)

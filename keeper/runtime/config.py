@@ -400,6 +400,16 @@ class FeesConfig(_Model):
     confirmations: int = Field(default=1, ge=1, le=64)
     replace_after_blocks: int = Field(default=3, ge=1, le=1_000)
     replace_after_s: float = Field(default=36.0, gt=0, le=3_600)
+    # the gas token's USD price (fee caps, gas-left alert, the cost of a transaction): fixed, from a Chainlink-
+    # compatible feed, or else the protocol's own price of native_symbol (keeper/runtime/native_price.py)
+    native_usd: Decimal | None = Field(default=None, gt=0, le=10**9)
+    native_price_feed: str | None = None
+    native_symbol: str = Field(default="ETH", min_length=1, max_length=16)
+
+    @field_validator("native_price_feed")
+    @classmethod
+    def _feed(cls, v: str | None) -> str | None:
+        return None if v is None else _check_address(v)
 
     @model_validator(mode="after")
     def _tip(self) -> FeesConfig:

@@ -24,9 +24,10 @@ Every decision is logged as one ``position_decision`` event with its inputs; eac
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -55,6 +56,7 @@ from keeper.runtime.health import HealthState
 from keeper.runtime.implied_vol import ImpliedVolSource
 from keeper.runtime.long_history import load_long_tails
 from keeper.runtime.metrics import KeeperMetrics
+from keeper.runtime.native_price import NativePrice
 from keeper.runtime.scheduler import HeadNews
 from keeper.runtime.volatility_cache import VolatilityCache
 from keeper.tx.fees import FeeCapExceeded, FeePolicy
@@ -123,6 +125,7 @@ class KeeperService:
         self.check_interval_s = self.policy.check_interval_max_s
         self.stopping = threading.Event()  # set on shutdown or halt: no new transaction is started
         self.top_up_gas_limit = TOP_UP_GAS_LIMIT_DEFAULT  # updated from mined top-ups (gas-left alert)
+        self.native_price = NativePrice(client, config.fees)  # the gas token's USD price, each cycle
         self._last_rounds: dict[int, int] = {}
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
@@ -230,6 +233,7 @@ class KeeperService:
     def start(self) -> None:
         """Check the deployment, reconcile the journal with the chain, make sure top-ups can be paid."""
         self.adapter.check_deployment()
+        self.native_price.check()
         markets = self.adapter.load_markets()
         if not markets:
             raise ChainMismatchError("the protocol reports no markets: wrong engine address?")
@@ -244,6 +248,13 @@ class KeeperService:
         if self.txm is not None:
             self._reconcile_journal(self.txm)
             self._ensure_allowance(self.txm, self.signer_address or "")
+
+    def _update_native_price(self, prices_by_symbol: Mapping[str, int]) -> None:
+        """The gas token's price this cycle (keeper.runtime.native_price) into the fee policy: fee caps tied to
+        the value at stake are then right whatever the token trades at."""
+        price = self.native_price.update(prices_by_symbol)
+        if price is not None and self.txm is not None and self.txm.fees.native_usd_e8 != price:
+            self.txm.fees = dataclasses.replace(self.txm.fees, native_usd_e8=price)
 
     def _reconcile_journal(self, txm: TransactionManager) -> None:
         """The chain as the source of truth before anything new is sent (TransactionManager.reconcile)."""
@@ -570,6 +581,9 @@ class KeeperService:
     def _cycle(self, execute: bool) -> CycleReport:
         started = time.perf_counter()
         snap, wallet = self.read()
+        self._update_native_price(
+            {m.symbol: snap.prices[mid].price_e8 for mid, m in snap.markets.items() if mid in snap.prices}
+        )
         sigmas, gaps = self.estimate(snap)
         busy = self._busy_positions() if self.txm is not None else {}
         outcome = self.decide(snap, sigmas, gaps, wallet_e6=wallet, busy=busy)

@@ -1,0 +1,68 @@
+"""The gas token's USD price comes from the chain (keeper/runtime/native_price.py), not a constant: the fee
+policy the transaction manager caps fees with follows the protocol's ETH price, a configured feed, or a fixed
+configured price; a feed address with no contract is a configuration error at start."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from keeper.dev.reference import ANVIL_KEYS
+from keeper.errors import ConfigError
+from keeper.runtime.config import load_config
+from keeper.runtime.service import KeeperService
+
+pytestmark = pytest.mark.chain
+
+TRADER = 1
+
+
+def _service(chain, tmp_path, write_config, fees: str = "") -> KeeperService:
+    path = write_config(chain, tmp_path)
+    path.write_text(path.read_text() + f"\n[fees]\n{fees}\n")
+    cfg = load_config(path, env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None)
+    return KeeperService.from_config(cfg, execute=True, send_alerts=False)
+
+
+def test_the_fee_policy_follows_the_protocols_eth_price_then_a_feed_then_a_fixed_price(
+    chain, tmp_path, write_config, open_book
+):
+    open_book(chain, reserve_e6=10_000 * 10**6)
+    chain.push_price("ETH", 4_000 * 10**8)
+    service = _service(chain, tmp_path / "protocol", write_config)
+    try:
+        service.start()
+        assert service.txm is not None and service.txm.fees.native_usd_e8 == 3_000 * 10**8  # the default, before
+        service.cycle(execute=False)
+        assert service.txm.fees.native_usd_e8 == 4_000 * 10**8  # the ETH market's price, this cycle
+        assert service.native_price.source == "protocol price of ETH"
+    finally:
+        service.close()
+    feed = chain.deployment.feeds["BTC"]  # any Chainlink-compatible feed: here BTC's, to tell it apart
+    service = _service(chain, tmp_path / "feed", write_config, f'native_price_feed = "{feed}"')
+    try:
+        service.start()
+        service.cycle(execute=False)
+        btc = chain.feeds["BTC"].functions.latestRoundData().call()[1]
+        assert service.txm is not None and service.txm.fees.native_usd_e8 == btc == 60_000 * 10**8
+    finally:
+        service.close()
+    service = _service(chain, tmp_path / "fixed", write_config, "native_usd = 2500")
+    try:
+        service.start()
+        service.cycle(execute=False)
+        assert service.txm is not None and service.txm.fees.native_usd_e8 == 2_500 * 10**8
+    finally:
+        service.close()
+
+
+def test_a_feed_without_a_contract_stops_the_start(chain, tmp_path, write_config):
+    service = _service(
+        chain, tmp_path, write_config, 'native_price_feed = "0x000000000000000000000000000000000000dEaD"'
+    )
+    try:
+        with pytest.raises(ConfigError, match="native_price_feed 0x000000000000000000000000000000000000dEaD holds no"):
+            service.start()
+    finally:
+        service.close()
