@@ -490,51 +490,324 @@ def _lt_of(account: AaveAccount, market: Market, asset: str) -> int:
     return cfg.liquidation_threshold_bps
 
 
-def min_supply(account: AaveAccount, market: Market, asset: str, target_hf_wad: int) -> int | None:
+# ---- the same arithmetic with each reserve's constants computed once (the book-wide path) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveTerms:
+    """What ``calculateUserAccountData`` multiplies one reserve's balances by, for the users of one e-mode
+    category at one market: the price it uses (the category's price source for its assets), 10^decimals,
+    whether the reserve's collateral counts at all (configured LT != 0), the effective LT and LTV (the
+    category's for its assets; LTV 0 where the reserve's is 0), the normalized income and debt at the
+    market's timestamp, and what :func:`margin_account` needs besides (price key, decimals, rates)."""
+
+    price: int
+    unit: int
+    counted: bool
+    lt: int
+    ltv: int
+    income: int
+    debt_index: int
+    decimals: int
+    price_key: str
+    supply_rate: float
+    borrow_rate: float
+
+
+class MarketTerms:
+    """:class:`ReserveTerms` of every reserve of ``market`` for the users of e-mode ``category`` (0: none),
+    computed on first use and kept: one ``normalized_income`` / ``normalized_debt`` per reserve per read
+    instead of one per account. ``market``'s mappings must not change while it is in use (they never do:
+    a moved price is a new :class:`Market`)."""
+
+    __slots__ = ("_cat", "_emode_price", "_market", "_memo")
+
+    def __init__(self, market: Market, category: int) -> None:
+        cat = market.emode_categories.get(category) if category else None
+        self._cat = cat
+        self._emode_price = market.prices_e8.get(cat.price_source, 0) if cat is not None and cat.price_source else 0
+        self._market = market
+        self._memo: dict[str, ReserveTerms] = {}
+
+    @property
+    def market(self) -> Market:
+        return self._market
+
+    def __getitem__(self, asset: str) -> ReserveTerms:
+        found = self._memo.get(asset)
+        if found is None:
+            found = self._memo[asset] = self._terms(asset)
+        return found
+
+    def _terms(self, asset: str) -> ReserveTerms:
+        market, cat = self._market, self._cat
+        reserve = market.reserves[asset]
+        cfg = reserve.config
+        in_cat = cat is not None and cfg.emode_category == cat.category_id
+        emode = self._emode_price if in_cat else 0
+        lt, ltv = cfg.liquidation_threshold_bps, cfg.ltv_bps
+        if in_cat and cat is not None:
+            lt = cat.liquidation_threshold_bps
+            ltv = cat.ltv_bps if ltv else 0
+        now = market.timestamp_s
+        return ReserveTerms(
+            price=emode or market.prices_e8[asset],
+            unit=10**cfg.decimals,
+            counted=cfg.liquidation_threshold_bps != 0,
+            lt=lt,
+            ltv=ltv,
+            income=reserve.normalized_income(now),
+            debt_index=reserve.normalized_debt(now),
+            decimals=cfg.decimals,
+            price_key=cat.price_source if emode and cat is not None else "",
+            supply_rate=reserve.liquidity_rate_ray / RAY,
+            borrow_rate=reserve.variable_borrow_rate_ray / RAY,
+        )
+
+
+def _totals(account: AaveAccount, terms: MarketTerms, skip: str = "") -> tuple[int, int, int, int]:
+    """(total collateral, sum collateral x LTV, sum collateral x LT, total debt) in the base currency, the
+    reserve ``skip`` left out: :func:`account_data`'s sums."""
+    total_c = total_d = ltv_acc = lt_acc = 0
+    for ur in account.reserves:
+        t = terms[ur.asset]
+        if ur.asset == skip:
+            continue
+        if ur.using_as_collateral and t.counted:
+            value = (ur.scaled_a_balance * t.income + HALF_RAY) // RAY * t.price // t.unit
+            total_c += value
+            ltv_acc += value * t.ltv
+            lt_acc += value * t.lt
+        if ur.borrowing:
+            variable = (ur.scaled_variable_debt * t.debt_index + HALF_RAY) // RAY if ur.scaled_variable_debt else 0
+            total_d += t.price * (variable + ur.stable_debt) // t.unit
+    return total_c, ltv_acc, lt_acc, total_d
+
+
+def _health(total_c: int, lt_acc: int, total_d: int) -> int:
+    if total_d == 0:
+        return MAX_UINT256
+    avg_lt = lt_acc // total_c if total_c else 0
+    return wad_div(percent_mul(total_c, avg_lt), total_d)
+
+
+def account_data_fast(account: AaveAccount, terms: MarketTerms) -> AccountData:
+    """:func:`account_data` with the reserves' constants taken from ``terms`` (the same integers; an account
+    with no reserve flagged has no collateral and no debt: health factor ``type(uint256).max``)."""
+    total_c, ltv_acc, lt_acc, total_d = _totals(account, terms)
+    avg_ltv = ltv_acc // total_c if total_c else 0
+    avg_lt = lt_acc // total_c if total_c else 0
+    borrowable = percent_mul(total_c, avg_ltv)
+    available = borrowable - total_d if borrowable >= total_d else 0
+    return AccountData(total_c, total_d, available, avg_lt, avg_ltv, _health(total_c, lt_acc, total_d))
+
+
+def margin_account_fast(account: AaveAccount, terms: MarketTerms, block_number: int = 0) -> MarginAccount:
+    """:func:`margin_account` with the reserves' constants taken from ``terms``."""
+    legs: list[Leg] = []
+    for ur in account.reserves:
+        t = terms[ur.asset]
+        if ur.using_as_collateral and t.counted:
+            amount = (ur.scaled_a_balance * t.income + HALF_RAY) // RAY
+            legs.append(Leg(ur.asset, LegKind.COLLATERAL, amount, t.decimals, t.lt, t.price_key, t.supply_rate))
+        if ur.borrowing:
+            variable = (ur.scaled_variable_debt * t.debt_index + HALF_RAY) // RAY if ur.scaled_variable_debt else 0
+            legs.append(
+                Leg(ur.asset, LegKind.DEBT, variable + ur.stable_debt, t.decimals, BPS, t.price_key, t.borrow_rate)
+            )
+    return MarginAccount("aave-v3", account.user, tuple(legs), block_number)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _SupplyCurve:
+    """The exact health factor of ``account`` after supplying ``x`` of ``asset`` on its behalf (enabled as
+    collateral): :func:`after_top_up` then :func:`account_data`, with the other reserves summed once."""
+
+    __slots__ = ("c0", "d", "l0", "s", "t")
+
+    def __init__(self, account: AaveAccount, terms: MarketTerms, asset: str) -> None:
+        self.c0, _, self.l0, _ = _totals(account, terms, skip=asset)
+        self.d = _totals(account, terms)[3]  # a supply leaves every debt as it is
+        ur = account.reserve(asset)
+        self.s = ur.scaled_a_balance if ur is not None else 0
+        self.t = terms[asset]
+
+    def value(self, x: int) -> int:
+        t = self.t
+        if not t.counted:
+            return 0
+        scaled = self.s + ((x * RAY + t.income // 2) // t.income if x else 0)
+        return (scaled * t.income + HALF_RAY) // RAY * t.price // t.unit
+
+    def hf(self, x: int) -> int:
+        v = self.value(x)
+        return _health(self.c0 + v, self.l0 + v * self.t.lt, self.d)
+
+    def least(self, target_wad: int) -> int | None:
+        """Fewest units that reach ``target_wad``, in closed form, where the health factor cannot fall as
+        the supply grows: the asset's LT at least the other collateral's average (C0 LT >= L0), so the
+        floored average LT never drops. Otherwise, or when the verification fails, :data:`_UNSURE`."""
+        t, c0, l0, d = self.t, self.c0, self.l0, self.d
+        if self.hf(0) >= target_wad:
+            return 0
+        if not t.counted:
+            return None  # the reserve's collateral does not count: no supply helps
+        if t.price <= 0 or t.lt < 2 or t.lt * c0 < l0 or target_wad < 1:
+            return _UNSURE
+        # HF >= target  <=>  percentMul(C, avgLT) >= A  <=>  C * floor(L / C) >= B, with V the asset's value
+        a_min = _ceil_div(target_wad * d - d // 2, WAD)
+        b = BPS * a_min - BPS // 2
+
+        def q(v: int) -> int:
+            c = c0 + v
+            return c * ((l0 + v * t.lt) // c) if c else 0
+
+        v0 = self.value(0)
+        lo = max(v0, _ceil_div(b - l0, t.lt) - 1)  # q(v) <= L0 + LT v < b below it
+        hi = max(lo + 1, _ceil_div(b + c0 - l0, t.lt - 1))  # q(v) > L0 + LT v - C0 - v >= b from here
+        if q(hi) < b or q(lo) >= b:
+            return _UNSURE
+        v_star = _bisect(lambda v: q(v) >= b, lo, hi)
+        # the fewest units whose value reaches v_star: invert floor(bal P / U), rayMul and rayDiv exactly
+        bal = _ceil_div(v_star * t.unit, t.price)
+        scaled = max(0, _ceil_div(bal * RAY - HALF_RAY, t.income))
+        x = max(0, _ceil_div((scaled - self.s) * t.income - t.income // 2, RAY))
+        if self.hf(x) >= target_wad and (x == 0 or self.hf(x - 1) < target_wad):
+            return x
+        return _UNSURE
+
+
+class _RepayCurve:
+    """The exact health factor of ``account`` after repaying ``r`` of its variable debt in ``asset`` on its
+    behalf: :func:`after_top_up` then :func:`account_data`, with the other reserves summed once."""
+
+    __slots__ = ("c", "d0", "lt_acc", "t", "ur", "variable")
+
+    def __init__(self, account: AaveAccount, terms: MarketTerms, asset: str) -> None:
+        self.c, _, self.lt_acc, _ = _totals(account, terms)  # a repay leaves every collateral as it is
+        self.d0 = _totals(account, terms, skip=asset)[3]
+        ur = account.reserve(asset)
+        assert ur is not None, "repay_blocker checks that the user has this debt"
+        self.ur = ur
+        self.t = terms[asset]
+        self.variable = (ur.scaled_variable_debt * self.t.debt_index + HALF_RAY) // RAY
+
+    def debt_value(self, r: int) -> int:
+        t, ur = self.t, self.ur
+        left = max(self.variable - r, 0)
+        scaled = (left * RAY + t.debt_index // 2) // t.debt_index if left else 0
+        if not (ur.borrowing and (scaled > 0 or ur.stable_debt > 0)):
+            return 0
+        variable = (scaled * t.debt_index + HALF_RAY) // RAY if scaled else 0
+        return t.price * (variable + ur.stable_debt) // t.unit
+
+    def hf(self, r: int) -> int:
+        return _health(self.c, self.lt_acc, self.d0 + self.debt_value(r))
+
+    def least(self, target_wad: int) -> int | None:
+        """Fewest units that reach ``target_wad`` (the health factor only rises as the debt falls), in
+        closed form; None when repaying all of it is not enough; :data:`_UNSURE` when the closed form does
+        not apply or its answer fails the check."""
+        t, ur = self.t, self.ur
+        if self.hf(0) >= target_wad:
+            return 0
+        if not ur.borrowing or t.price <= 0 or target_wad < 1:
+            return _UNSURE
+        kw = _health_numerator(self.c, self.lt_acc) * WAD
+        # wadDiv(K, D) >= target  <=>  K WAD + floor(D / 2) >= target D: the largest such D, even or odd
+        d_max = 2 * (kw // (2 * target_wad - 1))
+        if kw >= target_wad:
+            d_max = max(d_max, 2 * ((kw - target_wad) // (2 * target_wad - 1)) + 1)
+        dv_max = d_max - self.d0  # the most this asset's debt may be worth
+        if dv_max < 0:
+            return None if self.hf(self.variable) < target_wad else _UNSURE
+        balance = ((dv_max + 1) * t.unit - 1) // t.price - ur.stable_debt  # floor(P bal / U) <= dv_max
+        if balance < 0:
+            return None if self.hf(self.variable) < target_wad else _UNSURE
+        scaled = ((balance + 1) * RAY - HALF_RAY - 1) // t.debt_index  # rayMul(scaled, index) <= balance
+        left = ((scaled + 1) * t.debt_index - t.debt_index // 2 - 1) // RAY  # rayDiv(left, index) <= scaled
+        r = max(0, self.variable - left)
+        if self.hf(r) >= target_wad and (r == 0 or self.hf(r - 1) < target_wad):
+            return r
+        return _UNSURE
+
+
+def _health_numerator(total_c: int, lt_acc: int) -> int:
+    return percent_mul(total_c, lt_acc // total_c if total_c else 0)
+
+
+_UNSURE = -1
+"""``least`` could not answer in closed form: the caller runs the bracketed search."""
+
+
+def min_supply(
+    account: AaveAccount, market: Market, asset: str, target_hf_wad: int, *, terms: MarketTerms | None = None
+) -> int | None:
     """Fewest units of ``asset`` to supply on behalf so the exact HF reaches ``target_hf_wad``.
 
-    Closed form as the starting point, ``(D target - sum C_i LT_i) / LT_a x 10^dec / P``; the answer is the
-    exact integer found by a bracketed search on :func:`account_data`. None when a supply cannot help (see
-    :func:`supply_blocker`).
+    Where the health factor cannot fall as the supply grows (the asset's LT at least the other collateral's
+    average), the answer is computed in closed form on the integers (:meth:`_SupplyCurve.least`: the least
+    value of the asset that reaches the target, then the least amount of that value through the floors of
+    the price, ``rayMul`` and ``rayDiv``) and checked: the HF reaches the target at it and not one unit
+    below. Otherwise a bracketed search on the exact HF starts from the closed form ``(D target - sum C_i
+    LT_i) / LT_a x 10^dec / P``. None when a supply cannot help (see :func:`supply_blocker`). ``terms``: the
+    market's reserve constants for the account's e-mode category, when the caller has them.
     """
     if supply_blocker(account, market, asset) is not None:
         return None
+    terms = terms if terms is not None else MarketTerms(market, account.emode_category)
+    return _min_supply_on(_SupplyCurve(account, terms, asset), account, terms, asset, target_hf_wad)
 
-    def hf(a: int) -> int:
-        return health_factor(after_top_up(account, market, asset, add_collateral=a, enable_collateral=True), market)
 
-    d = account_data(account, market)
-    cfg = market.reserves[asset].config
-    lt = _lt_of(account, market, asset)
-    price = asset_price(account, market, asset)
+def _min_supply_on(
+    curve: _SupplyCurve, account: AaveAccount, terms: MarketTerms, asset: str, target_hf_wad: int
+) -> int | None:
+    found = curve.least(target_hf_wad)
+    if found != _UNSURE:
+        return found
+    hf = curve.hf
+    d = account_data_fast(account, terms)
+    t = terms[asset]
+    lt, price = t.lt, t.price
     need_base = d.total_debt_base * target_hf_wad // WAD
-    hi = max(1, (need_base * BPS // max(lt, 1) + 1) * 10**cfg.decimals // price + 1)
+    hi = max(1, (need_base * BPS // max(lt, 1) + 1) * t.unit // price + 1)
     for _ in range(64):
         if hf(hi) >= target_hf_wad:
             break
         hi *= 2
     have = d.total_collateral_base * d.current_liquidation_threshold_bps // BPS
-    guess = max(1, (need_base - have) * BPS // max(lt, 1) * 10**cfg.decimals // price)
+    guess = max(1, (need_base - have) * BPS // max(lt, 1) * t.unit // price)
     return _min_amount(hf, target_hf_wad, hi, guess)
 
 
-def min_repay(account: AaveAccount, market: Market, asset: str, target_hf_wad: int) -> int | None:
+def min_repay(
+    account: AaveAccount, market: Market, asset: str, target_hf_wad: int, *, terms: MarketTerms | None = None
+) -> int | None:
     """Fewest units of ``asset``'s variable debt to repay on behalf so the exact HF reaches the target
-    (None if repaying the whole debt of this asset is not enough, or a repay cannot run). Closed form as the
-    starting point: the debt that leaves ``HF = target``, ``D - C LT / target``, in the asset's units."""
+    (None if repaying the whole debt of this asset is not enough, or a repay cannot run). The HF only rises
+    as the debt falls: the answer is computed in closed form on the integers (:meth:`_RepayCurve.least`:
+    the most debt that still reaches the target, back through the floors of the price, ``rayMul`` and
+    ``rayDiv``) and checked; should the check fail, a bracketed search starts from ``D - C LT / target``."""
     if repay_blocker(account, market, asset) is not None:
         return None
-    ur = account.reserve(asset)
-    assert ur is not None  # repay_blocker checked it
-    debt = ray_mul(ur.scaled_variable_debt, market.reserves[asset].normalized_debt(market.timestamp_s))
-    d = account_data(account, market)
-    price = asset_price(account, market, asset)
+    terms = terms if terms is not None else MarketTerms(market, account.emode_category)
+    return _min_repay_on(_RepayCurve(account, terms, asset), account, terms, asset, target_hf_wad)
+
+
+def _min_repay_on(
+    curve: _RepayCurve, account: AaveAccount, terms: MarketTerms, asset: str, target_hf_wad: int
+) -> int | None:
+    found = curve.least(target_hf_wad)
+    if found != _UNSURE:
+        return found
+    d = account_data_fast(account, terms)
+    t = terms[asset]
     allowed_base = percent_mul(d.total_collateral_base, d.current_liquidation_threshold_bps) * WAD // target_hf_wad
-    unit = 10 ** market.reserves[asset].config.decimals
-    guess = (d.total_debt_base - allowed_base) * unit // price if price > 0 else None
-    return _min_amount(
-        lambda r: health_factor(after_top_up(account, market, asset, repay=r), market), target_hf_wad, debt, guess
-    )
+    guess = (d.total_debt_base - allowed_base) * t.unit // t.price if t.price > 0 else None
+    return _min_amount(curve.hf, target_hf_wad, curve.variable, guess)
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,10 +899,17 @@ class Liquidation:
 
 
 def liquidation_outcome(
-    account: AaveAccount, market: Market, collateral_asset: str, debt_asset: str, debt_to_cover: int = MAX_UINT256
+    account: AaveAccount,
+    market: Market,
+    collateral_asset: str,
+    debt_asset: str,
+    debt_to_cover: int = MAX_UINT256,
+    *,
+    health_wad: int | None = None,
 ) -> Liquidation:
-    """What ``liquidationCall(collateral, debt, user, debtToCover, false)`` takes (what is at stake)."""
-    hf = health_factor(account, market)
+    """What ``liquidationCall(collateral, debt, user, debtToCover, false)`` takes (what is at stake).
+    ``health_wad``: the account's health factor at ``market`` when the caller has it."""
+    hf = health_factor(account, market) if health_wad is None else health_wad
     close = DEFAULT_CLOSE_FACTOR_BPS if hf > CLOSE_FACTOR_HF_THRESHOLD else MAX_CLOSE_FACTOR_BPS
     now = market.timestamp_s
     d_res, c_res = market.reserves[debt_asset], market.reserves[collateral_asset]
@@ -669,6 +949,7 @@ class AaveRules:
     symbols: Mapping[str, str] = field(default_factory=dict)
     protocol: str = "aave-v3"
     _hf: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # per account, this read
+    _terms: dict[int, MarketTerms] = field(default_factory=dict, compare=False, repr=False)  # per e-mode category
 
     def _acct(self, account: str) -> AaveAccount:
         found = self.accounts.get(account) or self.accounts.get(account.lower())
@@ -681,11 +962,20 @@ class AaveRules:
     def _name(self, asset: str) -> str:
         return self.symbols.get(asset, asset)
 
+    def terms(self, category: int) -> MarketTerms:
+        """This read's reserve constants for the users of e-mode ``category`` (computed once per read)."""
+        found = self._terms.get(category)
+        if found is None:
+            found = self._terms[category] = MarketTerms(self.market, category)
+        return found
+
     def health(self, account: str) -> int:
         key = account.lower()
-        if key not in self._hf:
-            self._hf[key] = health_factor(self._acct(account), self.market)
-        return self._hf[key]
+        found = self._hf.get(key)
+        if found is None:
+            acct = self._acct(account)
+            found = self._hf[key] = account_data_fast(acct, self.terms(acct.emode_category)).health_factor_wad
+        return found
 
     def liquidatable(self, account: str) -> bool:
         """``liquidationCall``'s check, HF < 1e18 (:func:`is_liquidatable`)."""
@@ -694,40 +984,51 @@ class AaveRules:
     def health_at(self, account: str, prices_e8: Mapping[str, int]) -> int:
         """The exact health factor of ``account`` at other prices (asset -> e8), this read's balances."""
         moved = replace(self.market, prices_e8={**self.market.prices_e8, **prices_e8})
-        return health_factor(self._acct(account), moved)
+        acct = self._acct(account)
+        return account_data_fast(acct, MarketTerms(moved, acct.emode_category)).health_factor_wad
 
     def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
-        return margin_account(self._acct(account), self.market, block_number)
+        acct = self._acct(account)
+        return margin_account_fast(acct, self.terms(acct.emode_category), block_number)
 
     def options(
         self, account: str, survive_prices_e8: Mapping[str, int], wallet: Mapping[str, int], budget_e6: int
     ) -> tuple[list[ActionOption], list[str]]:
         acct = self._acct(account)
-        stressed = replace(self.market, prices_e8={**self.market.prices_e8, **survive_prices_e8})
         held = {a: q for a, q in wallet.items() if q > 0 and a in self.market.reserves}
         if not held:
             return [], ["the keeper's wallet holds none of the pool's assets"]
+        stressed = replace(self.market, prices_e8={**self.market.prices_e8, **survive_prices_e8})
+        at_stress = MarketTerms(stressed, acct.emode_category)
+        today = self.terms(acct.emode_category)
         out: list[ActionOption] = []
         why: list[str] = []
         for asset, q in sorted(held.items()):
-            unit = 10 ** self.market.reserves[asset].config.decimals
-            price = asset_price(acct, self.market, asset)  # today's price: what the action costs
+            unit = today[asset].unit
+            price = today[asset].price  # today's price: what the action costs
             budget_units = budget_e6 * 100 * unit // price if price > 0 else 0
             name = self._name(asset)
-            for kind, blocker, fn in (
-                (ADD_COLLATERAL, supply_blocker, min_supply),
-                (REPAY_DEBT, repay_blocker, min_repay),
-            ):
-                verb = "supply" if kind == ADD_COLLATERAL else "repay"
-                blocked = blocker(acct, self.market, asset)
+            for kind in (ADD_COLLATERAL, REPAY_DEBT):
+                supply = kind == ADD_COLLATERAL
+                verb = "supply" if supply else "repay"
+                blocked = (
+                    supply_blocker(acct, self.market, asset) if supply else repay_blocker(acct, self.market, asset)
+                )
                 if blocked is not None:
                     why.append(f"{verb} {name}: {blocked.replace(asset, name)}")
                     continue
-                need = fn(acct, stressed, asset, HF_LIQUIDATION_THRESHOLD)
+                # the exact HF at the prices to survive after supplying / repaying x (after_top_up + account_data)
+                curve: _SupplyCurve | _RepayCurve
+                if supply:
+                    curve = _SupplyCurve(acct, at_stress, asset)
+                    need = _min_supply_on(curve, acct, at_stress, asset, HF_LIQUIDATION_THRESHOLD)
+                else:
+                    curve = _RepayCurve(acct, at_stress, asset)
+                    need = _min_repay_on(curve, acct, at_stress, asset, HF_LIQUIDATION_THRESHOLD)
                 if need == 0:
                     continue
                 cap = min(q, budget_units)
-                if kind == REPAY_DEBT:
+                if not supply:
                     ur = acct.reserve(asset)
                     debt = ur.debt_balance(self.market.reserves[asset], self.market.timestamp_s) if ur else 0
                     cap = min(cap, debt)
@@ -736,8 +1037,7 @@ class AaveRules:
                 if not reaches:
                     if need is None:
                         why.append(
-                            f"{verb} {name}: even the whole {'debt' if kind == REPAY_DEBT else 'wallet'} "
-                            "does not survive the move"
+                            f"{verb} {name}: even the whole {'wallet' if supply else 'debt'} does not survive the move"
                         )
                     elif need > q:
                         why.append(f"{verb} {name}: needs {need} units, the wallet holds {q}")
@@ -748,19 +1048,7 @@ class AaveRules:
                         )
                 if amount <= 0:
                     continue
-                after = after_top_up(
-                    acct,
-                    stressed,
-                    asset,
-                    add_collateral=amount if kind == ADD_COLLATERAL else 0,
-                    repay=amount if kind == REPAY_DEBT else 0,
-                    enable_collateral=kind == ADD_COLLATERAL,
-                )
-                out.append(
-                    ActionOption(
-                        kind, asset, amount, amount * price // unit // 100, reaches, health_factor(after, stressed)
-                    )
-                )
+                out.append(ActionOption(kind, asset, amount, amount * price // unit // 100, reaches, curve.hf(amount)))
         return out, why
 
     def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
@@ -775,7 +1063,7 @@ class AaveRules:
         debts = [r.asset for r in acct.reserves if r.borrowing]
         for c in colls:
             for d in debts:
-                out = liquidation_outcome(acct, self.market, c, d)
+                out = liquidation_outcome(acct, self.market, c, d, health_wad=self.health(account))
                 price_c = asset_price(acct, self.market, c)
                 unit_c = 10 ** self.market.reserves[c].config.decimals
                 seized = (out.collateral_to_liquidator + out.protocol_fee_collateral) * price_c // unit_c

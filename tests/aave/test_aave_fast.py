@@ -1,0 +1,178 @@
+"""The book-wide fast path of the Aave arithmetic equals the contract mirror (pure, no chain).
+
+``account_data_fast`` / ``margin_account_fast`` (each reserve's constants computed once per read) against
+:func:`account_data` / :func:`margin_account`, and the closed-form ``min_supply`` / ``min_repay`` against the
+bracketed search on ``after_top_up`` + ``account_data`` they replaced (kept here as the oracle), on generated
+markets: several reserves, decimals 6-18, e-mode with and without a price source, interest accrued, stable
+debt, LT-0 and LTV-0 reserves, supplies of an asset whose LT is below the account's average (where the
+floored average LT makes the health factor saw-toothed and the search is kept).
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keeper.accounts import aave_v3 as av
+from keeper.accounts.aave_v3 import (
+    RAY,
+    WAD,
+    AaveAccount,
+    AaveRules,
+    EModeCategory,
+    Market,
+    MarketTerms,
+    ReserveState,
+    UserReserve,
+    account_data,
+    account_data_fast,
+    after_top_up,
+    decode_reserve_configuration,
+    health_factor,
+    margin_account,
+    margin_account_fast,
+)
+
+ASSETS = ("WETH", "WBTC", "USDC", "DAI", "LINK")
+
+
+def _old_min_supply(account: AaveAccount, market: Market, asset: str, target: int) -> int | None:
+    """min_supply as it was: the bracketed search on after_top_up + account_data (the oracle)."""
+    if av.supply_blocker(account, market, asset) is not None:
+        return None
+
+    def hf(a: int) -> int:
+        return health_factor(after_top_up(account, market, asset, add_collateral=a, enable_collateral=True), market)
+
+    d = account_data(account, market)
+    cfg = market.reserves[asset].config
+    lt = av._lt_of(account, market, asset)
+    price = av.asset_price(account, market, asset)
+    need_base = d.total_debt_base * target // WAD
+    hi = max(1, (need_base * 10_000 // max(lt, 1) + 1) * 10**cfg.decimals // price + 1)
+    for _ in range(64):
+        if hf(hi) >= target:
+            break
+        hi *= 2
+    have = d.total_collateral_base * d.current_liquidation_threshold_bps // 10_000
+    guess = max(1, (need_base - have) * 10_000 // max(lt, 1) * 10**cfg.decimals // price)
+    return av._min_amount(hf, target, hi, guess)
+
+
+def _old_min_repay(account: AaveAccount, market: Market, asset: str, target: int) -> int | None:
+    if av.repay_blocker(account, market, asset) is not None:
+        return None
+    ur = account.reserve(asset)
+    assert ur is not None
+    debt = av.ray_mul(ur.scaled_variable_debt, market.reserves[asset].normalized_debt(market.timestamp_s))
+    d = account_data(account, market)
+    price = av.asset_price(account, market, asset)
+    allowed = av.percent_mul(d.total_collateral_base, d.current_liquidation_threshold_bps) * WAD // target
+    unit = 10 ** market.reserves[asset].config.decimals
+    guess = (d.total_debt_base - allowed) * unit // price if price > 0 else None
+    return av._min_amount(lambda r: health_factor(after_top_up(account, market, asset, repay=r), market), target, debt, guess)
+
+
+@st.composite
+def books(draw):
+    """A market of 2-5 reserves (one e-mode category over the stablecoins) and one account on it."""
+    n = draw(st.integers(2, 5))
+    now = draw(st.integers(0, 200 * 86_400))
+    reserves, prices = {}, {}
+    for rid, asset in enumerate(ASSETS[:n]):
+        decimals = draw(st.sampled_from((6, 8, 18)))
+        lt = draw(st.sampled_from((0, 5_000, 7_800, 8_000, 8_250, 8_600)))
+        ltv = 0 if lt == 0 else draw(st.sampled_from((0, lt - 500)))
+        bitmap = ltv | lt << 16 | 10_500 << 32 | decimals << 48 | 1 << 56 | 1 << 58
+        if asset in ("USDC", "DAI"):
+            bitmap |= 1 << 168  # e-mode category 1
+        reserves[asset] = ReserveState(
+            asset,
+            decode_reserve_configuration(bitmap),
+            draw(st.integers(RAY, 13 * RAY // 10)),
+            draw(st.integers(0, RAY // 5)),
+            draw(st.integers(RAY, 15 * RAY // 10)),
+            draw(st.integers(0, RAY // 3)),
+            draw(st.integers(0, now)),
+            rid,
+        )
+        prices[asset] = draw(st.integers(10**6, 10**13))
+    source = draw(st.sampled_from(("", "SRC")))
+    if source:
+        prices["SRC"] = draw(st.integers(9 * 10**7, 11 * 10**7))
+    emodes = {1: EModeCategory(1, 9_300, 9_500, 10_100, source)}
+    users = []
+    for asset in ASSETS[:n]:
+        coll, borrow = draw(st.booleans()), draw(st.booleans())
+        if not (coll or borrow or draw(st.booleans())):
+            continue
+        unit = 10 ** reserves[asset].config.decimals
+        users.append(
+            UserReserve(
+                asset,
+                draw(st.integers(0, 10**6)) * unit // 100 if coll else 0,
+                draw(st.integers(1, 10**6)) * unit // 200 if borrow else 0,
+                draw(st.sampled_from((0, 0, unit * 7))) if borrow else 0,
+                coll,
+                borrow,
+            )
+        )
+    account = AaveAccount("0xa", draw(st.sampled_from((0, 0, 1))), tuple(users))
+    return Market(reserves, prices, emodes, now), account
+
+
+@settings(max_examples=300, deadline=None)
+@given(book=books())
+def test_fast_account_data_and_view_equal_the_contract_mirror(book):
+    market, account = book
+    terms = MarketTerms(market, account.emode_category)
+    assert account_data_fast(account, terms) == account_data(account, market)
+    assert margin_account_fast(account, terms, 7) == margin_account(account, market, 7)
+    rules = AaveRules({"0xa": account}, market)
+    assert rules.health("0xa") == health_factor(account, market)
+    assert rules.margin_account("0xa", 7) == margin_account(account, market, 7)
+
+
+@settings(max_examples=300, deadline=None)
+@given(book=books(), x=st.integers(0, 10**24), target=st.integers(WAD // 2, 3 * WAD))
+def test_curves_equal_after_top_up_and_closed_forms_equal_the_search(book, x, target):
+    market, account = book
+    terms = MarketTerms(market, account.emode_category)
+    for ur in account.reserves:
+        asset = ur.asset
+        if av.supply_blocker(account, market, asset) is None:
+            curve = av._SupplyCurve(account, terms, asset)
+            for amount in (0, 1, x, x // 10**9):
+                up = after_top_up(account, market, asset, add_collateral=amount, enable_collateral=True)
+                assert curve.hf(amount) == health_factor(up, market)
+            got = av.min_supply(account, market, asset, target)
+            assert got == _old_min_supply(account, market, asset, target)
+        if av.repay_blocker(account, market, asset) is None:
+            curve_r = av._RepayCurve(account, terms, asset)
+            for amount in (0, 1, x, x // 10**9, curve_r.variable, curve_r.variable - 1):
+                assert curve_r.hf(amount) == health_factor(after_top_up(account, market, asset, repay=amount), market)
+            assert av.min_repay(account, market, asset, target) == _old_min_repay(account, market, asset, target)
+
+
+def test_supply_below_the_average_lt_keeps_the_search():
+    """USDC (LT 80 %) supplied to a WETH account (LT 82.5 %): the average LT falls as USDC is added, so the
+    closed form stands aside and the search answers; the answer is minimal at the exact HF."""
+    cfg = {"WETH": (8000, 8250, 18), "USDC": (7700, 8000, 6)}
+    reserves = {
+        a: ReserveState(a, decode_reserve_configuration(ltv | lt << 16 | d << 48 | 1 << 56), RAY, 0, RAY, 0, 0, i)
+        for i, (a, (ltv, lt, d)) in enumerate(cfg.items())
+    }
+    market = Market(reserves, {"WETH": 3_000 * 10**8, "USDC": 10**8}, {}, 0)
+    account = AaveAccount(
+        "0xa",
+        0,
+        (UserReserve("WETH", 10 * 10**18, 0, 0, True, False), UserReserve("USDC", 0, 26_000 * 10**6, 0, False, True)),
+    )
+    terms = MarketTerms(market, 0)
+    assert av._SupplyCurve(account, terms, "USDC").least(WAD) == av._UNSURE
+    got = av.min_supply(account, market, "USDC", WAD)
+    assert got == _old_min_supply(account, market, "USDC", WAD)
+    assert got is not None
+    up = after_top_up(account, market, "USDC", add_collateral=got, enable_collateral=True)
+    down = after_top_up(account, market, "USDC", add_collateral=got - 1, enable_collateral=True)
+    assert health_factor(up, market) >= WAD > health_factor(down, market)
