@@ -42,12 +42,14 @@ integer health factor) then finds the least supply or repay that keeps the accou
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import stats
 
 from keeper.accounts.base import BPS, LegKind, MarginAccount
 from keeper.domain import SECONDS_PER_YEAR
@@ -568,7 +570,21 @@ def account_var_es(risk: AccountRisk, level: float = 0.99, student_t_nu: float |
     sd = risk.sigma_margin_usd * math.sqrt(h_years)
     if student_t_nu is None or sd == 0:
         return var_es_normal(mu, sd, level)
-    return var_es_student_t(mu, sd * math.sqrt((student_t_nu - 2.0) / student_t_nu), student_t_nu, level)
+    scale = sd * math.sqrt((student_t_nu - 2.0) / student_t_nu)
+    if not 0.0 < level < 1.0 or not student_t_nu > 1:
+        return var_es_student_t(mu, scale, student_t_nu, level)  # raises, with its message
+    # var_es_student_t's formula with the quantile and density of the standard t cached (one scipy call per
+    # (nu, level), not one per account)
+    t, density = _student_t_point(float(student_t_nu), float(level))
+    es = mu + scale * density / (1 - level) * (student_t_nu + t * t) / (student_t_nu - 1)
+    return VarEs(float(mu + scale * t), float(es), level, "student_t")
+
+
+@functools.lru_cache(maxsize=32)
+def _student_t_point(nu: float, level: float) -> tuple[float, float]:
+    """The standard Student-t's ``level`` quantile and its density there."""
+    t = stats.t.ppf(level, nu)
+    return float(t), float(stats.t.pdf(t, nu))
 
 
 def account_breach_mc(

@@ -23,6 +23,8 @@ decision is one ``account_decision`` event with its reason, ranked by breach pro
 
 from __future__ import annotations
 
+import heapq
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,7 +67,15 @@ SPENDING_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPA
 ACCOUNT_KINDS = (*SPENDING_KINDS, AccountActionKind.REDUCE_EXPOSURE.value, AccountActionKind.RELEASE.value)
 GAS_LIMIT_DEFAULT = {"aave-v3": 200_000, "perp-v2": 400_000}  # Aave repay ~166k, supply ~136k; Curie depositFor
 RANKED_IN_LOG = 10
+HOLDS_AT_INFO_MAX = 100
+"""Books up to this many accounts log every decision at info; larger ones log the held accounts at debug."""
 WAD = 10**18
+
+
+def _enabled_for(logger: Any, level: int) -> bool:
+    """Whether ``logger`` emits ``level`` (structlog's filtering loggers say; any other: assume it does)."""
+    check = getattr(logger.bind(), "is_enabled_for", None)
+    return True if check is None else bool(check(level))
 
 
 def _below_one(rules: Any, user: str, prices_e8: Mapping[str, int]) -> bool:
@@ -321,6 +331,7 @@ class AccountKeeperService(KeeperService):
             block=snap.block_number,
             accounts=len(outcome.decisions),
             endangered=sum(1 for d in outcome.decisions if d.band == "trigger"),
+            held=sum(1 for d in outcome.decisions if d.band == "hold"),
             actions=len(outcome.actions),
             sent=sum(1 for s in report.sent if s.get("state") not in ("rejected", "error")),
             worst_breach_probability=max((r.breach_probability for r in outcome.risks), default=0.0),
@@ -359,35 +370,42 @@ class AccountKeeperService(KeeperService):
         )
 
     def _explain_accounts(self, snap: AccountBook, outcome: AccountBookDecision) -> None:
-        """One ``account_decision`` per account, and the watch list ranked by breach probability."""
-        risks = {r.account.lower(): r for r in outcome.risks}
-
-        def name(asset: str) -> str:
-            return self._symbols.get(asset, asset)
+        """One ``account_decision`` per account that is not held (every trigger, release and open transaction,
+        with its reason); the held ones too when the book has at most ``HOLDS_AT_INFO_MAX`` accounts, else at
+        debug only (a risk team's 10,000-account watch book would write 10,000 hold lines a cycle). With
+        ``watch_all`` or a larger book, ``accounts_ranked``: the watch list's top ten by breach probability."""
+        debug = _enabled_for(log, logging.DEBUG)
+        holds_at_info = len(outcome.decisions) <= HOLDS_AT_INFO_MAX
+        risks = {r.account.lower(): r for r in outcome.risks} if outcome.decisions else {}
+        chain_id = self.config.chain.chain_id
+        symbols = self._symbols
 
         for d in outcome.decisions:
+            held = d.band == "hold"
+            if held and not holds_at_info and not debug:
+                continue
             onchain = snap.onchain_health.get(d.key)
             risk = risks[d.key]
             tail = account_var_es(risk) if risk.has_debt else None
-            log.bind(chain_id=self.config.chain.chain_id, account=d.account.lower(), protocol=d.protocol).info(
+            bound = log.bind(chain_id=chain_id, account=d.account.lower(), protocol=d.protocol)
+            emit = bound.debug if held and not holds_at_info else bound.info
+            emit(
                 "account_decision",
                 health_factor=d.health_wad / 1e18 if d.health_wad else None,
                 health_factor_onchain=(onchain / 1e18) if onchain is not None and d.health_wad else None,
                 debt_usd=round(d.debt_usd, 2),
                 margin_excess_usd=round(d.margin_excess_usd, 2),
-                dominant_asset=self._symbols.get(d.dominant_asset, d.dominant_asset),
+                dominant_asset=symbols.get(d.dominant_asset, d.dominant_asset),
                 liquidation_price=d.liquidation_price_e8 / 1e8,
                 log_distance=round(d.log_distance, 6),
                 breach_probability=d.breach_probability,
                 method=d.method,
                 horizon_s=d.horizon_s,
-                stale=[self._symbols.get(a, a) for a in d.stale_assets],
+                stale=[symbols.get(a, a) for a in d.stale_assets],
                 # which price liquidates and what the risk model forecast (Perp v2: the mark, index, premium gap)
-                price_basis={
-                    self._symbols.get(a, a): snap.price_basis[a] for a in risk.gradient_usd if a in snap.price_basis
-                }
+                price_basis={symbols.get(a, a): snap.price_basis[a] for a in risk.gradient_usd if a in snap.price_basis}
                 or None,
-                exposure_usd={self._symbols.get(a, a): round(g, 2) for a, g in risk.gradient_usd.items()},
+                exposure_usd={symbols.get(a, a): round(g, 2) for a, g in risk.gradient_usd.items()},
                 var_99_usd=round(tail.var, 2) if tail else None,
                 es_99_usd=round(tail.es, 2) if tail else None,
                 band=d.band,
@@ -396,8 +414,8 @@ class AccountKeeperService(KeeperService):
                 cost_usd=d.cost_e6 / 1e6,
                 reason=d.reason,
             )
-        ranked = sorted(outcome.decisions, key=lambda d: -d.breach_probability)[:RANKED_IN_LOG]
-        if self.config.watch_all and ranked:
+        if (self.config.watch_all or not holds_at_info) and outcome.decisions:
+            ranked = heapq.nlargest(RANKED_IN_LOG, outcome.decisions, key=lambda d: d.breach_probability)
             log.info(
                 "accounts_ranked",
                 top=[{"account": d.account, "breach_probability": d.breach_probability} for d in ranked],
