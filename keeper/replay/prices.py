@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,12 +109,14 @@ def load_bars(
                 f"(expected timestamp_utc,unix_s,open,high,low,close,volume)"
             )
         idx = {c: cols.index(c) for c in REQUIRED_COLUMNS}
-        t: list[int] = []
-        o: list[float] = []
-        h: list[float] = []
-        lo: list[float] = []
-        c: list[float] = []
-        lines: list[int] = []
+        # typed arrays, not lists: 8 bytes a value (a list of floats holds 32), so years of minute bars load in tens
+        # of MB rather than hundreds
+        t = array("q")
+        o = array("d")
+        h = array("d")
+        lo = array("d")
+        c = array("d")
+        lines = array("q")
         for row in reader:
             line = reader.line_num
             if not row or all(not x.strip() for x in row):
@@ -146,7 +149,7 @@ def load_bars(
             lines.append(line)
     if len(t) < 2:
         raise InputError(f"{p}: needs at least 2 bars, found {len(t)}")
-    ta = np.asarray(t, dtype=np.int64)
+    ta = np.array(t, dtype=np.int64)
     diffs = np.diff(ta)
     step = int(np.median(diffs))
     limit = max_gap_s if max_gap_s is not None else max_gap_bars * step
@@ -162,10 +165,10 @@ def load_bars(
         symbol=symbol,
         source=str(p),
         t_s=ta,
-        open=np.asarray(o),
-        high=np.asarray(h),
-        low=np.asarray(lo),
-        close=np.asarray(c),
+        open=np.array(o, dtype=np.float64),
+        high=np.array(h, dtype=np.float64),
+        low=np.array(lo, dtype=np.float64),
+        close=np.array(c, dtype=np.float64),
         step_s=step,
     )
 
@@ -200,14 +203,75 @@ class Round:
     closes: tuple[str, ...] = ()
 
 
-def build_rounds(series: Sequence[Bars], order: str = "adverse", start_s: int | None = None) -> list[Round]:
+@dataclass(frozen=True, slots=True)
+class RoundGrid:
+    """The oracle rounds of several series merged on one clock, as columns (no Python object per round).
+
+    ``t_s[i]`` is round ``i``'s time; ``has[i, j]`` whether symbol ``symbols[j]`` is pushed at it, at
+    ``price_e8[i, j]`` (0 where it is not); ``closes[i, j]`` whether that symbol's bar completes at it. About 30
+    bytes a round for two symbols, where a list of :class:`Round` objects took over a kilobyte. :meth:`round` and
+    :meth:`iter_rounds` give the same :class:`Round` objects :func:`build_rounds` lists, made when asked for.
+    """
+
+    symbols: tuple[str, ...]
+    t_s: np.ndarray  # int64 (n,)
+    price_e8: np.ndarray  # int64 (n, len(symbols))
+    has: np.ndarray  # bool (n, len(symbols))
+    closes: np.ndarray  # bool (n, len(symbols))
+
+    def __len__(self) -> int:
+        return int(self.t_s.size)
+
+    def round(self, i: int) -> Round:
+        """Round ``i`` (negative indices count from the end)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"round {i} out of range ({len(self)} rounds)")
+        return next(self.iter_rounds(i % len(self), i % len(self) + 1))
+
+    def iter_rounds(self, lo: int = 0, hi: int | None = None, chunk: int = 4096) -> Iterator[Round]:
+        """Rounds ``lo .. hi - 1`` in order, converted from the columns ``chunk`` rounds at a time (0: all at once)."""
+        n = len(self)
+        hi = n if hi is None else min(hi, n)
+        step = chunk if chunk > 0 else max(1, hi - lo)
+        syms = self.symbols
+        for a in range(max(0, lo), hi, step):
+            b = min(hi, a + step)
+            ts = self.t_s[a:b].tolist()
+            px = self.price_e8[a:b].tolist()
+            has = self.has[a:b].tolist()
+            cl = self.closes[a:b].tolist()
+            for t, p, hs, c in zip(ts, px, has, cl, strict=True):
+                yield Round(
+                    t,
+                    {s: p[j] for j, s in enumerate(syms) if hs[j]},
+                    tuple(s for j, s in enumerate(syms) if c[j]),
+                )
+
+    def latest_price_usd(self, symbol: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The latest known price (USD float) of ``symbol`` at every round of ``lo .. hi - 1``, known prices counted
+        from round ``lo`` on (0.0 before the first)."""
+        j = self.symbols.index(symbol)
+        has = self.has[lo:hi, j]
+        px = self.price_e8[lo:hi, j]
+        last = np.maximum.accumulate(np.where(has, np.arange(has.size), -1)) if has.size else np.zeros(0, np.int64)
+        out = np.zeros(has.size)
+        known = last >= 0
+        out[known] = px[last[known]].astype(np.float64) / 1e8
+        return out
+
+
+def build_round_grid(series: Sequence[Bars], order: str = "adverse", start_s: int | None = None) -> RoundGrid:
     """Merge the sub-rounds of every series on one clock (series updating at the same second share a round).
 
     Only the common window of all series is used (from the latest first bar to the earliest last bar),
-    optionally from ``start_s`` on.
+    optionally from ``start_s`` on. Where two sub-rounds of one series fall on the same second (bars closer
+    together than their median interval), the later bar's price is the one pushed. Vectorised: the same
+    rounds :func:`build_rounds` lists, in arrays.
     """
     if not series:
         raise InputError("no price series given")
+    if order not in INTRABAR_ORDERS:
+        raise InputError(f"unknown intra-bar order {order!r}; allowed: {', '.join(INTRABAR_ORDERS)}")
     lo_t = max(int(b.t_s[0]) for b in series)
     hi_t = min(int(b.t_s[-1]) for b in series)
     if start_s is not None:
@@ -217,32 +281,57 @@ def build_rounds(series: Sequence[Bars], order: str = "adverse", start_s: int | 
             "the price series do not overlap in time: "
             + "; ".join(f"{b.symbol} {int(b.t_s[0])}..{int(b.t_s[-1])}" for b in series)
         )
-    by_t: dict[int, dict[str, int]] = {}
-    closes: dict[int, list[str]] = {}
+    per_series = []
     for b in series:
         d = b.step_s
-        offs = [0, d // 4, d // 2, (3 * d) // 4]
-        for i in range(len(b)):
-            t0 = int(b.t_s[i])
-            if t0 < lo_t or t0 > hi_t:
-                continue
-            path = bar_path(float(b.open[i]), float(b.high[i]), float(b.low[i]), float(b.close[i]), order)
-            for k in range(SUBROUNDS_PER_BAR):
-                by_t.setdefault(t0 + offs[k], {})[b.symbol] = to_e8(path[k])
-            closes.setdefault(t0 + offs[-1], []).append(b.symbol)
-    return [Round(t, by_t[t], tuple(closes.get(t, ()))) for t in sorted(by_t)]
+        offs = np.array([0, d // 4, d // 2, (3 * d) // 4], dtype=np.int64)
+        keep = (b.t_s >= lo_t) & (b.t_s <= hi_t)
+        t0 = b.t_s[keep].astype(np.int64)
+        o, h, lo, c = b.open[keep], b.high[keep], b.low[keep], b.close[keep]
+        if order == "adverse":
+            down = c < o
+        else:
+            down = np.full(t0.size, order == "long_adverse")
+        path = np.stack([o, np.where(down, h, lo), np.where(down, lo, h), c], axis=1)  # bar_path, per bar
+        times = (t0[:, None] + offs[None, :]).ravel()
+        prices = np.rint(path * 1e8).astype(np.int64).ravel()  # to_e8: round half to even, exact below 2**53
+        # the last write of a second wins, as a dict filled bar after bar would keep it
+        rev = times[::-1]
+        uniq, first_in_rev = np.unique(rev, return_index=True)
+        per_series.append((uniq, prices[::-1][first_in_rev], t0 + offs[-1]))
+    t_all = np.unique(np.concatenate([u for u, _, _ in per_series]))
+    n, m = t_all.size, len(series)
+    price_e8 = np.zeros((n, m), dtype=np.int64)
+    has = np.zeros((n, m), dtype=bool)
+    closes = np.zeros((n, m), dtype=bool)
+    for j, (uniq, px, close_t) in enumerate(per_series):
+        at = np.searchsorted(t_all, uniq)
+        price_e8[at, j] = px
+        has[at, j] = True
+        closes[np.searchsorted(t_all, close_t), j] = True
+    return RoundGrid(tuple(b.symbol for b in series), t_all, price_e8, has, closes)
+
+
+def build_rounds(series: Sequence[Bars], order: str = "adverse", start_s: int | None = None) -> list[Round]:
+    """Merge the sub-rounds of every series on one clock (series updating at the same second share a round).
+
+    Only the common window of all series is used (from the latest first bar to the earliest last bar),
+    optionally from ``start_s`` on. A list of :class:`Round` objects (about a kilobyte each): a long replay
+    walks :func:`build_round_grid` instead.
+    """
+    return list(build_round_grid(series, order, start_s).iter_rounds())
 
 
 def long_tail_before(bars: Bars, before_s: int, order: str = "adverse") -> LongTail | None:
     """The asset's long-history tail (:class:`keeper.risk.tails.LongTail`) from the bars that open strictly before
     ``before_s`` (a replay calibrates it on data before the window it scores: no look-ahead), at the round interval
-    the replay gives them (sub-rounds of each bar, :func:`build_rounds`); ``None`` with too little history."""
+    the replay gives them (sub-rounds of each bar, :func:`build_round_grid`); ``None`` with too little history."""
     older = bars.slice_time(int(bars.t_s[0]) if len(bars) else 0, before_s - 1)
     if len(older) < 2:
         return None
-    rounds = build_rounds([older], order)
-    times = [r.t_s for r in rounds]
-    prices = [r.prices_e8[bars.symbol] for r in rounds]
+    grid = build_round_grid([older], order)
+    times = grid.t_s.tolist()
+    prices = grid.price_e8[:, 0].tolist()
     first, last = _utc(int(older.t_s[0])), _utc(int(older.t_s[-1]))
     return LongTail.fit(times, prices, source=f"{bars.symbol} {first}..{last}, {len(older):,} bars of {bars.source}")
 
