@@ -19,6 +19,11 @@ Definitions (all amounts in the collateral token's units, USD; internally e6):
 * ``min_margin_ratio``: closest approach to liquidation, the least ``equity / maintenance`` seen at any
   round, before the liquidator acted (< 1: liquidated).
 
+Every figure above is an aggregate kept as the replay goes (sums, maxima, counts, one event per transaction); the
+per-round series (idle, margin ratio and liquidation price per position) only feed the plots and checks, and
+are kept every ``record_every`` rounds (rounds ``0, e, 2e, ...``; a long replay keeps the rows its plots draw,
+:func:`plot_stride`), so the memory of a replay does not grow with the positions times the rounds.
+
 Target (issue 6): the risk policy has zero liquidations and its average idle collateral is at least 30 %
 below that of the best (least idle) fixed-ratio baseline that also has zero liquidations, with no more
 transactions than that baseline.
@@ -32,6 +37,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TARGET_IDLE_REDUCTION = 0.30
+PLOT_POINTS = 4000  # the plots draw one round in max(1, rounds // PLOT_POINTS)
+
+
+def plot_stride(n_rounds: int) -> int:
+    """The spacing, in rounds, of the points a plot of ``n_rounds`` rounds draws."""
+    return max(1, n_rounds // PLOT_POINTS)
 
 
 @dataclass(slots=True)
@@ -79,11 +90,13 @@ class PolicyResult:
     wallet_min_e6: int = 0
     final_equity_e6: int = 0
     events: list[Event] = field(default_factory=list)
-    # recorded series (one row per round): idle collateral, per-position margin ratio and liquidation price
+    # recorded series, one row every ``record_every`` rounds (row i = round i * record_every): idle collateral,
+    # per-position margin ratio and liquidation price; ``t_s`` is the clock of every round
     t_s: np.ndarray | None = None
     idle_e6: np.ndarray | None = None
     ratio: np.ndarray | None = None
     liq_price: np.ndarray | None = None
+    record_every: int = 1
 
     @property
     def transactions(self) -> int:
@@ -97,6 +110,21 @@ class PolicyResult:
     def avg_idle_equity_e6(self) -> float:
         return self.idle_equity_time_integral / self.duration_s if self.duration_s else 0.0
 
+    def start_recording(self, n_rounds: int, n_positions: int, every: int = 1) -> None:
+        """Allocate the recorded series: rounds ``0, every, 2 every, ...`` of ``n_rounds``."""
+        if every < 1:
+            raise ValueError(f"record_every must be >= 1, got {every}")
+        rows = -(-n_rounds // every)
+        self.record_every = every
+        self.idle_e6 = np.zeros(rows)
+        self.ratio = np.full((rows, n_positions), np.nan, dtype=np.float32)
+        self.liq_price = np.full((rows, n_positions), np.nan, dtype=np.float32)
+
+    @property
+    def recorded_t_s(self) -> np.ndarray | None:
+        """The times of the recorded rows (``t_s`` every ``record_every`` rounds)."""
+        return None if self.t_s is None else self.t_s[:: self.record_every]
+
     def record_position(
         self, k: int, j: int, label: str, now_s: int, equity_e6: int, maintenance_e6: int, liquidation_price_e8: int
     ) -> None:
@@ -105,9 +133,10 @@ class PolicyResult:
         if ratio < self.min_margin_ratio:
             self.min_margin_ratio = ratio
             self.min_margin_ratio_at = f"{label} @ {now_s}"
-        if self.ratio is not None and self.liq_price is not None:
-            self.ratio[k, j] = ratio
-            self.liq_price[k, j] = liquidation_price_e8 / 1e8
+        if self.ratio is not None and self.liq_price is not None and k % self.record_every == 0:
+            row = k // self.record_every
+            self.ratio[row, j] = ratio
+            self.liq_price[row, j] = liquidation_price_e8 / 1e8
 
     def record_gas(self, t_s: int, gas: int) -> None:
         """Account one keeper transaction's gas, spent at ``t_s``."""
@@ -121,8 +150,8 @@ class PolicyResult:
         self.duration_s += int(dt_s)
         self.peak_idle_e6 = max(self.peak_idle_e6, idle_e6)
         self.peak_idle_equity_e6 = max(self.peak_idle_equity_e6, idle_equity_e6)
-        if self.idle_e6 is not None:
-            self.idle_e6[k] = idle_e6
+        if self.idle_e6 is not None and k % self.record_every == 0:
+            self.idle_e6[k // self.record_every] = idle_e6
 
     def summary(self) -> dict:
         """JSON-ready metrics in USD (the collateral token's units)."""

@@ -21,9 +21,16 @@ import numpy as np
 from keeper.replay.bound import reach_verdict, target_reach
 from keeper.replay.cost import CostBreakdown, CostModel, cost_of_protection
 from keeper.replay.fast import GAS_PER_ACTION, GAS_REVERT, ReplayResult
-from keeper.replay.metrics import TARGET_IDLE_REDUCTION, best_fixed_baseline, check_target
+from keeper.replay.metrics import (
+    PLOT_POINTS,
+    TARGET_IDLE_REDUCTION,
+    PolicyResult,
+    best_fixed_baseline,
+    check_target,
+    plot_stride,
+)
 
-MAX_PLOT_POINTS = 4000
+MAX_PLOT_POINTS = PLOT_POINTS
 
 
 def _iso(t_s: int) -> str:
@@ -153,7 +160,14 @@ def comparison_table(result: ReplayResult, cost_model: CostModel | None = None, 
 
 
 def _every(n: int) -> int:
-    return max(1, n // MAX_PLOT_POINTS)
+    return plot_stride(n)
+
+
+def _rows(t: np.ndarray, r: PolicyResult) -> tuple[slice, np.ndarray]:
+    """The recorded rows of ``r`` a plot draws, and their dates (a long replay records only those rows)."""
+    rec_t = t[:: r.record_every]
+    step = _every(rec_t.size)
+    return slice(None, None, step), np.array([_dt.datetime.fromtimestamp(int(x), tz=_dt.UTC) for x in rec_t[::step]])
 
 
 def write_plots(result: ReplayResult, out: Path) -> list[Path]:
@@ -177,10 +191,11 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
         cols = [j for j, p in enumerate(result.book.positions) if p.symbol == sym]
         cmap = plt.get_cmap("tab20")
         if hres.liq_price is not None:
+            rows, rdates = _rows(t, hres)
             for c, j in enumerate(cols):
-                lp = hres.liq_price[::step, j].astype(float)
+                lp = hres.liq_price[rows, j].astype(float)
                 lp[lp <= 0] = np.nan
-                ax.plot(dates, lp, lw=0.8, color=cmap(c % 20), label=result.labels[j].split(":", 1)[0])
+                ax.plot(rdates, lp, lw=0.8, color=cmap(c % 20), label=result.labels[j].split(":", 1)[0])
         tu = [e for e in hres.events if e.kind == "top_up" and e.market_id == mid]
         lq = [e for e in hres.events if e.kind == "liquidation" and e.market_id == mid]
         if tu:
@@ -221,10 +236,11 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
     for name, r in result.results.items():
         if r.ratio is None:
             continue
+        rows, rdates = _rows(t, r)
         with np.errstate(all="ignore"):
             mins = np.nanmin(np.where(np.isnan(r.ratio), np.inf, r.ratio), axis=1)
         mins[~np.isfinite(mins)] = np.nan
-        ax.plot(dates, np.clip(mins[::step], 0.05, None), lw=0.9, label=name)
+        ax.plot(rdates, np.clip(mins[rows], 0.05, None), lw=0.9, label=name)
     ax.axhline(1.0, color="red", ls="--", lw=1, label="liquidation (ratio 1)")
     ax.set_yscale("log")
     ax.set_title("lowest margin ratio (equity / maintenance) in the book, per policy")
@@ -240,7 +256,8 @@ def write_plots(result: ReplayResult, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(11, 5))
     for name, r in result.results.items():
         if r.idle_e6 is not None:
-            ax.plot(dates, r.idle_e6[::step] / 1e6, lw=0.9, label=f"{name} (avg {r.avg_idle_e6 / 1e6:,.0f})")
+            rows, rdates = _rows(t, r)
+            ax.plot(rdates, r.idle_e6[rows] / 1e6, lw=0.9, label=f"{name} (avg {r.avg_idle_e6 / 1e6:,.0f})")
     ax.set_title("idle collateral (collateral above maintenance, all live positions), USD")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     ax.legend(fontsize=7, ncol=2)
