@@ -1,6 +1,6 @@
 """The fast replay: real price bars through the pure protocol model, one policy at a time.
 
-Timeline. Every bar becomes four oracle rounds (:func:`keeper.replay.prices.build_rounds`, adverse
+Timeline. Every bar becomes four oracle rounds (:func:`keeper.replay.prices.build_round_grid`, adverse
 intra-bar order). The first ``warmup_s`` of the window only calibrate volatility; the book opens at the
 first round after it, at that round's prices. Then, at every round ``k``:
 
@@ -29,23 +29,32 @@ than 30 returns give the policy's fallback volatility, and the policy's floor ap
 Gas. Each keeper transaction is charged a gas figure per kind (:data:`GAS_PER_ACTION`), the medians of
 receipts measured by the on-chain replay (:mod:`keeper.replay.onchain`, the README (crash replay section)); a
 reverted call is charged :data:`GAS_REVERT`. The liquidator's gas is not the keeper's and is not counted.
+
+Long inputs. The rounds are columns (:class:`keeper.replay.prices.RoundGrid`, about 30 bytes a round), turned
+into :class:`Round` objects ``ReplayConfig.chunk_rounds`` at a time; every policy steps through each round
+before the next one is made (the policies are independent: each has its own model, wallets and memory), so the
+keeper's volatility is computed once per round and never stored for the whole series; the metrics are
+aggregates (:mod:`keeper.replay.metrics`) and the per-round series are kept only at the rows the plots draw
+(``ReplayConfig.record_every``). Years of minute bars replay in memory proportional to a few numbers a round,
+and ``progress`` is called at a steady cadence from the first round on.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
 from keeper.domain import SECONDS_PER_YEAR, Action, ActionKind, PriceRound, Side
 from keeper.errors import InputError
 from keeper.replay.book import Book, BookPosition, opening_collateral_e6
-from keeper.replay.metrics import Event, PolicyResult
+from keeper.replay.metrics import Event, PolicyResult, plot_stride
 from keeper.replay.model import ModelRevert, PerpModel
 from keeper.replay.policies import Observation, Policy
-from keeper.replay.prices import Bars, Round, build_rounds, to_e8
+from keeper.replay.prices import Bars, Round, RoundGrid, build_round_grid, to_e8
 from keeper.risk.volatility import estimate_volatility
 
 GAS_PER_ACTION: dict[ActionKind, int] = {  # medians of receipts, measured by the on-chain replay (anvil, PerpEngine)
@@ -58,6 +67,8 @@ GAS_REVERT = 69_400  # removeMargin reverting InvalidAmount after the fee settle
 EWMA_LAMBDA = 0.94
 EWMA_MIN_RETURNS = 30
 DEFAULT_WARMUP_S = 24 * 3600
+DEFAULT_CHUNK_ROUNDS = 4096
+PROGRESS_EVERY_ROUNDS = 64  # progress(...) is called every this many replayed rounds (and at the last)
 VOL_WINDOW_ROUNDS = 2_000  # keeper.runtime.volatility_cache.VolatilityCache.window (tested equal)
 
 
@@ -145,19 +156,32 @@ class EwmaVol:
 
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
-    """Knobs of a replay (defaults in the module docstring)."""
+    """Knobs of a replay (defaults in the module docstring).
+
+    ``record``: keep the per-round series (idle, margin ratio and liquidation price per position) for the plots,
+    one row every ``record_every`` rounds (0: the rows the plots draw, ``max(1, rounds // 4000)``; 1: every
+    round). ``chunk_rounds``: rounds made into objects at a time (0: all at once); no result depends on it.
+    """
 
     order: str = "adverse"
     warmup_s: int = DEFAULT_WARMUP_S
     inclusion_delay_rounds: int = 1
     sigma_fallback_annual: float = 1.5
     record: bool = True
+    record_every: int = 0
+    chunk_rounds: int = DEFAULT_CHUNK_ROUNDS
 
     def __post_init__(self) -> None:
         if self.inclusion_delay_rounds < 1:
             raise InputError("inclusion_delay_rounds must be >= 1 (a decision cannot land before it is taken)")
         if self.warmup_s < 0:
             raise InputError("warmup_s must be >= 0")
+        if self.record_every < 0 or self.chunk_rounds < 0:
+            raise InputError("record_every and chunk_rounds must be >= 0")
+
+    def record_stride(self, n_rounds: int) -> int:
+        """Rounds between two recorded rows for a replay of ``n_rounds`` rounds."""
+        return self.record_every or plot_stride(n_rounds)
 
 
 @dataclass(slots=True)
@@ -234,10 +258,7 @@ class _Run:
         self.pending: dict[int, list[Action]] = {}
         self.spent_day: tuple[int, int] = (-1, 0)
         if config.record:
-            n_pos = len(self.keys)
-            self.res.idle_e6 = np.zeros(n_rounds)
-            self.res.ratio = np.full((n_rounds, n_pos), np.nan, dtype=np.float32)
-            self.res.liq_price = np.full((n_rounds, n_pos), np.nan, dtype=np.float32)
+            self.res.start_recording(n_rounds, len(self.keys), config.record_stride(n_rounds))
 
     # ---- actions --------------------------------------------------------------------------------
     def apply(self, a: Action, k: int, now_s: int) -> None:
@@ -339,23 +360,65 @@ class _Run:
         return res
 
 
+class RoundView(Sequence[Round]):
+    """Rounds ``lo .. hi - 1`` of a :class:`RoundGrid` as a read-only sequence of :class:`Round` (made when read;
+    iterating converts them a chunk at a time)."""
+
+    __slots__ = ("chunk", "grid", "hi", "lo")
+
+    def __init__(self, grid: RoundGrid, lo: int, hi: int, chunk: int = DEFAULT_CHUNK_ROUNDS) -> None:
+        self.grid, self.lo, self.hi, self.chunk = grid, lo, max(lo, hi), chunk
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    @overload
+    def __getitem__(self, i: int) -> Round: ...
+    @overload
+    def __getitem__(self, i: slice) -> RoundView: ...
+    def __getitem__(self, i: int | slice) -> Round | RoundView:
+        if isinstance(i, slice):
+            a, b, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("a RoundView slice takes no step")
+            return RoundView(self.grid, self.lo + a, self.lo + max(a, b), self.chunk)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"round {i} out of range ({n} rounds)")
+        return self.grid.round(self.lo + i % n)
+
+    def __iter__(self) -> Iterator[Round]:
+        return self.grid.iter_rounds(self.lo, self.hi, self.chunk)
+
+    @property
+    def t_s(self) -> np.ndarray:
+        """The rounds' times (int64)."""
+        return self.grid.t_s[self.lo : self.hi]
+
+
 @dataclass(frozen=True, slots=True)
 class Timeline:
     """The rounds of a replay: every round of the window (warm-up included) and where the book opens."""
 
-    rounds_all: list[Round]
+    grid: RoundGrid
     open_k: int  # index in rounds_all of the opening round (first after the warm-up with every market)
     sym_to_id: dict[str, int]
     sources: dict[str, str]
+    chunk: int = DEFAULT_CHUNK_ROUNDS
 
     @property
-    def rounds(self) -> list[Round]:
+    def rounds_all(self) -> RoundView:
+        """Every round of the window, warm-up included."""
+        return RoundView(self.grid, 0, len(self.grid), self.chunk)
+
+    @property
+    def rounds(self) -> RoundView:
         """The replayed rounds (from the opening round on)."""
-        return self.rounds_all[self.open_k :]
+        return RoundView(self.grid, self.open_k, len(self.grid), self.chunk)
 
     def dt_next(self) -> np.ndarray:
         """Seconds from each replayed round to the next (0 for the last)."""
-        t = np.array([r.t_s for r in self.rounds], dtype=np.int64)
+        t = self.grid.t_s[self.open_k :]
         return np.diff(t, append=t[-1])
 
 
@@ -366,31 +429,32 @@ def plan_timeline(book: Book, series: Sequence[Bars], config: ReplayConfig) -> T
     if missing:
         raise InputError(f"no price series for market(s) {', '.join(missing)} of the book (give --prices SYM=path.csv)")
     used = [by_sym[s] for s in sorted(book.markets)]
-    rounds_all = build_rounds(used, config.order)
-    t0 = rounds_all[0].t_s
-    open_k = next((i for i, r in enumerate(rounds_all) if r.t_s >= t0 + config.warmup_s), None)
-    if open_k is None or open_k >= len(rounds_all) - 1:
+    grid = build_round_grid(used, config.order)
+    n = len(grid)
+    t0 = int(grid.t_s[0])
+    open_k = int(np.searchsorted(grid.t_s, t0 + config.warmup_s, side="left"))
+    if open_k >= n - 1:
         raise InputError(
-            f"the price window ({(rounds_all[-1].t_s - t0) / 3600:.1f} h) is not longer than the warm-up "
+            f"the price window ({(int(grid.t_s[-1]) - t0) / 3600:.1f} h) is not longer than the warm-up "
             f"({config.warmup_s / 3600:.1f} h)"
         )
     # the opening round must carry a price for every market (the book opens at those prices)
-    open_k = next(
-        (i for i in range(open_k, len(rounds_all)) if set(rounds_all[i].prices_e8) >= set(book.markets)), None
-    )
-    if open_k is None or open_k >= len(rounds_all) - 1:
+    full = np.flatnonzero(grid.has[open_k:].all(axis=1))
+    if not full.size or open_k + int(full[0]) >= n - 1:
         raise InputError("no round after the warm-up carries a price for every market of the book")
     return Timeline(
-        rounds_all=rounds_all,
-        open_k=open_k,
+        grid=grid,
+        open_k=open_k + int(full[0]),
         sym_to_id={s: m.market_id for s, m in book.markets.items()},
         sources={b.symbol: b.source for b in used},
+        chunk=config.chunk_rounds,
     )
 
 
 def oracle_sigmas(timeline: Timeline) -> list[dict[int, float | None]]:
     """Per replayed round, market id -> the keeper's raw EWMA sigma over the oracle rounds so far (None:
-    fewer than 30 returns). Computed once for all policies (:class:`OracleVol`)."""
+    fewer than 30 returns). Computed once for all policies (:class:`OracleVol`); a list of every round's, for the
+    on-chain replay's windows of hours (:func:`run_fast` computes them as it goes)."""
     vols = {s: OracleVol() for s in timeline.sym_to_id}
     rows: list[dict[int, float | None]] = []
     for i, r in enumerate(timeline.rounds_all):
@@ -403,6 +467,8 @@ def oracle_sigmas(timeline: Timeline) -> list[dict[int, float | None]]:
 
 def price_columns(book: Book, rounds: Sequence[Round]) -> dict[str, np.ndarray]:
     """symbol -> latest known price (USD float) at every round."""
+    if isinstance(rounds, RoundView):  # from the columns, no Round objects
+        return {s: rounds.grid.latest_price_usd(s, rounds.lo, rounds.hi) for s in book.markets}
     prices: dict[str, np.ndarray] = {}
     for s in book.markets:
         col = np.empty(len(rounds))
@@ -424,47 +490,66 @@ def run_fast(
 ) -> ReplayResult:
     """Replay ``series`` (one :class:`Bars` per symbol of the book) for each policy; see the module docstring.
 
-    ``progress(done, total)`` is called now and then (``total`` = rounds x policies).
+    ``progress(done, total)`` is called once the rounds are built (``done`` = 0), then every
+    :data:`PROGRESS_EVERY_ROUNDS` rounds and at the last (``total`` = rounds x policies; the policies step through
+    each round together, so ``done`` = rounds done x policies).
     """
+    if len({id(p) for p in policies}) != len(policies):
+        raise InputError("the same policy object is given twice (the runs step together: give separate objects)")
     tl = plan_timeline(book, series, config)
-    rounds = tl.rounds
-    n = len(rounds)
+    grid, sym_to_id = tl.grid, tl.sym_to_id
+    n = len(grid) - tl.open_k
+    n_pol = len(policies)
+    total = n * n_pol
+    if progress is not None:
+        progress(0, total)
     # fixed-ratio baselines and no keeper never look at volatility: a sweep of those skips the estimator
     needs_vol = any(getattr(p, "needs_volatility", True) for p in policies)
-    sigma_rows = oracle_sigmas(tl) if needs_vol else [{}] * n
-    t_arr = np.array([r.t_s for r in rounds], dtype=np.int64)
+    vols = {s: OracleVol() for s in sym_to_id} if needs_vol else {}
+    t_arr = grid.t_s[tl.open_k :]
     dts = tl.dt_next()  # the last round carries no time
-    prices = price_columns(book, rounds)
-    results: dict[str, PolicyResult] = {}
-    total = n * len(policies)
-    done = 0
+    prices = price_columns(book, tl.rounds)
+    runs = [_Run(book, pol, config, n) for pol in policies]
     for pol in policies:
-        run = _Run(book, pol, config, n)
-        # the model must know the warm-up prices too (the feeds' history); only the last one matters
-        # the policy sees them as well, as the daemon reads them from the feeds (stress-gap history)
         reset = getattr(pol, "reset", None)  # a policy with memory starts every run from nothing
         if reset is not None:
             reset()
-        observe = getattr(pol, "observe_round", None)
-        for r in tl.rounds_all[: tl.open_k]:
-            for sym, px in r.prices_e8.items():
-                run.model.push_price(tl.sym_to_id[sym], px, r.t_s)
+    observers = [getattr(pol, "observe_round", None) for pol in policies]
+    # the model must know the warm-up prices too (the feeds' history); only the last one matters
+    # the policy sees them as well, as the daemon reads them from the feeds (stress-gap history)
+    for r in grid.iter_rounds(0, tl.open_k, config.chunk_rounds):
+        for sym, px in r.prices_e8.items():
+            mid = sym_to_id[sym]
+            for run, observe in zip(runs, observers, strict=True):
+                run.model.push_price(mid, px, r.t_s)
                 if observe is not None:
-                    observe(tl.sym_to_id[sym], r.t_s, px)
-        for k, r in enumerate(rounds):
-            sig = {mid: policy_sigma(v, pol, config.sigma_fallback_annual) for mid, v in sigma_rows[k].items()}
-            run.step(k, r, float(dts[k]), sig, tl.sym_to_id, is_open=k > 0)
-            if progress is not None and (k % 500 == 0 or k == n - 1):
-                progress(done + k + 1, total)
-        done += n
-        res = run.finish(rounds[-1].t_s)
+                    observe(mid, r.t_s, px)
+            if needs_vol:
+                vols[sym].add(r.t_s, px)
+    fallback = config.sigma_fallback_annual
+    for k, r in enumerate(grid.iter_rounds(tl.open_k, None, config.chunk_rounds)):
+        raw: dict[int, float | None] = {}
+        if needs_vol:
+            for sym, px in r.prices_e8.items():
+                vols[sym].add(r.t_s, px)
+            raw = {sym_to_id[s]: v.raw_sigma_annual() for s, v in vols.items()}
+        dt = float(dts[k])
+        for run in runs:
+            sig = {mid: policy_sigma(v, run.policy, fallback) for mid, v in raw.items()}
+            run.step(k, r, dt, sig, sym_to_id, is_open=k > 0)
+        if progress is not None and ((k + 1) % PROGRESS_EVERY_ROUNDS == 0 or k == n - 1):
+            progress((k + 1) * n_pol, total)
+    results: dict[str, PolicyResult] = {}
+    end_s = int(t_arr[-1])
+    for run in runs:
+        res = run.finish(end_s)
         res.t_s = t_arr
-        results[pol.name] = res
+        results[run.policy.name] = res
     return ReplayResult(
         book=book,
         config=config,
         start_s=int(t_arr[0]),
-        end_s=int(t_arr[-1]),
+        end_s=end_s,
         t_s=t_arr,
         prices=prices,
         labels=[p.label for p in book.positions],
@@ -482,6 +567,7 @@ __all__ = [
     "PolicyResult",
     "ReplayConfig",
     "ReplayResult",
+    "RoundView",
     "Timeline",
     "oracle_sigmas",
     "plan_timeline",
