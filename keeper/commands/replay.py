@@ -89,7 +89,8 @@ class PlainProgress:
     """Progress as plain lines (for logs and pipes, where the bar is not drawn), all starting ``replay: ``.
 
     :meth:`note` prints a phase (a price file loaded); :meth:`update` prints a line at the first call, then
-    whenever ``step`` of the work or ``every_s`` seconds have passed since the last line, and at the end:
+    whenever the work crosses a multiple of ``step`` (5 %, 10 %, ...) or ``every_s`` seconds have passed since the
+    last line, and at the end:
     ``replay: 1,234,000/4,000,000 policy-rounds (30%), 95 s elapsed, 13,000/s, ~212 s left``. ``done`` and ``total``
     count rounds x policies (:func:`keeper.replay.fast.run_fast`); elapsed counts from the start (loading
     included), the rate and the time left from the first update (the replay's own pace).
@@ -102,10 +103,11 @@ class PlainProgress:
         every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._stream, self._step, self._every_s, self._clock = stream, step, every_s, clock
+        self._stream, self._every_s, self._clock = stream, every_s, clock
         self._t0 = clock()
+        self._buckets = max(1, round(1 / step))
         self._last_t: float | None = None
-        self._last_frac = 0.0
+        self._last_bucket = 0
         self._first: tuple[float, int] | None = None  # (time, done) of the first update
         self._finished = False
 
@@ -117,12 +119,13 @@ class PlainProgress:
         if total <= 0 or self._finished:
             return
         now, frac = self._clock(), min(1.0, done / total)
+        bucket = min(done, total) * self._buckets // total
         if self._first is None:
             self._first = (now, done)
         last = self._last_t
-        if last is not None and done < total and frac - self._last_frac < self._step and now - last < self._every_s:
+        if last is not None and done < total and bucket == self._last_bucket and now - last < self._every_s:
             return
-        self._last_frac, self._last_t, self._finished = frac, now, done >= total
+        self._last_bucket, self._last_t, self._finished = bucket, now, done >= total
         t1, d1 = self._first
         rate = (done - d1) / (now - t1) if now > t1 and done > d1 else None
         pace = "" if rate is None else f", {rate:,.0f}/s"
