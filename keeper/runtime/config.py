@@ -335,6 +335,10 @@ class RiskConfig(_Model):
     stress_tail_probability: float | None = Field(default=None, gt=0, lt=1)
     # market symbol -> CSV of years of its bars: the stress gap's long-history tail (keeper/runtime/long_history.py)
     long_history: dict[str, str] = Field(default_factory=dict)
+    # cost-aware restore and release bands (keeper.risk.policy.cost_aware_bands): a transaction priced from the
+    # chain's fee history and the gas token's price, idle collateral at capital_rate_annual (positions only)
+    cost_aware: bool = False
+    capital_rate_annual: float = Field(default=0.08, ge=0, lt=10)
 
     @field_validator("min_action_usd")
     @classmethod
@@ -356,7 +360,7 @@ class RiskConfig(_Model):
         return self
 
     def to_policy(self) -> RiskPolicy:
-        data = self.model_dump(exclude={"long_history"})
+        data = self.model_dump(exclude={"long_history", "cost_aware", "capital_rate_annual"})
         data["min_action_e6"] = _usd_to_e6(data.pop("min_action_usd"))
         return RiskPolicy(**data)
 

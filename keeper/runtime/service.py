@@ -49,7 +49,7 @@ from keeper.planner import BookState, PlanLimits
 from keeper.protocols import registry
 from keeper.protocols.base import BookSnapshot, PositionKey, ProtocolAdapter
 from keeper.risk.gaps import SideGaps
-from keeper.risk.policy import PositionRisk, RiskPolicy, is_endangered
+from keeper.risk.policy import CostBands, PositionRisk, RiskPolicy, is_endangered
 from keeper.runtime.alerts import AlertSink, alert_from_action, gas_alert, top_ups_of_gas_left
 from keeper.runtime.config import KeeperConfig
 from keeper.runtime.health import HealthState
@@ -69,6 +69,7 @@ PROTECTIVE = (ActionKind.TOP_UP, ActionKind.MOVE_MARGIN, ActionKind.REDUCE_SIZE)
 # gas limit assumed for a top-up until one is mined (then: its gasUsed with the manager's margin); a reference
 # engine addMargin measured ~60-80k gas on anvil, so this errs on the side of an early alert
 TOP_UP_GAS_LIMIT_DEFAULT = 150_000
+TOP_UP_GAS_USED_DEFAULT = 80_000  # a reference-protocol addMargin (72.6k-78.3k measured), until one is mined
 NOT_SENT = ("rejected", "error", "waiting")  # CycleReport.sent states of actions that never reached the chain
 FAILED = ("rejected", "error")  # ... of those, the ones refused (``waiting``: the lane is blocked, retried)
 
@@ -126,6 +127,9 @@ class KeeperService:
         self.stopping = threading.Event()  # set on shutdown or halt: no new transaction is started
         self.top_up_gas_limit = TOP_UP_GAS_LIMIT_DEFAULT  # updated from mined top-ups (gas-left alert)
         self.native_price = NativePrice(client, config.fees)  # the gas token's USD price, each cycle
+        self.top_up_gas_used = TOP_UP_GAS_USED_DEFAULT  # the last mined top-up's gas (cost-aware bands)
+        self._gas_price_wei: int | None = None  # what a transaction pays per gas now (next base fee + tip)
+        self._logged_gas_usd: float | None = None
         self._last_rounds: dict[int, int] = {}
         self._last_head: int | None = None
         self._discovered: set[PositionKey] = set()
@@ -389,6 +393,7 @@ class KeeperService:
             self.metrics.add_gas(gas, gas * int(receipt.get("effectiveGasPrice", "0x0"), 16))
             if kind == ActionKind.TOP_UP.value:
                 self.top_up_gas_limit = gas * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_EXTRA
+                self.top_up_gas_used = gas
 
     def _check_gas(self) -> None:
         """Native balance gauge, and an alert when it pays for fewer than ``alerts.min_gas_top_ups`` top-ups
@@ -406,6 +411,7 @@ class KeeperService:
         balance = int(balance_hex, 16)
         tip = self.config.fees.priority_fee_wei
         base_fee = int((block or {}).get("baseFeePerGas", "0x0"), 16)
+        self._gas_price_wei = base_fee + tip
         max_fee = max(1, self.txm.fees.base_multiplier * base_fee + tip)
         self.metrics.set_native(
             self.signer_address, balance, top_ups_of_gas_left(balance, self.top_up_gas_limit, max_fee)
@@ -537,12 +543,42 @@ class KeeperService:
             state,
             list(snap.positions.values()),
             sigmas_annual=sigmas,
-            policy=self.policy,
+            policy=self.policy_now(),
             limits=self.limits,
             check_interval_s=self.check_interval_s,
             now_s=snap.block_timestamp,
             stress_gaps=gaps,
             busy=busy,
+        )
+
+    def policy_now(self) -> RiskPolicy:
+        """The risk policy, with ``risk.cost_aware`` the cost bands of this moment: one top-up's gas x what gas
+        costs now (the chain's next base fee + the tip) x the gas token's price, and ``risk.capital_rate_annual``
+        on idle collateral (:func:`keeper.risk.policy.cost_aware_bands`)."""
+        risk = self.config.risk
+        if not risk.cost_aware:
+            return self.policy
+        if self._gas_price_wei is None:
+            try:
+                market = FeePolicy().market(self.client, 50.0)
+                self._gas_price_wei = market.base_fee_next_wei + max(market.tip_wei, self.config.fees.priority_fee_wei)
+            except TransientRpcError as exc:
+                log.warning("gas_price_unknown", error=str(exc), why="cost bands off this cycle")
+                return self.policy
+        native_e8 = self.native_price.price_e8 or FeePolicy().native_usd_e8
+        gas_usd = self.top_up_gas_used * self._gas_price_wei / 10**18 * native_e8 / 1e8
+        if self._logged_gas_usd is None or abs(gas_usd - self._logged_gas_usd) > 0.1 * self._logged_gas_usd:
+            self._logged_gas_usd = gas_usd
+            log.info(
+                "cost_bands",
+                gas_usd_per_tx=round(gas_usd, 6),
+                gas_price_gwei=self._gas_price_wei / 1e9,
+                top_up_gas=self.top_up_gas_used,
+                native_usd=native_e8 / 1e8,
+                capital_rate_annual=risk.capital_rate_annual,
+            )
+        return dataclasses.replace(
+            self.policy, cost_bands=CostBands(gas_usd_per_tx=gas_usd, capital_rate_annual=risk.capital_rate_annual)
         )
 
     def spent_today_e6(self, now_s: float) -> int:

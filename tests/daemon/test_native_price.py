@@ -66,3 +66,32 @@ def test_a_feed_without_a_contract_stops_the_start(chain, tmp_path, write_config
             service.start()
     finally:
         service.close()
+
+
+def test_cost_aware_bands_top_up_more_when_gas_is_dear_and_less_when_it_is_cheap(
+    chain, tmp_path, write_config, open_book
+):
+    """ETH long pushed inside its buffer: the default bands, then risk.cost_aware with anvil's real (tiny) gas
+    price -> a smaller top-up (the restore floor is the breach target), and with the gas token priced at
+    $10M -> a larger one (wide, rare top-ups)."""
+    open_book(chain, reserve_e6=40_000 * 10**6)
+    chain.push_price("ETH", 2_880 * 10**8)
+
+    def top_up(name: str, extra: str, fees: str = "") -> int:
+        path = write_config(chain, tmp_path / name, risk=extra)
+        path.write_text(path.read_text() + f"\n[fees]\n{fees}\n")
+        cfg = load_config(path, env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None)
+        service = KeeperService.from_config(cfg, execute=False, send_alerts=False)
+        try:
+            snap, wallet = service.read()
+            sigmas, gaps = service.estimate(snap)
+            plan = service.decide(snap, sigmas, gaps, wallet_e6=wallet, busy={}).plan
+            (action,) = [a for a in plan.onchain_actions if a.kind.value == "top_up"]
+            return action.amount_e6
+        finally:
+            service.close()
+
+    plain = top_up("plain", "")
+    cheap = top_up("cheap", "cost_aware = true")
+    dear = top_up("dear", "cost_aware = true", "native_usd = 10000000")
+    assert cheap < plain < dear, (cheap, plain, dear)
