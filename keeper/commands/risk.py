@@ -92,6 +92,8 @@ def compute_risk(
     trigger: float = 1e-3,
     model: str = "fat-tailed",
     history: tuple[np.ndarray, np.ndarray] | None = None,
+    native_usd: float = 3_000.0,
+    capital_rate: float = 0.08,
 ) -> dict[str, Any]:
     """Everything ``keeper risk`` prints, as a JSON-ready dict (no NaN; infinite distance is ``None``)."""
     from keeper.domain import SECONDS_PER_YEAR, WAD, Market, Position, Side
@@ -120,6 +122,10 @@ def compute_risk(
         raise InputError("--drift must be finite and --fee-rate >= 0")
     if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
         raise InputError(f"--sigma must be > 0 (got {sigma})")
+    if not (math.isfinite(native_usd) and native_usd > 0):
+        raise InputError(f"--native-usd must be a positive price (got {native_usd})")
+    if not (math.isfinite(capital_rate) and 0 <= capital_rate < 10):
+        raise InputError(f"--capital-rate must be a yearly rate in [0, 10) (got {capital_rate})")
     sigma_source = "--sigma"
     if history is not None:
         est = estimate_volatility(
@@ -192,6 +198,21 @@ def compute_risk(
         mc = breach_probabilities(paths, [0], [is_long], [log_b])
         p_mc, se_mc = float(mc.probability[0]), float(mc.stderr[0])
 
+    costs = cost_estimate(
+        policy=cli_policy(target=target, trigger=trigger, fat_tailed=fat),
+        is_long=is_long,
+        size=size,
+        entry=entry,
+        collateral=collateral,
+        price=price,
+        maintenance=maintenance,
+        fee_rate=fee_rate,
+        sigma=sigma,
+        horizon_s=horizon_s,
+        stress_gap=r.stress_gap,
+        native_usd=native_usd,
+        capital_rate=capital_rate,
+    )
     ve = position_var_es(
         sign * size, price, sigma, horizon_s, 0.99, nu=DEFAULT_T_NU if fat else None, drift_annual=drift
     )
@@ -222,7 +243,60 @@ def compute_risk(
         "action": d.action,
         "reason": d.reason,
         "check_interval_s": r.suggested_check_interval_s,
+        "cost_estimate": costs,
     }
+
+
+COST_PRESETS_GWEI = {"l1": 20.0, "l2": 0.05}  # the replay's presets (keeper.replay.cost)
+TOP_UP_GAS = 78_200  # a reference-protocol addMargin (the replay's median; keeper.replay.fast)
+
+
+def cost_estimate(
+    *,
+    policy: RiskPolicy,
+    is_long: bool,
+    size: float,
+    entry: float,
+    collateral: float,
+    price: float,
+    maintenance: float,
+    fee_rate: float,
+    sigma: float,
+    horizon_s: float,
+    stress_gap: float,
+    native_usd: float,
+    capital_rate: float,
+) -> dict[str, dict[str, float]]:
+    """What protecting this position is expected to cost per year, per gas preset: the cost-aware bands at that
+    preset (:func:`keeper.risk.policy.cost_aware_bands`) and their cost per year
+    (:func:`keeper.risk.policy.band_cost_per_year`: gas over the mean time between transactions plus the
+    capital rate on the mean idle distance), a first-order estimate for a Brownian price (no jumps)."""
+    import dataclasses
+
+    from keeper.risk.policy import CostBands, assess_arrays, band_cost_per_year
+
+    out: dict[str, dict[str, float]] = {}
+    check_interval_s = max(horizon_s - policy.latency_s, 1e-9)
+    for name, gwei in COST_PRESETS_GWEI.items():
+        bands = CostBands(gas_usd_per_tx=TOP_UP_GAS * gwei * 1e-9 * native_usd, capital_rate_annual=capital_rate)
+        arr = assess_arrays(
+            is_long=[is_long], size=[size], entry=[entry], collateral=[collateral], pending_fee=[0.0],
+            price=[price], maintenance=[maintenance], fee_rate_annual=[fee_rate], sigma_annual=[sigma],
+            policy=dataclasses.replace(policy, cost_bands=bands), check_interval_s=check_interval_s,
+            stress_gap=[stress_gap],
+        )  # fmt: skip
+        assert arr.trigger_distance is not None and arr.release_distance is not None
+        a, x, b = float(arr.trigger_distance[0]), float(arr.required_distance[0]), float(arr.release_distance[0])
+        per_year = band_cost_per_year(a, x, b, sigma, size * price, bands)
+        out[name] = {
+            "usd_per_year": per_year if math.isfinite(per_year) else -1.0,
+            "gas_usd_per_tx": bands.gas_usd_per_tx,
+            "trigger_distance": a,
+            "restore_distance": x,
+            "release_distance": b,
+            "restore_collateral": float(arr.required_collateral[0]),
+        }
+    return out
 
 
 def cli_policy(*, target: float, trigger: float, fat_tailed: bool) -> RiskPolicy:
@@ -304,6 +378,13 @@ def _print_human(r: dict[str, Any]) -> None:
     table.add_row(f"collateral for p={r['target']:g}", f"{r['required_collateral']:,.2f}")
     table.add_row(f"top-up (trigger p>{r['trigger']:g})", f"{r['top_up']:,.2f}")
     table.add_row("suggested check interval", f"{r['check_interval_s']:.0f} s")
+    for name, c in r["cost_estimate"].items():
+        table.add_row(
+            f"cost of protection ({name})",
+            f"~${c['usd_per_year']:,.0f}/yr: ${c['gas_usd_per_tx']:.4g} a transaction; bands "
+            f"{c['trigger_distance']:.3f} / {c['restore_distance']:.3f} / {c['release_distance']:.3f} "
+            f"(trigger / restore to ${c['restore_collateral']:,.0f} / release)",
+        )
     table.add_row("decision", f"{r['action']} ({r['band']} band)")
     table.add_row("reason", r["reason"])
     table.add_row("sigma source", r["sigma_source"])
@@ -327,6 +408,8 @@ def register(app: typer.Typer) -> None:
         trigger: Annotated[float, typer.Option(help="breach probability that triggers a top-up")] = 1e-3,
         history: Annotated[Path | None, typer.Option(help="CSV of prices (unix_s,close or timestamp,price)")] = None,
         model: Annotated[str, typer.Option(help="gbm or fat-tailed")] = "fat-tailed",
+        native_usd: Annotated[float, typer.Option(help="gas token price (USD) for the cost estimate")] = 3_000.0,
+        capital_rate: Annotated[float, typer.Option(help="yearly rate idle collateral would earn (cost)")] = 0.08,
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     ) -> None:
         """Liquidation price, breach probability, VaR/ES and the collateral a position needs."""
@@ -345,6 +428,8 @@ def register(app: typer.Typer) -> None:
             trigger=trigger,
             model=model.lower(),
             history=None if history is None else read_price_history(history),
+            native_usd=native_usd,
+            capital_rate=capital_rate,
         )
         if as_json:
             typer.echo(json.dumps(result, allow_nan=False))

@@ -326,6 +326,8 @@ class RiskArrays:
     stress_bound: NDArray[np.bool_]
     stress_breach: NDArray[np.bool_]
     stress_gap: NDArray[np.float64]
+    release_distance: NDArray[np.float64] | None = None  # beyond it the excess is released (down to the target)
+    trigger_distance: NDArray[np.float64] | None = None  # inside it (or above p_trigger) a top-up is due
 
 
 def _collateral_at_distance(
@@ -409,7 +411,10 @@ def assess_arrays(
         d_trigger = np.maximum(policy.kappa * gaussian_distance(policy.p_trigger, sig_h), d_s) + d_cost
         # the cost is an expectation: it uses the volatility itself; kappa (a tail multiplier) stays in the
         # trigger and the target, which are tail constraints
-        d_target, d_release = cost_aware_bands(d_trigger, d_target, size * price, sigma, policy.cost_bands)
+        # the floor of the restore level is the breach target and the trigger itself: the stress headroom of the
+        # fixed rule exists to keep a top-up from triggering again at once, which the cost band u* now decides
+        floor = np.maximum(d_vol_target + d_cost, d_trigger)
+        d_target, d_release = cost_aware_bands(d_trigger, floor, size * price, sigma, policy.cost_bands)
         releasable = np.ones_like(p, dtype=bool)  # above b the release lands at x >= the target: safe
     req = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_target), 0.0)
     rel = np.maximum(_collateral_at_distance(is_long, size, entry, price, mm, fee, d_release), 0.0)
@@ -437,6 +442,10 @@ def assess_arrays(
         stress_bound=d_stress_target > d_vol_target,
         stress_gap=d_s,
         stress_breach=stress_breach,
+        release_distance=np.broadcast_to(d_release, price.shape).astype(float),
+        trigger_distance=np.broadcast_to(
+            np.maximum(policy.kappa * gaussian_distance(policy.p_trigger, sig_h), d_s) + d_cost, price.shape
+        ).astype(float),
     )
 
 

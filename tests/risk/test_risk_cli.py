@@ -106,11 +106,9 @@ class TestRiskCommand:
             ]
         )
         assert out["horizon_s"] == 1800 and out["liquidation_price"] > 60000
-        assert all(
-            isinstance(v, (int, float)) and math.isfinite(v)
-            for v in out.values()
-            if not isinstance(v, (str, bool, type(None)))
-        )
+        numbers = [v for v in out.values() if not isinstance(v, (str, bool, type(None), dict))]
+        numbers += [v for est in out["cost_estimate"].values() for v in est.values()]
+        assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers)
 
     def test_already_liquidatable_is_a_clear_answer(self):
         """Past its liquidation price the answer is liquidatable with probability 1 and a top-up, no NaN."""
@@ -171,3 +169,27 @@ class TestRiskCommand:
         proc = subprocess.run([str(KEEPER), *args], check=False, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2
         assert proc.stderr.startswith("error:") and "--size" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_cost_estimate_per_preset_is_the_band_formula_and_dear_gas_widens_the_bands():
+    """`keeper risk --json` estimates the yearly cost of protection per gas preset from the cost-aware bands;
+    the figure is band_cost_per_year at those bands, and l1 (20 gwei) has wider bands and costs more."""
+    from keeper.risk.policy import CostBands, band_cost_per_year
+
+    out = run_json([*BASE, "--native-usd", "2500", "--capital-rate", "0.1"])
+    est = out["cost_estimate"]
+    assert set(est) == {"l1", "l2"}
+    l1, l2 = est["l1"], est["l2"]
+    assert l1["gas_usd_per_tx"] == pytest.approx(78_200 * 20e-9 * 2_500)
+    assert l1["restore_distance"] >= l2["restore_distance"] >= l2["trigger_distance"] == l1["trigger_distance"]
+    assert l1["release_distance"] - l1["restore_distance"] > l2["release_distance"] - l2["restore_distance"]
+    assert l1["usd_per_year"] > l2["usd_per_year"] > 0
+    again = band_cost_per_year(
+        l1["trigger_distance"], l1["restore_distance"], l1["release_distance"], 0.8, 3_000.0,
+        CostBands(l1["gas_usd_per_tx"], 0.1),
+    )  # fmt: skip
+    assert l1["usd_per_year"] == pytest.approx(again, rel=1e-12)
+    from keeper.errors import InputError
+
+    bad = CliRunner().invoke(build_app(), [*BASE, "--native-usd", "0"])
+    assert isinstance(bad.exception, InputError) and "--native-usd must be a positive price" in str(bad.exception)
