@@ -229,6 +229,26 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("tests use an anvil fixture without @pytest.mark.chain: " + ", ".join(unmarked))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """While a test without the ``chain`` marker runs (its set-up, a module or session fixture it is the first to
+    use included, its call and teardown), ``Anvil.start`` fails the test naming the rule, whatever calls it in this
+    process: a fixture, ``keeper devchain``/``demo``/``replay --onchain`` through ``keeper_cli``. The collection
+    check above knows fixtures by name only."""
+    if item.get_closest_marker("chain") is not None:
+        return (yield)
+
+    def refuse(cls, *args, **kwargs):
+        pytest.fail(f"{item.nodeid} starts anvil without @pytest.mark.chain", pytrace=False)
+
+    real = Anvil.__dict__["start"]
+    Anvil.start = classmethod(refuse)
+    try:
+        return (yield)
+    finally:
+        Anvil.start = real
+
+
 # ---- the CLI in this process ------------------------------------------------------------------------------
 # Where a test's point is the CLI's exit code and message, ``keeper.cli.main`` runs in the test's own interpreter
 # (what ``python -m keeper`` runs, minus the ~3 s of interpreter start and imports). Each command family keeps at

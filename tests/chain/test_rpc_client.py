@@ -234,6 +234,7 @@ class TestLaggingNode:
 
 
 class TestWrongChainAndDeadlines:
+    @pytest.mark.chain
     def test_reset_chain_without_required_code_is_a_mismatch(self):
         """After anvil_reset the address registered with require_code has no code: the endpoint is a mismatch."""
         own = Anvil.start()
@@ -250,6 +251,7 @@ class TestWrongChainAndDeadlines:
         finally:
             own.stop()
 
+    @pytest.mark.chain
     def test_endpoint_is_verified_again_every_reverify_s(self, node):
         """With reverify_s = 30 the chain id is asked once at first use and once more only after 30 s."""
         now = [0.0]
@@ -262,6 +264,7 @@ class TestWrongChainAndDeadlines:
         c.block_number()
         assert t.seen["eth_chainId"] == 2
 
+    @pytest.mark.chain
     def test_abort_fails_every_later_request_at_once(self, node):
         """After abort() a request raises TransientRpcError without reaching the node."""
         t = FaultTransport(HttpTransport(node.url))
