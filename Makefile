@@ -48,11 +48,12 @@ test: setup lint
 	$(FORGE) test --offline
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
-# The fast loop: everything that needs no anvil and builds no wheel (tests marked `chain` or `packaging`
-# deselected): the core, the service against the in-memory adapter, configuration, the CLI's bad-input paths.
-# `make test` runs every test, the wheel build and install (tests/test_wheel.py, marker `packaging`) included.
+# The fast loop: everything that needs no anvil, builds no wheel and is not a long replay (tests marked `chain`,
+# `packaging` or `slow` deselected): the core, the service against the in-memory adapter, configuration, the CLI's
+# bad-input paths, the replays on the 14 h crash window. `make test` runs every test, the wheel build and install
+# (tests/test_wheel.py, marker `packaging`) and the 48 h replays (marker `slow`) included.
 test-unit: $(VENV)/.stamp
-	$(VPY) -m pytest $(PYTEST_ARGS) -m "not chain and not packaging"
+	$(VPY) -m pytest $(PYTEST_ARGS) -m "not chain and not packaging and not slow"
 
 test-contracts: setup
 	$(FORGE) test --offline -vv

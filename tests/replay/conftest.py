@@ -1,6 +1,6 @@
 """Shared inputs of the replay tests, as fixtures: the real bars copied into tests/data (see
 tests/data/PROVENANCE.md) and a shorter window of them around the sharpest drop, for the tests that only need a
-crash to happen (the CLI runs)."""
+crash to happen (the CLI runs, the fast replay's outcomes and timing, the bound against the policies)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,11 @@ def crash_csv(ftx_csv, tmp_path_factory) -> dict[str, Path]:
         paths[symbol] = out / src.name
         paths[symbol].write_text("\n".join([header, *rows[first:last]]) + "\n")
     return paths
+
+
+@pytest.fixture(scope="session")
+def crash_bars(crash_csv):
+    """The 14 h crash window (``crash_csv``) of ETH and BTC as bars: 6 h of warm-up, then the fall and after."""
+    from keeper.replay.prices import load_bars
+
+    return [load_bars(crash_csv["ETH"], "ETH"), load_bars(crash_csv["BTC"], "BTC")]

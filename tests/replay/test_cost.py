@@ -60,11 +60,11 @@ class TestFormula:
 
 
 @pytest.fixture(scope="module")
-def run(ftx_bars):
-    """No keeper and one fixed baseline over the 48 h FTX window."""
+def run(crash_bars):
+    """No keeper and one fixed baseline over the 14 h FTX crash window."""
     pols = [parse_policy("none"), parse_policy("fixed:8:16:32")]
     cfg = ReplayConfig(warmup_s=6 * 3600, record=False)
-    return run_fast(load_book(), ftx_bars, pols, cfg)
+    return run_fast(load_book(), crash_bars, pols, cfg)
 
 
 class TestOnReplay:
