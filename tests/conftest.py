@@ -253,7 +253,7 @@ def pytest_runtest_protocol(item, nextitem):
 # Where a test's point is the CLI's exit code and message, ``keeper.cli.main`` runs in the test's own interpreter
 # (what ``python -m keeper`` runs, minus the ~3 s of interpreter start and imports). Each command family keeps at
 # least one true subprocess test besides (tests/runtime/test_secrets_cli.py, tests/risk/test_risk_cli.py,
-# tests/replay/test_cost.py, tests/test_devchain.py, the daemon end-to-end tests).
+# tests/replay/test_long_inputs.py, tests/test_devchain.py, the daemon end-to-end tests).
 
 
 @dataclass(frozen=True)

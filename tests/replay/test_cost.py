@@ -147,38 +147,26 @@ def test_cli_bad_native_exits_2(capsys, ftx_csv):
     assert "--native" in capsys.readouterr().err
 
 
-def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path, crash_csv):
-    """Piped (no terminal), the replay still reports progress as plain lines ending at 100 % (a real process: the
-    replay command's subprocess test). Two policies on the 14 h window: 768 rounds, progress reported at 50 % and
-    100 %."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keeper",
-            "replay",
-            "--prices",
-            f"ETH={crash_csv['ETH']}",
-            "--prices",
-            f"BTC={crash_csv['BTC']}",
-            "--fast",
-            "--warmup-h",
-            "6",
-            "--policy",
-            "none",
-            "--policy",
-            "fixed:12:24:48",
-            "--no-plots",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_replay_prints_plain_progress_when_not_on_a_terminal(tmp_path, crash_csv, keeper_cli):
+    """With stderr not a terminal the replay still reports progress as plain lines ending at 100 % (in this
+    process; tests/replay/test_long_inputs.py runs the piped command as a real process). Two policies on the 14 h
+    window: 768 rounds, several progress lines."""
+    proc = keeper_cli(
+        "replay",
+        "--prices",
+        f"ETH={crash_csv['ETH']}",
+        "--prices",
+        f"BTC={crash_csv['BTC']}",
+        "--fast",
+        "--warmup-h",
+        "6",
+        "--policy",
+        "none",
+        "--policy",
+        "fixed:12:24:48",
+        "--no-plots",
+        "--out",
+        str(tmp_path / "o"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("replay: ")]

@@ -171,6 +171,7 @@ class TestChunkedRun:
             np.testing.assert_array_equal(r.recorded_t_s, full.t_s[::5])
 
 
+@pytest.mark.slow  # 12,000 rounds (record_every = 3 needs three plot widths of them) and the plots: 6-9 s
 def test_long_replay_keeps_only_the_rows_its_plots_draw(tmp_path):
     """12,000 replayed rounds: the per-position series hold one row in 3 (the plots' spacing), not 12,000 rows."""
     from keeper.replay.report import write_report
