@@ -18,6 +18,7 @@ CORE_PATHS = [
     "keeper/planner.py",
     "keeper/decision.py",
     "keeper/replay/model.py",
+    "keeper/replay/aave_model.py",
     "keeper/accounts",
     "keeper/redact.py",
 ]

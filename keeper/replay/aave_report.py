@@ -1,0 +1,163 @@
+"""Output of the Aave account replay: the same ``summary.json`` / ``report.md`` shape as the reference replay's
+(:mod:`keeper.replay.report`), with the account metrics: liquidations, penalties (the liquidators' bonus),
+supplies and repays, transactions, gas, idle collateral, closest approach as the least health factor, and the
+total cost of protection per gas preset."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+from keeper.replay.accounts_fast import GAS_REPAY, GAS_REVERT, GAS_SUPPLY, AccountReplayResult
+from keeper.replay.cost import CostBreakdown, CostModel, cost_of_protection
+from keeper.replay.metrics import best_fixed_baseline
+
+DEFAULT_NATIVE = "ETH"
+
+
+def _iso(t_s: int) -> str:
+    return _dt.datetime.fromtimestamp(int(t_s), tz=_dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def account_costs(
+    result: AccountReplayResult, model: CostModel | None = None, native: str = DEFAULT_NATIVE
+) -> dict[str, dict[str, CostBreakdown]]:
+    """Per policy, per gas preset: the total cost of protection (:mod:`keeper.replay.cost`)."""
+    if native not in result.prices:
+        raise ValueError(f"native token {native!r} is not one of the replayed symbols ({', '.join(result.prices)})")
+    model = model or CostModel()
+    return {
+        name: cost_of_protection(
+            avg_idle_usd=r.avg_idle_e6 / 1e6,
+            duration_s=r.duration_s,
+            gas_log=r.gas_log,
+            penalties_usd=r.liquidation_penalty_e6 / 1e6,
+            bad_debt_usd=r.bad_debt_e6 / 1e6,
+            native_t_s=result.t_s,
+            native_price_usd=result.prices[native],
+            model=model,
+        )
+        for name, r in result.results.items()
+    }
+
+
+def account_summary(
+    result: AccountReplayResult, command: str = "", cost_model: CostModel | None = None, native: str = DEFAULT_NATIVE
+) -> dict:
+    cost_model = cost_model or CostModel()
+    costs = account_costs(result, cost_model, native)
+    book = result.book
+    return {
+        "protocol": "aave-v3",
+        "window": {
+            "start_utc": _iso(result.start_s),
+            "end_utc": _iso(result.end_s),
+            "start_s": result.start_s,
+            "end_s": result.end_s,
+            "rounds": int(result.t_s.size),
+            "sources": result.sources,
+        },
+        "book": {
+            "source": book.source,
+            "accounts": len(book.accounts),
+            "wallets_usd": sum(a.wallet_usd for a in book.accounts),
+            "wallet_asset": book.wallet_asset,
+        },
+        "config": {
+            "intrabar_order": result.config.order,
+            "warmup_s": result.config.warmup_s,
+            "inclusion_delay_rounds": result.config.inclusion_delay_rounds,
+            "gas_per_action": {"supply": GAS_SUPPLY, "repay": GAS_REPAY},
+            "gas_revert": GAS_REVERT,
+            "cost_model": {
+                "capital_rate_annual": cost_model.capital_rate_annual,
+                "gas_price_gwei": dict(cost_model.gas_price_gwei),
+                "native_token": native,
+            },
+        },
+        "units": "USD; gas in gas units; idle = max(0, collateral x average LT - debt) per account; "
+        "min_margin_ratio = least health factor",
+        "command": command,
+        "policies": {
+            name: {
+                **r.summary(),
+                **result.extra.get(name, {}),
+                "total_cost_usd": {preset: c.total_usd for preset, c in costs[name].items()},
+                "cost_breakdown_usd": {preset: c.as_dict() for preset, c in costs[name].items()},
+            }
+            for name, r in result.results.items()
+        },
+        "best_fixed_baseline": best_fixed_baseline(result.results),
+    }
+
+
+def account_table(
+    result: AccountReplayResult, cost_model: CostModel | None = None, native: str = DEFAULT_NATIVE
+) -> str:
+    """Markdown table, one row per policy."""
+    costs = account_costs(result, cost_model, native)
+    presets = list(next(iter(costs.values()))) if costs else []
+    head = (
+        "| policy | liquidations | penalty $ | supplies | repays | paid in $ | txs | gas | avg idle $ | peak idle $ "
+        "| min HF |" + "".join(f" cost {p} $ |" for p in presets) + "\n|---|" + "---:|" * (10 + len(presets)) + "\n"
+    )
+    rows = []
+    for name, r in result.results.items():
+        ex = result.extra.get(name, {})
+        hf = "-" if math.isinf(r.min_margin_ratio) else f"{r.min_margin_ratio:.3f}"
+        rows.append(
+            f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | {ex.get('supplies', 0)} | "
+            f"{ex.get('repays', 0)} | {r.collateral_added_e6 / 1e6:,.0f} | {r.transactions} | {r.gas_used:,} | "
+            f"{r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | {hf} |"
+            + "".join(f" {c.total_usd:,.0f} |" for c in costs[name].values())
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def write_account_report(
+    result: AccountReplayResult,
+    out_dir: str | Path,
+    command: str = "",
+    cost_model: CostModel | None = None,
+    native: str = DEFAULT_NATIVE,
+) -> dict[str, Path]:
+    """Write ``summary.json`` and ``report.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "summary.json"
+    summary.write_text(
+        json.dumps(account_summary(result, command, cost_model, native), indent=2, allow_nan=False) + "\n",
+        encoding="utf-8",
+    )
+    lines = [
+        f"# Aave v3 account replay {_iso(result.start_s)} .. {_iso(result.end_s)} UTC",
+        "",
+        (
+            f"Prices: {', '.join(f'{s} `{src}`' for s, src in result.sources.items())}. Book: `{result.book.source}` "
+            f"({len(result.book.accounts)} accounts, wallets ${sum(a.wallet_usd for a in result.book.accounts):,.0f} "
+            f"of {result.book.wallet_asset}). {result.t_s.size} rounds (4 per bar, intra-bar order "
+            f"`{result.config.order}`), warm-up {result.config.warmup_s / 3600:g} h, inclusion delay "
+            f"{result.config.inclusion_delay_rounds} round(s)."
+        ),
+        "",
+    ]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        account_table(result, cost_model, native),
+        "",
+        (
+            "Amounts in USD. Penalty = the liquidators' bonus (collateral seized, the protocol's fee included, minus "
+            "the debt repaid). Idle = sum over accounts of max(0, collateral x average LT - debt), time-weighted. "
+            "min HF = the least health factor before the liquidator acted. `fixed:X:Y`: below HF X repay to HF Y. "
+            f"Gas per action: supply {GAS_SUPPLY:,}, repay {GAS_REPAY:,} (constants, not receipts). Cost = average "
+            "idle x capital rate x duration + gas x preset gas price x the native token's price + penalties + bad "
+            "debt (keeper/replay/cost.py)."
+        ),
+        "",
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return {"summary": summary, "report": report}

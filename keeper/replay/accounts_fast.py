@@ -1,0 +1,652 @@
+"""The fast replay of Aave v3 accounts: real price bars through the pool model, one policy at a time.
+
+The same clock as the reference replay (:mod:`keeper.replay.fast`): every bar becomes four oracle rounds
+(adverse intra-bar order), the first ``warmup_s`` only calibrate, the book opens at the first round after it.
+Prices: each reserve follows a replayed symbol (``WETH`` <- ``ETH``, ``WBTC`` <- ``BTC``) or is fixed (``USDC``
+at 1). At every round ``k``:
+
+1. the supplies and repays decided at round ``k - inclusion_delay_rounds`` land (from the account's own
+   wallet; a supply beyond the wallet, or a repay the pool refuses, is a sent, failed transaction);
+2. the oracle pushes round ``k``'s prices;
+3. every account's health factor is recorded (closest approach; ``ratio`` series = HF);
+4. the liquidator calls ``liquidationCall(collateral, debt, user, max, false)`` once on every account with
+   HF < 1: the collateral and the debt of largest value; the close factor of the debt is repaid and the
+   collateral seized with the bonus (:mod:`keeper.replay.aave_model`); the bonus is the penalty;
+5. idle collateral ``sum max(0, percentMul(collateral, avg LT) - debt)`` is accumulated, time-weighted;
+6. the policy decides.
+
+Policies: ``risk`` is the daemon's decision function :func:`keeper.decision.decide_accounts` with
+:class:`keeper.accounts.aave_v3.AaveRules` over the model's state, fed what the daemon computes from its oracle
+history (:meth:`keeper.runtime.accounts_service.AccountKeeperService.estimate_assets`): per asset the EWMA
+sigma of the last 2,000 rounds (the policy's fallback with fewer than 30 returns, never below its floor; a
+fixed-price reserve, whose feed has one round, its ``sigma_fallback_annual`` as ``[protocol.assets.X]``), the
+stress gaps (down, up) of :meth:`keeper.risk.policy.RiskPolicy.estimate_stress_gap`, the pairwise correlations,
+and the Monte Carlo for multi-factor accounts seeded per round; the check interval is the time to the next round.
+Each account is decided alone with its own wallet (one wallet per account, as the reference book). The daemon
+never withdraws from an Aave account, so ``risk`` only supplies and repays. ``fixed:X:Y`` is the DeFi Saver
+style rule on the health factor: below HF X repay (or supply, when the wallet's asset is not a debt) the least
+that brings the HF to Y; ``none`` does nothing.
+
+Gas: a supply ``GAS_SUPPLY`` and a repay on behalf ``GAS_REPAY`` (measured on anvil,
+:data:`keeper.runtime.accounts_service.GAS_LIMIT_DEFAULT`), a refused one ``GAS_REVERT``; the approval is
+one-off and not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from keeper.accounts.aave_v3 import (
+    WAD,
+    AaveRules,
+    AccountData,
+    Market,
+    MarketTerms,
+    account_data_fast,
+    min_repay,
+    min_supply,
+    percent_mul,
+)
+from keeper.decision import AccountBookState, decide_accounts
+from keeper.domain import AccountAction, AccountActionKind
+from keeper.errors import ConfigError, InputError
+from keeper.planner import PlanLimits
+from keeper.replay.aave_book import AaveAccountSpec, AaveBook
+from keeper.replay.aave_model import AavePool, AaveRevert, LiquidationResult
+from keeper.replay.metrics import Event, PolicyResult, plot_stride
+from keeper.replay.prices import Bars, build_round_grid
+from keeper.risk.accounts import AccountMonteCarlo, assess_accounts, correlation_from_histories
+from keeper.risk.policy import RiskPolicy
+from keeper.risk.volatility import estimate_volatility
+
+GAS_SUPPLY = 136_000  # Pool.supply on behalf (anvil, @aave/core-v3 1.19.3)
+GAS_REPAY = 166_000  # Pool.repay on behalf, variable debt
+GAS_REVERT = 60_000
+VOL_WINDOW_ROUNDS = 2_000  # the daemon's VolatilityCache window
+DEFAULT_MIN_ACTION_E6 = 10_000_000
+DEFAULT_ACCOUNT_POLICIES = (
+    "risk",
+    "fixed:1.1:1.25",
+    "fixed:1.2:1.4",
+    "fixed:1.3:1.6",
+    "fixed:1.5:2",
+    "none",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsConfig:
+    order: str = "adverse"
+    warmup_s: int = 24 * 3600
+    inclusion_delay_rounds: int = 1
+    record: bool = True
+    trace: bool = False  # keep every round's HF per account and every action (the chain check)
+    chunk_rounds: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.inclusion_delay_rounds < 1:
+            raise InputError("inclusion_delay_rounds must be >= 1 (a decision cannot land before it is taken)")
+        if self.warmup_s < 0:
+            raise InputError("warmup_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountObservation:
+    """What a policy knows after round ``round_index`` (nothing from the future)."""
+
+    now_s: int
+    round_index: int
+    market: Market
+    rules: Mapping[str, AaveRules]  # per live account with debt: the exact rules over the model's state
+    wallets: Mapping[str, int]  # account -> units of the wallet asset
+    wallet_asset: str
+    sigmas_annual: Mapping[str, float]
+    stress_gaps: Mapping[str, tuple[float, float]]
+    correlation: Mapping[tuple[str, str], float]
+    check_interval_s: float
+    spent_today_e6: Mapping[str, int]
+    decimals: Mapping[str, int]
+
+
+class AccountPolicy(Protocol):
+    name: str
+
+    def decide(self, obs: AccountObservation) -> list[AccountAction]: ...
+
+
+@dataclass(slots=True)
+class NoKeeperAccounts:
+    name: str = "none"
+
+    def decide(self, obs: AccountObservation) -> list[AccountAction]:
+        return []
+
+
+@dataclass(slots=True)
+class HealthTarget:
+    """``fixed:X:Y``: below HF X, the least repay (or supply) from the wallet that brings the HF to Y."""
+
+    trigger: float
+    target: float
+    min_action_e6: int = DEFAULT_MIN_ACTION_E6
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.trigger < self.target:
+            raise InputError(f"fixed policy needs 1 <= X < Y (health factors), got X={self.trigger} Y={self.target}")
+        if not self.name:
+            self.name = f"fixed:{self.trigger:g}:{self.target:g}"
+
+    def decide(self, obs: AccountObservation) -> list[AccountAction]:
+        out = []
+        asset = obs.wallet_asset
+        target = round(self.target * WAD)
+        for name in sorted(obs.rules):
+            rules = obs.rules[name]
+            hf = rules.health(name)
+            if hf >= round(self.trigger * WAD):
+                continue
+            acct = rules.accounts[name]
+            held = obs.wallets.get(name, 0)
+            ur = acct.reserve(asset)
+            repay = ur is not None and ur.scaled_variable_debt > 0
+            need = (min_repay if repay else min_supply)(acct, obs.market, asset, target)
+            amount = min(held, need if need is not None else held)
+            price, unit = obs.market.prices_e8[asset], 10 ** obs.decimals[asset]
+            cost = amount * price // unit // 100
+            if amount <= 0 or cost < self.min_action_e6:
+                continue
+            kind = AccountActionKind.REPAY_DEBT if repay else AccountActionKind.ADD_COLLATERAL
+            out.append(
+                AccountAction(
+                    kind, name, asset, amount, cost, f"HF {hf / WAD:.3f} < {self.trigger:g}: to {self.target:g}"
+                )
+            )
+        return out
+
+
+@dataclass(slots=True)
+class AccountsRisk:
+    """The keeper: :func:`keeper.decision.decide_accounts` per account, its own wallet, the daemon's inputs."""
+
+    risk_policy: RiskPolicy = field(default_factory=RiskPolicy)
+    limits: PlanLimits | None = None
+    name: str = "risk"
+    monte_carlo: bool = True
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = PlanLimits.from_policy(self.risk_policy, max_per_tx_e6=10**15, max_per_day_e6=10**15)
+
+    def decide(self, obs: AccountObservation) -> list[AccountAction]:
+        assert self.limits is not None
+        out: list[AccountAction] = []
+        names = sorted(obs.rules)
+        if not names:
+            return out
+        # exact shortcut: an account the screen finds safe below p_release (no stress breach, not liquidatable,
+        # no stale source) is held by decide_accounts whatever its wallet (the Monte Carlo only refines accounts
+        # above p_release): only the others are decided, each alone with its own wallet
+        accounts = [obs.rules[n].margin_account(n) for n in names]
+        screen = assess_accounts(
+            accounts,
+            obs.market.prices_e8,
+            obs.sigmas_annual,
+            self.risk_policy,
+            obs.check_interval_s,
+            stress_gaps=obs.stress_gaps,
+            correlation=obs.correlation,
+            liquidatable={n: obs.rules[n].liquidatable(n) for n in names},
+        )
+        for name, acct, r in zip(names, accounts, screen, strict=True):
+            if not (r.liquidatable or r.stress_breach or r.breach_probability > self.limits.p_release):
+                continue
+            rules = obs.rules[name]
+            state = AccountBookState(
+                wallet={obs.wallet_asset: obs.wallets.get(name, 0)},
+                spent_today_e6=obs.spent_today_e6.get(name, 0),
+                decimals=obs.decimals,
+            )
+            outcome = decide_accounts(
+                [acct],
+                rules,
+                state,
+                prices_e8=obs.market.prices_e8,
+                sigmas_annual=obs.sigmas_annual,
+                policy=self.risk_policy,
+                limits=self.limits,
+                check_interval_s=obs.check_interval_s,
+                stress_gaps=obs.stress_gaps,
+                correlation=obs.correlation,
+                monte_carlo=AccountMonteCarlo(np.random.default_rng(obs.round_index)) if self.monte_carlo else None,
+            )
+            out.extend(outcome.onchain_actions)
+        return out
+
+
+def parse_account_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> AccountPolicy:
+    """``risk`` | ``fixed:X:Y`` (health factors) | ``none``."""
+    s = spec.strip().lower()
+    if s == "none":
+        return NoKeeperAccounts()
+    if s in ("risk", "risk:norelease"):
+        return AccountsRisk(name=s)
+    if s.startswith("fixed:"):
+        parts = s.split(":")[1:]
+        try:
+            x, y = (float(p) for p in parts)
+        except ValueError:
+            raise InputError(f"bad policy {spec!r}: for Aave accounts fixed:X:Y takes two health factors") from None
+        return HealthTarget(x, y, min_action_e6=min_action_e6)
+    raise InputError(f"unknown policy {spec!r} for Aave accounts; allowed: risk, fixed:X:Y (health factors), none")
+
+
+class _History:
+    """The last ``window`` oracle rounds of one asset (float arrays), as the daemon's VolatilityCache keeps."""
+
+    __slots__ = ("_n", "_p", "_t", "window")
+
+    def __init__(self, window: int = VOL_WINDOW_ROUNDS) -> None:
+        self.window = window
+        self._t = np.empty(4 * window)
+        self._p = np.empty(4 * window)
+        self._n = 0
+
+    def add(self, t_s: int, price_e8: int) -> None:
+        if self._n and t_s <= self._t[self._n - 1]:
+            return
+        if self._n == self._t.size:
+            keep = self.window - 1
+            self._t[:keep] = self._t[self._n - keep : self._n]
+            self._p[:keep] = self._p[self._n - keep : self._n]
+            self._n = keep
+        self._t[self._n] = float(t_s)
+        self._p[self._n] = float(price_e8)
+        self._n += 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = max(0, self._n - self.window)
+        return self._t[lo : self._n], self._p[lo : self._n]
+
+
+@dataclass(slots=True)
+class AccountReplayResult:
+    """The account replay's outcome, shaped like :class:`keeper.replay.fast.ReplayResult` for the report."""
+
+    book: AaveBook
+    config: AccountsConfig
+    start_s: int
+    end_s: int
+    t_s: np.ndarray
+    prices: dict[str, np.ndarray]  # replayed symbol -> USD per round
+    labels: list[str]
+    results: dict[str, PolicyResult]
+    sources: dict[str, str]
+    extra: dict[str, dict] = field(default_factory=dict)  # per policy: supplies, repays, min HF ...
+    trace: dict[str, list[dict]] = field(default_factory=dict)  # per policy, per round (config.trace)
+
+
+class _AccountRun:
+    def __init__(self, book: AaveBook, policy: AccountPolicy, config: AccountsConfig, n_rounds: int) -> None:
+        self.book, self.policy, self.config = book, policy, config
+        self.pool: AavePool | None = None
+        self.names = [a.name for a in book.accounts]
+        self.res = PolicyResult(name=policy.name)
+        self.wallet: dict[str, int] = {}
+        self.pending: dict[int, list[AccountAction]] = {}
+        self.spent: dict[str, tuple[int, int]] = {}
+        self.supplies = self.repays = 0
+        self.min_hf = math.inf
+        self.trace: list[dict] = []
+        self.opened: dict[str, dict] = {}
+        if config.record:
+            self.res.start_recording(n_rounds, len(self.names), plot_stride(n_rounds))
+
+    # ---- opening ------------------------------------------------------------------------------
+    def open(self, prices_e8: Mapping[str, int], now_s: int) -> None:
+        book = self.book
+        pool = AavePool.with_reserves([r.params for r in book.reserves.values()], now_s)
+        for a, p in prices_e8.items():
+            pool.set_price(a, p)
+        wa = book.wallet_asset
+        w_unit = 10 ** book.reserves[wa].params.decimals
+        for spec in book.accounts:
+            self.opened[spec.name] = open_account(pool, book, spec, now_s)
+            self.wallet[spec.name] = round(spec.wallet_usd * 1e8) * w_unit // pool.prices_e8[wa]
+        self.pool = pool
+        self.res.wallet_start_e6 = self.wallet_usd_e6()
+        self.res.wallet_min_e6 = self.res.wallet_start_e6
+
+    def wallet_usd_e6(self) -> int:
+        assert self.pool is not None
+        wa = self.book.wallet_asset
+        unit = 10 ** self.book.reserves[wa].params.decimals
+        return sum(v * self.pool.prices_e8[wa] // unit // 100 for v in self.wallet.values())
+
+    # ---- actions --------------------------------------------------------------------------------
+    def apply(self, a: AccountAction, k: int, now_s: int) -> None:
+        pool, res = self.pool, self.res
+        assert pool is not None
+        name = a.account
+        supply = a.kind is AccountActionKind.ADD_COLLATERAL
+        if a.kind not in (AccountActionKind.ADD_COLLATERAL, AccountActionKind.REPAY_DEBT):
+            return
+        gas = GAS_SUPPLY if supply else GAS_REPAY
+        unit = 10 ** self.book.reserves[a.asset].params.decimals
+        try:
+            if a.asset != self.book.wallet_asset or a.amount > self.wallet.get(name, 0):
+                raise AaveRevert("the wallet cannot pay (transfer amount exceeds balance)")
+            if supply:
+                pool.supply(name, a.asset, a.amount, now_s)
+                paid = a.amount
+                self.supplies += 1
+            else:
+                paid = pool.repay(name, a.asset, a.amount, now_s)
+                self.repays += 1
+            self.wallet[name] -= paid
+            usd_e6 = paid * pool.prices_e8[a.asset] // unit // 100
+            res.top_ups += 1
+            res.collateral_added_e6 += usd_e6
+            day = now_s // 86_400
+            d, s = self.spent.get(name, (-1, 0))
+            self.spent[name] = (day, (s if d == day else 0) + usd_e6)
+            res.record_gas(now_s, gas)
+            res.events.append(Event(now_s, k, "supply" if supply else "repay", name, 0, usd_e6, 0, a.reason))
+            if self.config.trace:
+                self.trace_actions.append((k, name, "supply" if supply else "repay", a.asset, paid))
+        except AaveRevert as exc:
+            res.reverted += 1
+            res.record_gas(now_s, GAS_REVERT)
+            res.events.append(Event(now_s, k, "revert", name, 0, 0, 0, f"{a.kind.value}: {exc}"))
+
+    @property
+    def trace_actions(self) -> list:
+        if not self.trace or "actions" not in self.trace[-1]:
+            raise RuntimeError("trace row missing")
+        return self.trace[-1]["actions"]
+
+    # ---- one round --------------------------------------------------------------------------------
+    def step(
+        self, k: int, now_s: int, prices_e8: Mapping[str, int], dt_next: float, inputs: _Inputs, opening: bool
+    ) -> None:
+        res = self.res
+        if self.config.trace:
+            self.trace.append({"k": k, "t_s": now_s, "actions": [], "liquidations": []})
+        if opening:
+            self.open(prices_e8, now_s)
+        pool = self.pool
+        assert pool is not None
+        for a in self.pending.pop(k, ()):  # 1. land
+            self.apply(a, k, now_s)
+        for asset, p in prices_e8.items():  # 2. oracle
+            pool.set_price(asset, p)
+        market = pool.market(now_s)
+        terms = MarketTerms(market, 0)
+        datas: dict[str, AccountData] = {}
+        hf_before: dict[str, int] = {}
+        for j, name in enumerate(self.names):  # 3. closest approach, 4. liquidator
+            d = datas[name] = account_data_fast(pool.account(name), terms)
+            if d.total_debt_base == 0:
+                continue
+            hf_before[name] = d.health_factor_wad
+            weighted = percent_mul(d.total_collateral_base, d.current_liquidation_threshold_bps)
+            res.record_position(k, j, name, now_s, weighted, d.total_debt_base, 0)
+            self.min_hf = min(self.min_hf, d.health_factor_wad / WAD)
+            if d.health_factor_wad >= WAD:
+                continue
+            pair = pool.liquidation_pair(name, now_s)
+            if pair is None:
+                continue
+            try:
+                liq = pool.liquidate(name, pair[0], pair[1], now_s)
+            except AaveRevert:
+                continue
+            self._liquidated(k, now_s, name, liq)
+            market = pool.market(now_s)  # the indices may have moved
+            terms = MarketTerms(market, 0)
+            datas = {n: account_data_fast(pool.account(n), terms) for n in datas}
+            datas[name] = account_data_fast(pool.account(name), terms)
+        idle = idle_equity = 0
+        hf_after: dict[str, int] = {}
+        for name in self.names:  # 5. idle
+            d = datas[name]
+            if d.total_debt_base == 0 and d.total_collateral_base == 0:
+                continue
+            hf_after[name] = d.health_factor_wad
+            weighted = percent_mul(d.total_collateral_base, d.current_liquidation_threshold_bps)
+            idle += max(0, weighted - d.total_debt_base) // 100
+            idle_equity += max(0, d.total_collateral_base - d.total_debt_base) // 100
+        res.record_idle(k, idle, idle_equity, dt_next)
+        res.wallet_min_e6 = min(res.wallet_min_e6, self.wallet_usd_e6())
+        if self.config.trace:
+            self.trace[-1].update(hf_before=hf_before, hf_after=hf_after)
+        shared: dict[int, MarketTerms] = {0: terms}  # 6. decide: every account's rules over this read
+        rules = {
+            name: AaveRules({name: pool.account(name)}, market, _terms=shared)
+            for name in self.names
+            if datas[name].total_debt_base > 0
+        }
+        day = now_s // 86_400
+        obs = AccountObservation(
+            now_s=now_s,
+            round_index=k,
+            market=market,
+            rules=rules,
+            wallets=dict(self.wallet),
+            wallet_asset=self.book.wallet_asset,
+            sigmas_annual=inputs.sigmas,
+            stress_gaps=inputs.gaps,
+            correlation=inputs.correlation,
+            check_interval_s=max(1.0, dt_next),
+            spent_today_e6={n: s for n, (d, s) in self.spent.items() if d == day},
+            decimals={a: r.params.decimals for a, r in self.book.reserves.items()},
+        )
+        actions = self.policy.decide(obs)
+        if actions:
+            self.pending.setdefault(k + self.config.inclusion_delay_rounds, []).extend(actions)
+
+    def _liquidated(self, k: int, now_s: int, name: str, liq: LiquidationResult) -> None:
+        res = self.res
+        res.liquidations += 1
+        res.liquidation_penalty_e6 += liq.penalty_base // 100
+        res.liquidated.append(name)
+        res.events.append(
+            Event(
+                now_s, k, "liquidation", name, 0, liq.penalty_base // 100, 0, f"{liq.collateral_asset}/{liq.debt_asset}"
+            )
+        )
+        if self.config.trace:
+            self.trace[-1]["liquidations"].append(
+                (
+                    name,
+                    liq.collateral_asset,
+                    liq.debt_asset,
+                    liq.outcome.debt_covered,
+                    liq.outcome.collateral_to_liquidator,
+                )
+            )
+
+    def finish(self, now_s: int) -> PolicyResult:
+        res = self.res
+        pool = self.pool
+        assert pool is not None
+        res.wallet_end_e6 = self.wallet_usd_e6()
+        equity = bad = 0
+        for name in self.names:
+            d = pool.account_data(name, now_s)
+            equity += max(0, d.total_collateral_base - d.total_debt_base) // 100
+            if d.total_collateral_base == 0 and d.total_debt_base > 0:
+                bad += d.total_debt_base // 100
+        res.final_equity_e6 = equity
+        res.bad_debt_e6 = bad
+        res.min_margin_ratio = self.min_hf
+        return res
+
+
+def open_account(pool: AavePool, book: AaveBook, spec: AaveAccountSpec, now_s: int) -> dict:
+    """Supply an account's collateral and borrow its debt at the pool's prices; returns the units used
+    (``{"supply": {asset: units}, "borrow": (asset, units)}``, what the chain check opens too)."""
+    supplies: dict[str, int] = {}
+    for asset, usd in spec.collateral_usd:
+        unit = 10 ** book.reserves[asset].params.decimals
+        supplies[asset] = supplies.get(asset, 0) + round(usd * 1e8) * unit // pool.prices_e8[asset]
+    for asset, units in spec.collateral_units:
+        unit = 10 ** book.reserves[asset].params.decimals
+        supplies[asset] = supplies.get(asset, 0) + round(units * unit)
+    for asset, units in supplies.items():
+        pool.supply(spec.name, asset, units, now_s)
+    d_asset = spec.debt_asset
+    d_unit = 10 ** book.reserves[d_asset].params.decimals
+    d_price = pool.prices_e8[d_asset]
+    if spec.debt_usd is not None:
+        debt = round(spec.debt_usd * 1e8) * d_unit // d_price
+    else:
+        data = pool.account_data(spec.name, now_s)
+        weighted = percent_mul(data.total_collateral_base, data.current_liquidation_threshold_bps)
+        debt = int(weighted / (spec.health_factor or 1.0)) * d_unit // d_price
+    try:
+        pool.borrow(spec.name, d_asset, debt, now_s)
+    except AaveRevert as exc:
+        raise ConfigError(
+            f"aave account {spec.name}: cannot open its debt ({exc}); the debt must stay within the LTV "
+            "(a health factor of at least LT / LTV)",
+            field="aave_accounts",
+        ) from None
+    return {"supply": supplies, "borrow": (d_asset, debt)}
+
+
+@dataclass(slots=True)
+class _Inputs:
+    sigmas: dict[str, float]
+    gaps: dict[str, tuple[float, float]]
+    correlation: dict[tuple[str, str], float]
+
+
+def run_accounts_fast(
+    book: AaveBook,
+    series: Sequence[Bars],
+    policies: Sequence[AccountPolicy],
+    config: AccountsConfig = AccountsConfig(),
+    progress: Callable[[int, int], None] | None = None,
+    risk_policy: RiskPolicy | None = None,
+) -> AccountReplayResult:
+    """Replay ``series`` (one :class:`Bars` per symbol the book's reserves follow) for each policy."""
+    if len({id(p) for p in policies}) != len(policies):
+        raise InputError("the same policy object is given twice")
+    by_sym = {b.symbol: b for b in series}
+    missing = [s for s in book.symbols if s not in by_sym]
+    if missing:
+        raise InputError(f"no price series for {', '.join(missing)} (the Aave book's reserves follow them)")
+    used = [by_sym[s] for s in book.symbols]
+    grid = build_round_grid(used, config.order)
+    n_all = len(grid)
+    t0 = int(grid.t_s[0])
+    open_k = int(np.searchsorted(grid.t_s, t0 + config.warmup_s, side="left"))
+    full = np.flatnonzero(grid.has[open_k:].all(axis=1)) if open_k < n_all else np.zeros(0, np.int64)
+    if not full.size or open_k + int(full[0]) >= n_all - 1:
+        raise InputError("the price window is not longer than the warm-up (no round after it prices every asset)")
+    open_k += int(full[0])
+    n = n_all - open_k
+    rp = risk_policy or next((p.risk_policy for p in policies if isinstance(p, AccountsRisk)), RiskPolicy())
+    by_symbol = book.asset_of_symbol()
+    fixed = {a: r.fixed_price_e8 for a, r in book.reserves.items() if r.price_symbol is None}
+    hist = {s: _History() for s in by_symbol}
+    t_arr = grid.t_s[open_k:]
+    dts = np.diff(t_arr, append=t_arr[-1])
+    runs = [_AccountRun(book, p, config, n) for p in policies]
+    # fixed-price reserves: a feed with one round (the daemon's per-asset fallback sigma, the fallback gap)
+    fixed_inputs = {}
+    for a, px in fixed.items():
+        g = rp.estimate_stress_gap([t0], [px], 60.0, now_s=t0).side_gaps
+        sigma = max(book.reserves[a].sigma_fallback_annual, rp.sigma_floor_annual)
+        fixed_inputs[a] = (sigma, (float(g[0]), float(g[1])))
+    needs_inputs = any(isinstance(p, AccountsRisk) for p in policies)
+    total = n * len(policies)
+    if progress is not None:
+        progress(0, total)
+    prices_usd = {s: grid.latest_price_usd(s, open_k, None) for s in by_symbol}
+    for k_all, rnd in enumerate(grid.iter_rounds(0, None, config.chunk_rounds)):
+        for sym, px in rnd.prices_e8.items():
+            hist[sym].add(rnd.t_s, px)
+        if k_all < open_k:
+            continue
+        k = k_all - open_k
+        dt = float(dts[k])
+        prices = {a: px for sym, px in rnd.prices_e8.items() for a in by_symbol[sym]}
+        if k == 0:
+            prices |= fixed
+        inputs = _Inputs({}, {}, {})
+        if needs_inputs:
+            inputs = _inputs(hist, by_symbol, fixed_inputs, rp, max(1.0, dt), rnd.t_s)
+        for run in runs:
+            run.step(k, rnd.t_s, prices, dt, inputs, opening=k == 0)
+        if progress is not None and ((k + 1) % 64 == 0 or k == n - 1):
+            progress((k + 1) * len(runs), total)
+    end_s = int(t_arr[-1])
+    results: dict[str, PolicyResult] = {}
+    extra: dict[str, dict] = {}
+    trace: dict[str, list[dict]] = {}
+    for run in runs:
+        r = run.finish(end_s)
+        r.t_s = t_arr
+        results[run.policy.name] = r
+        extra[run.policy.name] = {
+            "supplies": run.supplies,
+            "repays": run.repays,
+            "min_health_factor": None if math.isinf(run.min_hf) else run.min_hf,
+        }
+        if config.trace:
+            trace[run.policy.name] = run.trace
+    first = runs[0] if runs else None
+    if first is not None and config.trace:
+        extra["_opening"] = first.opened
+    return AccountReplayResult(
+        book=book,
+        config=config,
+        start_s=int(t_arr[0]),
+        end_s=end_s,
+        t_s=t_arr,
+        prices=prices_usd,
+        labels=[a.name for a in book.accounts],
+        results=results,
+        sources={b.symbol: b.source for b in used},
+        extra=extra,
+        trace=trace,
+    )
+
+
+def _inputs(
+    hist: Mapping[str, _History],
+    by_symbol: Mapping[str, list[str]],
+    fixed_inputs: Mapping[str, tuple[float, tuple[float, float]]],
+    rp: RiskPolicy,
+    check_interval_s: float,
+    now_s: int,
+) -> _Inputs:
+    """The daemon's estimates per asset from the oracle rounds so far (see the module docstring)."""
+    sigmas: dict[str, float] = {}
+    gaps: dict[str, tuple[float, float]] = {}
+    histories: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for sym, h in hist.items():
+        times, prices = h.arrays()
+        est = estimate_volatility(
+            times,
+            prices / 1e8,
+            model="ewma",
+            floor_annual=rp.sigma_floor_annual,
+            fallback_annual=rp.sigma_fallback_annual,
+        )
+        g = rp.estimate_stress_gap(times, prices, check_interval_s, now_s=now_s).side_gaps
+        for a in by_symbol[sym]:
+            sigmas[a] = est.sigma_annual
+            gaps[a] = (float(g[0]), float(g[1]))
+            histories[a] = (times, prices)
+    for a, (sigma, g2) in fixed_inputs.items():
+        sigmas[a] = sigma
+        gaps[a] = g2
+    return _Inputs(sigmas, gaps, correlation_from_histories(histories))  # type: ignore[arg-type]
