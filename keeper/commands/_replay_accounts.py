@@ -1,0 +1,94 @@
+"""``keeper replay`` on a book holding Aave v3 accounts (``[[aave_accounts]]``): the fast account replay
+(:mod:`keeper.replay.accounts_fast`), its table, ``summary.json`` and ``report.md``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from keeper.errors import InputError
+
+
+def book_has_aave_accounts(path: Path) -> bool:
+    """Whether the book file declares ``[[aave_accounts]]`` (then ``keeper replay`` runs the account replay)."""
+    from keeper.replay.aave_book import has_aave_accounts, read_book_toml
+
+    return has_aave_accounts(read_book_toml(path)[0])
+
+
+def run_account_replay(
+    *,
+    book: Path,
+    files: dict[str, Path],
+    policy: list[str],
+    out: Path | None,
+    fast: bool,
+    warmup_h: float,
+    delay: int,
+    order: str,
+    max_gap_s: float | None,
+    cost_model: object,
+    native: str,
+) -> None:
+    from keeper.replay.aave_book import load_aave_book
+    from keeper.replay.aave_report import account_costs, account_table, write_account_report
+    from keeper.replay.accounts_fast import (
+        DEFAULT_ACCOUNT_POLICIES,
+        AccountsConfig,
+        parse_account_policy,
+        run_accounts_fast,
+    )
+    from keeper.replay.cost import CostModel
+    from keeper.replay.prices import load_bars
+
+    if not fast:
+        raise InputError(
+            "a book with Aave accounts replays with --fast only (the model is checked against the real contracts "
+            "by tests/aave/test_aave_replay_chain.py)"
+        )
+    assert isinstance(cost_model, CostModel)
+    bk = load_aave_book(book)
+    console = Console(stderr=True)
+    series = []
+    for sym, path in files.items():
+        with console.status(f"loading {sym} bars from {path}"):
+            series.append(load_bars(path, sym, max_gap_s=max_gap_s))
+    pols = [parse_account_policy(s) for s in (policy or list(DEFAULT_ACCOUNT_POLICIES))]
+    names = [p.name for p in pols]
+    if len(set(names)) != len(names):
+        raise InputError(f"a policy is given twice: {', '.join(names)}")
+    config = AccountsConfig(order=order, warmup_s=int(warmup_h * 3600), inclusion_delay_rounds=delay, record=False)
+    with console.status("replaying the Aave accounts"):
+        result = run_accounts_fast(bk, series, pols, config)
+    command = "keeper replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
+    costs = account_costs(result, cost_model, native)
+    table = Table(title="replay, Aave v3 accounts (USD)")
+    cols = ["policy", "liq", "penalty", "supplies", "repays", "paid in", "txs", "gas", "avg idle", "min HF"]
+    cols += [f"cost {p}" for p, _ in cost_model.gas_price_gwei]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, r in result.results.items():
+        ex = result.extra[name]
+        table.add_row(
+            name,
+            str(r.liquidations),
+            f"{r.liquidation_penalty_e6 / 1e6:,.0f}",
+            str(ex["supplies"]),
+            str(ex["repays"]),
+            f"{r.collateral_added_e6 / 1e6:,.0f}",
+            str(r.transactions),
+            f"{r.gas_used:,}",
+            f"{r.avg_idle_e6 / 1e6:,.0f}",
+            "-" if ex["min_health_factor"] is None else f"{ex['min_health_factor']:.3f}",
+            *(f"{c.total_usd:,.0f}" for c in costs[name].values()),
+        )
+    Console(width=max(160, Console().width)).print(table)
+    if out is not None:
+        paths = write_account_report(result, out, command=command, cost_model=cost_model, native=native)
+        Console().print(f"wrote {paths['summary']} and {paths['report']}")
+    elif not table.row_count:
+        Console().print(account_table(result, cost_model, native))
