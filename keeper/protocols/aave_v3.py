@@ -287,6 +287,51 @@ def _round(data: bytes) -> PriceRound:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What one user-configuration bitmap asks the second pass to read: the calls (target, selector) in order,
+    and per flagged reserve (asset, collateral?, borrowing?, how many debt reads: 0, 1 variable, 2 + stable)."""
+
+    calls: tuple[tuple[str, bytes], ...]
+    reserves: tuple[tuple[str, bool, bool, int], ...]
+
+
+class _Layouts:
+    """:class:`_Layout` per configuration bitmap, built once per distinct bitmap in a read (a book of 10,000
+    accounts holds a handful of reserve combinations)."""
+
+    def __init__(self, reserves: dict[str, ReserveState], stable_any: set[str]) -> None:
+        self._by_id = list({s.reserve_id: a for a, s in reserves.items()}.items())  # the pool's reserve order
+        self._reserves = reserves
+        self._stable_any = stable_any
+        self._memo: dict[int, _Layout] = {}
+
+    def of(self, bits: int) -> _Layout:
+        found = self._memo.get(bits)
+        if found is None:
+            found = self._memo[bits] = self._layout(bits)
+        return found
+
+    def _layout(self, bits: int) -> _Layout:
+        calls: list[tuple[str, bytes]] = []
+        out: list[tuple[str, bool, bool, int]] = []
+        for rid, asset in self._by_id:
+            state = self._reserves[asset]
+            coll, borrow = bool(bits >> (2 * rid + 1) & 1), bool(bits >> (2 * rid) & 1)
+            if coll:
+                calls.append((state.a_token, F_SCALED_BALANCE.selector))
+            reads = 0
+            if borrow:
+                calls.append((state.variable_debt_token, F_SCALED_BALANCE.selector))
+                reads = 1
+                if asset in self._stable_any:
+                    calls.append((state.stable_debt_token, F_BALANCE.selector))
+                    reads = 2
+            if coll or borrow:
+                out.append((asset, coll, borrow, reads))
+        return _Layout(tuple(calls), tuple(out))
+
+
 @dataclass(frozen=True)
 class AaveSnapshot:
     """Every watched account and the market state they were read with, at one block."""
@@ -335,6 +380,8 @@ class AaveV3Adapter(AccountAdapter):
         self.sources: dict[str, str] = {}
         self.emode_ids: tuple[int, ...] = ()
         self.symbols: dict[str, str] = {}  # asset -> symbol, from load()
+        self._checksums: dict[str, str] = {}  # user as given -> EIP-55
+        self._address_words: dict[str, bytes] = {}  # EIP-55 user -> its 32-byte ABI word
         self.scanner = None
         if journal is not None:
             self.scanner = LogScanner(
@@ -417,7 +464,8 @@ class AaveV3Adapter(AccountAdapter):
         """
         if not self.reserves:
             self.load_reserves()
-        users = [to_checksum_address(u) for u in users]
+        users = [self._checksummed(u) for u in users]
+        words = self._address_words
         assets = list(self.reserves)
         n, m = len(assets), len(self.emode_ids)
         sources = [self.sources.get(a, ZERO_ADDRESS) for a in assets]
@@ -426,10 +474,14 @@ class AaveV3Adapter(AccountAdapter):
         calls += [Call(self.pool, F_EMODE_DATA.encode(i)) for i in self.emode_ids]
         calls += [Call(self.reserves[a].stable_debt_token, F_TOTAL_SUPPLY.encode()) for a in assets]
         per_user = 3 if cross_check else 2
+        pool = self.pool
+        sel_data, sel_config, sel_emode = F_ACCOUNT_DATA.selector, F_USER_CONFIG.selector, F_USER_EMODE.selector
         for u in users:
+            w = words[u]
             if cross_check:
-                calls.append(Call(self.pool, F_ACCOUNT_DATA.encode(u)))
-            calls += [Call(self.pool, F_USER_CONFIG.encode(u)), Call(self.pool, F_USER_EMODE.encode(u))]
+                calls.append(Call(pool, sel_data + w))
+            calls.append(Call(pool, sel_config + w))
+            calls.append(Call(pool, sel_emode + w))
         first = self.multicall.aggregate3(calls, block)
         r = first.results
         reserves = {
@@ -443,58 +495,63 @@ class AaveV3Adapter(AccountAdapter):
             if x.success:
                 ltv, lt, bonus, src, _label = F_EMODE_DATA.decode(x.data)[0]
                 emodes[cid] = EModeCategory(cid, ltv, lt, bonus, "" if int(src, 16) == 0 else to_checksum_address(src))
-        by_id = {s.reserve_id: a for a, s in reserves.items()}
         price_assets = assets + sorted({e.price_source for e in emodes.values() if e.price_source})
         # a user's stable debt is read only where the reserve has any (totalSupply > 0): exact, and it keeps
         # the second pass to one HTTP round trip for 1,000 accounts
         stable_any = {
             a for a, x in zip(assets, r[2 * n + m : 3 * n + m], strict=True) if not x.success or _word(x.data, 0) > 0
         }
+        layouts = _Layouts(reserves, stable_any)
         base = 3 * n + m
         onchain: dict[str, AccountData] = {}
-        flags: dict[str, tuple[int, int]] = {}
+        read: list[tuple[str, int, int]] = []  # (user, configuration bitmap, e-mode category)
         failed: list[str] = []
         second: list[Call] = [Call(self.oracle, F_ASSETS_PRICES.encode(price_assets), False)]
-        plan: list[tuple[str, str, str]] = []  # (user, asset, which)
         for k, u in enumerate(users):
             got = r[base + per_user * k : base + per_user * (k + 1)]
             cfg, em = got[-2], got[-1]
-            if not all(x.success for x in got):
+            if not (cfg.success and em.success and got[0].success):
                 failed.append(u)
                 continue
             if cross_check:
-                onchain[u] = AccountData(*(_word(got[0].data, i) for i in range(6)))
-            flags[u] = (_word(cfg.data, 0), _word(em.data, 0))
-            bits = flags[u][0]
-            for rid, asset in by_id.items():
-                state = reserves[asset]
-                if bits >> (2 * rid + 1) & 1:
-                    second.append(Call(state.a_token, F_SCALED_BALANCE.encode(u)))
-                    plan.append((u, asset, "a"))
-                if bits >> (2 * rid) & 1:
-                    second.append(Call(state.variable_debt_token, F_SCALED_BALANCE.encode(u)))
-                    plan.append((u, asset, "v"))
-                    if asset in stable_any:
-                        second.append(Call(state.stable_debt_token, F_BALANCE.encode(u)))
-                        plan.append((u, asset, "s"))
+                d = got[0].data
+                onchain[u] = AccountData(*(int.from_bytes(d[32 * i : 32 * i + 32], "big") for i in range(6)))
+            bits = int.from_bytes(cfg.data[:32], "big")
+            read.append((u, bits, int.from_bytes(em.data[:32], "big")))
+            w = words[u]
+            second += [Call(target, sel + w) for target, sel in layouts.of(bits).calls]
         res2 = self.multicall.aggregate3(second, first.block_number)
         prices = dict(zip(price_assets, F_ASSETS_PRICES.decode(res2.results[0].data)[0], strict=True))
-        balances: dict[tuple[str, str], dict[str, int]] = {}
-        for (u, asset, which), x in zip(plan, res2.results[1:], strict=True):
-            balances.setdefault((u, asset), {})[which] = _word(x.data, 0) if x.success else 0
+        out = iter(res2.results[1:])
         accounts: dict[str, AaveAccount] = {}
-        for u, (bits, emode) in flags.items():
+        for u, bits, emode in read:
             urs = []
-            for rid, asset in by_id.items():
-                coll, borrow = bool(bits >> (2 * rid + 1) & 1), bool(bits >> (2 * rid) & 1)
-                if coll or borrow:
-                    b = balances.get((u, asset), {})
-                    urs.append(UserReserve(asset, b.get("a", 0), b.get("v", 0), b.get("s", 0), coll, borrow))
+            for asset, coll, borrow, reads in layouts.of(bits).reserves:
+                a = v = st = 0
+                if coll:
+                    x = next(out)
+                    a = int.from_bytes(x.data[:32], "big") if x.success else 0
+                if reads:
+                    x = next(out)
+                    v = int.from_bytes(x.data[:32], "big") if x.success else 0
+                    if reads > 1:
+                        x = next(out)
+                        st = int.from_bytes(x.data[:32], "big") if x.success else 0
+                urs.append(UserReserve(asset, a, v, st, coll, borrow))
             accounts[u] = AaveAccount(u, emode, tuple(urs))
         market = Market(reserves, prices, emodes, first.block_timestamp)
         return AaveSnapshot(
             first.block_number, market, accounts, onchain, rounds, first.round_trips + res2.round_trips, tuple(failed)
         )
+
+    def _checksummed(self, user: str) -> str:
+        """``user`` in EIP-55 form, and its ABI word (kept: the same accounts are read every cycle)."""
+        found = self._checksums.get(user)
+        if found is None:
+            found = to_checksum_address(user)
+            self._checksums[user] = found
+            self._address_words[found] = bytes(12) + bytes.fromhex(found[2:])
+        return found
 
     # ---- what the daemon needs besides the book ----------------------------------------------------
 
