@@ -131,10 +131,11 @@ def exposures(account: MarginAccount, prices_e8: Mapping[str, int]) -> tuple[flo
     coll, debt = max(cash, 0.0), max(-cash, 0.0)
     drift = account.drift_usd_per_year
     grad: dict[str, float] = {}
+    collateral = LegKind.COLLATERAL
     for leg in account.legs:
         key = leg.price_key or leg.asset
-        vw = leg.value_e8(prices_e8) / 1e8 * leg.weight_bps / BPS
-        if leg.kind is LegKind.COLLATERAL:
+        vw = leg.amount * prices_e8[key] // 10**leg.decimals / 1e8 * leg.weight_bps / BPS  # Leg.value_e8
+        if leg.kind is collateral:
             coll += vw
             grad[key] = grad.get(key, 0.0) + vw
             drift += vw * leg.rate_annual
@@ -393,41 +394,55 @@ def assess_accounts(
     )
     stress_x = np.where(material, -np.copysign(adverse, grad), 0.0)
     mat_rows = [[j for j, flag in enumerate(row) if flag] for row in material.tolist()]
+    # per account from here: plain Python numbers (a numpy scalar costs ~10x a float to read)
+    stress_l, survive_l, adverse_l = stress_x.tolist(), survive_screen.tolist(), adverse.tolist()
+    top_l, one_l, has_l, liq_l = top.tolist(), one.tolist(), has.tolist(), liq.tolist()
+    m_l, coll_l, debt_l, drift_l, cost_l = m.tolist(), coll.tolist(), debt.tolist(), drift.tolist(), cost.tolist()
+    p_l, share_l, ratio_l, distance_l = p.tolist(), share.tolist(), ratio.tolist(), distance.tolist()
+    sigma_l, interval_l, d_target_l, g_top_l = (
+        sigma_m.tolist(),
+        interval.tolist(),
+        d_target_one.tolist(),
+        g_top.tolist(),
+    )
     out: list[AccountRisk] = []
     for i, a in enumerate(accounts):
-        if not has[i]:
+        if not has_l[i]:
             out.append(assess_account(a, prices_e8, sigmas_annual, policy, check_interval_s, liquidatable=given[i]))
             continue
-        dom = assets[int(top[i])]
+        dom = assets[top_l[i]]
         mat = mat_rows[i]
-        stress_prices = _move(prices_e8, {assets[j]: float(stress_x[i, j]) for j in mat})
-        if one[i]:
-            survive = {dom: -math.copysign(float(d_target_one[i]), float(g_top[i]))}
+        row_stress = stress_l[i]
+        stress_prices = _move(prices_e8, {assets[j]: row_stress[j] for j in mat})
+        if one_l[i]:
+            survive = {dom: -math.copysign(d_target_l[i], g_top_l[i])}
         else:
-            survive = {assets[j]: float(survive_screen[i, j]) for j in mat}
+            row_survive = survive_l[i]
+            survive = {assets[j]: row_survive[j] for j in mat}
+        row_adverse = adverse_l[i]
         out.append(
             AccountRisk(
                 a.protocol,
                 a.account,
-                float(m[i]),
-                float(coll[i]),
-                float(debt[i]),
+                m_l[i],
+                coll_l[i],
+                debt_l[i],
                 ex[i][2],
-                float(p[i]),
-                "closed_form" if one[i] else "screen",
+                p_l[i],
+                "closed_form" if one_l[i] else "screen",
                 dom,
-                float(share[i]),
-                int(prices_e8[dom] * float(ratio[i])) if ratio[i] > 0 else 0,
-                float(distance[i]),
-                float(sigma_m[i]),
-                float(drift[i]),
+                share_l[i],
+                int(prices_e8[dom] * ratio_l[i]) if ratio_l[i] > 0 else 0,
+                distance_l[i],
+                sigma_l[i],
+                drift_l[i],
                 h,
                 survive_prices_e8=_move(prices_e8, survive),
                 stress_prices_e8=stress_prices,
-                stress_gaps={assets[j]: float(adverse[i, j]) for j in mat},
-                stress_breach=_excess_at(a, stress_prices) - float(cost[i]) < 0,
-                liquidatable=bool(liq[i]),
-                suggested_check_interval_s=float(interval[i]),
+                stress_gaps={assets[j]: row_adverse[j] for j in mat},
+                stress_breach=_excess_at(a, stress_prices) - cost_l[i] < 0,
+                liquidatable=liq_l[i],
+                suggested_check_interval_s=interval_l[i],
             )
         )
     return out
@@ -487,11 +502,13 @@ def refine_with_monte_carlo(
     )
     horizon = risks[chosen[0]].horizon_s
     paths = simulate_paths(model, horizon, mc.n_steps, mc.n_paths, mc.rng, keep_paths=True)
+    assert paths.paths is not None  # keep_paths=True
+    growth = np.expm1(paths.paths)  # price relatives - 1 on every path and step, shared by the accounts
     out = list(risks)
     for i in chosen:
         r = risks[i]
         cost = max(0.0, -r.drift_usd_per_year * horizon / SECONDS_PER_YEAR)
-        p, se = account_breach_mc(paths, assets, accounts[r.account.lower()], prices_e8, cost)
+        p, se = _breach_on(paths, growth, assets, accounts[r.account.lower()], prices_e8, cost)
         if p > 0 and se / p <= mc.max_rel_stderr:
             out[i] = replace(r, breach_probability=p, method="monte_carlo", stderr=se)
     return out
@@ -604,10 +621,22 @@ def account_breach_mc(
     """
     if paths.paths is None:
         raise ValueError("account_breach_mc needs simulate_paths(..., keep_paths=True)")
+    return _breach_on(paths, np.expm1(paths.paths), path_assets, account, prices_e8, cost_usd)
+
+
+def _breach_on(
+    paths: PathSet,
+    growth: NDArray[np.float64],
+    path_assets: Sequence[str],
+    account: MarginAccount,
+    prices_e8: Mapping[str, int],
+    cost_usd: float,
+) -> tuple[float, float]:
+    """:func:`account_breach_mc` with ``growth = expm1(paths.paths)`` computed once for every account."""
     coll, debt, grad, _ = exposures(account, prices_e8)
     m0 = coll - debt
     g = np.asarray([grad.get(a, 0.0) for a in path_assets])
-    excess = m0 + np.einsum("a,apt->pt", g, np.expm1(paths.paths))
+    excess = m0 + np.einsum("a,apt->pt", g, growth)
     return hit_probability(paths, (excess < cost_usd).any(axis=1))
 
 
