@@ -23,10 +23,12 @@ decision is one ``account_decision`` event with its reason, ranked by breach pro
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -70,6 +72,21 @@ RANKED_IN_LOG = 10
 HOLDS_AT_INFO_MAX = 100
 """Books up to this many accounts log every decision at info; larger ones log the held accounts at debug."""
 WAD = 10**18
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for one cycle. A 10,000-account cycle allocates millions of
+    short-lived objects (reads, integers, risks, decisions: no reference cycles, freed as they go), and each
+    full collection it would trigger walks the whole heap: 3 or 4 a cycle, ~0.3 s each, a third of the cycle.
+    Whatever cyclic garbage a cycle leaves is collected once the collector is back on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _enabled_for(logger: Any, level: int) -> bool:
@@ -268,7 +285,8 @@ class AccountKeeperService(KeeperService):
 
     def cycle(self, *, execute: bool = True) -> AccountCycleReport:
         try:
-            return self._account_cycle(execute)
+            with _cyclic_gc_paused():
+                return self._account_cycle(execute)
         except TransientRpcError:
             self.metrics.count_rpc_error("cycle")
             raise
