@@ -69,9 +69,20 @@ def _url_sub(match: re.Match[str]) -> str:
 
 def mask_text(text: str, known: Iterable[str] = ()) -> str:
     """``text`` with key-shaped values, URL credentials and every ``known`` string masked."""
-    text = _URL.sub(_url_sub, _replace_known(text, tuple(known)))
-    text = _USERINFO.sub(REDACTED + "@", text)
-    return _HEX32.sub(REDACTED, text)
+    return _mask_text(text, _longest_first(known))
+
+
+def _mask_text(text: str, known: tuple[str, ...]) -> str:
+    # each pattern is tried only where it can match (a URL needs "://", userinfo an "@", a key 64 characters):
+    # a log line's dozens of short strings cost a substring test each, not three regular expressions
+    text = _mask_urls(_replace_known(text, known))
+    return _HEX32.sub(REDACTED, text) if len(text) >= 64 else text
+
+
+def _mask_urls(text: str) -> str:
+    if "://" in text:
+        text = _URL.sub(_url_sub, text)
+    return _USERINFO.sub(REDACTED + "@", text) if "@" in text else text
 
 
 def mask_data(
@@ -87,17 +98,19 @@ def mask_data(
     ``public_suffixes`` entry keeps 64-hex values (hashes are public) but still has URLs and ``known``
     strings masked.
     """
-    known_t = tuple(known)
+    known_t = _longest_first(known)
     names = tuple(n.lower() for n in secret_names)
     public = tuple(s.lower() for s in public_suffixes)
 
     def clean(v: Any, is_public: bool) -> Any:
+        if v is None or v.__class__ in _SCALARS:
+            return v
         if isinstance(v, str):
             if _MNEMONIC.match(v):
                 return REDACTED
             if is_public:
-                return _USERINFO.sub(REDACTED + "@", _URL.sub(_url_sub, _replace_known(v, known_t)))
-            return mask_text(v, known_t)
+                return _mask_urls(_replace_known(v, known_t))
+            return _mask_text(v, known_t)
         if isinstance(v, bytes) and len(v) == 32 and not is_public:
             return REDACTED
         if isinstance(v, Mapping):
@@ -119,7 +132,16 @@ def mask_data(
     return clean(value, False)
 
 
+_SCALARS = frozenset({int, float, bool})  # nothing to mask in them (exact types: a str subclass is a string)
+
+
+def _longest_first(known: Iterable[str]) -> tuple[str, ...]:
+    """The distinct non-empty ``known`` strings, longest first (the order they are replaced in)."""
+    return tuple(sorted({k for k in known if k}, key=len, reverse=True))
+
+
 def _replace_known(text: str, known: tuple[str, ...]) -> str:
-    for secret in sorted({k for k in known if k}, key=len, reverse=True):
+    """``known`` as :func:`_longest_first` returns it."""
+    for secret in known:
         text = text.replace(secret, REDACTED)
     return text
