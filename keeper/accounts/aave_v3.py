@@ -647,37 +647,63 @@ class _SupplyCurve:
         return _health(self.c0 + v, self.l0 + v * self.t.lt, self.d)
 
     def least(self, target_wad: int) -> int | None:
-        """Fewest units that reach ``target_wad``, in closed form, where the health factor cannot fall as
-        the supply grows: the asset's LT at least the other collateral's average (C0 LT >= L0), so the
-        floored average LT never drops. Otherwise, or when the verification fails, :data:`_UNSURE`."""
+        """Fewest units that reach ``target_wad``; None when no supply does; :data:`_UNSURE` when the closed
+        form does not apply (a price or LT that is 0 or 1) or its answer fails the check.
+
+        With ``V`` the asset's value after the supply, ``HF >= target`` is ``Q(V) = C floor(L / C) >= B``
+        (``C = C0 + V``, ``L = L0 + LT V``). Where the asset's LT is at least the other collateral's average
+        (``LT C0 >= L0``) the floored average never falls and ``Q`` only rises: the least ``V`` by bisection
+        on ``Q``. Below it the average falls one bp at a time as ``V`` grows and ``Q`` saw-tooths: on each
+        stretch of one average ``a`` it is ``C a``, so the least ``V`` is found stretch by stretch
+        (:func:`_least_value_falling`). Then the fewest units whose value reaches that ``V``; should that
+        amount's value overshoot onto a tooth that misses the target, the search goes on from there."""
         t, c0, l0, d = self.t, self.c0, self.l0, self.d
         if self.hf(0) >= target_wad:
             return 0
         if not t.counted:
             return None  # the reserve's collateral does not count: no supply helps
-        if t.price <= 0 or t.lt < 2 or t.lt * c0 < l0 or target_wad < 1:
+        if t.price <= 0 or t.lt < 2 or target_wad < 1:
             return _UNSURE
-        # HF >= target  <=>  percentMul(C, avgLT) >= A  <=>  C * floor(L / C) >= B, with V the asset's value
+        # HF >= target  <=>  percentMul(C, avgLT) >= A  <=>  C * floor(L / C) >= B
         a_min = _ceil_div(target_wad * d - d // 2, WAD)
         b = BPS * a_min - BPS // 2
-
-        def q(v: int) -> int:
-            c = c0 + v
-            return c * ((l0 + v * t.lt) // c) if c else 0
-
-        v0 = self.value(0)
-        lo = max(v0, _ceil_div(b - l0, t.lt) - 1)  # q(v) <= L0 + LT v < b below it
-        hi = max(lo + 1, _ceil_div(b + c0 - l0, t.lt - 1))  # q(v) > L0 + LT v - C0 - v >= b from here
-        if q(hi) < b or q(lo) >= b:
-            return _UNSURE
-        v_star = _bisect(lambda v: q(v) >= b, lo, hi)
-        # the fewest units whose value reaches v_star: invert floor(bal P / U), rayMul and rayDiv exactly
-        bal = _ceil_div(v_star * t.unit, t.price)
-        scaled = max(0, _ceil_div(bal * RAY - HALF_RAY, t.income))
-        x = max(0, _ceil_div((scaled - self.s) * t.income - t.income // 2, RAY))
-        if self.hf(x) >= target_wad and (x == 0 or self.hf(x - 1) < target_wad):
-            return x
+        v = self.value(0)  # Q(v) < B: the HF misses the target without a supply
+        rising = t.lt * c0 >= l0
+        for _ in range(64 if not rising else 1):
+            if rising:
+                lo = max(v, _ceil_div(b - l0, t.lt) - 1)  # Q(V) <= L0 + LT V < B up to here
+                hi = max(lo + 1, _ceil_div(b + c0 - l0, t.lt - 1))  # Q(V) > L0 + LT V - C0 - V >= B from here
+                v_star = _bisect(lambda w: (c0 + w) * ((l0 + w * t.lt) // (c0 + w)) >= b, lo, hi)
+            else:
+                v_star = _least_value_falling(c0, l0, t.lt, b, v)
+            # the fewest units whose value reaches v_star: back through floor(bal P / U), rayMul and rayDiv
+            bal = _ceil_div(v_star * t.unit, t.price)
+            scaled = max(0, _ceil_div(bal * RAY - HALF_RAY, t.income))
+            x = max(0, _ceil_div((scaled - self.s) * t.income - t.income // 2, RAY))
+            if self.hf(x) >= target_wad:
+                return x if x == 0 or self.hf(x - 1) < target_wad else _UNSURE
+            v = self.value(x) + 1  # x's value overshot v_star onto a tooth below the target
         return _UNSURE
+
+
+def _least_value_falling(c0: int, l0: int, lt: int, b: int, v: int) -> int:
+    """Least ``V >= v`` with ``(C0 + V) floor((L0 + LT V) / (C0 + V)) >= B`` when the average falls with V
+    (``LT C0 < L0``, ``LT >= 1``): stretch by stretch of one floored average ``a`` (where ``Q = (C0 + V) a``
+    rises), skipping at once every ``a`` above ``B LT / (B - K)``, ``K = L0 - LT C0`` (there the stretch
+    ends, ``V <= K / (a - LT) - C0``, before ``Q`` can reach ``B``, ``V >= B / a - C0``)."""
+    k = l0 - lt * c0
+    a = (l0 + lt * v) // (c0 + v)
+    if b > k:
+        a_star = b * lt // (b - k)
+        if a > a_star:  # start at the first V whose average is at most a_star
+            v = max(v, (l0 - (a_star + 1) * c0) // (a_star + 1 - lt) + 1)
+            a = (l0 + lt * v) // (c0 + v)
+    while True:
+        need = max(v, _ceil_div(b, a) - c0)  # Q = (C0 + V) a on this stretch
+        if a == lt or need <= (l0 - a * c0) // (a - lt):  # the average never falls to LT: the last stretch
+            return need
+        v = (l0 - a * c0) // (a - lt) + 1
+        a = (l0 + lt * v) // (c0 + v)
 
 
 class _RepayCurve:

@@ -5,7 +5,8 @@
 bracketed search on ``after_top_up`` + ``account_data`` they replaced (kept here as the oracle), on generated
 markets: several reserves, decimals 6-18, e-mode with and without a price source, interest accrued, stable
 debt, LT-0 and LTV-0 reserves, supplies of an asset whose LT is below the account's average (where the
-floored average LT makes the health factor saw-toothed and the search is kept).
+floored average LT makes the health factor saw-toothed: the closed form finds the first crossing, checked
+against every smaller amount on whole-token examples).
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def _old_min_repay(account: AaveAccount, market: Market, asset: str, target: int
     allowed = av.percent_mul(d.total_collateral_base, d.current_liquidation_threshold_bps) * WAD // target
     unit = 10 ** market.reserves[asset].config.decimals
     guess = (d.total_debt_base - allowed) * unit // price if price > 0 else None
-    return av._min_amount(lambda r: health_factor(after_top_up(account, market, asset, repay=r), market), target, debt, guess)
+    return av._min_amount(
+        lambda r: health_factor(after_top_up(account, market, asset, repay=r), market), target, debt, guess
+    )
 
 
 @st.composite
@@ -146,7 +149,13 @@ def test_curves_equal_after_top_up_and_closed_forms_equal_the_search(book, x, ta
                 up = after_top_up(account, market, asset, add_collateral=amount, enable_collateral=True)
                 assert curve.hf(amount) == health_factor(up, market)
             got = av.min_supply(account, market, asset, target)
-            assert got == _old_min_supply(account, market, asset, target)
+            old = _old_min_supply(account, market, asset, target)
+            if curve.t.lt * curve.c0 >= curve.l0:  # the HF only rises with the supply: one answer
+                assert got == old
+            else:  # saw-toothed: the search stops at a crossing, the closed form at the first one
+                assert (got is None) == (old is None)
+                if got is not None and old is not None:
+                    assert got <= old and curve.hf(got) >= target and (got == 0 or curve.hf(got - 1) < target)
         if av.repay_blocker(account, market, asset) is None:
             curve_r = av._RepayCurve(account, terms, asset)
             for amount in (0, 1, x, x // 10**9, curve_r.variable, curve_r.variable - 1):
@@ -154,9 +163,37 @@ def test_curves_equal_after_top_up_and_closed_forms_equal_the_search(book, x, ta
             assert av.min_repay(account, market, asset, target) == _old_min_repay(account, market, asset, target)
 
 
-def test_supply_below_the_average_lt_keeps_the_search():
-    """USDC (LT 80 %) supplied to a WETH account (LT 82.5 %): the average LT falls as USDC is added, so the
-    closed form stands aside and the search answers; the answer is minimal at the exact HF."""
+@settings(max_examples=60, deadline=None)
+@given(
+    weth=st.integers(1, 40),
+    debt=st.integers(10, 2_000),
+    price=st.integers(10**7, 10**9),
+    target=st.integers(WAD, 2 * WAD),
+)
+def test_supply_below_the_average_lt_is_the_first_crossing(weth, debt, price, target):
+    """A whole-token asset (0 decimals, LT 50 %) supplied to an account of a 2-decimal collateral at LT 86 %:
+    the floored average LT falls by one bp at a time and the HF saw-tooths. Every amount below the answer is
+    tried: none reaches the target, the answer does."""
+    cfg = {"COLL": (8_000, 8_600, 2), "TOKEN": (4_000, 5_000, 0), "DEBT": (7_700, 8_000, 2)}
+    reserves = {
+        a: ReserveState(a, decode_reserve_configuration(ltv | lt << 16 | d << 48 | 1 << 56), RAY, 0, RAY, 0, 0, i)
+        for i, (a, (ltv, lt, d)) in enumerate(cfg.items())
+    }
+    market = Market(reserves, {"COLL": 10**8, "TOKEN": price, "DEBT": 10**8}, {}, 0)
+    account = AaveAccount(
+        "0xa",
+        0,
+        (UserReserve("COLL", weth * 100, 0, 0, True, False), UserReserve("DEBT", 0, debt * 100, 0, False, True)),
+    )
+    got = av.min_supply(account, market, "TOKEN", target)
+    curve = av._SupplyCurve(account, MarketTerms(market, 0), "TOKEN")
+    assert got is not None and got < 10**5
+    assert curve.hf(got) >= target and all(curve.hf(x) < target for x in range(got))
+
+
+def test_supply_below_the_average_lt():
+    """USDC (LT 80 %) supplied to a WETH account (LT 82.5 %): the average LT falls as USDC is added; the answer
+    is minimal at the exact HF and no more than the bracketed search's."""
     cfg = {"WETH": (8000, 8250, 18), "USDC": (7700, 8000, 6)}
     reserves = {
         a: ReserveState(a, decode_reserve_configuration(ltv | lt << 16 | d << 48 | 1 << 56), RAY, 0, RAY, 0, 0, i)
@@ -168,11 +205,9 @@ def test_supply_below_the_average_lt_keeps_the_search():
         0,
         (UserReserve("WETH", 10 * 10**18, 0, 0, True, False), UserReserve("USDC", 0, 26_000 * 10**6, 0, False, True)),
     )
-    terms = MarketTerms(market, 0)
-    assert av._SupplyCurve(account, terms, "USDC").least(WAD) == av._UNSURE
     got = av.min_supply(account, market, "USDC", WAD)
-    assert got == _old_min_supply(account, market, "USDC", WAD)
-    assert got is not None
+    old = _old_min_supply(account, market, "USDC", WAD)
+    assert got is not None and old is not None and got <= old
     up = after_top_up(account, market, "USDC", add_collateral=got, enable_collateral=True)
     down = after_top_up(account, market, "USDC", add_collateral=got - 1, enable_collateral=True)
     assert health_factor(up, market) >= WAD > health_factor(down, market)
