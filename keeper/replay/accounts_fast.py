@@ -178,6 +178,7 @@ class AccountsRisk:
     limits: PlanLimits | None = None
     name: str = "risk"
     monte_carlo: bool = True
+    screen: bool = True  # skip the accounts the screen holds (exact; False: decide every account, for the test)
 
     def __post_init__(self) -> None:
         if self.limits is None:
@@ -204,7 +205,7 @@ class AccountsRisk:
             liquidatable={n: obs.rules[n].liquidatable(n) for n in names},
         )
         for name, acct, r in zip(names, accounts, screen, strict=True):
-            if not (r.liquidatable or r.stress_breach or r.breach_probability > self.limits.p_release):
+            if self.screen and not (r.liquidatable or r.stress_breach or r.breach_probability > self.limits.p_release):
                 continue
             rules = obs.rules[name]
             state = AccountBookState(

@@ -94,3 +94,21 @@ def test_replay_on_real_bars_liquidates_without_a_keeper_and_not_with_it():
         for name, *_ in row["liquidations"]:
             assert row["hf_before"][name] < WAD
     assert parse_account_policy("fixed:1.2:1.4").name == "fixed:1.2:1.4"
+
+
+def test_the_screen_shortcut_changes_no_decision(tmp_path):
+    """Holding the accounts the screen finds safe below p_release without calling decide_accounts gives the same
+    actions as deciding every account (12 h around the FTX fall of 2022-11-08)."""
+    lo, hi = 1_667_908_800, 1_667_952_000
+    series = []
+    for sym, name in (("ETH", "ftx_2022-11-07T12_ETHUSDT_5m.csv"), ("BTC", "ftx_2022-11-07T12_BTCUSDT_5m.csv")):
+        lines = (DATA / name).read_text().splitlines()
+        cut = tmp_path / name
+        cut.write_text("\n".join([lines[0], *(ln for ln in lines[1:] if lo <= int(ln.split(",")[1]) < hi)]) + "\n")
+        series.append(load_bars(cut, sym))
+    book = load_aave_book()
+    config = AccountsConfig(warmup_s=3 * 3600, trace=True, record=False)
+    fast = run_accounts_fast(book, series, [AccountsRisk()], config)
+    full = run_accounts_fast(book, series, [AccountsRisk(screen=False)], config)
+    assert [r["actions"] for r in fast.trace["risk"]] == [r["actions"] for r in full.trace["risk"]]
+    assert sum(len(r["actions"]) for r in fast.trace["risk"]) > 0
