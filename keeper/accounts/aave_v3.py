@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from keeper.accounts.base import ADD_COLLATERAL, BPS, REPAY_DEBT, ActionOption, Leg, LegKind, MarginAccount
 
@@ -493,8 +494,7 @@ def _lt_of(account: AaveAccount, market: Market, asset: str) -> int:
 # ---- the same arithmetic with each reserve's constants computed once (the book-wide path) ---------------
 
 
-@dataclass(frozen=True, slots=True)
-class ReserveTerms:
+class ReserveTerms(NamedTuple):
     """What ``calculateUserAccountData`` multiplies one reserve's balances by, for the users of one e-mode
     category at one market: the price it uses (the category's price source for its assets), 10^decimals,
     whether the reserve's collateral counts at all (configured LT != 0), the effective LT and LTV (the
@@ -515,62 +515,63 @@ class ReserveTerms:
 
 
 class MarketTerms:
-    """:class:`ReserveTerms` of every reserve of ``market`` for the users of e-mode ``category`` (0: none),
-    computed on first use and kept: one ``normalized_income`` / ``normalized_debt`` per reserve per read
-    instead of one per account. ``market``'s mappings must not change while it is in use (they never do:
-    a moved price is a new :class:`Market`)."""
+    """:class:`ReserveTerms` of every priced reserve of ``market`` for the users of e-mode ``category`` (0:
+    none), in ``table``: one ``normalized_income`` / ``normalized_debt`` per reserve per read instead of one per
+    account. ``like``: the terms of the same reserves at the same timestamp (another price vector): its
+    indices are reused. A reserve without a price is left out (an account holding it fails as in
+    :func:`account_data`)."""
 
-    __slots__ = ("_cat", "_emode_price", "_market", "_memo")
+    __slots__ = ("market", "table")
+    market: Market
+    table: dict[str, ReserveTerms]
 
-    def __init__(self, market: Market, category: int) -> None:
+    def __init__(self, market: Market, category: int, *, like: MarketTerms | None = None) -> None:
         cat = market.emode_categories.get(category) if category else None
-        self._cat = cat
-        self._emode_price = market.prices_e8.get(cat.price_source, 0) if cat is not None and cat.price_source else 0
-        self._market = market
-        self._memo: dict[str, ReserveTerms] = {}
-
-    @property
-    def market(self) -> Market:
-        return self._market
+        prices = market.prices_e8
+        emode_price = prices.get(cat.price_source, 0) if cat is not None and cat.price_source else 0
+        now = market.timestamp_s
+        same = like is not None and like.market.reserves is market.reserves and like.market.timestamp_s == now
+        known = like.table if like is not None and same else {}
+        table: dict[str, ReserveTerms] = {}
+        for asset, reserve in market.reserves.items():
+            cfg = reserve.config
+            in_cat = cat is not None and cfg.emode_category == cat.category_id
+            emode = emode_price if in_cat else 0
+            price = emode or prices.get(asset)
+            if price is None:
+                continue
+            lt, ltv = cfg.liquidation_threshold_bps, cfg.ltv_bps
+            if in_cat and cat is not None:
+                lt = cat.liquidation_threshold_bps
+                ltv = cat.ltv_bps if ltv else 0
+            prior = known.get(asset)
+            table[asset] = ReserveTerms(
+                price,
+                10**cfg.decimals,
+                cfg.liquidation_threshold_bps != 0,
+                lt,
+                ltv,
+                prior.income if prior is not None else reserve.normalized_income(now),
+                prior.debt_index if prior is not None else reserve.normalized_debt(now),
+                cfg.decimals,
+                cat.price_source if emode and cat is not None else "",
+                reserve.liquidity_rate_ray / RAY,
+                reserve.variable_borrow_rate_ray / RAY,
+            )
+        self.market = market
+        self.table = table
 
     def __getitem__(self, asset: str) -> ReserveTerms:
-        found = self._memo.get(asset)
-        if found is None:
-            found = self._memo[asset] = self._terms(asset)
-        return found
-
-    def _terms(self, asset: str) -> ReserveTerms:
-        market, cat = self._market, self._cat
-        reserve = market.reserves[asset]
-        cfg = reserve.config
-        in_cat = cat is not None and cfg.emode_category == cat.category_id
-        emode = self._emode_price if in_cat else 0
-        lt, ltv = cfg.liquidation_threshold_bps, cfg.ltv_bps
-        if in_cat and cat is not None:
-            lt = cat.liquidation_threshold_bps
-            ltv = cat.ltv_bps if ltv else 0
-        now = market.timestamp_s
-        return ReserveTerms(
-            price=emode or market.prices_e8[asset],
-            unit=10**cfg.decimals,
-            counted=cfg.liquidation_threshold_bps != 0,
-            lt=lt,
-            ltv=ltv,
-            income=reserve.normalized_income(now),
-            debt_index=reserve.normalized_debt(now),
-            decimals=cfg.decimals,
-            price_key=cat.price_source if emode and cat is not None else "",
-            supply_rate=reserve.liquidity_rate_ray / RAY,
-            borrow_rate=reserve.variable_borrow_rate_ray / RAY,
-        )
+        return self.table[asset]
 
 
 def _totals(account: AaveAccount, terms: MarketTerms, skip: str = "") -> tuple[int, int, int, int]:
     """(total collateral, sum collateral x LTV, sum collateral x LT, total debt) in the base currency, the
     reserve ``skip`` left out: :func:`account_data`'s sums."""
     total_c = total_d = ltv_acc = lt_acc = 0
+    table = terms.table
     for ur in account.reserves:
-        t = terms[ur.asset]
+        t = table[ur.asset]
         if ur.asset == skip:
             continue
         if ur.using_as_collateral and t.counted:
@@ -605,8 +606,9 @@ def account_data_fast(account: AaveAccount, terms: MarketTerms) -> AccountData:
 def margin_account_fast(account: AaveAccount, terms: MarketTerms, block_number: int = 0) -> MarginAccount:
     """:func:`margin_account` with the reserves' constants taken from ``terms``."""
     legs: list[Leg] = []
+    table = terms.table
     for ur in account.reserves:
-        t = terms[ur.asset]
+        t = table[ur.asset]
         if ur.using_as_collateral and t.counted:
             amount = (ur.scaled_a_balance * t.income + HALF_RAY) // RAY
             legs.append(Leg(ur.asset, LegKind.COLLATERAL, amount, t.decimals, t.lt, t.price_key, t.supply_rate))
@@ -671,9 +673,7 @@ class _SupplyCurve:
         rising = t.lt * c0 >= l0
         for _ in range(64 if not rising else 1):
             if rising:
-                lo = max(v, _ceil_div(b - l0, t.lt) - 1)  # Q(V) <= L0 + LT V < B up to here
-                hi = max(lo + 1, _ceil_div(b + c0 - l0, t.lt - 1))  # Q(V) > L0 + LT V - C0 - V >= B from here
-                v_star = _bisect(lambda w: (c0 + w) * ((l0 + w * t.lt) // (c0 + w)) >= b, lo, hi)
+                v_star = _least_value_rising(c0, l0, t.lt, b, v)
             else:
                 v_star = _least_value_falling(c0, l0, t.lt, b, v)
             # the fewest units whose value reaches v_star: back through floor(bal P / U), rayMul and rayDiv
@@ -684,6 +684,28 @@ class _SupplyCurve:
                 return x if x == 0 or self.hf(x - 1) < target_wad else _UNSURE
             v = self.value(x) + 1  # x's value overshot v_star onto a tooth below the target
         return _UNSURE
+
+
+def _least_value_rising(c0: int, l0: int, lt: int, b: int, v: int) -> int:
+    """Least ``V >= v`` with ``(C0 + V) floor((L0 + LT V) / (C0 + V)) >= B`` when the average rises with V
+    (``LT C0 >= L0``, ``LT >= 2``): from ``(B - L0) / LT`` (below it ``Q <= L0 + LT V < B``), stretch by
+    stretch of one floored average ``a`` (``Q = (C0 + V) a``); the answer is within a stretch or two of it."""
+    v = max(v, _ceil_div(b - l0, lt))
+    while True:
+        c = c0 + v
+        if c == 0:
+            v = 1
+            continue
+        a = (l0 + lt * v) // c
+        # the stretch of this average ends where (L0 + LT V) / (C0 + V) reaches a + 1 (never when LT <= a + 1)
+        end = _ceil_div((a + 1) * c0 - l0, lt - a - 1) - 1 if lt > a + 1 else None
+        if a > 0:
+            need = max(v, _ceil_div(b, a) - c0)
+            if end is None or need <= end:
+                return need
+        if end is None:  # a == 0 for ever: cannot happen with LT >= 2 (the average tends to LT)
+            raise ArithmeticError("the average LT does not rise")
+        v = end + 1
 
 
 def _least_value_falling(c0: int, l0: int, lt: int, b: int, v: int) -> int:
@@ -949,6 +971,23 @@ def liquidation_outcome(
         bonus = cat.liquidation_bonus_bps
     c_price, d_price = asset_price(account, market, collateral_asset), asset_price(account, market, debt_asset)
     c_unit, d_unit = 10**c_res.config.decimals, 10**d_res.config.decimals
+    fee_bps = c_res.config.liquidation_protocol_fee_bps
+    return _liquidation(close, actual, coll_balance, bonus, c_price, d_price, c_unit, d_unit, fee_bps)
+
+
+def _liquidation(
+    close: int,
+    actual: int,
+    coll_balance: int,
+    bonus: int,
+    c_price: int,
+    d_price: int,
+    c_unit: int,
+    d_unit: int,
+    fee_bps: int,
+) -> Liquidation:
+    """``LiquidationLogic``'s collateral to seize for ``actual`` debt covered (capped by the balance) and the
+    protocol's fee on the bonus."""
     base = d_price * actual * c_unit // (c_price * d_unit)
     max_coll = percent_mul(base, bonus)
     if max_coll > coll_balance:
@@ -957,8 +996,8 @@ def liquidation_outcome(
     else:
         coll = max_coll
     fee = 0
-    if c_res.config.liquidation_protocol_fee_bps:
-        fee = percent_mul(coll - percent_div(coll, bonus), c_res.config.liquidation_protocol_fee_bps)
+    if fee_bps:
+        fee = percent_mul(coll - percent_div(coll, bonus), fee_bps)
     return Liquidation(close, actual, coll - fee, fee)
 
 
@@ -1011,7 +1050,8 @@ class AaveRules:
         """The exact health factor of ``account`` at other prices (asset -> e8), this read's balances."""
         moved = replace(self.market, prices_e8={**self.market.prices_e8, **prices_e8})
         acct = self._acct(account)
-        return account_data_fast(acct, MarketTerms(moved, acct.emode_category)).health_factor_wad
+        terms = MarketTerms(moved, acct.emode_category, like=self.terms(acct.emode_category))
+        return account_data_fast(acct, terms).health_factor_wad
 
     def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
         acct = self._acct(account)
@@ -1025,8 +1065,8 @@ class AaveRules:
         if not held:
             return [], ["the keeper's wallet holds none of the pool's assets"]
         stressed = replace(self.market, prices_e8={**self.market.prices_e8, **survive_prices_e8})
-        at_stress = MarketTerms(stressed, acct.emode_category)
         today = self.terms(acct.emode_category)
+        at_stress = MarketTerms(stressed, acct.emode_category, like=today)
         out: list[ActionOption] = []
         why: list[str] = []
         for asset, q in sorted(held.items()):
@@ -1084,17 +1124,43 @@ class AaveRules:
     def value_at_stake_e6(self, account: str) -> int:
         """The liquidator's bonus on the closable debt (close factor x debt x (bonus - 1)), largest pair, USD e6."""
         acct = self._acct(account)
-        best = 0
         colls = [r.asset for r in acct.reserves if r.using_as_collateral]
         debts = [r.asset for r in acct.reserves if r.borrowing]
-        for c in colls:
-            for d in debts:
-                out = liquidation_outcome(acct, self.market, c, d, health_wad=self.health(account))
-                price_c = asset_price(acct, self.market, c)
-                unit_c = 10 ** self.market.reserves[c].config.decimals
-                seized = (out.collateral_to_liquidator + out.protocol_fee_collateral) * price_c // unit_c
-                price_d = asset_price(acct, self.market, d)
-                repaid = out.debt_covered * price_d // 10 ** self.market.reserves[d].config.decimals
+        if not (colls and debts):
+            return 0
+        # liquidation_outcome for every (collateral, debt) pair, the balances and prices from this read's terms
+        terms = self.terms(acct.emode_category)
+        close = DEFAULT_CLOSE_FACTOR_BPS if self.health(account) > CLOSE_FACTOR_HF_THRESHOLD else MAX_CLOSE_FACTOR_BPS
+        cat = self.market.emode_categories.get(acct.emode_category)
+        best = 0
+        for d in debts:
+            td = terms[d]
+            d_ur = acct.reserve(d)
+            assert d_ur is not None
+            variable = ray_mul(d_ur.scaled_variable_debt, td.debt_index) if d_ur.scaled_variable_debt else 0
+            actual = percent_mul(variable + d_ur.stable_debt, close)
+            for c in colls:
+                tc = terms[c]
+                c_ur = acct.reserve(c)
+                assert c_ur is not None
+                cfg = self.market.reserves[c].config
+                bonus = cfg.liquidation_bonus_bps
+                if cat is not None and cfg.emode_category == cat.category_id:
+                    bonus = cat.liquidation_bonus_bps
+                coll_balance = ray_mul(c_ur.scaled_a_balance, tc.income)
+                out = _liquidation(
+                    close,
+                    actual,
+                    coll_balance,
+                    bonus,
+                    tc.price,
+                    td.price,
+                    tc.unit,
+                    td.unit,
+                    cfg.liquidation_protocol_fee_bps,
+                )
+                seized = (out.collateral_to_liquidator + out.protocol_fee_collateral) * tc.price // tc.unit
+                repaid = out.debt_covered * td.price // td.unit
                 best = max(best, (seized - repaid) // 100)
         return best
 

@@ -211,3 +211,40 @@ def test_supply_below_the_average_lt():
     up = after_top_up(account, market, "USDC", add_collateral=got, enable_collateral=True)
     down = after_top_up(account, market, "USDC", add_collateral=got - 1, enable_collateral=True)
     assert health_factor(up, market) >= WAD > health_factor(down, market)
+
+
+def _old_stake(account: AaveAccount, market: Market) -> int:
+    """AaveRules.value_at_stake_e6 as it was: liquidation_outcome per (collateral, debt) pair."""
+    best = 0
+    for c in [r.asset for r in account.reserves if r.using_as_collateral]:
+        for d in [r.asset for r in account.reserves if r.borrowing]:
+            out = av.liquidation_outcome(account, market, c, d)
+            unit_c = 10 ** market.reserves[c].config.decimals
+            seized = (out.collateral_to_liquidator + out.protocol_fee_collateral) * av.asset_price(account, market, c)
+            repaid = out.debt_covered * av.asset_price(account, market, d)
+            best = max(best, (seized // unit_c - repaid // 10 ** market.reserves[d].config.decimals) // 100)
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(book=books(), move=st.floats(0.5, 1.5), budget=st.integers(0, 10**12))
+def test_rules_stake_moved_health_and_options_equal_the_contract_mirror(book, move, budget):
+    market, account = book
+    rules = AaveRules({"0xa": account}, market)
+    assert rules.value_at_stake_e6("0xa") == _old_stake(account, market)
+    moved = {a: max(1, int(p * move)) for a, p in list(market.prices_e8.items())[:2]}
+    stressed = Market(market.reserves, {**market.prices_e8, **moved}, market.emode_categories, market.timestamp_s)
+    assert rules.health_at("0xa", moved) == health_factor(account, stressed)
+    wallet = {ur.asset: 10**30 for ur in account.reserves}
+    options, _ = rules.options("0xa", moved, wallet, budget)
+    for o in options:
+        supply = o.kind == "add_collateral"
+        after = after_top_up(
+            account,
+            stressed,
+            o.asset,
+            add_collateral=o.amount if supply else 0,
+            repay=0 if supply else o.amount,
+            enable_collateral=supply,
+        )
+        assert o.health_after == health_factor(after, stressed)
