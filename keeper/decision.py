@@ -257,6 +257,8 @@ def decide_accounts(
     stale_by: dict[str, tuple[str, ...]] = {}
 
     def stale_of(r: AccountRisk) -> tuple[str, ...]:
+        if not state.stale_assets:
+            return ()
         key = r.account.lower()
         if key not in stale_by:
             held = {leg.price_key or leg.asset for leg in by_acct[key].legs}
@@ -292,7 +294,8 @@ def decide_accounts(
         )
 
     # endangered accounts by expected loss (probability x what a liquidation takes), ties by address
-    stake = {r.account.lower(): rules.value_at_stake_e6(r.account) if endangered(r) else 0 for r in risks}
+    danger = {r.account.lower(): endangered(r) for r in risks}
+    stake = {k: rules.value_at_stake_e6(r.account) if danger[k] else 0 for r in risks for k in (r.account.lower(),)}
     order = sorted(risks, key=lambda r: (-(r.breach_probability * stake[r.account.lower()]), r.account.lower()))
     for r in order:
         key = r.account.lower()
@@ -303,7 +306,7 @@ def decide_accounts(
             words = f"stale price source ({ages}) = danger; {words}"
         if r.liquidatable:
             words = f"LIQUIDATABLE now (health {rules.health(r.account) / 1e18:.4f}); {words}"
-        if not endangered(r):
+        if not danger[key]:
             released = _release(r, rules, state, limits, words, stale, prices_e8)
             if released is None:
                 decisions[key] = base(r, "hold", "none", f"{words}: hold" if r.has_debt else "no debt: nothing to do")
