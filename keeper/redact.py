@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "mask_data", "mask_text", "mask_url", "url_secrets"]
+__all__ = ["REDACTED", "DataMasker", "mask_data", "mask_text", "mask_url", "url_secrets"]
 
 REDACTED = "***redacted***"
 _HEX32 = re.compile(r"(?<![0-9a-fA-F])(0x)?[0-9a-fA-F]{64}(?![0-9a-fA-F])")
@@ -73,10 +73,20 @@ def mask_text(text: str, known: Iterable[str] = ()) -> str:
 
 
 def _mask_text(text: str, known: tuple[str, ...]) -> str:
-    # each pattern is tried only where it can match (a URL needs "://", userinfo an "@", a key 64 characters):
-    # a log line's dozens of short strings cost a substring test each, not three regular expressions
+    # each pattern is tried only where it can match (a URL needs "://", userinfo an "@", a key 64 hex digits in
+    # a row): a log line's dozens of strings cost a substring test each, not three regular expressions
     text = _mask_urls(_replace_known(text, known))
-    return _HEX32.sub(REDACTED, text) if len(text) >= 64 else text
+    return _HEX32.sub(REDACTED, text) if _has_hex_run(text) else text
+
+
+_HEX_BYTES = bytes(1 if chr(i) in "0123456789abcdefABCDEF" else 0 for i in range(256))
+_HEX_RUN = b"\x01" * 64
+
+
+def _has_hex_run(text: str) -> bool:
+    """Whether ``text`` holds 64 hex digits in a row (what a key needs): one pass in C over its UTF-8 bytes
+    (a non-ASCII character is never a hex digit), against the regular expression's attempt at every position."""
+    return len(text) >= 64 and _HEX_RUN in text.encode("utf-8", "surrogatepass").translate(_HEX_BYTES)
 
 
 def _mask_urls(text: str) -> str:
@@ -98,38 +108,62 @@ def mask_data(
     ``public_suffixes`` entry keeps 64-hex values (hashes are public) but still has URLs and ``known``
     strings masked.
     """
-    known_t = _longest_first(known)
-    names = tuple(n.lower() for n in secret_names)
-    public = tuple(s.lower() for s in public_suffixes)
+    return DataMasker(known=known, secret_names=secret_names, public_suffixes=public_suffixes)(value)
 
-    def clean(v: Any, is_public: bool) -> Any:
+
+class DataMasker:
+    """:func:`mask_data` with its choices fixed once, for masking many values (a log line each): what a field
+    name says (secret, public) is remembered per name, for the first ``FIELD_NAMES_KEPT`` names."""
+
+    FIELD_NAMES_KEPT = 4_096
+
+    def __init__(
+        self,
+        *,
+        known: Iterable[str] = (),
+        secret_names: Iterable[str] = (),
+        public_suffixes: Iterable[str] = ("hash", "hashes"),
+    ) -> None:
+        self._known = _longest_first(known)
+        self._names = tuple(n.lower() for n in secret_names)
+        self._public = tuple(s.lower() for s in public_suffixes)
+        self._fields: dict[str, tuple[bool, bool]] = {}
+
+    def __call__(self, value: Any) -> Any:
+        return self._clean(value, False)
+
+    def _clean(self, v: Any, is_public: bool) -> Any:
         if v is None or v.__class__ in _SCALARS:
             return v
         if isinstance(v, str):
             if _MNEMONIC.match(v):
                 return REDACTED
             if is_public:
-                return _mask_urls(_replace_known(v, known_t))
-            return _mask_text(v, known_t)
+                return _mask_urls(_replace_known(v, self._known))
+            return _mask_text(v, self._known)
         if isinstance(v, bytes) and len(v) == 32 and not is_public:
             return REDACTED
         if isinstance(v, Mapping):
-            return {k: field(str(k), x) for k, x in v.items()}
+            return {k: self._field(str(k), x) for k, x in v.items()}
         if isinstance(v, set | frozenset):
             v = sorted(v, key=repr)
         if isinstance(v, list):
-            return [clean(x, is_public) for x in v]
+            return [self._clean(x, is_public) for x in v]
         if isinstance(v, tuple):
-            return tuple(clean(x, is_public) for x in v)
+            return tuple(self._clean(x, is_public) for x in v)
         return v
 
-    def field(name: str, v: Any) -> Any:
-        low = name.lower()
-        if v is not None and any(n in low for n in names):
+    def _field(self, name: str, v: Any) -> Any:
+        kind = self._fields.get(name)
+        if kind is None:
+            low = name.lower()
+            kind = (any(n in low for n in self._names), low.endswith(self._public))
+            if len(self._fields) < self.FIELD_NAMES_KEPT:
+                self._fields[name] = kind
+        secret, public = kind
+        if v is not None and secret:
             return REDACTED
-        return clean(v, low.endswith(public))
-
-    return clean(value, False)
+        return self._clean(v, public)
 
 
 _SCALARS = frozenset({int, float, bool})  # nothing to mask in them (exact types: a str subclass is a string)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Literal, TextIO
+from typing import Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from keeper.redact import REDACTED, mask_data
+from keeper.redact import REDACTED, DataMasker
 
 __all__ = ["REDACTED", "SecretRedactor", "configure_logging", "route_stdlib_logging"]
 
@@ -52,9 +52,10 @@ class SecretRedactor:
         self._names = tuple(n.lower() for n in (*_SECRET_NAMES, *extra_names))
         self._public = tuple(s.lower() for s in public_hash_suffixes)
         self._known = tuple(k for k in known if k)
+        self._mask = DataMasker(known=self._known, secret_names=self._names, public_suffixes=self._public)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return mask_data(dict(event_dict), known=self._known, secret_names=self._names, public_suffixes=self._public)
+        return cast(EventDict, self._mask(dict(event_dict)))
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -53,6 +53,22 @@ class TestSecretRedactor:
         out = red(None, "info", {"event": "x", "account": "0x" + "12" * 20, "price_e8": 300000000000})
         assert out["account"] == "0x" + "12" * 20 and out["price_e8"] == 300000000000
 
+    def test_key_between_other_characters_is_masked_and_63_digits_are_not(self):
+        """The quick test before the key pattern (64 hex digits in a row) lets no key through: next to
+        non-ASCII text, a lone surrogate or punctuation; 63 digits are not a key, 65 are not one either."""
+        red = SecretRedactor()
+        for text in (f"é{KEY[2:]}é", f"\udc80{KEY}", f"({KEY}).", f"a-{KEY[2:]}"):
+            assert KEY[2:] not in str(red(None, "info", {"event": "x", "detail": text})["detail"]), text
+        for text in ("é" + "a" * 63 + "é", "a" * 65, "ab" * 31 + "-" + "cd" * 31):
+            assert red(None, "info", {"event": "x", "detail": text})["detail"] == text
+
+    def test_field_names_are_judged_the_same_on_every_line(self):
+        """The redactor remembers what a field name says (secret, public): the same verdict on the next line."""
+        red = SecretRedactor()
+        for _ in range(3):
+            out = red(None, "info", {"event": "x", "db_password": "pw", "tx_hash": TX_HASH, "detail": KEY})
+            assert out["db_password"] == REDACTED and out["tx_hash"] == TX_HASH and out["detail"] == REDACTED
+
 
 class TestConfigureLogging:
     def test_json_on_non_tty_with_timestamp_and_level(self):
