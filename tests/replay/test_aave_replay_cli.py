@@ -30,3 +30,14 @@ def test_cli_replays_an_aave_book(tmp_path):
     assert set(summary["policies"]["none"]["total_cost_usd"]) == {"l1", "l2"}
     assert summary["policies"]["none"]["liquidations"] > 0
     assert "| `none` |" in (out / "report.md").read_text()
+
+
+def test_an_aave_book_needs_fast():
+    from typer.testing import CliRunner
+
+    from keeper.cli import build_app
+
+    eth = DATA / "ftx_2022-11-07T12_ETHUSDT_5m.csv"
+    r = CliRunner().invoke(build_app(), ["replay", "--book", "examples/aave_book.toml", "--prices", f"ETH={eth}"])
+    assert r.exit_code != 0
+    assert "--fast" in str(r.exception) or "--fast" in r.output
