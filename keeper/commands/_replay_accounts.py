@@ -33,6 +33,7 @@ def run_account_replay(
     max_gap_s: float | None,
     cost_model: object,
     native: str,
+    no_plots: bool = False,
 ) -> None:
     from keeper.replay.aave_book import load_aave_book
     from keeper.replay.aave_report import account_costs, account_table, write_account_report
@@ -61,7 +62,9 @@ def run_account_replay(
     names = [p.name for p in pols]
     if len(set(names)) != len(names):
         raise InputError(f"a policy is given twice: {', '.join(names)}")
-    config = AccountsConfig(order=order, warmup_s=int(warmup_h * 3600), inclusion_delay_rounds=delay, record=False)
+    config = AccountsConfig(
+        order=order, warmup_s=int(warmup_h * 3600), inclusion_delay_rounds=delay, record=not no_plots
+    )
     with console.status("replaying the Aave accounts"):
         result = run_accounts_fast(bk, series, pols, config)
     command = "keeper replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
@@ -88,7 +91,9 @@ def run_account_replay(
         )
     Console(width=max(160, Console().width)).print(table)
     if out is not None:
-        paths = write_account_report(result, out, command=command, cost_model=cost_model, native=native)
+        paths = write_account_report(
+            result, out, command=command, cost_model=cost_model, native=native, plots=not no_plots
+        )
         Console().print(f"wrote {paths['summary']} and {paths['report']}")
     elif not table.row_count:
         Console().print(account_table(result, cost_model, native))

@@ -116,16 +116,64 @@ def account_table(
     return head + "\n".join(rows) + "\n"
 
 
+def write_account_plots(result: AccountReplayResult, out: Path) -> list[Path]:
+    """``health_factor.png`` (per policy, the lowest health factor of the book at each recorded round, log scale)
+    and ``idle.png`` (per policy, idle collateral); nothing when the series were not recorded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths: list[Path] = []
+    recorded = {n: r for n, r in result.results.items() if r.ratio is not None and r.idle_e6 is not None}
+    if not recorded:
+        return paths
+    for fname, title in (
+        ("health_factor.png", "lowest health factor in the book, per policy (1 = liquidation)"),
+        ("idle.png", "idle collateral (collateral x average LT above the debt, all accounts), USD"),
+    ):
+        fig, ax = plt.subplots(figsize=(11, 5))
+        for name, r in recorded.items():
+            rows = result.t_s[:: r.record_every]
+            dates = np.array([_dt.datetime.fromtimestamp(int(x), tz=_dt.UTC) for x in rows])
+            if fname == "idle.png":
+                assert r.idle_e6 is not None
+                ax.plot(dates, r.idle_e6 / 1e6, lw=0.9, label=f"{name} (avg {r.avg_idle_e6 / 1e6:,.0f})")
+                continue
+            assert r.ratio is not None
+            with np.errstate(all="ignore"):
+                low = np.nanmin(np.where(np.isnan(r.ratio), np.inf, r.ratio), axis=1)
+            low[~np.isfinite(low)] = np.nan
+            ax.plot(dates, low, lw=0.9, label=name)
+        if fname == "health_factor.png":
+            ax.axhline(1.0, color="red", ls="--", lw=1, label="liquidation (HF 1)")
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+        ax.legend(fontsize=7, ncol=3)
+        ax.grid(alpha=0.3, which="both")
+        fig.autofmt_xdate()
+        p = out / fname
+        fig.savefig(p, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
 def write_account_report(
     result: AccountReplayResult,
     out_dir: str | Path,
     command: str = "",
     cost_model: CostModel | None = None,
     native: str = DEFAULT_NATIVE,
+    plots: bool = True,
 ) -> dict[str, Path]:
-    """Write ``summary.json`` and ``report.md`` into ``out_dir``."""
+    """Write ``summary.json``, ``report.md`` and (``plots``) the PNG plots into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    pngs = write_account_plots(result, out) if plots else []
     summary = out / "summary.json"
     summary.write_text(
         json.dumps(account_summary(result, command, cost_model, native), indent=2, allow_nan=False) + "\n",
@@ -158,6 +206,8 @@ def write_account_report(
         ),
         "",
     ]
+    for p in pngs:
+        lines += [f"![{p.stem}]({p.name})", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
-    return {"summary": summary, "report": report}
+    return {"summary": summary, "report": report, **{p.stem: p for p in pngs}}

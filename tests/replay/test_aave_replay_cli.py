@@ -29,7 +29,9 @@ def test_cli_replays_an_aave_book(tmp_path):
     assert set(summary["policies"]) == {"fixed:1.2:1.4", "none"}
     assert set(summary["policies"]["none"]["total_cost_usd"]) == {"l1", "l2"}
     assert summary["policies"]["none"]["liquidations"] > 0
-    assert "| `none` |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| `none` |" in report and "![health_factor](health_factor.png)" in report
+    assert (out / "health_factor.png").stat().st_size > 0 and (out / "idle.png").stat().st_size > 0
 
 
 def test_an_aave_book_needs_fast():
