@@ -206,7 +206,7 @@ def replay_command(
         if book_has_aave_accounts(book):
             return run_account_replay(
                 book=book, files=files, policy=policy, out=out, fast=fast, warmup_h=warmup_h, delay=delay,
-                order=order, max_gap_s=max_gap_s, cost_model=cost_model, native=native,
+                order=order, max_gap_s=max_gap_s, cost_model=cost_model, native=native, no_plots=no_plots,
             )  # fmt: skip
     bk = load_book(book)
     console = Console(stderr=True)
