@@ -15,21 +15,41 @@ then the daemon's risk + plan on that read (``decide_accounts``).
 Naive: per account ``getUserAccountData``, ``getUserConfiguration``, ``getUserEMode`` and the balances of
 its reserves through web3 contract objects, timed on --naive-sample accounts and extrapolated linearly.
 
+The daemon's whole cycle: ``AccountKeeperService`` from a configuration naming the N accounts (protect mode,
+the keeper's key holding 1M USDC, $5,000 per transaction, $1M a day), JSON logs at info to a file, one
+warm-up cycle (it reads the sources' round history once), then --repeat cycles of ``cycle(execute=False)``
+(what ``keeper check`` runs: read, estimates, risk, plan, explain, alerts; nothing sent). Reported: the
+median wall time, this process's CPU time, anvil's CPU time (from /proc), round trips, log lines, and where
+the time went (HTTP round trips, JSON encode/decode, Multicall3 ABI encode/decode, the adapter's read,
+the decision, the explanation lines and the alerts). --templates picks which template accounts the book
+copies (default all three: the e-mode stablecoin account is endangered under the policy's fallback
+volatility and stress gap, so a third of the book needs an action or an alert).
+
 Usage: .venv/bin/python scripts/bench_aave_reads.py [--sizes 1000,10000] [--repeat 3] [--naive-sample 100]
+       [--templates 0,1,2] [--no-cycle]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
 from keeper.accounts.aave_v3 import AaveRules, account_data
+from keeper.chain import multicall as multicall_module
+from keeper.chain import rpc as rpc_module
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
 from keeper.decision import AccountBookState, decide_accounts
@@ -38,6 +58,10 @@ from keeper.dev.reference import ANVIL_KEYS
 from keeper.planner import PlanLimits
 from keeper.protocols.aave_v3 import AaveV3Adapter
 from keeper.risk.policy import RiskPolicy
+from keeper.runtime import accounts_service as service_module
+from keeper.runtime.accounts_service import AccountKeeperService
+from keeper.runtime.config import load_config
+from keeper.runtime.logging import configure_logging
 
 TEMPLATES = (
     SeedAccount((("WETH", 10.0), ("WBTC", 0.5)), (("USDC", 30_000.0),)),
@@ -101,13 +125,136 @@ def decide_lean(snap):
     )
 
 
+KEEPER_KEY = ANVIL_KEYS[2]
+
+
+class Split:
+    """Wall time spent inside chosen functions while installed (the bench's own instrumentation)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = defaultdict(float)
+        self._undo: list[tuple[Any, str, bool, Any]] = []
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        own = name in vars(owner)
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                self.wall[label] += time.perf_counter() - t
+
+        self._undo.append((owner, name, own, vars(owner).get(name)))
+        setattr(owner, name, timed)
+
+    def remove(self) -> None:
+        for owner, name, own, original in reversed(self._undo):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+        self._undo.clear()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def daemon_cycles(anvil: Anvil, provider: str, users: list[str], repeat: int, workdir: Path) -> dict[str, Any]:
+    """``repeat`` cycles of the daemon on ``users`` (after one warm-up): medians and the split of the last."""
+    accounts = "".join(f'[[accounts]]\naddress = "{u}"\nmode = "protect"\n' for u in users)
+    (workdir / "keeper.toml").write_text(
+        f"""[chain]
+rpc_urls = ["{anvil.url}"]
+chain_id = 31337
+
+[protocol]
+name = "aave-v3"
+provider = "{provider}"
+
+{accounts}
+[limits]
+max_top_up_usd = 5000
+max_per_day_usd = 1000000
+
+[journal]
+path = "{workdir / "journal.sqlite"}"
+
+[http]
+enabled = false
+"""
+    )
+    config = load_config(workdir / "keeper.toml", env={"KEEPER_PRIVATE_KEY": KEEPER_KEY}, dotenv_path=None)
+    log_path = workdir / "keeper.log"
+    with log_path.open("w") as log_file:
+        configure_logging("json", "info", stream=log_file)
+        service = cast(AccountKeeperService, AccountKeeperService.from_config(config, execute=True, send_alerts=False))
+        wire = SimpleNamespace(dumps=json.dumps, loads=json.loads)  # the client's JSON alone (not the logs')
+        rpc_module.json = wire  # type: ignore[assignment]
+        try:
+            service.start()
+            service.cycle(execute=False)  # warm-up: the sources' round history is read once
+            walls, cpus, nodes, trips, lines, splits = [], [], [], [], [], []
+            for _ in range(repeat):
+                split = Split()
+                adapter = service.accounts_adapter
+                split.wrap(rpc_module.HttpTransport, "send", "HTTP round trips (node + transfer)")
+                split.wrap(wire, "dumps", "JSON encode")
+                split.wrap(wire, "loads", "JSON decode")
+                split.wrap(multicall_module, "encode_aggregate3", "Multicall3 ABI encode")
+                split.wrap(multicall_module, "decode_aggregate3", "Multicall3 ABI decode")
+                split.wrap(adapter, "read_book", "read_book (all of the read)")
+                split.wrap(service, "estimate_assets", "estimates (sigma, gaps, correlation)")
+                split.wrap(service_module, "decide_accounts", "decide_accounts (risk + plan)")
+                split.wrap(service, "_explain_accounts", "account_decision lines")
+                split.wrap(service, "_alert", "alerts")
+                log_file.flush()
+                before = log_path.stat().st_size
+                node0, cpu0, t0 = process_cpu_s(anvil.pid), time.process_time(), time.perf_counter()
+                report = service.cycle(execute=False)
+                walls.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - cpu0)
+                nodes.append(process_cpu_s(anvil.pid) - node0)
+                split.remove()
+                trips.append(report.round_trips)
+                log_file.flush()
+                with log_path.open("rb") as f:
+                    f.seek(before)
+                    lines.append(f.read().count(b"\n"))
+                splits.append(split.wall)
+        finally:
+            rpc_module.json = json
+            service.close()
+            configure_logging("pretty", "info")
+    assert report.outcome is not None
+    last = splits[-1]
+    return {
+        "wall": statistics.median(walls),
+        "walls": walls,
+        "cpu": statistics.median(cpus),
+        "node_cpu": statistics.median(nodes),
+        "trips": statistics.median(trips),
+        "lines": statistics.median(lines),
+        "endangered": sum(d.band == "trigger" for d in report.outcome.decisions),
+        "actions": len(report.outcome.actions),
+        "split": {k: statistics.median(sp.get(k, 0.0) for sp in splits) for k in last},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--naive-sample", type=int, default=100)
+    ap.add_argument("--templates", default="0,1,2", help="which template accounts the book copies (0, 1, 2)")
+    ap.add_argument("--no-cycle", action="store_true", help="skip the daemon's whole cycle")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    chosen = [int(i) for i in args.templates.split(",")]
     anvil = Anvil.start()
     try:
         w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
@@ -117,7 +264,9 @@ def main() -> None:
         for key, t in zip(keys, TEMPLATES, strict=True):
             ops.open_account(key, t)
         templates = [w3.eth.account.from_key(k).address for k in keys]
+        templates = [templates[i] for i in chosen]
         d = ops.deployment
+        ops.mint("USDC", w3.eth.account.from_key(KEEPER_KEY).address, 10**12)  # the daemon's wallet: 1M USDC
         contracts = [d.pool, *d.a_tokens.values(), *d.variable_debt_tokens.values()]
         client = ChainClient.connect(anvil.url)
         t0 = time.perf_counter()
@@ -127,7 +276,10 @@ def main() -> None:
         template_of = {u: templates[i % len(templates)] for i, u in enumerate(clones)}
         adapter = AaveV3Adapter(client, d.provider)
         adapter.load_reserves()
-        print(f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}")
+        print(
+            f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         for n in sizes:
             users = users_all[:n]
             reads, computes, trips = [], [], []
@@ -168,9 +320,21 @@ def main() -> None:
             endangered = sum(dd.band == "trigger" for dd in outcome.decisions)
             print(
                 f"N={n}: risk + plan (decide_accounts, wallet of 1M USDC) median "
-                f"{statistics.median(decides) * 1e3:.0f} ms ({endangered} endangered); whole cycle "
+                f"{statistics.median(decides) * 1e3:.0f} ms ({endangered} endangered); read + decide "
                 f"{(statistics.median(lean) + statistics.median(decides)) * 1e3:.0f} ms"
             )
+            if args.no_cycle:
+                continue
+            with tempfile.TemporaryDirectory(prefix="bench-aave-") as tmp:
+                c = daemon_cycles(anvil, d.provider, users, args.repeat, Path(tmp))
+            print(
+                f"N={n}: daemon cycle (AccountKeeperService.cycle, check mode) median {c['wall'] * 1e3:.0f} ms "
+                f"wall (runs {', '.join(f'{w * 1e3:.0f}' for w in c['walls'])}), this process {c['cpu'] * 1e3:.0f} ms "
+                f"CPU, anvil {c['node_cpu'] * 1e3:.0f} ms CPU; {c['trips']:.0f} round trips; {c['endangered']} "
+                f"endangered, {c['actions']} actions and alerts; {c['lines']:.0f} log lines"
+            )
+            for label, wall in c["split"].items():
+                print(f"    {label:40s} {wall * 1e3:7.0f} ms")
         # naive loop on a sample
         pool = w3.eth.contract(address=d.pool, abi=aave_artifact("Pool")["abi"])
         erc = aave_artifact("AToken")["abi"]
