@@ -18,7 +18,9 @@ price source (latest round older than ``protocol.stale_after_s``) is danger (ale
 sent: supply, repay and deposit need no price); frozen or paused reserves are never supplied to (the alert
 says why);
 accounts discovered with ``watch_all`` and accounts in ``watch`` mode are alerted, never acted on; every
-decision is one ``account_decision`` event with its reason, ranked by breach probability.
+decision that is not a hold is one ``account_decision`` event with its reason (holds too in books of at most
+``HOLDS_AT_INFO_MAX`` accounts, at debug in larger ones), and the book's top ten by breach probability are
+ranked. The cyclic garbage collector is paused for the cycle (:func:`_cyclic_gc_paused`).
 """
 
 from __future__ import annotations
