@@ -396,8 +396,10 @@ def test_the_owner_releases_what_a_safe_account_does_not_need_with_allow_release
         d = report.outcome.decision(trader)
         assert d is not None and d.action == "release" and d.amount > 0, d
         assert "release" in d.reason and "to the owner" in d.reason
-        assert _vault_balance(perp, trader) == vault_before - d.amount
-        assert perp.ops.usdc.functions.balanceOf(trader).call() == wallet_before + d.amount
+        assert perp.ops.usdc.functions.balanceOf(trader).call() == wallet_before + d.amount  # exactly
+        # withdraw first settles the owed PnL and the funding accrued since the read into the vault balance: a few
+        # units of 1e-6 USD over the seconds between the read and the block
+        assert abs(_vault_balance(perp, trader) - (vault_before - d.amount)) <= 1_000
         book = service.accounts_adapter.read_book([trader])
         risk = next(r for r in report.outcome.risks if r.account.lower() == trader.lower())
         assert book.rules.health_at(trader, risk.survive_prices_e8) >= 10**18  # still survives the target move
