@@ -169,6 +169,9 @@ def _choose(options: Sequence[ActionOption]) -> ActionOption | None:
     return max(options, key=lambda o: (o.health_after, -o.cost_e6, o.kind, o.asset), default=None)
 
 
+WAD = 10**18  # the account rules' health figures: below it, liquidatable
+
+
 def _release(
     r: AccountRisk,
     rules: AccountRules,
@@ -177,18 +180,30 @@ def _release(
     words: str,
     stale: tuple[str, ...],
     prices_e8: Mapping[str, int],
+    policy: RiskPolicy,
 ) -> tuple[ActionOption, str] | None:
     """A release for a safe account: only below ``p_release``, with ``limits.allow_release``, fresh prices, no
-    open transaction, not watch-only, and only what still survives the target move (``rules.release``: the
-    protocol's withdraw rule and the owner's key). After it the account sits near ``p_target``: between the
-    release and the trigger probabilities, so neither fires again at once."""
+    open transaction, not watch-only, only when it also survives a move stretched by the release headroom, at
+    least ``limits.min_action_e6``, and only what still survives the move itself (``rules.release``: the
+    protocol's withdraw rule and the owner's key). After it the account no longer survives the stretched move,
+    so the next cycle holds; it still survives the move, so no top-up is due."""
     key = r.account.lower()
     if not (limits.allow_release and r.has_debt and r.breach_probability < limits.p_release):
         return None
     if stale or key in state.busy or key in state.watch_only or limits.alert_only:
         return None
+    # hysteresis, as the positions' bands: release only when the account also survives the move to survive
+    # stretched by (1 + release_headroom) / (1 + stress_headroom) in log terms, then down to the move itself
+    stretch = (1.0 + policy.release_headroom) / (1.0 + policy.stress_headroom)
+    wider = {
+        a: max(1, int(prices_e8[a] * math.exp(stretch * math.log(p / prices_e8[a]))))
+        for a, p in r.survive_prices_e8.items()
+        if prices_e8.get(a, 0) > 0 and p > 0
+    }
+    if rules.health_at(r.account, wider) < WAD:
+        return None
     option = rules.release(r.account, r.survive_prices_e8, limits.max_per_tx_e6)
-    if option is None or option.amount <= 0:
+    if option is None or option.amount <= 0 or option.cost_e6 < limits.min_action_e6:
         return None
     name = state.symbols.get(option.asset, option.asset)
     dec = state.decimals.get(option.asset)
@@ -307,7 +322,7 @@ def decide_accounts(
         if r.liquidatable:
             words = f"LIQUIDATABLE now (health {rules.health(r.account) / 1e18:.4f}); {words}"
         if not danger[key]:
-            released = _release(r, rules, state, limits, words, stale, prices_e8)
+            released = _release(r, rules, state, limits, words, stale, prices_e8, policy)
             if released is None:
                 decisions[key] = base(r, "hold", "none", f"{words}: hold" if r.has_debt else "no debt: nothing to do")
                 continue
