@@ -23,7 +23,10 @@ EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
-def build_app() -> typer.Typer:
+def build_app(command: str | None = None) -> typer.Typer:
+    """The app with every command module's commands; with ``command`` the name of a module in
+    ``keeper.commands`` (``keeper risk ...``), that module's only: a command loads its own dependencies, not every
+    other command's (the daemon, web3, the dev chain tooling: ~2 s of start-up ``keeper risk`` does not need)."""
     app = typer.Typer(
         name="keeper",
         help="margin keeper: keeps leveraged perpetual positions away from liquidation.",
@@ -36,11 +39,9 @@ def build_app() -> typer.Typer:
     def _root() -> None:
         """margin keeper: keeps leveraged perpetual positions away from liquidation."""
 
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"keeper.commands.{info.name}")
-        module.register(app)
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+    for name in [command] if command in names else names:
+        importlib.import_module(f"keeper.commands.{name}").register(app)
     return app
 
 
@@ -50,8 +51,9 @@ def exit_code(exc: KeeperError) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app = build_app()
+        app = build_app(args[0] if args else None)
     except KeyboardInterrupt:  # Ctrl-C while the commands load: nothing started, nothing to report
         sys.exit(EXIT_INTERRUPTED)
     try:

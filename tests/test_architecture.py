@@ -224,3 +224,24 @@ def test_daemon_import_loads_no_dev_tooling():
     loaded = loaded_after_import([together])[together]
     assert set(DAEMON_MODULES) <= set(loaded)
     assert _hits(loaded, DEV_ONLY) == []
+
+
+def test_a_command_loads_its_own_module_only():
+    """`keeper risk ...` registers the risk command alone: the daemon, web3 and the dev chain tooling stay unloaded
+    (they cost ~2 s of start-up); `keeper --help` still lists every command."""
+    code = (
+        "import json, sys; from keeper.cli import build_app; import typer.main as tm; "
+        "names = sorted(tm.get_command(build_app('risk')).commands); "
+        "print(json.dumps([names, sorted(sys.modules)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    names, loaded = json.loads(out.stdout)
+    assert names == ["risk"]
+    assert _hits(loaded, ("keeper.runtime", "keeper.dev", "keeper.commands.check", "web3", "eth_account")) == []
+    from typer.main import get_command
+
+    from keeper.cli import build_app
+
+    assert {"check", "demo", "devchain", "replay", "risk", "run", "status", "stress"} <= set(
+        get_command(build_app()).commands
+    )
