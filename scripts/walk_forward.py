@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keeper.commands.replay import DEFAULT_POLICIES
 from keeper.domain import SECONDS_PER_YEAR
 from keeper.replay.book import load_book
 from keeper.replay.cost import CostModel
@@ -56,17 +57,7 @@ from keeper.risk.volatility import fit_garch_t, log_returns
 
 ROOT = Path(__file__).resolve().parents[1]
 HOURLY = {"ETH": "binance_ETHUSDT_1h_2017-08_2024-06.csv", "BTC": "binance_BTCUSDT_1h_2017-08_2024-06.csv"}
-FIXED = (
-    "fixed:1.5:3",
-    "fixed:3:6",
-    "fixed:5:10",
-    "fixed:8:16",
-    "fixed:12:24",
-    "fixed:3:6:12",
-    "fixed:5:10:20",
-    "fixed:8:16:32",
-    "fixed:12:24:48",
-)
+FIXED = tuple(p for p in DEFAULT_POLICIES if p.startswith("fixed:"))  # every default fixed-ratio baseline
 OURS = ("risk", "risk:cost:l1", "risk:cost:l2")
 PRESETS = ("l1", "l2")
 LONG_GAP_S = 7 * 86_400  # the hourly series' outages (Binance's longest: 33 h) are accepted in the history
