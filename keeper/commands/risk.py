@@ -247,10 +247,6 @@ def compute_risk(
     }
 
 
-COST_PRESETS_GWEI = {"l1": 20.0, "l2": 0.05}  # the replay's presets (keeper.replay.cost)
-TOP_UP_GAS = 78_200  # a reference-protocol addMargin (the replay's median; keeper.replay.fast)
-
-
 def cost_estimate(
     *,
     policy: RiskPolicy,
@@ -273,12 +269,16 @@ def cost_estimate(
     capital rate on the mean idle distance), a first-order estimate for a Brownian price (no jumps)."""
     import dataclasses
 
+    from keeper.domain import ActionKind
+    from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
+    from keeper.replay.fast import GAS_PER_ACTION
     from keeper.risk.policy import CostBands, assess_arrays, band_cost_per_year
 
+    top_up_gas = GAS_PER_ACTION[ActionKind.TOP_UP]  # a reference-protocol addMargin, the replay's median
     out: dict[str, dict[str, float]] = {}
     check_interval_s = max(horizon_s - policy.latency_s, 1e-9)
-    for name, gwei in COST_PRESETS_GWEI.items():
-        bands = CostBands(gas_usd_per_tx=TOP_UP_GAS * gwei * 1e-9 * native_usd, capital_rate_annual=capital_rate)
+    for name, gwei in DEFAULT_GAS_PRESETS_GWEI.items():
+        bands = CostBands(gas_usd_per_tx=top_up_gas * gwei * 1e-9 * native_usd, capital_rate_annual=capital_rate)
         arr = assess_arrays(
             is_long=[is_long], size=[size], entry=[entry], collateral=[collateral], pending_fee=[0.0],
             price=[price], maintenance=[maintenance], fee_rate_annual=[fee_rate], sigma_annual=[sigma],
