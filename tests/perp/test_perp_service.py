@@ -122,10 +122,6 @@ def test_control_liquidated_keeper_deposit_saves_both_markets_and_health_equals_
         for symbol in ("ETH", "BTC"):
             reason = _liquidate_reason(perp, trader, symbol)
             assert reason is not None and reason.startswith("CH_EAV"), (symbol, reason)
-        # a second cycle after the move: the account is safe at the new marks or topped up again, never twice
-        # for the same state (the journal's idempotency key carries the health figure)
-        again = _run(service)
-        assert all(s.get("state") == "confirmed" for s in again.sent)
     finally:
         service.close()
 
