@@ -11,10 +11,9 @@ import math
 from pathlib import Path
 
 from keeper.replay.accounts_fast import GAS_REPAY, GAS_REVERT, GAS_SUPPLY, AccountReplayResult
-from keeper.replay.cost import CostBreakdown, CostModel, cost_of_protection
+from keeper.replay.cost import CostBreakdown, CostModel
 from keeper.replay.metrics import best_fixed_baseline
-
-DEFAULT_NATIVE = "ETH"
+from keeper.replay.report import DEFAULT_NATIVE, policy_costs
 
 
 def _iso(t_s: int) -> str:
@@ -24,23 +23,8 @@ def _iso(t_s: int) -> str:
 def account_costs(
     result: AccountReplayResult, model: CostModel | None = None, native: str = DEFAULT_NATIVE
 ) -> dict[str, dict[str, CostBreakdown]]:
-    """Per policy, per gas preset: the total cost of protection (:mod:`keeper.replay.cost`)."""
-    if native not in result.prices:
-        raise ValueError(f"native token {native!r} is not one of the replayed symbols ({', '.join(result.prices)})")
-    model = model or CostModel()
-    return {
-        name: cost_of_protection(
-            avg_idle_usd=r.avg_idle_e6 / 1e6,
-            duration_s=r.duration_s,
-            gas_log=r.gas_log,
-            penalties_usd=r.liquidation_penalty_e6 / 1e6,
-            bad_debt_usd=r.bad_debt_e6 / 1e6,
-            native_t_s=result.t_s,
-            native_price_usd=result.prices[native],
-            model=model,
-        )
-        for name, r in result.results.items()
-    }
+    """Per policy, per gas preset: the total cost of protection (the positions' :func:`policy_costs`)."""
+    return policy_costs(result, model, native)
 
 
 def account_summary(

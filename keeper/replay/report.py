@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import math
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -40,8 +41,16 @@ def _iso(t_s: int) -> str:
 DEFAULT_NATIVE = "ETH"
 
 
+class Replayed(Protocol):
+    """What the total cost needs from a replay (the positions' :class:`ReplayResult` or the Aave accounts')."""
+
+    t_s: np.ndarray
+    prices: dict[str, np.ndarray]
+    results: dict[str, PolicyResult]
+
+
 def policy_costs(
-    result: ReplayResult, model: CostModel | None = None, native: str = DEFAULT_NATIVE
+    result: Replayed, model: CostModel | None = None, native: str = DEFAULT_NATIVE
 ) -> dict[str, dict[str, CostBreakdown]]:
     """Per policy, per gas preset: the total cost of protection (:mod:`keeper.replay.cost`).
 
