@@ -58,6 +58,7 @@ from keeper.errors import ConfigError, InputError
 from keeper.planner import PlanLimits
 from keeper.replay.aave_book import AaveAccountSpec, AaveBook
 from keeper.replay.aave_model import AavePool, AaveRevert, LiquidationResult
+from keeper.replay.fast import OracleVol
 from keeper.replay.metrics import Event, PolicyResult, plot_stride
 from keeper.replay.prices import Bars, build_round_grid
 from keeper.risk.accounts import AccountMonteCarlo, assess_accounts, correlation_from_histories
@@ -67,7 +68,6 @@ from keeper.risk.volatility import estimate_volatility
 GAS_SUPPLY = 136_000  # Pool.supply on behalf (anvil, @aave/core-v3 1.19.3)
 GAS_REPAY = 166_000  # Pool.repay on behalf, variable debt
 GAS_REVERT = 60_000
-VOL_WINDOW_ROUNDS = 2_000  # the daemon's VolatilityCache window
 DEFAULT_MIN_ACTION_E6 = 10_000_000
 DEFAULT_ACCOUNT_POLICIES = (
     "risk",
@@ -247,32 +247,16 @@ def parse_account_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E
     raise InputError(f"unknown policy {spec!r} for Aave accounts; allowed: risk, fixed:X:Y (health factors), none")
 
 
-class _History:
-    """The last ``window`` oracle rounds of one asset (float arrays), as the daemon's VolatilityCache keeps."""
+class _History(OracleVol):
+    """The last ``window`` oracle rounds of one asset, as the daemon's VolatilityCache keeps: the positions'
+    replay's window, ignoring a round that does not advance the clock (every sub-round is pushed here)."""
 
-    __slots__ = ("_n", "_p", "_t", "window")
-
-    def __init__(self, window: int = VOL_WINDOW_ROUNDS) -> None:
-        self.window = window
-        self._t = np.empty(4 * window)
-        self._p = np.empty(4 * window)
-        self._n = 0
+    __slots__ = ()
 
     def add(self, t_s: int, price_e8: int) -> None:
         if self._n and t_s <= self._t[self._n - 1]:
             return
-        if self._n == self._t.size:
-            keep = self.window - 1
-            self._t[:keep] = self._t[self._n - keep : self._n]
-            self._p[:keep] = self._p[self._n - keep : self._n]
-            self._n = keep
-        self._t[self._n] = float(t_s)
-        self._p[self._n] = float(price_e8)
-        self._n += 1
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        lo = max(0, self._n - self.window)
-        return self._t[lo : self._n], self._p[lo : self._n]
+        super().add(t_s, price_e8)
 
 
 @dataclass(slots=True)

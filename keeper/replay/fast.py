@@ -103,12 +103,15 @@ class OracleVol:
     def __len__(self) -> int:
         return min(self._n, self.window)
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept rounds' times (s) and prices (e8), oldest first: views, not copies."""
+        lo = max(0, self._n - self.window)
+        return self._t[lo : self._n], self._p[lo : self._n]
+
     def raw_sigma_annual(self) -> float | None:
         """EWMA sigma (annualised) of the kept rounds, or None with fewer than 30 returns (fallback)."""
-        lo = max(0, self._n - self.window)
-        times = self._t[lo : self._n]
-        prices = self._p[lo : self._n] / 1e8
-        est = estimate_volatility(times, prices, model="ewma", fallback_annual=1.0)
+        times, prices_e8 = self.arrays()
+        est = estimate_volatility(times, prices_e8 / 1e8, model="ewma", fallback_annual=1.0)
         return None if est.model == "fallback" else est.raw_sigma_annual
 
 
