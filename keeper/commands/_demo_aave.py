@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from keeper.accounts.aave_v3 import WAD, margin_account
 from keeper.accounts.base import LegKind
 from keeper.chain.anvil import Anvil, free_port
 from keeper.chain.rpc import ChainClient
-from keeper.commands.demo import DaemonKeeper, daemon_config_tail, keeper_gas, rpc
+from keeper.commands.demo import DaemonKeeper, daemon_config_tail, keeper_gas, rpc, settle_round
 from keeper.dev.aave_v3 import DEFAULT_ACCOUNTS, AaveOps, aave_artifact, deploy_aave, seed_market
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.protocols.aave_v3 import AaveV3Adapter
@@ -228,13 +229,7 @@ def play(
             rpc(anvil, "evm_increaseTime", [ROUND_STEP_S])
             for s, factor in row.items():
                 ops.set_price(s, int(start[s] * factor))
-            landed = time.monotonic()
-            bot.sweep()
-            if keeper is not None:
-                keeper.wait_for_cycle(landed, ops.w3.eth.block_number)
-                bot.sweep()
-            if console is not None:
-                console.print(round_line(name, i, ops, users), highlight=False, soft_wrap=True)
+            settle_round(bot, keeper, ops.w3, console, partial(round_line, name, i, ops, users))
     finally:
         if keeper is not None:
             keeper.stop()

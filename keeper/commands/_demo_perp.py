@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from keeper.chain.anvil import Anvil, free_port
-from keeper.commands.demo import DaemonKeeper, daemon_available, daemon_config_tail, keeper_gas, rpc
+from keeper.commands.demo import DaemonKeeper, daemon_available, daemon_config_tail, keeper_gas, rpc, settle_round
 from keeper.dev.perp_v2 import KEEPER, LIQUIDATOR, PerpOps, SeedLeg, SeedTrader, start_perp_devchain
 from keeper.dev.reference import ANVIL_KEYS
 
@@ -288,13 +289,7 @@ def play(
             keeper.launch(text, workdir, ANVIL_KEYS[KEEPER], anvil, ops.w3)
         for i, (row, push) in enumerate(zip(CRASH, PUSH, strict=True)):
             play_round(ops, {s: START_PRICES[s] * f for s, f in row.items()}, push)
-            landed = time.monotonic()
-            bot.sweep()
-            if keeper is not None:
-                keeper.wait_for_cycle(landed, ops.w3.eth.block_number)
-                bot.sweep()
-            if console is not None:
-                console.print(round_line(name, i, ops, traders), highlight=False, soft_wrap=True)
+            settle_round(bot, keeper, ops.w3, console, partial(round_line, name, i, ops, traders))
     finally:
         if keeper is not None:
             keeper.stop()

@@ -344,6 +344,26 @@ class DaemonKeeper:
 # ---- one run of the scenario ---------------------------------------------------------------------------
 
 
+class Sweeper(Protocol):
+    """A demo's liquidator bot: liquidates whatever the protocol lets it, returns how many it took."""
+
+    def sweep(self) -> int: ...
+
+
+def settle_round(
+    bot: Sweeper, keeper: DaemonKeeper | None, w3: Web3, console: Console | None, line: Callable[[], str]
+) -> None:
+    """A round has landed: the bot sweeps; with the daemon running, wait for its cycle past the round, then the
+    bot sweeps again (what the keeper did not save is taken); print the round's line."""
+    landed = time.monotonic()
+    bot.sweep()
+    if keeper is not None:
+        keeper.wait_for_cycle(landed, w3.eth.block_number)
+        bot.sweep()
+    if console is not None:
+        console.print(line(), highlight=False, soft_wrap=True)
+
+
 @dataclass
 class RunResult:
     """What one run did, read back from the chain over its block range."""
