@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -60,6 +61,55 @@ class TailFit:
         if abs(self.shape) < 1e-9:
             return self.threshold - self.scale * math.log(ratio)
         return self.threshold + self.scale / self.shape * (ratio ** (-self.shape) - 1.0)
+
+    def rate_per_year(self, move: float, observations_per_year: float) -> float:
+        """How often per year the adverse log move exceeds ``move`` (``move >= threshold``) with
+        ``observations_per_year`` observations a year:
+        :math:`R\\,\\zeta\\,(1 + \\xi(x - u)/\\beta)^{-1/\\xi}`, :math:`\\zeta = N_u/N` (0 past the end point of a
+        bounded tail)."""
+        z = 1.0 + self.shape * (move - self.threshold) / self.scale
+        if z <= 0.0:
+            return 0.0
+        tail = self.n_exceedances / self.n_moves
+        if abs(self.shape) < 1e-9:
+            return observations_per_year * tail * math.exp(-(move - self.threshold) / self.scale)
+        return observations_per_year * tail * z ** (-1.0 / self.shape)
+
+    def cost_optimal_move(self, observations_per_year: float, capital_rate_annual: float, penalty: float) -> float:
+        """The buffer (adverse log move to survive) that minimises the yearly cost of holding it plus the
+        expected cost of the moves that gap through it; see :meth:`LongTail.cost_optimal_gaps` for the model.
+
+        Solves :math:`\\nu(x)\\,(\\pi + s(x)) / s(x) = r` for :math:`x \\ge u`, with :math:`\\nu` the yearly
+        rate of moves beyond :math:`x` (:meth:`rate_per_year`) and :math:`s(x) = \\beta + \\xi (x - u)` the
+        scale of the excess over :math:`x`; the left side falls as :math:`x` grows, so bisection finds the one
+        root. Returns the threshold when even it is cheaper to cross than to hold, and ``math.inf`` when
+        capital is free (``capital_rate_annual = 0``: no buffer is too wide)."""
+        if not capital_rate_annual > 0.0:
+            return math.inf
+        if penalty < 0.0:
+            raise ValueError(f"penalty must be >= 0, got {penalty}")
+
+        def excess(x: float) -> float:
+            s = self.scale + self.shape * (x - self.threshold)
+            if s <= 0.0:  # past a bounded tail's end point: nothing crosses
+                return -capital_rate_annual
+            return self.rate_per_year(x, observations_per_year) * (penalty + s) / s - capital_rate_annual
+
+        lo = self.threshold
+        if excess(lo) <= 0.0:
+            return lo
+        hi = lo + self.scale
+        while excess(hi) > 0.0 and hi < 100.0:  # doubles until the root is bracketed (a log move of 100: never)
+            hi = lo + 2.0 * (hi - lo)
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            if excess(mid) > 0.0:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < 1e-10:
+                break
+        return hi
 
     def exceedance_probability(self, move: float) -> float:
         """Per-observation probability that the adverse log move exceeds ``move`` (for ``move >= threshold``)."""
@@ -131,6 +181,14 @@ def tail_gap(
     if fit is None:
         return None
     return fit.quantile(p), fit
+
+
+class GapCost(NamedTuple):
+    """What a buffer costs and what a gap through it costs, per unit of notional: the inputs of
+    :meth:`LongTail.cost_optimal_gaps` (a yearly capital rate, the liquidation penalty as a fraction)."""
+
+    capital_rate_annual: float
+    penalty: float
 
 
 DEFAULT_SPANS = (1, 2, 4, 8, 16)
@@ -211,3 +269,60 @@ class LongTail:
             return next((f for span, f in fits if span >= n), fits[-1][1])
 
         return pick(self.down).quantile(p), pick(self.up).quantile(p)
+
+    def measures(self, feed_interval_s: float | None) -> bool:
+        """Whether this history's rounds are the feed's own: the feed's rounds are at least as far apart (1 %
+        tolerance), so every move the keeper cannot react to is a move the history counted."""
+        return feed_interval_s is not None and feed_interval_s >= 0.99 * self.round_interval_s
+
+    def cost_optimal_gaps(
+        self,
+        horizon_s: float,
+        feed_interval_s: float | None,
+        capital_rate_annual: float,
+        penalty: float,
+    ) -> tuple[float, float]:
+        """(fall, rise) log moves to survive that minimise the yearly cost of protection, from this tail.
+
+        The risk is a yearly rate of gaps through the buffer, priced, not a probability per decision. Holding
+        a position ``x`` (log distance) from its liquidation price ties up about ``N x`` of collateral (``N``
+        the notional; first order in ``x``), which costs :math:`r N x` a year at the capital
+        rate ``r``. A move that gaps through ``x`` before the keeper can act loses the liquidation penalty
+        :math:`\\pi N` and the overshoot beyond the liquidation price (bad debt; the keeper's own cost model
+        counts both, docs/replay.md); for generalised Pareto excesses the overshoot's mean is
+        :math:`s(x)/(1 - \\xi)` with :math:`s(x) = \\beta + \\xi(x - u)` (McNeil, Frey and Embrechts 2015, 5.2.2,
+        the mean excess function). With :math:`\\nu(x)` the yearly rate of such moves (:meth:`TailFit.rate_per_year`)
+        the yearly cost is :math:`N\\,[r x + \\nu(x)(\\pi + s(x)/(1-\\xi))]`; as :math:`\\nu'(x) = -\\nu(x)/s(x)` its
+        derivative vanishes where
+
+        .. math:: \\nu(x^*) = r\\,\\frac{s(x^*)}{\\pi + s(x^*)},
+
+        the return level of the critical fractile of a newsvendor (Arrow, Harris and Marschak, "Optimal
+        inventory policy", Econometrica 19(3), 1951): buy buffer until a marginal unit saves in expected loss
+        what it costs in capital. It depends on neither ``N`` nor the leverage, and at an 8 %/yr capital rate it
+        is a move seen about once in 14 years of the asset's history (tails with ``xi`` near 0.25).
+
+        Moves are counted per observation of the history: a horizon of up to one history round reads the
+        one-round fit, one observation per round; a longer one the worst of the fits of every span up to the
+        shortest covering it, one observation per span. For a feed faster than the history's rounds
+        (``feed_interval_s``) that is only an upper bound on the rate (the single-jump argument of
+        :meth:`side_gaps`: a move over ``t`` crosses ``x`` about ``t / interval`` times as often as one over a
+        round, at ``interval / t`` times as many decisions), and a keeper that decides inside a history round
+        reacts within a crash that unfolds over tens of minutes: :meth:`measures` says whether the history
+        measures the feed's own rounds, and :func:`keeper.risk.gaps.estimate_stress_gap` prices the tail only
+        then. Returns
+        ``math.inf`` at a zero capital rate (the caller caps the gap)."""
+        t = max(horizon_s, feed_interval_s or 0.0)
+        n = 1 if t < self.round_interval_s else self.span_rounds(horizon_s)
+        per_year = 365 * 24 * 3600 / self.round_interval_s
+
+        def worst(fits: tuple[tuple[int, TailFit], ...]) -> float:
+            # every span up to the first covering n: a shorter move inside the horizon must be survived too
+            # (the fits of different spans extrapolate with different shapes, so the longest is not always the
+            # widest)
+            cover = next((i for i, (span, _) in enumerate(fits) if span >= n), len(fits) - 1)
+            return max(
+                f.cost_optimal_move(per_year / span, capital_rate_annual, penalty) for span, f in fits[: cover + 1]
+            )
+
+        return worst(self.down), worst(self.up)

@@ -107,3 +107,63 @@ class TestLongTail:
 
     def test_too_short_a_history_gives_none(self):
         assert LongTail.fit(*_walk(200, 6)) is None
+
+
+class TestCostOptimalGap:
+    """The buffer that minimises capital cost + expected cost of gaps through it (LongTail.cost_optimal_gaps)."""
+
+    FIT = TailFit(threshold=0.012, shape=0.23, scale=0.009, n_moves=90_000, n_exceedances=4_500, largest_move=0.17)
+    PER_YEAR = 365 * 24 * 4.0  # one observation every 15 minutes
+
+    def yearly_cost(self, x: np.ndarray, rate: float, penalty: float) -> np.ndarray:
+        """r x + nu(x) (penalty + mean overshoot), the overshoot's mean from scipy's generalised Pareto (an
+        independent computation of the mean excess beyond x: E[X - x | X > x] for the fitted excesses)."""
+        f = self.FIT
+        dist = stats.genpareto(f.shape, loc=f.threshold, scale=f.scale)
+        out = []
+        for xi in x:
+            tail = f.n_exceedances / f.n_moves * float(dist.sf(xi))
+            overshoot = float(dist.expect(lambda v, xi=xi: v - xi, lb=xi, conditional=True))
+            out.append(rate * xi + self.PER_YEAR * tail * (penalty + overshoot))
+        return np.array(out)
+
+    def test_rate_per_year_is_the_observations_times_the_exceedance_probability(self):
+        for x in (0.02, 0.1, 0.3):
+            expect = self.PER_YEAR * self.FIT.exceedance_probability(x)
+            assert self.FIT.rate_per_year(x, self.PER_YEAR) == pytest.approx(expect, rel=1e-9)
+
+    @pytest.mark.parametrize(("rate", "penalty"), [(0.08, 0.01), (0.30, 0.01), (0.08, 0.05)])
+    def test_the_root_is_the_minimum_of_the_yearly_cost_on_a_grid(self, rate, penalty):
+        """Brute force over a grid of buffers (scipy's GPD for the rate and the mean overshoot): the argmin is
+        within one grid step (0.002) of the first-order condition's root."""
+        x_star = self.FIT.cost_optimal_move(self.PER_YEAR, rate, penalty)
+        grid = np.arange(0.05, 0.8, 0.002)
+        best = float(grid[int(np.argmin(self.yearly_cost(grid, rate, penalty)))])
+        assert x_star == pytest.approx(best, abs=0.0021)
+
+    def test_dearer_capital_buys_less_buffer_and_a_dearer_penalty_more(self):
+        x = self.FIT.cost_optimal_move
+        assert x(self.PER_YEAR, 0.30, 0.01) < x(self.PER_YEAR, 0.08, 0.01) < x(self.PER_YEAR, 0.08, 0.05)
+        assert x(self.PER_YEAR, 0.0, 0.01) == math.inf
+        # so cheap to cross (capital at 1000 %/yr) that the tail's threshold is the most the fit says
+        assert x(self.PER_YEAR, 9.99e3, 0.0) == self.FIT.threshold
+
+    def test_a_feed_faster_than_the_history_gets_the_one_round_rate_bound(self):
+        """A 1-minute and a 5-minute feed (both faster than the hourly history) get the same gap, the one-round
+        fit's at one observation per history round (the single-jump bound on their yearly rate); neither is a
+        feed the history measures, an hourly one is."""
+        tail = LongTail.fit(*_walk(100_000, 7), spans=(1, 2, 4))
+        assert tail is not None
+        one = tail.cost_optimal_gaps(72.0, 60.0, 0.08, 0.01)
+        five = tail.cost_optimal_gaps(312.0, 300.0, 0.08, 0.01)
+        assert one == five
+        assert one[0] == tail.down[0][1].cost_optimal_move(365 * 24.0, 0.08, 0.01)
+        assert not tail.measures(300.0) and not tail.measures(None) and tail.measures(3600.0)
+
+    def test_a_longer_horizon_never_gets_a_thinner_buffer(self):
+        """Spans' fits extrapolate with different shapes; the gap over a horizon is the worst of every span in it."""
+        tail = LongTail.fit(*_walk(100_000, 8), spans=(1, 2, 4, 8))
+        assert tail is not None
+        gaps = [tail.cost_optimal_gaps(h * 3600.0, 3600.0, 0.08, 0.01) for h in (1, 2, 4, 8)]
+        assert [g[0] for g in gaps] == sorted(g[0] for g in gaps)
+        assert [g[1] for g in gaps] == sorted(g[1] for g in gaps)
