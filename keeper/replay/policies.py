@@ -250,7 +250,7 @@ class RiskSized:
         rounds seen so far
         (the daemon does the same from its oracle-history cache; no round after ``obs.now_s`` exists here).
         The window is bounded by ``stress_window_s`` (plus one round before it, as the estimator needs)."""
-        rp = self.risk_policy
+        rp = self._policy_now(obs)  # cost-aware: the capital rate prices the long-history tail too
         window = rp.stress_window_s
         out: dict[int, SideGaps] = {}
         for mid, rnd in obs.prices.items():
@@ -261,7 +261,10 @@ class RiskSized:
                 ps.popleft()
             market = obs.markets.get(mid)
             tail = self.long_tails.get(market.symbol.upper()) if market is not None else None
-            out[mid] = rp.estimate_stress_gap(ts, ps, obs.check_interval_s, now_s=obs.now_s, long_tail=tail).side_gaps
+            penalty = market.liquidation_penalty_ratio if market is not None else 0.0
+            out[mid] = rp.estimate_stress_gap(
+                ts, ps, obs.check_interval_s, now_s=obs.now_s, long_tail=tail, penalty=penalty
+            ).side_gaps
         return out
 
 

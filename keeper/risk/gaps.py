@@ -55,7 +55,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from keeper.risk.tails import LongTail
+from keeper.risk.tails import GapCost, LongTail
 
 MAX_SPAN_ROUNDS = 64
 """Upper bound on ``n`` (spans longer than this are covered by the volatility term of the policy)."""
@@ -136,9 +136,13 @@ def estimate_stress_gap(
     min_rounds: int = 30,
     long_tail: LongTail | None = None,
     tail_probability: float = 1e-3,
+    tail_cost: GapCost | None = None,
 ) -> GapEstimate:
     """d_stress = clip(factor * g_n, floor, cap) from the oracle rounds ``(times_s, prices)`` (see module doc),
-    per side the worse of that and the long-history tail when ``long_tail`` is given.
+    per side the worse of that and the long-history tail when ``long_tail`` is given: read at
+    ``tail_probability`` per decision, or with ``tail_cost``, when the history measures the feed's own rounds,
+    at the cost-optimal return level (:meth:`keeper.risk.tails.LongTail.cost_optimal_gaps`: a yearly rate of
+    gaps through the buffer, priced).
 
     ``now_s`` (default: the last round's time) closes the window ``[now_s - window_s, now_s]``; rounds after
     ``now_s`` are ignored (no look-ahead). Rounds must be in time order; non-positive prices are dropped.
@@ -165,7 +169,10 @@ def estimate_stress_gap(
     tail = None
     if long_tail is not None:
         feed_dt = float(np.median(np.diff(t))) if t.size >= 2 else None
-        tail_down, tail_up = long_tail.side_gaps(tail_probability, horizon_s, feed_dt)
+        if tail_cost is not None and long_tail.measures(feed_dt):
+            tail_down, tail_up = long_tail.cost_optimal_gaps(horizon_s, feed_dt, *tail_cost)
+        else:  # a feed faster than the history's rounds: the history only bounds its moves (LongTail.measures)
+            tail_down, tail_up = long_tail.side_gaps(tail_probability, horizon_s, feed_dt)
         tail = (bound(tail_down), bound(tail_up))
 
     def short_history(reason: str, rounds: int) -> GapEstimate:

@@ -44,7 +44,7 @@ from scipy.special import ndtr, ndtri
 from keeper.domain import SECONDS_PER_YEAR, Market, Position, Side
 from keeper.risk.barrier import fee_drift, gaussian_distance, liquidation_price
 from keeper.risk.gaps import GapEstimate, SideGaps, estimate_stress_gap
-from keeper.risk.tails import LongTail
+from keeper.risk.tails import GapCost, LongTail
 
 DEFAULT_KAPPA = 1.60
 """Fat-tail multiplier: the larger of the two Monte Carlo calibrations at p = 1e-4 (p_target) of
@@ -205,9 +205,14 @@ class RiskPolicy:
         check_interval_s: float,
         now_s: float | None = None,
         long_tail: LongTail | None = None,
+        penalty: float = 0.0,
     ) -> GapEstimate:
         """This policy's stress gap for one market from its oracle rounds (:mod:`keeper.risk.gaps`), with the
-        market's long-history tail (at ``p_trigger``) as a lower bound and as the fallback when given.
+        market's long-history tail as a lower bound and as the fallback when given: read at
+        ``stress_tail_probability`` (default ``p_trigger``) per decision, or, when the policy is cost-aware
+        (``cost_bands``), at the return level that minimises the cost of holding the buffer plus the expected
+        cost of a gap through it (:meth:`keeper.risk.tails.LongTail.cost_optimal_gaps`; ``penalty``: the
+        market's liquidation penalty as a fraction of notional).
 
         ``stress_window_s = 0`` switches the estimator off: the constant ``stress_gap`` is used.
         """
@@ -226,6 +231,7 @@ class RiskPolicy:
             min_rounds=self.stress_min_rounds,
             long_tail=long_tail,
             tail_probability=self.stress_tail_probability or self.p_trigger,
+            tail_cost=None if self.cost_bands is None else GapCost(self.cost_bands.capital_rate_annual, penalty),
         )
 
     def effective_sigma(self, sigma_annual: ArrayLike) -> NDArray[np.float64]:

@@ -483,6 +483,7 @@ class KeeperService:
         sigmas: dict[int, float] = {}
         gaps: dict[int, SideGaps] = {}
         floors = self.implied_vol.floors() if self.implied_vol is not None else {}
+        policy = self.policy_now()  # cost-aware: the capital rate also prices the long-history tail's gap
         for mid, latest in snap.prices.items():
             new_round = self._last_rounds.get(mid) != latest.round_id
             if self.vol.last_round_id(mid) != latest.round_id:
@@ -504,12 +505,13 @@ class KeeperService:
                 sigmas[mid] = implied
             rounds = self.vol.rounds(mid)
             market = snap.markets.get(mid)
-            gap = self.policy.estimate_stress_gap(
+            gap = policy.estimate_stress_gap(
                 [r.updated_at_s for r in rounds],
                 [r.price_e8 for r in rounds],
                 self.check_interval_s,
                 now_s=snap.block_timestamp,
                 long_tail=self.long_tails.get(market.symbol.upper()) if market is not None else None,
+                penalty=market.liquidation_penalty_ratio if market is not None else 0.0,
             )
             gaps[mid] = gap.side_gaps
             if gap.fallback_reason and new_round:

@@ -247,6 +247,45 @@ def test_calm_recent_rounds_are_floored_by_the_tail_and_a_crash_window_exceeds_i
     assert hit.side_gaps.down > calm.side_gaps.down
 
 
+def test_a_cost_aware_policy_reads_the_tail_at_its_cost_optimal_return_level():
+    """With cost bands the long-history tail is read at the return level priced by the capital rate and the
+    market's penalty (LongTail.cost_optimal_gaps), not at p_trigger per decision; without, at p_trigger. A
+    dearer capital rate asks for a thinner buffer."""
+    tail = _long_tail(scale=0.0005)  # thin enough that the gaps stay under the cap
+    t = np.arange(61) * 60.0
+    calm = 3_000.0 * (1 + 1e-4 * np.sin(t))
+    plain = pol.RiskPolicy(stress_window_s=3600.0)
+    priced = dataclasses.replace(plain, cost_bands=pol.CostBands(gas_usd_per_tx=1.0, capital_rate_annual=0.08))
+    horizon = plain.horizon_s(60.0)
+    at_p = plain.estimate_stress_gap(t, calm, 60.0, long_tail=tail, penalty=0.01)
+    assert at_p.side_gaps.down == pytest.approx(
+        max(tail.side_gaps(plain.p_trigger, horizon, 60.0)[0], plain.stress_floor)
+    )
+    cost = priced.estimate_stress_gap(t, calm, 60.0, long_tail=tail, penalty=0.01)
+    fall, rise = tail.cost_optimal_gaps(horizon, 60.0, 0.08, 0.01)
+    cap = plain.stress_cap
+    assert cost.side_gaps == pytest.approx((min(fall, cap), min(rise, cap)))
+    assert cost.side_gaps.down > at_p.side_gaps.down
+    dear = dataclasses.replace(priced, cost_bands=pol.CostBands(gas_usd_per_tx=1.0, capital_rate_annual=0.5))
+    assert dear.estimate_stress_gap(t, calm, 60.0, long_tail=tail, penalty=0.01).side_gaps.down < cost.side_gaps.down
+
+
+def test_a_feed_faster_than_the_history_keeps_the_per_decision_reading_even_when_cost_aware():
+    """An hourly history does not measure a 1-minute feed's rounds (LongTail.measures): the cost-aware policy
+    reads its tail at p_trigger per decision, as the plain policy does."""
+    rng = np.random.default_rng(12)
+    prices = 3_000.0 * np.exp(np.cumsum(0.002 * rng.standard_t(3, 40_000)))
+    hourly = LongTail.fit(np.arange(prices.size) * 3600.0, prices, spans=(1,))
+    assert hourly is not None
+    t = np.arange(61) * 60.0
+    calm = 3_000.0 * (1 + 1e-4 * np.sin(t))
+    plain = pol.RiskPolicy(stress_window_s=3600.0)
+    priced = dataclasses.replace(plain, cost_bands=pol.CostBands(gas_usd_per_tx=1.0, capital_rate_annual=0.08))
+    same = [p.estimate_stress_gap(t, calm, 60.0, long_tail=hourly, penalty=0.01).side_gaps for p in (plain, priced)]
+    assert same[0] == same[1]
+    assert same[0].down == pytest.approx(max(hourly.side_gaps(1e-3, plain.horizon_s(60.0), 60.0)[0], 0.03))
+
+
 def test_the_replay_fits_the_tail_only_on_bars_before_the_window(tmp_path):
     """No look-ahead: a crash after the window's start does not change the tail the replay fits."""
     rng = np.random.default_rng(12)
