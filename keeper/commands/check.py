@@ -14,6 +14,7 @@ from rich.table import Table
 from keeper.cli import EXIT_INTERRUPTED
 from keeper.commands._accounts_view import account_check_output, accounts_table
 from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load, service_class
+from keeper.commands.risk import cost_estimate
 from keeper.redact import mask_data
 from keeper.runtime.accounts_service import AccountCycleReport
 from keeper.runtime.config import SECRET_FIELDS
@@ -54,23 +55,56 @@ def position_rows(report: CycleReport, service: KeeperService) -> list[dict]:
     return rows
 
 
+def add_cost_estimates(rows: list[dict], report: CycleReport, service: KeeperService) -> dict[str, float]:
+    """Each row's ``cost_usd_per_year``: what protecting the position is expected to cost a year at the replay's
+    gas presets and at the chain's own gas price now (``chain``), with ``risk.capital_rate_annual`` on idle
+    collateral (:func:`keeper.commands.risk.cost_estimate`, the calculator's estimate). Returns the gas prices
+    (gwei) by name."""
+    from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
+
+    gas_prices_gwei = dict(DEFAULT_GAS_PRESETS_GWEI)
+    gas_price_wei = service.gas_price_wei()
+    if gas_price_wei is not None:
+        gas_prices_gwei["chain"] = gas_price_wei / 1e9
+    native_usd = service.native_usd_e8() / 1e8
+    markets = service.adapter.known_markets()
+    for row, r in zip(rows, report.risks, strict=True):
+        p, market = r.position, markets[r.position.market_id]
+        costs = cost_estimate(
+            policy=service.policy,
+            is_long=p.is_long,
+            size=p.size_e18 / 1e18,
+            entry=p.entry_price_e8 / 1e8,
+            collateral=p.collateral_e6 / 1e6,
+            price=r.price_e8 / 1e8,
+            maintenance=market.maintenance_margin_ratio,
+            fee_rate=market.fee_rate_annual,
+            sigma=r.sigma_annual,
+            horizon_s=r.horizon_s,
+            stress_gap=r.stress_gap,
+            native_usd=native_usd,
+            capital_rate=service.config.risk.capital_rate_annual,
+            gas_prices_gwei=gas_prices_gwei,
+        )
+        row["cost_usd_per_year"] = {name: c["usd_per_year"] for name, c in costs.items()}
+    return gas_prices_gwei
+
+
+def _fmt_costs(costs: dict[str, float]) -> str:
+    return " / ".join("n/a" if usd < 0 else f"{usd:,.0f}" for usd in costs.values())
+
+
 def status_table(rows: list[dict]) -> Table:
     t = Table(title="positions")
-    for col in (
-        "account",
-        "market",
-        "side",
-        "size",
-        "collateral",
-        "liq. price",
-        "ln(P/liq)",
-        "sigma",
-        "breach p",
-        "buffer target",
-        "action",
-    ):
+    cols = ["account", "market", "side", "size", "collateral", "liq. price", "ln(P/liq)", "sigma", "breach p"]
+    cols += ["buffer target", "action"]
+    with_costs = bool(rows) and "cost_usd_per_year" in rows[0]
+    if with_costs:
+        cols.append("protection $/yr " + " / ".join(rows[0]["cost_usd_per_year"]))
+    for col in cols:
         t.add_column(col, justify="left" if col in ("account", "action") else "right")
     for r in rows:
+        costs = [_fmt_costs(r["cost_usd_per_year"])] if with_costs else []
         t.add_row(
             r["account"][:10] + "…",
             r["market"],
@@ -83,6 +117,7 @@ def status_table(rows: list[dict]) -> Table:
             _fmt_p(r["breach_probability"]),
             f"{r['buffer_target']:,.2f}",
             r["suggested_action"],
+            *costs,
         )
     return t
 
@@ -277,8 +312,11 @@ def register(app: typer.Typer) -> None:
                     Console().print(accounts_table(out))
                 return
             rows = position_rows(report, service)
+            gas_prices_gwei = add_cost_estimates(rows, report, service)
             if as_json:
-                print(masked_json({"block": report.block_number, "positions": rows}))
+                print(
+                    masked_json({"block": report.block_number, "gas_prices_gwei": gas_prices_gwei, "positions": rows})
+                )
             else:
                 Console().print(status_table(rows))
         finally:

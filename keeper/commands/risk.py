@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -262,9 +263,11 @@ def cost_estimate(
     stress_gap: float,
     native_usd: float,
     capital_rate: float,
+    gas_prices_gwei: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """What protecting this position is expected to cost per year, per gas preset: the cost-aware bands at that
-    preset (:func:`keeper.risk.policy.cost_aware_bands`) and their cost per year
+    """What protecting this position is expected to cost per year, per gas price (the replay's presets
+    ``l1`` and ``l2`` unless ``gas_prices_gwei`` names others, e.g. the chain's own price now): the cost-aware
+    bands at that price (:func:`keeper.risk.policy.cost_aware_bands`) and their cost per year
     (:func:`keeper.risk.policy.band_cost_per_year`: gas over the mean time between transactions plus the
     capital rate on the mean idle distance), a first-order estimate for a Brownian price (no jumps)."""
     import dataclasses
@@ -277,7 +280,8 @@ def cost_estimate(
     top_up_gas = GAS_PER_ACTION[ActionKind.TOP_UP]  # a reference-protocol addMargin, the replay's median
     out: dict[str, dict[str, float]] = {}
     check_interval_s = max(horizon_s - policy.latency_s, 1e-9)
-    for name, gwei in DEFAULT_GAS_PRESETS_GWEI.items():
+    presets = DEFAULT_GAS_PRESETS_GWEI if gas_prices_gwei is None else gas_prices_gwei
+    for name, gwei in presets.items():
         bands = CostBands(gas_usd_per_tx=top_up_gas * gwei * 1e-9 * native_usd, capital_rate_annual=capital_rate)
         arr = assess_arrays(
             is_long=[is_long], size=[size], entry=[entry], collateral=[collateral], pending_fee=[0.0],

@@ -560,21 +560,17 @@ class KeeperService:
         risk = self.config.risk
         if not risk.cost_aware:
             return self.policy
-        if self._gas_price_wei is None:
-            try:
-                market = FeePolicy().market(self.client, 50.0)
-                self._gas_price_wei = market.base_fee_next_wei + max(market.tip_wei, self.config.fees.priority_fee_wei)
-            except TransientRpcError as exc:
-                log.warning("gas_price_unknown", error=str(exc), why="cost bands off this cycle")
-                return self.policy
-        native_e8 = self.native_price.price_e8 or FeePolicy().native_usd_e8
-        gas_usd = self.top_up_gas_used * self._gas_price_wei / 10**18 * native_e8 / 1e8
+        gas_price_wei = self.gas_price_wei()
+        if gas_price_wei is None:
+            return self.policy
+        native_e8 = self.native_usd_e8()
+        gas_usd = self.top_up_gas_used * gas_price_wei / 10**18 * native_e8 / 1e8
         if self._logged_gas_usd is None or abs(gas_usd - self._logged_gas_usd) > 0.1 * self._logged_gas_usd:
             self._logged_gas_usd = gas_usd
             log.info(
                 "cost_bands",
                 gas_usd_per_tx=round(gas_usd, 6),
-                gas_price_gwei=self._gas_price_wei / 1e9,
+                gas_price_gwei=gas_price_wei / 1e9,
                 top_up_gas=self.top_up_gas_used,
                 native_usd=native_e8 / 1e8,
                 capital_rate_annual=risk.capital_rate_annual,
@@ -582,6 +578,22 @@ class KeeperService:
         return dataclasses.replace(
             self.policy, cost_bands=CostBands(gas_usd_per_tx=gas_usd, capital_rate_annual=risk.capital_rate_annual)
         )
+
+    def gas_price_wei(self) -> int | None:
+        """What a transaction pays per gas now: the chain's next base fee + the tip (the last fee read of this
+        cycle, else one ``eth_feeHistory``); ``None`` when the node does not answer (logged)."""
+        if self._gas_price_wei is None:
+            try:
+                market = FeePolicy().market(self.client, 50.0)
+            except TransientRpcError as exc:
+                log.warning("gas_price_unknown", error=str(exc), why="cost bands off this cycle")
+                return None
+            self._gas_price_wei = market.base_fee_next_wei + max(market.tip_wei, self.config.fees.priority_fee_wei)
+        return self._gas_price_wei
+
+    def native_usd_e8(self) -> int:
+        """The gas token's USD price this cycle (keeper.runtime.native_price), else the fee policy's default."""
+        return self.native_price.price_e8 or FeePolicy().native_usd_e8
 
     def spent_today_e6(self, now_s: float) -> int:
         """Top-ups since 00:00 UTC that may have moved money: every state except those the chain proved moved
