@@ -144,6 +144,14 @@ class AccountKeeperService(KeeperService):
                 f"(its assets: {', '.join(self._symbols.values())})",
                 field="protocol.assets",
             )
+        known = {sym.upper() for sym in self._symbols.values()}
+        unknown_tails = sorted(sym for sym in self.long_tails if sym not in known)
+        if unknown_tails:
+            raise ConfigError(
+                f"risk.long_history names {', '.join(unknown_tails)}, not assets of this deployment "
+                f"(its assets: {', '.join(self._symbols.values())})",
+                field="risk.long_history",
+            )
         log.info(
             "keeper_starting",
             protocol=adapter.name,
@@ -187,9 +195,10 @@ class AccountKeeperService(KeeperService):
     def estimate_assets(
         self, book: AccountBook
     ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[tuple[str, str], float]]:
-        """Sigma and stress gaps (down, up) per asset from its oracle's rounds (read incrementally), the book's
-        premium gap added where the liquidating price can gap away from the oracle's (log moves add), and the
-        assets' pairwise correlations."""
+        """Sigma and stress gaps (down, up) per asset from its oracle's rounds (read incrementally; the worse of
+        them and the asset's long-history tail where ``risk.long_history`` names its symbol), the book's premium
+        gap added where the liquidating price can gap away from the oracle's (log moves add), and the assets'
+        pairwise correlations."""
         sigmas: dict[str, float] = {}
         gaps: dict[str, tuple[float, float]] = {}
         histories: dict[str, tuple[list[int], list[int]]] = {}
@@ -204,7 +213,13 @@ class AccountKeeperService(KeeperService):
                 sigmas[asset] = max(own.sigma_fallback_annual, self.policy.sigma_floor_annual)
             rounds = self.vol.rounds(rid)
             times, prices = [r.updated_at_s for r in rounds], [r.price_e8 for r in rounds]
-            gap = self.policy.estimate_stress_gap(times, prices, self.check_interval_s, now_s=book.timestamp_s)
+            gap = self.policy.estimate_stress_gap(
+                times,
+                prices,
+                self.check_interval_s,
+                now_s=book.timestamp_s,
+                long_tail=self.long_tails.get(self._symbols.get(asset, asset).upper()),
+            )
             push_down, push_up = book.premium_gaps.get(asset, (0.0, 0.0))
             gaps[asset] = (gap.side_gaps[0] + push_down, gap.side_gaps[1] + push_up)
             histories[asset] = (times, prices)

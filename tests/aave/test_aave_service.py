@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import structlog
 from aavechain import KEEPER_KEY, LIQUIDATOR_KEY
@@ -221,6 +223,56 @@ class TestDanger:
         cfg = _config(aave, tmp_path, aave.address(TRADER), tables="[protocol.assets.XYZ]\nstale_after_s = 60\n")
         service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
         with pytest.raises(ConfigError, match="XYZ, not assets of this deployment"):
+            service.start()
+        service.close()
+
+    def test_long_history_tail_bounds_the_stress_gap(self, aave, tmp_path):
+        """[risk.long_history] WETH = years of hourly bars with 20 % falls: with too few oracle rounds for the
+        recent-rounds estimate, WETH's gap is that history's tail (at least its quantile over the horizon,
+        LongTail.side_gaps), not the constant fallback; USDC (no history named) keeps its own; a symbol the pool
+        does not list stops the start."""
+        from keeper.replay.prices import load_bars
+        from keeper.risk.tails import LongTail
+
+        aave.open_account(TRADER, SeedAccount((("WETH", 10.0),), (("USDC", 5_000.0),)))
+        user = aave.address(TRADER)
+        rng = np.random.default_rng(7)
+        n = 3 * 8_760
+        moves = 0.008 * rng.standard_t(4, n)
+        moves[rng.choice(n, 12, replace=False)] = np.log(0.8)  # a dozen one-hour 20 % falls in three years
+        close = 3_000 * np.exp(np.cumsum(moves))
+        t0 = int(time.time()) - 30 * 86_400 - n * 3_600
+        csv = tmp_path / "weth_1h.csv"
+        lines = ["timestamp_utc,unix_s,open,high,low,close,volume"]
+        lines += [f"x,{t0 + 3_600 * i},{c:.4f},{c:.4f},{c:.4f},{c:.4f},1" for i, c in enumerate(close)]
+        csv.write_text("\n".join(lines) + "\n")
+
+        def gaps(tables: str) -> dict[str, tuple[float, float]]:
+            (tmp_path / "journal.sqlite").unlink(missing_ok=True)
+            service = _service(aave, tmp_path, user, tables=tables)
+            try:
+                return service.estimate_assets(service.accounts_adapter.read_book([user]))[1]
+            finally:
+                service.close()
+
+        plain = gaps("")
+        with_tail = gaps(f'[risk.long_history]\nWETH = "{csv}"\n')
+        weth, usdc = aave.token("WETH"), aave.token("USDC")
+        bars = load_bars(csv, "WETH")
+        tail = LongTail.fit(bars.t_s, bars.close)
+        assert tail is not None
+        policy_cfg = _config(aave, tmp_path, user).risk_policy()
+        horizon_s = policy_cfg.horizon_s(policy_cfg.check_interval_max_s)
+        p_tail = policy_cfg.stress_tail_probability or policy_cfg.p_trigger
+        tail_fall = min(tail.side_gaps(p_tail, horizon_s, None)[0], policy_cfg.stress_cap)
+        # the devchain's few rounds leave the plain estimate on the constant fallback; the tail replaces it
+        assert plain[weth] == (policy_cfg.stress_gap, policy_cfg.stress_gap)
+        assert with_tail[weth][0] >= tail_fall - 1e-12, (with_tail, tail_fall)
+        assert abs(with_tail[weth][0] - policy_cfg.stress_gap) > 0.01, (with_tail, plain)
+        assert with_tail[usdc] == plain[usdc]
+        cfg = _config(aave, tmp_path, user, tables=f'[risk.long_history]\nDOGE = "{csv}"\n')
+        service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
+        with pytest.raises(ConfigError, match="risk.long_history names DOGE, not assets of this deployment"):
             service.start()
         service.close()
 
