@@ -845,7 +845,7 @@ class _WithdrawCurve:
     :func:`after_withdraw` then :func:`account_data`, with the other reserves summed once. Withdrawing the
     whole balance clears the collateral flag (the asset then counts for nothing)."""
 
-    __slots__ = ("balance", "c0", "d", "l0", "s", "t")
+    __slots__ = ("b", "balance", "c0", "d", "l0", "s", "t")
 
     def __init__(self, account: AaveAccount, terms: MarketTerms, asset: str) -> None:
         self.c0, _, self.l0, _ = _totals(account, terms, skip=asset)
@@ -855,6 +855,8 @@ class _WithdrawCurve:
         self.s = ur.scaled_a_balance
         self.t = terms[asset]
         self.balance = (self.s * self.t.income + HALF_RAY) // RAY
+        # HF >= 1  <=>  percentMul(C, avgLT) >= ceil((WAD D - D/2) / WAD)  <=>  C floor(L / C) >= b
+        self.b = BPS * _ceil_div(WAD * self.d - self.d // 2, WAD) - BPS // 2 if self.d else 0
 
     def value(self, x: int) -> int:
         t = self.t
@@ -866,6 +868,52 @@ class _WithdrawCurve:
     def hf(self, x: int) -> int:
         v = self.value(x)
         return _health(self.c0 + v, self.l0 + v * self.t.lt, self.d)
+
+    def weighted(self, x: int) -> int:
+        """``L``, the collateral times its LT summed (bps x base units): ``C floor(L / C) <= L``."""
+        return self.l0 + self.value(x) * self.t.lt
+
+    def average(self, x: int) -> int:
+        """The floored average LT after withdrawing ``x`` (monotone in ``x``)."""
+        v = self.value(x)
+        c = self.c0 + v
+        return (self.l0 + v * self.t.lt) // c if c else 0
+
+
+def _largest_withdraw(curves: tuple[_WithdrawCurve, ...], cap: int) -> int:
+    """The largest ``x`` in ``[0, cap]`` whose health factor is at least 1 on every curve (0 when none; ``x = 0``
+    is assumed to pass), exactly.
+
+    Each curve's HF is ``wadDiv(percentMul(C, a), D)`` with ``a = floor(L / C)`` the floored average LT. ``C``
+    and ``L`` only fall as ``x`` grows, and ``a`` moves one way only (up when the asset's LT is below the
+    others' average, down otherwise), so on a stretch of ``x`` where every curve's ``a`` is constant the HFs
+    only fall: what passes is a prefix of the stretch. ``C a <= L``: past the last ``x`` with ``L >= b`` on
+    every curve nothing passes, and where ``L - C >= b`` everything does; between the two the averages take a
+    handful of values. So: from that last ``x`` down, stretch by stretch (bisected on the averages), the first
+    stretch whose first ``x`` passes holds the answer, bisected within it."""
+
+    def ok(x: int) -> bool:
+        return all(c.hf(x) >= HF_LIQUIDATION_THRESHOLD for c in curves)
+
+    if ok(cap):
+        return cap
+    if not ok(0):
+        return 0
+
+    def under(x: int) -> bool:
+        return any(c.weighted(x) < c.b for c in curves)
+
+    hi = _bisect(under, 0, cap) - 1 if under(cap) else cap
+    while True:
+        key = tuple(c.average(hi) for c in curves)
+
+        def same(x: int, key: tuple[int, ...] = key) -> bool:
+            return tuple(c.average(x) for c in curves) == key
+
+        lo = 0 if same(0) else _bisect(same, 0, hi)
+        if ok(lo):
+            return hi if ok(hi) else _bisect(lambda x: not ok(x), lo, hi) - 1
+        hi = lo - 1
 
 
 def _health_numerator(total_c: int, lt_acc: int) -> int:
@@ -1217,10 +1265,10 @@ class AaveRules:
         Per collateral asset that :func:`withdraw_blocker` lets through (active, not paused, frozen allowed;
         the LTV-0 rule of ``validateHFAndLtv``): the most units ``x`` with the exact health factor after the
         withdraw at least 1 both at today's prices (``validateHealthFactor``, else revert 35) and at the survive
-        prices, bisected on the integers: at the answer ``x`` both hold and at ``x + 1`` one fails (or ``x`` is
-        the whole balance or the cap). Where the asset's LT is below the other collateral's average the
-        floored average LT makes the health factor saw-tooth by under a bp, and the boundary found may not be
-        the very last amount that passes. The asset whose withdraw is worth most is released (a tie: the one
+        prices, on the integers (:func:`_largest_withdraw`: the floored average LT makes the health factor
+        saw-tooth by under a bp where the asset's LT is below the other collateral's average, so the answer is
+        searched stretch by stretch of one average, not by a plain bisection): no larger amount up to the whole
+        balance or the cap passes both. The asset whose withdraw is worth most is released (a tie: the one
         leaving the higher health factor at the survive prices). The aToken's available liquidity is not read:
         the transaction's simulation refuses a withdraw the reserve cannot pay."""
         if self.release_refusal(account) is not None:
@@ -1237,12 +1285,7 @@ class AaveRules:
             t = today[ur.asset]
             cap = min(now.balance, max_e6 * 100 * t.unit // t.price if t.price > 0 else 0)
 
-            def ok(x: int, now: _WithdrawCurve = now, hard: _WithdrawCurve = hard) -> bool:
-                return now.hf(x) >= HF_LIQUIDATION_THRESHOLD and hard.hf(x) >= HF_LIQUIDATION_THRESHOLD
-
-            if cap <= 0 or not ok(0):
-                continue
-            amount = cap if ok(cap) else _bisect(lambda x: not ok(x), 0, cap) - 1
+            amount = _largest_withdraw((now, hard), cap) if cap > 0 else 0
             if amount <= 0:
                 continue
             cost = amount * t.price // t.unit // 100

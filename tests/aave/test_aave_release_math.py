@@ -112,3 +112,61 @@ def test_paused_blocks_frozen_does_not_and_the_cap_bounds_the_amount():
     rules = AaveRules({"0xa": ACCOUNT}, market, releasable=frozenset({"0xa"}))
     small = rules.release("0xa", {}, 1_000 * 10**6)
     assert small is not None and small.cost_e6 <= 1_000 * 10**6 and small.cost_e6 > 999 * 10**6
+
+
+SAW = {"COLL": (8_000, 8_600, 2), "TOKEN": (4_000, 5_000, 0), "DEBT": (7_700, 8_000, 2)}
+SAW_RESERVES = {
+    a: av.ReserveState(
+        a, av.decode_reserve_configuration(ltv | lt << 16 | d << 48 | 1 << 56), av.RAY, 0, av.RAY, 0, 0, i
+    )
+    for i, (a, (ltv, lt, d)) in enumerate(SAW.items())
+}
+
+
+def _saw(coll: int, tokens: int, debt: int, price: int) -> tuple[AaveAccount, Market]:
+    """A whole-token asset (0 decimals, LT 50 %) beside a 2-decimal collateral at LT 86 %: withdrawing the token
+    raises the floored average LT one bp at a time and the health factor saw-tooths."""
+    market = Market(SAW_RESERVES, {"COLL": 10**8, "TOKEN": price, "DEBT": 10**8}, {}, 0)
+    account = AaveAccount(
+        "0xa",
+        0,
+        (
+            UserReserve("COLL", coll * 100, 0, 0, True, False),
+            UserReserve("TOKEN", tokens, 0, 0, True, False),
+            UserReserve("DEBT", 0, debt, 0, False, True),
+        ),
+    )
+    return account, market
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    coll=st.integers(1, 4_000),
+    tokens=st.integers(1, 30_000),
+    debt=st.integers(100, 3_000_000),
+    price=st.integers(10**5, 10**9),
+    move=st.floats(0.6, 1.0),
+)
+def test_the_largest_withdraw_is_exact_where_the_health_factor_saw_tooths(coll, tokens, debt, price, move):
+    """Every larger amount is tried at today's and at the stress prices (on the curves, which equal the mirror:
+    the answer itself is checked on the mirror): none passes both, the answer does."""
+    account, market = _saw(coll, tokens, debt, price)
+    stressed = replace(market, prices_e8={**market.prices_e8, "TOKEN": max(1, int(price * move))})
+    if not _passes(account, market, stressed, "TOKEN", 0):
+        return
+    curves = tuple(av._WithdrawCurve(account, av.MarketTerms(m, 0), "TOKEN") for m in (market, stressed))
+    got = av._largest_withdraw(curves, tokens)
+    assert _passes(account, market, stressed, "TOKEN", got)
+    assert not any(all(c.hf(x) >= WAD for c in curves) for x in range(got + 1, tokens + 1))
+
+
+def test_past_the_first_failure_a_larger_withdraw_passes_again():
+    """1,064 COLL ($1, LT 86 %) and 13,065 TOKEN ($1.47988598, LT 50 %) against 8,497.64 DEBT: the health
+    factor falls below 1 at
+    2,816 tokens withdrawn and is back above it at 2,817 (the floored average LT rose a bp): 2,817 is the
+    answer, a plain bisection would stop at 2,815."""
+    account, market = _saw(1_064, 13_065, 849_764, 147_988_598)
+    ok = [_passes(account, market, market, "TOKEN", x) for x in (2_815, 2_816, 2_817, 2_818)]
+    assert ok == [True, False, True, False]
+    curves = (av._WithdrawCurve(account, av.MarketTerms(market, 0), "TOKEN"),)
+    assert av._largest_withdraw(curves, 13_065) == 2_817
