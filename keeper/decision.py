@@ -181,17 +181,23 @@ def _release(
     stale: tuple[str, ...],
     prices_e8: Mapping[str, int],
     policy: RiskPolicy,
-) -> tuple[ActionOption, str] | None:
+) -> tuple[ActionOption, str] | str | None:
     """A release for a safe account: only below ``p_release``, with ``limits.allow_release``, fresh prices, no
     open transaction, not watch-only, only when it also survives a move stretched by the release headroom, at
     least ``limits.min_action_e6``, and only what still survives the move itself (``rules.release``: the
     protocol's withdraw rule and the owner's key). After it the account no longer survives the stretched move,
-    so the next cycle holds; it still survives the move, so no top-up is due."""
+    so the next cycle holds; it still survives the move, so no top-up is due. Declined for an account below
+    ``p_release``: why, for the hold's reason (releases not enabled, not the owner's key, nothing to release)."""
     key = r.account.lower()
-    if not (limits.allow_release and r.has_debt and r.breach_probability < limits.p_release):
+    if not (r.has_debt and r.breach_probability < limits.p_release):
         return None
+    if not limits.allow_release:
+        return "no release: releases are not enabled (limits.allow_release = false)"
     if stale or key in state.busy or key in state.watch_only or limits.alert_only:
         return None
+    refused = rules.release_refusal(r.account)
+    if refused is not None:
+        return f"no release: {refused}"
     # hysteresis, as the positions' bands: release only when the account also survives the move to survive
     # stretched by (1 + release_headroom) / (1 + stress_headroom) in log terms, then down to the move itself
     stretch = (1.0 + policy.release_headroom) / (1.0 + policy.stress_headroom)
@@ -203,14 +209,17 @@ def _release(
     if rules.health_at(r.account, wider) < WAD:
         return None
     option = rules.release(r.account, r.survive_prices_e8, limits.max_per_tx_e6)
-    if option is None or option.amount <= 0 or option.cost_e6 < limits.min_action_e6:
-        return None
+    if option is None or option.amount <= 0:
+        return "no release: nothing the protocol's withdraw rule and the move to survive leave to take"
+    if option.cost_e6 < limits.min_action_e6:
+        return f"no release: {_usd(option.cost_e6 / 1e6)} is below the least action {_usd(limits.min_action_e6 / 1e6)}"
     name = state.symbols.get(option.asset, option.asset)
     dec = state.decimals.get(option.asset)
     units = f"{option.amount / 10**dec:,.6g}" if dec is not None else f"{option.amount} units of"
+    verb = f" ({option.verb})" if option.verb and option.verb != "release" else ""
     text = (
-        f"{words}, below release {limits.p_release:.0e}: release {units} {name} ({_usd(option.cost_e6 / 1e6)}) to "
-        f"the owner, still surviving {_survive_words(r, prices_e8, state)}"
+        f"{words}, below release {limits.p_release:.0e}: release{verb} {units} {name} "
+        f"({_usd(option.cost_e6 / 1e6)}) to the owner, still surviving {_survive_words(r, prices_e8, state)}"
     )
     return option, text
 
@@ -323,8 +332,9 @@ def decide_accounts(
             words = f"LIQUIDATABLE now (health {rules.health(r.account) / 1e18:.4f}); {words}"
         if not danger[key]:
             released = _release(r, rules, state, limits, words, stale, prices_e8, policy)
-            if released is None:
-                decisions[key] = base(r, "hold", "none", f"{words}: hold" if r.has_debt else "no debt: nothing to do")
+            if not isinstance(released, tuple):
+                held = f"{words}: hold" + (f" ({released})" if released else "")
+                decisions[key] = base(r, "hold", "none", held if r.has_debt else "no debt: nothing to do")
                 continue
             option, text = released
             actions.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -341,3 +342,40 @@ class TestAccountDecision:
         one = _decide([big], _market(), {"USDC": 10**12}).onchain_actions[0]
         out = _decide([small, big], _market(), {"USDC": one.amount})
         assert [a.account for a in out.onchain_actions] == ["0xb"]
+
+
+class TestAaveRelease:
+    """A very safe Aave account (10 WETH, 1,000 USDC): a release only with ``allow_release`` and the owner's key;
+    a hold below ``p_release`` says why there was none."""
+
+    def _one(self, *, allow: bool, owner: bool):
+        account, market = _account("0xa", 10.0, 1_000.0), _market()
+        rules = AaveRules({"0xa": account}, market, SYMBOLS, releasable=frozenset({"0xa"} if owner else ()))
+        limits = dataclasses.replace(LIMITS, allow_release=allow)
+        out = decide_accounts(
+            [margin_account(account, market)],
+            rules,
+            AccountBookState(wallet={}, symbols=SYMBOLS, decimals={"WETH": 18, "USDC": 6}),
+            prices_e8=PRICES,
+            sigmas_annual=SIGMAS,
+            policy=POLICY,
+            limits=limits,
+            check_interval_s=60.0,
+        )
+        d = out.decision("0xa")
+        assert d is not None
+        return d, out
+
+    def test_released_with_the_key_and_the_switch(self):
+        d, out = self._one(allow=True, owner=True)
+        assert d.band == "release" and d.asset == "WETH" and "release (withdraw)" in d.reason
+        (action,) = out.onchain_actions
+        assert action.kind is AccountActionKind.RELEASE and action.amount == d.amount > 0
+
+    @pytest.mark.parametrize(
+        "allow, owner, why",
+        [(False, True, "releases are not enabled"), (True, False, "the keeper does not hold the owner's key")],
+    )
+    def test_a_hold_says_why_there_was_no_release(self, allow, owner, why):
+        d, out = self._one(allow=allow, owner=owner)
+        assert d.band == "hold" and f"no release: {why}" in d.reason and not out.onchain_actions

@@ -16,7 +16,9 @@ Every function mirrors the contract it names, rounding included (sources under
   bonus (:func:`liquidation_outcome`).
 * ``ValidationLogic``: whether a supply is accepted and whether it becomes collateral
   (``validateAutomaticUseAsCollateral``: not for an isolated asset, not for a user in isolation mode, not
-  for an LTV-0 asset), and whether a repay is accepted (:func:`supply_blocker`, :func:`repay_blocker`).
+  for an LTV-0 asset), and whether a repay is accepted (:func:`supply_blocker`, :func:`repay_blocker`);
+  ``validateWithdraw`` and ``validateHFAndLtv`` for the owner's own withdraw (:func:`withdraw_blocker`,
+  :func:`after_withdraw`, :meth:`AaveRules.release`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from keeper.accounts.base import ADD_COLLATERAL, BPS, REPAY_DEBT, ActionOption, Leg, LegKind, MarginAccount
+from keeper.accounts.base import (
+    ADD_COLLATERAL,
+    BPS,
+    RELEASE,
+    REPAY_DEBT,
+    ActionOption,
+    Leg,
+    LegKind,
+    MarginAccount,
+)
 
 RAY = 10**27
 HALF_RAY = RAY // 2
@@ -393,6 +404,19 @@ def after_top_up(
     return replace(account, reserves=(*others, new))
 
 
+def _closed_reserve(market: Market, asset: str, verb: str) -> str | None:
+    """Why ``verb`` (supply, repay, withdraw) of ``asset`` reverts for every user: not a reserve, not active
+    (27), paused (29); None when the reserve takes it."""
+    reserve = market.reserves.get(asset)
+    if reserve is None:
+        return f"{asset} is not a reserve of this pool"
+    if not reserve.config.active:
+        return f"reserve {asset} is not active ({verb} reverts 27)"
+    if reserve.config.paused:
+        return f"reserve {asset} is paused ({verb} reverts 29)"
+    return None
+
+
 def supply_blocker(account: AaveAccount, market: Market, asset: str, amount: int = 0) -> str | None:
     """Why ``supply(asset, amount, onBehalfOf=user)`` would fail or not raise the HF; None if it helps.
 
@@ -400,14 +424,10 @@ def supply_blocker(account: AaveAccount, market: Market, asset: str, amount: int
     ``validateAutomaticUseAsCollateral`` (a first supply becomes collateral only if LTV != 0, the asset has
     no debt ceiling and the user is not in isolation mode).
     """
-    reserve = market.reserves.get(asset)
-    if reserve is None:
-        return f"{asset} is not a reserve of this pool"
-    cfg = reserve.config
-    if not cfg.active:
-        return f"reserve {asset} is not active (supply reverts 27)"
-    if cfg.paused:
-        return f"reserve {asset} is paused (supply reverts 29)"
+    closed = _closed_reserve(market, asset, "supply")
+    if closed is not None:
+        return closed
+    cfg = market.reserves[asset].config
     if cfg.frozen:
         return f"reserve {asset} is frozen (supply reverts 28)"
     ur = account.reserve(asset)
@@ -428,16 +448,53 @@ def supply_blocker(account: AaveAccount, market: Market, asset: str, amount: int
 
 def repay_blocker(account: AaveAccount, market: Market, asset: str) -> str | None:
     """Why ``repay(asset, amount, 2, onBehalfOf=user)`` would fail; None if it can run."""
-    reserve = market.reserves.get(asset)
-    if reserve is None:
-        return f"{asset} is not a reserve of this pool"
-    if not reserve.config.active:
-        return f"reserve {asset} is not active (repay reverts 27)"
-    if reserve.config.paused:
-        return f"reserve {asset} is paused (repay reverts 29)"
+    closed = _closed_reserve(market, asset, "repay")
+    if closed is not None:
+        return closed
     ur = account.reserve(asset)
     if ur is None or (ur.scaled_variable_debt == 0):
         return f"the user has no variable debt in {asset} (repay reverts 39)"
+    return None
+
+
+def after_withdraw(account: AaveAccount, market: Market, asset: str, amount: int) -> AaveAccount:
+    """``account`` after the owner's ``withdraw(asset, amount, to)`` (``SupplyLogic.executeWithdraw``): the
+    aToken burns ``rayDiv(amount, normalizedIncome)`` scaled units, and withdrawing the whole balance clears
+    the reserve's collateral flag."""
+    reserve = market.reserves[asset]
+    ur = account.reserve(asset)
+    if ur is None:
+        raise ValueError(f"the user has no {asset} supplied")
+    income = reserve.normalized_income(market.timestamp_s)
+    whole = amount == ur.collateral_balance(reserve, market.timestamp_s)
+    scaled = ur.scaled_a_balance - (ray_div(amount, income) if amount else 0)
+    new = replace(ur, scaled_a_balance=scaled, using_as_collateral=ur.using_as_collateral and not whole)
+    return replace(account, reserves=tuple(new if r.asset == asset else r for r in account.reserves))
+
+
+def withdraw_blocker(account: AaveAccount, market: Market, asset: str) -> str | None:
+    """Why the owner's ``withdraw`` of ``asset`` would revert whatever the amount; None if some amount can pass.
+
+    ``ValidationLogic.validateWithdraw``: the reserve active (27) and not paused (29; a frozen reserve still
+    lets its suppliers withdraw), a balance to withdraw (32); ``validateHFAndLtv``: while any other collateral
+    of the user has LTV 0, only an LTV-0 asset may be withdrawn (57). The health factor after the withdraw
+    (35) depends on the amount: :meth:`AaveRules.release` finds the most that passes."""
+    closed = _closed_reserve(market, asset, "withdraw")
+    if closed is not None:
+        return closed
+    cfg = market.reserves[asset].config
+    ur = account.reserve(asset)
+    if ur is None or ur.scaled_a_balance == 0:
+        return f"the user has no {asset} supplied (withdraw reverts 32)"
+    # validateHFAndLtv runs only for a collateral withdraw by a user who borrows
+    if cfg.ltv_bps != 0 and ur.using_as_collateral and any(r.borrowing for r in account.reserves):
+        for other in account.reserves:
+            o = market.reserves[other.asset].config
+            if other.asset != asset and other.using_as_collateral and o.liquidation_threshold_bps and not o.ltv_bps:
+                return (
+                    f"the user also holds {other.asset} as collateral with LTV 0: only an LTV-0 asset may be "
+                    "withdrawn (withdraw reverts 57)"
+                )
     return None
 
 
@@ -783,6 +840,82 @@ class _RepayCurve:
         return _UNSURE
 
 
+class _WithdrawCurve:
+    """The exact health factor of ``account`` after its owner withdraws ``x`` of collateral ``asset``:
+    :func:`after_withdraw` then :func:`account_data`, with the other reserves summed once. Withdrawing the
+    whole balance clears the collateral flag (the asset then counts for nothing)."""
+
+    __slots__ = ("b", "balance", "c0", "d", "l0", "s", "t")
+
+    def __init__(self, account: AaveAccount, terms: MarketTerms, asset: str) -> None:
+        self.c0, _, self.l0, _ = _totals(account, terms, skip=asset)
+        self.d = _totals(account, terms)[3]  # a withdraw leaves every debt as it is
+        ur = account.reserve(asset)
+        assert ur is not None and ur.using_as_collateral, "release withdraws a collateral the user holds"
+        self.s = ur.scaled_a_balance
+        self.t = terms[asset]
+        self.balance = (self.s * self.t.income + HALF_RAY) // RAY
+        # HF >= 1  <=>  percentMul(C, avgLT) >= ceil((WAD D - D/2) / WAD)  <=>  C floor(L / C) >= b
+        self.b = BPS * _ceil_div(WAD * self.d - self.d // 2, WAD) - BPS // 2 if self.d else 0
+
+    def value(self, x: int) -> int:
+        t = self.t
+        if not t.counted or x >= self.balance:
+            return 0
+        scaled = self.s - ((x * RAY + t.income // 2) // t.income if x else 0)
+        return (scaled * t.income + HALF_RAY) // RAY * t.price // t.unit
+
+    def hf(self, x: int) -> int:
+        v = self.value(x)
+        return _health(self.c0 + v, self.l0 + v * self.t.lt, self.d)
+
+    def weighted(self, x: int) -> int:
+        """``L``, the collateral times its LT summed (bps x base units): ``C floor(L / C) <= L``."""
+        return self.l0 + self.value(x) * self.t.lt
+
+    def average(self, x: int) -> int:
+        """The floored average LT after withdrawing ``x`` (monotone in ``x``)."""
+        v = self.value(x)
+        c = self.c0 + v
+        return (self.l0 + v * self.t.lt) // c if c else 0
+
+
+def _largest_withdraw(curves: tuple[_WithdrawCurve, ...], cap: int) -> int:
+    """The largest ``x`` in ``[0, cap]`` whose health factor is at least 1 on every curve (0 when none; ``x = 0``
+    is assumed to pass), exactly.
+
+    Each curve's HF is ``wadDiv(percentMul(C, a), D)`` with ``a = floor(L / C)`` the floored average LT. ``C``
+    and ``L`` only fall as ``x`` grows, and ``a`` moves one way only (up when the asset's LT is below the
+    others' average, down otherwise), so on a stretch of ``x`` where every curve's ``a`` is constant the HFs
+    only fall: what passes is a prefix of the stretch. ``C a <= L``: past the last ``x`` with ``L >= b`` on
+    every curve nothing passes, and where ``L - C >= b`` everything does; between the two the averages take a
+    handful of values. So: from that last ``x`` down, stretch by stretch (bisected on the averages), the first
+    stretch whose first ``x`` passes holds the answer, bisected within it."""
+
+    def ok(x: int) -> bool:
+        return all(c.hf(x) >= HF_LIQUIDATION_THRESHOLD for c in curves)
+
+    if ok(cap):
+        return cap
+    if not ok(0):
+        return 0
+
+    def under(x: int) -> bool:
+        return any(c.weighted(x) < c.b for c in curves)
+
+    hi = _bisect(under, 0, cap) - 1 if under(cap) else cap
+    while True:
+        key = tuple(c.average(hi) for c in curves)
+
+        def same(x: int, key: tuple[int, ...] = key) -> bool:
+            return tuple(c.average(x) for c in curves) == key
+
+        lo = 0 if same(0) else _bisect(same, 0, hi)
+        if ok(lo):
+            return hi if ok(hi) else _bisect(lambda x: not ok(x), lo, hi) - 1
+        hi = lo - 1
+
+
 def _health_numerator(total_c: int, lt_acc: int) -> int:
     return percent_mul(total_c, lt_acc // total_c if total_c else 0)
 
@@ -1013,6 +1146,7 @@ class AaveRules:
     market: Market
     symbols: Mapping[str, str] = field(default_factory=dict)
     protocol: str = "aave-v3"
+    releasable: frozenset[str] = frozenset()  # accounts (lower case) whose owner's key the keeper holds, releases on
     _hf: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # per account, this read
     _terms: dict[int, MarketTerms] = field(default_factory=dict, compare=False, repr=False)  # per e-mode category
 
@@ -1117,9 +1251,48 @@ class AaveRules:
                 out.append(ActionOption(kind, asset, amount, amount * price // unit // 100, reaches, curve.hf(amount)))
         return out, why
 
-    def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
-        """Never: the daemon does not send Aave's ``withdraw`` (it needs the owner's key; not wired yet)."""
+    def release_refusal(self, account: str) -> str | None:
+        """Why the keeper may not withdraw from ``account`` at all (``withdraw`` burns msg.sender's aTokens: only
+        the owner's own key can send it), None when it holds that key with releases enabled (``releasable``)."""
+        if account.lower() not in self.releasable:
+            return "the keeper does not hold the owner's key (Aave's withdraw is the owner's own transaction)"
         return None
+
+    def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
+        """The largest ``withdraw`` of one collateral (owner's key, ``releasable``) that the Pool accepts and
+        after which the account still survives ``survive_prices_e8``, at most ``max_e6`` USD at today's price.
+
+        Per collateral asset that :func:`withdraw_blocker` lets through (active, not paused, frozen allowed;
+        the LTV-0 rule of ``validateHFAndLtv``): the most units ``x`` with the exact health factor after the
+        withdraw at least 1 both at today's prices (``validateHealthFactor``, else revert 35) and at the survive
+        prices, on the integers (:func:`_largest_withdraw`: the floored average LT makes the health factor
+        saw-tooth by under a bp where the asset's LT is below the other collateral's average, so the answer is
+        searched stretch by stretch of one average, not by a plain bisection): no larger amount up to the whole
+        balance or the cap passes both. The asset whose withdraw is worth most is released (a tie: the one
+        leaving the higher health factor at the survive prices). The aToken's available liquidity is not read:
+        the transaction's simulation refuses a withdraw the reserve cannot pay."""
+        if self.release_refusal(account) is not None:
+            return None
+        acct = self._acct(account)
+        today = self.terms(acct.emode_category)
+        stressed = replace(self.market, prices_e8={**self.market.prices_e8, **survive_prices_e8})
+        at_stress = MarketTerms(stressed, acct.emode_category, like=today)
+        best: ActionOption | None = None
+        for ur in acct.reserves:
+            if not ur.using_as_collateral or withdraw_blocker(acct, self.market, ur.asset) is not None:
+                continue
+            now, hard = _WithdrawCurve(acct, today, ur.asset), _WithdrawCurve(acct, at_stress, ur.asset)
+            t = today[ur.asset]
+            cap = min(now.balance, max_e6 * 100 * t.unit // t.price if t.price > 0 else 0)
+
+            amount = _largest_withdraw((now, hard), cap) if cap > 0 else 0
+            if amount <= 0:
+                continue
+            cost = amount * t.price // t.unit // 100
+            option = ActionOption(RELEASE, ur.asset, amount, cost, True, hard.hf(amount), "withdraw")
+            if best is None or (option.cost_e6, option.health_after) > (best.cost_e6, best.health_after):
+                best = option
+        return best
 
     def value_at_stake_e6(self, account: str) -> int:
         """The liquidator's bonus on the closable debt (close factor x debt x (bonus - 1)), largest pair, USD e6."""
@@ -1178,6 +1351,7 @@ __all__ = [
     "UserReserve",
     "account_data",
     "after_top_up",
+    "after_withdraw",
     "cheapest_top_up",
     "compounded_interest",
     "decode_reserve_configuration",
@@ -1193,4 +1367,5 @@ __all__ = [
     "no_top_up_reasons",
     "repay_blocker",
     "supply_blocker",
+    "withdraw_blocker",
 ]

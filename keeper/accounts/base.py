@@ -135,11 +135,15 @@ class AccountRules(Protocol):
         (``reaches_target`` False). Also one line per impossible option saying why (frozen reserve, ...)."""
         ...
 
+    def release_refusal(self, account: str) -> str | None:
+        """Why the keeper may never release from ``account`` (it does not hold the owner's key, or releases are
+        not enabled for it), for the decision's reason; None when :meth:`release` may answer."""
+        ...
+
     def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
         """The most margin (at most ``max_e6`` USD) the owner may take back from ``account`` so that it still
         survives ``survive_prices_e8`` and passes the protocol's own withdraw rule, or ``None`` when the keeper
-        may not release it (it does not hold the owner's key, releases are not enabled, the protocol's
-        withdrawal is not wired) or there is nothing to release."""
+        may not release it (:meth:`release_refusal`) or there is nothing to release."""
         ...
 
     def value_at_stake_e6(self, account: str) -> int:

@@ -594,11 +594,18 @@ class PerpRules:
         option = ActionOption(ADD_COLLATERAL, token, amount, amount, reaches, self._health(after, marks), "deposit")
         return [option], why
 
+    def release_refusal(self, account: str) -> str | None:
+        """Why the keeper may not withdraw from ``account`` at all (``Vault.withdraw`` pays the sender: only the
+        trader's own key), None when it holds that key with releases enabled (``releasable``)."""
+        if account.lower() not in self.releasable:
+            return "the keeper does not hold the owner's key (Vault.withdraw is the trader's own transaction)"
+        return None
+
     def release(self, account: str, survive_prices_e8: Mapping[str, int], max_e6: int) -> ActionOption | None:
         """The largest ``Vault.withdraw`` of the settlement token (owner's key, ``releasable``) after which the
         account is still unliquidatable at the survive prices and within :func:`free_collateral_e6` (Curie's
         own withdraw rule at today's marks); at most ``max_e6``."""
-        if account.lower() not in self.releasable:
+        if self.release_refusal(account) is not None:
             return None
         acct = self._acct(account)
         marks = self.marks_at(survive_prices_e8)

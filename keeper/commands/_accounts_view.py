@@ -29,6 +29,7 @@ def account_check_output(report: AccountCycleReport, *, executed: bool) -> dict[
                 "liquidation_price": d.liquidation_price_e8 / 1e8,
                 "log_distance": d.log_distance,
                 "breach_probability": d.breach_probability,
+                "vega": r.vega if r is not None else 0.0,  # d breach_probability / d sigma, per account
                 "method": d.method,
                 "stale_assets": [name(a, a) for a in d.stale_assets],
                 "band": d.band,

@@ -20,7 +20,8 @@ beside them (``AaveSnapshot.onchain``): they must agree to the wei.
 
 Transactions (explicit amounts: ``repay(type(uint256).max)`` on behalf of another user reverts 40):
 ``supply(asset, amount, onBehalfOf, 0)``, ``repay(asset, amount, 2, onBehalfOf)``, ``approve(pool, amount)``;
-``withdraw`` only for the owner's own key. Reverts carry Aave's numeric codes (``Errors.sol``); the
+``withdraw(asset, amount, to=owner)`` only for the owner's own key (a release: ``limits.allow_release`` and
+the keeper's key is the account's). Reverts carry Aave's numeric codes (``Errors.sol``); the
 :class:`AaveErrorDecoder` turns them into words.
 
 What the position-based ``ProtocolAdapter`` ABC (keeper/protocols/base.py) would need to take this adapter:
@@ -438,7 +439,7 @@ class AaveV3Adapter(AccountAdapter):
     def read_book(self, accounts: Iterable[str], *, cross_check: bool = True) -> AccountBook:
         """:meth:`read_accounts` as the protocol-neutral book: prices are the oracle's, rounds the sources'."""
         snap = self.read_accounts(accounts, cross_check=cross_check)
-        rules = AaveRules(snap.accounts, snap.market, self.symbols)
+        rules = AaveRules(snap.accounts, snap.market, self.symbols, releasable=self.releasable)
         return AccountBook(
             protocol=self.name,
             block_number=snap.block_number,
@@ -616,11 +617,17 @@ class AaveV3Adapter(AccountAdapter):
         return [r for r in out if r.updated_at_s > 0] + [latest]
 
     def call_for_account_action(self, action: AccountAction) -> ContractCall:
-        """The supply or repay on behalf that carries out ``action`` (alerts have none)."""
+        """The supply or repay on behalf that carries out ``action``, or for a release the owner's own
+        ``withdraw`` (only for an account in ``releasable``: the keeper's key is its owner's; alerts have none)."""
         if action.kind is AccountActionKind.ADD_COLLATERAL:
             call = self.supply_call(action.asset, action.amount, action.account)
         elif action.kind is AccountActionKind.REPAY_DEBT:
             call = self.repay_call(action.asset, action.amount, action.account)
+        elif action.kind is AccountActionKind.RELEASE:
+            owner = action.account.lower()
+            if owner not in self.releasable or action.amount <= 0:
+                raise InputError(f"a release withdraws a positive amount with the owner's key, got {action}")
+            call = self.withdraw_call(action.asset, action.amount, action.account, signer=owner)
         else:
             raise InputError(f"{action.kind.value} actions are not sent on chain")
         meta = {
@@ -633,14 +640,15 @@ class AaveV3Adapter(AccountAdapter):
         return ContractCall(call.to, call.data, call.value_wei, call.description, {**call.meta, **meta})
 
     def describe_transaction(self, to: str, data: bytes) -> dict | None:
-        """What a supply or repay of the keeper's key found on chain did, in the ``meta`` form of
-        :meth:`call_for_account_action` (no ``cost_e6``: the price at the time is not known), or ``None`` when
-        it is not one (so a transaction a lost journal forgot is journaled again with its purpose)."""
+        """What a supply, repay or (the owner's) withdraw of the keeper's key found on chain did, in the ``meta``
+        form of :meth:`call_for_account_action` (no ``cost_e6``: the price at the time is not known), or ``None``
+        when it is not one (so a transaction a lost journal forgot is journaled again with its purpose)."""
         if to.lower() != self.pool.lower() or len(data) < 4:
             return None
         for kind, fn, who in (
             (AccountActionKind.ADD_COLLATERAL, F_SUPPLY, 2),
             (AccountActionKind.REPAY_DEBT, F_REPAY, 3),
+            (AccountActionKind.RELEASE, F_WITHDRAW, 2),  # withdraw(asset, amount, to): the keeper's own, to itself
         ):
             if data[:4] == fn.selector:
                 args = abi_decode(list(fn.input_types), data[4:])

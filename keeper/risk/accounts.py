@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
 from keeper.accounts.base import BPS, LegKind, MarginAccount
@@ -70,6 +70,7 @@ __all__ = [
     "account_var_es",
     "assess_account",
     "assess_accounts",
+    "breach_vega",
     "correlation_from_histories",
     "exposures",
     "refine_with_monte_carlo",
@@ -91,7 +92,7 @@ class AccountRisk:
     liquidate). ``liquidation_price_e8`` is the dominant asset's one-factor liquidation price (0 when it has
     none); ``log_distance`` its log-distance from the price (``inf`` when none). ``survive_prices_e8`` is
     the move a protective action must survive (the design point); ``stress_prices_e8`` the stress-gap move
-    alone (the account is inside its stress gap when ``M`` is negative there).
+    alone (the account is inside its stress gap when ``M`` is negative there). ``vega``: :func:`breach_vega`.
     """
 
     protocol: str
@@ -116,6 +117,7 @@ class AccountRisk:
     liquidatable: bool
     suggested_check_interval_s: float
     stderr: float = 0.0  # Monte Carlo standard error (0 for the closed forms)
+    vega: float = 0.0  # d breach_probability / d sigma, every asset's annual volatility shifted alike (breach_vega)
 
     @property
     def has_debt(self) -> bool:
@@ -169,6 +171,23 @@ def _move(prices_e8: Mapping[str, int], log_moves: Mapping[str, float]) -> dict[
 
 def _excess_at(account: MarginAccount, prices_e8: Mapping[str, int]) -> float:
     return account.margin_excess_e8(prices_e8) / 1e8
+
+
+def breach_vega(x: ArrayLike, dln_sigma: ArrayLike) -> NDArray[np.float64]:
+    r"""Vega of the breach probability :math:`p = 2\Phi(-x)`, :math:`x = (d - d_{cost})/(\kappa\sigma_h)`:
+
+    .. math:: \frac{\partial p}{\partial \sigma} = 2\varphi(x)\,x\,\frac{\partial \ln \sigma_{eff}}{\partial \sigma}
+
+    per unit of annual volatility (1.0 = 100 vol points, :mod:`keeper.risk.greeks`' convention) for a parallel
+    shift of every asset's annual volatility. ``dln_sigma``: one factor, :math:`1/\sigma_a` of the dominant
+    asset; the screen, :math:`\partial \ln \sigma_M/\partial \sigma = g^T C (g\sigma) / \sigma_M^2`
+    (:math:`\sigma_M^2 = (g\sigma)^T C (g\sigma)`). 0 where :math:`p` is clipped to 1 (:math:`x \le 0`: at or
+    past the liquidation price) and where :math:`x` is infinite (no liquidation price)."""
+    xa = np.asarray(x, dtype=float)
+    ok = np.isfinite(xa) & (xa > 0)
+    xs = np.where(ok, xa, 0.0)
+    out = 2.0 * np.exp(-0.5 * xs * xs) / math.sqrt(2.0 * math.pi) * xs * np.asarray(dln_sigma, dtype=float)
+    return np.where(ok, out, 0.0)
 
 
 def assess_account(
@@ -240,18 +259,22 @@ def assess_account(
             distance = abs(math.log(ratio)) if m > 0 else 0.0
         d_cost = cost / abs(g_dom)
         p = 1.0 if liq or m <= 0 else float(kappa_scaled_breach_probability(distance, sig_h, policy.kappa, d_cost))
+        vega = 0.0 if liq or m <= 0 else float(breach_vega((distance - d_cost) / (policy.kappa * sig_h), 1 / sig[top]))
         d_vol = k_target * sig_h
         d_target = max(d_vol, adverse_gap(top) * (1.0 + policy.stress_headroom)) + d_cost
         survive = {dom: -math.copysign(d_target, g_dom)}
         interval = float(suggested_check_interval(distance, sig[top], policy))
     else:
         method = "screen"
+        vega = 0.0
         if m <= 0 or liq:
             p = 1.0
         elif sigma_m == 0:
             p = 0.0
         else:
             p = float(kappa_scaled_breach_probability(m, sigma_m * math.sqrt(h_years), policy.kappa, cost))
+            x = (m - cost) / (policy.kappa * sigma_m * math.sqrt(h_years))
+            vega = float(breach_vega(x, float(g @ cg) / var_m))
         ratio = 1.0 - m / g_dom
         if ratio > 0:
             liq_price_e8 = int(prices_e8[dom] * ratio)
@@ -293,6 +316,7 @@ def assess_account(
         stress_breach,
         liq,
         interval,
+        vega=vega,
     )
 
 
@@ -378,6 +402,13 @@ def assess_accounts(
             0.0,
         )
     p = np.where(liq | (m <= 0), 1.0, np.where(one, p_one, p_screen))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_one = (distance - d_cost_one) / (policy.kappa * sig_h_top)
+        sig_h_m = np.where(sigma_m > 0, sigma_m, 1.0) * math.sqrt(h_years)
+        x_screen = np.where(sigma_m > 0, (m - cost) / (policy.kappa * sig_h_m), np.inf)
+        dln_screen = np.where(var_m > 0, (grad * cg).sum(axis=1) / np.where(var_m > 0, var_m, 1.0), 0.0)
+    vega_all = np.where(one, breach_vega(x_one, 1.0 / sig_top), breach_vega(x_screen, dln_screen))
+    vega = np.where(liq | (m <= 0), 0.0, vega_all)
     interval_one = suggested_check_interval(distance, sig_top, policy)
     interval_screen = np.where(
         sigma_m > 0,
@@ -399,11 +430,12 @@ def assess_accounts(
     top_l, one_l, has_l, liq_l = top.tolist(), one.tolist(), has.tolist(), liq.tolist()
     m_l, coll_l, debt_l, drift_l, cost_l = m.tolist(), coll.tolist(), debt.tolist(), drift.tolist(), cost.tolist()
     p_l, share_l, ratio_l, distance_l = p.tolist(), share.tolist(), ratio.tolist(), distance.tolist()
-    sigma_l, interval_l, d_target_l, g_top_l = (
+    sigma_l, interval_l, d_target_l, g_top_l, vega_l = (
         sigma_m.tolist(),
         interval.tolist(),
         d_target_one.tolist(),
         g_top.tolist(),
+        vega.tolist(),
     )
     out: list[AccountRisk] = []
     for i, a in enumerate(accounts):
@@ -443,6 +475,7 @@ def assess_accounts(
                 stress_breach=_excess_at(a, stress_prices) - cost_l[i] < 0,
                 liquidatable=liq_l[i],
                 suggested_check_interval_s=interval_l[i],
+                vega=vega_l[i],
             )
         )
     return out

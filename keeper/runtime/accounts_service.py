@@ -443,6 +443,7 @@ class AccountKeeperService(KeeperService):
                 exposure_usd={symbols.get(a, a): round(g, 2) for a, g in risk.gradient_usd.items()},
                 var_99_usd=round(tail.var, 2) if tail else None,
                 es_99_usd=round(tail.es, 2) if tail else None,
+                vega=risk.vega,  # d breach_probability / d sigma (every asset's volatility shifted alike)
                 band=d.band,
                 action=d.action,
                 amount=d.amount,

@@ -182,6 +182,9 @@ class TestWallet:
         assert not report.sent and not report.outcome.onchain_actions
         alerts = [e for e in logs if e["event"] == "alert"]
         assert any("holds none of the pool's assets" in e["text"] for e in alerts), alerts
+        (line,) = [e for e in logs if e["event"] == "account_decision"]
+        d = report.outcome.decision(user)
+        assert d is not None and 0 < d.breach_probability < 1 and line["vega"] > 0  # endangered: vol raises p
         service.close()
 
 
@@ -367,6 +370,7 @@ class TestCli:
         (row,) = out["accounts"]
         assert row["account"].lower() == user.lower() and row["band"] == "trigger" and row["action"] == "repay_debt"
         assert row["health_factor"] == pytest.approx(hf_before / 1e18, rel=1e-12)
+        assert 0 < row["breach_probability"] < 1 and row["vega"] > 0  # d breach_probability / d sigma
         assert out["sent"] == [] and out["executed"] is False
         assert aave.account_data(user)[5] == hf_before
 

@@ -269,6 +269,7 @@ def test_check_and_stress_show_the_account_and_its_markets(perp, tmp_path, keepe
     assert row["account"].lower() == trader.lower() and row["band"] == "trigger"
     assert set(row["markets"]) == {"ETH", "BTC"}
     assert all(m["basis"] == "mark" and m["exposure_usd"] > 0 for m in row["markets"].values())
+    assert row["vega"] >= 0 and (row["vega"] > 0 or row["breach_probability"] == 1.0)  # per account
     assert out["executed"] is False and out["sent"] == []
     proc = keeper_cli("stress", "--config", str(tmp_path / "keeper.toml"), "--json", env=env)
     assert proc.returncode == 0, proc.stderr
