@@ -33,5 +33,5 @@ def test_status_prices_protection_per_gas_price(chain, tmp_path, keeper, write_c
         # the least cost over the bands cannot fall when every transaction costs more
         ordered = [costs[name] for name in by_price]
         assert ordered == sorted(ordered), (gwei, costs)
-    # dearer gas costs something: at 20 gwei the same bands' gas alone exceeds the 0.05 gwei total's gas
+    # gas is part of the cost: 400x dearer gas (l1 against l2) must raise it for some position, not only keep it
     assert any(r["cost_usd_per_year"]["l1"] > r["cost_usd_per_year"]["l2"] for r in out["positions"])
