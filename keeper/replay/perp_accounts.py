@@ -53,7 +53,7 @@ from keeper.replay.perp_model import PerpExchange, PerpLiquidation, PerpRevert, 
 from keeper.replay.prices import Bars
 from keeper.risk.policy import RiskPolicy
 
-GAS_DEPOSIT = 110_000  # Vault.depositFor (anvil, @perp/curie-contract 2.8.4; tests/perp/test_perp_replay_chain.py)
+GAS_DEPOSIT = 75_000  # Vault.depositFor, measured 74.8k (anvil, @perp/curie-contract 2.8.4; test_perp_replay_chain.py)
 DEFAULT_PERP_POLICIES = ("risk", "fixed:1.3:1.6", "fixed:1.5:2", "fixed:2:3", "none")
 
 

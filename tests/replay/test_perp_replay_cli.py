@@ -27,7 +27,7 @@ def test_cli_replays_a_perp_book(tmp_path, crash_csv):
     none, risk = summary["policies"]["none"], summary["policies"]["risk"]
     assert set(none["total_cost_usd"]) == {"l1", "l2"} and none["liquidations"] > 0
     assert risk["liquidations"] == 0 and risk["deposits"] > 0 and risk["min_health"] >= 1.0
-    assert summary["config"]["gas_per_action"] == {"deposit": 110_000}
+    assert summary["config"]["gas_per_action"] == {"deposit": 75_000}
     report = (out / "report.md").read_text()
     assert report.startswith("# Perp v2 account replay") and "| `none` |" in report and "| deposits |" in report
     assert (out / "health_factor.png").stat().st_size > 0
