@@ -433,3 +433,26 @@ _write_config_fixture = _helper_fixture(write_config)
 _open_book_fixture = _helper_fixture(open_book)
 _margin_events_fixture = _helper_fixture(margin_events)
 _secret_leaks_fixture = _helper_fixture(secret_leaks)
+
+
+FTX_FALL_OPEN_S = 1_667_929_500  # 2022-11-08 17:45 UTC: ETH -10.7 %, BTC -7 % within the next 40 minutes
+FTX_FALL_WARMUP_S = 2 * 3600
+FTX_FALL_BARS = 10
+
+
+@pytest.fixture(scope="session")
+def ftx_fall_window(tmp_path_factory):
+    """The account replays' chain checks' window (tests/aave and tests/perp ``*_replay_chain``): ETH and BTC
+    5-minute bars from ``FTX_FALL_WARMUP_S`` before ``FTX_FALL_OPEN_S`` to ``FTX_FALL_BARS`` bars after it."""
+    from keeper.replay.prices import load_bars
+
+    data = Path(__file__).resolve().parent / "data"
+    d = tmp_path_factory.mktemp("ftx_fall")
+    lo, hi = FTX_FALL_OPEN_S - FTX_FALL_WARMUP_S, FTX_FALL_OPEN_S + FTX_FALL_BARS * 300
+    out = []
+    for sym in ("ETH", "BTC"):
+        lines = (data / f"ftx_2022-11-07T12_{sym}USDT_5m.csv").read_text().splitlines()
+        cut = d / f"{sym.lower()}.csv"
+        cut.write_text("\n".join([lines[0], *(ln for ln in lines[1:] if lo <= int(ln.split(",")[1]) < hi)]) + "\n")
+        out.append(load_bars(cut, sym))
+    return out

@@ -19,6 +19,7 @@ CORE_PATHS = [
     "keeper/decision.py",
     "keeper/replay/model.py",
     "keeper/replay/aave_model.py",
+    "keeper/replay/perp_model.py",
     "keeper/accounts",
     "keeper/redact.py",
 ]

@@ -149,28 +149,34 @@ def moved_marks(marks_x18: Mapping[str, int], factors: Mapping[str, float]) -> d
     return {b: int(m * factors[b]) if b in factors else m for b, m in marks_x18.items()}
 
 
-def free_collateral_e6(account: PerpAccount, marks_x18: Mapping[str, int], params: PerpParams) -> int:
-    """What ``Vault.withdraw`` lets a settlement-token-only taker take (``Vault._getFreeCollateralByRatio`` at
-    imRatio): min(collateral, account value) - total debt value x imRatio, with collateral = vault balance +
-    owed realised PnL + pending fee - pending funding (unrealised profit is not withdrawable) and total debt
-    value (``AccountBalance.getTotalDebtValue``) = the shorts' |size| x mark plus the net quote owed; floored
-    to the token's units, never below 0."""
-    m = margin_at(account, marks_x18, params)
+def free_collateral_by_ratio_x18(account: PerpAccount, marks_x18: Mapping[str, int], ratio_e6: int) -> int:
+    """``Vault._getFreeCollateralByRatio`` for a settlement-token-only taker (18 decimals, signed):
+    min(collateral, account value) - total debt value x ``ratio_e6``, with collateral = vault balance + owed
+    realised PnL + pending fee - pending funding (unrealised profit is not withdrawable) and total debt value
+    (``AccountBalance.getTotalDebtValue``) = the shorts' |size| x mark plus the net quote owed. ClearingHouse
+    refuses a trade after which this is negative at imRatio (``CH_NEFCI``)."""
+    unrealized = sum(
+        position_value_x18(leg_size_e18(leg), marks_x18[leg.base_token]) + leg.open_notional_x18 for leg in account.legs
+    )
     collateral = (
         account.vault_balance_e6 * SETTLEMENT_SCALE
         + account.pending_fee_x18
         - sum(leg.pending_funding_x18 for leg in account.legs)
         + account.owed_realized_pnl_x18
     )
-    value = collateral + m.unrealized_pnl_x18
     base_debt = sum(
         abs(position_value_x18(leg_size_e18(leg), marks_x18[leg.base_token]))
         for leg in account.legs
         if leg.size_e18 < 0
     )
     quote_debt = max(0, -sum(leg.open_notional_x18 for leg in account.legs))
-    required = (base_debt + quote_debt) * params.im_ratio_e6 // RATIO_ONE
-    return max(0, format_settlement_e6(min(collateral, value) - required))
+    return min(collateral, collateral + unrealized) - (base_debt + quote_debt) * ratio_e6 // RATIO_ONE
+
+
+def free_collateral_e6(account: PerpAccount, marks_x18: Mapping[str, int], params: PerpParams) -> int:
+    """What ``Vault.withdraw`` lets a settlement-token-only taker take: :func:`free_collateral_by_ratio_x18`
+    at imRatio, floored to the token's units, never below 0."""
+    return max(0, format_settlement_e6(free_collateral_by_ratio_x18(account, marks_x18, params.im_ratio_e6)))
 
 
 def min_deposit_e6(

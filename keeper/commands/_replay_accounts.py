@@ -1,11 +1,13 @@
-"""``keeper replay`` on a book holding Aave v3 accounts (``[[aave_accounts]]``): the fast account replay
-(:mod:`keeper.replay.accounts_fast`), its table, ``summary.json`` and ``report.md``."""
+"""``keeper replay`` on a book holding Aave v3 accounts (``[[aave_accounts]]``) or Perp v2 accounts
+(``[[perp_accounts]]``): the fast account replay (:mod:`keeper.replay.accounts_fast`,
+:mod:`keeper.replay.perp_accounts`), its table, ``summary.json`` and ``report.md``."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -13,11 +15,21 @@ from rich.table import Table
 from keeper.errors import InputError
 
 
-def book_has_aave_accounts(path: Path) -> bool:
-    """Whether the book file declares ``[[aave_accounts]]`` (then ``keeper replay`` runs the account replay)."""
+def book_account_protocol(path: Path) -> str | None:
+    """``"aave-v3"`` / ``"perp-v2"`` when the book file declares ``[[aave_accounts]]`` / ``[[perp_accounts]]``
+    (then ``keeper replay`` runs the account replay), ``None`` for a book of reference positions."""
+    from keeper.errors import ConfigError
     from keeper.replay.aave_book import has_aave_accounts, read_book_toml
+    from keeper.replay.perp_book import has_perp_accounts
 
-    return has_aave_accounts(read_book_toml(path)[0])
+    data = read_book_toml(path)[0]
+    aave, perp = has_aave_accounts(data), has_perp_accounts(data)
+    if aave and perp:
+        raise ConfigError(
+            f"{path}: a book holds one protocol's accounts ([[aave_accounts]] or [[perp_accounts]]); split it",
+            field="book",
+        )
+    return "aave-v3" if aave else "perp-v2" if perp else None
 
 
 def run_account_replay(
@@ -36,7 +48,7 @@ def run_account_replay(
     no_plots: bool = False,
 ) -> None:
     from keeper.replay.aave_book import load_aave_book
-    from keeper.replay.aave_report import account_costs, account_table, write_account_report
+    from keeper.replay.aave_report import account_costs, account_table, labels, write_account_report
     from keeper.replay.accounts_fast import (
         DEFAULT_ACCOUNT_POLICIES,
         AccountsConfig,
@@ -44,33 +56,39 @@ def run_account_replay(
         run_accounts_fast,
     )
     from keeper.replay.cost import CostModel
+    from keeper.replay.perp_accounts import DEFAULT_PERP_POLICIES, parse_perp_policy, run_perp_fast
+    from keeper.replay.perp_book import load_perp_book
     from keeper.replay.prices import load_bars
 
+    perp = book_account_protocol(book) == "perp-v2"
     if not fast:
+        check = "tests/perp/test_perp_replay_chain.py" if perp else "tests/aave/test_aave_replay_chain.py"
         raise InputError(
-            "a book with Aave accounts replays with --fast only (the model is checked against the real contracts "
-            "by tests/aave/test_aave_replay_chain.py)"
+            f"a book with {'Perp v2' if perp else 'Aave'} accounts replays with --fast only (the model is checked "
+            f"against the real contracts by {check})"
         )
     assert isinstance(cost_model, CostModel)
-    bk = load_aave_book(book)
+    bk: Any = load_perp_book(book) if perp else load_aave_book(book)
     console = Console(stderr=True)
     series = []
     for sym, path in files.items():
         with console.status(f"loading {sym} bars from {path}"):
             series.append(load_bars(path, sym, max_gap_s=max_gap_s))
-    pols = [parse_account_policy(s) for s in (policy or list(DEFAULT_ACCOUNT_POLICIES))]
+    parse = parse_perp_policy if perp else parse_account_policy
+    pols = [parse(s) for s in (policy or list(DEFAULT_PERP_POLICIES if perp else DEFAULT_ACCOUNT_POLICIES))]
     names = [p.name for p in pols]
     if len(set(names)) != len(names):
         raise InputError(f"a policy is given twice: {', '.join(names)}")
     config = AccountsConfig(
         order=order, warmup_s=int(warmup_h * 3600), inclusion_delay_rounds=delay, record=not no_plots
     )
-    with console.status("replaying the Aave accounts"):
-        result = run_accounts_fast(bk, series, pols, config)
+    with console.status(f"replaying the {'Perp v2' if perp else 'Aave'} accounts"):
+        result = run_perp_fast(bk, series, pols, config) if perp else run_accounts_fast(bk, series, pols, config)
     command = "keeper replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     costs = account_costs(result, cost_model, native)
-    table = Table(title="replay, Aave v3 accounts (USD)")
-    cols = ["policy", "liq", "penalty", "supplies", "repays", "paid in", "txs", "gas", "avg idle", "min HF"]
+    lab = labels(result)
+    table = Table(title=f"replay, {lab.title} accounts (USD)")
+    cols = ["policy", "liq", "penalty", *lab.actions, "paid in", "txs", "gas", "avg idle", lab.health]
     cols += [f"cost {p}" for p, _ in cost_model.gas_price_gwei]
     for col in cols:
         table.add_column(col, justify="left" if col == "policy" else "right")
@@ -80,13 +98,12 @@ def run_account_replay(
             name,
             str(r.liquidations),
             f"{r.liquidation_penalty_e6 / 1e6:,.0f}",
-            str(ex["supplies"]),
-            str(ex["repays"]),
+            *(str(ex[a]) for a in lab.actions),
             f"{r.collateral_added_e6 / 1e6:,.0f}",
             str(r.transactions),
             f"{r.gas_used:,}",
             f"{r.avg_idle_e6 / 1e6:,.0f}",
-            "-" if ex["min_health_factor"] is None else f"{ex['min_health_factor']:.3f}",
+            "-" if ex[lab.min_key] is None else f"{ex[lab.min_key]:.3f}",
             *(f"{c.total_usd:,.0f}" for c in costs[name].values()),
         )
     Console(width=max(160, Console().width)).print(table)

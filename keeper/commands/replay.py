@@ -200,10 +200,10 @@ def replay_command(
             f"--native {native!r}: gas must be priced by one of the replayed markets "
             f"({', '.join(files)}); pass --native SYMBOL"
         )
-    if book is not None:  # a book of Aave v3 accounts: the account replay (keeper.commands._replay_accounts.py)
-        from keeper.commands._replay_accounts import book_has_aave_accounts, run_account_replay
+    if book is not None:  # a book of Aave v3 or Perp v2 accounts: the account replay (keeper.commands._replay_accounts)
+        from keeper.commands._replay_accounts import book_account_protocol, run_account_replay
 
-        if book_has_aave_accounts(book):
+        if book_account_protocol(book) is not None:
             return run_account_replay(
                 book=book, files=files, policy=policy, out=out, fast=fast, warmup_h=warmup_h, delay=delay,
                 order=order, max_gap_s=max_gap_s, cost_model=cost_model, native=native, no_plots=no_plots,

@@ -67,11 +67,16 @@ class AaveBook:
     accounts: tuple[AaveAccountSpec, ...]
     wallet_asset: str
     source: str = ""
+    protocol: str = "aave-v3"
 
     @property
     def symbols(self) -> list[str]:
         """The replayed symbols the book's prices need."""
         return sorted({r.price_symbol for r in self.reserves.values() if r.price_symbol})
+
+    def fixed_prices_e8(self) -> dict[str, int]:
+        """The fixed-price reserves' prices (USD e8)."""
+        return {a: r.fixed_price_e8 for a, r in self.reserves.items() if r.price_symbol is None}
 
     def asset_of_symbol(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

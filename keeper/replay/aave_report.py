@@ -1,19 +1,71 @@
-"""Output of the Aave account replay: the same ``summary.json`` / ``report.md`` shape as the reference replay's
-(:mod:`keeper.replay.report`), with the account metrics: liquidations, penalties (the liquidators' bonus),
-supplies and repays, transactions, gas, idle collateral, closest approach as the least health factor, and the
-total cost of protection per gas preset."""
+"""Output of the account replays (Aave v3, Perp v2): the same ``summary.json`` / ``report.md`` shape as the
+reference replay's (:mod:`keeper.replay.report`), with the account metrics: liquidations, penalties (Aave: the
+liquidators' bonus; Perp: Curie's liquidation penalty), the keeper's actions (supplies and repays; deposits),
+transactions, gas, idle collateral, closest approach as the least health, and the total cost of protection per
+gas preset."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from keeper.replay.accounts_fast import GAS_REPAY, GAS_REVERT, GAS_SUPPLY, AccountReplayResult
 from keeper.replay.cost import CostBreakdown, CostModel
 from keeper.replay.metrics import best_fixed_baseline
 from keeper.replay.report import DEFAULT_NATIVE, policy_costs
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolLabels:
+    """What differs between the protocols' reports: names, the action counters, gas, the health figure."""
+
+    title: str
+    actions: tuple[str, ...]  # keys of result.extra[policy] counting the keeper's actions
+    gas: dict[str, int]
+    min_key: str  # key of result.extra[policy]: the least health
+    health: str  # its short name
+    units: str
+    notes: str
+
+
+def _labels() -> dict[str, ProtocolLabels]:
+    from keeper.replay.perp_accounts import GAS_DEPOSIT
+
+    return {
+        "aave-v3": ProtocolLabels(
+            "Aave v3",
+            ("supplies", "repays"),
+            {"supply": GAS_SUPPLY, "repay": GAS_REPAY},
+            "min_health_factor",
+            "min HF",
+            "USD; gas in gas units; idle = max(0, collateral x average LT - debt) per account; "
+            "min_margin_ratio = least health factor",
+            "Penalty = the liquidators' bonus (collateral seized, the protocol's fee included, minus the debt "
+            "repaid). Idle = sum over accounts of max(0, collateral x average LT - debt), time-weighted. min HF = "
+            "the least health factor before the liquidator acted. `fixed:X:Y`: below HF X repay to HF Y. Gas per "
+            f"action: supply {GAS_SUPPLY:,}, repay {GAS_REPAY:,} (constants, not receipts).",
+        ),
+        "perp-v2": ProtocolLabels(
+            "Perp v2",
+            ("deposits",),
+            {"deposit": GAS_DEPOSIT},
+            "min_health",
+            "min health",
+            "USD; gas in gas units; idle = max(0, account value - maintenance requirement) per account; "
+            "min_margin_ratio = least account value / requirement",
+            "Penalty = Curie's liquidation penalty (2.5 % of the notional closed at the mark). Mark = index (no "
+            "pool). Idle = sum over accounts of max(0, account value - maintenance requirement), time-weighted. "
+            "min health = the least account value / requirement before the liquidator acted. `fixed:X:Y`: below "
+            f"health X deposit to Y. Gas per Vault.depositFor {GAS_DEPOSIT:,} (a constant, not receipts).",
+        ),
+    }
+
+
+def labels(result: AccountReplayResult) -> ProtocolLabels:
+    return _labels()[result.book.protocol]
 
 
 def _iso(t_s: int) -> str:
@@ -33,8 +85,9 @@ def account_summary(
     cost_model = cost_model or CostModel()
     costs = account_costs(result, cost_model, native)
     book = result.book
+    lab = labels(result)
     return {
-        "protocol": "aave-v3",
+        "protocol": book.protocol,
         "window": {
             "start_utc": _iso(result.start_s),
             "end_utc": _iso(result.end_s),
@@ -53,7 +106,7 @@ def account_summary(
             "intrabar_order": result.config.order,
             "warmup_s": result.config.warmup_s,
             "inclusion_delay_rounds": result.config.inclusion_delay_rounds,
-            "gas_per_action": {"supply": GAS_SUPPLY, "repay": GAS_REPAY},
+            "gas_per_action": lab.gas,
             "gas_revert": GAS_REVERT,
             "cost_model": {
                 "capital_rate_annual": cost_model.capital_rate_annual,
@@ -61,8 +114,7 @@ def account_summary(
                 "native_token": native,
             },
         },
-        "units": "USD; gas in gas units; idle = max(0, collateral x average LT - debt) per account; "
-        "min_margin_ratio = least health factor",
+        "units": lab.units,
         "command": command,
         "policies": {
             name: {
@@ -83,17 +135,24 @@ def account_table(
     """Markdown table, one row per policy."""
     costs = account_costs(result, cost_model, native)
     presets = list(next(iter(costs.values()))) if costs else []
+    lab = labels(result)
     head = (
-        "| policy | liquidations | penalty $ | supplies | repays | paid in $ | txs | gas | avg idle $ | peak idle $ "
-        "| min HF |" + "".join(f" cost {p} $ |" for p in presets) + "\n|---|" + "---:|" * (10 + len(presets)) + "\n"
+        "| policy | liquidations | penalty $ | "
+        + "".join(f"{a} | " for a in lab.actions)
+        + f"paid in $ | txs | gas | avg idle $ | peak idle $ | {lab.health} |"
+        + "".join(f" cost {p} $ |" for p in presets)
+        + "\n|---|"
+        + "---:|" * (9 + len(lab.actions) + len(presets))
+        + "\n"
     )
     rows = []
     for name, r in result.results.items():
         ex = result.extra.get(name, {})
         hf = "-" if math.isinf(r.min_margin_ratio) else f"{r.min_margin_ratio:.3f}"
         rows.append(
-            f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | {ex.get('supplies', 0)} | "
-            f"{ex.get('repays', 0)} | {r.collateral_added_e6 / 1e6:,.0f} | {r.transactions} | {r.gas_used:,} | "
+            f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | "
+            + "".join(f"{ex.get(a, 0)} | " for a in lab.actions)
+            + f"{r.collateral_added_e6 / 1e6:,.0f} | {r.transactions} | {r.gas_used:,} | "
             f"{r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | {hf} |"
             + "".join(f" {c.total_usd:,.0f} |" for c in costs[name].values())
         )
@@ -115,8 +174,11 @@ def write_account_plots(result: AccountReplayResult, out: Path) -> list[Path]:
     if not recorded:
         return paths
     for fname, title in (
-        ("health_factor.png", "lowest health factor in the book, per policy (1 = liquidation)"),
-        ("idle.png", "idle collateral (collateral x average LT above the debt, all accounts), USD"),
+        (
+            "health_factor.png",
+            "lowest health in the book, per policy (Aave: HF; Perp: value / requirement; 1 = liquidation)",
+        ),
+        ("idle.png", "idle collateral (above what the protocol liquidates at, all accounts), USD"),
     ):
         fig, ax = plt.subplots(figsize=(11, 5))
         for name, r in recorded.items():
@@ -132,7 +194,7 @@ def write_account_plots(result: AccountReplayResult, out: Path) -> list[Path]:
             low[~np.isfinite(low)] = np.nan
             ax.plot(dates, low, lw=0.9, label=name)
         if fname == "health_factor.png":
-            ax.axhline(1.0, color="red", ls="--", lw=1, label="liquidation (HF 1)")
+            ax.axhline(1.0, color="red", ls="--", lw=1, label="liquidation (1)")
             ax.set_yscale("log")
         ax.set_title(title)
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
@@ -164,7 +226,7 @@ def write_account_report(
         encoding="utf-8",
     )
     lines = [
-        f"# Aave v3 account replay {_iso(result.start_s)} .. {_iso(result.end_s)} UTC",
+        f"# {labels(result).title} account replay {_iso(result.start_s)} .. {_iso(result.end_s)} UTC",
         "",
         (
             f"Prices: {', '.join(f'{s} `{src}`' for s, src in result.sources.items())}. Book: `{result.book.source}` "
@@ -181,12 +243,8 @@ def write_account_report(
         account_table(result, cost_model, native),
         "",
         (
-            "Amounts in USD. Penalty = the liquidators' bonus (collateral seized, the protocol's fee included, minus "
-            "the debt repaid). Idle = sum over accounts of max(0, collateral x average LT - debt), time-weighted. "
-            "min HF = the least health factor before the liquidator acted. `fixed:X:Y`: below HF X repay to HF Y. "
-            f"Gas per action: supply {GAS_SUPPLY:,}, repay {GAS_REPAY:,} (constants, not receipts). Cost = average "
-            "idle x capital rate x duration + gas x preset gas price x the native token's price + penalties + bad "
-            "debt (keeper/replay/cost.py)."
+            f"Amounts in USD. {labels(result).notes} Cost = average idle x capital rate x duration + gas x preset "
+            "gas price x the native token's price + penalties + bad debt (keeper/replay/cost.py)."
         ),
         "",
     ]

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,6 +52,7 @@ from keeper.accounts.aave_v3 import (
     min_supply,
     percent_mul,
 )
+from keeper.accounts.base import AccountRules
 from keeper.decision import AccountBookState, decide_accounts
 from keeper.domain import AccountAction, AccountActionKind
 from keeper.errors import ConfigError, InputError
@@ -97,12 +98,13 @@ class AccountsConfig:
 
 @dataclass(frozen=True, slots=True)
 class AccountObservation:
-    """What a policy knows after round ``round_index`` (nothing from the future)."""
+    """What a policy knows after round ``round_index`` (nothing from the future). ``market`` is the Aave pool's
+    (``None`` for Perp v2 accounts, whose rules hold their marks); ``prices_e8`` what the decision prices at."""
 
     now_s: int
     round_index: int
-    market: Market
-    rules: Mapping[str, AaveRules]  # per live account with debt: the exact rules over the model's state
+    market: Market | None
+    rules: Mapping[str, AccountRules]  # per live account: the protocol's exact rules over the model's state
     wallets: Mapping[str, int]  # account -> units of the wallet asset
     wallet_asset: str
     sigmas_annual: Mapping[str, float]
@@ -111,6 +113,7 @@ class AccountObservation:
     check_interval_s: float
     spent_today_e6: Mapping[str, int]
     decimals: Mapping[str, int]
+    prices_e8: Mapping[str, int]
 
 
 class AccountPolicy(Protocol):
@@ -146,8 +149,10 @@ class HealthTarget:
         out = []
         asset = obs.wallet_asset
         target = round(self.target * WAD)
+        assert obs.market is not None, "fixed:X:Y on health factors is the Aave accounts' rule"
         for name in sorted(obs.rules):
             rules = obs.rules[name]
+            assert isinstance(rules, AaveRules)
             hf = rules.health(name)
             if hf >= round(self.trigger * WAD):
                 continue
@@ -196,7 +201,7 @@ class AccountsRisk:
         accounts = [obs.rules[n].margin_account(n) for n in names]
         screen = assess_accounts(
             accounts,
-            obs.market.prices_e8,
+            obs.prices_e8,
             obs.sigmas_annual,
             self.risk_policy,
             obs.check_interval_s,
@@ -217,7 +222,7 @@ class AccountsRisk:
                 [acct],
                 rules,
                 state,
-                prices_e8=obs.market.prices_e8,
+                prices_e8=obs.prices_e8,
                 sigmas_annual=obs.sigmas_annual,
                 policy=self.risk_policy,
                 limits=self.limits,
@@ -230,8 +235,15 @@ class AccountsRisk:
         return out
 
 
-def parse_account_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> AccountPolicy:
-    """``risk`` | ``fixed:X:Y`` (health factors) | ``none``."""
+def parse_account_policy(
+    spec: str,
+    *,
+    min_action_e6: int = DEFAULT_MIN_ACTION_E6,
+    fixed: type[HealthTarget] | None = None,
+    accounts: str = "Aave",
+    health: str = "health factors",
+) -> AccountPolicy:
+    """``risk`` | ``fixed:X:Y`` (``fixed``'s rule on ``health``; default the Aave health factors) | ``none``."""
     s = spec.strip().lower()
     if s == "none":
         return NoKeeperAccounts()
@@ -242,9 +254,9 @@ def parse_account_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E
         try:
             x, y = (float(p) for p in parts)
         except ValueError:
-            raise InputError(f"bad policy {spec!r}: for Aave accounts fixed:X:Y takes two health factors") from None
-        return HealthTarget(x, y, min_action_e6=min_action_e6)
-    raise InputError(f"unknown policy {spec!r} for Aave accounts; allowed: risk, fixed:X:Y (health factors), none")
+            raise InputError(f"bad policy {spec!r}: for {accounts} accounts fixed:X:Y takes two {health}") from None
+        return (fixed or HealthTarget)(x, y, min_action_e6=min_action_e6)
+    raise InputError(f"unknown policy {spec!r} for {accounts} accounts; allowed: risk, fixed:X:Y ({health}), none")
 
 
 class _History(OracleVol):
@@ -263,7 +275,7 @@ class _History(OracleVol):
 class AccountReplayResult:
     """The account replay's outcome, shaped like :class:`keeper.replay.fast.ReplayResult` for the report."""
 
-    book: AaveBook
+    book: Any  # AaveBook | keeper.replay.perp_book.PerpBook (protocol, accounts, wallet_asset, source)
     config: AccountsConfig
     start_s: int
     end_s: int
@@ -416,24 +428,8 @@ class _AccountRun:
             for name in self.names
             if datas[name].total_debt_base > 0
         }
-        day = now_s // 86_400
-        obs = AccountObservation(
-            now_s=now_s,
-            round_index=k,
-            market=market,
-            rules=rules,
-            wallets=dict(self.wallet),
-            wallet_asset=self.book.wallet_asset,
-            sigmas_annual=inputs.sigmas,
-            stress_gaps=inputs.gaps,
-            correlation=inputs.correlation,
-            check_interval_s=max(1.0, dt_next),
-            spent_today_e6={n: s for n, (d, s) in self.spent.items() if d == day},
-            decimals={a: r.params.decimals for a, r in self.book.reserves.items()},
-        )
-        actions = self.policy.decide(obs)
-        if actions:
-            self.pending.setdefault(k + self.config.inclusion_delay_rounds, []).extend(actions)
+        decimals = {a: r.params.decimals for a, r in self.book.reserves.items()}
+        decide_round(self, k, now_s, dt_next, inputs, market, rules, decimals, market.prices_e8)
 
     def _liquidated(self, k: int, now_s: int, name: str, liq: LiquidationResult) -> None:
         res = self.res
@@ -471,6 +467,48 @@ class _AccountRun:
         res.bad_debt_e6 = bad
         res.min_margin_ratio = self.min_hf
         return res
+
+    def extra(self) -> dict:
+        return {
+            "supplies": self.supplies,
+            "repays": self.repays,
+            "min_health_factor": None if math.isinf(self.min_hf) else self.min_hf,
+        }
+
+
+def decide_round(
+    run: Any,
+    k: int,
+    now_s: int,
+    dt_next: float,
+    inputs: _Inputs,
+    market: Market | None,
+    rules: Mapping[str, AccountRules],
+    decimals: Mapping[str, int],
+    prices_e8: Mapping[str, int],
+    gaps: Mapping[str, tuple[float, float]] | None = None,
+) -> None:
+    """Step 6 of a round (Aave and Perp v2 runs alike): the observation from ``run``'s wallets, spending today
+    and the daemon's inputs, the policy's decision, its actions pending ``inclusion_delay_rounds``."""
+    day = now_s // 86_400
+    obs = AccountObservation(
+        now_s=now_s,
+        round_index=k,
+        market=market,
+        rules=rules,
+        wallets=dict(run.wallet),
+        wallet_asset=run.book.wallet_asset,
+        sigmas_annual=inputs.sigmas,
+        stress_gaps=inputs.gaps if gaps is None else gaps,
+        correlation=inputs.correlation,
+        check_interval_s=max(1.0, dt_next),
+        spent_today_e6={n: s for n, (d, s) in run.spent.items() if d == day},
+        decimals=decimals,
+        prices_e8=prices_e8,
+    )
+    actions = run.policy.decide(obs)
+    if actions:
+        run.pending.setdefault(k + run.config.inclusion_delay_rounds, []).extend(actions)
 
 
 def open_account(pool: AavePool, book: AaveBook, spec: AaveAccountSpec, now_s: int) -> dict:
@@ -512,21 +550,43 @@ class _Inputs:
     correlation: dict[tuple[str, str], float]
 
 
+class AccountRun(Protocol):
+    """One policy's replay of a book of accounts (:class:`_AccountRun` for Aave, the Perp v2 one in
+    :mod:`keeper.replay.perp_accounts`): the loop of :func:`run_accounts_fast` drives it round by round."""
+
+    policy: AccountPolicy
+    trace: list[dict]
+    opened: dict[str, dict]
+
+    def step(
+        self, k: int, now_s: int, prices_e8: Mapping[str, int], dt_next: float, inputs: _Inputs, opening: bool
+    ) -> None: ...
+
+    def finish(self, now_s: int) -> PolicyResult: ...
+
+    def extra(self) -> dict: ...
+
+
 def run_accounts_fast(
-    book: AaveBook,
+    book: Any,
     series: Sequence[Bars],
     policies: Sequence[AccountPolicy],
     config: AccountsConfig = AccountsConfig(),
     progress: Callable[[int, int], None] | None = None,
     risk_policy: RiskPolicy | None = None,
+    new_run: Callable[[Any, AccountPolicy, AccountsConfig, int], AccountRun] | None = None,
 ) -> AccountReplayResult:
-    """Replay ``series`` (one :class:`Bars` per symbol the book's reserves follow) for each policy."""
+    """Replay ``series`` (one :class:`Bars` per symbol the book's reserves follow) for each policy.
+
+    ``book`` is an :class:`AaveBook` (default ``new_run``: the Aave pool model) or another protocol's book with
+    the same ``symbols``, ``asset_of_symbol()``, ``fixed_prices_e8()`` and ``accounts``, replayed by
+    ``new_run(book, policy, config, n_rounds)``."""
     if len({id(p) for p in policies}) != len(policies):
         raise InputError("the same policy object is given twice")
     by_sym = {b.symbol: b for b in series}
     missing = [s for s in book.symbols if s not in by_sym]
     if missing:
-        raise InputError(f"no price series for {', '.join(missing)} (the Aave book's reserves follow them)")
+        raise InputError(f"no price series for {', '.join(missing)} (the book's assets follow them)")
     used = [by_sym[s] for s in book.symbols]
     grid = build_round_grid(used, config.order)
     n_all = len(grid)
@@ -539,11 +599,11 @@ def run_accounts_fast(
     n = n_all - open_k
     rp = risk_policy or next((p.risk_policy for p in policies if isinstance(p, AccountsRisk)), RiskPolicy())
     by_symbol = book.asset_of_symbol()
-    fixed = {a: r.fixed_price_e8 for a, r in book.reserves.items() if r.price_symbol is None}
+    fixed = book.fixed_prices_e8()
     hist = {s: _History() for s in by_symbol}
     t_arr = grid.t_s[open_k:]
     dts = np.diff(t_arr, append=t_arr[-1])
-    runs = [_AccountRun(book, p, config, n) for p in policies]
+    runs = [(new_run or _AccountRun)(book, p, config, n) for p in policies]
     # fixed-price reserves: a feed with one round (the daemon's per-asset fallback sigma, the fallback gap)
     fixed_inputs = {}
     for a, px in fixed.items():
@@ -580,11 +640,7 @@ def run_accounts_fast(
         r = run.finish(end_s)
         r.t_s = t_arr
         results[run.policy.name] = r
-        extra[run.policy.name] = {
-            "supplies": run.supplies,
-            "repays": run.repays,
-            "min_health_factor": None if math.isinf(run.min_hf) else run.min_hf,
-        }
+        extra[run.policy.name] = run.extra()
         if config.trace:
             trace[run.policy.name] = run.trace
     first = runs[0] if runs else None

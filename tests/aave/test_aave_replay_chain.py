@@ -39,7 +39,6 @@ from keeper.replay.accounts_fast import (
     NoKeeperAccounts,
     run_accounts_fast,
 )
-from keeper.replay.prices import load_bars
 
 pytestmark = pytest.mark.chain
 
@@ -87,13 +86,6 @@ class SupplyWallet:
             if obs.rules[n].health(n) < round(self.trigger * 10**18) and obs.wallets.get(n, 0) >= 2_000 * 10**6:
                 out.append(AccountAction(AccountActionKind.ADD_COLLATERAL, n, "USDC", 2_000 * 10**6, 2_000 * 10**6))
         return out
-
-
-def _cut(src: Path, dst: Path, lo: int, hi: int) -> Path:
-    lines = src.read_text().splitlines()
-    keep = [lines[0]] + [ln for ln in lines[1:] if lo <= int(ln.split(",")[1]) < hi]
-    dst.write_text("\n".join(keep) + "\n")
-    return dst
 
 
 def _reserves(book) -> tuple[ReserveSpec, ...]:
@@ -178,12 +170,8 @@ class _Chain:
 
 
 @pytest.fixture(scope="module")
-def window(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bars")
-    lo, hi = OPEN_S - WARMUP_S, OPEN_S + BARS * 300
-    eth = _cut(DATA / "ftx_2022-11-07T12_ETHUSDT_5m.csv", d / "eth.csv", lo, hi)
-    btc = _cut(DATA / "ftx_2022-11-07T12_BTCUSDT_5m.csv", d / "btc.csv", lo, hi)
-    return [load_bars(eth, "ETH"), load_bars(btc, "BTC")]
+def window(ftx_fall_window):
+    return ftx_fall_window  # tests/conftest.py: OPEN_S - WARMUP_S .. BARS bars after OPEN_S
 
 
 def test_fast_model_equals_real_aave_round_by_round(window):
