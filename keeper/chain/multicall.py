@@ -8,11 +8,18 @@ caps request size and ``eth_call`` gas) and chunks are grouped into JSON-RPC bat
 ``getCurrentBlockTimestamp()`` so the reader knows which block answered. Up to ~5,000 position reads
 fit one batch (one round trip); if a block arrived between chunks (their block numbers differ) the whole
 read is repeated pinned to the newest of them, so every value always comes from one block.
+
+A read of several batches sends up to ``concurrency`` of them at once, each on its own keep-alive connection
+(:meth:`ChainClient.call_many`, thread-safe): the node executes one while the keeper encodes the next and
+decodes the previous one (at 10,000 accounts each pass is 6-7 batches). The requests are exactly those of one
+batch after another; answers are taken in order, so the results do not depend on the concurrency.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -113,14 +120,16 @@ class Multicall:
         max_calldata_bytes: int = 100_000,
         max_calls: int = 400,
         max_request_bytes: int = 1_500_000,
+        concurrency: int = 2,
     ) -> None:
-        if max_calldata_bytes < 1_000 or max_calls < 1:
-            raise ValueError("max_calldata_bytes must be >= 1000 and max_calls >= 1")
+        if max_calldata_bytes < 1_000 or max_calls < 1 or concurrency < 1:
+            raise ValueError("max_calldata_bytes must be >= 1000, max_calls >= 1 and concurrency >= 1")
         self.client = client
         self.address = address
         self.max_calldata_bytes = max_calldata_bytes
         self.max_calls = max_calls
         self.max_request_bytes = max_request_bytes  # anvil refuses HTTP bodies of a few MB; hosted RPCs less
+        self.concurrency = concurrency  # JSON-RPC batches of one read in flight at once (1: one after another)
         self._meta = [Call(address, GET_BLOCK_NUMBER, False), Call(address, GET_TIMESTAMP, False)]
 
     def chunks(self, calls: Sequence[Call]) -> list[list[Call]]:
@@ -142,41 +151,79 @@ class Multicall:
     def aggregate3(self, calls: Sequence[Call], block: int | str = "latest") -> MulticallResult:
         """Run ``calls``; results in order; one round trip (two if a block landed between chunks)."""
         chunks = self.chunks(calls)
-        payloads = [encode_aggregate3(self._meta + chunk) for chunk in chunks]
+        payloads: list[bytes] = []  # encoded while the first batches are already on the wire
         trips_before = self.client.stats.round_trips
-        results, numbers, stamps = self._run(payloads, block)
+        results, numbers, stamps = self._run(chunks, payloads, block)
         if len(set(numbers)) > 1:  # chunks answered by different blocks: re-read at one block
-            results, numbers, stamps = self._run(payloads, max(numbers))
+            results, numbers, stamps = self._run(chunks, payloads, max(numbers))
         flat = [r for chunk_results in results for r in chunk_results]
         return MulticallResult(flat, numbers[0], stamps[0], self.client.stats.round_trips - trips_before)
 
-    def _run(self, payloads: list[bytes], block: int | str) -> tuple[list[list[Result]], list[int], list[int]]:
-        tag = hex(block) if isinstance(block, int) else block
-        answers: list = []
+    def _groups(self, chunks: list[list[Call]], payloads: list[bytes]) -> Iterator[list[bytes]]:
+        """The chunks' calldata (encoded into ``payloads`` on first use) in JSON-RPC batches of at most
+        ``max_request_bytes`` (hex doubles the size), each batch yielded as soon as it is encoded."""
         group: list[bytes] = []
         size = 0
-        for p in payloads + [b""]:  # JSON-RPC batches of at most max_request_bytes (hex doubles the size)
-            if group and (not p or size + 2 * len(p) > self.max_request_bytes):
-                answers += self.client.batch(
-                    [("eth_call", [{"to": self.address, "data": "0x" + q.hex()}, tag]) for q in group],
-                    raise_errors=False,
-                )
+        for k, chunk in enumerate(chunks):
+            if k == len(payloads):
+                payloads.append(encode_aggregate3(self._meta + chunk))
+            p = payloads[k]
+            if group and size + 2 * len(p) > self.max_request_bytes:
+                yield group
                 group, size = [], 0
-            if p:
-                group.append(p)
-                size += 2 * len(p) + 120
-        results, numbers, stamps = [], [], []
-        for answer in answers:
-            if isinstance(answer, RpcErrorResponse):
-                raise answer
-            raw = bytes.fromhex(answer[2:])
-            if not raw:  # lagging node or wrong chain: no code at the multicall address
-                code = self.client.get_code(self.address, tag)
-                if not code:
-                    raise ChainMismatchError(f"no Multicall3 code at {self.address} on chain {self.client.chain_id}")
-                raise TransientRpcError("empty answer from eth_call (lagging node?)")
-            res = decode_aggregate3(raw)
-            numbers.append(int.from_bytes(res[0].data, "big"))
-            stamps.append(int.from_bytes(res[1].data, "big"))
-            results.append(res[2:])
+            group.append(p)
+            size += 2 * len(p) + 120
+        if group:
+            yield group
+
+    def _send(self, group: list[bytes], block: int | str) -> list[bytes | RpcErrorResponse]:
+        return self.client.call_many([(self.address, q) for q in group], block)
+
+    def _run(
+        self, chunks: list[list[Call]], payloads: list[bytes], block: int | str
+    ) -> tuple[list[list[Result]], list[int], list[int]]:
+        """Every batch sent, up to ``concurrency`` at once on their own connections: the node executes one
+        while this thread encodes the next and decodes the previous. Answers are taken in order."""
+        results: list[list[Result]] = []
+        numbers: list[int] = []
+        stamps: list[int] = []
+        groups = self._groups(chunks, payloads)
+        first = next(groups)
+        batches = itertools.chain([first], groups)
+        if self.concurrency == 1 or len(first) == len(chunks):  # one batch (or told to): one after another
+            for group in batches:
+                for answer in self._send(group, block):
+                    self._decode_into(answer, block, results, numbers, stamps)
+            return results, numbers, stamps
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="multicall") as pool:
+            futures = [pool.submit(self._send, group, block) for group in batches]
+            try:
+                for future in futures:
+                    for answer in future.result():
+                        self._decode_into(answer, block, results, numbers, stamps)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
         return results, numbers, stamps
+
+    def _decode_into(
+        self,
+        answer: bytes | RpcErrorResponse,
+        block: int | str,
+        results: list[list[Result]],
+        numbers: list[int],
+        stamps: list[int],
+    ) -> None:
+        if isinstance(answer, RpcErrorResponse):
+            raise answer
+        if not answer:  # lagging node or wrong chain: no code at the multicall address
+            tag = hex(block) if isinstance(block, int) else block
+            code = self.client.get_code(self.address, tag)
+            if not code:
+                raise ChainMismatchError(f"no Multicall3 code at {self.address} on chain {self.client.chain_id}")
+            raise TransientRpcError("empty answer from eth_call (lagging node?)")
+        res = decode_aggregate3(answer)
+        numbers.append(int.from_bytes(res[0].data, "big"))
+        stamps.append(int.from_bytes(res[1].data, "big"))
+        results.append(res[2:])
