@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from keeper.chain.abi import selector
 from keeper.chain.rpc import ChainClient, RpcErrorResponse
 from keeper.errors import ChainMismatchError, TransientRpcError
@@ -47,6 +49,15 @@ class Result(NamedTuple):
 
     success: bool
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Calls split into chunks (:meth:`Multicall.chunks`) and each chunk's ``aggregate3`` calldata, filled in
+    as the chunks are first sent (kept by a reader whose calls repeat: a book's accounts every cycle)."""
+
+    chunks: list[list[Call]]
+    payloads: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +102,53 @@ def encode_aggregate3(calls: Sequence[Call]) -> bytes:
 
 
 def decode_aggregate3(data: bytes) -> list[Result]:
-    """Return data of ``aggregate3``: ``(bool success, bytes returnData)[]``."""
+    """Return data of ``aggregate3``: ``(bool success, bytes returnData)[]``.
+
+    The head and tail words of all results are read at once as numpy arrays of 64-bit limbs (offsets and
+    lengths checked to fit well inside the answer), and each result's bytes sliced out; an answer outside
+    those checks (never one a node returns) takes the word-by-word loop, which gives the same results."""
+    fast = _decode_vectorised(data) if len(data) >= 2 * _W and len(data) % _W == 0 else None
+    return fast if fast is not None else _decode_loop(data)
+
+
+def _decode_vectorised(data: bytes) -> list[Result] | None:
+    size = len(data)
+    words = np.frombuffer(data, dtype=">u8").reshape(-1, 4)  # one row per 32-byte word, big-endian limbs
+    count = len(words)
+    if words[0, :3].any() or words[0, 3] % _W or words[0, 3] // _W >= count:
+        return None
+    at = int(words[0, 3]) // _W
+    if words[at, :3].any() or words[at, 3] > count:
+        return None
+    n, start = int(words[at, 3]), at + 1
+    if n == 0 or start + n > count:
+        return [] if n == 0 else None
+    heads = words[start : start + n]
+    if heads[:, :3].any() or (heads[:, 3] % _W).any() or (heads[:, 3] >= size).any():
+        return None
+    tail = start + (heads[:, 3] // _W).astype(np.int64)  # word index of each (success, offset, length, data)
+    if tail.max() + 2 >= count:
+        return None
+    inner = words[tail + 1]
+    if inner[:, :3].any() or (inner[:, 3] % _W).any() or (inner[:, 3] >= size).any():
+        return None
+    at_len = tail + (inner[:, 3] // _W).astype(np.int64)
+    if at_len.max() >= count:
+        return None
+    lengths = words[at_len]
+    if lengths[:, :3].any() or (lengths[:, 3] >= size).any():
+        return None
+    begin = (at_len + 1) * _W
+    end = begin + lengths[:, 3].astype(np.int64)
+    if end.max() > size:
+        return None
+    success = np.frombuffer(data, dtype=np.uint8)[tail * _W + _W - 1] == 1
+    pieces = map(data.__getitem__, map(slice, begin.tolist(), end.tolist()))
+    new = tuple.__new__  # Result's own __new__ is a Python function: 2x the cost of the tuple itself
+    return [new(Result, pair) for pair in zip(success.tolist(), pieces, strict=True)]
+
+
+def _decode_loop(data: bytes) -> list[Result]:
     word = int.from_bytes
     base = word(data[0:_W], "big")
     n = word(data[base : base + _W], "big")
@@ -148,10 +205,15 @@ class Multicall:
             out.append(cur)
         return out
 
-    def aggregate3(self, calls: Sequence[Call], block: int | str = "latest") -> MulticallResult:
+    def prepare(self, calls: Sequence[Call]) -> Prepared:
+        """``calls`` chunked, for :meth:`aggregate3` (a reader that sends the same calls every cycle keeps it:
+        the chunks are encoded on first use only)."""
+        return Prepared(self.chunks(calls), [])
+
+    def aggregate3(self, calls: Sequence[Call] | Prepared, block: int | str = "latest") -> MulticallResult:
         """Run ``calls``; results in order; one round trip (two if a block landed between chunks)."""
-        chunks = self.chunks(calls)
-        payloads: list[bytes] = []  # encoded while the first batches are already on the wire
+        prepared = calls if isinstance(calls, Prepared) else self.prepare(calls)
+        chunks, payloads = prepared.chunks, prepared.payloads  # encoded while the first batches are on the wire
         trips_before = self.client.stats.round_trips
         results, numbers, stamps = self._run(chunks, payloads, block)
         if len(set(numbers)) > 1:  # chunks answered by different blocks: re-read at one block
