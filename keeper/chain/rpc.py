@@ -30,6 +30,7 @@ and retry sleep fail at once.
 
 from __future__ import annotations
 
+import binascii
 import itertools
 import json
 import threading
@@ -276,6 +277,7 @@ class ChainClient:
         self._clock = clock
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()  # reads may run on several threads (Multicall's concurrent batches)
         self.stats = RpcStats()
         if reverify_s is not None and reverify_s <= 0:
             raise ValueError("reverify_s must be > 0 (or None: verify on first use and after failures only)")
@@ -422,12 +424,15 @@ class ChainClient:
     def _payload(self, method: str, params: Any) -> dict:
         return {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
 
-    def _roundtrip(self, ep: _Endpoint, payloads: list[dict]) -> list[dict]:
-        body = json.dumps(payloads if len(payloads) > 1 else payloads[0], separators=(",", ":")).encode()
-        self.stats.round_trips += 1
-        self.stats.requests += len(payloads)
-        for p in payloads:
-            self.stats.by_method[p["method"]] = self.stats.by_method.get(p["method"], 0) + 1
+    def _roundtrip(self, ep: _Endpoint, payloads: list[dict], body: bytes | None = None) -> list[dict]:
+        """Send ``payloads`` (or ``body``, their JSON already encoded) and return the answers in their order."""
+        if body is None:
+            body = json.dumps(payloads if len(payloads) > 1 else payloads[0], separators=(",", ":")).encode()
+        with self._stats_lock:
+            self.stats.round_trips += 1
+            self.stats.requests += len(payloads)
+            for p in payloads:
+                self.stats.by_method[p["method"]] = self.stats.by_method.get(p["method"], 0) + 1
         raw = ep.transport.send(body, self.timeout_s)
         try:
             answer = json.loads(raw)
@@ -460,7 +465,7 @@ class ChainClient:
             raise ExecutionReverted(method, code, message, err.get("data"))
         raise RpcErrorResponse(method, code, message, err.get("data"))
 
-    def _execute(self, payloads: list[dict], *, retry: bool) -> list[dict]:
+    def _execute(self, payloads: list[dict], *, retry: bool, body: bytes | None = None) -> list[dict]:
         attempts = self.retry.attempts if retry else 1
         last: Exception | None = None
         mismatches = 0
@@ -482,7 +487,7 @@ class ChainClient:
                         if mismatches > len(self._endpoints):
                             raise
                         continue  # fail over without spending a read attempt; _pick raises when none is left
-                answers = self._roundtrip(ep, payloads)
+                answers = self._roundtrip(ep, payloads, body)
                 for a in answers:  # a rate-limit error inside the answer counts as transient
                     err = a.get("error")
                     if err and (
@@ -498,7 +503,8 @@ class ChainClient:
                     # a lagging head may be a reset chain: the next use verifies chain id and code again
                     self._mark_failed(ep, exc, reconnect=not isinstance(exc, _NodeBusy))
                 if attempt + 1 < attempts:
-                    self.stats.retries += 1
+                    with self._stats_lock:
+                        self.stats.retries += 1
                     self._sleep(self.retry.delay_s(attempt))  # at most RetryPolicy.max_s; abort is checked next
             attempt += 1
         if last is None:
@@ -546,6 +552,39 @@ class ChainClient:
                 if raise_errors:
                     raise
                 out.append(exc)
+        return out
+
+    def call_many(
+        self, calls: Sequence[tuple[str, bytes]], block: int | str = "latest"
+    ) -> list[bytes | RpcErrorResponse]:
+        """``eth_call`` of each (to, calldata) at ``block`` in one JSON-RPC batch (one round trip, retried like
+        :meth:`batch`): the answers as bytes, a failed item as its :class:`RpcErrorResponse`.
+
+        The same requests :meth:`batch` would send, with the body written directly: each calldata is hex-encoded
+        once into the body (no ``json.dumps`` pass over megabytes of hex, which needs no escaping), and each
+        answer is decoded from hex once. Thread-safe: several may run at once on different threads."""
+        if not calls:
+            return []
+        tag = json.dumps(hex(block) if isinstance(block, int) else block).encode()
+        ids = [next(self._ids) for _ in calls]
+        payloads: list[dict] = [{"id": i, "method": "eth_call"} for i in ids]
+        parts = [
+            b'{"jsonrpc":"2.0","id":%d,"method":"eth_call","params":[{"to":%s,"data":"0x%s"},%s]}'
+            % (i, json.dumps(to).encode(), binascii.hexlify(data), tag)
+            for i, (to, data) in zip(ids, calls, strict=True)
+        ]
+        body = parts[0] if len(parts) == 1 else b"[" + b",".join(parts) + b"]"
+        answers = self._execute(payloads, retry=True, body=body)
+        out: list[bytes | RpcErrorResponse] = []
+        for answer in answers:
+            try:
+                result = self._unwrap("eth_call", answer)
+            except RpcErrorResponse as exc:
+                out.append(exc)
+                continue
+            if not isinstance(result, str) or not result.startswith("0x"):
+                raise TransientRpcError(f"eth_call answered {str(result)[:40]!r}, not hex data")
+            out.append(binascii.unhexlify(result[2:]))
         return out
 
     def batch_each(self, calls: Sequence[tuple[str, list]]) -> list[list[Any]]:

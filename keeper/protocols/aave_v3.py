@@ -52,7 +52,7 @@ from keeper.accounts.aave_v3 import (
 )
 from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function, event_topic
 from keeper.chain.discovery import LogScanner
-from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall
+from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall, Prepared
 from keeper.chain.rpc import ChainClient
 from keeper.domain import AccountAction, AccountActionKind, PriceRound
 from keeper.errors import ChainMismatchError, InputError
@@ -306,6 +306,12 @@ class _Layouts:
         self._reserves = reserves
         self._stable_any = stable_any
         self._memo: dict[int, _Layout] = {}
+        # what the layouts depend on besides the bitmap: equal signatures, equal calls for every bitmap
+        self.signature = tuple(
+            (rid, a, s.a_token, s.variable_debt_token, s.stable_debt_token, a in stable_any)
+            for rid, a in self._by_id
+            for s in (reserves[a],)
+        )
 
     def of(self, bits: int) -> _Layout:
         found = self._memo.get(bits)
@@ -383,6 +389,8 @@ class AaveV3Adapter(AccountAdapter):
         self.symbols: dict[str, str] = {}  # asset -> symbol, from load()
         self._checksums: dict[str, str] = {}  # user as given -> EIP-55
         self._address_words: dict[str, bytes] = {}  # EIP-55 user -> its 32-byte ABI word
+        self._first_pass: tuple[tuple, Prepared] | None = None  # (what the calls depend on, the calls prepared)
+        self._second_pass: tuple[tuple, Prepared] | None = None
         self.scanner = None
         if journal is not None:
             self.scanner = LogScanner(
@@ -470,20 +478,26 @@ class AaveV3Adapter(AccountAdapter):
         assets = list(self.reserves)
         n, m = len(assets), len(self.emode_ids)
         sources = [self.sources.get(a, ZERO_ADDRESS) for a in assets]
-        calls = [Call(self.pool, F_RESERVE_DATA.encode(a)) for a in assets]
-        calls += [Call(s, F_LATEST_ROUND.encode()) for s in sources]
-        calls += [Call(self.pool, F_EMODE_DATA.encode(i)) for i in self.emode_ids]
-        calls += [Call(self.reserves[a].stable_debt_token, F_TOTAL_SUPPLY.encode()) for a in assets]
+        stable_tokens = [self.reserves[a].stable_debt_token for a in assets]
         per_user = 3 if cross_check else 2
         pool = self.pool
         sel_data, sel_config, sel_emode = F_ACCOUNT_DATA.selector, F_USER_CONFIG.selector, F_USER_EMODE.selector
-        for u in users:
-            w = words[u]
-            if cross_check:
-                calls.append(Call(pool, sel_data + w))
-            calls.append(Call(pool, sel_config + w))
-            calls.append(Call(pool, sel_emode + w))
-        first = self.multicall.aggregate3(calls, block)
+        # the same accounts are read every cycle: the first pass's calls (and their encoding) are kept
+        key1: tuple = (self.multicall, pool, cross_check, tuple(assets), tuple(sources), self.emode_ids)
+        key1 += (tuple(stable_tokens), tuple(users))
+        if self._first_pass is None or self._first_pass[0] != key1:
+            calls = [Call(pool, F_RESERVE_DATA.encode(a)) for a in assets]
+            calls += [Call(s, F_LATEST_ROUND.encode()) for s in sources]
+            calls += [Call(pool, F_EMODE_DATA.encode(i)) for i in self.emode_ids]
+            calls += [Call(t, F_TOTAL_SUPPLY.encode()) for t in stable_tokens]
+            for u in users:
+                w = words[u]
+                if cross_check:
+                    calls.append(Call(pool, sel_data + w))
+                calls.append(Call(pool, sel_config + w))
+                calls.append(Call(pool, sel_emode + w))
+            self._first_pass = (key1, self.multicall.prepare(calls))
+        first = self.multicall.aggregate3(self._first_pass[1], block)
         r = first.results
         reserves = {
             a: decode_reserve_data(a, x.data) if x.success else self.reserves[a]
@@ -507,7 +521,6 @@ class AaveV3Adapter(AccountAdapter):
         onchain: dict[str, AccountData] = {}
         read: list[tuple[str, int, int]] = []  # (user, configuration bitmap, e-mode category)
         failed: list[str] = []
-        second: list[Call] = [Call(self.oracle, F_ASSETS_PRICES.encode(price_assets), False)]
         for k, u in enumerate(users):
             got = r[base + per_user * k : base + per_user * (k + 1)]
             cfg, em = got[-2], got[-1]
@@ -517,11 +530,17 @@ class AaveV3Adapter(AccountAdapter):
             if cross_check:
                 d = got[0].data
                 onchain[u] = AccountData(*(int.from_bytes(d[32 * i : 32 * i + 32], "big") for i in range(6)))
-            bits = int.from_bytes(cfg.data[:32], "big")
-            read.append((u, bits, int.from_bytes(em.data[:32], "big")))
-            w = words[u]
-            second += [Call(target, sel + w) for target, sel in layouts.of(bits).calls]
-        res2 = self.multicall.aggregate3(second, first.block_number)
+            read.append((u, int.from_bytes(cfg.data[:32], "big"), int.from_bytes(em.data[:32], "big")))
+        # the second pass's calls follow from the configuration bitmaps, which rarely change: kept like the first
+        key2: tuple = (self.multicall, self.oracle, tuple(price_assets), layouts.signature)
+        key2 += (tuple((u, bits) for u, bits, _ in read),)
+        if self._second_pass is None or self._second_pass[0] != key2:
+            second: list[Call] = [Call(self.oracle, F_ASSETS_PRICES.encode(price_assets), False)]
+            for u, bits, _ in read:
+                w = words[u]
+                second += [Call(target, sel + w) for target, sel in layouts.of(bits).calls]
+            self._second_pass = (key2, self.multicall.prepare(second))
+        res2 = self.multicall.aggregate3(self._second_pass[1], first.block_number)
         prices = dict(zip(price_assets, F_ASSETS_PRICES.decode(res2.results[0].data)[0], strict=True))
         out = iter(res2.results[1:])
         accounts: dict[str, AaveAccount] = {}

@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 from keeper.chain.abi import Function
 from keeper.chain.discovery import LogScanner
-from keeper.chain.multicall import AGGREGATE3, Call, Multicall, decode_aggregate3, encode_aggregate3
+from keeper.chain.multicall import (
+    AGGREGATE3,
+    Call,
+    Multicall,
+    _decode_loop,
+    _decode_vectorised,
+    decode_aggregate3,
+    encode_aggregate3,
+)
 from keeper.chain.rpc import ChainClient, HttpTransport, RpcErrorResponse
 from keeper.domain import Side
 from keeper.protocols.reference import POSITION_OPENED, ReferenceAdapter
@@ -52,6 +60,18 @@ class TestCodec:
         data = encode(["(bool,bytes)[]"], [items])
         assert [(r.success, r.data) for r in decode_aggregate3(data)] == items
         assert decode(["(bool,bytes)[]"], data)[0] == tuple(items)
+
+    @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=100)), max_size=40))
+    def test_vectorised_decode_matches_eth_abi_and_the_loop(self, items):
+        """The numpy decoder and the word-by-word loop agree with eth_abi on any (bool,bytes)[]; an answer whose
+        offsets point outside it (or use the high limbs) falls back to the loop."""
+        data = encode(["(bool,bytes)[]"], [items])
+        assert [(r.success, r.data) for r in decode_aggregate3(data)] == items
+        assert _decode_loop(data) == decode_aggregate3(data)
+        if items:
+            bad = bytearray(data)
+            bad[64] = 1  # the first head offset's top byte: 2**248, beyond the answer
+            assert _decode_vectorised(bytes(bad)) is None
 
     def test_chunks_respect_count_and_size(self, client):
         """Chunking keeps each chunk under max_calls and max_calldata_bytes, preserving order."""
