@@ -132,6 +132,12 @@ class AccountKeeperService(KeeperService):
     def start(self) -> None:
         """Check the deployment's contracts, load its assets, reconcile the journal with the chain."""
         adapter = self.accounts_adapter
+        if self.config.risk.cost_aware:  # refused at start rather than ignored: the trader asked for it
+            raise ConfigError(
+                f"risk.cost_aware sizes the reference protocol's positions only; {adapter.name} accounts keep the "
+                "breach-probability bands: remove risk.cost_aware (or set it to false)",
+                field="risk.cost_aware",
+            )
         adapter.check_deployment()
         self.native_price.check()
         self._symbols = adapter.load()

@@ -279,6 +279,15 @@ class TestDanger:
             service.start()
         service.close()
 
+    def test_cost_aware_is_refused_at_start_not_ignored(self, aave, tmp_path):
+        """risk.cost_aware prices the reference protocol's bands only: an Aave config asking for it stops at start."""
+        user = aave.address(TRADER)
+        cfg = _config(aave, tmp_path, user, tables="[risk]\ncost_aware = true\n")
+        service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
+        with pytest.raises(ConfigError, match="risk.cost_aware sizes the reference protocol's positions only"):
+            service.start()
+        service.close()
+
     def test_frozen_reserve_is_not_supplied_to_and_the_alert_says_why(self, aave, tmp_path):
         """WETH frozen and only WETH in the wallet: nothing is sent, the alert names the frozen reserve."""
         aave.open_account(TRADER, LEVERED_ETH)
