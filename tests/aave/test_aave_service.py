@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,11 +20,18 @@ from web3.exceptions import ContractLogicError
 
 from keeper.accounts.aave_v3 import health_factor
 from keeper.chain.anvil import Anvil
+from keeper.decision import AccountBookState, decide_accounts
 from keeper.dev.aave_v3 import AaveOps, SeedAccount
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import AccountActionKind
 from keeper.errors import ConfigError
-from keeper.runtime.accounts_service import AccountKeeperService
+from keeper.risk.policy import CostBands
+from keeper.runtime.accounts_service import (
+    AAVE_REPAY_GAS,
+    AAVE_SUPPLY_GAS,
+    GAS_USED_MEASURED,
+    AccountKeeperService,
+)
 from keeper.runtime.config import load_config
 
 pytestmark = pytest.mark.chain
@@ -279,15 +287,6 @@ class TestDanger:
             service.start()
         service.close()
 
-    def test_cost_aware_is_refused_at_start_not_ignored(self, aave, tmp_path):
-        """risk.cost_aware prices the reference protocol's bands only: an Aave config asking for it stops at start."""
-        user = aave.address(TRADER)
-        cfg = _config(aave, tmp_path, user, tables="[risk]\ncost_aware = true\n")
-        service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
-        with pytest.raises(ConfigError, match="risk.cost_aware sizes the reference protocol's positions only"):
-            service.start()
-        service.close()
-
     def test_frozen_reserve_is_not_supplied_to_and_the_alert_says_why(self, aave, tmp_path):
         """WETH frozen and only WETH in the wallet: nothing is sent, the alert names the frozen reserve."""
         aave.open_account(TRADER, LEVERED_ETH)
@@ -300,6 +299,84 @@ class TestDanger:
         assert not report.sent
         assert any(e["event"] == "alert" and "frozen" in e["text"] for e in logs)
         service.close()
+
+
+class TestCostAware:
+    """[risk] cost_aware = true on real Aave: the bands priced at the chain's gas price now (anvil's base fee)."""
+
+    def _at_base_fee(self, aave, tmp_path, user: str, wallet: dict[str, float], base_fee_wei: int):
+        """One cost-aware cycle with the next blocks' base fee at ``base_fee_wei``: (the action sent, the pure
+        decision's action on the same read and inputs, the receipt's gas, the gas price the service used)."""
+        before = aave.snapshot()
+        base_fee_before = aave.w3.eth.get_block("latest")["baseFeePerGas"]
+        try:
+            _fund(aave, wallet)
+            (tmp_path / "journal.sqlite").unlink(missing_ok=True)
+            service = _service(aave, tmp_path, user, tables="[risk]\ncost_aware = true\n")
+            try:
+                aave.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_wei)])
+                aave.anvil.request("evm_mine", [])  # the latest block at that base fee; the next one 7/8 of it
+                assert aave.w3.eth.get_block("latest")["baseFeePerGas"] == base_fee_wei
+                book = service.accounts_adapter.read_book([user])
+                interval_s = service.check_interval_s
+                with capture_logs() as logs:
+                    report = _run(service)
+                (line,) = [e for e in logs if e["event"] == "cost_bands"]
+                gas_price_wei = round(line["gas_price_gwei"] * 1e9)
+                native_e8 = round(line["native_usd"] * 1e8)
+                assert gas_price_wei >= base_fee_wei * 7 // 8
+                # the pure decision on the same read, the policy built here from the protocol's measured gas
+                gas_usd = GAS_USED_MEASURED["aave-v3"] * gas_price_wei / 10**18 * native_e8 / 1e8
+                policy = dataclasses.replace(
+                    service.policy, cost_bands=CostBands(gas_usd, service.config.risk.capital_rate_annual)
+                )
+                sigmas, gaps, corr = service.estimate_assets(book, policy)
+                wallet_units, _ = service.accounts_adapter.wallet(service.signer_address)
+                pure = decide_accounts(
+                    list(book.accounts),
+                    book.rules,
+                    AccountBookState(wallet=wallet_units, symbols=service._symbols, decimals=book.decimals),
+                    prices_e8=book.prices_e8,
+                    sigmas_annual=sigmas,
+                    policy=policy,
+                    limits=service.limits,
+                    check_interval_s=interval_s,
+                    stress_gaps=gaps,
+                    correlation=corr,
+                )
+                (sent,) = report.outcome.onchain_actions
+                gas_used = aave.w3.eth.get_transaction_receipt(report.sent[0]["tx_hash"])["gasUsed"]
+                return sent, pure.onchain_actions, gas_used, gas_price_wei, pure.risks[0]
+            finally:
+                service.close()
+        finally:
+            aave.revert(before)  # anvil keeps the base fee it was told: the next test's sends need the old one
+            aave.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_before)])
+
+    @pytest.mark.parametrize(
+        "wallet, kind, measured",
+        [({"WETH": 100.0}, AccountActionKind.ADD_COLLATERAL, AAVE_SUPPLY_GAS),
+         ({"USDC": 50_000.0}, AccountActionKind.REPAY_DEBT, AAVE_REPAY_GAS)],
+        ids=["supply", "repay"],
+    )  # fmt: skip
+    def test_dear_gas_sends_more_and_the_amount_is_the_pure_decision(self, aave, tmp_path, wallet, kind, measured):
+        """The same endangered account at an L1-like (20 gwei) and an L2-like (0.05 gwei) base fee: the L1 action
+        is larger, each amount equals the pure decide_accounts' under a policy built from the measured gas x the
+        gas price x the gas token's price, to the unit; the receipt's gas is the measured figure (within 3 %)."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        l1 = self._at_base_fee(aave, tmp_path, user, wallet, 20 * 10**9)
+        l2 = self._at_base_fee(aave, tmp_path, user, wallet, 5 * 10**7)
+        for sent, pure, gas_used, _, _ in (l1, l2):
+            assert sent.kind is kind
+            (want,) = pure
+            assert (want.kind, want.asset, want.amount) == (sent.kind, sent.asset, sent.amount)
+            assert abs(gas_used - measured) <= 0.03 * measured, (gas_used, measured)
+        assert l1[3] > 10 * l2[3]  # the gas prices the service used
+        assert l1[0].amount > l2[0].amount, (l1[0].amount, l2[0].amount)
+        # the trigger is the breach constraint, the same at both prices; the restore level is wider at L1
+        assert l1[4].trigger_distance == l2[4].trigger_distance
+        assert l1[4].restore_distance > l2[4].restore_distance >= l2[4].trigger_distance
 
 
 class TestEModeAndIsolation:
