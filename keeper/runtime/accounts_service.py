@@ -138,6 +138,11 @@ class AccountCycleReport(CycleReport):
     round_trips: int = 0
     symbols: dict[str, str] = field(default_factory=dict)  # asset -> token symbol
     price_basis: dict[str, dict[str, object]] = field(default_factory=dict)  # asset -> what its price is
+    # the decision's other inputs (status prices protection from them: keeper.commands._accounts_view)
+    book: AccountBook | None = None
+    stress_gaps: dict[str, tuple[float, float]] = field(default_factory=dict)  # asset -> (down, up)
+    correlation: dict[tuple[str, str], float] = field(default_factory=dict)
+    decision_interval_s: float = 0.0  # the check interval the decision's horizon was taken at
 
 
 class AccountKeeperService(KeeperService):
@@ -149,6 +154,8 @@ class AccountKeeperService(KeeperService):
         self.top_up_gas_used = GAS_USED_MEASURED.get(self.accounts_adapter.name, self.top_up_gas_used)
         self._symbols: dict[str, str] = {}
         self._discovered_accounts: set[str] = set()
+        # the last decision's stress gaps, correlations and check interval (decide_snapshot)
+        self.last_estimates: tuple[dict[str, tuple[float, float]], dict[tuple[str, str], float], float] = ({}, {}, 0.0)
 
     @property
     def accounts_adapter(self) -> AccountAdapter:
@@ -304,6 +311,7 @@ class AccountKeeperService(KeeperService):
         action x the gas price now x the gas token's price)."""
         policy = self.policy_now()
         sigmas, gaps, corr = self.estimate_assets(book, policy)
+        self.last_estimates = (gaps, corr, self.check_interval_s)
         now = book.timestamp_s
         stale = {a: r.age_s(now) for a, r in book.rounds.items() if r.is_stale(now, self._stale_after(a))}
         stale |= {a: now for a in book.prices_e8 if a not in book.rounds}  # no round at all: unknown
@@ -361,6 +369,10 @@ class AccountKeeperService(KeeperService):
             stale=stale,
             symbols=dict(self._symbols),
             price_basis=snap.price_basis,
+            book=snap,
+            stress_gaps=self.last_estimates[0],
+            correlation=self.last_estimates[1],
+            decision_interval_s=self.last_estimates[2],
         )
         report.round_trips = snap.round_trips
         self._explain_accounts(snap, outcome)

@@ -25,6 +25,7 @@ from keeper.dev.aave_v3 import AaveOps, SeedAccount
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import AccountActionKind
 from keeper.errors import ConfigError
+from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
 from keeper.risk.policy import CostBands
 from keeper.runtime.accounts_service import (
     AAVE_REPAY_GAS,
@@ -459,6 +460,34 @@ class TestCli:
         assert 0 < row["breach_probability"] < 1 and row["vega"] > 0  # d breach_probability / d sigma
         assert out["sent"] == [] and out["executed"] is False
         assert aave.account_data(user)[5] == hf_before
+
+    def test_keeper_status_prices_protection_per_gas_price(self, aave, tmp_path):
+        """``keeper status --json`` on an aave-v3 config: ``cost_usd_per_year`` per account at the replay's presets
+        and the chain's gas price now (at least 7/8 of the latest base fee: the next block's), positive and not
+        falling as gas gets dearer; ``keeper check --json`` carries the same; the table shows the column."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _config(aave, tmp_path, user)
+        base_fee_gwei = aave.w3.eth.get_block("latest")["baseFeePerGas"] / 1e9
+        out = _cli(tmp_path, "status")
+        gwei = out["gas_prices_gwei"]
+        assert {k: gwei[k] for k in DEFAULT_GAS_PRESETS_GWEI} == DEFAULT_GAS_PRESETS_GWEI
+        assert set(gwei) == {"l1", "l2", "chain"} and gwei["chain"] >= base_fee_gwei * 7 / 8
+        (row,) = out["accounts"]
+        costs = row["cost_usd_per_year"]
+        assert set(costs) == set(gwei) and all(c > 0 for c in costs.values()), costs
+        ordered = [costs[name] for name in sorted(gwei, key=gwei.__getitem__)]
+        assert ordered == sorted(ordered) and costs["l1"] > costs["l2"], (gwei, costs)
+        checked = _cli(tmp_path, "check")
+        assert set(checked["accounts"][0]["cost_usd_per_year"]) == {"l1", "l2", "chain"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
+        env |= {"KEEPER_PRIVATE_KEY": KEEPER_KEY, "COLUMNS": "400"}  # one line per row: the header in one piece
+        proc = subprocess.run(
+            [sys.executable, "-m", "keeper", "status", "--config", str(tmp_path / "keeper.toml")],
+            capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "protection $/yr l1 / l2 / chain" in proc.stdout, proc.stdout
 
     def test_keeper_stress_grid_on_real_aave(self, aave, tmp_path):
         """``keeper stress --json``: the levered account is liquidated by WETH -15 % and the HF there equals the
