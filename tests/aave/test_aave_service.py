@@ -302,10 +302,13 @@ class TestDanger:
         service.close()
 
 
+USDC_5_VOL = "[protocol.assets.USDC]\nsigma_fallback_annual = 0.05\n"
+
+
 class TestCostAware:
     """[risk] cost_aware = true on real Aave: the bands priced at the chain's gas price now (anvil's base fee)."""
 
-    def _at_base_fee(self, aave, tmp_path, user: str, wallet: dict[str, float], base_fee_wei: int):
+    def _at_base_fee(self, aave, tmp_path, user: str, wallet: dict[str, float], base_fee_wei: int, tables: str):
         """One cost-aware cycle with the next blocks' base fee at ``base_fee_wei``: (the action sent, the pure
         decision's action on the same read and inputs, the receipt's gas, the gas price the service used)."""
         before = aave.snapshot()
@@ -313,7 +316,7 @@ class TestCostAware:
         try:
             _fund(aave, wallet)
             (tmp_path / "journal.sqlite").unlink(missing_ok=True)
-            service = _service(aave, tmp_path, user, tables="[risk]\ncost_aware = true\n")
+            service = _service(aave, tmp_path, user, tables="[risk]\ncost_aware = true\n" + tables)
             try:
                 aave.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_wei)])
                 aave.anvil.request("evm_mine", [])  # the latest block at that base fee; the next one 7/8 of it
@@ -355,24 +358,32 @@ class TestCostAware:
             aave.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_before)])
 
     @pytest.mark.parametrize(
-        "wallet, kind, measured",
-        [({"WETH": 100.0}, AccountActionKind.ADD_COLLATERAL, AAVE_SUPPLY_GAS),
-         ({"USDC": 50_000.0}, AccountActionKind.REPAY_DEBT, AAVE_REPAY_GAS)],
-        ids=["supply", "repay"],
+        "wallet, kind, measured, method, tables",
+        [({"WETH": 100.0}, AccountActionKind.ADD_COLLATERAL, AAVE_SUPPLY_GAS, "screen", ""),
+         ({"USDC": 50_000.0}, AccountActionKind.REPAY_DEBT, AAVE_REPAY_GAS, "screen", ""),
+         ({"WETH": 100.0}, AccountActionKind.ADD_COLLATERAL, AAVE_SUPPLY_GAS, "closed_form", USDC_5_VOL)],
+        ids=["supply", "repay", "supply-one-factor"],
     )  # fmt: skip
-    def test_dear_gas_sends_more_and_the_amount_is_the_pure_decision(self, aave, tmp_path, wallet, kind, measured):
+    def test_dear_gas_sends_more_and_the_amount_is_the_pure_decision(
+        self, aave, tmp_path, wallet, kind, measured, method, tables
+    ):
         """The same endangered account at an L1-like (20 gwei) and an L2-like (0.05 gwei) base fee: the L1 action
         is larger, each amount equals the pure decide_accounts' under a policy built from the measured gas x the
-        gas price x the gas token's price, to the unit; the receipt's gas is the measured figure (within 3 %)."""
+        gas price x the gas token's price, to the unit; the receipt's gas is the measured figure (within 5 %).
+        The devchain's USDC has too few rounds for a volatility (fallback 150 %): a several-factor account (the
+        screen) unless its own fallback is set low, when WETH is the one factor."""
         aave.open_account(TRADER, LEVERED_ETH)
         user = aave.address(TRADER)
-        l1 = self._at_base_fee(aave, tmp_path, user, wallet, 20 * 10**9)
-        l2 = self._at_base_fee(aave, tmp_path, user, wallet, 5 * 10**7)
-        for sent, pure, gas_used, _, _ in (l1, l2):
+        l1 = self._at_base_fee(aave, tmp_path, user, wallet, 20 * 10**9, tables)
+        l2 = self._at_base_fee(aave, tmp_path, user, wallet, 5 * 10**7, tables)
+        for sent, pure, gas_used, _, risk in (l1, l2):
+            assert risk.method == method
             assert sent.kind is kind
             (want,) = pure
             assert (want.kind, want.asset, want.amount) == (sent.kind, sent.asset, sent.amount)
-            assert abs(gas_used - measured) <= 0.03 * measured, (gas_used, measured)
+            # the pool's state decides a few SSTOREs (whether the reserve's indexes move in this block): 141-147k
+            # gas for the supply, 166-172k for the repay in these tests; the figure is the larger
+            assert 0.95 * measured <= gas_used <= measured, (gas_used, measured)
         assert l1[3] > 10 * l2[3]  # the gas prices the service used
         assert l1[0].amount > l2[0].amount, (l1[0].amount, l2[0].amount)
         # the trigger is the breach constraint, the same at both prices; the restore level is wider at L1
