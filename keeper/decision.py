@@ -182,14 +182,20 @@ def _release(
     prices_e8: Mapping[str, int],
     policy: RiskPolicy,
 ) -> tuple[ActionOption, str] | str | None:
-    """A release for a safe account: only below ``p_release``, with ``limits.allow_release``, fresh prices, no
+    """A release for a safe account: only below ``p_release`` (cost-aware: beyond the cost band's release level),
+    with ``limits.allow_release``, fresh prices, no
     open transaction, not watch-only, only when it also survives a move stretched by the release headroom, at
     least ``limits.min_action_e6``, and only what still survives the move itself (``rules.release``: the
     protocol's withdraw rule and the owner's key). After it the account no longer survives the stretched move,
     so the next cycle holds; it still survives the move, so no top-up is due. Declined for an account below
     ``p_release``: why, for the hold's reason (releases not enabled, not the owner's key, nothing to release)."""
     key = r.account.lower()
-    if not (r.has_debt and r.breach_probability < limits.p_release):
+    cost_aware = policy.cost_bands is not None
+    if not r.has_debt:
+        return None
+    # cost-aware: the release band of the cost bands (the release lands at the restore level, at least the breach
+    # target, whatever p_release says), as for positions; otherwise below p_release
+    if not (r.band_distance >= r.release_distance if cost_aware else r.breach_probability < limits.p_release):
         return None
     if not limits.allow_release:
         return "no release: releases are not enabled (limits.allow_release = false)"
@@ -199,8 +205,13 @@ def _release(
     if refused is not None:
         return f"no release: {refused}"
     # hysteresis, as the positions' bands: release only when the account also survives the move to survive
-    # stretched by (1 + release_headroom) / (1 + stress_headroom) in log terms, then down to the move itself
-    stretch = (1.0 + policy.release_headroom) / (1.0 + policy.stress_headroom)
+    # stretched by (1 + release_headroom) / (1 + stress_headroom) in log terms (cost-aware: by the release level
+    # over the restore level the move is sized to), then down to the move itself
+    stretch = (
+        r.release_distance / r.restore_distance
+        if cost_aware
+        else (1.0 + policy.release_headroom) / (1.0 + policy.stress_headroom)
+    )
     wider = {
         a: max(1, int(prices_e8[a] * math.exp(stretch * math.log(p / prices_e8[a]))))
         for a, p in r.survive_prices_e8.items()

@@ -3,11 +3,73 @@ with its markets (exposure per asset, and what each price is where it is not the
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from rich.table import Table
 
-from keeper.runtime.accounts_service import AccountCycleReport
+from keeper.commands.risk import cost_per_year_by_gas_price, fmt_costs
+from keeper.risk.accounts import assess_accounts
+from keeper.risk.policy import CostBands
+from keeper.runtime.accounts_service import AccountCycleReport, AccountKeeperService
+
+
+def add_account_cost_estimates(
+    out: dict[str, Any], report: AccountCycleReport, service: AccountKeeperService
+) -> dict[str, float]:
+    """Each account row's ``cost_usd_per_year``: what protecting the account is expected to cost a year at the
+    replay's gas presets and at the chain's gas price now (``chain``), one action at the protocol's gas
+    (``service.top_up_gas_used``: measured, then the last mined one's) and ``risk.capital_rate_annual`` on the
+    idle margin: the positions' model (:func:`keeper.commands.risk.cost_per_year_by_gas_price`) with the
+    account's own numbers, the cost bands of :func:`keeper.risk.accounts.account_bands` at each price on its
+    dominant factor (or the screen's equivalent exposure). 0 for an account without debt (nothing to protect),
+    -1 where the bands are undefined. Returns the gas prices (gwei) by name; sets ``out["gas_prices_gwei"]``."""
+    from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
+
+    gas_prices_gwei = dict(DEFAULT_GAS_PRESETS_GWEI)
+    gas_price_wei = service.gas_price_wei()
+    if gas_price_wei is not None:
+        gas_prices_gwei["chain"] = gas_price_wei / 1e9
+    out["gas_prices_gwei"] = gas_prices_gwei
+    outcome, book = report.outcome, report.book
+    risks = {r.account.lower(): r for r in outcome.risks} if outcome is not None else {}
+    views = {a.account.lower(): a for a in book.accounts} if book is not None else {}
+    interval_s = report.decision_interval_s or service.check_interval_s
+    for row in out["accounts"]:
+        key = row["account"].lower()
+        risk, view = risks.get(key), views.get(key)
+        if risk is None or view is None or book is None or not risk.has_debt:
+            row["cost_usd_per_year"] = dict.fromkeys(gas_prices_gwei, 0.0)
+            continue
+        if not (math.isfinite(risk.band_sigma_annual) and risk.band_notional_usd > 0):
+            row["cost_usd_per_year"] = dict.fromkeys(gas_prices_gwei, -1.0)
+            continue
+
+        def bands_at(bands: CostBands, view: Any = view, liq: bool = risk.liquidatable, key: str = key) -> Any:
+            (r,) = assess_accounts(
+                [view],
+                book.prices_e8,
+                report.asset_sigmas,
+                dataclasses.replace(service.policy, cost_bands=bands),
+                interval_s,
+                stress_gaps=report.stress_gaps,
+                correlation=report.correlation,
+                liquidatable={key: liq},
+            )
+            return r.trigger_distance, r.restore_distance, r.release_distance, {}
+
+        costs = cost_per_year_by_gas_price(
+            bands_at,
+            gas_per_tx=service.top_up_gas_used,
+            sigma_annual=risk.band_sigma_annual,
+            notional_usd=risk.band_notional_usd,
+            native_usd=service.native_usd_e8() / 1e8,
+            capital_rate=service.config.risk.capital_rate_annual,
+            gas_prices_gwei=gas_prices_gwei,
+        )
+        row["cost_usd_per_year"] = {name: c["usd_per_year"] for name, c in costs.items()}
+    return gas_prices_gwei
 
 
 def account_check_output(report: AccountCycleReport, *, executed: bool) -> dict[str, Any]:
@@ -73,9 +135,14 @@ def account_check_output(report: AccountCycleReport, *, executed: bool) -> dict[
 
 def accounts_table(out: dict[str, Any]) -> Table:
     t = Table(title=f"accounts at block {out['block']}")
-    for col in ("account", "HF", "debt", "dominant", "liq. price", "breach p", "method", "action", "reason"):
-        t.add_column(col, justify="right" if col in ("HF", "debt", "liq. price", "breach p") else "left")
-    for r in out["accounts"]:
+    rows = out["accounts"]
+    with_costs = bool(rows) and "cost_usd_per_year" in rows[0]
+    cost_col = "protection $/yr " + " / ".join(rows[0]["cost_usd_per_year"]) if with_costs else ""
+    cols = ["account", "HF", "debt", "dominant", "liq. price", "breach p", "method", "action", "reason"]
+    for col in cols + ([cost_col] if with_costs else []):
+        t.add_column(col, justify="right" if col in ("HF", "debt", "liq. price", "breach p", cost_col) else "left")
+    for r in rows:
+        costs = [fmt_costs(r["cost_usd_per_year"])] if with_costs else []
         t.add_row(
             r["account"][:10] + "…",
             f"{r['health_factor']:.4f}" if r["health_factor"] is not None else "-",
@@ -86,5 +153,6 @@ def accounts_table(out: dict[str, Any]) -> Table:
             r["method"],
             r["action"],
             r["reason"],
+            *costs,
         )
     return t

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from keeper.cli import EXIT_INTERRUPTED
-from keeper.commands._accounts_view import account_check_output, accounts_table
+from keeper.commands._accounts_view import account_check_output, accounts_table, add_account_cost_estimates
 from keeper.commands._common import CONFIG_OPTION, ENV_FILE_OPTION, load, service_class
-from keeper.commands.risk import cost_estimate
+from keeper.commands.risk import cost_estimate, fmt_costs
 from keeper.redact import mask_data
-from keeper.runtime.accounts_service import AccountCycleReport
+from keeper.runtime.accounts_service import AccountCycleReport, AccountKeeperService
 from keeper.runtime.config import SECRET_FIELDS
 from keeper.runtime.service import CycleReport, KeeperService
 
@@ -90,10 +90,6 @@ def add_cost_estimates(rows: list[dict], report: CycleReport, service: KeeperSer
     return gas_prices_gwei
 
 
-def _fmt_costs(costs: dict[str, float]) -> str:
-    return " / ".join("n/a" if usd < 0 else f"{usd:,.0f}" for usd in costs.values())
-
-
 def status_table(rows: list[dict]) -> Table:
     t = Table(title="positions")
     cols = ["account", "market", "side", "size", "collateral", "liq. price", "ln(P/liq)", "sigma", "breach p"]
@@ -104,7 +100,7 @@ def status_table(rows: list[dict]) -> Table:
     for col in cols:
         t.add_column(col, justify="left" if col in ("account", "action") else "right")
     for r in rows:
-        costs = [_fmt_costs(r["cost_usd_per_year"])] if with_costs else []
+        costs = [fmt_costs(r["cost_usd_per_year"])] if with_costs else []
         t.add_row(
             r["account"][:10] + "…",
             r["market"],
@@ -248,6 +244,7 @@ def register(app: typer.Typer) -> None:
         try:
             if isinstance(report, AccountCycleReport):
                 out = account_check_output(report, executed=execute)
+                add_account_cost_estimates(out, report, cast(AccountKeeperService, service))
                 if as_json:
                     print(masked_json(out))
                     return
@@ -306,6 +303,7 @@ def register(app: typer.Typer) -> None:
         try:
             if isinstance(report, AccountCycleReport):
                 out = account_check_output(report, executed=False)
+                add_account_cost_estimates(out, report, cast(AccountKeeperService, service))
                 if as_json:
                     print(masked_json(out))
                 else:

@@ -20,7 +20,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,7 +32,7 @@ from keeper.errors import InputError
 if TYPE_CHECKING:
     from keeper.decision import BookDecision
     from keeper.domain import Market, Position
-    from keeper.risk.policy import RiskPolicy
+    from keeper.risk.policy import CostBands, RiskPolicy
 
 DEFAULT_T_NU = 3.43  # nu of GARCH-t on ETH hourly returns 2017-2024 (scripts/calibrate_kappa.py)
 MC_PATHS = 20_000
@@ -273,16 +273,12 @@ def cost_estimate(
     import dataclasses
 
     from keeper.domain import ActionKind
-    from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
     from keeper.replay.fast import GAS_PER_ACTION
-    from keeper.risk.policy import CostBands, assess_arrays, band_cost_per_year
+    from keeper.risk.policy import assess_arrays
 
-    top_up_gas = GAS_PER_ACTION[ActionKind.TOP_UP]  # a reference-protocol addMargin, the replay's median
-    out: dict[str, dict[str, float]] = {}
     check_interval_s = max(horizon_s - policy.latency_s, 1e-9)
-    presets = DEFAULT_GAS_PRESETS_GWEI if gas_prices_gwei is None else gas_prices_gwei
-    for name, gwei in presets.items():
-        bands = CostBands(gas_usd_per_tx=top_up_gas * gwei * 1e-9 * native_usd, capital_rate_annual=capital_rate)
+
+    def bands_at(bands: CostBands) -> tuple[float, float, float, dict[str, float]]:
         arr = assess_arrays(
             is_long=[is_long], size=[size], entry=[entry], collateral=[collateral], pending_fee=[0.0],
             price=[price], maintenance=[maintenance], fee_rate_annual=[fee_rate], sigma_annual=[sigma],
@@ -291,16 +287,57 @@ def cost_estimate(
         )  # fmt: skip
         assert arr.trigger_distance is not None and arr.release_distance is not None
         a, x, b = float(arr.trigger_distance[0]), float(arr.required_distance[0]), float(arr.release_distance[0])
-        per_year = band_cost_per_year(a, x, b, sigma, size * price, bands)
+        return a, x, b, {"restore_collateral": float(arr.required_collateral[0])}
+
+    return cost_per_year_by_gas_price(
+        bands_at,
+        gas_per_tx=GAS_PER_ACTION[ActionKind.TOP_UP],  # a reference-protocol addMargin, the replay's median
+        sigma_annual=sigma,
+        notional_usd=size * price,
+        native_usd=native_usd,
+        capital_rate=capital_rate,
+        gas_prices_gwei=gas_prices_gwei,
+    )
+
+
+def cost_per_year_by_gas_price(
+    bands_at: Callable[[CostBands], tuple[float, float, float, dict[str, float]]],
+    *,
+    gas_per_tx: int,
+    sigma_annual: float,
+    notional_usd: float,
+    native_usd: float,
+    capital_rate: float,
+    gas_prices_gwei: Mapping[str, float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per gas price (the replay's presets ``l1`` and ``l2`` unless ``gas_prices_gwei`` names others): one
+    transaction of ``gas_per_tx`` gas priced at it x ``native_usd``, the (trigger, restore, release) distances
+    ``bands_at`` answers for those cost bands (plus any extra figures it returns), and their cost per year
+    (:func:`keeper.risk.policy.band_cost_per_year` on ``notional_usd`` at ``sigma_annual``; -1 where the bands
+    are degenerate). The one model behind a position's and a margin account's ``cost_usd_per_year``."""
+    from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
+    from keeper.risk.policy import CostBands, band_cost_per_year
+
+    out: dict[str, dict[str, float]] = {}
+    presets = DEFAULT_GAS_PRESETS_GWEI if gas_prices_gwei is None else gas_prices_gwei
+    for name, gwei in presets.items():
+        bands = CostBands(gas_usd_per_tx=gas_per_tx * gwei * 1e-9 * native_usd, capital_rate_annual=capital_rate)
+        a, x, b, extra = bands_at(bands)
+        per_year = band_cost_per_year(a, x, b, sigma_annual, notional_usd, bands)
         out[name] = {
             "usd_per_year": per_year if math.isfinite(per_year) else -1.0,
             "gas_usd_per_tx": bands.gas_usd_per_tx,
             "trigger_distance": a,
             "restore_distance": x,
             "release_distance": b,
-            "restore_collateral": float(arr.required_collateral[0]),
+            **extra,
         }
     return out
+
+
+def fmt_costs(costs: Mapping[str, float]) -> str:
+    """``cost_usd_per_year`` values for a table cell: dollars per preset, ``n/a`` where negative."""
+    return " / ".join("n/a" if usd < 0 else f"{usd:,.0f}" for usd in costs.values())
 
 
 def cli_policy(*, target: float, trigger: float, fat_tailed: bool) -> RiskPolicy:

@@ -55,7 +55,13 @@ from keeper.accounts.base import BPS, LegKind, MarginAccount
 from keeper.domain import SECONDS_PER_YEAR
 from keeper.risk.barrier import gaussian_distance
 from keeper.risk.montecarlo import PathModel, PathSet, hit_probability, nearest_correlation, simulate_paths
-from keeper.risk.policy import RiskPolicy, kappa_scaled_breach_probability, sigma_horizon, suggested_check_interval
+from keeper.risk.policy import (
+    RiskPolicy,
+    cost_aware_bands,
+    kappa_scaled_breach_probability,
+    sigma_horizon,
+    suggested_check_interval,
+)
 from keeper.risk.var import VarEs, var_es_normal, var_es_student_t
 
 __all__ = [
@@ -65,6 +71,7 @@ __all__ = [
     "AccountMonteCarlo",
     "AccountRisk",
     "AccountStress",
+    "account_bands",
     "account_breach_mc",
     "account_stress_grid",
     "account_var_es",
@@ -118,6 +125,14 @@ class AccountRisk:
     suggested_check_interval_s: float
     stderr: float = 0.0  # Monte Carlo standard error (0 for the closed forms)
     vega: float = 0.0  # d breach_probability / d sigma, every asset's annual volatility shifted alike (breach_vega)
+    # the bands in the account's own unit (account_bands): one factor, the log distance to liquidation; the screen,
+    # the margin excess over the exposure of the equivalent single factor (M / s); nan without debt
+    band_distance: float = math.nan  # where the account is now
+    trigger_distance: float = math.nan  # inside it a top-up is due (with the breach probability and stress rules)
+    restore_distance: float = math.nan  # what a top-up restores to (the move to survive is sized to it)
+    release_distance: float = math.nan  # beyond it the excess is released, down to the restore level
+    band_notional_usd: float = 0.0  # the exposure the bands are priced on (|g| of the dominant factor; s)
+    band_sigma_annual: float = 0.0  # that exposure's volatility (the dominant asset's; sigma_M / s)
 
     @property
     def has_debt(self) -> bool:
@@ -190,6 +205,53 @@ def breach_vega(x: ArrayLike, dln_sigma: ArrayLike) -> NDArray[np.float64]:
     return np.where(ok, out, 0.0)
 
 
+def account_bands(
+    policy: RiskPolicy,
+    trigger: ArrayLike,
+    floor: ArrayLike,
+    fixed_restore: ArrayLike,
+    notional_usd: ArrayLike,
+    sigma_annual: ArrayLike,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    r"""An account's restore and release levels, in the account's own unit (elementwise).
+
+    Without ``policy.cost_bands``: the fixed rule, restore at ``fixed_restore`` (the move to survive) and release
+    beyond it stretched by :math:`(1 + \text{release\_headroom})/(1 + \text{stress\_headroom})`. With them: the
+    (s, S) band of :func:`keeper.risk.policy.cost_aware_bands` between ``trigger`` and a restore level of at
+    least ``floor``, priced on ``notional_usd`` at ``sigma_annual``.
+
+    The argument is the positions' one, on the quantity that is a Brownian motion for the account. One factor:
+    the log distance to liquidation :math:`d` moves like the dominant asset's log price (volatility
+    :math:`\sigma_a`), and the margin held above the trigger is about :math:`|g_a| d` (:math:`g_a` the
+    factor's exposure, the notional). Several factors: the margin excess :math:`M` is an arithmetic Brownian
+    motion of volatility :math:`\sigma_M`; measured in units of :math:`s = \sigma_M / \bar\sigma` (the exposure
+    of the single factor with the same variance at :math:`\bar\sigma`, the assets' volatilities weighted by
+    their shares :math:`|g_a\sigma_a (C g\sigma)_a| / \sigma_M^2` of the variance), :math:`X = M/s` has
+    volatility :math:`\bar\sigma` and idle margin :math:`s X`, so the cost per year is the same
+    :math:`g(u, w)` with notional :math:`s`; for one asset :math:`s = |g_a|` and :math:`X \approx d`.
+    The optimum :math:`u^*` does not depend on the unit (only the :data:`~keeper.risk.policy.MAX_COST_BAND`
+    cap does)."""
+    fixed = np.asarray(fixed_restore, dtype=float)
+    if policy.cost_bands is None:
+        stretch = (1.0 + policy.release_headroom) / (1.0 + policy.stress_headroom)
+        return fixed, fixed * stretch
+    return cost_aware_bands(trigger, floor, notional_usd, sigma_annual, policy.cost_bands)
+
+
+def _scale_to_loss(
+    grad: NDArray[np.float64], moves: NDArray[np.float64], loss: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Per row, the factor ``c`` with ``-sum(grad * expm1(c * moves)) = loss`` (the margin a scaled move takes;
+    ``M`` is linear in the prices), by Newton's method from the linear guess (the loss is convex in ``c``)."""
+    lin = -(grad * moves).sum(axis=1)
+    c = np.where(lin > 0, loss / np.where(lin > 0, lin, 1.0), 1.0)
+    for _ in range(8):
+        f = -(grad * np.expm1(c[:, None] * moves)).sum(axis=1) - loss
+        df = -(grad * moves * np.exp(c[:, None] * moves)).sum(axis=1)
+        c = np.where(df > 0, c - f / np.where(df > 0, df, 1.0), c)
+    return c
+
+
 def assess_account(
     account: MarginAccount,
     prices_e8: Mapping[str, int],
@@ -246,6 +308,7 @@ def assess_account(
     used_gaps = {assets[i]: adverse_gap(i) for i in material}
     stress_prices = _move(prices_e8, {assets[i]: -math.copysign(adverse_gap(i), g[i]) for i in material})
     k_target = policy.kappa * float(gaussian_distance(policy.p_target, 1.0))
+    k_trigger = policy.kappa * float(gaussian_distance(policy.p_trigger, 1.0))
 
     g_dom = float(g[top])
     liq_price_e8 = 0
@@ -262,7 +325,13 @@ def assess_account(
         vega = 0.0 if liq or m <= 0 else float(breach_vega((distance - d_cost) / (policy.kappa * sig_h), 1 / sig[top]))
         d_vol = k_target * sig_h
         d_target = max(d_vol, adverse_gap(top) * (1.0 + policy.stress_headroom)) + d_cost
-        survive = {dom: -math.copysign(d_target, g_dom)}
+        # the bands as the positions': trigger from the breach constraint, restore at least the breach target
+        trigger = max(k_trigger * sig_h, adverse_gap(top)) + d_cost
+        floor = max(d_vol + d_cost, trigger)
+        notional, band_sigma = abs(g_dom), float(sig[top])
+        restore, release = (float(x) for x in account_bands(policy, trigger, floor, d_target, notional, band_sigma))
+        band_now = distance
+        survive = {dom: -math.copysign(restore, g_dom)}
         interval = float(suggested_check_interval(distance, sig[top], policy))
     else:
         method = "screen"
@@ -284,6 +353,33 @@ def assess_account(
         for i in material:
             floor = adverse_gap(i) * (1.0 + policy.stress_headroom)
             survive[assets[i]] = -math.copysign(max(abs(float(design[i])), floor), g[i])
+        # the bands on M / s (account_bands): margin lost at the stress and at the design move (M is linear in
+        # the prices: the loss of log moves x is -sum g expm1(x))
+        weights = np.abs(contrib)
+        sigma_w = float(weights @ sig / weights.sum()) if weights.sum() > 0 else 0.0
+        notional = sigma_m / sigma_w if sigma_w > 0 else 0.0
+        sq_h = math.sqrt(h_years)
+        stress_loss = -sum(g[i] * math.expm1(-math.copysign(adverse_gap(i), g[i])) for i in material)
+        fixed_loss = -sum(g[i] * math.expm1(x) for i, x in ((assets.index(a), x) for a, x in survive.items()))
+        trigger_m = max(k_trigger * sigma_m * sq_h, stress_loss) + cost
+        floor_m = max(k_target * sigma_m * sq_h + cost, trigger_m)
+        if notional > 0 and fixed_loss > 0:
+            band_sigma = sigma_m / notional
+            restore, release = (
+                float(x)
+                for x in account_bands(
+                    policy, trigger_m / notional, floor_m / notional, fixed_loss / notional, notional, band_sigma
+                )
+            )
+            trigger, band_now = trigger_m / notional, m / notional
+            if policy.cost_bands is not None:  # the move to survive sized to the cost band's restore level
+                names = list(survive)
+                g_row = np.asarray([[g[assets.index(a)] for a in names]])
+                x_row = np.asarray([[survive[a] for a in names]])
+                scale = float(_scale_to_loss(g_row, x_row, np.asarray([restore * notional]))[0])
+                survive = {a: x * scale for a, x in survive.items()}
+        else:
+            band_sigma = trigger = band_now = restore = release = math.nan
         # the next look comes before M can travel k fat-tailed sigmas (the same rule as for one factor, on M)
         interval = (
             float(suggested_check_interval(max(m, 0.0), sigma_m, policy))
@@ -317,6 +413,12 @@ def assess_account(
         liq,
         interval,
         vega=vega,
+        band_distance=band_now,
+        trigger_distance=trigger,
+        restore_distance=restore,
+        release_distance=release,
+        band_notional_usd=notional,
+        band_sigma_annual=band_sigma,
     )
 
 
@@ -424,16 +526,48 @@ def assess_accounts(
         material, -np.copysign(np.maximum(np.abs(design), adverse * (1.0 + policy.stress_headroom)), grad), 0.0
     )
     stress_x = np.where(material, -np.copysign(adverse, grad), 0.0)
+    # the bands (account_bands): one factor in log distance, the screen in M / s (M linear in the prices)
+    k_trigger = policy.kappa * float(gaussian_distance(policy.p_trigger, 1.0))
+    trig_one = np.maximum(k_trigger * sig_h_top, adverse_top) + d_cost_one
+    floor_one = np.maximum(k_target * sig_h_top + d_cost_one, trig_one)
+    restore_one, release_one = account_bands(policy, trig_one, floor_one, d_target_one, np.abs(g_top), sig_top)
+    weights = np.abs(contrib)
+    w_sum = weights.sum(axis=1)
+    sigma_w = np.where(w_sum > 0, (weights * sig).sum(axis=1) / np.where(w_sum > 0, w_sum, 1.0), 0.0)
+    s_equiv = np.where(sigma_w > 0, sigma_m / np.where(sigma_w > 0, sigma_w, 1.0), 0.0)
+    stress_loss = -(grad * np.expm1(stress_x)).sum(axis=1)
+    fixed_loss = -(grad * np.expm1(survive_screen)).sum(axis=1)
+    sq_h = math.sqrt(h_years)
+    trig_m = np.maximum(k_trigger * sigma_m * sq_h, stress_loss) + cost
+    floor_m = np.maximum(k_target * sigma_m * sq_h + cost, trig_m)
+    ok = (s_equiv > 0) & (fixed_loss > 0)
+    s_ok, loss_ok = np.where(ok, s_equiv, 1.0), np.where(ok, fixed_loss, 1.0)
+    restore_s, release_s = account_bands(policy, trig_m / s_ok, floor_m / s_ok, loss_ok / s_ok, s_ok, sigma_m / s_ok)
+    if policy.cost_bands is not None:  # the move to survive sized to the cost band's restore level
+        scale = _scale_to_loss(grad, survive_screen, np.where(ok, restore_s * s_ok, fixed_loss))
+        survive_screen = survive_screen * np.where(ok, scale, 1.0)[:, None]
+    nan = np.where(ok, 1.0, math.nan)
+    bands_l = [
+        np.where(one, x1, xs).tolist()
+        for x1, xs in (
+            (distance, m / s_ok * nan),
+            (trig_one, trig_m / s_ok * nan),
+            (restore_one, restore_s * nan),
+            (release_one, release_s * nan),
+            (np.abs(g_top), np.where(ok, s_equiv, 0.0)),
+            (sig_top, np.where(ok, sigma_m / s_ok, math.nan)),
+        )
+    ]
     mat_rows = [[j for j, flag in enumerate(row) if flag] for row in material.tolist()]
     # per account from here: plain Python numbers (a numpy scalar costs ~10x a float to read)
     stress_l, survive_l, adverse_l = stress_x.tolist(), survive_screen.tolist(), adverse.tolist()
     top_l, one_l, has_l, liq_l = top.tolist(), one.tolist(), has.tolist(), liq.tolist()
     m_l, coll_l, debt_l, drift_l, cost_l = m.tolist(), coll.tolist(), debt.tolist(), drift.tolist(), cost.tolist()
     p_l, share_l, ratio_l, distance_l = p.tolist(), share.tolist(), ratio.tolist(), distance.tolist()
-    sigma_l, interval_l, d_target_l, g_top_l, vega_l = (
+    sigma_l, interval_l, restore_l, g_top_l, vega_l = (
         sigma_m.tolist(),
         interval.tolist(),
-        d_target_one.tolist(),
+        restore_one.tolist(),
         g_top.tolist(),
         vega.tolist(),
     )
@@ -447,7 +581,7 @@ def assess_accounts(
         row_stress = stress_l[i]
         stress_prices = _move(prices_e8, {assets[j]: row_stress[j] for j in mat})
         if one_l[i]:
-            survive = {dom: -math.copysign(d_target_l[i], g_top_l[i])}
+            survive = {dom: -math.copysign(restore_l[i], g_top_l[i])}
         else:
             row_survive = survive_l[i]
             survive = {assets[j]: row_survive[j] for j in mat}
@@ -476,6 +610,12 @@ def assess_accounts(
                 liquidatable=liq_l[i],
                 suggested_check_interval_s=interval_l[i],
                 vega=vega_l[i],
+                band_distance=bands_l[0][i],
+                trigger_distance=bands_l[1][i],
+                restore_distance=bands_l[2][i],
+                release_distance=bands_l[3][i],
+                band_notional_usd=bands_l[4][i],
+                band_sigma_annual=bands_l[5][i],
             )
         )
     return out

@@ -39,7 +39,9 @@ from typing import Any, cast
 import numpy as np
 import structlog
 
-from keeper.accounts.base import LegKind
+from keeper.accounts.aave_v3 import AaveRules
+from keeper.accounts.base import BPS, AccountRules, LegKind
+from keeper.accounts.perp_v2 import PerpRules
 from keeper.decision import AccountBookDecision, AccountBookState, decide_accounts
 from keeper.domain import AccountAction, AccountActionKind, ActionKind, Plan, PriceRound
 from keeper.errors import (
@@ -59,6 +61,7 @@ from keeper.risk.accounts import (
     account_var_es,
     correlation_from_histories,
 )
+from keeper.risk.policy import RiskPolicy
 from keeper.runtime.config import AssetConfig
 from keeper.runtime.service import CycleReport, KeeperService
 from keeper.tx.fees import FeeCapExceeded
@@ -69,7 +72,19 @@ log = structlog.get_logger("keeper")
 MAX_UINT256 = 2**256 - 1
 SPENDING_KINDS = (AccountActionKind.ADD_COLLATERAL.value, AccountActionKind.REPAY_DEBT.value)  # from the wallet
 ACCOUNT_KINDS = (*SPENDING_KINDS, AccountActionKind.REDUCE_EXPOSURE.value, AccountActionKind.RELEASE.value)
-GAS_LIMIT_DEFAULT = {"aave-v3": 200_000, "perp-v2": 400_000}  # Aave repay ~166k, supply ~136k; Curie depositFor
+GAS_LIMIT_DEFAULT = {"aave-v3": 200_000, "perp-v2": 400_000}  # above the measured gas (GAS_USED_MEASURED)
+AAVE_SUPPLY_GAS = 146_734  # Pool.supply of WETH on behalf of a levered account (receipt gasUsed, anvil; 141-147k)
+AAVE_REPAY_GAS = 171_769  # Pool.repay of USDC variable debt on behalf of it (166-172k)
+PERP_DEPOSIT_FOR_GAS = 74_753  # Curie Vault.depositFor of USDC
+GAS_USED_MEASURED = {"aave-v3": max(AAVE_SUPPLY_GAS, AAVE_REPAY_GAS), "perp-v2": PERP_DEPOSIT_FOR_GAS}
+"""One protective transaction's gas (``gasUsed``), what the cost-aware bands price a top-up at until the keeper's
+own first one is mined (then its receipt's). Measured on anvil 1.7.1 against the real bytecode (Aave v3 from npm,
+Curie 2.8.4): ``gasUsed`` of the keeper's ``supply`` of WETH and ``repay`` of USDC on behalf of the levered
+10 WETH / 22,000 USDC account (``tests/aave/test_aave_service.py::TestCostAware``; the larger of the two is
+Aave's figure) and of its ``Vault.depositFor`` of USDC for the 9x cross-margin trader
+(``tests/perp/test_perp_service.py::test_cost_aware_deposit_is_priced_at_curies_measured_depositfor_gas``);
+those tests check the receipts against these figures (Aave: 141-147k supply and 166-172k repay as the reserve's
+indexes do or do not move in that block, the larger figures kept; Curie: within 3 %)."""
 RANKED_IN_LOG = 10
 HOLDS_AT_INFO_MAX = 100
 """Books up to this many accounts log every decision at info; larger ones log the held accounts at debug."""
@@ -97,6 +112,18 @@ def _enabled_for(logger: Any, level: int) -> bool:
     return True if check is None else bool(check(level))
 
 
+def liquidation_penalty(rules: AccountRules, asset: str) -> float:
+    """What a liquidation takes, as a fraction of what it seizes: Aave v3, the reserve's liquidation bonus - 1
+    (``asset``'s own configuration; an e-mode category's bonus is per account, not per asset); Perp v2, the
+    clearing house's liquidation penalty ratio (every market); 0 for another protocol."""
+    if isinstance(rules, AaveRules):
+        reserve = rules.market.reserves.get(asset)
+        return max(reserve.config.liquidation_bonus_bps / BPS - 1.0, 0.0) if reserve is not None else 0.0
+    if isinstance(rules, PerpRules):
+        return rules.params.liquidation_penalty_ratio_e6 / 1e6
+    return 0.0
+
+
 def _below_one(rules: Any, user: str, prices_e8: Mapping[str, int]) -> bool:
     return bool(rules.health_at(user, prices_e8) < WAD)
 
@@ -112,6 +139,11 @@ class AccountCycleReport(CycleReport):
     round_trips: int = 0
     symbols: dict[str, str] = field(default_factory=dict)  # asset -> token symbol
     price_basis: dict[str, dict[str, object]] = field(default_factory=dict)  # asset -> what its price is
+    # the decision's other inputs (status prices protection from them: keeper.commands._accounts_view)
+    book: AccountBook | None = None
+    stress_gaps: dict[str, tuple[float, float]] = field(default_factory=dict)  # asset -> (down, up)
+    correlation: dict[tuple[str, str], float] = field(default_factory=dict)
+    decision_interval_s: float = 0.0  # the check interval the decision's horizon was taken at
 
 
 class AccountKeeperService(KeeperService):
@@ -120,8 +152,11 @@ class AccountKeeperService(KeeperService):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.top_up_gas_limit = GAS_LIMIT_DEFAULT.get(self.accounts_adapter.name, 300_000)
+        self.top_up_gas_used = GAS_USED_MEASURED.get(self.accounts_adapter.name, self.top_up_gas_used)
         self._symbols: dict[str, str] = {}
         self._discovered_accounts: set[str] = set()
+        # the last decision's stress gaps, correlations and check interval (decide_snapshot)
+        self.last_estimates: tuple[dict[str, tuple[float, float]], dict[tuple[str, str], float], float] = ({}, {}, 0.0)
 
     @property
     def accounts_adapter(self) -> AccountAdapter:
@@ -132,12 +167,6 @@ class AccountKeeperService(KeeperService):
     def start(self) -> None:
         """Check the deployment's contracts, load its assets, reconcile the journal with the chain."""
         adapter = self.accounts_adapter
-        if self.config.risk.cost_aware:  # refused at start rather than ignored: the trader asked for it
-            raise ConfigError(
-                f"risk.cost_aware sizes the reference protocol's positions only; {adapter.name} accounts keep the "
-                "breach-probability bands: remove risk.cost_aware (or set it to false)",
-                field="risk.cost_aware",
-            )
         adapter.check_deployment()
         self.native_price.check()
         self._symbols = adapter.load()
@@ -199,12 +228,14 @@ class AccountKeeperService(KeeperService):
     # ---- estimates -------------------------------------------------------------------------------
 
     def estimate_assets(
-        self, book: AccountBook
+        self, book: AccountBook, policy: RiskPolicy | None = None
     ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[tuple[str, str], float]]:
         """Sigma and stress gaps (down, up) per asset from its oracle's rounds (read incrementally; the worse of
-        them and the asset's long-history tail where ``risk.long_history`` names its symbol), the book's premium
-        gap added where the liquidating price can gap away from the oracle's (log moves add), and the assets'
-        pairwise correlations."""
+        them and the asset's long-history tail where ``risk.long_history`` names its symbol, read at its
+        cost-optimal level under ``policy``'s cost bands with the protocol's liquidation penalty), the book's
+        premium gap added where the liquidating price can gap away from the oracle's (log moves add), and the
+        assets' pairwise correlations. ``policy``: :meth:`policy_now` when not given."""
+        policy = policy or self.policy_now()
         sigmas: dict[str, float] = {}
         gaps: dict[str, tuple[float, float]] = {}
         histories: dict[str, tuple[list[int], list[int]]] = {}
@@ -219,12 +250,13 @@ class AccountKeeperService(KeeperService):
                 sigmas[asset] = max(own.sigma_fallback_annual, self.policy.sigma_floor_annual)
             rounds = self.vol.rounds(rid)
             times, prices = [r.updated_at_s for r in rounds], [r.price_e8 for r in rounds]
-            gap = self.policy.estimate_stress_gap(
+            gap = policy.estimate_stress_gap(
                 times,
                 prices,
                 self.check_interval_s,
                 now_s=book.timestamp_s,
                 long_tail=self.long_tails.get(self._symbols.get(asset, asset).upper()),
+                penalty=liquidation_penalty(book.rules, asset),
             )
             push_down, push_up = book.premium_gaps.get(asset, (0.0, 0.0))
             gaps[asset] = (gap.side_gaps[0] + push_down, gap.side_gaps[1] + push_up)
@@ -275,8 +307,12 @@ class AccountKeeperService(KeeperService):
     def decide_snapshot(
         self, book: AccountBook, wallet: dict[str, int], *, busy: dict[str, str] | None = None
     ) -> tuple[AccountBookDecision, dict[str, float], dict[str, int]]:
-        """The daemon's decision over one read: estimates, stale sources, then :func:`decide_accounts`."""
-        sigmas, gaps, corr = self.estimate_assets(book)
+        """The daemon's decision over one read: estimates, stale sources, then :func:`decide_accounts` (with
+        ``risk.cost_aware`` under the cost bands of the moment, :meth:`policy_now`: the protocol's own gas per
+        action x the gas price now x the gas token's price)."""
+        policy = self.policy_now()
+        sigmas, gaps, corr = self.estimate_assets(book, policy)
+        self.last_estimates = (gaps, corr, self.check_interval_s)
         now = book.timestamp_s
         stale = {a: r.age_s(now) for a, r in book.rounds.items() if r.is_stale(now, self._stale_after(a))}
         stale |= {a: now for a in book.prices_e8 if a not in book.rounds}  # no round at all: unknown
@@ -296,7 +332,7 @@ class AccountKeeperService(KeeperService):
             state,
             prices_e8=book.prices_e8,
             sigmas_annual=sigmas,
-            policy=self.policy,
+            policy=policy,
             limits=self.limits,
             check_interval_s=self.check_interval_s,
             stress_gaps=gaps,
@@ -334,6 +370,10 @@ class AccountKeeperService(KeeperService):
             stale=stale,
             symbols=dict(self._symbols),
             price_basis=snap.price_basis,
+            book=snap,
+            stress_gaps=self.last_estimates[0],
+            correlation=self.last_estimates[1],
+            decision_interval_s=self.last_estimates[2],
         )
         report.round_trips = snap.round_trips
         self._explain_accounts(snap, outcome)

@@ -336,7 +336,7 @@ class RiskConfig(_Model):
     # market symbol -> CSV of years of its bars: the stress gap's long-history tail (keeper/runtime/long_history.py)
     long_history: dict[str, str] = Field(default_factory=dict)
     # cost-aware restore and release bands (keeper.risk.policy.cost_aware_bands): a transaction priced from the
-    # chain's fee history and the gas token's price, idle collateral at capital_rate_annual (positions only)
+    # chain's fee history and the gas token's price, idle collateral at capital_rate_annual (positions and accounts)
     cost_aware: bool = False
     capital_rate_annual: float = Field(default=0.08, ge=0, lt=10)
 

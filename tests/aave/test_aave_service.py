@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,11 +20,19 @@ from web3.exceptions import ContractLogicError
 
 from keeper.accounts.aave_v3 import health_factor
 from keeper.chain.anvil import Anvil
+from keeper.decision import AccountBookState, decide_accounts
 from keeper.dev.aave_v3 import AaveOps, SeedAccount
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.domain import AccountActionKind
 from keeper.errors import ConfigError
-from keeper.runtime.accounts_service import AccountKeeperService
+from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
+from keeper.risk.policy import CostBands
+from keeper.runtime.accounts_service import (
+    AAVE_REPAY_GAS,
+    AAVE_SUPPLY_GAS,
+    GAS_USED_MEASURED,
+    AccountKeeperService,
+)
 from keeper.runtime.config import load_config
 
 pytestmark = pytest.mark.chain
@@ -279,15 +288,6 @@ class TestDanger:
             service.start()
         service.close()
 
-    def test_cost_aware_is_refused_at_start_not_ignored(self, aave, tmp_path):
-        """risk.cost_aware prices the reference protocol's bands only: an Aave config asking for it stops at start."""
-        user = aave.address(TRADER)
-        cfg = _config(aave, tmp_path, user, tables="[risk]\ncost_aware = true\n")
-        service = AccountKeeperService.from_config(cfg, execute=False, send_alerts=False)
-        with pytest.raises(ConfigError, match="risk.cost_aware sizes the reference protocol's positions only"):
-            service.start()
-        service.close()
-
     def test_frozen_reserve_is_not_supplied_to_and_the_alert_says_why(self, aave, tmp_path):
         """WETH frozen and only WETH in the wallet: nothing is sent, the alert names the frozen reserve."""
         aave.open_account(TRADER, LEVERED_ETH)
@@ -300,6 +300,95 @@ class TestDanger:
         assert not report.sent
         assert any(e["event"] == "alert" and "frozen" in e["text"] for e in logs)
         service.close()
+
+
+USDC_5_VOL = "[protocol.assets.USDC]\nsigma_fallback_annual = 0.05\n"
+
+
+class TestCostAware:
+    """[risk] cost_aware = true on real Aave: the bands priced at the chain's gas price now (anvil's base fee)."""
+
+    def _at_base_fee(self, aave, tmp_path, user: str, wallet: dict[str, float], base_fee_wei: int, tables: str):
+        """One cost-aware cycle with the next blocks' base fee at ``base_fee_wei``: (the action sent, the pure
+        decision's action on the same read and inputs, the receipt's gas, the gas price the service used)."""
+        before = aave.snapshot()
+        base_fee_before = aave.w3.eth.get_block("latest")["baseFeePerGas"]
+        try:
+            _fund(aave, wallet)
+            (tmp_path / "journal.sqlite").unlink(missing_ok=True)
+            service = _service(aave, tmp_path, user, tables="[risk]\ncost_aware = true\n" + tables)
+            try:
+                aave.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_wei)])
+                aave.anvil.request("evm_mine", [])  # the latest block at that base fee; the next one 7/8 of it
+                assert aave.w3.eth.get_block("latest")["baseFeePerGas"] == base_fee_wei
+                book = service.accounts_adapter.read_book([user])
+                interval_s = service.check_interval_s
+                with capture_logs() as logs:
+                    report = _run(service)
+                (line,) = [e for e in logs if e["event"] == "cost_bands"]
+                gas_price_wei = round(line["gas_price_gwei"] * 1e9)
+                native_e8 = round(line["native_usd"] * 1e8)
+                assert gas_price_wei >= base_fee_wei * 7 // 8
+                # the pure decision on the same read, the policy built here from the protocol's measured gas
+                gas_usd = GAS_USED_MEASURED["aave-v3"] * gas_price_wei / 10**18 * native_e8 / 1e8
+                policy = dataclasses.replace(
+                    service.policy, cost_bands=CostBands(gas_usd, service.config.risk.capital_rate_annual)
+                )
+                sigmas, gaps, corr = service.estimate_assets(book, policy)
+                wallet_units, _ = service.accounts_adapter.wallet(service.signer_address)
+                pure = decide_accounts(
+                    list(book.accounts),
+                    book.rules,
+                    AccountBookState(wallet=wallet_units, symbols=service._symbols, decimals=book.decimals),
+                    prices_e8=book.prices_e8,
+                    sigmas_annual=sigmas,
+                    policy=policy,
+                    limits=service.limits,
+                    check_interval_s=interval_s,
+                    stress_gaps=gaps,
+                    correlation=corr,
+                )
+                (sent,) = report.outcome.onchain_actions
+                gas_used = aave.w3.eth.get_transaction_receipt(report.sent[0]["tx_hash"])["gasUsed"]
+                return sent, pure.onchain_actions, gas_used, gas_price_wei, pure.risks[0]
+            finally:
+                service.close()
+        finally:
+            aave.revert(before)  # anvil keeps the base fee it was told: the next test's sends need the old one
+            aave.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_before)])
+
+    @pytest.mark.parametrize(
+        "wallet, kind, measured, method, tables",
+        [({"WETH": 100.0}, AccountActionKind.ADD_COLLATERAL, AAVE_SUPPLY_GAS, "screen", ""),
+         ({"USDC": 50_000.0}, AccountActionKind.REPAY_DEBT, AAVE_REPAY_GAS, "screen", ""),
+         ({"WETH": 100.0}, AccountActionKind.ADD_COLLATERAL, AAVE_SUPPLY_GAS, "closed_form", USDC_5_VOL)],
+        ids=["supply", "repay", "supply-one-factor"],
+    )  # fmt: skip
+    def test_dear_gas_sends_more_and_the_amount_is_the_pure_decision(
+        self, aave, tmp_path, wallet, kind, measured, method, tables
+    ):
+        """The same endangered account at an L1-like (20 gwei) and an L2-like (0.05 gwei) base fee: the L1 action
+        is larger, each amount equals the pure decide_accounts' under a policy built from the measured gas x the
+        gas price x the gas token's price, to the unit; the receipt's gas is the measured figure (within 5 %).
+        The devchain's USDC has too few rounds for a volatility (fallback 150 %): a several-factor account (the
+        screen) unless its own fallback is set low, when WETH is the one factor."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        l1 = self._at_base_fee(aave, tmp_path, user, wallet, 20 * 10**9, tables)
+        l2 = self._at_base_fee(aave, tmp_path, user, wallet, 5 * 10**7, tables)
+        for sent, pure, gas_used, _, risk in (l1, l2):
+            assert risk.method == method
+            assert sent.kind is kind
+            (want,) = pure
+            assert (want.kind, want.asset, want.amount) == (sent.kind, sent.asset, sent.amount)
+            # the pool's state decides a few SSTOREs (whether the reserve's indexes move in this block): 141-147k
+            # gas for the supply, 166-172k for the repay in these tests; the figure is the larger
+            assert 0.95 * measured <= gas_used <= measured, (gas_used, measured)
+        assert l1[3] > 10 * l2[3]  # the gas prices the service used
+        assert l1[0].amount > l2[0].amount, (l1[0].amount, l2[0].amount)
+        # the trigger is the breach constraint, the same at both prices; the restore level is wider at L1
+        assert l1[4].trigger_distance == l2[4].trigger_distance
+        assert l1[4].restore_distance > l2[4].restore_distance >= l2[4].trigger_distance
 
 
 class TestEModeAndIsolation:
@@ -382,6 +471,34 @@ class TestCli:
         assert 0 < row["breach_probability"] < 1 and row["vega"] > 0  # d breach_probability / d sigma
         assert out["sent"] == [] and out["executed"] is False
         assert aave.account_data(user)[5] == hf_before
+
+    def test_keeper_status_prices_protection_per_gas_price(self, aave, tmp_path):
+        """``keeper status --json`` on an aave-v3 config: ``cost_usd_per_year`` per account at the replay's presets
+        and the chain's gas price now (at least 7/8 of the latest base fee: the next block's), positive and not
+        falling as gas gets dearer; ``keeper check --json`` carries the same; the table shows the column."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        _config(aave, tmp_path, user)
+        base_fee_gwei = aave.w3.eth.get_block("latest")["baseFeePerGas"] / 1e9
+        out = _cli(tmp_path, "status")
+        gwei = out["gas_prices_gwei"]
+        assert {k: gwei[k] for k in DEFAULT_GAS_PRESETS_GWEI} == DEFAULT_GAS_PRESETS_GWEI
+        assert set(gwei) == {"l1", "l2", "chain"} and gwei["chain"] >= base_fee_gwei * 7 / 8
+        (row,) = out["accounts"]
+        costs = row["cost_usd_per_year"]
+        assert set(costs) == set(gwei) and all(c > 0 for c in costs.values()), costs
+        ordered = [costs[name] for name in sorted(gwei, key=gwei.__getitem__)]
+        assert ordered == sorted(ordered) and costs["l1"] > costs["l2"], (gwei, costs)
+        checked = _cli(tmp_path, "check")
+        assert set(checked["accounts"][0]["cost_usd_per_year"]) == {"l1", "l2", "chain"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER_")}
+        env |= {"KEEPER_PRIVATE_KEY": KEEPER_KEY, "COLUMNS": "400"}  # one line per row: the header in one piece
+        proc = subprocess.run(
+            [sys.executable, "-m", "keeper", "status", "--config", str(tmp_path / "keeper.toml")],
+            capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "protection $/yr l1 / l2 / chain" in proc.stdout, proc.stdout
 
     def test_keeper_stress_grid_on_real_aave(self, aave, tmp_path):
         """``keeper stress --json``: the levered account is liquidated by WETH -15 % and the HF there equals the

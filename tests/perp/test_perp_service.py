@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from structlog.testing import capture_logs
 
 from keeper.accounts.perp_v2 import margin_at
 from keeper.chain.abi import Function
 from keeper.chain.rpc import ExecutionReverted
 from keeper.dev.perp_v2 import KEEPER, LIQUIDATOR
 from keeper.domain import AccountActionKind
-from keeper.runtime.accounts_service import AccountKeeperService
+from keeper.runtime.accounts_service import PERP_DEPOSIT_FOR_GAS, AccountKeeperService, liquidation_penalty
 from keeper.runtime.config import load_config
 
 pytestmark = pytest.mark.chain
@@ -122,6 +123,31 @@ def test_control_liquidated_keeper_deposit_saves_both_markets_and_health_equals_
         for symbol in ("ETH", "BTC"):
             reason = _liquidate_reason(perp, trader, symbol)
             assert reason is not None and reason.startswith("CH_EAV"), (symbol, reason)
+    finally:
+        service.close()
+
+
+def test_cost_aware_deposit_is_priced_at_curies_measured_depositfor_gas(perp, tmp_path):
+    """[risk] cost_aware = true on Curie: the bands price one depositFor at PERP_DEPOSIT_FOR_GAS (the receipt of the
+    deposit the service sends is that figure within 3 %), the stress-gap tail at the clearing house's penalty."""
+    trader = perp.addresses[CROSS_TRADER]
+    perp.ops.mint(perp.addresses[KEEPER], 100_000 * 10**6)
+    service = _service(perp, tmp_path, [trader], protocol="\n[risk]\ncost_aware = true")
+    try:
+        with capture_logs() as logs:
+            report = _run(service)
+        (line,) = [e for e in logs if e["event"] == "cost_bands"]
+        assert line["top_up_gas"] == PERP_DEPOSIT_FOR_GAS and line["gas_usd_per_tx"] > 0
+        (action,) = report.outcome.onchain_actions
+        assert action.kind is AccountActionKind.ADD_COLLATERAL
+        gas_used = int(perp.client.get_receipt(report.sent[0]["tx_hash"])["gasUsed"], 16)
+        assert abs(gas_used - PERP_DEPOSIT_FOR_GAS) <= 0.03 * PERP_DEPOSIT_FOR_GAS, gas_used
+        risk = report.outcome.risks[0]
+        assert risk.restore_distance >= risk.trigger_distance > 0
+        book = service.accounts_adapter.read_book([trader])
+        raw = perp.client.call(perp.ops.deployment.config, Function("getLiquidationPenaltyRatio()").encode())
+        ratio = int.from_bytes(raw, "big") / 1e6  # ClearingHouseConfig's own view (2.5 % on the devchain)
+        assert {liquidation_penalty(book.rules, a) for a in book.rounds} == {ratio}
     finally:
         service.close()
 
