@@ -393,8 +393,7 @@ class AccountKeeperService(KeeperService):
                 report.skipped.append({"action": action.kind.value, "account": action.account, "why": skip})
                 continue
             report.sent.append(self._send_account(txm, action, snap, allowances))
-        if execute:
-            self._check_gas()
+        self._check_gas(execute)
         intervals = [r.suggested_check_interval_s for r in outcome.risks if r.has_debt]
         report.next_interval_s = max(
             self.policy.check_interval_min_s, min(min(intervals, default=1e18), self.policy.check_interval_max_s)

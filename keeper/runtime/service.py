@@ -395,10 +395,13 @@ class KeeperService:
                 self.top_up_gas_limit = gas * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_EXTRA
                 self.top_up_gas_used = gas
 
-    def _check_gas(self) -> None:
+    def _check_gas(self, execute: bool = True) -> None:
         """Native balance gauge, and an alert when it pays for fewer than ``alerts.min_gas_top_ups`` top-ups
-        at the current fee (next base fee x the fee policy's multiplier + the configured tip)."""
-        if self.signer_address is None or self.txm is None:
+        at the current fee (next base fee x the fee policy's multiplier + the configured tip). The block read
+        here prices the next cycle's gas (:meth:`gas_price_wei`); a cycle that reads none (not executing, no
+        signer, the node not answering) leaves the next cycle to read the fee afresh rather than keep an old one."""
+        self._gas_price_wei = None
+        if not execute or self.signer_address is None or self.txm is None:
             return
         try:  # one round trip for both
             balance_hex, block = self.client.batch(
@@ -673,8 +676,7 @@ class KeeperService:
                 )
                 continue
             report.sent.append(self._send(txm, action, snap))
-        if execute:
-            self._check_gas()
+        self._check_gas(execute)
         report.next_interval_s = self._next_interval(risks)
         self.check_interval_s = report.next_interval_s
         self._last_rounds = {mid: r.round_id for mid, r in snap.prices.items()}

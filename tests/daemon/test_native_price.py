@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from structlog.testing import capture_logs
 
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.errors import ConfigError
@@ -95,3 +96,33 @@ def test_cost_aware_bands_top_up_more_when_gas_is_dear_and_less_when_it_is_cheap
     cheap = top_up("cheap", "cost_aware = true")
     dear = top_up("dear", "cost_aware = true", "native_usd = 10000000")
     assert cheap < plain < dear, (cheap, plain, dear)
+
+
+def test_a_cost_aware_check_that_sends_nothing_prices_each_cycle_at_that_cycles_gas(
+    chain, tmp_path, write_config, open_book
+):
+    """A keeper checking without sending (``keeper check``, watch-only) reads no block after sending: each cycle's
+    bands are still priced at the gas price of that cycle (its ``cost_bands`` line), not the first one it read."""
+    open_book(chain, reserve_e6=40_000 * 10**6)
+    path = write_config(chain, tmp_path, risk="cost_aware = true")
+    cfg = load_config(path, env={**os.environ, "KEEPER_PRIVATE_KEY": ANVIL_KEYS[TRADER]}, dotenv_path=None)
+    service = KeeperService.from_config(cfg, execute=False, send_alerts=False)
+    base_fee_before = chain.w3.eth.get_block("latest")["baseFeePerGas"]
+    try:
+        priced = []
+        for base_fee_wei in (10**9, 100 * 10**9):  # 1 gwei, then 100 gwei
+            chain.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_wei)])
+            chain.anvil.request("evm_mine", [])
+            with capture_logs() as logs:
+                service.cycle(execute=False)
+            (line,) = [e for e in logs if e["event"] == "cost_bands"]  # the price moved by more than 10 %
+            # the next (empty) block's base fee is within 1/8 below the latest's; the tip comes on top
+            tip_wei = cfg.fees.priority_fee_wei
+            assert base_fee_wei * 7 // 8 + tip_wei <= line["gas_price_gwei"] * 1e9 <= base_fee_wei + tip_wei
+            priced.append((line["gas_price_gwei"], line["gas_usd_per_tx"]))
+        (gwei_0, usd_0), (gwei_1, usd_1) = priced
+        assert gwei_1 > 30 * gwei_0  # the second cycle's price, not the first one's
+        assert usd_1 / usd_0 == pytest.approx(gwei_1 / gwei_0, rel=1e-3)  # the same top-up's gas, priced at it
+    finally:
+        service.close()
+        chain.anvil.request("anvil_setNextBlockBaseFeePerGas", [hex(base_fee_before)])
