@@ -75,7 +75,10 @@ def run_account_replay(
         with console.status(f"loading {sym} bars from {path}"):
             series.append(load_bars(path, sym, max_gap_s=max_gap_s))
     parse = parse_perp_policy if perp else parse_account_policy
-    pols = [parse(s) for s in (policy or list(DEFAULT_PERP_POLICIES if perp else DEFAULT_ACCOUNT_POLICIES))]
+    specs = policy or list(DEFAULT_PERP_POLICIES if perp else DEFAULT_ACCOUNT_POLICIES)
+    presets = dict(cost_model.gas_price_gwei)
+    rate = cost_model.capital_rate_annual
+    pols = [parse(s, gas_presets_gwei=presets, capital_rate_annual=rate, native_symbol=native) for s in specs]
     names = [p.name for p in pols]
     if len(set(names)) != len(names):
         raise InputError(f"a policy is given twice: {', '.join(names)}")

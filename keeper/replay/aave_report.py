@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from keeper.accounts.costs import GAS_USED_MEASURED
 from keeper.replay.accounts_fast import GAS_REPAY, GAS_REVERT, GAS_SUPPLY, AccountReplayResult
 from keeper.replay.cost import CostBreakdown, CostModel
 from keeper.replay.metrics import best_fixed_baseline
@@ -31,6 +32,13 @@ class ProtocolLabels:
     notes: str
 
 
+def _cost_note(protocol: str) -> str:
+    return (
+        "`risk:cost:PRESET`: `risk` with the cost-aware restore and release levels at that gas preset, one action "
+        f"priced at the daemon's measured {GAS_USED_MEASURED[protocol]:,} gas x the replayed native token's price."
+    )
+
+
 def _labels() -> dict[str, ProtocolLabels]:
     from keeper.replay.perp_accounts import GAS_DEPOSIT
 
@@ -46,7 +54,7 @@ def _labels() -> dict[str, ProtocolLabels]:
             "Penalty = the liquidators' bonus (collateral seized, the protocol's fee included, minus the debt "
             "repaid). Idle = sum over accounts of max(0, collateral x average LT - debt), time-weighted. min HF = "
             "the least health factor before the liquidator acted. `fixed:X:Y`: below HF X repay to HF Y. Gas per "
-            f"action: supply {GAS_SUPPLY:,}, repay {GAS_REPAY:,} (constants, not receipts).",
+            f"action: supply {GAS_SUPPLY:,}, repay {GAS_REPAY:,} (constants, not receipts). {_cost_note('aave-v3')}",
         ),
         "perp-v2": ProtocolLabels(
             "Perp v2",
@@ -59,7 +67,8 @@ def _labels() -> dict[str, ProtocolLabels]:
             "Penalty = Curie's liquidation penalty (2.5 % of the notional closed at the mark). Mark = index (no "
             "pool). Idle = sum over accounts of max(0, account value - maintenance requirement), time-weighted. "
             "min health = the least account value / requirement before the liquidator acted. `fixed:X:Y`: below "
-            f"health X deposit to Y. Gas per Vault.depositFor {GAS_DEPOSIT:,} (a constant, not receipts).",
+            f"health X deposit to Y. Gas per Vault.depositFor {GAS_DEPOSIT:,} (a constant, not receipts). "
+            + _cost_note("perp-v2"),
         ),
     }
 

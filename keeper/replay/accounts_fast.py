@@ -23,7 +23,12 @@ fixed-price reserve, whose feed has one round, its ``sigma_fallback_annual`` as 
 stress gaps (down, up) of :meth:`keeper.risk.policy.RiskPolicy.estimate_stress_gap`, the pairwise correlations,
 and the Monte Carlo for multi-factor accounts seeded per round; the check interval is the time to the next round.
 Each account is decided alone with its own wallet (one wallet per account, as the reference book). The daemon
-never withdraws from an Aave account, so ``risk`` only supplies and repays. ``fixed:X:Y`` is the DeFi Saver
+never withdraws from an Aave account, so ``risk`` only supplies and repays. ``risk:cost:PRESET`` is ``risk`` with
+the cost-aware restore and release levels (:func:`keeper.risk.accounts.account_bands`) of the round: one action
+priced at the protocol's measured gas (:data:`keeper.accounts.costs.GAS_USED_MEASURED`, the daemon's figure) x the
+preset's gas price x the replayed native token's latest price (``ETH``), idle capital at the capital rate; the
+same trigger. The account replay reads no long history, so no tail is priced (the stress gaps are the recent
+rounds' for every policy). ``fixed:X:Y`` is the DeFi Saver
 style rule on the health factor: below HF X repay (or supply, when the wallet's asset is not a debt) the least
 that brings the HF to Y; ``none`` does nothing.
 
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,17 +58,19 @@ from keeper.accounts.aave_v3 import (
     percent_mul,
 )
 from keeper.accounts.base import AccountRules
+from keeper.accounts.costs import GAS_USED_MEASURED
 from keeper.decision import AccountBookState, decide_accounts
 from keeper.domain import AccountAction, AccountActionKind
 from keeper.errors import ConfigError, InputError
 from keeper.planner import PlanLimits
 from keeper.replay.aave_book import AaveAccountSpec, AaveBook
 from keeper.replay.aave_model import AavePool, AaveRevert, LiquidationResult
+from keeper.replay.cost import DEFAULT_CAPITAL_RATE_ANNUAL, DEFAULT_GAS_PRESETS_GWEI, gas_preset_gwei
 from keeper.replay.fast import OracleVol
 from keeper.replay.metrics import Event, PolicyResult, plot_stride
 from keeper.replay.prices import Bars, build_round_grid
-from keeper.risk.accounts import AccountMonteCarlo, assess_accounts, correlation_from_histories
-from keeper.risk.policy import RiskPolicy
+from keeper.risk.accounts import AccountMonteCarlo, AccountRisk, assess_accounts, correlation_from_histories
+from keeper.risk.policy import CostBands, RiskPolicy
 from keeper.risk.volatility import estimate_volatility
 
 GAS_SUPPLY = 136_000  # Pool.supply on behalf (anvil, @aave/core-v3 1.19.3)
@@ -114,6 +121,7 @@ class AccountObservation:
     spent_today_e6: Mapping[str, int]
     decimals: Mapping[str, int]
     prices_e8: Mapping[str, int]
+    replayed_e8: Mapping[str, int] = field(default_factory=dict)  # replayed symbol -> its latest price (gas's USD)
 
 
 class AccountPolicy(Protocol):
@@ -177,17 +185,49 @@ class HealthTarget:
 
 @dataclass(slots=True)
 class AccountsRisk:
-    """The keeper: :func:`keeper.decision.decide_accounts` per account, its own wallet, the daemon's inputs."""
+    """The keeper: :func:`keeper.decision.decide_accounts` per account, its own wallet, the daemon's inputs.
+
+    ``cost_preset`` (gas price in gwei, capital rate per year): the cost-aware bands of each round, one action
+    priced at ``gas_per_tx`` x that gas price x the latest round of the replayed ``native_symbol``."""
 
     risk_policy: RiskPolicy = field(default_factory=RiskPolicy)
     limits: PlanLimits | None = None
     name: str = "risk"
     monte_carlo: bool = True
     screen: bool = True  # skip the accounts the screen holds (exact; False: decide every account, for the test)
+    cost_preset: tuple[float, float] | None = None
+    native_symbol: str = "ETH"
+    gas_per_tx: int = GAS_USED_MEASURED["aave-v3"]
 
     def __post_init__(self) -> None:
         if self.limits is None:
             self.limits = PlanLimits.from_policy(self.risk_policy, max_per_tx_e6=10**15, max_per_day_e6=10**15)
+
+    def policy_now(self, obs: AccountObservation) -> RiskPolicy:
+        """The risk policy, with this round's cost bands when the policy is cost-aware (the native token's price
+        moves the USD cost of a transaction)."""
+        if self.cost_preset is None:
+            return self.risk_policy
+        gwei, rate = self.cost_preset
+        native_e8 = obs.replayed_e8.get(self.native_symbol.upper())
+        if native_e8 is None:
+            raise InputError(f"cost-aware policy {self.name}: no replayed {self.native_symbol} prices the gas")
+        bands = CostBands(gas_usd_per_tx=self.gas_per_tx * gwei * 1e-9 * native_e8 / 1e8, capital_rate_annual=rate)
+        return replace(self.risk_policy, cost_bands=bands)
+
+    def may_act(self, r: AccountRisk, policy: RiskPolicy) -> bool:
+        """Whether :func:`keeper.decision.decide_accounts` could do anything but hold an account the screen
+        assessed as ``r`` (under ``policy``): endangered or above ``p_release`` (the Monte Carlo refines only
+        those; no source is stale in a replay), or, with releases enabled, in the release band (below
+        ``p_release``; cost-aware: beyond the release level whatever ``p_release`` says). ``False`` is exact."""
+        assert self.limits is not None
+        if r.liquidatable or r.stress_breach or r.breach_probability > self.limits.p_release:
+            return True
+        if not (self.limits.allow_release and r.has_debt):
+            return False
+        if policy.cost_bands is not None:
+            return bool(r.band_distance >= r.release_distance)
+        return r.breach_probability < self.limits.p_release
 
     def decide(self, obs: AccountObservation) -> list[AccountAction]:
         assert self.limits is not None
@@ -195,22 +235,22 @@ class AccountsRisk:
         names = sorted(obs.rules)
         if not names:
             return out
-        # exact shortcut: an account the screen finds safe below p_release (no stress breach, not liquidatable,
-        # no stale source) is held by decide_accounts whatever its wallet (the Monte Carlo only refines accounts
-        # above p_release): only the others are decided, each alone with its own wallet
+        policy = self.policy_now(obs)
+        # exact shortcut: an account the screen says decide_accounts holds whatever its wallet (may_act) is not
+        # decided; the others are, each alone with its own wallet
         accounts = [obs.rules[n].margin_account(n) for n in names]
         screen = assess_accounts(
             accounts,
             obs.prices_e8,
             obs.sigmas_annual,
-            self.risk_policy,
+            policy,
             obs.check_interval_s,
             stress_gaps=obs.stress_gaps,
             correlation=obs.correlation,
             liquidatable={n: obs.rules[n].liquidatable(n) for n in names},
         )
         for name, acct, r in zip(names, accounts, screen, strict=True):
-            if self.screen and not (r.liquidatable or r.stress_breach or r.breach_probability > self.limits.p_release):
+            if self.screen and not self.may_act(r, policy):
                 continue
             rules = obs.rules[name]
             state = AccountBookState(
@@ -224,7 +264,7 @@ class AccountsRisk:
                 state,
                 prices_e8=obs.prices_e8,
                 sigmas_annual=obs.sigmas_annual,
-                policy=self.risk_policy,
+                policy=policy,
                 limits=self.limits,
                 check_interval_s=obs.check_interval_s,
                 stress_gaps=obs.stress_gaps,
@@ -242,11 +282,27 @@ def parse_account_policy(
     fixed: type[HealthTarget] | None = None,
     accounts: str = "Aave",
     health: str = "health factors",
+    protocol: str = "aave-v3",
+    gas_presets_gwei: Mapping[str, float] | None = None,
+    capital_rate_annual: float = DEFAULT_CAPITAL_RATE_ANNUAL,
+    native_symbol: str = "ETH",
 ) -> AccountPolicy:
-    """``risk`` | ``fixed:X:Y`` (``fixed``'s rule on ``health``; default the Aave health factors) | ``none``."""
+    """``risk`` | ``risk:cost:PRESET`` | ``fixed:X:Y`` (``fixed``'s rule on ``health``; default the Aave health
+    factors) | ``none``. ``risk:cost:PRESET``: ``risk`` with the cost bands at that gas preset
+    (``gas_presets_gwei``, default ``l1``/``l2``), ``capital_rate_annual`` and ``protocol``'s measured gas per
+    action."""
     s = spec.strip().lower()
     if s == "none":
         return NoKeeperAccounts()
+    if s.startswith("risk:cost:"):
+        preset = s.split(":", 2)[2]
+        gwei = gas_preset_gwei(spec, preset, DEFAULT_GAS_PRESETS_GWEI if gas_presets_gwei is None else gas_presets_gwei)
+        return AccountsRisk(
+            name=f"risk:cost:{preset}",
+            cost_preset=(gwei, capital_rate_annual),
+            native_symbol=native_symbol,
+            gas_per_tx=GAS_USED_MEASURED[protocol],
+        )
     if s in ("risk", "risk:norelease"):
         return AccountsRisk(name=s)
     if s.startswith("fixed:"):
@@ -256,7 +312,9 @@ def parse_account_policy(
         except ValueError:
             raise InputError(f"bad policy {spec!r}: for {accounts} accounts fixed:X:Y takes two {health}") from None
         return (fixed or HealthTarget)(x, y, min_action_e6=min_action_e6)
-    raise InputError(f"unknown policy {spec!r} for {accounts} accounts; allowed: risk, fixed:X:Y ({health}), none")
+    raise InputError(
+        f"unknown policy {spec!r} for {accounts} accounts; allowed: risk, risk:cost:PRESET, fixed:X:Y ({health}), none"
+    )
 
 
 class _History(OracleVol):
@@ -505,6 +563,7 @@ def decide_round(
         spent_today_e6={n: s for n, (d, s) in run.spent.items() if d == day},
         decimals=decimals,
         prices_e8=prices_e8,
+        replayed_e8=inputs.replayed_e8,
     )
     actions = run.policy.decide(obs)
     if actions:
@@ -548,6 +607,7 @@ class _Inputs:
     sigmas: dict[str, float]
     gaps: dict[str, tuple[float, float]]
     correlation: dict[tuple[str, str], float]
+    replayed_e8: dict[str, int] = field(default_factory=dict)  # replayed symbol -> its latest price
 
 
 class AccountRun(Protocol):
@@ -615,9 +675,11 @@ def run_accounts_fast(
     if progress is not None:
         progress(0, total)
     prices_usd = {s: grid.latest_price_usd(s, open_k, None) for s in by_symbol}
+    latest_e8: dict[str, int] = {}
     for k_all, rnd in enumerate(grid.iter_rounds(0, None, config.chunk_rounds)):
         for sym, px in rnd.prices_e8.items():
             hist[sym].add(rnd.t_s, px)
+        latest_e8.update(rnd.prices_e8)
         if k_all < open_k:
             continue
         k = k_all - open_k
@@ -628,6 +690,7 @@ def run_accounts_fast(
         inputs = _Inputs({}, {}, {})
         if needs_inputs:
             inputs = _inputs(hist, by_symbol, fixed_inputs, rp, max(1.0, dt), rnd.t_s)
+        inputs.replayed_e8 = dict(latest_e8)
         for run in runs:
             run.step(k, rnd.t_s, prices, dt, inputs, opening=k == 0)
         if progress is not None and ((k + 1) % 64 == 0 or k == n - 1):

@@ -29,10 +29,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keeper.errors import InputError
+
 SECONDS_PER_YEAR = 365 * 86_400
 GWEI = 1e-9
 DEFAULT_CAPITAL_RATE_ANNUAL = 0.08
 DEFAULT_GAS_PRESETS_GWEI: Mapping[str, float] = {"l1": 20.0, "l2": 0.05}
+
+
+def gas_preset_gwei(spec: str, preset: str, presets_gwei: Mapping[str, float] | None) -> float:
+    """The gas price (gwei) of ``preset`` (any case) among ``presets_gwei``, for the policy ``spec`` that names it
+    (``risk:cost:PRESET``); a one-line error naming the known presets otherwise."""
+    presets = {k.lower(): v for k, v in (presets_gwei or {}).items()}
+    if preset.lower() not in presets:
+        raise InputError(f"bad policy {spec!r}: unknown gas preset {preset!r} (known: {', '.join(presets) or 'none'})")
+    return presets[preset.lower()]
 
 
 @dataclass(frozen=True, slots=True)

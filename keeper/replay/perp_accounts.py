@@ -17,7 +17,9 @@ mark = index, :mod:`keeper.replay.perp_model`). At every round ``k``:
 Policies: ``risk`` is :class:`keeper.replay.accounts_fast.AccountsRisk` (the daemon's
 :func:`keeper.decision.decide_accounts`) over :class:`keeper.accounts.perp_v2.PerpRules` of the model's state;
 its stress gaps are the oracle history's plus the market's ``premium_gap`` (the daemon adds the pool's; a replay
-has no pool). The keeper holds no trader's key, so it only deposits (no reduction, no release).
+has no pool). ``risk:cost:PRESET``: the same with the round's cost-aware bands, one ``depositFor`` priced at
+Curie's measured gas (:data:`keeper.accounts.costs.GAS_USED_MEASURED`). The keeper holds no trader's key, so
+it only deposits (no reduction, no release).
 ``fixed:X:Y``: below health X the least deposit that brings it to Y (:func:`keeper.accounts.perp_v2.
 min_deposit_e6`); ``none`` does nothing.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from keeper.accounts.perp_v2 import SETTLEMENT_SCALE, WAD, PerpRules, leg_size_e18, margin_at, min_deposit_e6
 from keeper.domain import AccountAction, AccountActionKind
@@ -89,10 +92,18 @@ class MarginTarget(HealthTarget):
         return out
 
 
-def parse_perp_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6) -> AccountPolicy:
-    """``risk`` | ``fixed:X:Y`` (health = account value / maintenance requirement) | ``none``."""
+def parse_perp_policy(spec: str, *, min_action_e6: int = DEFAULT_MIN_ACTION_E6, **cost: Any) -> AccountPolicy:
+    """``risk`` | ``risk:cost:PRESET`` (Curie's measured ``depositFor`` gas; ``cost``: the presets, capital rate
+    and native symbol of :func:`keeper.replay.accounts_fast.parse_account_policy`) | ``fixed:X:Y`` (health =
+    account value / maintenance requirement) | ``none``."""
     return parse_account_policy(
-        spec, min_action_e6=min_action_e6, fixed=MarginTarget, accounts="Perp v2", health="health ratios"
+        spec,
+        min_action_e6=min_action_e6,
+        fixed=MarginTarget,
+        accounts="Perp v2",
+        health="health ratios",
+        protocol="perp-v2",
+        **cost,
     )
 
 

@@ -31,6 +31,7 @@ from keeper.decision import BookDecision, decide
 from keeper.domain import Action, ActionKind, Market, Position, PriceRound, min_equity_e6, notional_e6
 from keeper.errors import InputError
 from keeper.planner import BookState, PlanLimits
+from keeper.replay.cost import gas_preset_gwei
 from keeper.risk.gaps import SideGaps
 from keeper.risk.policy import CostBands, RiskPolicy
 from keeper.risk.tails import LongTail
@@ -286,16 +287,12 @@ def parse_policy(
         return NoKeeper()
     if s.startswith("risk:cost:"):
         preset = s.split(":", 2)[2]
-        presets = {k.lower(): v for k, v in (gas_presets_gwei or {}).items()}
-        if preset not in presets:
-            raise InputError(
-                f"bad policy {spec!r}: unknown gas preset {preset!r} (known: {', '.join(presets) or 'none'})"
-            )
+        gwei = gas_preset_gwei(spec, preset, gas_presets_gwei)
         from keeper.replay.fast import GAS_PER_ACTION  # the replay's gas per top-up (fast imports this module)
 
         return RiskSized(
             name=f"risk:cost:{preset}",
-            cost_preset=(presets[preset], capital_rate_annual),
+            cost_preset=(gwei, capital_rate_annual),
             native_symbol=native_symbol,
             gas_per_tx=GAS_PER_ACTION[ActionKind.TOP_UP],
         )

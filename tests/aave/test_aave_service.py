@@ -19,6 +19,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from keeper.accounts.aave_v3 import health_factor
+from keeper.accounts.costs import AAVE_REPAY_GAS, AAVE_SUPPLY_GAS, GAS_USED_MEASURED
 from keeper.chain.anvil import Anvil
 from keeper.decision import AccountBookState, decide_accounts
 from keeper.dev.aave_v3 import AaveOps, SeedAccount
@@ -27,12 +28,7 @@ from keeper.domain import AccountActionKind
 from keeper.errors import ConfigError
 from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
 from keeper.risk.policy import CostBands
-from keeper.runtime.accounts_service import (
-    AAVE_REPAY_GAS,
-    AAVE_SUPPLY_GAS,
-    GAS_USED_MEASURED,
-    AccountKeeperService,
-)
+from keeper.runtime.accounts_service import AccountKeeperService
 from keeper.runtime.config import load_config
 
 pytestmark = pytest.mark.chain

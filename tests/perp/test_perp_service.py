@@ -15,12 +15,13 @@ import pytest
 from eth_account import Account
 from structlog.testing import capture_logs
 
+from keeper.accounts.costs import PERP_DEPOSIT_FOR_GAS, liquidation_penalty
 from keeper.accounts.perp_v2 import margin_at
 from keeper.chain.abi import Function
 from keeper.chain.rpc import ExecutionReverted
 from keeper.dev.perp_v2 import KEEPER, LIQUIDATOR
 from keeper.domain import AccountActionKind
-from keeper.runtime.accounts_service import PERP_DEPOSIT_FOR_GAS, AccountKeeperService, liquidation_penalty
+from keeper.runtime.accounts_service import AccountKeeperService
 from keeper.runtime.config import load_config
 
 pytestmark = pytest.mark.chain

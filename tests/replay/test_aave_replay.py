@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -91,9 +92,11 @@ def test_replay_on_real_bars_liquidates_without_a_keeper_and_not_with_it(crash_b
     assert parse_account_policy("fixed:1.2:1.4").name == "fixed:1.2:1.4"
 
 
-def test_the_screen_shortcut_changes_no_decision(tmp_path):
+@pytest.mark.parametrize("spec", ["risk", "risk:cost:l1", "risk:cost:l2"])
+def test_the_screen_shortcut_changes_no_decision(tmp_path, spec):
     """Holding the accounts the screen finds safe below p_release without calling decide_accounts gives the same
-    actions as deciding every account (12 h around the FTX fall of 2022-11-08)."""
+    actions as deciding every account (12 h around the FTX fall of 2022-11-08), under the fixed bands and under
+    the cost-aware bands of both gas presets."""
     lo, hi = 1_667_908_800, 1_667_952_000
     series = []
     for sym, name in (("ETH", "ftx_2022-11-07T12_ETHUSDT_5m.csv"), ("BTC", "ftx_2022-11-07T12_BTCUSDT_5m.csv")):
@@ -103,7 +106,9 @@ def test_the_screen_shortcut_changes_no_decision(tmp_path):
         series.append(load_bars(cut, sym))
     book = load_aave_book()
     config = AccountsConfig(warmup_s=3 * 3600, trace=True, record=False)
-    fast = run_accounts_fast(book, series, [AccountsRisk()], config)
-    full = run_accounts_fast(book, series, [AccountsRisk(screen=False)], config)
-    assert [r["actions"] for r in fast.trace["risk"]] == [r["actions"] for r in full.trace["risk"]]
-    assert sum(len(r["actions"]) for r in fast.trace["risk"]) > 0
+    policy = parse_account_policy(spec)
+    assert isinstance(policy, AccountsRisk) and policy.screen
+    fast = run_accounts_fast(book, series, [policy], config)
+    full = run_accounts_fast(book, series, [dataclasses.replace(policy, screen=False)], config)
+    assert [r["actions"] for r in fast.trace[spec]] == [r["actions"] for r in full.trace[spec]]
+    assert sum(len(r["actions"]) for r in fast.trace[spec]) > 0
