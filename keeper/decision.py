@@ -21,6 +21,7 @@ the tests call it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,10 +130,16 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+@functools.lru_cache(maxsize=64)
+def _trigger_words(cmp: str, p_trigger: float, horizon_s: float) -> str:
+    """The part of the risk words every account of a book shares (formatted once, not once per account)."""
+    return f"{cmp} trigger {p_trigger:.0e} within {_minutes(horizon_s)}"
+
+
 def _risk_words(r: AccountRisk, state: AccountBookState, p_trigger: float) -> str:
     name = state.symbols.get(r.dominant_asset, r.dominant_asset)
     cmp = ">" if r.breach_probability > p_trigger else "<="
-    words = f"breach {r.breach_probability:.1e} {cmp} trigger {p_trigger:.0e} within {_minutes(r.horizon_s)}"
+    words = f"breach {r.breach_probability:.1e} {_trigger_words(cmp, p_trigger, r.horizon_s)}"
     if r.liquidation_price_e8:
         words += f" ({name} liquidation price {_price(r.liquidation_price_e8)}"
         if math.isfinite(r.log_distance):
