@@ -325,11 +325,11 @@ def decide_accounts(
         )
 
     # endangered accounts by expected loss (probability x what a liquidation takes), ties by address
-    danger = {r.account.lower(): endangered(r) for r in risks}
-    stake = {k: rules.value_at_stake_e6(r.account) if danger[k] else 0 for r in risks for k in (r.account.lower(),)}
-    order = sorted(risks, key=lambda r: (-(r.breach_probability * stake[r.account.lower()]), r.account.lower()))
-    for r in order:
-        key = r.account.lower()
+    keyed = [(r.account.lower(), r) for r in risks]  # (key, risk), each address lowered once
+    danger = {k: endangered(r) for k, r in keyed}
+    stake = {k: rules.value_at_stake_e6(r.account) if danger[k] else 0 for k, r in keyed}
+    order = sorted(keyed, key=lambda kr: (-(kr[1].breach_probability * stake[kr[0]]), kr[0]))
+    for key, r in order:
         words = _risk_words(r, state, limits.p_trigger)
         stale = stale_of(r)
         if stale:
@@ -417,5 +417,6 @@ def decide_accounts(
             short_causes=tuple(causes),
             blocked=tuple(why_not),
         )
-    ordered = sorted(decisions.values(), key=lambda d: d.key)
-    return AccountBookDecision(tuple(sorted(risks, key=lambda r: r.account.lower())), tuple(ordered), tuple(actions))
+    ordered = [decisions[k] for k in sorted(decisions)]  # by d.key: the keys they are filed under
+    by_key = sorted(keyed, key=lambda kr: kr[0])
+    return AccountBookDecision(tuple(r for _, r in by_key), tuple(ordered), tuple(actions))
