@@ -21,6 +21,7 @@ the tests call it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,10 +130,16 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+@functools.lru_cache(maxsize=64)
+def _trigger_words(cmp: str, p_trigger: float, horizon_s: float) -> str:
+    """The part of the risk words every account of a book shares (formatted once, not once per account)."""
+    return f"{cmp} trigger {p_trigger:.0e} within {_minutes(horizon_s)}"
+
+
 def _risk_words(r: AccountRisk, state: AccountBookState, p_trigger: float) -> str:
     name = state.symbols.get(r.dominant_asset, r.dominant_asset)
     cmp = ">" if r.breach_probability > p_trigger else "<="
-    words = f"breach {r.breach_probability:.1e} {cmp} trigger {p_trigger:.0e} within {_minutes(r.horizon_s)}"
+    words = f"breach {r.breach_probability:.1e} {_trigger_words(cmp, p_trigger, r.horizon_s)}"
     if r.liquidation_price_e8:
         words += f" ({name} liquidation price {_price(r.liquidation_price_e8)}"
         if math.isfinite(r.log_distance):
@@ -329,11 +336,11 @@ def decide_accounts(
         )
 
     # endangered accounts by expected loss (probability x what a liquidation takes), ties by address
-    danger = {r.account.lower(): endangered(r) for r in risks}
-    stake = {k: rules.value_at_stake_e6(r.account) if danger[k] else 0 for r in risks for k in (r.account.lower(),)}
-    order = sorted(risks, key=lambda r: (-(r.breach_probability * stake[r.account.lower()]), r.account.lower()))
-    for r in order:
-        key = r.account.lower()
+    keyed = [(r.account.lower(), r) for r in risks]  # (key, risk), each address lowered once
+    danger = {k: endangered(r) for k, r in keyed}
+    stake = {k: rules.value_at_stake_e6(r.account) if danger[k] else 0 for k, r in keyed}
+    order = sorted(keyed, key=lambda kr: (-(kr[1].breach_probability * stake[kr[0]]), kr[0]))
+    for key, r in order:
         words = _risk_words(r, state, limits.p_trigger)
         stale = stale_of(r)
         if stale:
@@ -421,5 +428,6 @@ def decide_accounts(
             short_causes=tuple(causes),
             blocked=tuple(why_not),
         )
-    ordered = sorted(decisions.values(), key=lambda d: d.key)
-    return AccountBookDecision(tuple(sorted(risks, key=lambda r: r.account.lower())), tuple(ordered), tuple(actions))
+    ordered = [decisions[k] for k in sorted(decisions)]  # by d.key: the keys they are filed under
+    by_key = sorted(keyed, key=lambda kr: kr[0])
+    return AccountBookDecision(tuple(r for _, r in by_key), tuple(ordered), tuple(actions))

@@ -662,19 +662,32 @@ def account_data_fast(account: AaveAccount, terms: MarketTerms) -> AccountData:
 
 def margin_account_fast(account: AaveAccount, terms: MarketTerms, block_number: int = 0) -> MarginAccount:
     """:func:`margin_account` with the reserves' constants taken from ``terms``."""
+    return margin_account_and_health(account, terms, block_number)[0]
+
+
+def margin_account_and_health(
+    account: AaveAccount, terms: MarketTerms, block_number: int = 0
+) -> tuple[MarginAccount, int]:
+    """:func:`margin_account_fast` and :func:`account_data_fast`'s health factor from the same balances (one
+    ``rayMul`` per balance for both: the book's read builds every view and the decision asks every health)."""
     legs: list[Leg] = []
     table = terms.table
+    total_c = lt_acc = total_d = 0
+    collateral, debt = LegKind.COLLATERAL, LegKind.DEBT
     for ur in account.reserves:
         t = table[ur.asset]
         if ur.using_as_collateral and t.counted:
             amount = (ur.scaled_a_balance * t.income + HALF_RAY) // RAY
-            legs.append(Leg(ur.asset, LegKind.COLLATERAL, amount, t.decimals, t.lt, t.price_key, t.supply_rate))
+            legs.append(Leg(ur.asset, collateral, amount, t.decimals, t.lt, t.price_key, t.supply_rate))
+            value = amount * t.price // t.unit
+            total_c += value
+            lt_acc += value * t.lt
         if ur.borrowing:
             variable = (ur.scaled_variable_debt * t.debt_index + HALF_RAY) // RAY if ur.scaled_variable_debt else 0
-            legs.append(
-                Leg(ur.asset, LegKind.DEBT, variable + ur.stable_debt, t.decimals, BPS, t.price_key, t.borrow_rate)
-            )
-    return MarginAccount("aave-v3", account.user, tuple(legs), block_number)
+            owed = variable + ur.stable_debt
+            legs.append(Leg(ur.asset, debt, owed, t.decimals, BPS, t.price_key, t.borrow_rate))
+            total_d += t.price * owed // t.unit
+    return MarginAccount("aave-v3", account.user, tuple(legs), block_number), _health(total_c, lt_acc, total_d)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -1189,7 +1202,9 @@ class AaveRules:
 
     def margin_account(self, account: str, block_number: int = 0) -> MarginAccount:
         acct = self._acct(account)
-        return margin_account_fast(acct, self.terms(acct.emode_category), block_number)
+        view, hf = margin_account_and_health(acct, self.terms(acct.emode_category), block_number)
+        self._hf.setdefault(account.lower(), hf)  # the same integers health() computes: asked next by the decision
+        return view
 
     def options(
         self, account: str, survive_prices_e8: Mapping[str, int], wallet: Mapping[str, int], budget_e6: int

@@ -295,6 +295,9 @@ class _Layout:
 
     calls: tuple[tuple[str, bytes], ...]
     reserves: tuple[tuple[str, bool, bool, int], ...]
+    # per flagged reserve: asset, the positions of its aToken, variable and stable debt answers among the calls
+    # (-1: not read, 0), collateral?, borrowing?
+    slots: tuple[tuple[str, int, int, int, bool, bool], ...] = ()
 
 
 class _Layouts:
@@ -336,7 +339,15 @@ class _Layouts:
                     reads = 2
             if coll or borrow:
                 out.append((asset, coll, borrow, reads))
-        return _Layout(tuple(calls), tuple(out))
+        slots, at = [], 0
+        for asset, coll, borrow, reads in out:
+            a = at if coll else -1
+            at += coll
+            v = at if reads else -1
+            s = at + 1 if reads > 1 else -1
+            at += reads
+            slots.append((asset, a, v, s, coll, borrow))
+        return _Layout(tuple(calls), tuple(out), tuple(slots))
 
 
 @dataclass(frozen=True)
@@ -542,23 +553,20 @@ class AaveV3Adapter(AccountAdapter):
             self._second_pass = (key2, self.multicall.prepare(second))
         res2 = self.multicall.aggregate3(self._second_pass[1], first.block_number)
         prices = dict(zip(price_assets, F_ASSETS_PRICES.decode(res2.results[0].data)[0], strict=True))
-        out = iter(res2.results[1:])
+        word = int.from_bytes
+        values = [word(x.data[:32], "big") if x.success else 0 for x in res2.results[1:]]  # every balance read
         accounts: dict[str, AaveAccount] = {}
+        at = 0
         for u, bits, emode in read:
-            urs = []
-            for asset, coll, borrow, reads in layouts.of(bits).reserves:
-                a = v = st = 0
-                if coll:
-                    x = next(out)
-                    a = int.from_bytes(x.data[:32], "big") if x.success else 0
-                if reads:
-                    x = next(out)
-                    v = int.from_bytes(x.data[:32], "big") if x.success else 0
-                    if reads > 1:
-                        x = next(out)
-                        st = int.from_bytes(x.data[:32], "big") if x.success else 0
-                urs.append(UserReserve(asset, a, v, st, coll, borrow))
-            accounts[u] = AaveAccount(u, emode, tuple(urs))
+            layout = layouts.of(bits)
+            balances = values[at : at + len(layout.calls)]
+            balances.append(0)  # position -1: a balance not read
+            at += len(layout.calls)
+            urs = tuple(
+                UserReserve(asset, balances[a], balances[v], balances[s], coll, borrow)
+                for asset, a, v, s, coll, borrow in layout.slots
+            )
+            accounts[u] = AaveAccount(u, emode, urs)
         market = Market(reserves, prices, emodes, first.block_timestamp)
         return AaveSnapshot(
             first.block_number, market, accounts, onchain, rounds, first.round_trips + res2.round_trips, tuple(failed)

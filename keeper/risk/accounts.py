@@ -188,6 +188,101 @@ def _excess_at(account: MarginAccount, prices_e8: Mapping[str, int]) -> float:
     return account.margin_excess_e8(prices_e8) / 1e8
 
 
+_Vec = NDArray[np.float64]
+_Grad = dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _BookLegs:
+    """Every leg of a book in one flat list, in account then leg order: the owner's index, the price key and the
+    leg's integers (object arrays: amounts times prices overflow 64 bits)."""
+
+    owner: NDArray[np.intp]
+    keys: list[str]
+    amounts: NDArray[np.object_]
+    units: NDArray[np.object_]  # 10^decimals
+    weights: NDArray[np.object_]  # bps
+    is_debt: NDArray[np.bool_]
+    rates: NDArray[np.float64]
+    cash_e8: list[int]
+    drifts: list[float]  # MarginAccount.drift_usd_per_year
+
+    @classmethod
+    def of(cls, accounts: Sequence[MarginAccount]) -> _BookLegs:
+        flat = [leg for a in accounts for leg in a.legs]
+        decimals = np.array([leg.decimals for leg in flat], dtype=np.intp)
+        powers = np.array([10**d for d in range(int(decimals.max(initial=0)) + 1)], dtype=object)
+        debt = LegKind.DEBT
+        return cls(
+            np.repeat(np.arange(len(accounts)), [len(a.legs) for a in accounts]),
+            [leg.price_key or leg.asset for leg in flat],
+            np.array([leg.amount for leg in flat], dtype=object),
+            powers[decimals],
+            np.array([leg.weight_bps for leg in flat], dtype=object),
+            np.array([leg.kind is debt for leg in flat], dtype=bool),
+            np.array([leg.rate_annual for leg in flat], dtype=float),
+            [a.cash_e8 for a in accounts],
+            [a.drift_usd_per_year for a in accounts],
+        )
+
+    def exposures(self, prices_e8: Mapping[str, int]) -> tuple[_Vec, _Vec, list[_Grad], _Vec, _Vec, list[str]]:
+        """:func:`exposures` of every account at once: the same floats (each leg's value floored in integers,
+        then the same float operations, summed per account in leg order by the unbuffered ``ufunc.at``), and
+        the gradients as a matrix over the book's sorted price keys (0.0 where an account has no leg)."""
+        n = len(self.cash_e8)
+        value = self.amounts * np.array([prices_e8[k] for k in self.keys], dtype=object)
+        vw = (value // self.units).astype(float) / 1e8 * self.weights.astype(float) / BPS
+        cash = [c / 1e8 for c in self.cash_e8]
+        coll = np.array([max(c, 0.0) for c in cash], dtype=float)
+        debt = np.array([max(-c, 0.0) for c in cash], dtype=float)
+        drift = np.array(self.drifts, dtype=float)
+        credit = ~self.is_debt
+        np.add.at(coll, self.owner[credit], vw[credit])
+        np.add.at(debt, self.owner[self.is_debt], vw[self.is_debt])
+        signed = np.where(self.is_debt, -vw, vw)
+        np.add.at(drift, self.owner, signed * self.rates)  # drift += vw rate (collateral), -= vw rate (debt)
+        names = sorted(set(self.keys))
+        col = {k: j for j, k in enumerate(names)}
+        kcol = np.array([col[k] for k in self.keys], dtype=np.intp)
+        grad = np.zeros((n, len(names)))
+        np.add.at(grad, (self.owner, kcol), signed)
+        return coll, debt, self._gradients(grad, kcol, names), drift, grad, names
+
+    def _gradients(self, grad: NDArray[np.float64], kcol: NDArray[np.intp], names: list[str]) -> list[dict[str, float]]:
+        """Per account, its gradient as :func:`exposures` builds it: keys in the order of its legs. Accounts
+        whose legs name the same keys in the same order (a book has a handful of such shapes) are done at once."""
+        n = len(self.cash_e8)
+        widths = np.bincount(self.owner, minlength=n)
+        width = int(widths.max(initial=0))
+        starts = np.cumsum(widths) - widths
+        shape = np.full((n, width + 1), -1, dtype=np.intp)
+        shape[:, width] = widths  # accounts without legs: an empty shape
+        shape[self.owner, np.arange(len(kcol)) - starts[self.owner]] = kcol
+        base = len(names) + 2
+        if base ** (width + 1) < 2**62:  # each shape as one integer (digits: key column + 1, then the width)
+            codes = (shape + 1) @ (base ** np.arange(width + 1, dtype=np.int64))
+            first, which = np.unique(codes, return_index=True, return_inverse=True)[1:]
+            kinds = shape[first]
+        else:
+            kinds, which = np.unique(shape, axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        out: list[dict[str, float]] = [{}] * n
+        for s, row in enumerate(kinds.tolist()):
+            cols = list(dict.fromkeys(c for c in row[:width] if c >= 0))
+            keys = [names[c] for c in cols]
+            members = np.flatnonzero(which == s)
+            for i, values in zip(members.tolist(), grad[np.ix_(members, cols)].tolist(), strict=True):
+                out[i] = dict(zip(keys, values, strict=True))
+        return out
+
+    def margins_e8(self, leg_prices_e8: Sequence[int]) -> list[int]:
+        """:meth:`MarginAccount.margin_excess_e8` of every account, each leg at its own price (exact integers)."""
+        value = self.amounts * np.array(leg_prices_e8, dtype=object) // self.units * self.weights // BPS
+        total = np.array(self.cash_e8, dtype=object)
+        np.add.at(total, self.owner, np.where(self.is_debt, -value, value))
+        return list(total.tolist())
+
+
 def breach_vega(x: ArrayLike, dln_sigma: ArrayLike) -> NDArray[np.float64]:
     r"""Vega of the breach probability :math:`p = 2\Phi(-x)`, :math:`x = (d - d_{cost})/(\kappa\sigma_h)`:
 
@@ -450,24 +545,18 @@ def assess_accounts(
         return []
     liq_in = liquidatable or {}
     gaps = stress_gaps or {}
-    ex = [exposures(a, prices_e8) for a in accounts]
-    assets = sorted({k for e in ex for k, v in e[2].items() if v != 0.0})
+    legs = _BookLegs.of(accounts)
+    coll, debt, grads, drift, book_grad, names = legs.exposures(prices_e8)  # exposures() of every account
+    held = (book_grad != 0.0).any(axis=0).tolist()  # NaN counts, as in assess_account
+    assets = [k for k, used in zip(names, held, strict=True) if used]
     h = policy.horizon_s(check_interval_s)
     h_years = h / SECONDS_PER_YEAR
-    coll = np.fromiter((e[0] for e in ex), float, n)
-    debt = np.fromiter((e[1] for e in ex), float, n)
-    drift = np.fromiter((e[3] for e in ex), float, n)
     m = coll - debt
     given = [liq_in.get(a.account.lower()) for a in accounts]
     liq = np.array([bool(m[i] < 0) if g is None else bool(g) for i, g in enumerate(given)])
     if not assets:
         return [assess_account(a, prices_e8, sigmas_annual, policy, check_interval_s) for a in accounts]
-    col = {a: j for j, a in enumerate(assets)}
-    grad = np.zeros((n, len(assets)))
-    for i, e in enumerate(ex):
-        for k, v in e[2].items():
-            if v != 0.0:
-                grad[i, col[k]] = v
+    grad = book_grad[:, held]  # exact zeros where an account has no leg (never -0.0: sums start at 0.0)
     has = (debt > 0) & (np.abs(grad).sum(axis=1) > 0)
     sig = np.asarray([float(policy.effective_sigma(sigmas_annual.get(a, math.nan))) for a in assets])
     corr = _corr(assets, correlation)
@@ -571,6 +660,19 @@ def assess_accounts(
         g_top.tolist(),
         vega.tolist(),
     )
+    # the stress move depends only on the assets' gaps and the side each is held on: a book has a handful of
+    # them, each price vector made once and shared (read-only) by the accounts that have it
+    stress_moves: dict[tuple[float, ...], dict[str, int]] = {}
+    stress_of: list[Mapping[str, int]] = []
+    for i in range(n):
+        row_stress, mat = stress_l[i], mat_rows[i]
+        pattern = (*row_stress, *mat)
+        found = stress_moves.get(pattern)
+        if found is None:
+            found = stress_moves[pattern] = _move(prices_e8, {assets[j]: row_stress[j] for j in mat})
+        stress_of.append(found if has_l[i] else prices_e8)
+    # the exact margin of every account at its stress prices (_excess_at), all legs at once
+    stress_m_e8 = legs.margins_e8([stress_of[o][k] for o, k in zip(legs.owner.tolist(), legs.keys, strict=True)])
     out: list[AccountRisk] = []
     for i, a in enumerate(accounts):
         if not has_l[i]:
@@ -578,8 +680,7 @@ def assess_accounts(
             continue
         dom = assets[top_l[i]]
         mat = mat_rows[i]
-        row_stress = stress_l[i]
-        stress_prices = _move(prices_e8, {assets[j]: row_stress[j] for j in mat})
+        stress_prices = stress_of[i]
         if one_l[i]:
             survive = {dom: -math.copysign(restore_l[i], g_top_l[i])}
         else:
@@ -593,7 +694,7 @@ def assess_accounts(
                 m_l[i],
                 coll_l[i],
                 debt_l[i],
-                ex[i][2],
+                grads[i],
                 p_l[i],
                 "closed_form" if one_l[i] else "screen",
                 dom,
@@ -606,7 +707,7 @@ def assess_accounts(
                 survive_prices_e8=_move(prices_e8, survive),
                 stress_prices_e8=stress_prices,
                 stress_gaps={assets[j]: row_adverse[j] for j in mat},
-                stress_breach=_excess_at(a, stress_prices) - cost_l[i] < 0,
+                stress_breach=stress_m_e8[i] / 1e8 - cost_l[i] < 0,  # _excess_at(a, stress_prices) - cost < 0
                 liquidatable=liq_l[i],
                 suggested_check_interval_s=interval_l[i],
                 vega=vega_l[i],

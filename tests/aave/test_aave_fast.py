@@ -134,6 +134,11 @@ def test_fast_account_data_and_view_equal_the_contract_mirror(book):
     rules = AaveRules({"0xa": account}, market)
     assert rules.health("0xa") == health_factor(account, market)
     assert rules.margin_account("0xa", 7) == margin_account(account, market, 7)
+    # the view first: its pass keeps the health factor the decision asks next (the same integers)
+    viewed = AaveRules({"0xa": account}, market)
+    assert viewed.margin_account("0xa", 7) == margin_account(account, market, 7)
+    assert viewed._hf == {"0xa": health_factor(account, market)}
+    assert viewed.health("0xa") == health_factor(account, market)
 
 
 @settings(max_examples=300, deadline=None)
