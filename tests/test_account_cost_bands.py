@@ -8,18 +8,12 @@ import dataclasses
 import math
 
 import pytest
+from aave_market import PRICES, SIGMAS, SYMBOLS
+from aave_market import account as _aave_account
+from aave_market import market as _market
 from scipy.special import ndtri
 
-from keeper.accounts.aave_v3 import (
-    RAY,
-    AaveAccount,
-    AaveRules,
-    Market,
-    ReserveState,
-    UserReserve,
-    decode_reserve_configuration,
-    margin_account,
-)
+from keeper.accounts.aave_v3 import AaveAccount, AaveRules, margin_account
 from keeper.decision import AccountBookState, decide_accounts
 from keeper.domain import SECONDS_PER_YEAR, AccountActionKind
 from keeper.planner import PlanLimits
@@ -28,27 +22,7 @@ from keeper.risk.policy import CostBands, RiskPolicy
 
 BASE = RiskPolicy(stress_window_s=0.0)  # the constant stress gap (0.12): known numbers
 LIMITS = PlanLimits.from_policy(BASE, max_per_tx_e6=10**12, max_per_day_e6=10**13)
-PRICES = {"WETH": 3_000 * 10**8, "WBTC": 60_000 * 10**8, "USDC": 10**8}
-SIGMAS = {"WETH": 0.8, "WBTC": 0.6, "USDC": 0.01}
-SYMBOLS = {a: a for a in PRICES}
 INTERVAL_S = 60.0
-
-
-def _market() -> Market:
-    params = {"WETH": (8000, 8250, 10500, 18), "WBTC": (7300, 7800, 10500, 8), "USDC": (7700, 8000, 10450, 6)}
-    reserves = {}
-    for rid, (asset, (ltv, lt, bonus, dec)) in enumerate(params.items()):
-        bitmap = ltv | lt << 16 | bonus << 32 | dec << 48 | 1 << 56 | 1 << 58 | 1000 << 152
-        reserves[asset] = ReserveState(asset, decode_reserve_configuration(bitmap), RAY, 0, RAY, 0, 0, rid)
-    return Market(reserves, dict(PRICES), {}, 0)
-
-
-def _account(weth: float, usdc_debt: float, wbtc: float = 0.0, user: str = "0xa") -> AaveAccount:
-    reserves = [UserReserve("WETH", int(weth * 10**18), 0, 0, True, False)]
-    if wbtc:
-        reserves.append(UserReserve("WBTC", int(wbtc * 10**8), 0, 0, True, False))
-    reserves.append(UserReserve("USDC", 0, int(usdc_debt * 10**6), 0, False, True))
-    return AaveAccount(user, 0, tuple(reserves))
 
 
 def _policy(gas_usd: float, rate: float = 0.05) -> RiskPolicy:
@@ -67,7 +41,7 @@ def _closed_form(gas_usd: float, rate: float, notional: float, sigma: float) -> 
     return a, min(a + u, 1.0), min(a + u + w, 1.0)
 
 
-LEVERED = _account(10.0, 22_000.0)  # HF 1.125: inside the 12 % stress gap, endangered
+LEVERED = _aave_account("0xa", 10.0, 22_000.0)  # HF 1.125: inside the 12 % stress gap, endangered
 NOTIONAL = 10 * 3_000 * 0.825  # dM/dln S of WETH: its collateral value at the liquidation threshold
 
 
@@ -105,7 +79,7 @@ def test_one_factor_restore_is_the_closed_form_and_the_supply_reaches_it(gas_usd
     assert action.kind is AccountActionKind.ADD_COLLATERAL and action.asset == "WETH"
 
     def distance_after(wei: int) -> float:
-        after = _account(10.0 + wei / 1e18, 22_000.0)
+        after = _aave_account("0xa", 10.0 + wei / 1e18, 22_000.0)
         return assess_account(margin_account(after, _market()), PRICES, SIGMAS, BASE, INTERVAL_S).log_distance
 
     # the survive price is an integer e8 price: 1e-8 relative of rounding in the distance
@@ -154,7 +128,7 @@ def test_screen_account_restores_the_margin_the_band_asks_for():
     the restore level x s (s = sigma_M over the variance-share-weighted volatility), at least the screen's breach
     target; dearer gas restores more."""
     market = _market()
-    view = margin_account(_account(5.0, 40_000.0, wbtc=0.4), market)
+    view = margin_account(_aave_account("0xa", 5.0, 40_000.0, wbtc=0.4), market)
     corr = {("WETH", "WBTC"): 0.5}
     risks = [
         assess_accounts([view], PRICES, SIGMAS, _policy(k), INTERVAL_S, correlation=corr)[0] for k in (0.0125, 5.0)
@@ -185,12 +159,12 @@ def test_screen_account_restores_the_margin_the_band_asks_for():
 def test_cost_aware_release_lands_at_the_restore_level():
     """A very safe account (10 WETH, 1,000 USDC) beyond the cost band's release level: the owner's release leaves
     it at the restore distance, not further."""
-    safe = _account(10.0, 1_000.0)
+    safe = _aave_account("0xa", 10.0, 1_000.0)
     policy = _policy(5.0)
     out = _decide(safe, policy, {}, release=True)
     d = out.decision("0xa")
     assert d is not None and d.band == "release" and d.asset == "WETH", d.reason if d else None
     restore = out.risks[0].restore_distance
-    after = _account(10.0 - d.amount / 1e18, 1_000.0)
+    after = _aave_account("0xa", 10.0 - d.amount / 1e18, 1_000.0)
     dist = assess_account(margin_account(after, _market()), PRICES, SIGMAS, BASE, INTERVAL_S).log_distance
     assert restore - 1e-8 <= dist <= restore + 1e-6

@@ -7,18 +7,15 @@ import math
 
 import numpy as np
 import pytest
+from aave_market import PRICES, SIGMAS, SYMBOLS
+from aave_market import account as _account
+from aave_market import market as _market
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keeper.accounts.aave_v3 import (
-    RAY,
     WAD,
-    AaveAccount,
     AaveRules,
-    Market,
-    ReserveState,
-    UserReserve,
-    decode_reserve_configuration,
     health_factor,
     margin_account,
 )
@@ -31,32 +28,6 @@ from keeper.risk.policy import RiskPolicy, kappa_scaled_breach_probability, sigm
 
 POLICY = RiskPolicy(stress_window_s=0.0)
 LIMITS = PlanLimits.from_policy(POLICY, max_per_tx_e6=50_000 * 10**6, max_per_day_e6=200_000 * 10**6)
-PRICES = {"WETH": 3_000 * 10**8, "WBTC": 60_000 * 10**8, "USDC": 10**8}
-SIGMAS = {"WETH": 0.8, "WBTC": 0.6, "USDC": 0.01}
-SYMBOLS = {a: a for a in PRICES}
-
-
-def _bitmap(ltv: int, lt: int, bonus: int, decimals: int, *, frozen: bool = False, paused: bool = False) -> int:
-    return ltv | lt << 16 | bonus << 32 | decimals << 48 | 1 << 56 | int(frozen) << 57 | 1 << 58 | int(paused) << 60
-
-
-def _market(*, frozen: frozenset[str] = frozenset(), paused: frozenset[str] = frozenset(), borrow_rate=0.0) -> Market:
-    params = {"WETH": (8000, 8250, 10500, 18), "WBTC": (7300, 7800, 10500, 8), "USDC": (7700, 8000, 10450, 6)}
-    reserves = {}
-    for rid, (asset, (ltv, lt, bonus, dec)) in enumerate(params.items()):
-        cfg = decode_reserve_configuration(
-            _bitmap(ltv, lt, bonus, dec, frozen=asset in frozen, paused=asset in paused) | 1000 << 152
-        )
-        reserves[asset] = ReserveState(asset, cfg, RAY, 0, RAY, int(borrow_rate * RAY), 0, rid)
-    return Market(reserves, dict(PRICES), {}, 0)
-
-
-def _account(user: str, weth: float = 10.0, usdc_debt: float = 22_000.0, wbtc: float = 0.0) -> AaveAccount:
-    reserves = [UserReserve("WETH", int(weth * 10**18), 0, 0, True, False)]
-    if wbtc:
-        reserves.append(UserReserve("WBTC", int(wbtc * 10**8), 0, 0, True, False))
-    reserves.append(UserReserve("USDC", 0, int(usdc_debt * 10**6), 0, False, True))
-    return AaveAccount(user, 0, tuple(reserves))
 
 
 def _decide(accounts, market, wallet, **state_kw):
