@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from keeper.commands.risk import cost_per_year_by_gas_price, fmt_costs
-from keeper.risk.accounts import assess_accounts
+from keeper.risk.accounts import AccountRisk, assess_accounts
 from keeper.risk.policy import CostBands
 from keeper.runtime.accounts_service import AccountCycleReport, AccountKeeperService
 
@@ -36,27 +36,36 @@ def add_account_cost_estimates(
     risks = {r.account.lower(): r for r in outcome.risks} if outcome is not None else {}
     views = {a.account.lower(): a for a in book.accounts} if book is not None else {}
     interval_s = report.decision_interval_s or service.check_interval_s
-    for row in out["accounts"]:
-        key = row["account"].lower()
-        risk, view = risks.get(key), views.get(key)
-        if risk is None or view is None or book is None or not risk.has_debt:
-            row["cost_usd_per_year"] = dict.fromkeys(gas_prices_gwei, 0.0)
-            continue
-        if not (math.isfinite(risk.band_sigma_annual) and risk.band_notional_usd > 0):
-            row["cost_usd_per_year"] = dict.fromkeys(gas_prices_gwei, -1.0)
-            continue
+    priced = {k: r for k, r in risks.items() if k in views and r.has_debt}
+    at_bands: dict[CostBands, dict[str, AccountRisk]] = {}  # the whole book assessed once per gas price
 
-        def bands_at(bands: CostBands, view: Any = view, liq: bool = risk.liquidatable, key: str = key) -> Any:
-            (r,) = assess_accounts(
-                [view],
+    def book_at(bands: CostBands) -> dict[str, AccountRisk]:
+        if bands not in at_bands and book is not None:
+            assessed = assess_accounts(
+                [views[k] for k in priced],
                 book.prices_e8,
                 report.asset_sigmas,
                 dataclasses.replace(service.policy, cost_bands=bands),
                 interval_s,
                 stress_gaps=report.stress_gaps,
                 correlation=report.correlation,
-                liquidatable={key: liq},
+                liquidatable={k: r.liquidatable for k, r in priced.items()},
             )
+            at_bands[bands] = {r.account.lower(): r for r in assessed}
+        return at_bands[bands]
+
+    for row in out["accounts"]:
+        key = row["account"].lower()
+        risk = priced.get(key)
+        if risk is None:
+            row["cost_usd_per_year"] = dict.fromkeys(gas_prices_gwei, 0.0)
+            continue
+        if not (math.isfinite(risk.band_sigma_annual) and risk.band_notional_usd > 0):
+            row["cost_usd_per_year"] = dict.fromkeys(gas_prices_gwei, -1.0)
+            continue
+
+        def bands_at(bands: CostBands, key: str = key) -> tuple[float, float, float, dict[str, float]]:
+            r = book_at(bands)[key]
             return r.trigger_distance, r.restore_distance, r.release_distance, {}
 
         costs = cost_per_year_by_gas_price(
