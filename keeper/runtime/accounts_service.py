@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import structlog
@@ -103,6 +103,15 @@ def _below_one(rules: Any, user: str, prices_e8: Mapping[str, int]) -> bool:
     return bool(rules.health_at(user, prices_e8) < WAD)
 
 
+class AssetEstimates(NamedTuple):
+    """What one decision was taken under, per asset: sigma (annual), stress gaps (down, up) and the pairwise
+    correlations (:meth:`AccountKeeperService.estimate_assets`)."""
+
+    sigmas_annual: dict[str, float]
+    stress_gaps: dict[str, tuple[float, float]]
+    correlation: dict[tuple[str, str], float]
+
+
 @dataclass
 class AccountCycleReport(CycleReport):
     """What one account cycle saw and did (``risks``/``plan`` of the position sibling stay empty)."""
@@ -130,8 +139,6 @@ class AccountKeeperService(KeeperService):
         self.top_up_gas_used = GAS_USED_MEASURED.get(self.accounts_adapter.name, self.top_up_gas_used)
         self._symbols: dict[str, str] = {}
         self._discovered_accounts: set[str] = set()
-        # the last decision's stress gaps, correlations and check interval (decide_snapshot)
-        self.last_estimates: tuple[dict[str, tuple[float, float]], dict[tuple[str, str], float], float] = ({}, {}, 0.0)
 
     @property
     def accounts_adapter(self) -> AccountAdapter:
@@ -281,13 +288,13 @@ class AccountKeeperService(KeeperService):
 
     def decide_snapshot(
         self, book: AccountBook, wallet: dict[str, int], *, busy: dict[str, str] | None = None
-    ) -> tuple[AccountBookDecision, dict[str, float], dict[str, int]]:
+    ) -> tuple[AccountBookDecision, AssetEstimates, dict[str, int]]:
         """The daemon's decision over one read: estimates, stale sources, then :func:`decide_accounts` (with
         ``risk.cost_aware`` under the cost bands of the moment, :meth:`policy_now`: the protocol's own gas per
         action x the gas price now x the gas token's price)."""
         policy = self.policy_now()
-        sigmas, gaps, corr = self.estimate_assets(book, policy)
-        self.last_estimates = (gaps, corr, self.check_interval_s)
+        estimates = AssetEstimates(*self.estimate_assets(book, policy))
+        sigmas, gaps, corr = estimates
         now = book.timestamp_s
         stale = {a: r.age_s(now) for a, r in book.rounds.items() if r.is_stale(now, self._stale_after(a))}
         stale |= {a: now for a in book.prices_e8 if a not in book.rounds}  # no round at all: unknown
@@ -315,7 +322,7 @@ class AccountKeeperService(KeeperService):
             # multi-factor accounts: correlated fat-tailed paths, reproducible per block
             monte_carlo=AccountMonteCarlo(np.random.default_rng(book.block_number)),
         )
-        return outcome, sigmas, stale
+        return outcome, estimates, stale
 
     def cycle(self, *, execute: bool = True) -> AccountCycleReport:
         try:
@@ -333,7 +340,7 @@ class AccountKeeperService(KeeperService):
         self._update_native_price({self._symbols.get(a, a): p for a, p in snap.prices_e8.items()})
         wallet, allowances = adapter.wallet(self.signer_address) if self.signer_address else ({}, {})
         busy = self._busy_accounts() if self.txm is not None else {}
-        outcome, sigmas, stale = self.decide_snapshot(snap, wallet, busy=busy)
+        outcome, estimates, stale = self.decide_snapshot(snap, wallet, busy=busy)
         report = AccountCycleReport(
             snap.block_number,
             snap.timestamp_s,
@@ -341,14 +348,14 @@ class AccountKeeperService(KeeperService):
             Plan(),
             outcome=outcome,
             wallet=wallet,
-            asset_sigmas=sigmas,
+            asset_sigmas=estimates.sigmas_annual,
             stale=stale,
             symbols=dict(self._symbols),
             price_basis=snap.price_basis,
             book=snap,
-            stress_gaps=self.last_estimates[0],
-            correlation=self.last_estimates[1],
-            decision_interval_s=self.last_estimates[2],
+            stress_gaps=estimates.stress_gaps,
+            correlation=estimates.correlation,
+            decision_interval_s=self.check_interval_s,
         )
         report.round_trips = snap.round_trips
         self._explain_accounts(snap, outcome)
