@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from keeper.accounts.costs import GAS_USED_MEASURED
-from keeper.replay.accounts_fast import GAS_REPAY, GAS_REVERT, GAS_SUPPLY, AccountReplayResult
+from keeper.accounts.costs import AAVE_REPAY_GAS, AAVE_SUPPLY_GAS, GAS_USED_MEASURED, PERP_DEPOSIT_FOR_GAS
+from keeper.replay.accounts_fast import GAS_REVERT, AccountReplayResult
 from keeper.replay.cost import CostBreakdown, CostModel
 from keeper.replay.metrics import best_fixed_baseline
 from keeper.replay.report import DEFAULT_NATIVE, policy_costs
@@ -40,13 +40,11 @@ def _cost_note(protocol: str) -> str:
 
 
 def _labels() -> dict[str, ProtocolLabels]:
-    from keeper.replay.perp_accounts import GAS_DEPOSIT
-
     return {
         "aave-v3": ProtocolLabels(
             "Aave v3",
             ("supplies", "repays"),
-            {"supply": GAS_SUPPLY, "repay": GAS_REPAY},
+            {"supply": AAVE_SUPPLY_GAS, "repay": AAVE_REPAY_GAS},
             "min_health_factor",
             "min HF",
             "USD; gas in gas units; idle = max(0, collateral x average LT - debt) per account; "
@@ -54,12 +52,13 @@ def _labels() -> dict[str, ProtocolLabels]:
             "Penalty = the liquidators' bonus (collateral seized, the protocol's fee included, minus the debt "
             "repaid). Idle = sum over accounts of max(0, collateral x average LT - debt), time-weighted. min HF = "
             "the least health factor before the liquidator acted. `fixed:X:Y`: below HF X repay to HF Y. Gas per "
-            f"action: supply {GAS_SUPPLY:,}, repay {GAS_REPAY:,} (constants, not receipts). {_cost_note('aave-v3')}",
+            f"action: supply {AAVE_SUPPLY_GAS:,}, repay {AAVE_REPAY_GAS:,} (the daemon's measured receipts). "
+            + _cost_note("aave-v3"),
         ),
         "perp-v2": ProtocolLabels(
             "Perp v2",
             ("deposits",),
-            {"deposit": GAS_DEPOSIT},
+            {"deposit": PERP_DEPOSIT_FOR_GAS},
             "min_health",
             "min health",
             "USD; gas in gas units; idle = max(0, account value - maintenance requirement) per account; "
@@ -67,7 +66,7 @@ def _labels() -> dict[str, ProtocolLabels]:
             "Penalty = Curie's liquidation penalty (2.5 % of the notional closed at the mark). Mark = index (no "
             "pool). Idle = sum over accounts of max(0, account value - maintenance requirement), time-weighted. "
             "min health = the least account value / requirement before the liquidator acted. `fixed:X:Y`: below "
-            f"health X deposit to Y. Gas per Vault.depositFor {GAS_DEPOSIT:,} (a constant, not receipts). "
+            f"health X deposit to Y. Gas per Vault.depositFor {PERP_DEPOSIT_FOR_GAS:,} (the measured receipt). "
             + _cost_note("perp-v2"),
         ),
     }

@@ -32,9 +32,9 @@ rounds' for every policy). ``fixed:X:Y`` is the DeFi Saver
 style rule on the health factor: below HF X repay (or supply, when the wallet's asset is not a debt) the least
 that brings the HF to Y; ``none`` does nothing.
 
-Gas: a supply ``GAS_SUPPLY`` and a repay on behalf ``GAS_REPAY`` (measured on anvil,
-:data:`keeper.runtime.accounts_service.GAS_LIMIT_DEFAULT`), a refused one ``GAS_REVERT``; the approval is
-one-off and not counted.
+Gas: each landed supply and repay on behalf is charged the daemon's measured figure
+(:data:`keeper.accounts.costs.AAVE_SUPPLY_GAS`, :data:`~keeper.accounts.costs.AAVE_REPAY_GAS`: receipts of the
+real contracts on anvil), a refused one ``GAS_REVERT``; the approval is one-off and not counted.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from keeper.accounts.aave_v3 import (
     percent_mul,
 )
 from keeper.accounts.base import AccountRules
-from keeper.accounts.costs import GAS_USED_MEASURED
+from keeper.accounts.costs import AAVE_REPAY_GAS, AAVE_SUPPLY_GAS, GAS_USED_MEASURED
 from keeper.decision import AccountBookState, decide_accounts
 from keeper.domain import AccountAction, AccountActionKind
 from keeper.errors import ConfigError, InputError
@@ -73,8 +73,6 @@ from keeper.risk.accounts import AccountMonteCarlo, AccountRisk, assess_accounts
 from keeper.risk.policy import CostBands, RiskPolicy
 from keeper.risk.volatility import estimate_volatility
 
-GAS_SUPPLY = 136_000  # Pool.supply on behalf (anvil, @aave/core-v3 1.19.3)
-GAS_REPAY = 166_000  # Pool.repay on behalf, variable debt
 GAS_REVERT = 60_000
 DEFAULT_MIN_ACTION_E6 = 10_000_000
 DEFAULT_ACCOUNT_POLICIES = (
@@ -391,7 +389,7 @@ class _AccountRun:
         supply = a.kind is AccountActionKind.ADD_COLLATERAL
         if a.kind not in (AccountActionKind.ADD_COLLATERAL, AccountActionKind.REPAY_DEBT):
             return
-        gas = GAS_SUPPLY if supply else GAS_REPAY
+        gas = AAVE_SUPPLY_GAS if supply else AAVE_REPAY_GAS
         unit = 10 ** self.book.reserves[a.asset].params.decimals
         try:
             if a.asset != self.book.wallet_asset or a.amount > self.wallet.get(name, 0):

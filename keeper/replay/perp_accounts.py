@@ -23,8 +23,9 @@ it only deposits (no reduction, no release).
 ``fixed:X:Y``: below health X the least deposit that brings it to Y (:func:`keeper.accounts.perp_v2.
 min_deposit_e6`); ``none`` does nothing.
 
-Gas: ``Vault.depositFor`` ``GAS_DEPOSIT`` (measured on anvil by tests/perp/test_perp_replay_chain.py), a refused
-one ``GAS_REVERT``.
+Gas: ``Vault.depositFor`` at the daemon's measured :data:`keeper.accounts.costs.PERP_DEPOSIT_FOR_GAS` (the
+on-chain check, tests/perp/test_perp_replay_chain.py, compares the chain's receipts with it), a refused one
+``GAS_REVERT``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from keeper.accounts.costs import PERP_DEPOSIT_FOR_GAS
 from keeper.accounts.perp_v2 import SETTLEMENT_SCALE, WAD, PerpRules, leg_size_e18, margin_at, min_deposit_e6
 from keeper.domain import AccountAction, AccountActionKind
 from keeper.errors import ConfigError
@@ -56,7 +58,6 @@ from keeper.replay.perp_model import PerpExchange, PerpLiquidation, PerpRevert, 
 from keeper.replay.prices import Bars
 from keeper.risk.policy import RiskPolicy
 
-GAS_DEPOSIT = 75_000  # Vault.depositFor, measured 74.8k (anvil, @perp/curie-contract 2.8.4; test_perp_replay_chain.py)
 DEFAULT_PERP_POLICIES = ("risk", "fixed:1.3:1.6", "fixed:1.5:2", "fixed:2:3", "none")
 
 
@@ -171,7 +172,7 @@ class _PerpRun:
         day = now_s // 86_400
         d, s = self.spent.get(name, (-1, 0))
         self.spent[name] = (day, (s if d == day else 0) + a.amount)
-        res.record_gas(now_s, GAS_DEPOSIT)
+        res.record_gas(now_s, PERP_DEPOSIT_FOR_GAS)
         res.events.append(Event(now_s, k, "deposit", name, 0, a.amount, 0, a.reason))
         if self.config.trace:
             self.trace[-1]["actions"].append((k, name, "deposit", a.asset, a.amount))

@@ -26,6 +26,7 @@ from eth_account import Account
 from web3 import Web3
 
 from keeper.accounts.aave_v3 import MAX_UINT256
+from keeper.accounts.costs import AAVE_REPAY_GAS, AAVE_SUPPLY_GAS
 from keeper.chain.anvil import Anvil
 from keeper.dev.aave_v3 import VOLATILE, AaveOps, RateStrategy, ReserveSpec, deploy_aave
 from keeper.dev.reference import ANVIL_KEYS
@@ -250,10 +251,11 @@ def test_fast_model_equals_real_aave_round_by_round(window):
             {p: (r.liquidations, r.transactions) for p, r in fast.results.items()},
             {k: (len(v), statistics.median(v) if v else None) for k, v in chain.gas.items()},
         )
-        # what the fast replay charges per action is what the contracts use (within 15 %)
-        for kind, want in (("repay", 166_000), ("supply", 136_000)):
+        # what the fast replay charges per action (the daemon's measured figures) is what the contracts use, within
+        # 15 % (a first supply of an asset writes more storage than the later ones)
+        for kind, want in (("repay", AAVE_REPAY_GAS), ("supply", AAVE_SUPPLY_GAS)):
             assert chain.gas[kind], f"no {kind} on the window: the check would not cover it"
-            assert abs(statistics.median(chain.gas[kind]) / want - 1) < 0.25, (kind, chain.gas[kind])
+            assert abs(statistics.median(chain.gas[kind]) / want - 1) < 0.15, (kind, chain.gas[kind])
     finally:
         anvil.stop()
 

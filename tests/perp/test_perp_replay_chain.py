@@ -25,6 +25,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from keeper.accounts.costs import PERP_DEPOSIT_FOR_GAS
 from keeper.accounts.perp_v2 import ONE_E18
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
@@ -32,7 +33,7 @@ from keeper.dev.perp_v2 import LIQUIDATOR, MAKER, MAX_UINT, MOVER, PerpMarketSpe
 from keeper.dev.reference import ANVIL_KEYS
 from keeper.protocols.perp_v2 import PerpV2Adapter
 from keeper.replay.accounts_fast import AccountsConfig, AccountsRisk, NoKeeperAccounts
-from keeper.replay.perp_accounts import GAS_DEPOSIT, MarginTarget, run_perp_fast
+from keeper.replay.perp_accounts import MarginTarget, run_perp_fast
 from keeper.replay.perp_book import parse_perp_book
 from keeper.replay.prices import build_round_grid
 
@@ -191,6 +192,6 @@ def test_fast_model_follows_real_curie_round_by_round(window):
         assert sum(len(v) for v in divergences.values()) <= 3
         assert worst["open_size"] < 0.003  # the fills' price impact
         assert chain.gas["deposit"], "no deposit on the window: the check would not cover it"
-        assert abs(statistics.median(chain.gas["deposit"]) / GAS_DEPOSIT - 1) < 0.25, chain.gas["deposit"]
+        assert abs(statistics.median(chain.gas["deposit"]) / PERP_DEPOSIT_FOR_GAS - 1) < 0.1, chain.gas["deposit"]
     finally:
         anvil.stop()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from keeper.accounts.costs import PERP_DEPOSIT_FOR_GAS
 from keeper.cli import build_app
 
 
@@ -30,7 +31,7 @@ def test_cli_replays_a_perp_book(tmp_path, crash_csv):
     none, risk = summary["policies"]["none"], summary["policies"]["risk"]
     assert set(none["total_cost_usd"]) == {"l1", "l2"} and none["liquidations"] > 0
     assert risk["liquidations"] == 0 and risk["deposits"] > 0 and risk["min_health"] >= 1.0
-    assert summary["config"]["gas_per_action"] == {"deposit": 75_000}
+    assert summary["config"]["gas_per_action"] == {"deposit": PERP_DEPOSIT_FOR_GAS}
     report = (out / "report.md").read_text()
     assert report.startswith("# Perp v2 account replay") and "| `none` |" in report and "| deposits |" in report
     assert "| `risk:cost:l2` |" in report
