@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -46,12 +47,15 @@ def run_account_replay(
     cost_model: object,
     native: str,
     no_plots: bool = False,
+    long_history: list[str] | None = None,
+    tail_probability: float | None = None,
 ) -> None:
     from keeper.replay.aave_book import load_aave_book
     from keeper.replay.aave_report import account_costs, account_table, labels, write_account_report
     from keeper.replay.accounts_fast import (
         DEFAULT_ACCOUNT_POLICIES,
         AccountsConfig,
+        AccountsRisk,
         parse_account_policy,
         run_accounts_fast,
     )
@@ -79,11 +83,21 @@ def run_account_replay(
     presets = dict(cost_model.gas_price_gwei)
     rate = cost_model.capital_rate_annual
     pols = [parse(s, gas_presets_gwei=presets, capital_rate_annual=rate, native_symbol=native) for s in specs]
+    if tail_probability is not None:
+        for pol in pols:
+            if isinstance(pol, AccountsRisk):
+                pol.risk_policy = dataclasses.replace(pol.risk_policy, stress_tail_probability=tail_probability)
     names = [p.name for p in pols]
     if len(set(names)) != len(names):
         raise InputError(f"a policy is given twice: {', '.join(names)}")
+    from keeper.commands.replay import _long_tails  # the reference replay's fit of --long-history
+
     config = AccountsConfig(
-        order=order, warmup_s=int(warmup_h * 3600), inclusion_delay_rounds=delay, record=not no_plots
+        order=order,
+        warmup_s=int(warmup_h * 3600),
+        inclusion_delay_rounds=delay,
+        record=not no_plots,
+        long_tails=_long_tails(long_history or [], series, order, max_gap_s),
     )
     with console.status(f"replaying the {'Perp v2' if perp else 'Aave'} accounts"):
         result = run_perp_fast(bk, series, pols, config) if perp else run_accounts_fast(bk, series, pols, config)

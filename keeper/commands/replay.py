@@ -207,6 +207,7 @@ def replay_command(
             return run_account_replay(
                 book=book, files=files, policy=policy, out=out, fast=fast, warmup_h=warmup_h, delay=delay,
                 order=order, max_gap_s=max_gap_s, cost_model=cost_model, native=native, no_plots=no_plots,
+                long_history=long_history, tail_probability=tail_probability,
             )  # fmt: skip
     bk = load_book(book)
     console = Console(stderr=True)

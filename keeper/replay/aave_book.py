@@ -85,6 +85,11 @@ class AaveBook:
                 out.setdefault(r.price_symbol, []).append(a)
         return out
 
+    def liquidation_penalty(self, asset: str) -> float:
+        """What a liquidation seizing ``asset`` takes beyond the debt it repays, as a fraction: the reserve's
+        liquidation bonus (the daemon's :func:`keeper.accounts.costs.liquidation_penalty` of the same reserve)."""
+        return max(self.reserves[asset].params.liquidation_bonus_bps / 10_000 - 1.0, 0.0)
+
 
 def _num(d: dict, key: str, where: str, *, lo: float, hi: float, default: float | None = None) -> float:
     if key not in d:

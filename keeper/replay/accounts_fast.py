@@ -27,8 +27,10 @@ never withdraws from an Aave account, so ``risk`` only supplies and repays. ``ri
 the cost-aware restore and release levels (:func:`keeper.risk.accounts.account_bands`) of the round: one action
 priced at the protocol's measured gas (:data:`keeper.accounts.costs.GAS_USED_MEASURED`, the daemon's figure) x the
 preset's gas price x the replayed native token's latest price (``ETH``), idle capital at the capital rate; the
-same trigger. The account replay reads no long history, so no tail is priced (the stress gaps are the recent
-rounds' for every policy). ``fixed:X:Y`` is the DeFi Saver
+same trigger. With :attr:`AccountsConfig.long_tails` (``--long-history``) the stress gap of a replayed
+asset is the worse of its recent rounds and its long-history tail, read per decision for ``risk`` and at the
+cost-optimal level for ``risk:cost:PRESET`` (priced at the book's liquidation penalty), as the daemon reads
+``[risk.long_history]``. ``fixed:X:Y`` is the DeFi Saver
 style rule on the health factor: below HF X repay (or supply, when the wallet's asset is not a debt) the least
 that brings the HF to Y; ``none`` does nothing.
 
@@ -71,6 +73,7 @@ from keeper.replay.metrics import Event, PolicyResult, plot_stride
 from keeper.replay.prices import Bars, build_round_grid
 from keeper.risk.accounts import AccountMonteCarlo, AccountRisk, assess_accounts, correlation_from_histories
 from keeper.risk.policy import CostBands, RiskPolicy
+from keeper.risk.tails import LongTail
 from keeper.risk.volatility import estimate_volatility
 
 GAS_REVERT = 60_000
@@ -93,6 +96,10 @@ class AccountsConfig:
     record: bool = True
     trace: bool = False  # keep every round's HF per account and every action (the chain check)
     chunk_rounds: int = 4096
+    # replayed symbol -> its long-history tail (``--long-history``): the stress gaps take the worse of the recent
+    # rounds and the tail, read per decision for ``risk`` and at its cost-optimal level for ``risk:cost:PRESET``
+    # (at the book's liquidation penalty), as the daemon does with ``[risk.long_history]``
+    long_tails: Mapping[str, LongTail] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.inclusion_delay_rounds < 1:
@@ -669,6 +676,11 @@ def run_accounts_fast(
         sigma = max(book.reserves[a].sigma_fallback_annual, rp.sigma_floor_annual)
         fixed_inputs[a] = (sigma, (float(g[0]), float(g[1])))
     needs_inputs = any(isinstance(p, AccountsRisk) for p in policies)
+    # the stress gaps differ between policies only through a long-history tail: read per decision (``risk``), or
+    # priced at a capital rate (``risk:cost:PRESET``); one set of inputs per distinct reading, shared by the runs
+    gap_policy = {_gap_reading(p, config): p for p in policies}
+    readings = {key: _reading_policy(rp, key) for key in gap_policy}
+    penalties = {a: book.liquidation_penalty(a) for v in by_symbol.values() for a in v} if config.long_tails else {}
     total = n * len(policies)
     if progress is not None:
         progress(0, total)
@@ -685,12 +697,16 @@ def run_accounts_fast(
         prices = {a: px for sym, px in rnd.prices_e8.items() for a in by_symbol[sym]}
         if k == 0:
             prices |= fixed
-        inputs = _Inputs({}, {}, {})
-        if needs_inputs:
-            inputs = _inputs(hist, by_symbol, fixed_inputs, rp, max(1.0, dt), rnd.t_s)
-        inputs.replayed_e8 = dict(latest_e8)
+        by_reading = {}
+        for key, reading in readings.items():
+            inputs = _Inputs({}, {}, {})
+            if needs_inputs:
+                tails = (config.long_tails, penalties) if key is not None else None
+                inputs = _inputs(hist, by_symbol, fixed_inputs, reading, max(1.0, dt), rnd.t_s, tails)
+            inputs.replayed_e8 = dict(latest_e8)
+            by_reading[key] = inputs
         for run in runs:
-            run.step(k, rnd.t_s, prices, dt, inputs, opening=k == 0)
+            run.step(k, rnd.t_s, prices, dt, by_reading[_gap_reading(run.policy, config)], opening=k == 0)
         if progress is not None and ((k + 1) % 64 == 0 or k == n - 1):
             progress((k + 1) * len(runs), total)
     end_s = int(t_arr[-1])
@@ -722,6 +738,24 @@ def run_accounts_fast(
     )
 
 
+def _gap_reading(policy: AccountPolicy, config: AccountsConfig) -> tuple[str, float] | None:
+    """How ``policy`` reads the long-history tails: ``None`` (no tail given, or a policy without the daemon's
+    estimates), ``("decision", 0)`` per decision, ``("cost", capital rate)`` at the cost-optimal level."""
+    if not config.long_tails or not isinstance(policy, AccountsRisk):
+        return None
+    if policy.cost_preset is None:
+        return ("decision", 0.0)
+    return ("cost", policy.cost_preset[1])
+
+
+def _reading_policy(rp: RiskPolicy, key: tuple[str, float] | None) -> RiskPolicy:
+    """``rp`` as :meth:`RiskPolicy.estimate_stress_gap` must see it for reading ``key`` (a cost-aware reading
+    prices the tail at its capital rate; the gas price does not enter the gap)."""
+    if key is None or key[0] != "cost":
+        return rp
+    return replace(rp, cost_bands=CostBands(gas_usd_per_tx=0.0, capital_rate_annual=key[1]))
+
+
 def _inputs(
     hist: Mapping[str, _History],
     by_symbol: Mapping[str, list[str]],
@@ -729,8 +763,11 @@ def _inputs(
     rp: RiskPolicy,
     check_interval_s: float,
     now_s: int,
+    tails: tuple[Mapping[str, LongTail], Mapping[str, float]] | None = None,
 ) -> _Inputs:
-    """The daemon's estimates per asset from the oracle rounds so far (see the module docstring)."""
+    """The daemon's estimates per asset from the oracle rounds so far (see the module docstring); ``tails``:
+    the long-history tail per replayed symbol and the liquidation penalty per asset, as
+    :meth:`keeper.runtime.accounts_service.AccountKeeperService.estimate_assets` passes them."""
     sigmas: dict[str, float] = {}
     gaps: dict[str, tuple[float, float]] = {}
     histories: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -743,8 +780,13 @@ def _inputs(
             floor_annual=rp.sigma_floor_annual,
             fallback_annual=rp.sigma_fallback_annual,
         )
-        g = rp.estimate_stress_gap(times, prices, check_interval_s, now_s=now_s).side_gaps
+        tail = tails[0].get(sym) if tails is not None else None
+        g = rp.estimate_stress_gap(times, prices, check_interval_s, now_s=now_s).side_gaps if tail is None else None
         for a in by_symbol[sym]:
+            if tails is not None and tail is not None:
+                penalty = tails[1].get(a, 0.0)
+                g = rp.estimate_stress_gap(times, prices, check_interval_s, now_s, tail, penalty).side_gaps
+            assert g is not None
             sigmas[a] = est.sigma_annual
             gaps[a] = (float(g[0]), float(g[1]))
             histories[a] = (times, prices)

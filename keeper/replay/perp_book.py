@@ -80,6 +80,11 @@ class PerpBook:
             out.setdefault(m.price_symbol, []).append(b)
         return out
 
+    def liquidation_penalty(self, asset: str) -> float:
+        """What a liquidation of a position in ``asset`` takes, as a fraction of the notional closed: the clearing
+        house's penalty ratio (every market; the daemon's :func:`keeper.accounts.costs.liquidation_penalty`)."""
+        return self.params.liquidation_penalty_ratio_e6 / 1e6
+
 
 MARKET_KEYS = {"price", "fee_ratio", "premium_gap"}
 ACCOUNT_KEYS = {"name", "collateral_usd", "positions", "positions_usd", "leverage", "leverages", "wallet_usd"}
