@@ -96,6 +96,33 @@ class TestAccountRisk:
         # screen: continuous monitoring of a linearised M; MC: 240 grid checks of the exact linear M
         assert p_mc == pytest.approx(r.breach_probability, rel=0.25), (p_mc, se, r.breach_probability)
 
+    @settings(max_examples=25, deadline=None)
+    @given(
+        weth=st.floats(0.5, 20.0),
+        wbtc=st.floats(0.01, 1.0),
+        debt=st.floats(1_000.0, 60_000.0),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    def test_monte_carlo_by_step_layout_equals_the_per_path_layout(self, weth, wbtc, debt, seed):
+        """The account Monte Carlo reduces "breached at some step" across the (steps, paths) layout; it must give
+        bit for bit the estimate of the plain ``(paths, steps)`` formula ``M_0 + sum_a g_a expm1(X_a)`` (three
+        correlated fat-tailed assets, so the sum over assets has an order that matters)."""
+        from keeper.risk.accounts import exposures
+        from keeper.risk.montecarlo import hit_probability
+
+        view = margin_account(_account("t", weth, debt, wbtc=wbtc), _market())
+        assets = ["USDC", "WBTC", "WETH"]
+        corr = ((1.0, 0.1, 0.05), (0.1, 1.0, 0.7), (0.05, 0.7, 1.0))
+        model = PathModel(sigma_annual=(0.05, 1.8, 2.4), corr=corr, student_t_nu=4.0)
+        paths = simulate_paths(model, 3600.0, 16, 4096, np.random.default_rng(seed), keep_paths=True)
+        coll, debt_usd, grad, _ = exposures(view, PRICES)
+        g = np.asarray([grad.get(a, 0.0) for a in assets])
+        assert paths.paths is not None
+        cost = debt_usd * 1e-3
+        excess = (coll - debt_usd) + np.einsum("a,apt->pt", g, np.expm1(paths.paths))
+        expected = hit_probability(paths, (excess < cost).any(axis=1))
+        assert account_breach_mc(paths, assets, view, PRICES, cost) == expected
+
     def test_survive_move_is_down_for_collateral_and_past_the_stress_gap(self):
         """The move to survive takes WETH down by at least twice its 12 % stress gap and leaves USDC alone."""
         view = margin_account(_account("t"), _market())

@@ -15,10 +15,11 @@ plain-text line lands in the JSON log.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Literal, TextIO, cast
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -55,7 +56,7 @@ class SecretRedactor:
         self._mask = DataMasker(known=self._known, secret_names=self._names, public_suffixes=self._public)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return cast(EventDict, self._mask(dict(event_dict)))
+        return cast(EventDict, self._mask(event_dict))  # a new dict: the masker copies every mapping it cleans
 
 
 def _is_tty(stream: TextIO) -> bool:
@@ -67,8 +68,22 @@ def _is_tty(stream: TextIO) -> bool:
 
 def _renderer(fmt: Literal["json", "pretty"]) -> Processor:
     if fmt == "json":
-        return structlog.processors.JSONRenderer(sort_keys=True)
+        return structlog.processors.JSONRenderer(serializer=_JsonLine(), sort_keys=True)
     return structlog.dev.ConsoleRenderer(colors=True)
+
+
+class _JsonLine:
+    """``json.dumps`` for the renderer, with one encoder made on the first line and kept: ``json.dumps`` with any
+    option builds a new :class:`json.JSONEncoder` on every call. Same options (the renderer's ``sort_keys`` and
+    structlog's fallback for what JSON has no type for), hence the same text."""
+
+    def __init__(self) -> None:
+        self._encoder: json.JSONEncoder | None = None
+
+    def __call__(self, event_dict: EventDict, **options: Any) -> str:
+        if self._encoder is None:
+            self._encoder = json.JSONEncoder(**options)
+        return self._encoder.encode(event_dict)
 
 
 def processors(fmt: Literal["json", "pretty"], known: Iterable[str] = ()) -> list[Processor]:

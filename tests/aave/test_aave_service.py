@@ -190,6 +190,9 @@ class TestWallet:
         (line,) = [e for e in logs if e["event"] == "account_decision"]
         d = report.outcome.decision(user)
         assert d is not None and 0 < d.breach_probability < 1 and line["vega"] > 0  # endangered: vol raises p
+        # the line names its account, protocol and chain (fields of the line, not a bound logger's context)
+        assert (line["account"], line["protocol"], line["chain_id"]) == (user.lower(), d.protocol, 31337)
+        assert line["log_level"] == "info" and line["reason"] == d.reason
         service.close()
 
 

@@ -69,6 +69,16 @@ class TestSecretRedactor:
             out = red(None, "info", {"event": "x", "db_password": "pw", "tx_hash": TX_HASH, "detail": KEY})
             assert out["db_password"] == REDACTED and out["tx_hash"] == TX_HASH and out["detail"] == REDACTED
 
+    def test_numbers_under_secret_names_are_masked_on_every_line(self):
+        """Plain numbers and None skip the masker's call, but not under a secret's name (a seed, a password's
+        digits): masked on the first line and on the lines after it, None left as None; the event not mutated."""
+        red = SecretRedactor()
+        for _ in range(3):
+            event = {"event": "x", "seed": 1234, "pin_password": 5.5, "mnemonic": None, "amount": 7, "ok": True}
+            out = red(None, "info", event)
+            assert out["seed"] == REDACTED and out["pin_password"] == REDACTED and out["mnemonic"] is None
+            assert out["amount"] == 7 and out["ok"] is True and event["seed"] == 1234
+
 
 class TestConfigureLogging:
     def test_json_on_non_tty_with_timestamp_and_level(self):
@@ -102,6 +112,27 @@ class TestConfigureLogging:
         assert "shown_event" in out and "hidden_event" not in out and "pw123" not in out
         with pytest.raises(json.JSONDecodeError):
             json.loads(out)
+
+    def test_json_line_is_json_dumps_sorted(self):
+        """The renderer's shared encoder writes what ``json.dumps(sort_keys=True)`` writes, line after line:
+        integers past 64 bits (wei), nested mappings, NaN, and repr() for what JSON has no type for."""
+
+        class Odd:
+            def __repr__(self) -> str:
+                return "Odd()"
+
+        buf = io.StringIO()
+        configure_logging("json", "info", stream=buf)
+        fields = {"amount": 4_999_990 * 10**18, "exposure_usd": {"WETH": 1.5, "DAI": -2.0}, "x": float("nan")}
+        for _ in range(2):
+            structlog.get_logger().info("account_decision", odd=Odd(), **fields)
+        lines = buf.getvalue().splitlines()
+        assert len(lines) == 2
+        for line in lines:
+            parsed = json.loads(line)
+            assert parsed["amount"] == 4_999_990 * 10**18 and parsed["odd"] == "Odd()"
+            rest = {k: v for k, v in parsed.items() if k not in ("odd", "x")} | {"odd": "Odd()", "x": float("nan")}
+            assert line == json.dumps(rest, sort_keys=True)
 
     def test_bad_arguments(self):
         """Unknown format or level fail at configuration time."""
