@@ -218,6 +218,7 @@ class AccountBook:
     price_basis: dict[str, dict[str, object]] = field(default_factory=dict)
     round_trips: int = 1
     failed: tuple[str, ...] = ()
+    accounts_read: int | None = None  # accounts read afresh at this block (None: every one; Aave reads what changed)
 
 
 class AccountAdapter(ABC):
