@@ -1062,4 +1062,6 @@ def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | No
         multicall=p.multicall,
         journal=journal,
         start_block=p.start_block,
+        full_read_after_blocks=p.full_read_after_blocks,
+        full_read_every_s=p.full_read_every_s,
     )
