@@ -4,8 +4,8 @@ Configuration: a ``PoolAddressesProvider`` address, or a market name from :data:
 providers published in ``@aave-dao/aave-address-book``); Pool, AaveOracle and the data provider are read
 from the provider on chain.
 
-Per cycle :meth:`AaveV3Adapter.read_accounts` reads at one block, pinned by its hash (EIP-1898
-``{"blockHash", "requireCanonical"}``: the head's header is the first request), through Multicall3:
+Per cycle :meth:`AaveV3Adapter.read_accounts` reads at one block through Multicall3 (an incremental read, below:
+pinned by its hash, EIP-1898 ``{"blockHash", "requireCanonical"}``, the head's header its first request):
 
 1. the market pass: every reserve's ``getReserveData`` (configuration bitmap, indices, rates, token addresses)
    and stable debt ``totalSupply``, each price source's ``latestRoundData``, every e-mode category's data and
@@ -32,6 +32,9 @@ read's block is no longer on the chain (its header, fetched in the batch after t
 the head went back; past ``full_read_after_blocks`` blocks or ``full_read_every_s`` seconds of chain time since
 the last full read (0: every read is full); when ``eth_getLogs`` fails or its node lacks the block; when a token
 address, the reserve list or the e-mode set changed; and when a market contract logs ``Upgraded``.
+A read with ``cross_check``, with ``full_read_every_s = 0`` or of a given block reads every account as before
+the incremental reads: the market and the accounts' configurations in one pass at the head, the balances
+pinned to its block number (two round trips for 1,000 accounts), and holds nothing.
 
 The keeper then recomputes each account's six ``getUserAccountData`` values with
 :func:`keeper.accounts.aave_v3.account_data` (exact integer arithmetic) and keeps the contract's own values
@@ -71,7 +74,7 @@ from keeper.accounts.aave_v3 import (
 )
 from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function, event_topic
 from keeper.chain.discovery import LogScanner, is_range_error
-from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall, Prepared
+from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall, Prepared, Result
 from keeper.chain.rpc import BlockId, ChainClient, RpcErrorResponse
 from keeper.domain import AccountAction, AccountActionKind, PriceRound
 from keeper.errors import ChainMismatchError, InputError, TransientRpcError
@@ -569,9 +572,17 @@ class AaveV3Adapter(AccountAdapter):
         if not self.reserves:
             self.load_reserves()
         users = [self._checksummed(u) for u in users]
-        if block != "latest":
-            market, trips = self._market_pass(block)
-            return self._accounts_pass(users, users, market, block, cross_check, trips, None)
+        if block != "latest" or cross_check or self.full_read_every_s == 0:
+            # read in full whatever the logs say: the market and the accounts' configurations in one pass, the
+            # balances pinned to its block (two round trips for 1,000 accounts); nothing held (a later read at
+            # "latest" of another kind starts over with a full read)
+            if block == "latest":
+                self._held = None
+                why = "cross-check (getUserAccountData) reads every account" if cross_check else "full_read_every_s = 0"
+            else:
+                why = f"a read of block {block}"
+            market, trips, got = self._market_pass(block, users, cross_check)
+            return self._accounts_pass(users, users, market, market.block_number, cross_check, trips, why, got=got)
         held = self._held
         calls: list[tuple[str, list]] = [("eth_getBlockByNumber", ["latest", False])]
         if held is not None:  # in the same batch, after the head: the last read's block as the head's chain has it
@@ -580,34 +591,32 @@ class AaveV3Adapter(AccountAdapter):
         head = answers[0]
         number, block_hash, stamp = int(head["number"], 16), str(head["hash"]), int(head["timestamp"], 16)
         pin: dict[str, Any] = {"blockHash": block_hash, "requireCanonical": True}
-        market, trips = self._market_pass(pin)
+        market, trips, _ = self._market_pass(pin)
         trips += 1
-        reason = self._full_read_reason(held, number, stamp, answers[1] if held is not None else None, cross_check)
+        reason = self._full_read_reason(held, number, stamp, answers[1] if held is not None else None)
         sig = _token_signature(market.reserves)
         if reason is None and held is not None and sig != held.tokens:
             reason = "a reserve's token address changed"
         touched: set[str] = set()
         recent: set[str] | None = None
         # the logs since the last read's block less reorg_depth; in a full read those of the last reorg_depth
-        # blocks (whom a reorg could undo next time). A book read in full every cycle needs none.
+        # blocks (whom a reorg could undo next time)
         incremental = reason is None and held is not None
-        if incremental or not (cross_check or self.full_read_every_s == 0):
-            last = held.block_number if incremental and held is not None else number
-            try:
-                trips += 1
-                touched, recent, upgraded = self._logs_touching(
-                    max(last - self.reorg_depth + 1, 0), number, block_hash, market.reserves
-                )
-                if upgraded and reason is None:
-                    reason = "a contract of the market was upgraded (Upgraded event)"
-            except (RpcErrorResponse, TransientRpcError, _LogsUnsure) as exc:
-                recent = None
-                if reason is None:
-                    what = "refused the range" if is_range_error(exc) else "failed"
-                    reason = f"eth_getLogs {what}: {str(exc)[:160]}"
+        last = held.block_number if incremental and held is not None else number
+        try:
+            trips += 1
+            touched, recent, upgraded = self._logs_touching(
+                max(last - self.reorg_depth + 1, 0), number, block_hash, market.reserves
+            )
+            if upgraded and reason is None:
+                reason = "a contract of the market was upgraded (Upgraded event)"
+        except (RpcErrorResponse, TransientRpcError, _LogsUnsure) as exc:
+            recent = None
+            if reason is None:
+                what = "refused the range" if is_range_error(exc) else "failed"
+                reason = f"eth_getLogs {what}: {str(exc)[:160]}"
         if reason is not None or held is None:
-            level = log.debug if cross_check or self.full_read_every_s == 0 else log.info
-            level("aave_full_read", pool=self.pool, block=number, accounts=len(users), reason=reason)
+            log.info("aave_full_read", pool=self.pool, block=number, accounts=len(users), reason=reason)
             snap = self._accounts_pass(users, users, market, pin, cross_check, trips, reason)
             self._held = _Held(number, block_hash, stamp, dict(snap.accounts), sig, recent)
             for u in snap.failed:
@@ -630,16 +639,10 @@ class AaveV3Adapter(AccountAdapter):
             self._drop_unsure(snap)
         return snap
 
-    def _full_read_reason(
-        self, held: _Held | None, number: int, stamp: int, at_last: dict | None, cross_check: bool
-    ) -> str | None:
+    def _full_read_reason(self, held: _Held | None, number: int, stamp: int, at_last: dict | None) -> str | None:
         """Why this read must read every account (``None``: it may read only what changed)."""
         if held is None:
             return "first read"
-        if cross_check:
-            return "cross-check (getUserAccountData) reads every account"
-        if self.full_read_every_s == 0:
-            return "full_read_every_s = 0"
         if number < held.block_number:
             return f"the head {number} is behind block {held.block_number} of the last read"
         if at_last is None or at_last.get("hash") != held.block_hash:
@@ -703,9 +706,26 @@ class AaveV3Adapter(AccountAdapter):
             for u in snap.unsure:
                 self._held.accounts.pop(u, None)
 
-    def _market_pass(self, block: BlockId) -> tuple[_MarketRead, int]:
+    def _user_calls(self, to_read: list[str], cross_check: bool) -> list[Call]:
+        """Per account: ``getUserAccountData`` (with ``cross_check``), ``getUserConfiguration``, ``getUserEMode``."""
+        words, pool = self._address_words, self.pool
+        sel_data, sel_config, sel_emode = F_ACCOUNT_DATA.selector, F_USER_CONFIG.selector, F_USER_EMODE.selector
+        calls: list[Call] = []
+        for u in to_read:
+            w = words[u]
+            if cross_check:
+                calls.append(Call(pool, sel_data + w))
+            calls.append(Call(pool, sel_config + w))
+            calls.append(Call(pool, sel_emode + w))
+        return calls
+
+    def _market_pass(
+        self, block: BlockId, with_users: list[str] | None = None, cross_check: bool = False
+    ) -> tuple[_MarketRead, int, list[Result] | None]:
         """Everything per reserve at ``block``: reserve data, price source rounds, e-mode categories, stable debt
-        totals, and the reserve list itself (a changed list or e-mode set reloads and reads again)."""
+        totals, and the reserve list itself (a changed list or e-mode set reloads and reads again); with
+        ``with_users`` their :meth:`_user_calls` in the same pass (their results returned; the calls and their
+        encoding kept while they repeat)."""
         trips = 0
         for _ in range(3):
             assets = list(self.reserves)
@@ -716,10 +736,17 @@ class AaveV3Adapter(AccountAdapter):
             calls += [Call(self.pool, F_EMODE_DATA.encode(i)) for i in self.emode_ids]
             calls += [Call(self.reserves[a].stable_debt_token, F_TOTAL_SUPPLY.encode()) for a in assets]
             calls.append(Call(self.pool, F_RESERVES_LIST.encode()))
-            first = self.multicall.aggregate3(calls, block)
+            k = len(calls)
+            if with_users is None:
+                first = self.multicall.aggregate3(calls, block)
+            else:
+                key: tuple = (self.multicall, self.pool, cross_check, tuple(calls), tuple(with_users))
+                if self._first_pass is None or self._first_pass[0] != key:
+                    self._first_pass = (key, self.multicall.prepare(calls + self._user_calls(with_users, cross_check)))
+                first = self.multicall.aggregate3(self._first_pass[1], block)
             trips += first.round_trips
             r = first.results
-            listed = r[-1]
+            listed = r[k - 1]
             if listed.success and [to_checksum_address(a) for a in F_RESERVES_LIST.decode(listed.data)[0]] != assets:
                 log.info("aave_reserve_list_changed", pool=self.pool, reserves_before=n)
                 self.load_reserves()
@@ -748,7 +775,8 @@ class AaveV3Adapter(AccountAdapter):
                 for a, x in zip(assets, r[2 * n + m : 3 * n + m], strict=True)
                 if not x.success or _word(x.data, 0) > 0
             }
-            return _MarketRead(reserves, rounds, emodes, stable_any, first.block_number, first.block_timestamp), trips
+            market = _MarketRead(reserves, rounds, emodes, stable_any, first.block_number, first.block_timestamp)
+            return market, trips, None if with_users is None else r[k:]
         raise ChainMismatchError(
             f"the pool {self.pool}'s reserve list or e-mode categories keep changing under the read"
         )
@@ -763,32 +791,28 @@ class AaveV3Adapter(AccountAdapter):
         trips: int,
         full_read: str | None,
         cached: dict[str, AaveAccount] | None = None,
+        *,
+        got: list[Result] | None = None,
     ) -> AaveSnapshot:
-        """``to_read``'s configuration and e-mode (and ``getUserAccountData`` with ``cross_check``), then the
-        oracle's prices and their balances, at ``block``; the other ``users`` from ``cached``."""
+        """``to_read``'s configuration and e-mode (and ``getUserAccountData`` with ``cross_check``; ``got``: their
+        results, read with the market), then the oracle's prices and their balances, at ``block``; the other
+        ``users`` from ``cached``."""
         words = self._address_words
         reserves = market.reserves
         per_user = 3 if cross_check else 2
         pool = self.pool
-        sel_data, sel_config, sel_emode = F_ACCOUNT_DATA.selector, F_USER_CONFIG.selector, F_USER_EMODE.selector
         onchain: dict[str, AccountData] = {}
         read: list[tuple[str, int, int]] = []  # (user, configuration bitmap, e-mode category)
         failed: list[str] = []
         if to_read:
-            # the same accounts are read every full read: the calls (and their encoding) are kept
-            key1: tuple = (self.multicall, pool, cross_check, tuple(to_read))
-            if self._first_pass is None or self._first_pass[0] != key1:
-                calls: list[Call] = []
-                for u in to_read:
-                    w = words[u]
-                    if cross_check:
-                        calls.append(Call(pool, sel_data + w))
-                    calls.append(Call(pool, sel_config + w))
-                    calls.append(Call(pool, sel_emode + w))
-                self._first_pass = (key1, self.multicall.prepare(calls))
-            first = self.multicall.aggregate3(self._first_pass[1], block)
-            trips += first.round_trips
-            r = first.results
+            if got is None:  # the same accounts are read every full read: the calls (and their encoding) are kept
+                key1: tuple = (self.multicall, pool, cross_check, tuple(to_read))
+                if self._first_pass is None or self._first_pass[0] != key1:
+                    self._first_pass = (key1, self.multicall.prepare(self._user_calls(to_read, cross_check)))
+                first = self.multicall.aggregate3(self._first_pass[1], block)
+                trips += first.round_trips
+                got = first.results
+            r = got
             for k, u in enumerate(to_read):
                 got = r[per_user * k : per_user * (k + 1)]
                 cfg, em = got[-2], got[-1]
