@@ -17,7 +17,10 @@ its reserves through web3 contract objects, timed on --naive-sample accounts and
 
 The daemon's whole cycle: ``AccountKeeperService`` from a configuration naming the N accounts (protect mode,
 the keeper's key holding 1M USDC, $5,000 per transaction, $1M a day), JSON logs at info to a file, one
-warm-up cycle (it reads the sources' round history once), then --repeat cycles of ``cycle(execute=False)``
+warm-up cycle (it reads the sources' round history once, and every account), then --repeat cycles of
+``cycle(execute=False)``, each after a new (empty) block, twice: with ``full_read_every_s = 0`` (every account
+read every cycle) and with the default (the steady state: only the accounts the logs name, the ones the last
+decision did not hold and the stable-debt holders are read again; ``accounts read`` says how many)
 (what ``keeper check`` runs: read, estimates, risk, plan, explain, alerts; nothing sent). Reported: the
 median wall time, this process's CPU time, anvil's CPU time (from /proc), round trips, log lines, and where
 the time went (HTTP round trips, JSON encode/decode, Multicall3 ABI encode/decode, the adapter's read,
@@ -164,8 +167,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def daemon_cycles(anvil: Anvil, provider: str, users: list[str], repeat: int, workdir: Path) -> dict[str, Any]:
-    """``repeat`` cycles of the daemon on ``users`` (after one warm-up): medians and the split of the last."""
+def daemon_cycles(
+    anvil: Anvil, provider: str, users: list[str], repeat: int, workdir: Path, full_read_every_s: int
+) -> dict[str, Any]:
+    """``repeat`` cycles of the daemon on ``users`` (after one warm-up, a full read), each after one new block
+    (no transaction in it): medians and the split of the last. ``full_read_every_s = 0``: every cycle reads
+    every account; else the steady state reads only the accounts the logs name (none here)."""
     accounts = "".join(f'[[accounts]]\naddress = "{u}"\nmode = "protect"\n' for u in users)
     (workdir / "keeper.toml").write_text(
         f"""[chain]
@@ -175,6 +182,7 @@ chain_id = 31337
 [protocol]
 name = "aave-v3"
 provider = "{provider}"
+full_read_every_s = {full_read_every_s}
 
 {accounts}
 [limits]
@@ -198,8 +206,9 @@ enabled = false
         try:
             service.start()
             service.cycle(execute=False)  # warm-up: the sources' round history is read once
-            walls, cpus, nodes, trips, lines, splits = [], [], [], [], [], []
+            walls, cpus, nodes, trips, lines, splits, fresh = [], [], [], [], [], [], []
             for _ in range(repeat):
+                anvil.request("evm_mine", [])  # a new block: the steady state reads at a new head each cycle
                 split = Split()
                 adapter = service.accounts_adapter
                 split.wrap(rpc_module.HttpTransport, "send", "HTTP round trips (node + transfer)")
@@ -221,6 +230,9 @@ enabled = false
                 nodes.append(process_cpu_s(anvil.pid) - node0)
                 split.remove()
                 trips.append(report.round_trips)
+                assert report.book is not None
+                read = report.book.accounts_read
+                fresh.append(len(report.book.accounts) if read is None else read)
                 log_file.flush()
                 with log_path.open("rb") as f:
                     f.seek(before)
@@ -238,6 +250,7 @@ enabled = false
         "cpu": statistics.median(cpus),
         "node_cpu": statistics.median(nodes),
         "trips": statistics.median(trips),
+        "accounts_read": statistics.median(fresh),
         "lines": statistics.median(lines),
         "endangered": sum(d.band == "trigger" for d in report.outcome.decisions),
         "actions": len(report.outcome.actions),
@@ -274,7 +287,7 @@ def main() -> None:
         print(f"cloned {len(clones)} accounts by anvil_setStorageAt in {time.perf_counter() - t0:.1f} s")
         users_all = templates + clones
         template_of = {u: templates[i % len(templates)] for i, u in enumerate(clones)}
-        adapter = AaveV3Adapter(client, d.provider)
+        adapter = AaveV3Adapter(client, d.provider, full_read_every_s=0)  # every read in full (the read's cost)
         adapter.load_reserves()
         print(
             f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, "
@@ -325,16 +338,19 @@ def main() -> None:
             )
             if args.no_cycle:
                 continue
-            with tempfile.TemporaryDirectory(prefix="bench-aave-") as tmp:
-                c = daemon_cycles(anvil, d.provider, users, args.repeat, Path(tmp))
-            print(
-                f"N={n}: daemon cycle (AccountKeeperService.cycle, check mode) median {c['wall'] * 1e3:.0f} ms "
-                f"wall (runs {', '.join(f'{w * 1e3:.0f}' for w in c['walls'])}), this process {c['cpu'] * 1e3:.0f} ms "
-                f"CPU, anvil {c['node_cpu'] * 1e3:.0f} ms CPU; {c['trips']:.0f} round trips; {c['endangered']} "
-                f"endangered, {c['actions']} actions and alerts; {c['lines']:.0f} log lines"
-            )
-            for label, wall in c["split"].items():
-                print(f"    {label:40s} {wall * 1e3:7.0f} ms")
+            for every_s, what in ((0, "full read every cycle"), (300, "incremental (steady state)")):
+                with tempfile.TemporaryDirectory(prefix="bench-aave-") as tmp:
+                    c = daemon_cycles(anvil, d.provider, users, args.repeat, Path(tmp), every_s)
+                walls = ", ".join(f"{w * 1e3:.0f}" for w in c["walls"])
+                print(
+                    f"N={n}: daemon cycle, {what} (full_read_every_s = {every_s}; AccountKeeperService.cycle, check "
+                    f"mode) median {c['wall'] * 1e3:.0f} ms wall (runs {walls}), this process {c['cpu'] * 1e3:.0f} "
+                    f"ms CPU, anvil {c['node_cpu'] * 1e3:.0f} ms CPU; {c['trips']:.0f} round trips; "
+                    f"{c['accounts_read']:.0f} accounts read; {c['endangered']} endangered, {c['actions']} actions "
+                    f"and alerts; {c['lines']:.0f} log lines"
+                )
+                for label, wall in c["split"].items():
+                    print(f"    {label:40s} {wall * 1e3:7.0f} ms")
         if args.naive_sample <= 0:  # the naive loop skipped
             return
         # naive loop on a sample

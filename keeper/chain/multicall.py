@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from keeper.chain.abi import selector
-from keeper.chain.rpc import ChainClient, RpcErrorResponse
+from keeper.chain.rpc import BlockId, ChainClient, RpcErrorResponse
 from keeper.errors import ChainMismatchError, TransientRpcError
 
 MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
@@ -212,7 +212,7 @@ class Multicall:
         the chunks are encoded on first use only)."""
         return Prepared(self.chunks(calls), [])
 
-    def aggregate3(self, calls: Sequence[Call] | Prepared, block: int | str = "latest") -> MulticallResult:
+    def aggregate3(self, calls: Sequence[Call] | Prepared, block: BlockId = "latest") -> MulticallResult:
         """Run ``calls``; results in order; one round trip (two if a block landed between chunks)."""
         prepared = calls if isinstance(calls, Prepared) else self.prepare(calls)
         chunks, payloads = prepared.chunks, prepared.payloads  # encoded while the first batches are on the wire
@@ -240,11 +240,11 @@ class Multicall:
         if group:
             yield group
 
-    def _send(self, group: list[bytes], block: int | str) -> list[bytes | RpcErrorResponse]:
+    def _send(self, group: list[bytes], block: BlockId) -> list[bytes | RpcErrorResponse]:
         return self.client.call_many([(self.address, q) for q in group], block)
 
     def _run(
-        self, chunks: list[list[Call]], payloads: list[bytes], block: int | str
+        self, chunks: list[list[Call]], payloads: list[bytes], block: BlockId
     ) -> tuple[list[list[Result]], list[int], list[int]]:
         """Every batch sent, up to ``concurrency`` at once on their own connections: the node executes one
         while this thread encodes the next and decodes the previous. Answers are taken in order."""
@@ -274,7 +274,7 @@ class Multicall:
     def _decode_into(
         self,
         answer: bytes | RpcErrorResponse,
-        block: int | str,
+        block: BlockId,
         results: list[list[Result]],
         numbers: list[int],
         stamps: list[int],

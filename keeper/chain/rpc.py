@@ -54,6 +54,9 @@ def _masked(exc: BaseException, url: str) -> str:
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
+BlockId = int | str | dict[str, Any]
+"""A block: its number, a tag ("latest"), or an EIP-1898 object (``{"blockHash": ..., "requireCanonical": True}``)."""
+
 log = structlog.get_logger(__name__)
 
 NON_IDEMPOTENT_METHODS = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
@@ -555,7 +558,7 @@ class ChainClient:
         return out
 
     def call_many(
-        self, calls: Sequence[tuple[str, bytes]], block: int | str = "latest"
+        self, calls: Sequence[tuple[str, bytes]], block: BlockId = "latest"
     ) -> list[bytes | RpcErrorResponse]:
         """``eth_call`` of each (to, calldata) at ``block`` in one JSON-RPC batch (one round trip, retried like
         :meth:`batch`): the answers as bytes, a failed item as its :class:`RpcErrorResponse`.
@@ -647,7 +650,7 @@ class ChainClient:
     def get_balance(self, address: str, block: str = "latest") -> int:
         return int(self.request("eth_getBalance", [address, block]), 16)
 
-    def get_code(self, address: str, block: str = "latest") -> bytes:
+    def get_code(self, address: str, block: str | dict[str, Any] = "latest") -> bytes:
         return bytes.fromhex(self.request("eth_getCode", [address, block])[2:])
 
     def get_receipt(self, tx_hash: str) -> dict | None:

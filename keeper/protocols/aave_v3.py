@@ -4,15 +4,37 @@ Configuration: a ``PoolAddressesProvider`` address, or a market name from :data:
 providers published in ``@aave-dao/aave-address-book``); Pool, AaveOracle and the data provider are read
 from the provider on chain.
 
-Per cycle :meth:`AaveV3Adapter.read_accounts` makes two round trips at one block, through Multicall3:
+Per cycle :meth:`AaveV3Adapter.read_accounts` reads at one block through Multicall3 (an incremental read, below:
+pinned by its hash, EIP-1898 ``{"blockHash", "requireCanonical"}``, the head's header its first request):
 
-1. every reserve's ``getReserveData`` (configuration bitmap, indices, rates, token addresses) and stable
-   debt ``totalSupply``, each price source's ``latestRoundData``, every e-mode category's data,
-   and per account ``getUserAccountData``, ``getUserConfiguration``, ``getUserEMode``;
-2. pinned to the block of (1): the oracle's ``getAssetsPrices``, ``scaledBalanceOf`` of the aToken for every
-   reserve flagged as collateral and of the variable debt token for every reserve flagged as borrowed, and
-   ``balanceOf`` of the stable debt token where that reserve has any stable debt (its ``totalSupply``, read
-   in (1)).
+1. the market pass: every reserve's ``getReserveData`` (configuration bitmap, indices, rates, token addresses)
+   and stable debt ``totalSupply``, each price source's ``latestRoundData``, every e-mode category's data and
+   the reserve list (a changed list or e-mode set reloads them and reads again);
+2. the accounts passes, for the accounts to read: ``getUserConfiguration``, ``getUserEMode`` (and
+   ``getUserAccountData`` with ``cross_check``); then the oracle's ``getAssetsPrices``, ``scaledBalanceOf`` of
+   the aToken for every reserve flagged as collateral and of the variable debt token for every reserve flagged
+   as borrowed, and ``balanceOf`` of the stable debt token where that reserve has any stable debt (its
+   ``totalSupply``, read in (1)).
+
+Incremental reads. An account's scaled balances, configuration bitmap and e-mode change only through
+transactions, and each emits a log naming it (Pool: Supply, Withdraw, Borrow, Repay, LiquidationCall,
+ReserveUsedAsCollateral*, UserEModeSet, ...; aToken and debt tokens: Transfer, BalanceTransfer, Mint, Burn).
+The adapter holds every account as last read and the block (number and hash) it is valid at. A read at
+``"latest"`` after the first one fetches ``eth_getLogs`` of the Pool and every reserve token (one filter, an
+address list, ranges of ``log_chunk_blocks``) over (last block - ``reorg_depth``, block], in one JSON-RPC batch
+with the block's header (its hash must be the read's: the node that answered has the block), and reads again
+only: the accounts any log names (any topic or 32-byte data word equal to the account's address word: no event
+list, so a forgotten event can only cause an extra read), those the previous read's logs named in its last
+``reorg_depth`` blocks (a reorg could undo them), new accounts, accounts whose last read failed, accounts with
+stable debt (its balance accrues every second) and the caller's ``must_read``. Every account is read (a full
+read, logged with its reason as ``aave_full_read``) on the first read; with ``cross_check``; when the last
+read's block is no longer on the chain (its header, fetched in the batch after the head's, has another hash) or
+the head went back; past ``full_read_after_blocks`` blocks or ``full_read_every_s`` seconds of chain time since
+the last full read (0: every read is full); when ``eth_getLogs`` fails or its node lacks the block; when a token
+address, the reserve list or the e-mode set changed; and when a market contract logs ``Upgraded``.
+A read with ``cross_check``, with ``full_read_every_s = 0`` or of a given block reads every account as before
+the incremental reads: the market and the accounts' configurations in one pass at the head, the balances
+pinned to its block number (two round trips for 1,000 accounts), and holds nothing.
 
 The keeper then recomputes each account's six ``getUserAccountData`` values with
 :func:`keeper.accounts.aave_v3.account_data` (exact integer arithmetic) and keeps the contract's own values
@@ -33,7 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from eth_abi import decode as abi_decode
@@ -51,11 +73,11 @@ from keeper.accounts.aave_v3 import (
     decode_reserve_configuration,
 )
 from keeper.chain.abi import DecodedRevert, ErrorDecoder, Function, event_topic
-from keeper.chain.discovery import LogScanner
-from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall, Prepared
-from keeper.chain.rpc import ChainClient
+from keeper.chain.discovery import LogScanner, is_range_error
+from keeper.chain.multicall import MULTICALL3_ADDRESS, Call, Multicall, Prepared, Result
+from keeper.chain.rpc import BlockId, ChainClient, RpcErrorResponse
 from keeper.domain import AccountAction, AccountActionKind, PriceRound
-from keeper.errors import ChainMismatchError, InputError
+from keeper.errors import ChainMismatchError, InputError, TransientRpcError
 from keeper.protocols.base import AccountAdapter, AccountBook, HeadProbe
 from keeper.tx.call import ContractCall
 
@@ -109,6 +131,8 @@ POOL_EVENTS = {
     event_topic("Withdraw(address,address,address,uint256)"): 2,  # user
     event_topic("LiquidationCall(address,address,address,uint256,uint256,address,bool)"): 3,  # user
 }
+
+UPGRADED_TOPIC = event_topic("Upgraded(address)")  # a proxy of the market (Pool, a token) got a new implementation
 
 # Errors.sol of @aave/core-v3 1.19.3 (code -> constant name: its comment)
 AAVE_ERRORS: dict[int, str] = {
@@ -361,6 +385,46 @@ class AaveSnapshot:
     rounds: dict[str, PriceRound]  # asset -> its price source's latest round
     round_trips: int
     failed: tuple[str, ...] = field(default_factory=tuple)
+    read: tuple[str, ...] = ()  # the accounts read afresh at this block (the others: held, unchanged since)
+    full_read: str | None = None  # why every account was read (None: only those the logs name, and the must-reads)
+    unsure: tuple[str, ...] = ()  # accounts a balance read of failed (read as 0, as before; not held)
+
+
+@dataclass(frozen=True, slots=True)
+class _MarketRead:
+    """The per-reserve state of one read (the market pass)."""
+
+    reserves: dict[str, ReserveState]
+    rounds: dict[str, PriceRound]
+    emodes: dict[int, EModeCategory]
+    stable_any: set[str]  # reserves with any stable debt (totalSupply > 0)
+    block_number: int
+    timestamp_s: int
+
+
+@dataclass(slots=True)
+class _Held:
+    """The accounts as last read, all valid at ``block_number`` (hash ``block_hash``): each was read there, or
+    read before and named by no log since."""
+
+    block_number: int
+    block_hash: str
+    full_read_at_s: int  # chain time of the last full read
+    accounts: dict[str, AaveAccount]
+    tokens: tuple  # the reserves' ids and token addresses the accounts were read with (_token_signature)
+    recent: set[str] | None  # accounts the logs named in the last reorg_depth blocks (None: logs unknown)
+
+
+class _LogsUnsure(Exception):
+    """The logs of a range cannot be trusted to be complete for the read's block."""
+
+
+def _tokens(state: ReserveState) -> tuple[str, str, str]:
+    return state.a_token, state.variable_debt_token, state.stable_debt_token
+
+
+def _token_signature(reserves: dict[str, ReserveState]) -> tuple:
+    return tuple((a, s.reserve_id, *_tokens(s)) for a, s in reserves.items())
 
 
 class AaveV3Adapter(AccountAdapter):
@@ -379,8 +443,18 @@ class AaveV3Adapter(AccountAdapter):
         log_chunk_blocks: int = 5_000,
         reorg_depth: int = 12,
         expected_chain_id: int | None = None,
+        full_read_after_blocks: int = 1_000,
+        full_read_every_s: int = 300,
     ) -> None:
+        if log_chunk_blocks < 1 or reorg_depth < 0 or full_read_after_blocks < 0 or full_read_every_s < 0:
+            raise ValueError(
+                "log_chunk_blocks must be >= 1 and reorg_depth, full_read_after_blocks, full_read_every_s >= 0"
+            )
         self.client = client
+        self.log_chunk_blocks = log_chunk_blocks
+        self.reorg_depth = reorg_depth
+        self.full_read_after_blocks = full_read_after_blocks
+        self.full_read_every_s = full_read_every_s  # chain time; 0: every read is a full read
         if expected_chain_id is not None and client.chain_id is not None and client.chain_id != expected_chain_id:
             raise ChainMismatchError(
                 f"market's provider is on chain id {expected_chain_id}, the RPC serves chain id {client.chain_id}"
@@ -400,6 +474,8 @@ class AaveV3Adapter(AccountAdapter):
         self.symbols: dict[str, str] = {}  # asset -> symbol, from load()
         self._checksums: dict[str, str] = {}  # user as given -> EIP-55
         self._address_words: dict[str, bytes] = {}  # EIP-55 user -> its 32-byte ABI word
+        self._user_by_word: dict[str, str] = {}  # the ABI word in lower-case hex (64 digits) -> EIP-55 user
+        self._held: _Held | None = None  # the accounts as last read at "latest" (incremental reads)
         self._first_pass: tuple[tuple, Prepared] | None = None  # (what the calls depend on, the calls prepared)
         self._second_pass: tuple[tuple, Prepared] | None = None
         self.scanner = None
@@ -455,9 +531,11 @@ class AaveV3Adapter(AccountAdapter):
         self.symbols = out
         return dict(out)
 
-    def read_book(self, accounts: Iterable[str], *, cross_check: bool = True) -> AccountBook:
+    def read_book(
+        self, accounts: Iterable[str], *, cross_check: bool = True, must_read: Iterable[str] = ()
+    ) -> AccountBook:
         """:meth:`read_accounts` as the protocol-neutral book: prices are the oracle's, rounds the sources'."""
-        snap = self.read_accounts(accounts, cross_check=cross_check)
+        snap = self.read_accounts(accounts, cross_check=cross_check, must_read=must_read)
         rules = AaveRules(snap.accounts, snap.market, self.symbols, releasable=self.releasable)
         return AccountBook(
             protocol=self.name,
@@ -472,76 +550,282 @@ class AaveV3Adapter(AccountAdapter):
             onchain_health={u.lower(): d.health_factor_wad for u, d in snap.onchain.items()},
             round_trips=snap.round_trips,
             failed=snap.failed,
+            accounts_read=len(snap.read),
         )
 
     def read_accounts(
-        self, users: Iterable[str], block: int | str = "latest", *, cross_check: bool = True
+        self,
+        users: Iterable[str],
+        block: int | str = "latest",
+        *,
+        cross_check: bool = True,
+        must_read: Iterable[str] = (),
     ) -> AaveSnapshot:
-        """Every account in ``users`` with the market state, at one block, in two round trips.
+        """Every account in ``users`` with the market state, at one block; at ``"latest"`` only the accounts the
+        chain says changed since the last read are read again (the module's docstring says when and how).
 
-        ``cross_check=False`` skips the contract's own ``getUserAccountData`` (the keeper computes the same
-        six values exactly): a third less calldata and most of the node's execution time for large books.
+        ``cross_check=True`` reads every account with the contract's own ``getUserAccountData`` beside (a full
+        read); ``cross_check=False`` skips it (the keeper computes the same six values exactly). ``must_read``:
+        accounts read afresh whatever the logs say (the service's endangered ones). A read at a given ``block``
+        reads every account and leaves the held state alone.
         """
         if not self.reserves:
             self.load_reserves()
         users = [self._checksummed(u) for u in users]
+        if block != "latest" or cross_check or self.full_read_every_s == 0:
+            # read in full whatever the logs say: the market and the accounts' configurations in one pass, the
+            # balances pinned to its block (two round trips for 1,000 accounts); nothing held (a later read at
+            # "latest" of another kind starts over with a full read)
+            if block == "latest":
+                self._held = None
+                why = "cross-check (getUserAccountData) reads every account" if cross_check else "full_read_every_s = 0"
+            else:
+                why = f"a read of block {block}"
+            market, trips, got = self._market_pass(block, users, cross_check)
+            return self._accounts_pass(users, users, market, market.block_number, cross_check, trips, why, got=got)
+        held = self._held
+        calls: list[tuple[str, list]] = [("eth_getBlockByNumber", ["latest", False])]
+        if held is not None:  # in the same batch, after the head: the last read's block as the head's chain has it
+            calls.append(("eth_getBlockByNumber", [hex(held.block_number), False]))
+        answers = self.client.batch(calls)
+        head = answers[0]
+        number, block_hash, stamp = int(head["number"], 16), str(head["hash"]), int(head["timestamp"], 16)
+        pin: dict[str, Any] = {"blockHash": block_hash, "requireCanonical": True}
+        market, trips, _ = self._market_pass(pin)
+        trips += 1
+        reason = self._full_read_reason(held, number, stamp, answers[1] if held is not None else None)
+        sig = _token_signature(market.reserves)
+        if reason is None and held is not None and sig != held.tokens:
+            reason = "a reserve's token address changed"
+        touched: set[str] = set()
+        recent: set[str] | None = None
+        # the logs since the last read's block less reorg_depth; in a full read those of the last reorg_depth
+        # blocks (whom a reorg could undo next time)
+        incremental = reason is None and held is not None
+        last = held.block_number if incremental and held is not None else number
+        try:
+            trips += 1
+            touched, recent, upgraded = self._logs_touching(
+                max(last - self.reorg_depth + 1, 0), number, block_hash, market.reserves
+            )
+            if upgraded and reason is None:
+                reason = "a contract of the market was upgraded (Upgraded event)"
+        except (RpcErrorResponse, TransientRpcError, _LogsUnsure) as exc:
+            recent = None
+            if reason is None:
+                what = "refused the range" if is_range_error(exc) else "failed"
+                reason = f"eth_getLogs {what}: {str(exc)[:160]}"
+        if reason is not None or held is None:
+            log.info("aave_full_read", pool=self.pool, block=number, accounts=len(users), reason=reason)
+            snap = self._accounts_pass(users, users, market, pin, cross_check, trips, reason)
+            self._held = _Held(number, block_hash, stamp, dict(snap.accounts), sig, recent)
+            for u in snap.failed:
+                self._held.accounts.pop(u, None)
+            self._drop_unsure(snap)
+            return snap
+        cached = held.accounts
+        again = touched | (held.recent or set()) | {self._checksummed(u) for u in must_read}
+        again |= {u for u, a in cached.items() if any(r.stable_debt for r in a.reserves)}  # accrues every second
+        to_read = [u for u in users if u in again or u not in cached]
+        snap = self._accounts_pass(users, to_read, market, pin, cross_check, trips, None, cached)
+        # the held state moves to this block only when this read covers every account it holds (the logs were
+        # matched against all of them); a read of a few accounts (one account's re-check) leaves it as it was
+        if cached.keys() <= set(users):
+            fresh = {u: snap.accounts[u] for u in snap.read if u in snap.accounts}
+            kept = {u: a for u, a in cached.items() if u not in fresh}
+            self._held = _Held(number, block_hash, held.full_read_at_s, {**kept, **fresh}, sig, recent)
+            for u in snap.failed:
+                self._held.accounts.pop(u, None)
+            self._drop_unsure(snap)
+        return snap
+
+    def _full_read_reason(self, held: _Held | None, number: int, stamp: int, at_last: dict | None) -> str | None:
+        """Why this read must read every account (``None``: it may read only what changed)."""
+        if held is None:
+            return "first read"
+        if number < held.block_number:
+            return f"the head {number} is behind block {held.block_number} of the last read"
+        if at_last is None or at_last.get("hash") != held.block_hash:
+            return f"block {held.block_number} of the last read was replaced (reorg)"
+        if number - held.block_number > self.full_read_after_blocks:
+            return (
+                f"{number - held.block_number} blocks since the last read "
+                f"(full_read_after_blocks = {self.full_read_after_blocks})"
+            )
+        if stamp - held.full_read_at_s >= self.full_read_every_s:
+            return (
+                f"{stamp - held.full_read_at_s} s of chain time since the last full read "
+                f"(full_read_every_s = {self.full_read_every_s})"
+            )
+        if held.recent is None:
+            return "the logs of the last read's blocks are unknown (its eth_getLogs failed)"
+        return None
+
+    def _logs_touching(
+        self, from_block: int, to_block: int, block_hash: str, reserves: dict[str, ReserveState]
+    ) -> tuple[set[str], set[str], bool]:
+        """(users any log names, those named in the last ``reorg_depth`` blocks, whether a contract was upgraded)
+        over the logs of the Pool and every reserve's tokens in [from_block, to_block], one filter with the
+        address list, ranges of ``log_chunk_blocks``, all in one JSON-RPC batch with the header of ``to_block``,
+        which must be ``block_hash`` (the node that answered has the read's block: its logs are complete).
+
+        A user is named by any topic or any 32-byte data word of any log that equals its address word: not an
+        event list, so an event forgotten here can only cause an extra read, never a missed one."""
+        addresses = [self.pool] + sorted({t for s in reserves.values() for t in _tokens(s)})
+        calls: list[tuple[str, list]] = []
+        for lo in range(from_block, to_block + 1, self.log_chunk_blocks):
+            hi = min(to_block, lo + self.log_chunk_blocks - 1)
+            calls.append(("eth_getLogs", [{"address": addresses, "fromBlock": hex(lo), "toBlock": hex(hi)}]))
+        calls.append(("eth_getBlockByNumber", [hex(to_block), False]))
+        answers = self.client.batch(calls)
+        header = answers[-1]
+        if not isinstance(header, dict) or header.get("hash") != block_hash:
+            raise _LogsUnsure(f"the node answering eth_getLogs does not have block {to_block} as read")
+        by_word = self._user_by_word
+        touched: set[str] = set()
+        recent: set[str] = set()
+        recent_from = to_block - self.reorg_depth + 1
+        upgraded = False
+        for logs in answers[:-1]:
+            if not isinstance(logs, list):
+                raise _LogsUnsure(f"eth_getLogs answered {str(logs)[:60]!r}")
+            for lg in logs:
+                topics = [str(t).lower() for t in lg.get("topics") or ()]
+                data = str(lg.get("data") or "0x")[2:].lower()
+                words = topics + [data[i : i + 64] for i in range(0, len(data) - 63, 64)]
+                named = {by_word[w[-64:]] for w in words if w[-64:] in by_word}
+                upgraded |= bool(topics) and topics[0] == UPGRADED_TOPIC
+                touched |= named
+                if named and int(lg.get("blockNumber", "0x0"), 16) >= recent_from:
+                    recent |= named
+        return touched, recent, upgraded
+
+    def _drop_unsure(self, snap: AaveSnapshot) -> None:
+        """Accounts whose balance reads failed are not held (read again next time)."""
+        if self._held is not None:
+            for u in snap.unsure:
+                self._held.accounts.pop(u, None)
+
+    def _user_calls(self, to_read: list[str], cross_check: bool) -> list[Call]:
+        """Per account: ``getUserAccountData`` (with ``cross_check``), ``getUserConfiguration``, ``getUserEMode``."""
+        words, pool = self._address_words, self.pool
+        sel_data, sel_config, sel_emode = F_ACCOUNT_DATA.selector, F_USER_CONFIG.selector, F_USER_EMODE.selector
+        calls: list[Call] = []
+        for u in to_read:
+            w = words[u]
+            if cross_check:
+                calls.append(Call(pool, sel_data + w))
+            calls.append(Call(pool, sel_config + w))
+            calls.append(Call(pool, sel_emode + w))
+        return calls
+
+    def _market_pass(
+        self, block: BlockId, with_users: list[str] | None = None, cross_check: bool = False
+    ) -> tuple[_MarketRead, int, list[Result] | None]:
+        """Everything per reserve at ``block``: reserve data, price source rounds, e-mode categories, stable debt
+        totals, and the reserve list itself (a changed list or e-mode set reloads and reads again); with
+        ``with_users`` their :meth:`_user_calls` in the same pass (their results returned; the calls and their
+        encoding kept while they repeat)."""
+        trips = 0
+        for _ in range(3):
+            assets = list(self.reserves)
+            n, m = len(assets), len(self.emode_ids)
+            sources = [self.sources.get(a, ZERO_ADDRESS) for a in assets]
+            calls = [Call(self.pool, F_RESERVE_DATA.encode(a)) for a in assets]
+            calls += [Call(s, F_LATEST_ROUND.encode()) for s in sources]
+            calls += [Call(self.pool, F_EMODE_DATA.encode(i)) for i in self.emode_ids]
+            calls += [Call(self.reserves[a].stable_debt_token, F_TOTAL_SUPPLY.encode()) for a in assets]
+            calls.append(Call(self.pool, F_RESERVES_LIST.encode()))
+            k = len(calls)
+            if with_users is None:
+                first = self.multicall.aggregate3(calls, block)
+            else:
+                key: tuple = (self.multicall, self.pool, cross_check, tuple(calls), tuple(with_users))
+                if self._first_pass is None or self._first_pass[0] != key:
+                    self._first_pass = (key, self.multicall.prepare(calls + self._user_calls(with_users, cross_check)))
+                first = self.multicall.aggregate3(self._first_pass[1], block)
+            trips += first.round_trips
+            r = first.results
+            listed = r[k - 1]
+            if listed.success and [to_checksum_address(a) for a in F_RESERVES_LIST.decode(listed.data)[0]] != assets:
+                log.info("aave_reserve_list_changed", pool=self.pool, reserves_before=n)
+                self.load_reserves()
+                continue
+            reserves = {
+                a: decode_reserve_data(a, x.data) if x.success else self.reserves[a]
+                for a, x in zip(assets, r[:n], strict=True)
+            }
+            self.reserves = reserves
+            emode_ids = tuple(sorted({s.config.emode_category for s in reserves.values()} - {0}))
+            if emode_ids != self.emode_ids:
+                log.info("aave_emode_categories_changed", pool=self.pool, before=self.emode_ids, now=emode_ids)
+                self.emode_ids = emode_ids
+                continue
+            rounds = {a: _round(x.data) for a, x in zip(assets, r[n : 2 * n], strict=True) if x.success}
+            emodes: dict[int, EModeCategory] = {}
+            for cid, x in zip(self.emode_ids, r[2 * n : 2 * n + m], strict=True):
+                if x.success:
+                    ltv, lt, bonus, src, _label = F_EMODE_DATA.decode(x.data)[0]
+                    emodes[cid] = EModeCategory(
+                        cid, ltv, lt, bonus, "" if int(src, 16) == 0 else to_checksum_address(src)
+                    )
+            # a user's stable debt is read only where the reserve has any (totalSupply > 0): exact
+            stable_any = {
+                a
+                for a, x in zip(assets, r[2 * n + m : 3 * n + m], strict=True)
+                if not x.success or _word(x.data, 0) > 0
+            }
+            market = _MarketRead(reserves, rounds, emodes, stable_any, first.block_number, first.block_timestamp)
+            return market, trips, None if with_users is None else r[k:]
+        raise ChainMismatchError(
+            f"the pool {self.pool}'s reserve list or e-mode categories keep changing under the read"
+        )
+
+    def _accounts_pass(
+        self,
+        users: list[str],
+        to_read: list[str],
+        market: _MarketRead,
+        block: BlockId,
+        cross_check: bool,
+        trips: int,
+        full_read: str | None,
+        cached: dict[str, AaveAccount] | None = None,
+        *,
+        got: list[Result] | None = None,
+    ) -> AaveSnapshot:
+        """``to_read``'s configuration and e-mode (and ``getUserAccountData`` with ``cross_check``; ``got``: their
+        results, read with the market), then the oracle's prices and their balances, at ``block``; the other
+        ``users`` from ``cached``."""
         words = self._address_words
-        assets = list(self.reserves)
-        n, m = len(assets), len(self.emode_ids)
-        sources = [self.sources.get(a, ZERO_ADDRESS) for a in assets]
-        stable_tokens = [self.reserves[a].stable_debt_token for a in assets]
+        reserves = market.reserves
         per_user = 3 if cross_check else 2
         pool = self.pool
-        sel_data, sel_config, sel_emode = F_ACCOUNT_DATA.selector, F_USER_CONFIG.selector, F_USER_EMODE.selector
-        # the same accounts are read every cycle: the first pass's calls (and their encoding) are kept
-        key1: tuple = (self.multicall, pool, cross_check, tuple(assets), tuple(sources), self.emode_ids)
-        key1 += (tuple(stable_tokens), tuple(users))
-        if self._first_pass is None or self._first_pass[0] != key1:
-            calls = [Call(pool, F_RESERVE_DATA.encode(a)) for a in assets]
-            calls += [Call(s, F_LATEST_ROUND.encode()) for s in sources]
-            calls += [Call(pool, F_EMODE_DATA.encode(i)) for i in self.emode_ids]
-            calls += [Call(t, F_TOTAL_SUPPLY.encode()) for t in stable_tokens]
-            for u in users:
-                w = words[u]
-                if cross_check:
-                    calls.append(Call(pool, sel_data + w))
-                calls.append(Call(pool, sel_config + w))
-                calls.append(Call(pool, sel_emode + w))
-            self._first_pass = (key1, self.multicall.prepare(calls))
-        first = self.multicall.aggregate3(self._first_pass[1], block)
-        r = first.results
-        reserves = {
-            a: decode_reserve_data(a, x.data) if x.success else self.reserves[a]
-            for a, x in zip(assets, r[:n], strict=True)
-        }
-        self.reserves = reserves
-        rounds = {a: _round(x.data) for a, x in zip(assets, r[n : 2 * n], strict=True) if x.success}
-        emodes: dict[int, EModeCategory] = {}
-        for cid, x in zip(self.emode_ids, r[2 * n : 2 * n + m], strict=True):
-            if x.success:
-                ltv, lt, bonus, src, _label = F_EMODE_DATA.decode(x.data)[0]
-                emodes[cid] = EModeCategory(cid, ltv, lt, bonus, "" if int(src, 16) == 0 else to_checksum_address(src))
-        price_assets = assets + sorted({e.price_source for e in emodes.values() if e.price_source})
-        # a user's stable debt is read only where the reserve has any (totalSupply > 0): exact, and it keeps
-        # the second pass to one HTTP round trip for 1,000 accounts
-        stable_any = {
-            a for a, x in zip(assets, r[2 * n + m : 3 * n + m], strict=True) if not x.success or _word(x.data, 0) > 0
-        }
-        layouts = _Layouts(reserves, stable_any)
-        base = 3 * n + m
         onchain: dict[str, AccountData] = {}
         read: list[tuple[str, int, int]] = []  # (user, configuration bitmap, e-mode category)
         failed: list[str] = []
-        for k, u in enumerate(users):
-            got = r[base + per_user * k : base + per_user * (k + 1)]
-            cfg, em = got[-2], got[-1]
-            if not (cfg.success and em.success and got[0].success):
-                failed.append(u)
-                continue
-            if cross_check:
-                d = got[0].data
-                onchain[u] = AccountData(*(int.from_bytes(d[32 * i : 32 * i + 32], "big") for i in range(6)))
-            read.append((u, int.from_bytes(cfg.data[:32], "big"), int.from_bytes(em.data[:32], "big")))
+        if to_read:
+            if got is None:  # the same accounts are read every full read: the calls (and their encoding) are kept
+                key1: tuple = (self.multicall, pool, cross_check, tuple(to_read))
+                if self._first_pass is None or self._first_pass[0] != key1:
+                    self._first_pass = (key1, self.multicall.prepare(self._user_calls(to_read, cross_check)))
+                first = self.multicall.aggregate3(self._first_pass[1], block)
+                trips += first.round_trips
+                got = first.results
+            r = got
+            for k, u in enumerate(to_read):
+                got = r[per_user * k : per_user * (k + 1)]
+                cfg, em = got[-2], got[-1]
+                if not (cfg.success and em.success and got[0].success):
+                    failed.append(u)
+                    continue
+                if cross_check:
+                    d = got[0].data
+                    onchain[u] = AccountData(*(int.from_bytes(d[32 * i : 32 * i + 32], "big") for i in range(6)))
+                read.append((u, int.from_bytes(cfg.data[:32], "big"), int.from_bytes(em.data[:32], "big")))
+        emodes = market.emodes
+        price_assets = list(reserves) + sorted({e.price_source for e in emodes.values() if e.price_source})
+        layouts = _Layouts(reserves, market.stable_any)
         # the second pass's calls follow from the configuration bitmaps, which rarely change: kept like the first
         key2: tuple = (self.multicall, self.oracle, tuple(price_assets), layouts.signature)
         key2 += (tuple((u, bits) for u, bits, _ in read),)
@@ -551,25 +835,49 @@ class AaveV3Adapter(AccountAdapter):
                 w = words[u]
                 second += [Call(target, sel + w) for target, sel in layouts.of(bits).calls]
             self._second_pass = (key2, self.multicall.prepare(second))
-        res2 = self.multicall.aggregate3(self._second_pass[1], first.block_number)
+        res2 = self.multicall.aggregate3(self._second_pass[1], block)
+        trips += res2.round_trips
         prices = dict(zip(price_assets, F_ASSETS_PRICES.decode(res2.results[0].data)[0], strict=True))
         word = int.from_bytes
-        values = [word(x.data[:32], "big") if x.success else 0 for x in res2.results[1:]]  # every balance read
+        results = res2.results[1:]
+        values = [word(x.data[:32], "big") if x.success else 0 for x in results]  # every balance read
+        all_ok = all(x.success for x in results)
         accounts: dict[str, AaveAccount] = {}
+        unsure: list[str] = []
         at = 0
         for u, bits, emode in read:
             layout = layouts.of(bits)
-            balances = values[at : at + len(layout.calls)]
+            size = len(layout.calls)
+            balances = values[at : at + size]
             balances.append(0)  # position -1: a balance not read
-            at += len(layout.calls)
+            if not all_ok and not all(x.success for x in results[at : at + size]):
+                unsure.append(u)
+            at += size
             urs = tuple(
                 UserReserve(asset, balances[a], balances[v], balances[s], coll, borrow)
                 for asset, a, v, s, coll, borrow in layout.slots
             )
             accounts[u] = AaveAccount(u, emode, urs)
-        market = Market(reserves, prices, emodes, first.block_timestamp)
+        if cached is not None:  # the accounts not read again as held (a failed read is not replaced by an old one)
+            fresh = accounts
+            lost = set(failed)
+            accounts = {}
+            for u in users:
+                found = fresh.get(u) or (None if u in lost else cached.get(u))
+                if found is not None:
+                    accounts[u] = found
+        out = Market(reserves, prices, emodes, market.timestamp_s)
         return AaveSnapshot(
-            first.block_number, market, accounts, onchain, rounds, first.round_trips + res2.round_trips, tuple(failed)
+            market.block_number,
+            out,
+            accounts,
+            onchain,
+            market.rounds,
+            trips,
+            tuple(failed),
+            read=tuple(u for u, _, _ in read),
+            full_read=full_read,
+            unsure=tuple(unsure),
         )
 
     def _checksummed(self, user: str) -> str:
@@ -579,6 +887,7 @@ class AaveV3Adapter(AccountAdapter):
             found = to_checksum_address(user)
             self._checksums[user] = found
             self._address_words[found] = bytes(12) + bytes.fromhex(found[2:])
+            self._user_by_word["00" * 12 + found[2:].lower()] = found
         return found
 
     # ---- what the daemon needs besides the book ----------------------------------------------------
@@ -777,4 +1086,6 @@ def from_config(client: ChainClient, config: KeeperConfig, journal: Journal | No
         multicall=p.multicall,
         journal=journal,
         start_block=p.start_block,
+        full_read_after_blocks=p.full_read_after_blocks,
+        full_read_every_s=p.full_read_every_s,
     )

@@ -218,6 +218,7 @@ class AccountBook:
     price_basis: dict[str, dict[str, object]] = field(default_factory=dict)
     round_trips: int = 1
     failed: tuple[str, ...] = ()
+    accounts_read: int | None = None  # accounts read afresh at this block (None: every one; Aave reads what changed)
 
 
 class AccountAdapter(ABC):
@@ -256,9 +257,12 @@ class AccountAdapter(ABC):
         """The head and each asset's oracle latest round id (keyed like ``AccountBook.history_ids``)."""
 
     @abstractmethod
-    def read_book(self, accounts: Iterable[str], *, cross_check: bool = True) -> AccountBook:
-        """Every account in ``accounts`` with the prices and rules, at one block (two round trips at most).
-        ``cross_check`` also reads the contract's own health figure per account (``onchain_health``)."""
+    def read_book(
+        self, accounts: Iterable[str], *, cross_check: bool = True, must_read: Iterable[str] = ()
+    ) -> AccountBook:
+        """Every account in ``accounts`` with the prices and rules, at one block (a few round trips).
+        ``cross_check`` also reads the contract's own health figure per account (``onchain_health``);
+        ``must_read``: accounts a protocol that reads only what changed (Aave v3) must read afresh anyway."""
 
     @abstractmethod
     def wallet(self, owner: str) -> tuple[dict[str, int], dict[str, int]]:

@@ -514,11 +514,14 @@ class PerpV2Adapter(AccountAdapter):
         }
         return HeadProbe(res.block_number, res.block_timestamp, rounds)
 
-    def read_book(self, accounts: Iterable[str], *, cross_check: bool = True) -> AccountBook:
+    def read_book(
+        self, accounts: Iterable[str], *, cross_check: bool = True, must_read: Iterable[str] = ()
+    ) -> AccountBook:
         """:meth:`read` as the protocol-neutral book. Prices are the marks (Curie values positions and the
         requirement at the mark, not the index); volatility comes from the index feed's rounds; the premium
         gap per market is what a market order of :data:`DEFAULT_MARK_PUSH_USD` (``mark_push_usd``) plus the
-        book's own positions on that side does to the pool (``premium_gaps``), capped at the price band."""
+        book's own positions on that side does to the pool (``premium_gaps``), capped at the price band.
+        Every account is read every time (``must_read`` changes nothing)."""
         snap = self.read(accounts, cross_check=cross_check)
         marks = {m.base_token: m.mark_price_x18 for m in snap.markets.values()}
         premiums = {

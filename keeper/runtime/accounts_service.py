@@ -139,6 +139,7 @@ class AccountKeeperService(KeeperService):
         self.top_up_gas_used = GAS_USED_MEASURED.get(self.accounts_adapter.name, self.top_up_gas_used)
         self._symbols: dict[str, str] = {}
         self._discovered_accounts: set[str] = set()
+        self._not_held: set[str] = set()  # the accounts the last decision did not hold: read afresh next cycle
 
     @property
     def accounts_adapter(self) -> AccountAdapter:
@@ -336,11 +337,14 @@ class AccountKeeperService(KeeperService):
         started = time.perf_counter()
         users = self.watched_users()
         adapter = self.accounts_adapter
-        snap = adapter.read_book(users, cross_check=len(users) <= adapter.cross_check_max_accounts)
+        busy = self._busy_accounts() if self.txm is not None else {}
+        snap = adapter.read_book(
+            users, cross_check=len(users) <= adapter.cross_check_max_accounts, must_read=self._not_held | set(busy)
+        )
         self._update_native_price({self._symbols.get(a, a): p for a, p in snap.prices_e8.items()})
         wallet, allowances = adapter.wallet(self.signer_address) if self.signer_address else ({}, {})
-        busy = self._busy_accounts() if self.txm is not None else {}
         outcome, estimates, stale = self.decide_snapshot(snap, wallet, busy=busy)
+        self._not_held = {d.key for d in outcome.decisions if d.band != "hold"}
         report = AccountCycleReport(
             snap.block_number,
             snap.timestamp_s,
@@ -399,6 +403,7 @@ class AccountKeeperService(KeeperService):
             worst_breach_probability=max((r.breach_probability for r in outcome.risks), default=0.0),
             stale_sources=[self._symbols.get(a, a) for a in stale],
             round_trips=snap.round_trips,
+            accounts_read=len(snap.accounts) if snap.accounts_read is None else snap.accounts_read,
             next_check_s=round(report.next_interval_s, 2),
             duration_ms=round(report.duration_s * 1e3, 1),
         )

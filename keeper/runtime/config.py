@@ -174,6 +174,10 @@ class ProtocolConfig(_Model):
     provider: str | None = None
     market: str | None = None
     start_block: int = Field(default=0, ge=0)  # where watch_all's event scan starts
+    # aave-v3: a read at the head reads again only the accounts the logs name since the last read; every account
+    # after this many blocks without a read (the keeper was down) or this much chain time (0: every cycle)
+    full_read_after_blocks: int = Field(default=1_000, ge=1, le=100_000)
+    full_read_every_s: int = Field(default=300, ge=0, le=86_400)
     # a price source whose latest round is older than this is stale (danger); Chainlink's longest heartbeat
     # on the Aave markets' feeds is a day (stablecoins), ETH/USD is an hour
     stale_after_s: int = Field(default=86_400, gt=0, le=30 * 86_400)
@@ -242,6 +246,13 @@ class ProtocolConfig(_Model):
                     f"unknown Aave v3 market {self.market!r}: one of {', '.join(AAVE_V3_MARKETS)}, "
                     "or give its PoolAddressesProvider as provider"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _full_reads(self) -> ProtocolConfig:
+        fields = self.model_fields_set & {"full_read_after_blocks", "full_read_every_s"}
+        if fields and self.name != "aave-v3":
+            raise ValueError(f"{' / '.join(sorted(fields))}: fields of aave-v3, not of protocol {self.name!r}")
         return self
 
 

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 
-from keeper.accounts.aave_v3 import health_factor
+from keeper.accounts.aave_v3 import AaveRules, health_factor
 from keeper.accounts.costs import AAVE_REPAY_GAS, AAVE_SUPPLY_GAS, GAS_USED_MEASURED
 from keeper.chain.anvil import Anvil
 from keeper.decision import AccountBookState, decide_accounts
@@ -517,3 +517,35 @@ def test_structlog_is_configured_for_capture():
     with capture_logs() as logs:
         structlog.get_logger("keeper").warning("alert", text="x")
     assert logs and logs[0]["text"] == "x"
+
+
+def test_the_cycle_reads_afresh_the_accounts_the_last_decision_did_not_hold(aave, tmp_path):
+    """A book read incrementally (the cross-check bound lowered to 0, as for a book of more than 1,000 accounts):
+    after the first cycle's full read, a cycle with no event in its logs reads again only the account the last
+    decision did not hold (endangered, an empty wallet: alerted), and says so in ``cycle_finished``."""
+    safe_key = ANVIL_KEYS[4]
+    aave.open_account(TRADER, LEVERED_ETH)
+    aave.open_account(safe_key, SeedAccount((("WETH", 10.0),), (("USDC", 2_000.0),)))
+    endangered, safe = aave.address(TRADER), aave.address(safe_key)
+    aave.anvil.request("anvil_mine", [hex(13)])  # the opening transactions out of the logs' reorg overlap
+    cfg = _config(aave, tmp_path, endangered)
+    cfg = cfg.model_copy(update={"accounts": [*cfg.accounts, cfg.accounts[0].model_copy(update={"address": safe})]})
+    service = AccountKeeperService.from_config(cfg, execute=True, send_alerts=False)
+    service.start()
+    service.accounts_adapter.cross_check_max_accounts = 0
+    with capture_logs() as logs:
+        first = service.cycle(execute=False)
+        aave.anvil.request("evm_mine", [])
+        second = service.cycle(execute=False)
+    assert first.book is not None and second.book is not None
+    assert first.book.accounts_read == 2 and second.book.accounts_read == 1
+    bands = {d.key: d.band for d in first.outcome.decisions}
+    assert bands[safe.lower()] == "hold" and bands[endangered.lower()] != "hold"
+    finished = [e for e in logs if e["event"] == "cycle_finished"]
+    assert [e["accounts_read"] for e in finished] == [2, 1]
+    assert [e["reason"] for e in logs if e["event"] == "aave_full_read"] == ["first read"]
+    # the account read afresh is the endangered one: its view equals a full read of the same block
+    fresh = aave.adapter().read_accounts([endangered, safe], second.block_number, cross_check=False)
+    rules = second.book.rules
+    assert isinstance(rules, AaveRules) and dict(rules.accounts) == fresh.accounts
+    service.close()

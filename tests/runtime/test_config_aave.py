@@ -58,8 +58,10 @@ class TestAaveConfig:
             ('market = "ethereum"\nprovider = "0x2f39d218133AFaB8F2B819B1066c7E434Ad94E9e"', "exactly one of"),
             ('provider = "0x2f39d218133afab8f2b819b1066c7e434ad94e9E"', "EIP-55"),
             ('market = "base"\nengine = "0x5FbDB2315678afecb367f032d93F642f64180aa3"', "not deployment / engine"),
+            ('market = "base"\nfull_read_after_blocks = 0', "full_read_after_blocks = 0"),
+            ('market = "base"\nfull_read_every_s = -1', "full_read_every_s = -1"),
         ],
-        ids=["unknown-market", "neither", "both", "bad-checksum", "reference-fields"],
+        ids=["unknown-market", "neither", "both", "bad-checksum", "reference-fields", "after-blocks", "every-s"],
     )
     def test_bad_protocol_section_is_one_line(self, tmp_path, protocol, words):
         """Each mistake is one line naming the field and what is allowed."""
@@ -78,3 +80,22 @@ class TestAaveConfig:
         )
         with pytest.raises(ConfigError, match="fields of aave-v3"):
             load_config(path, env={}, dotenv_path=None)
+
+    def test_full_read_bounds_load_with_their_defaults(self, tmp_path):
+        """Incremental reads: a full read after 1,000 blocks or 300 s by default; 0 s means every cycle."""
+        cfg = _load(tmp_path, 'market = "ethereum"')
+        assert (cfg.protocol.full_read_after_blocks, cfg.protocol.full_read_every_s) == (1_000, 300)
+        cfg = _load(tmp_path, 'market = "ethereum"\nfull_read_after_blocks = 50\nfull_read_every_s = 0')
+        assert (cfg.protocol.full_read_after_blocks, cfg.protocol.full_read_every_s) == (50, 0)
+
+    def test_full_read_fields_refused_for_the_reference_protocol(self, tmp_path):
+        """``full_read_every_s`` under the reference protocol is a mistake, said so on one line."""
+        path = tmp_path / "keeper.toml"
+        path.write_text(
+            BASE.replace('name = "aave-v3"', 'engine = "0x5FbDB2315678afecb367f032d93F642f64180aa3"').format(
+                protocol='collateral = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"\nfull_read_every_s = 10'
+            )
+        )
+        with pytest.raises(ConfigError, match="full_read_every_s: fields of aave-v3") as info:
+            load_config(path, env={}, dotenv_path=None)
+        assert "\n" not in str(info.value)
