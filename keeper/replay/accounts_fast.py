@@ -678,8 +678,8 @@ def run_accounts_fast(
     needs_inputs = any(isinstance(p, AccountsRisk) for p in policies)
     # the stress gaps differ between policies only through a long-history tail: read per decision (``risk``), or
     # priced at a capital rate (``risk:cost:PRESET``); one set of inputs per distinct reading, shared by the runs
-    gap_policy = {_gap_reading(p, config): p for p in policies}
-    readings = {key: _reading_policy(rp, key) for key in gap_policy}
+    readings = {key: _reading_policy(rp, key) for key in {_gap_reading(p, config) for p in policies}}
+    reading_of = [_gap_reading(p, config) for p in policies]  # per run, in the order of ``runs``
     penalties = {a: book.liquidation_penalty(a) for v in by_symbol.values() for a in v} if config.long_tails else {}
     total = n * len(policies)
     if progress is not None:
@@ -697,16 +697,13 @@ def run_accounts_fast(
         prices = {a: px for sym, px in rnd.prices_e8.items() for a in by_symbol[sym]}
         if k == 0:
             prices |= fixed
-        by_reading = {}
-        for key, reading in readings.items():
-            inputs = _Inputs({}, {}, {})
-            if needs_inputs:
-                tails = (config.long_tails, penalties) if key is not None else None
-                inputs = _inputs(hist, by_symbol, fixed_inputs, reading, max(1.0, dt), rnd.t_s, tails)
+        by_reading = {key: _Inputs({}, {}, {}) for key in readings}
+        if needs_inputs:
+            by_reading = _inputs(hist, by_symbol, fixed_inputs, rp, readings, max(1.0, dt), rnd.t_s, config, penalties)
+        for inputs in by_reading.values():
             inputs.replayed_e8 = dict(latest_e8)
-            by_reading[key] = inputs
-        for run in runs:
-            run.step(k, rnd.t_s, prices, dt, by_reading[_gap_reading(run.policy, config)], opening=k == 0)
+        for run, key in zip(runs, reading_of, strict=True):
+            run.step(k, rnd.t_s, prices, dt, by_reading[key], opening=k == 0)
         if progress is not None and ((k + 1) % 64 == 0 or k == n - 1):
             progress((k + 1) * len(runs), total)
     end_s = int(t_arr[-1])
@@ -738,7 +735,11 @@ def run_accounts_fast(
     )
 
 
-def _gap_reading(policy: AccountPolicy, config: AccountsConfig) -> tuple[str, float] | None:
+_Reading = tuple[str, float] | None
+"""How a policy reads the long-history tails (:func:`_gap_reading`)."""
+
+
+def _gap_reading(policy: AccountPolicy, config: AccountsConfig) -> _Reading:
     """How ``policy`` reads the long-history tails: ``None`` (no tail given, or a policy without the daemon's
     estimates), ``("decision", 0)`` per decision, ``("cost", capital rate)`` at the cost-optimal level."""
     if not config.long_tails or not isinstance(policy, AccountsRisk):
@@ -748,7 +749,7 @@ def _gap_reading(policy: AccountPolicy, config: AccountsConfig) -> tuple[str, fl
     return ("cost", policy.cost_preset[1])
 
 
-def _reading_policy(rp: RiskPolicy, key: tuple[str, float] | None) -> RiskPolicy:
+def _reading_policy(rp: RiskPolicy, key: _Reading) -> RiskPolicy:
     """``rp`` as :meth:`RiskPolicy.estimate_stress_gap` must see it for reading ``key`` (a cost-aware reading
     prices the tail at its capital rate; the gas price does not enter the gap)."""
     if key is None or key[0] != "cost":
@@ -761,15 +762,19 @@ def _inputs(
     by_symbol: Mapping[str, list[str]],
     fixed_inputs: Mapping[str, tuple[float, tuple[float, float]]],
     rp: RiskPolicy,
+    readings: Mapping[_Reading, RiskPolicy],
     check_interval_s: float,
     now_s: int,
-    tails: tuple[Mapping[str, LongTail], Mapping[str, float]] | None = None,
-) -> _Inputs:
-    """The daemon's estimates per asset from the oracle rounds so far (see the module docstring); ``tails``:
-    the long-history tail per replayed symbol and the liquidation penalty per asset, as
-    :meth:`keeper.runtime.accounts_service.AccountKeeperService.estimate_assets` passes them."""
+    config: AccountsConfig,
+    penalties: Mapping[str, float],
+) -> dict[_Reading, _Inputs]:
+    """The daemon's estimates per asset from the oracle rounds so far (see the module docstring), one set per
+    reading of the long-history tails (:func:`_gap_reading`): the volatilities and correlations are the same for
+    every reading, only the stress gaps differ (a tail from ``config.long_tails``, at the asset's liquidation
+    penalty from ``penalties``, as :meth:`keeper.runtime.accounts_service.AccountKeeperService.estimate_assets`
+    passes them)."""
     sigmas: dict[str, float] = {}
-    gaps: dict[str, tuple[float, float]] = {}
+    gaps: dict[_Reading, dict[str, tuple[float, float]]] = {key: {} for key in readings}
     histories: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for sym, h in hist.items():
         times, prices = h.arrays()
@@ -780,17 +785,21 @@ def _inputs(
             floor_annual=rp.sigma_floor_annual,
             fallback_annual=rp.sigma_fallback_annual,
         )
-        tail = tails[0].get(sym) if tails is not None else None
-        g = rp.estimate_stress_gap(times, prices, check_interval_s, now_s=now_s).side_gaps if tail is None else None
+        tail = config.long_tails.get(sym)
+        for key, policy in readings.items():
+            if key is None or tail is None:  # the recent rounds alone: one gap for every asset of the symbol
+                g = policy.estimate_stress_gap(times, prices, check_interval_s, now_s=now_s).side_gaps
+                gaps[key].update((a, (float(g[0]), float(g[1]))) for a in by_symbol[sym])
+                continue
+            for a in by_symbol[sym]:
+                side = policy.estimate_stress_gap(times, prices, check_interval_s, now_s, tail, penalties.get(a, 0.0))
+                gaps[key][a] = (float(side.side_gaps[0]), float(side.side_gaps[1]))
         for a in by_symbol[sym]:
-            if tails is not None and tail is not None:
-                penalty = tails[1].get(a, 0.0)
-                g = rp.estimate_stress_gap(times, prices, check_interval_s, now_s, tail, penalty).side_gaps
-            assert g is not None
             sigmas[a] = est.sigma_annual
-            gaps[a] = (float(g[0]), float(g[1]))
             histories[a] = (times, prices)
-    for a, (sigma, g2) in fixed_inputs.items():
+    for a, (sigma, fixed_gap) in fixed_inputs.items():
         sigmas[a] = sigma
-        gaps[a] = g2
-    return _Inputs(sigmas, gaps, correlation_from_histories(histories))  # type: ignore[arg-type]
+        for by_asset in gaps.values():
+            by_asset[a] = fixed_gap
+    correlation = correlation_from_histories(histories)  # type: ignore[arg-type]
+    return {key: _Inputs(dict(sigmas), gaps[key], correlation) for key in readings}
