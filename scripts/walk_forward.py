@@ -49,7 +49,6 @@ from keeper.domain import SECONDS_PER_YEAR
 from keeper.replay.book import load_book
 from keeper.replay.cost import CostModel
 from keeper.replay.fast import ReplayConfig, run_fast
-from keeper.replay.metrics import PolicyResult
 from keeper.replay.policies import RiskSized, parse_policy
 from keeper.replay.prices import Bars, load_bars, long_tail_before
 from keeper.replay.report import policy_costs
@@ -157,7 +156,7 @@ def run_window(w: Window, data: Path, n_paths: int, merton: float, seed: int) ->
     for name, r in result.results.items():
         rows[name] = {
             "liquidations": r.liquidations,
-            "liquidations_wallet_left": liquidations_with_wallet_left(r, book.wallets_e6, RiskPolicy().min_action_e6),
+            "liquidations_wallet_left": r.liquidations_wallet_left,
             "penalties_usd": round(r.liquidation_penalty_e6 / 1e6, 2),
             "transactions": r.transactions,
             "gas": r.gas_used,
@@ -193,22 +192,6 @@ def run_window(w: Window, data: Path, n_paths: int, merton: float, seed: int) ->
         "target": verdict,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-
-
-def liquidations_with_wallet_left(r: PolicyResult, wallets_e6: dict[str, int], min_action_e6: int) -> int:
-    """Liquidations of an account whose wallet still held at least one top-up (``min_action_e6``) when it was
-    liquidated: the ones the target counts (an account whose keeper had spent its whole wallet could not be
-    funded further by any top-up)."""
-    spent: dict[str, int] = {}
-    funded = 0
-    for e in r.events:  # in replay order
-        if e.kind == "top_up":
-            spent[e.account] = spent.get(e.account, 0) + e.amount_e6
-        elif e.kind == "release":
-            spent[e.account] = spent.get(e.account, 0) - e.amount_e6
-        elif e.kind == "liquidation" and wallets_e6.get(e.account, 0) - spent.get(e.account, 0) >= min_action_e6:
-            funded += 1
-    return funded
 
 
 def markdown(results: list[dict]) -> str:

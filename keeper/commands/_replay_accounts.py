@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from keeper.commands._replay_inputs import load_series, long_tails
 from keeper.errors import InputError
 
 
@@ -49,6 +50,7 @@ def run_account_replay(
     no_plots: bool = False,
     long_history: list[str] | None = None,
     tail_probability: float | None = None,
+    window: tuple[int | None, int | None] = (None, None),
 ) -> None:
     from keeper.replay.aave_book import load_aave_book
     from keeper.replay.aave_report import account_costs, account_table, labels, write_account_report
@@ -62,7 +64,6 @@ def run_account_replay(
     from keeper.replay.cost import CostModel
     from keeper.replay.perp_accounts import DEFAULT_PERP_POLICIES, parse_perp_policy, run_perp_fast
     from keeper.replay.perp_book import load_perp_book
-    from keeper.replay.prices import load_bars
 
     perp = book_account_protocol(book) == "perp-v2"
     if not fast:
@@ -74,10 +75,7 @@ def run_account_replay(
     assert isinstance(cost_model, CostModel)
     bk: Any = load_perp_book(book) if perp else load_aave_book(book)
     console = Console(stderr=True)
-    series = []
-    for sym, path in files.items():
-        with console.status(f"loading {sym} bars from {path}"):
-            series.append(load_bars(path, sym, max_gap_s=max_gap_s))
+    series = load_series(files, max_gap_s=max_gap_s, window=window, console=console)
     parse = parse_perp_policy if perp else parse_account_policy
     specs = policy or list(DEFAULT_PERP_POLICIES if perp else DEFAULT_ACCOUNT_POLICIES)
     presets = dict(cost_model.gas_price_gwei)
@@ -90,14 +88,12 @@ def run_account_replay(
     names = [p.name for p in pols]
     if len(set(names)) != len(names):
         raise InputError(f"a policy is given twice: {', '.join(names)}")
-    from keeper.commands.replay import _long_tails  # the reference replay's fit of --long-history
-
     config = AccountsConfig(
         order=order,
         warmup_s=int(warmup_h * 3600),
         inclusion_delay_rounds=delay,
         record=not no_plots,
-        long_tails=_long_tails(long_history or [], series, order, max_gap_s),
+        long_tails=long_tails(long_history or [], series, order, max_gap_s),
     )
     with console.status(f"replaying the {'Perp v2' if perp else 'Aave'} accounts"):
         result = run_perp_fast(bk, series, pols, config) if perp else run_accounts_fast(bk, series, pols, config)
@@ -105,7 +101,8 @@ def run_account_replay(
     costs = account_costs(result, cost_model, native)
     lab = labels(result)
     table = Table(title=f"replay, {lab.title} accounts (USD)")
-    cols = ["policy", "liq", "penalty", *lab.actions, "paid in", "txs", "gas", "avg idle", lab.health]
+    cols = ["policy", "liq", "liq, wallet left", "penalty", *lab.actions, "paid in", "txs", "gas", "avg idle"]
+    cols.append(lab.health)
     cols += [f"cost {p}" for p, _ in cost_model.gas_price_gwei]
     for col in cols:
         table.add_column(col, justify="left" if col == "policy" else "right")
@@ -114,6 +111,7 @@ def run_account_replay(
         table.add_row(
             name,
             str(r.liquidations),
+            str(r.liquidations_wallet_left),
             f"{r.liquidation_penalty_e6 / 1e6:,.0f}",
             *(str(ex[a]) for a in lab.actions),
             f"{r.collateral_added_e6 / 1e6:,.0f}",

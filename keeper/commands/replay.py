@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from keeper.commands._replay_inputs import load_series, long_tails, parse_prices, replay_window
 from keeper.errors import InputError
 
 DEFAULT_POLICIES = (
@@ -39,50 +40,6 @@ DEFAULT_POLICIES = (
     "fixed:12:24:48",
     "none",
 )
-
-
-def _parse_prices(items: list[str]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for item in items:
-        sym, sep, path = item.partition("=")
-        if not sep or not sym.strip() or not path.strip():
-            raise InputError(f"--prices {item!r}: expected SYMBOL=path.csv (e.g. ETH=data/eth.csv)")
-        out[sym.strip().upper()] = Path(path.strip())
-    if not out:
-        raise InputError("give at least one --prices SYMBOL=path.csv")
-    return out
-
-
-LONG_HISTORY_MAX_GAP_S = 7 * 86_400.0
-
-
-def _long_tails(items: list[str], series: list, order: str, max_gap_s: float | None) -> dict:
-    """Symbol -> LongTail fitted on the ``--long-history`` bars that open before that symbol's replayed window."""
-    from keeper.replay.prices import load_bars, long_tail_before
-
-    tails = {}
-    by_symbol = {b.symbol: b for b in series}
-    for sym, path in (_parse_prices(items) if items else {}).items():
-        if sym not in by_symbol:
-            raise InputError(f"--long-history {sym}: no --prices {sym}=... to replay (give the same symbol)")
-        window = by_symbol[sym]
-        # years of an exchange's bars hold outages (hours to days without a bar): the move across one is a move
-        # over a longer interval, which can only overstate the per-round tail, so long gaps are accepted here
-        history = load_bars(path, sym, max_gap_s=max(max_gap_s or 0.0, LONG_HISTORY_MAX_GAP_S))
-        tail = long_tail_before(history, int(window.t_s[0]), order)
-        if tail is None:
-            raise InputError(
-                f"--long-history {sym}={path}: too few bars before the replayed window"
-                " (it starts at the first bar of --prices) to fit a tail"
-            )
-        tails[sym] = tail
-        down, up = (tail.down[0][1], tail.up[0][1])
-        print(
-            f"long-history tail {sym}: {tail.source}; one-round falls: u={down.threshold:.4f} xi={down.shape:.3f},"
-            f" rises: u={up.threshold:.4f} xi={up.shape:.3f}",
-            file=sys.stderr,
-        )
-    return tails
 
 
 class PlainProgress:
@@ -152,6 +109,15 @@ def replay_command(
     delay: int = typer.Option(1, "--delay-rounds", help="Rounds between a decision and its inclusion (>= 1)."),
     order: str = typer.Option("adverse", "--order", help="Intra-bar order: adverse | long_adverse | short_adverse."),
     max_gap_s: float | None = typer.Option(None, "--max-gap-s", help="Longest accepted gap between bars (s)."),
+    start: str | None = typer.Option(
+        None,
+        "--from",
+        help="Replay only the bars opening at or after this UTC time (2020-03-09, 2020-03-09T12:00 or unix s);"
+        " the warm-up is its first --warmup-h hours.",
+    ),
+    until: str | None = typer.Option(
+        None, "--until", help="Replay only the bars opening before this UTC time (same forms as --from)."
+    ),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
     capital_rate: float = typer.Option(
         0.08, "--capital-rate", help="Yearly rate idle collateral would earn elsewhere (total cost; 0.08 = 8 %/yr)."
@@ -185,7 +151,7 @@ def replay_command(
     from keeper.replay.fast import ReplayConfig, run_fast
     from keeper.replay.metrics import check_target
     from keeper.replay.policies import RiskSized, parse_policy
-    from keeper.replay.prices import INTRABAR_ORDERS, load_bars
+    from keeper.replay.prices import INTRABAR_ORDERS
     from keeper.replay.report import comparison_table, policy_costs, write_report
 
     if order not in INTRABAR_ORDERS:
@@ -194,7 +160,8 @@ def replay_command(
         cost_model = CostModel.parse(capital_rate, gas_preset)
     except ValueError as exc:
         raise InputError(f"--capital-rate / --gas-preset: {exc}") from None
-    files = _parse_prices(prices)
+    files = parse_prices(prices)
+    window = replay_window(start, until)
     if native not in files:
         raise InputError(
             f"--native {native!r}: gas must be priced by one of the replayed markets "
@@ -207,20 +174,15 @@ def replay_command(
             return run_account_replay(
                 book=book, files=files, policy=policy, out=out, fast=fast, warmup_h=warmup_h, delay=delay,
                 order=order, max_gap_s=max_gap_s, cost_model=cost_model, native=native, no_plots=no_plots,
-                long_history=long_history, tail_probability=tail_probability,
+                long_history=long_history, tail_probability=tail_probability, window=window,
             )  # fmt: skip
     bk = load_book(book)
     console = Console(stderr=True)
     # piped or logged, the bar is not drawn: plain lines instead, from the first file on
     plain = PlainProgress(console.file) if not console.is_terminal else None
-    series = []
-    for sym, path in files.items():
-        started = time.monotonic()
-        with console.status(f"loading {sym} bars from {path}"):
-            bars = load_bars(path, sym, max_gap_s=max_gap_s)
-        series.append(bars)
-        if plain is not None:
-            plain.note(f"{sym}: {len(bars):,} bars from {path} ({time.monotonic() - started:.1f} s)")
+    series = load_series(
+        files, max_gap_s=max_gap_s, window=window, console=console, note=plain.note if plain is not None else None
+    )
     specs = policy or list(DEFAULT_POLICIES)
     pols = [
         parse_policy(
@@ -231,7 +193,7 @@ def replay_command(
         )
         for s in specs
     ]
-    tails = _long_tails(long_history, series, order, max_gap_s)
+    tails = long_tails(long_history, series, order, max_gap_s)
     for pol in pols:
         if isinstance(pol, RiskSized):
             pol.long_tails = tails
@@ -275,6 +237,7 @@ def replay_command(
         [
             "policy",
             "liq",
+            "liq, wallet left",
             "penalty",
             "top-ups",
             "added",
@@ -297,6 +260,7 @@ def replay_command(
         table.add_row(
             name,
             str(r.liquidations),
+            str(r.liquidations_wallet_left),
             f"{r.liquidation_penalty_e6 / 1e6:,.0f}",
             str(r.top_ups),
             f"{r.collateral_added_e6 / 1e6:,.0f}",

@@ -145,12 +145,12 @@ def account_table(
     presets = list(next(iter(costs.values()))) if costs else []
     lab = labels(result)
     head = (
-        "| policy | liquidations | penalty $ | "
+        "| policy | liquidations | liq, wallet left | penalty $ | "
         + "".join(f"{a} | " for a in lab.actions)
         + f"paid in $ | txs | gas | avg idle $ | peak idle $ | {lab.health} |"
         + "".join(f" cost {p} $ |" for p in presets)
         + "\n|---|"
-        + "---:|" * (9 + len(lab.actions) + len(presets))
+        + "---:|" * (10 + len(lab.actions) + len(presets))
         + "\n"
     )
     rows = []
@@ -158,7 +158,7 @@ def account_table(
         ex = result.extra.get(name, {})
         hf = "-" if math.isinf(r.min_margin_ratio) else f"{r.min_margin_ratio:.3f}"
         rows.append(
-            f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | "
+            f"| `{name}` | {r.liquidations} | {r.liquidations_wallet_left} | {r.liquidation_penalty_e6 / 1e6:,.0f} | "
             + "".join(f"{ex.get(a, 0)} | " for a in lab.actions)
             + f"{r.collateral_added_e6 / 1e6:,.0f} | {r.transactions} | {r.gas_used:,} | "
             f"{r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | {hf} |"

@@ -69,7 +69,7 @@ from keeper.replay.aave_book import AaveAccountSpec, AaveBook
 from keeper.replay.aave_model import AavePool, AaveRevert, LiquidationResult
 from keeper.replay.cost import DEFAULT_CAPITAL_RATE_ANNUAL, DEFAULT_GAS_PRESETS_GWEI, gas_preset_gwei
 from keeper.replay.fast import OracleVol
-from keeper.replay.metrics import Event, PolicyResult, plot_stride
+from keeper.replay.metrics import WALLET_LEFT_MIN_E6, Event, PolicyResult, plot_stride
 from keeper.replay.prices import Bars, build_round_grid
 from keeper.risk.accounts import AccountMonteCarlo, AccountRisk, assess_accounts, correlation_from_histories
 from keeper.risk.policy import CostBands, RiskPolicy
@@ -382,11 +382,13 @@ class _AccountRun:
         self.res.wallet_start_e6 = self.wallet_usd_e6()
         self.res.wallet_min_e6 = self.res.wallet_start_e6
 
-    def wallet_usd_e6(self) -> int:
+    def wallet_usd_e6(self, name: str | None = None) -> int:
+        """The wallets' value in USD e6 at the oracle's prices: every account's, or ``name``'s."""
         assert self.pool is not None
         wa = self.book.wallet_asset
         unit = 10 ** self.book.reserves[wa].params.decimals
-        return sum(v * self.pool.prices_e8[wa] // unit // 100 for v in self.wallet.values())
+        held = self.wallet.values() if name is None else [self.wallet.get(name, 0)]
+        return sum(v * self.pool.prices_e8[wa] // unit // 100 for v in held)
 
     # ---- actions --------------------------------------------------------------------------------
     def apply(self, a: AccountAction, k: int, now_s: int) -> None:
@@ -497,6 +499,7 @@ class _AccountRun:
     def _liquidated(self, k: int, now_s: int, name: str, liq: LiquidationResult) -> None:
         res = self.res
         res.liquidations += 1
+        res.liquidations_wallet_left += self.wallet_usd_e6(name) >= WALLET_LEFT_MIN_E6
         res.liquidation_penalty_e6 += liq.penalty_base // 100
         res.liquidated.append(name)
         res.events.append(

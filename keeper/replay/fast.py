@@ -51,7 +51,7 @@ import numpy as np
 from keeper.domain import SECONDS_PER_YEAR, Action, ActionKind, PriceRound, Side
 from keeper.errors import InputError
 from keeper.replay.book import Book, BookPosition, opening_collateral_e6
-from keeper.replay.metrics import Event, PolicyResult, plot_stride
+from keeper.replay.metrics import WALLET_LEFT_MIN_E6, Event, PolicyResult, plot_stride
 from keeper.replay.model import ModelRevert, PerpModel
 from keeper.replay.policies import Observation, Policy
 from keeper.replay.prices import Bars, Round, RoundGrid, build_round_grid, to_e8
@@ -325,8 +325,9 @@ class _Run:
             res.record_position(k, j, self.labels[j], now, v.equity, v.maintenance_margin, v.liquidation_price)
             if v.liquidatable:
                 penalty, returned = m.liquidate(acct, mid, now)
-                self.wallet[acct] = self.wallet.get(acct, 0) + returned
                 res.liquidations += 1
+                res.liquidations_wallet_left += self.wallet.get(acct, 0) >= WALLET_LEFT_MIN_E6
+                self.wallet[acct] = self.wallet.get(acct, 0) + returned
                 res.liquidation_penalty_e6 += penalty
                 res.bad_debt_e6 += max(0, -v.equity)
                 res.liquidated.append(self.labels[j])

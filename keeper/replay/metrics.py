@@ -2,7 +2,10 @@
 
 Definitions (all amounts in the collateral token's units, USD; internally e6):
 
-* ``liquidations`` / ``liquidation_penalty``: positions the liquidator closed, and the penalty they paid.
+* ``liquidations`` / ``liquidation_penalty``: positions the liquidator closed, and the penalty they paid;
+  ``liquidations_wallet_left``: those of an account whose wallet still held the keeper's least action
+  (``WALLET_LEFT_MIN_E6``, $10, in USD at that round's prices) when it was liquidated — a top-up could still have
+  been paid. The others had spent the whole wallet: no keeper could have funded them further.
 * ``top_ups`` / ``collateral_added``: ``addMargin`` transactions from the owner's wallet and their sum.
 * ``releases`` / ``collateral_released``: ``removeMargin`` back to the owner; ``moves``: ``moveMargin``.
 * ``transactions``: every keeper transaction sent, reverted ones included; ``gas_used``: their gas
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TARGET_IDLE_REDUCTION = 0.30
+WALLET_LEFT_MIN_E6 = 10_000_000  # the keeper's least action ($10): a wallet holding less cannot pay a top-up
 PLOT_POINTS = 4000  # the plots draw one round in max(1, rounds // PLOT_POINTS)
 
 
@@ -65,6 +69,9 @@ class PolicyResult:
 
     name: str
     liquidations: int = 0
+    # of those, the liquidations of an account whose wallet still held at least ``WALLET_LEFT_MIN_E6`` (a top-up
+    # could still have been paid): the ones a keeper is answerable for; the rest had spent the whole wallet
+    liquidations_wallet_left: int = 0
     liquidation_penalty_e6: int = 0
     liquidated: list[str] = field(default_factory=list)
     top_ups: int = 0
@@ -157,6 +164,7 @@ class PolicyResult:
         """JSON-ready metrics in USD (the collateral token's units)."""
         return {
             "liquidations": self.liquidations,
+            "liquidations_wallet_left": self.liquidations_wallet_left,
             "liquidation_penalty": self.liquidation_penalty_e6 / 1e6,
             "liquidated_positions": list(self.liquidated),
             "top_ups": self.top_ups,

@@ -81,7 +81,7 @@ from keeper.replay.fast import (
     policy_sigma,
     price_columns,
 )
-from keeper.replay.metrics import Event, PolicyResult
+from keeper.replay.metrics import WALLET_LEFT_MIN_E6, Event, PolicyResult
 from keeper.replay.model import PerpModel
 from keeper.replay.policies import Observation, Policy, RiskSized
 from keeper.replay.prices import Bars, Round
@@ -550,8 +550,9 @@ class _ChainRun:
             for m in made:
                 acct = chain.name_of[m.account.lower()]
                 j = self.keys.index((m.account.lower(), m.market_id))
-                self.wallet[acct] += m.returned_e6
                 res.liquidations += 1
+                res.liquidations_wallet_left += self.wallet[acct] >= WALLET_LEFT_MIN_E6
+                self.wallet[acct] += m.returned_e6
                 res.liquidation_penalty_e6 += m.penalty_e6
                 res.liquidated.append(self.labels[j])
                 self.stats.add_gas("liquidation", m.gas_used)

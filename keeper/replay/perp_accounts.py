@@ -52,7 +52,7 @@ from keeper.replay.accounts_fast import (
     parse_account_policy,
     run_accounts_fast,
 )
-from keeper.replay.metrics import Event, PolicyResult, plot_stride
+from keeper.replay.metrics import WALLET_LEFT_MIN_E6, Event, PolicyResult, plot_stride
 from keeper.replay.perp_book import PerpAccountSpec, PerpBook
 from keeper.replay.perp_model import PerpExchange, PerpLiquidation, PerpRevert, usd_x18
 from keeper.replay.prices import Bars
@@ -227,6 +227,7 @@ class _PerpRun:
         res = self.res
         penalty_e6 = liq.penalty_x18 // SETTLEMENT_SCALE
         res.liquidations += 1
+        res.liquidations_wallet_left += self.wallet.get(name, 0) >= WALLET_LEFT_MIN_E6  # USDC e6
         res.liquidation_penalty_e6 += penalty_e6
         res.liquidated.append(name)
         self.bad_debt_e6 += liq.bad_debt_e6

@@ -68,6 +68,12 @@ class Bars:
         )
 
 
+def _utc_text(t_s: int | None) -> str:
+    if t_s is None:
+        return "..."
+    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def _num(text: str, path: Path, line: int, column: str) -> float:
     try:
         v = float(text)
@@ -84,11 +90,15 @@ def load_bars(
     *,
     max_gap_s: float | None = None,
     max_gap_bars: float = DEFAULT_MAX_GAP_BARS,
+    start_s: int | None = None,
+    end_s: int | None = None,
 ) -> Bars:
     """Read and validate one OHLC CSV; raises :class:`InputError` naming the file and line of the first problem.
 
-    ``max_gap_s`` (default ``max_gap_bars`` x the median interval) is the longest accepted distance
-    between consecutive bar opens.
+    ``start_s`` / ``end_s`` keep only the bars that open in ``[start_s, end_s)`` (``None``: no bound): every row
+    of the file is still checked, the gaps and the interval only between the bars kept (years of an exchange's
+    bars hold outages; a window cut from them need not). ``max_gap_s`` (default ``max_gap_bars`` x the median
+    interval) is the longest accepted distance between consecutive bar opens.
     """
     p = Path(path)
     try:
@@ -117,6 +127,9 @@ def load_bars(
         lo = array("d")
         c = array("d")
         lines = array("q")
+        first_s: int | None = None  # the first and last open of the rows read, kept or not
+        last_s: int | None = None
+        last_line = 0
         for row in reader:
             line = reader.line_num
             if not row or all(not x.strip() for x in row):
@@ -137,10 +150,14 @@ def load_bars(
                     f"{p}:{line}: open/close outside [low, high]: o={vals['open']} h={vals['high']} "
                     f"l={vals['low']} c={vals['close']}"
                 )
-            if t and int(ts) <= t[-1]:
+            if last_s is not None and ts <= last_s:
                 raise InputError(
-                    f"{p}:{line}: timestamp {int(ts)} does not increase (previous bar at line {lines[-1]}: {t[-1]})"
+                    f"{p}:{line}: timestamp {int(ts)} does not increase (previous bar at line {last_line}: {last_s})"
                 )
+            last_s, last_line = int(ts), line
+            first_s = last_s if first_s is None else first_s
+            if (start_s is not None and ts < start_s) or (end_s is not None and ts >= end_s):
+                continue
             t.append(int(ts))
             o.append(vals["open"])
             h.append(vals["high"])
@@ -148,6 +165,11 @@ def load_bars(
             c.append(vals["close"])
             lines.append(line)
     if len(t) < 2:
+        if first_s is not None and (start_s is not None or end_s is not None):
+            raise InputError(
+                f"{p}: needs at least 2 bars in the window [{_utc_text(start_s)}, {_utc_text(end_s)}), found {len(t)}"
+                f" (the file's bars open from {_utc_text(first_s)} to {_utc_text(last_s)})"
+            )
         raise InputError(f"{p}: needs at least 2 bars, found {len(t)}")
     ta = np.array(t, dtype=np.int64)
     diffs = np.diff(ta)

@@ -144,11 +144,11 @@ def comparison_table(result: ReplayResult, cost_model: CostModel | None = None, 
     presets = list(next(iter(costs.values()))) if costs else []
     cost_head = "".join(f" cost {p} $ |" for p in presets)
     head = (
-        "| policy | liquidations | penalty $ | top-ups | added $ | releases | released $ | txs | gas | "
-        "avg idle $ | peak idle $ | avg idle equity $ | min ratio |"
+        "| policy | liquidations | liq, wallet left | penalty $ | top-ups | added $ | releases | released $ | txs | "
+        "gas | avg idle $ | peak idle $ | avg idle equity $ | min ratio |"
         + cost_head
         + (" idle floor $ |" if floors else "")
-        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + "---:|" * len(presets)
         + ("---:|" if floors else "")
         + "\n"
@@ -158,7 +158,8 @@ def comparison_table(result: ReplayResult, cost_model: CostModel | None = None, 
         mr = "-" if math.isinf(r.min_margin_ratio) else f"{r.min_margin_ratio:.2f}"
         floor = f" {result.floors[name]:,.0f} |" if name in result.floors else (" - |" if floors else "")
         rows.append(
-            f"| `{name}` | {r.liquidations} | {r.liquidation_penalty_e6 / 1e6:,.0f} | {r.top_ups} | "
+            f"| `{name}` | {r.liquidations} | {r.liquidations_wallet_left} | {r.liquidation_penalty_e6 / 1e6:,.0f} | "
+            f"{r.top_ups} | "
             f"{r.collateral_added_e6 / 1e6:,.0f} | {r.releases} | {r.collateral_released_e6 / 1e6:,.0f} | "
             f"{r.transactions} | {r.gas_used:,} | {r.avg_idle_e6 / 1e6:,.0f} | {r.peak_idle_e6 / 1e6:,.0f} | "
             f"{r.avg_idle_equity_e6 / 1e6:,.0f} | {mr} |"

@@ -92,6 +92,12 @@ def test_replay_on_real_bars_liquidates_without_a_keeper_and_not_with_it(crash_b
         for name, *_ in row["liquidations"]:
             assert row["hf_before"][name] < WAD
     assert parse_account_policy("fixed:1.2:1.4").name == "fixed:1.2:1.4"
+    # without a keeper the wallets are never spent: every liquidation had its wallet left; with $5 wallets (below
+    # the least action) the same liquidations had none
+    assert none.liquidations_wallet_left == none.liquidations
+    poor = dataclasses.replace(book, accounts=tuple(dataclasses.replace(a, wallet_usd=5.0) for a in book.accounts))
+    r = run_accounts_fast(poor, crash_bars, [NoKeeperAccounts()], AccountsConfig(warmup_s=6 * 3600)).results["none"]
+    assert r.liquidations == none.liquidations and r.liquidations_wallet_left == 0
 
 
 @pytest.mark.parametrize("spec", ["risk", "risk:cost:l1", "risk:cost:l2"])

@@ -49,6 +49,31 @@ class TestOutcomes:
         )
         assert best_fixed_baseline(baseline_run.results) == "fixed:12:24:48"
 
+    def test_liquidations_with_a_wallet_left_follow_the_wallet(self, crash_bars, baseline_run):
+        """A liquidation counts as ``wallet left`` when the account's wallet still held the least action ($10). Without
+        a keeper nothing is spent: with the book's $100,000 wallets every liquidation had its wallet left, with $5
+        wallets none did (the same liquidations). For a keeper that spends, the count equals the wallets rebuilt
+        from the events (start, minus top-ups, plus releases and what each liquidation returned)."""
+        none = baseline_run.results["none"]
+        assert none.liquidations >= 8 and none.liquidations_wallet_left == none.liquidations
+        book = load_book()
+        poor = replace(book, wallets_e6=dict.fromkeys(book.wallets_e6, 5_000_000))
+        r = run_fast(poor, crash_bars, [NoKeeper()], CFG).results["none"]
+        assert r.liquidations == none.liquidations and r.liquidations_wallet_left == 0
+        assert r.summary()["liquidations_wallet_left"] == 0
+        thin = baseline_run.results["fixed:1.5:3"]
+        wallet = dict(book.wallets_e6)
+        left = 0
+        for e in thin.events:
+            if e.kind == "top_up":
+                wallet[e.account] -= e.amount_e6
+            elif e.kind == "release":
+                wallet[e.account] += e.amount_e6
+            elif e.kind == "liquidation":
+                left += wallet[e.account] >= 10_000_000
+                wallet[e.account] += int(e.detail.rsplit(" ", 1)[1])
+        assert thin.liquidations > 0 and thin.liquidations_wallet_left == left
+
     def test_idle_is_time_weighted(self, baseline_run):
         """Average idle equals the recorded per-round idle weighted by the time to the next round."""
         r = baseline_run.results["fixed:1.5:3"]

@@ -4,6 +4,7 @@ fitted on years of bars before the window; bad long-history input is a one-line 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,39 @@ def test_long_history_input_errors_are_one_line(tmp_path, capsys):
         assert exc.value.code == 2
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
         assert len(err) == 1 and needle in err[0]
+
+
+def test_from_until_cut_the_window_out_of_one_long_file_and_its_history_is_the_same_file(tmp_path, crash_csv):
+    """One file holding the history and the window (as the exchanges' hourly files do): ``--from`` / ``--until`` replay
+    the window alone and ``--long-history`` of that same file fits the tail on the bars before ``--from``; the
+    result equals the replay of the window cut into its own file beside the history in another, to the unit."""
+    heavy = write_history(tmp_path / "eth_history.csv", 6_000, 0.05, 3)
+    expected = replay(tmp_path, crash_csv, "cut", "--long-history", f"ETH={heavy}")
+    _header, *window = crash_csv["ETH"].read_text().splitlines()
+    both = tmp_path / "eth_history_and_window.csv"
+    both.write_text("\n".join([*heavy.read_text().splitlines(), *window]) + "\n")
+    start, end = int(window[0].split(",")[1]), int(window[-1].split(",")[1]) + 300
+    until = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%dT%H:%M")
+    got = replay(
+        tmp_path,
+        {"ETH": both, "BTC": WINDOW["BTC"]},
+        "window",
+        *("--from", str(start), "--until", until, "--long-history", f"ETH={both}"),
+    )
+    assert got == expected and got["top_ups"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (("--from", "2022-13-01"), "--from '2022-13-01': expected a UTC date or time"),
+        (("--from", "2022-11-08", "--until", "2022-11-08"), "is not after --from"),
+        (("--from", "2030-01-01"), "needs at least 2 bars in the window [2030-01-01 00:00, ...)"),
+    ],
+)
+def test_bad_windows_are_one_line_errors(capsys, flags, needle):
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "--fast", "--prices", f"ETH={WINDOW['ETH']}", *flags])
+    assert exc.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and needle in err[0]

@@ -3,6 +3,8 @@ replay on real bars."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from keeper.accounts.perp_v2 import (
@@ -139,5 +141,9 @@ def test_replay_on_real_bars_liquidates_without_a_keeper_and_not_with_it(crash_b
         for name, *_ in row["liquidations"]:
             value, req = row["before"][name]
             assert value < req
+    assert none.liquidations_wallet_left == none.liquidations  # no keeper: the wallets are never spent
+    poor = dataclasses.replace(book, accounts=tuple(dataclasses.replace(a, wallet_usd=5.0) for a in book.accounts))
+    r = run_perp_fast(poor, crash_bars, [NoKeeperAccounts()], AccountsConfig(warmup_s=6 * 3600)).results["none"]
+    assert r.liquidations == none.liquidations and r.liquidations_wallet_left == 0  # $5: below the least action
     with pytest.raises(Exception, match="fixed:X:Y"):
         parse_perp_policy("fixed:2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from keeper.errors import InputError
@@ -70,6 +71,33 @@ class TestLoadBars:
         with pytest.raises(InputError, match=r"bars\.csv:7: gap of 300 s .*median interval 60 s, tolerance 240 s"):
             load_bars(p, "ETH")
         assert len(load_bars(p, "ETH", max_gap_s=300)) == 6
+
+    def test_a_window_keeps_the_bars_opening_inside_it_and_checks_gaps_only_there(self, tmp_path, ftx_csv, ftx_bars):
+        """``start_s`` / ``end_s`` keep the bars opening in ``[start_s, end_s)``, the same as the whole file sliced; a
+        gap before the window is accepted, a bad row outside it is still an error, and an empty window names the
+        file's span."""
+        eth = ftx_bars[0]
+        cut = load_bars(ftx_csv["ETH"], "ETH", start_s=int(eth.t_s[100]), end_s=int(eth.t_s[200]))
+        assert len(cut) == 100 and cut.step_s == 300
+        assert np.array_equal(cut.t_s, eth.t_s[100:200]) and np.array_equal(cut.close, eth.close[100:200])
+        assert len(load_bars(ftx_csv["ETH"], "ETH", start_s=int(eth.t_s[570]))) == 6
+        rows = "x,60,1,2,0.5,1,0\n" + "".join(f"x,{60 * i},1,2,0.5,1,0\n" for i in range(10, 16))
+        gapped = _write(tmp_path, rows)
+        with pytest.raises(InputError, match="gap of 540 s"):
+            load_bars(gapped, "ETH")
+        assert len(load_bars(gapped, "ETH", start_s=600)) == 6
+        bad = _write(
+            tmp_path,
+            "x,60,1,2,0.5,1,0\nx,120,-1,2,0.5,1,0\n" + "".join(f"x,{60 * i},1,2,0.5,1,0\n" for i in range(3, 9)),
+        )
+        with pytest.raises(InputError, match=r"bars\.csv:3: column 'open': price -1.0 must be positive"):
+            load_bars(bad, "ETH", start_s=180)
+        with pytest.raises(
+            InputError,
+            match=r"2 bars in the window \[2030-01-01 00:00, \.\.\.\), found 0 "
+            r"\(the file's bars open from 2022-11-07 12:00 to 2022-11-09 11:55\)",
+        ):
+            load_bars(ftx_csv["ETH"], "ETH", start_s=1893456000)
 
     def test_missing_file(self, tmp_path):
         """A missing file is an InputError naming it."""
