@@ -25,13 +25,22 @@ development, so those three are in-sample for them; the hourly windows were neve
 (the long-history tail probability stays at its default, p_trigger: the 1e-5 of docs/risk-model.md was
 chosen after seeing March 2020 and is not used here). Gas presets and the capital rate are a-priori levels.
 
+``--books aave-v3,perp-v2`` (or ``reference,aave-v3,perp-v2``) replays the example account books
+(``examples/aave_book.toml``, ``examples/perp_book.toml``: ``keeper.replay.accounts_fast`` /
+``keeper.replay.perp_accounts``) on every window of both assets the same way: the same kappa and long-history
+tails, ``risk``, ``risk:cost:l1``, ``risk:cost:l2``, the account replays' default fixed health-factor baselines
+and ``none``, scored by the same rule.
+
 Usage: .venv/bin/python scripts/walk_forward.py --data DIR [--out DIR] [--jobs 2] [--paths 200000]
-(DIR holds the files of docs/data.md; ~6 min on the 2-core machine with --jobs 2)
+[--window TEXT ...] [--books reference,aave-v3,perp-v2]
+(DIR holds the files of docs/data.md; ~9 min on the 2-core machine with --jobs 2 for the reference book; the
+account books on the four hourly windows ~10 min)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -41,14 +50,25 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from keeper.commands.replay import DEFAULT_POLICIES
 from keeper.domain import SECONDS_PER_YEAR
+from keeper.replay.aave_book import load_aave_book
+from keeper.replay.accounts_fast import (
+    DEFAULT_ACCOUNT_POLICIES,
+    AccountsConfig,
+    AccountsRisk,
+    parse_account_policy,
+    run_accounts_fast,
+)
 from keeper.replay.book import load_book
 from keeper.replay.cost import CostModel
 from keeper.replay.fast import ReplayConfig, run_fast
+from keeper.replay.perp_accounts import DEFAULT_PERP_POLICIES, parse_perp_policy, run_perp_fast
+from keeper.replay.perp_book import load_perp_book
 from keeper.replay.policies import RiskSized, parse_policy
 from keeper.replay.prices import Bars, load_bars, long_tail_before
 from keeper.replay.report import policy_costs
@@ -60,6 +80,8 @@ HOURLY = {"ETH": "binance_ETHUSDT_1h_2017-08_2024-06.csv", "BTC": "binance_BTCUS
 FIXED = tuple(p for p in DEFAULT_POLICIES if p.startswith("fixed:"))  # every default fixed-ratio baseline
 OURS = ("risk", "risk:cost:l1", "risk:cost:l2")
 PRESETS = ("l1", "l2")
+ACCOUNT_BOOKS = {"aave-v3": "examples/aave_book.toml", "perp-v2": "examples/perp_book.toml"}
+BOOK_TITLES = {"reference": "", "aave-v3": ", Aave v3 book", "perp-v2": ", Perp v2 book"}
 LONG_GAP_S = 7 * 86_400  # the hourly series' outages (Binance's longest: 33 h) are accepted in the history
 
 
@@ -128,12 +150,15 @@ def merton_kappa(n_paths: int, seed: int) -> float:
     ).kappa
 
 
-def run_window(w: Window, data: Path, n_paths: int, merton: float, seed: int) -> dict:
+def run_window(w: Window, data: Path, n_paths: int, merton: float, seed: int, book_kind: str = "reference") -> dict:
+    """One window on one book (``reference``: the window's book of reference positions; ``aave-v3`` / ``perp-v2``:
+    the example account books), calibrated on the bars before it, scored per preset."""
     t0 = time.perf_counter()
     hourly = {s: load_bars(data / f, s, max_gap_s=LONG_GAP_S) for s, f in HOURLY.items()}
     series = window_bars(w, data, hourly)
-    book = load_book(ROOT / w.book if w.book else None)
-    series = [b for b in series if b.symbol in book.markets]
+    if book_kind == "reference":
+        book = load_book(ROOT / w.book if w.book else None)
+        series = [b for b in series if b.symbol in book.markets]
     first = min(int(b.t_s[0]) for b in series)
     kappa, nu, t_kappa = kappa_before(hourly["ETH"], first, n_paths, merton, seed)
     tails = {}
@@ -143,14 +168,33 @@ def run_window(w: Window, data: Path, n_paths: int, merton: float, seed: int) ->
             tails[b.symbol] = tail
     cost_model = CostModel()
     presets = dict(cost_model.gas_price_gwei)
-    policies = []
-    for spec in (*OURS, *FIXED, "none"):
-        pol = parse_policy(spec, gas_presets_gwei=presets, capital_rate_annual=cost_model.capital_rate_annual)
-        if isinstance(pol, RiskSized):
-            pol.risk_policy = RiskPolicy(kappa=kappa)
-            pol.long_tails = tails
-        policies.append(pol)
-    result = run_fast(book, series, policies, ReplayConfig(record=False))
+    rate = cost_model.capital_rate_annual
+    result: Any
+    if book_kind == "reference":
+        policies = []
+        for spec in (*OURS, *FIXED, "none"):
+            pol = parse_policy(spec, gas_presets_gwei=presets, capital_rate_annual=rate)
+            if isinstance(pol, RiskSized):
+                pol.risk_policy = RiskPolicy(kappa=kappa)
+                pol.long_tails = tails
+            policies.append(pol)
+        result = run_fast(book, series, policies, ReplayConfig(record=False))
+    else:
+        perp = book_kind == "perp-v2"
+        fixed = [p for p in (DEFAULT_PERP_POLICIES if perp else DEFAULT_ACCOUNT_POLICIES) if p.startswith("fixed:")]
+        parse = parse_perp_policy if perp else parse_account_policy
+        account_policies = []
+        for spec in (*OURS, *fixed, "none"):
+            account_pol = parse(spec, gas_presets_gwei=presets, capital_rate_annual=rate)
+            if isinstance(account_pol, AccountsRisk):
+                account_pol.risk_policy = dataclasses.replace(account_pol.risk_policy, kappa=kappa)
+            account_policies.append(account_pol)
+        config = AccountsConfig(record=False, long_tails=tails)
+        account_book: Any = (
+            load_perp_book(ROOT / ACCOUNT_BOOKS[book_kind]) if perp else load_aave_book(ROOT / ACCOUNT_BOOKS[book_kind])
+        )
+        run = run_perp_fast if perp else run_accounts_fast
+        result = run(account_book, series, account_policies, config)
     costs = policy_costs(result, cost_model, "ETH")
     rows = {}
     for name, r in result.results.items():
@@ -179,6 +223,7 @@ def run_window(w: Window, data: Path, n_paths: int, merton: float, seed: int) ->
         }
     return {
         "window": w.name,
+        "book": book_kind,
         "start_utc": datetime.fromtimestamp(first, UTC).strftime("%Y-%m-%d %H:%M"),
         "end_utc": datetime.fromtimestamp(max(int(b.t_s[-1]) for b in series), UTC).strftime("%Y-%m-%d %H:%M"),
         "calibration": {
@@ -199,7 +244,7 @@ def markdown(results: list[dict]) -> str:
     for res in results:
         c = res["calibration"]
         out.append(
-            f"#### {res['window']}: {res['start_utc']} .. {res['end_utc']} UTC "
+            f"#### {res['window']}{BOOK_TITLES[res['book']]}: {res['start_utc']} .. {res['end_utc']} UTC "
             f"(kappa {c['kappa']:.2f}: GARCH-t nu {c['garch_t_nu_before']} before the window -> "
             f"{c['t_kappa']:.2f}, Merton {c['merton_kappa']:.2f}; long-history tails {', '.join(c['long_tails'])})"
         )
@@ -240,7 +285,17 @@ def main() -> None:
     ap.add_argument("--paths", type=int, default=200_000, help="Monte Carlo paths per kappa calibration")
     ap.add_argument("--seed", type=int, default=20261125)
     ap.add_argument("--window", action="append", default=[], help="only windows whose name contains this")
+    ap.add_argument(
+        "--books",
+        default="reference",
+        help="comma-separated: reference (each window's book of positions), aave-v3, perp-v2 (the example account"
+        " books, on the windows of both ETH and BTC)",
+    )
     args = ap.parse_args()
+    kinds = [k.strip() for k in args.books.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in BOOK_TITLES]
+    if unknown or not kinds:
+        sys.exit(f"--books {args.books!r}: expected a comma-separated list of {', '.join(BOOK_TITLES)}")
     missing = [
         f
         for f in (*HOURLY.values(), *(f for w in WINDOWS for f in (w.files or {}).values()))
@@ -252,14 +307,16 @@ def main() -> None:
     t0 = time.perf_counter()
     merton = merton_kappa(args.paths, args.seed)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_window, w, args.data, args.paths, merton, args.seed) for w in windows]
+        jobs = [(w, k) for w in windows for k in kinds if k == "reference" or w.book is None]
+        futures = [pool.submit(run_window, w, args.data, args.paths, merton, args.seed, k) for w, k in jobs]
         results = []
-        for w, f in zip(windows, futures, strict=True):
+        for (w, k), f in zip(jobs, futures, strict=True):
             res = f.result()
             results.append(res)
             v = res["target"]
             print(
-                f"{w.name}: l1 {'MET' if v['l1']['met'] else 'NOT MET'}, l2 {'MET' if v['l2']['met'] else 'NOT MET'} "
+                f"{w.name}{BOOK_TITLES[k]}: l1 {'MET' if v['l1']['met'] else 'NOT MET'}, "
+                f"l2 {'MET' if v['l2']['met'] else 'NOT MET'} "
                 f"({res['seconds']} s)",
                 flush=True,
             )
