@@ -458,6 +458,8 @@ class AccountKeeperService(KeeperService):
         ``watch_all`` or a larger book, ``accounts_ranked``: the watch list's top ten by breach probability."""
         debug = _enabled_for(log, logging.DEBUG)
         holds_at_info = len(outcome.decisions) <= HOLDS_AT_INFO_MAX
+        bound = log.bind()  # the configured logger, made once (the module's lazy proxy makes one per call)
+        info, at_debug = bound.info, bound.debug
         risks = {r.account.lower(): r for r in outcome.risks} if outcome.decisions else {}
         chain_id = self.config.chain.chain_id
         symbols = self._symbols
@@ -469,7 +471,7 @@ class AccountKeeperService(KeeperService):
             onchain = snap.onchain_health.get(d.key)
             risk = risks[d.key]
             tail = account_var_es(risk) if risk.has_debt else None
-            emit = log.debug if held and not holds_at_info else log.info
+            emit = at_debug if held and not holds_at_info else info
             emit(  # the context as fields of the line (a bound logger per line cost as much as the JSON)
                 "account_decision",
                 chain_id=chain_id,
