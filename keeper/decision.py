@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -165,6 +166,16 @@ def _survive_words(r: AccountRisk, prices_e8: Mapping[str, int], state: AccountB
         if p != prices_e8.get(a):
             moves.append(f"{state.symbols.get(a, a)} {p / prices_e8[a] - 1:+.1%}")
     return ", ".join(moves) or "today's prices"
+
+
+_FIGURE = re.compile(r"\$?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?%?")
+
+
+@functools.lru_cache(maxsize=4096)
+def _without_figures(words: str) -> str:
+    """``words`` with every figure (amount, price, percentage) as ``#``: a cause that stays the same while the
+    figures move ("supply USDC: needs #, over the cap of #")."""
+    return _FIGURE.sub("#", words)
 
 
 def _choose(options: Sequence[ActionOption]) -> ActionOption | None:
@@ -330,9 +341,23 @@ def decide_accounts(
             **kw,  # type: ignore[arg-type]  # the AccountDecision fields, passed through
         )
 
-    def alert(r: AccountRisk, text: str, urgent: bool) -> AccountAction:
+    def alert(r: AccountRisk, text: str, urgent: bool, cause: tuple[str, ...]) -> AccountAction:
         return AccountAction(
-            AccountActionKind.ALERT, r.account, reason=text, breach_probability=r.breach_probability, urgent=urgent
+            AccountActionKind.ALERT,
+            r.account,
+            reason=text,
+            breach_probability=r.breach_probability,
+            urgent=urgent,
+            cause=cause,
+        )
+
+    def danger_of(r: AccountRisk, stale: tuple[str, ...]) -> tuple[str, ...]:
+        """Why the account is endangered, without figures (the start of its alerts' ``cause``)."""
+        return (
+            *(("liquidatable",) if r.liquidatable else ()),
+            *((f"stale price source: {', '.join(state.symbols.get(a, a) for a in stale)}",) if stale else ()),
+            *(("breach above trigger",) if r.breach_probability > limits.p_trigger else ()),
+            *(("a stress gap would liquidate",) if r.stress_breach else ()),
         )
 
     # endangered accounts by expected loss (probability x what a liquidation takes), ties by address
@@ -373,7 +398,7 @@ def decide_accounts(
         if key in state.watch_only or limits.alert_only:
             why = "watch-only" if key in state.watch_only else "alert-only mode"
             text = f"{words}; must survive {survive}: {why}, alert only"
-            actions.append(alert(r, text, urgent))
+            actions.append(alert(r, text, urgent, (*danger_of(r, stale), why)))
             decisions[key] = base(r, "trigger", "alert", text)
             continue
         budget = min(limits.max_per_tx_e6, day_left)
@@ -385,9 +410,11 @@ def decide_accounts(
         if chosen is None:
             if causes:
                 text = f"{words}; must survive {survive}: cannot act: " + "; ".join(causes)
+                cause = (*danger_of(r, stale), "cannot act", *map(_without_figures, causes))
             else:  # endangered only by a stale source: the last known prices ask for nothing
                 text = f"{words}: no supply or repay is needed at the last known prices; alert"
-            actions.append(alert(r, text, urgent))
+                cause = (*danger_of(r, stale), "nothing needed at the last known prices")
+            actions.append(alert(r, text, urgent, cause))
             decisions[key] = base(r, "trigger", "alert", text, short_causes=tuple(causes), blocked=tuple(why_not))
             continue
         kind = AccountActionKind(chosen.kind)
@@ -410,10 +437,12 @@ def decide_accounts(
             r.breach_probability,
             urgent,
             needs,
+            (*danger_of(r, stale), f"manual approval: {kind.value} {name}") if needs else (),
         )
         actions.append(action)
         if not chosen.reaches_target:
-            actions.append(alert(r, f"cannot reach the target: {text}", urgent))
+            short = (*danger_of(r, stale), f"short: {kind.value} {name}", *map(_without_figures, causes))
+            actions.append(alert(r, f"cannot reach the target: {text}", urgent, short))
         if not needs and chosen.kind in WALLET_FUNDED:
             wallet[chosen.asset] = wallet.get(chosen.asset, 0) - chosen.amount
             day_left -= chosen.cost_e6

@@ -318,7 +318,9 @@ class AccountAction:
     """One thing the keeper does for a margin account: ``amount`` of ``asset`` in its native units.
 
     ``cost_e6`` is its value in USD (e6) at the price it was decided on; ``needs_approval`` marks an action
-    above the manual-approval threshold (alerted, not sent).
+    above the manual-approval threshold (alerted, not sent). ``cause``: what an alert (or an action that needs
+    approval) is about, in words without the figures that change from cycle to cycle (why the account is
+    endangered, why nothing or too little can be done): the same ``cause`` a cycle later is no news.
     """
 
     kind: AccountActionKind
@@ -330,6 +332,7 @@ class AccountAction:
     breach_probability: float = 0.0
     urgent: bool = False
     needs_approval: bool = False
+    cause: tuple[str, ...] = ()
 
     @property
     def idempotency_key(self) -> str:

@@ -30,7 +30,7 @@ POLICY = RiskPolicy(stress_window_s=0.0)
 LIMITS = PlanLimits.from_policy(POLICY, max_per_tx_e6=50_000 * 10**6, max_per_day_e6=200_000 * 10**6)
 
 
-def _decide(accounts, market, wallet, **state_kw):
+def _decide(accounts, market, wallet, limits=LIMITS, **state_kw):
     rules = AaveRules({a.user.lower(): a for a in accounts}, market, SYMBOLS)
     views = [margin_account(a, market) for a in accounts]
     return decide_accounts(
@@ -40,7 +40,7 @@ def _decide(accounts, market, wallet, **state_kw):
         prices_e8=market.prices_e8,
         sigmas_annual=SIGMAS,
         policy=POLICY,
-        limits=LIMITS,
+        limits=limits,
         check_interval_s=60.0,
     )
 
@@ -340,6 +340,38 @@ class TestAccountDecision:
         one = _decide([big], _market(), {"USDC": 10**12}).onchain_actions[0]
         out = _decide([small, big], _market(), {"USDC": one.amount})
         assert [a.account for a in out.onchain_actions] == ["0xb"]
+
+    def test_an_alert_cause_names_why_without_the_figures(self):
+        """An alert's ``cause`` (the alert sink's state) stays the same when only figures move (a 0.5 % lower
+        price: other amounts and probabilities in the reason) and changes with the cause: a $500 cap that the
+        need exceeds ("short", "over the cap"), the wallet emptied ("cannot act", "holds none"), a stale source,
+        watch-only; the reasons are the same words as before, cause aside."""
+        capped = PlanLimits.from_policy(POLICY, max_per_tx_e6=500 * 10**6, max_per_day_e6=1_000 * 10**6)
+        book = [_account(f"0x{i:02x}", 10.0 - i / 10, 22_000.0) for i in range(6)]
+
+        def alerts(market, wallet, **state_kw):
+            out = _decide(book, market, wallet, capped, **state_kw)
+            return {a.account: a for a in out.actions if a.kind is AccountActionKind.ALERT}
+
+        lower = _market().with_price("WETH", PRICES["WETH"] * 995 // 1000)
+        empty_now, empty_lower = alerts(_market(), {}), alerts(lower, {})
+        assert empty_now.keys() == empty_lower.keys() == {a.user for a in book}
+        for acct, a in empty_now.items():
+            assert a.cause == empty_lower[acct].cause and a.reason != empty_lower[acct].reason
+            assert a.cause[-2:] == ("cannot act", "the keeper's wallet holds none of the pool's assets"), a.cause
+        short = alerts(_market(), {"USDC": 10**12})
+        assert short.keys() == {a.user for a in book}
+        for a in short.values():
+            assert "repay USDC: needs #, over the cap of #" in a.cause
+            assert not any(c.isdigit() for c in "".join(a.cause))
+        # the $1,000 day: two $500 repays short of the target, then the day budget is spent for the other four
+        kinds = sorted(a.cause[1] for a in short.values())
+        assert kinds == ["cannot act"] * 4 + ["short: repay_debt USDC"] * 2, kinds
+        assert all(a.cause[-1] == "day budget: # left of #" for a in short.values() if a.cause[1] == "cannot act")
+        stale = alerts(_market(), {}, stale_assets={"WETH": 7_200})
+        assert all(a.cause[0] == "stale price source: WETH" for a in stale.values())
+        watched = alerts(_market(), {"USDC": 10**12}, watch_only=frozenset(a.user for a in book))
+        assert all(a.cause[-1] == "watch-only" for a in watched.values())
 
 
 class TestAaveRelease:

@@ -30,7 +30,7 @@ import gc
 import heapq
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -140,6 +140,7 @@ class AccountKeeperService(KeeperService):
         self._symbols: dict[str, str] = {}
         self._discovered_accounts: set[str] = set()
         self._not_held: set[str] = set()  # the accounts the last decision did not hold: read afresh next cycle
+        self._alerted: set[str] = set()  # the alert keys of the last cycle (resolved when a cycle does not repeat them)
 
     @property
     def accounts_adapter(self) -> AccountAdapter:
@@ -366,9 +367,9 @@ class AccountKeeperService(KeeperService):
         txm = self.txm if execute and not self.config.dry_run else None
         if txm is not None:
             self._report_blocked_lanes(txm)
+        self._alert_actions(outcome.actions)
         for action in outcome.actions:
             if action.kind is AccountActionKind.ALERT or action.needs_approval:
-                self._alert(action)
                 continue
             skip = None
             if txm is None:
@@ -427,14 +428,28 @@ class AccountKeeperService(KeeperService):
             )
         return book.block_number, out
 
-    def _alert(self, action: AccountAction) -> None:
-        severity = "critical" if action.urgent else "warning"
+    def _alert(self, action: AccountAction) -> str:
+        """Alert ``action`` (an alert or an action that needs approval) under its account and kind, with its
+        ``cause`` as the alert's state: the sink sends it when that is news (a new cause, a worse severity, the
+        reminder after ``alerts.dedup_window_s``), and suppresses it without a line otherwise (the account's
+        ``account_decision`` line has the reason every cycle). Returns the key."""
+        key = f"{action.account.lower()}:{action.kind.value}"
         self.alerts.send(
-            f"{action.account.lower()}:{action.kind.value}",
+            key,
             f"{action.account}: {action.reason}",
-            severity=severity,
+            severity="critical" if action.urgent else "warning",
             fields={"account": action.account, "breach_probability": action.breach_probability},
+            state=action.cause,
         )
+        return key
+
+    def _alert_actions(self, actions: Iterable[AccountAction]) -> None:
+        """:meth:`_alert` for this cycle's alerts; the keys alerted last cycle and not this one are resolved (their
+        account is out of danger or acted on: its return is news), and the rate-limit digest goes out."""
+        alerted = {self._alert(a) for a in actions if a.kind is AccountActionKind.ALERT or a.needs_approval}
+        self.alerts.resolve(self._alerted - alerted)
+        self._alerted = alerted
+        self.alerts.send_digest()
 
     def _explain_accounts(self, snap: AccountBook, outcome: AccountBookDecision) -> None:
         """One ``account_decision`` per account that is not held (every trigger, release and open transaction,
@@ -443,6 +458,8 @@ class AccountKeeperService(KeeperService):
         ``watch_all`` or a larger book, ``accounts_ranked``: the watch list's top ten by breach probability."""
         debug = _enabled_for(log, logging.DEBUG)
         holds_at_info = len(outcome.decisions) <= HOLDS_AT_INFO_MAX
+        bound = log.bind()  # the configured logger, made once (the module's lazy proxy makes one per call)
+        info, at_debug = bound.info, bound.debug
         risks = {r.account.lower(): r for r in outcome.risks} if outcome.decisions else {}
         chain_id = self.config.chain.chain_id
         symbols = self._symbols
@@ -454,7 +471,7 @@ class AccountKeeperService(KeeperService):
             onchain = snap.onchain_health.get(d.key)
             risk = risks[d.key]
             tail = account_var_es(risk) if risk.has_debt else None
-            emit = log.debug if held and not holds_at_info else log.info
+            emit = at_debug if held and not holds_at_info else info
             emit(  # the context as fields of the line (a bound logger per line cost as much as the JSON)
                 "account_decision",
                 chain_id=chain_id,

@@ -7,12 +7,15 @@ Payload::
 
 Slack incoming webhooks read ``text`` and ignore the rest; other receivers get the structured fields.
 
-Order of checks in :meth:`AlertSink.send`: disabled (no URL: logged only) -> dedup (the same ``key``
-within ``dedup_window_s`` is suppressed and counted; the count rides on the next alert of that key) ->
-token bucket (``rate_per_minute`` refill, ``burst`` capacity; over it the alert is dropped and counted)
--> delivery. Delivery runs on a background thread by default so a slow webhook never stalls a check
-cycle; failures (timeout, connection refused, non-2xx) are logged as ``alert_failed`` and counted.
-The webhook URL is treated as a secret: only its host is ever logged.
+Order of checks in :meth:`AlertSink.send`: dedup (an alert that brings no news is suppressed and counted,
+without a log line; the count rides on the next alert of that key) -> the ``alert`` log line -> disabled (no
+URL: logged only) -> token bucket (``rate_per_minute`` refill, ``burst`` capacity; over it the alert is
+dropped and counted, and :meth:`AlertSink.send_digest` later says how many were) -> delivery. News is a key
+not alerted within ``dedup_window_s`` (the reminder), a ``state`` other than the one last alerted under that
+key (the caller's words for what the alert is about: a new cause), or a worse severity; :meth:`AlertSink.resolve`
+forgets a key whose condition is over, so its return is news. Delivery runs on a background thread by default
+so a slow webhook never stalls a check cycle; failures (timeout, connection refused, non-2xx) are logged as
+``alert_failed`` and counted. The webhook URL is treated as a secret: only its host is ever logged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,6 +72,10 @@ class TokenBucket:
         return False
 
 
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+"""Worse is higher: an alert of a worse severity than the one last sent under its key is news."""
+
+
 class AlertSink:
     """Posts alerts to ``url`` (``None``: log only). Thread-safe; :meth:`send` never raises."""
 
@@ -98,8 +105,9 @@ class AlertSink:
         self._metrics = metrics
         self._background = background
         self._lock = threading.Lock()
-        self._last_sent: dict[str, float] = {}
+        self._last_sent: dict[str, tuple[float, object, int]] = {}  # key -> (when, state, severity rank) alerted
         self.suppressed: dict[str, int] = {}
+        self.rate_limited_since_digest = 0  # alerts dropped by the token bucket, not yet told (send_digest)
         self.counts: dict[AlertOutcome, int] = {o: 0 for o in AlertOutcome}
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
         self._worker: threading.Thread | None = None
@@ -125,30 +133,69 @@ class AlertSink:
         return outcome
 
     def send(
-        self, key: str, text: str, *, severity: str = "warning", fields: Mapping[str, Any] | None = None
+        self,
+        key: str,
+        text: str,
+        *,
+        severity: str = "warning",
+        fields: Mapping[str, Any] | None = None,
+        state: object = None,
     ) -> AlertOutcome:
-        """Alert once per ``key`` per dedup window, within the rate limit; returns what happened."""
+        """Alert ``key`` when it is news (see the module docstring: not alerted within the dedup window, another
+        ``state``, a worse ``severity``), within the rate limit; returns what happened. ``state``: any value
+        comparable with ``==`` that names what the alert is about without its changing figures."""
         try:
-            return self._send(key, text, severity, dict(fields or {}))
+            return self._send(key, text, severity, fields or {}, state)
         except Exception as exc:  # noqa: BLE001 - an alert must never break the cycle
             log.warning("alert_failed", key=key, error=type(exc).__name__, detail=str(exc))
             return self._count(AlertOutcome.FAILED)
 
-    def _send(self, key: str, text: str, severity: str, fields: dict[str, Any]) -> AlertOutcome:
-        log.warning("alert", key=key, severity=severity, text=text, **{f"field_{k}": v for k, v in fields.items()})
-        if self._url is None:
-            return self._count(AlertOutcome.DISABLED)
+    def _send(self, key: str, text: str, severity: str, fields: Mapping[str, Any], state: object) -> AlertOutcome:
+        rank = SEVERITY_RANK.get(severity, 1)
         with self._lock:
             now = self._clock()
             last = self._last_sent.get(key)
-            if last is not None and now - last < self._dedup_window_s:
+            if last is not None and now - last[0] < self._dedup_window_s and state == last[1] and rank <= last[2]:
                 self.suppressed[key] = self.suppressed.get(key, 0) + 1
                 return self._count(AlertOutcome.DEDUPLICATED)
-            if not self._bucket.take():
-                log.warning("alert_rate_limited", key=key)
-                return self._count(AlertOutcome.RATE_LIMITED)
-            self._last_sent[key] = now
+            # news: the next repeat is measured from here, whether it is delivered, logged only or rate limited
+            # (a rate-limited alert is in the log and in the next digest, not retried every cycle)
+            self._last_sent[key] = (now, state, rank)
             suppressed = self.suppressed.pop(key, 0)
+            limited = self._url is not None and not self._bucket.take()
+            if limited:
+                self.rate_limited_since_digest += 1
+        log.warning("alert", key=key, severity=severity, text=text, **{f"field_{k}": v for k, v in fields.items()})
+        if self._url is None:
+            return self._count(AlertOutcome.DISABLED)
+        if limited:
+            log.warning("alert_rate_limited", key=key)
+            return self._count(AlertOutcome.RATE_LIMITED)
+        return self._deliver(key, text, severity, dict(fields), suppressed)
+
+    def resolve(self, keys: Iterable[str]) -> None:
+        """Forget ``keys`` (their condition is over): the next alert under one of them is news."""
+        with self._lock:
+            for key in keys:
+                self._last_sent.pop(key, None)
+                self.suppressed.pop(key, None)
+
+    def send_digest(self) -> AlertOutcome | None:
+        """One alert saying how many alerts the token bucket dropped since the last digest (each is in the log as
+        an ``alert`` line), when there were any and a token is free; None when there is nothing to tell."""
+        with self._lock:
+            dropped = self.rate_limited_since_digest
+            if self._url is None or dropped == 0 or not self._bucket.take():
+                return None
+            self.rate_limited_since_digest = 0
+        text = (
+            f"{dropped} more alert(s) over the rate limit were not sent here: the keeper's log has each "
+            "(event alert); they are sent again when their state changes or after the reminder interval"
+        )
+        log.warning("alert", key="alerts:rate_limited", severity="warning", text=text)
+        return self._deliver("alerts:rate_limited", text, "warning", {"rate_limited": dropped}, 0)
+
+    def _deliver(self, key: str, text: str, severity: str, fields: dict[str, Any], suppressed: int) -> AlertOutcome:
         payload = {
             "text": f"[{severity}] margin keeper: {text}",
             "severity": severity,

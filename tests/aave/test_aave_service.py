@@ -17,6 +17,7 @@ from aavechain import KEEPER_KEY, LIQUIDATOR_KEY
 from structlog.testing import capture_logs
 from web3 import Web3
 from web3.exceptions import ContractLogicError
+from webhook import Clock, Receiver
 
 from keeper.accounts.aave_v3 import AaveRules, health_factor
 from keeper.accounts.costs import AAVE_REPAY_GAS, AAVE_SUPPLY_GAS, GAS_USED_MEASURED
@@ -29,6 +30,7 @@ from keeper.errors import ConfigError
 from keeper.replay.cost import DEFAULT_GAS_PRESETS_GWEI
 from keeper.risk.policy import CostBands
 from keeper.runtime.accounts_service import AccountKeeperService
+from keeper.runtime.alerts import AlertSink
 from keeper.runtime.config import load_config
 
 pytestmark = pytest.mark.chain
@@ -441,6 +443,63 @@ class TestWatchAll:
             (d.band, d.reason) for d in report.outcome.decisions
         ]
         service.close()
+
+
+class TestAlertNews:
+    def test_an_endangered_account_is_alerted_when_its_state_changes_and_reminded_after_the_window(
+        self, aave, tmp_path
+    ):
+        """A real webhook receiver: the endangered account's alert is posted once, not on the cycles after it
+        (no ``alert`` line either: its ``account_decision`` line keeps the reason every cycle); a new cause (a
+        little USDC in the wallet: short of the target instead of cannot act) and a worse severity (the crash:
+        liquidatable, critical) are posted at once; out of danger its key is resolved, so its return is posted
+        again inside the window; the same state after the window is the reminder, with the count suppressed."""
+        aave.open_account(TRADER, LEVERED_ETH)
+        user = aave.address(TRADER)
+        opened_e8 = aave.price_e8("WETH")
+        service = _service(aave, tmp_path, user)
+        receiver = Receiver()
+        clock = Clock()
+        service.alerts = AlertSink(receiver.url, background=False, dedup_window_s=900, burst=20, clock=clock)
+        posts: list[int] = []
+
+        def cycle() -> list[dict]:
+            aave.anvil.request("evm_mine", [])
+            with capture_logs() as logs:
+                report = service.cycle(execute=False)
+            d = report.outcome.decision(user)
+            assert d is not None
+            lines = [e for e in logs if e["event"] == "account_decision"]
+            assert [e["reason"] for e in lines] == [d.reason]  # a small book: every account's line, holds too
+            posts.append(len(receiver.posts))
+            return [e for e in logs if e["event"] == "alert"]
+
+        try:
+            first, second = cycle(), cycle()
+            assert posts == [1, 1] and len(first) == 1 and second == []
+            (post,) = receiver.posts
+            assert post["key"] == f"{user.lower()}:alert" and post["severity"] == "warning"
+            assert "cannot act" in post["text"] and "holds none of the pool's assets" in post["text"]
+
+            _fund(aave, {"USDC": 100.0})  # a little: a repay toward the target, short of it (a new cause)
+            assert len(cycle()) == 1 and cycle() == [] and posts[-2:] == [2, 2]
+            assert receiver.posts[-1]["text"].startswith(f"[warning] margin keeper: {user}: cannot reach the target")
+
+            aave.set_price("WETH", opened_e8 * 2)  # safe: held, nothing alerted, the key resolved
+            assert cycle() == [] and posts[-1] == 2
+            aave.set_price("WETH", opened_e8)  # endangered again inside the window: news
+            assert len(cycle()) == 1 and posts[-1] == 3 and cycle() == [] and posts[-1] == 3
+
+            clock.t += 901  # the reminder: the same state, 901 s after it was last posted
+            assert len(cycle()) == 1 and posts[-1] == 4 and receiver.posts[-1]["suppressed"] == 1
+
+            aave.set_price("WETH", CRASH_E8)  # liquidatable: critical, a worse severity
+            assert len(cycle()) == 1 and posts[-1] == 5
+            assert receiver.posts[-1]["severity"] == "critical" and "LIQUIDATABLE" in receiver.posts[-1]["text"]
+            assert cycle() == [] and posts[-1] == 5
+        finally:
+            receiver.close()
+            service.close()
 
 
 def _cli(tmp_path: Path, command: str) -> dict:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 from structlog.testing import capture_logs
+from webhook import Clock as FakeClock
+from webhook import Receiver
 
 from keeper.domain import Action, ActionKind
 from keeper.runtime.alerts import (
@@ -21,55 +19,11 @@ from keeper.runtime.alerts import (
 from keeper.runtime.metrics import KeeperMetrics
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1:<free port> that records JSON bodies and answers ``status``."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.posts: list[dict] = []
-        self.status = status
-        self.block = threading.Event()
-        self.block.set()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                outer.block.wait(10)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.posts.append({"ctype": self.headers["Content-Type"], **json.loads(body)})
-                self.send_response(outer.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )  # shutdown() returns within one poll interval (default 0.5 s)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/SECRETTOKEN"
-
-    def close(self):
-        self.block.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
     r = Receiver()
     yield r
     r.close()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class TestTokenBucket:
@@ -103,6 +57,65 @@ class TestAlertSink:
         assert sink.send("k", "x again") is AlertOutcome.SENT
         assert [p["suppressed"] for p in receiver.posts] == [0, 0, 2]
         assert metrics.value("keeper_alerts_total", {"outcome": "deduplicated"}) == 2
+
+    def test_news_is_a_new_state_or_a_worse_severity_and_a_repeat_writes_no_line(self, receiver):
+        """Under one key: the same state and severity again is suppressed without an ``alert`` line; a new state
+        or a worse severity is sent at once (inside the window); a better severity is not news; after the window
+        the reminder goes out carrying the count of what it suppressed."""
+        clock = FakeClock()
+        sink = AlertSink(receiver.url, background=False, dedup_window_s=900, clock=clock, burst=10)
+        sends = [
+            ("cannot act, wallet empty", "warning", ("cannot act", "wallet empty")),
+            ("cannot act, wallet empty (new figures)", "warning", ("cannot act", "wallet empty")),
+            ("short of the target", "warning", ("short", "over the cap")),
+            ("short of the target, liquidatable", "critical", ("short", "over the cap")),
+            ("short of the target, less urgent", "warning", ("short", "over the cap")),
+        ]
+        with capture_logs() as logs:
+            got = [sink.send("0xabc:alert", text, severity=sev, state=state) for text, sev, state in sends]
+        assert got == [
+            AlertOutcome.SENT,
+            AlertOutcome.DEDUPLICATED,
+            AlertOutcome.SENT,
+            AlertOutcome.SENT,
+            AlertOutcome.DEDUPLICATED,
+        ]
+        assert [e["text"] for e in logs if e["event"] == "alert"] == [sends[0][0], sends[2][0], sends[3][0]]
+        assert [p["severity"] for p in receiver.posts] == ["warning", "warning", "critical"]
+        clock.t += 899
+        assert sink.send("0xabc:alert", "again", severity="critical", state=sends[3][2]) is AlertOutcome.DEDUPLICATED
+        clock.t += 2  # 901 s after the last one sent: the reminder
+        assert sink.send("0xabc:alert", "reminder", severity="warning", state=sends[3][2]) is AlertOutcome.SENT
+        assert receiver.posts[-1]["text"].endswith("reminder") and receiver.posts[-1]["suppressed"] == 2
+
+    def test_a_resolved_key_is_news_when_it_comes_back(self, receiver):
+        """resolve() forgets a key: the same alert right after is sent again; other keys keep their memory."""
+        sink = AlertSink(receiver.url, background=False, dedup_window_s=900, clock=FakeClock(), burst=10)
+        assert sink.send("a", "x", state=1) is AlertOutcome.SENT and sink.send("b", "y", state=1) is AlertOutcome.SENT
+        sink.resolve({"a"})
+        assert sink.send("a", "x", state=1) is AlertOutcome.SENT
+        assert sink.send("b", "y", state=1) is AlertOutcome.DEDUPLICATED
+        assert [p["key"] for p in receiver.posts] == ["a", "b", "a"]
+
+    def test_rate_limited_news_is_logged_once_and_told_in_a_digest(self, receiver):
+        """Over the bucket, news is logged (an ``alert`` line) and counted, not retried on every repeat; the next
+        digest with a free token tells how many were not sent, once."""
+        clock = FakeClock()
+        sink = AlertSink(receiver.url, background=False, rate_per_minute=6, burst=2, clock=clock)
+        with capture_logs() as logs:
+            got = [sink.send(f"k{i}", f"x{i}", state="s") for i in range(4)]
+            again = [sink.send(f"k{i}", f"x{i}", state="s") for i in range(4)]
+        assert got == [AlertOutcome.SENT, AlertOutcome.SENT, AlertOutcome.RATE_LIMITED, AlertOutcome.RATE_LIMITED]
+        assert again == [AlertOutcome.DEDUPLICATED] * 4
+        assert [e["key"] for e in logs if e["event"] == "alert"] == ["k0", "k1", "k2", "k3"]
+        assert sink.send_digest() is None  # no token yet
+        clock.t += 10  # 6/min: one token per 10 s
+        assert sink.send_digest() is AlertOutcome.SENT
+        digest = receiver.posts[-1]
+        assert digest["key"] == "alerts:rate_limited" and digest["fields"] == {"rate_limited": 2}
+        assert digest["text"].startswith("[warning] margin keeper: 2 more alert(s)")
+        clock.t += 10
+        assert sink.send_digest() is None and len(receiver.posts) == 3
 
     def test_rate_limit(self, receiver):
         """Beyond the burst, distinct alerts are dropped until tokens refill."""
@@ -140,10 +153,14 @@ class TestAlertSink:
         sink.close()
 
     def test_disabled_without_url(self):
-        """Without a webhook the alert is logged and reported DISABLED."""
+        """Without a webhook the alert is logged and reported DISABLED; the log is its channel, so a repeat that
+        is no news writes no second line."""
+        sink = AlertSink(None)
         with capture_logs() as logs:
-            assert AlertSink(None).send("k", "hello") is AlertOutcome.DISABLED
-        assert logs[0]["event"] == "alert" and logs[0]["text"] == "hello"
+            assert sink.send("k", "hello", state="s") is AlertOutcome.DISABLED
+            assert sink.send("k", "hello again", state="s") is AlertOutcome.DEDUPLICATED
+            assert sink.send_digest() is None
+        assert [(e["event"], e["text"]) for e in logs] == [("alert", "hello")]
 
 
 class TestAlertFromAction:

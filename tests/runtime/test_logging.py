@@ -9,6 +9,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from keeper.redact import DataMasker
 from keeper.runtime.logging import REDACTED, SecretRedactor, configure_logging
 
 KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -78,6 +79,31 @@ class TestSecretRedactor:
             out = red(None, "info", event)
             assert out["seed"] == REDACTED and out["pin_password"] == REDACTED and out["mnemonic"] is None
             assert out["amount"] == 7 and out["ok"] is True and event["seed"] == 1234
+
+    def test_short_strings_are_masked_as_the_full_masker_masks_them(self):
+        """The in-place path for short strings (under 47 characters, no ``://``, no ``@``) gives what the full
+        path gives: known secrets masked inside them, 46- and 47-character word runs, a URL, userinfo and
+        a key left to the full path; the first line and the next ones alike."""
+        mnemonic_like = " ".join(["abc"] * 12)  # 47 characters: the shortest a mnemonic can be
+        texts = [
+            "0x" + "12" * 20,
+            "USDC",
+            "pw-hunter22 in it",
+            mnemonic_like,
+            mnemonic_like[:-4],
+            "http://h/x",
+            "u:p@host",
+            KEY,
+            "2026-12-03T17:49:00.657731Z",
+            "",
+        ]
+        masker = DataMasker(known=("hunter22",), secret_names=("password",), public_suffixes=("hash",))
+        for _ in range(2):
+            line = masker({f"f{i}": t for i, t in enumerate(texts)} | {"tx_hash": "pw hunter22"})
+            full = [masker._field(f"f{i}", t) for i, t in enumerate(texts)]
+            assert [line[f"f{i}"] for i in range(len(texts))] == full
+            assert line["f2"] == f"pw-{REDACTED} in it" and line["f3"] == REDACTED and line["f4"] == mnemonic_like[:-4]
+            assert line["f7"] == REDACTED and line["tx_hash"] == f"pw {REDACTED}"
 
 
 class TestConfigureLogging:
