@@ -30,8 +30,10 @@ stable debt (its balance accrues every second) and the caller's ``must_read``. E
 read, logged with its reason as ``aave_full_read``) on the first read; with ``cross_check``; when the last
 read's block is no longer on the chain (its header, fetched in the batch after the head's, has another hash) or
 the head went back; past ``full_read_after_blocks`` blocks or ``full_read_every_s`` seconds of chain time since
-the last full read (0: every read is full); when ``eth_getLogs`` fails or its node lacks the block; when a token
-address, the reserve list or the e-mode set changed; and when a market contract logs ``Upgraded``.
+the last full read (0: every read is full); when ``eth_getLogs`` fails or its node lacks the block (a node that
+refuses the range as too large: the full read then asks for its own last ``reorg_depth`` blocks only, so the next
+read can be incremental); when the reserve list, a token address or the e-mode categories (set or parameters)
+changed; and when a market contract logs ``Upgraded`` after the last read's block.
 A read with ``cross_check``, with ``full_read_every_s = 0`` or of a given block reads every account as before
 the incremental reads: the market and the accounts' configurations in one pass at the head, the balances
 pinned to its block number (two round trips for 1,000 accounts), and holds nothing.
@@ -413,6 +415,7 @@ class _Held:
     accounts: dict[str, AaveAccount]
     tokens: tuple  # the reserves' ids and token addresses the accounts were read with (_token_signature)
     recent: set[str] | None  # accounts the logs named in the last reorg_depth blocks (None: logs unknown)
+    emodes: dict[int, EModeCategory]  # the e-mode categories as read then
 
 
 class _LogsUnsure(Exception):
@@ -425,6 +428,19 @@ def _tokens(state: ReserveState) -> tuple[str, str, str]:
 
 def _token_signature(reserves: dict[str, ReserveState]) -> tuple:
     return tuple((a, s.reserve_id, *_tokens(s)) for a, s in reserves.items())
+
+
+def _market_change(held: _Held, market: _MarketRead, signature: tuple) -> str | None:
+    """Why the held accounts cannot be carried over to ``market`` (a listing, a token, an e-mode change: rare
+    governance acts, each answered with a full read), or ``None``."""
+    before, now = [t[0] for t in held.tokens], list(market.reserves)
+    if before != now:
+        return f"the reserve list changed ({len(before)} -> {len(now)} reserves)"
+    if signature != held.tokens:
+        return "a reserve's token address changed"
+    if market.emodes != held.emodes:
+        return "the e-mode categories changed"
+    return None
 
 
 class AaveV3Adapter(AccountAdapter):
@@ -595,8 +611,8 @@ class AaveV3Adapter(AccountAdapter):
         trips += 1
         reason = self._full_read_reason(held, number, stamp, answers[1] if held is not None else None)
         sig = _token_signature(market.reserves)
-        if reason is None and held is not None and sig != held.tokens:
-            reason = "a reserve's token address changed"
+        if reason is None and held is not None:
+            reason = _market_change(held, market, sig)
         touched: set[str] = set()
         recent: set[str] | None = None
         # the logs since the last read's block less reorg_depth; in a full read those of the last reorg_depth
@@ -606,7 +622,7 @@ class AaveV3Adapter(AccountAdapter):
         try:
             trips += 1
             touched, recent, upgraded = self._logs_touching(
-                max(last - self.reorg_depth + 1, 0), number, block_hash, market.reserves
+                max(last - self.reorg_depth + 1, 0), number, block_hash, market.reserves, upgraded_after=last
             )
             if upgraded and reason is None:
                 reason = "a contract of the market was upgraded (Upgraded event)"
@@ -615,10 +631,16 @@ class AaveV3Adapter(AccountAdapter):
             if reason is None:
                 what = "refused the range" if is_range_error(exc) else "failed"
                 reason = f"eth_getLogs {what}: {str(exc)[:160]}"
+                if isinstance(exc, RpcErrorResponse) and is_range_error(exc):
+                    # the node answered that the range since the last read is too much for it: this read is
+                    # full, and learns the logs of its own last reorg_depth blocks (a narrow range) so that the
+                    # next read can be incremental again
+                    recent = self._recent_logs(number, block_hash, market.reserves)
+                    trips += 1
         if reason is not None or held is None:
             log.info("aave_full_read", pool=self.pool, block=number, accounts=len(users), reason=reason)
             snap = self._accounts_pass(users, users, market, pin, cross_check, trips, reason)
-            self._held = _Held(number, block_hash, stamp, dict(snap.accounts), sig, recent)
+            self._held = _Held(number, block_hash, stamp, dict(snap.accounts), sig, recent, market.emodes)
             for u in snap.failed:
                 self._held.accounts.pop(u, None)
             self._drop_unsure(snap)
@@ -633,7 +655,7 @@ class AaveV3Adapter(AccountAdapter):
         if cached.keys() <= set(users):
             fresh = {u: snap.accounts[u] for u in snap.read if u in snap.accounts}
             kept = {u: a for u, a in cached.items() if u not in fresh}
-            self._held = _Held(number, block_hash, held.full_read_at_s, {**kept, **fresh}, sig, recent)
+            self._held = _Held(number, block_hash, held.full_read_at_s, {**kept, **fresh}, sig, recent, market.emodes)
             for u in snap.failed:
                 self._held.accounts.pop(u, None)
             self._drop_unsure(snap)
@@ -662,12 +684,20 @@ class AaveV3Adapter(AccountAdapter):
         return None
 
     def _logs_touching(
-        self, from_block: int, to_block: int, block_hash: str, reserves: dict[str, ReserveState]
+        self,
+        from_block: int,
+        to_block: int,
+        block_hash: str,
+        reserves: dict[str, ReserveState],
+        *,
+        upgraded_after: int = -1,
     ) -> tuple[set[str], set[str], bool]:
-        """(users any log names, those named in the last ``reorg_depth`` blocks, whether a contract was upgraded)
-        over the logs of the Pool and every reserve's tokens in [from_block, to_block], one filter with the
-        address list, ranges of ``log_chunk_blocks``, all in one JSON-RPC batch with the header of ``to_block``,
-        which must be ``block_hash`` (the node that answered has the read's block: its logs are complete).
+        """(users any log names, those named in the last ``reorg_depth`` blocks, whether a contract was upgraded
+        after block ``upgraded_after``) over the logs of the Pool and every reserve's tokens in [from_block,
+        to_block], one filter with the address list, ranges of ``log_chunk_blocks``, all in one JSON-RPC batch
+        with the header of ``to_block``, which must be ``block_hash`` (the node that answered has the read's
+        block: its logs are complete). An ``Upgraded`` at or before the last read's block (in the overlap) was
+        seen by that read, which was full for it.
 
         A user is named by any topic or any 32-byte data word of any log that equals its address word: not an
         event list, so an event forgotten here can only cause an extra read, never a missed one."""
@@ -694,11 +724,19 @@ class AaveV3Adapter(AccountAdapter):
                 data = str(lg.get("data") or "0x")[2:].lower()
                 words = topics + [data[i : i + 64] for i in range(0, len(data) - 63, 64)]
                 named = {by_word[w[-64:]] for w in words if w[-64:] in by_word}
-                upgraded |= bool(topics) and topics[0] == UPGRADED_TOPIC
+                at = int(lg.get("blockNumber", "0x0"), 16)
+                upgraded |= bool(topics) and topics[0] == UPGRADED_TOPIC and at > upgraded_after
                 touched |= named
-                if named and int(lg.get("blockNumber", "0x0"), 16) >= recent_from:
+                if named and at >= recent_from:
                     recent |= named
         return touched, recent, upgraded
+
+    def _recent_logs(self, number: int, block_hash: str, reserves: dict[str, ReserveState]) -> set[str] | None:
+        """The users the logs of the last ``reorg_depth`` blocks up to ``number`` name (``None``: not known)."""
+        try:
+            return self._logs_touching(max(number - self.reorg_depth + 1, 0), number, block_hash, reserves)[1]
+        except (RpcErrorResponse, TransientRpcError, _LogsUnsure):
+            return None
 
     def _drop_unsure(self, snap: AaveSnapshot) -> None:
         """Accounts whose balance reads failed are not held (read again next time)."""
