@@ -166,3 +166,9 @@ def test_a_full_read_sends_the_last_balances_pass_ahead_and_equals_a_fresh_read(
     again = adapter.read_accounts(users, cross_check=False)
     assert again.round_trips == 1
     assert_equal_to_a_fresh_full_read(aave, client, again, users)
+
+    # with the contract's getUserAccountData (the daemon's read of books up to 1,000 accounts): one round trip too
+    checked = adapter.read_accounts(users, cross_check=True)
+    assert checked.round_trips == 1 and checked.onchain.keys() == set(users)
+    assert all(account_data(a, checked.market) == checked.onchain[u] for u, a in checked.accounts.items())
+    assert checked.accounts == again.accounts  # nothing happened between them (interest accrues by index only)
