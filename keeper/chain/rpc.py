@@ -62,6 +62,17 @@ log = structlog.get_logger(__name__)
 NON_IDEMPOTENT_METHODS = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
 _TRANSIENT_RPC_CODES = frozenset({-32005, 429})  # "limit exceeded" / rate limited
 _TRANSIENT_MESSAGES = ("rate limit", "too many requests", "header not found", "try again")
+# ... but not a query the node refuses as too large, whatever its code (Infura answers "query returned more than
+# 10000 results" with -32005): asking again gets the same answer, the caller must ask for less
+_QUERY_TOO_LARGE = ("returned more than", "block range", "range is too", "range too", "response size")
+
+
+def _busy(code: Any, message: str) -> bool:
+    """Whether a JSON-RPC error asks to back off and try again (a rate limit), not to ask differently."""
+    lowered = message.lower()
+    if any(m in lowered for m in _QUERY_TOO_LARGE):
+        return False
+    return code in _TRANSIENT_RPC_CODES or any(m in lowered for m in _TRANSIENT_MESSAGES)
 
 
 class Transport(Protocol):
@@ -462,7 +473,7 @@ class ChainClient:
         code = err.get("code")
         message = str(err.get("message", ""))
         lowered = message.lower()
-        if code in _TRANSIENT_RPC_CODES or any(m in lowered for m in _TRANSIENT_MESSAGES):
+        if _busy(code, message):
             raise _NodeBusy(f"{method}: [{code}] {message}")
         if code == 3 or "revert" in lowered:
             raise ExecutionReverted(method, code, message, err.get("data"))
@@ -493,10 +504,7 @@ class ChainClient:
                 answers = self._roundtrip(ep, payloads, body)
                 for a in answers:  # a rate-limit error inside the answer counts as transient
                     err = a.get("error")
-                    if err and (
-                        err.get("code") in _TRANSIENT_RPC_CODES
-                        or any(m in str(err.get("message", "")).lower() for m in _TRANSIENT_MESSAGES)
-                    ):
+                    if err and _busy(err.get("code"), str(err.get("message", ""))):
                         raise _NodeBusy(f"{mask_url(ep.transport.url)}: {err.get('message')}")
                 self._check_head(ep, payloads, answers)
                 return answers

@@ -1,7 +1,9 @@
 """Fault injection for the chain layer, shipped as public test helpers.
 
 * :class:`FaultTransport` wraps any :class:`~keeper.chain.rpc.Transport` in-process: fail the next N
-  requests (timeout, connection error, HTTP 503/429), or every request of a method, and count what passed.
+  requests (timeout, connection error, HTTP 503/429), or every request of a method, and count what passed;
+  ``refuse_logs_wider_than`` makes it answer every ``eth_getLogs`` over more blocks with a JSON-RPC error
+  (``log_refusal``: a provider's real code and text), the other items of the batch passed through.
 * :class:`FaultProxy` is a real HTTP server on a free loopback port in front of a node: switch it to answer
   503, to reset connections, to stall every request (``delay_s``), to forward to another node
   (:meth:`FaultProxy.serve`), or stop it entirely, to test failover against a real anvil; ``null_methods``
@@ -47,6 +49,9 @@ class FaultTransport:
         self._fail_next = 0
         self.fail_methods: set[str] = set()
         self.seen: Counter[str] = Counter()  # method -> requests that reached this transport (including failed ones)
+        self.refuse_logs_wider_than: int | None = None  # blocks (fromBlock..toBlock inclusive)
+        self.log_refusal: tuple[int, str] = (-32005, "query returned more than 10000 results")  # Infura's
+        self.refused = 0  # eth_getLogs answered with the refusal so far
 
     def fail_next(self, n: int = 1) -> None:
         self._fail_next += n
@@ -61,7 +66,29 @@ class FaultTransport:
             raise TransientRpcError(f"{self.url}: injected: HTTP 503")
         if self.fail_methods.intersection(methods):
             raise TransientRpcError(f"{self.url}: injected: timeout")
+        if self.refuse_logs_wider_than is not None and "eth_getLogs" in methods:
+            return self._refuse_wide_logs(body, timeout_s, self.refuse_logs_wider_than)
         return self.inner.send(body, timeout_s)
+
+    def _refuse_wide_logs(self, body: bytes, timeout_s: float, limit: int) -> bytes:
+        """The answer of a provider that refuses ``eth_getLogs`` over more than ``limit`` blocks."""
+        payload = json.loads(body)
+        items = payload if isinstance(payload, list) else [payload]
+
+        def wide(item: dict) -> bool:
+            if item.get("method") != "eth_getLogs":
+                return False
+            query = item["params"][0]
+            return int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1 > limit
+
+        code, message = self.log_refusal
+        out = [{"jsonrpc": "2.0", "id": i["id"], "error": {"code": code, "message": message}} for i in items if wide(i)]
+        self.refused += len(out)
+        rest = [i for i in items if not wide(i)]
+        if rest:
+            answered = json.loads(self.inner.send(json.dumps(rest).encode(), timeout_s))
+            out += answered if isinstance(answered, list) else [answered]
+        return json.dumps(out if isinstance(payload, list) else out[0]).encode()
 
     def close(self) -> None:
         self.inner.close()

@@ -30,11 +30,16 @@ stable debt (its balance accrues every second) and the caller's ``must_read``. E
 read, logged with its reason as ``aave_full_read``) on the first read; with ``cross_check``; when the last
 read's block is no longer on the chain (its header, fetched in the batch after the head's, has another hash) or
 the head went back; past ``full_read_after_blocks`` blocks or ``full_read_every_s`` seconds of chain time since
-the last full read (0: every read is full); when ``eth_getLogs`` fails or its node lacks the block; when a token
-address, the reserve list or the e-mode set changed; and when a market contract logs ``Upgraded``.
+the last full read (0: every read is full); when ``eth_getLogs`` fails or its node lacks the block (a node that
+refuses the range as too large: the full read then asks for its own last ``reorg_depth`` blocks only, so the next
+read can be incremental); when the reserve list, a token address or the e-mode categories (set or parameters)
+changed; and when a market contract logs ``Upgraded`` after the last read's block.
 A read with ``cross_check``, with ``full_read_every_s = 0`` or of a given block reads every account as before
 the incremental reads: the market and the accounts' configurations in one pass at the head, the balances
-pinned to its block number (two round trips for 1,000 accounts), and holds nothing.
+pinned to its block number (two round trips for 1,000 accounts), and holds nothing but its balances pass: the
+next such read sends it along with the market pass (the same block) and keeps its answers for every account
+whose configuration bitmap is unchanged (one round trip; the changed and new accounts' balances in a second one;
+a changed reserve token, stable-debt set or price list reads the balances pass afresh).
 
 The keeper then recomputes each account's six ``getUserAccountData`` values with
 :func:`keeper.accounts.aave_v3.account_data` (exact integer arithmetic) and keeps the contract's own values
@@ -402,6 +407,19 @@ class _MarketRead:
     timestamp_s: int
 
 
+@dataclass(frozen=True, slots=True)
+class _SecondPass:
+    """A read's balances pass: what its calls depend on (multicall, oracle, price assets, the reserves' tokens,
+    then each account's configuration bitmap), the calls (the oracle's prices first, then per account the calls
+    of its bitmap's :class:`_Layout`), where each (account, bitmap)'s answers start and end among them, and the
+    calls prepared."""
+
+    key: tuple
+    calls: list[Call]
+    spans: dict[tuple[str, int], tuple[int, int]]
+    prepared: Prepared
+
+
 @dataclass(slots=True)
 class _Held:
     """The accounts as last read, all valid at ``block_number`` (hash ``block_hash``): each was read there, or
@@ -413,6 +431,7 @@ class _Held:
     accounts: dict[str, AaveAccount]
     tokens: tuple  # the reserves' ids and token addresses the accounts were read with (_token_signature)
     recent: set[str] | None  # accounts the logs named in the last reorg_depth blocks (None: logs unknown)
+    emodes: dict[int, EModeCategory]  # the e-mode categories as read then
 
 
 class _LogsUnsure(Exception):
@@ -425,6 +444,19 @@ def _tokens(state: ReserveState) -> tuple[str, str, str]:
 
 def _token_signature(reserves: dict[str, ReserveState]) -> tuple:
     return tuple((a, s.reserve_id, *_tokens(s)) for a, s in reserves.items())
+
+
+def _market_change(held: _Held, market: _MarketRead, signature: tuple) -> str | None:
+    """Why the held accounts cannot be carried over to ``market`` (a listing, a token, an e-mode change: rare
+    governance acts, each answered with a full read), or ``None``."""
+    before, now = [t[0] for t in held.tokens], list(market.reserves)
+    if before != now:
+        return f"the reserve list changed ({len(before)} -> {len(now)} reserves)"
+    if signature != held.tokens:
+        return "a reserve's token address changed"
+    if market.emodes != held.emodes:
+        return "the e-mode categories changed"
+    return None
 
 
 class AaveV3Adapter(AccountAdapter):
@@ -477,7 +509,7 @@ class AaveV3Adapter(AccountAdapter):
         self._user_by_word: dict[str, str] = {}  # the ABI word in lower-case hex (64 digits) -> EIP-55 user
         self._held: _Held | None = None  # the accounts as last read at "latest" (incremental reads)
         self._first_pass: tuple[tuple, Prepared] | None = None  # (what the calls depend on, the calls prepared)
-        self._second_pass: tuple[tuple, Prepared] | None = None
+        self._second_pass: _SecondPass | None = None  # the last read's balances pass (sent ahead by a full read)
         self.scanner = None
         if journal is not None:
             self.scanner = LogScanner(
@@ -573,16 +605,19 @@ class AaveV3Adapter(AccountAdapter):
             self.load_reserves()
         users = [self._checksummed(u) for u in users]
         if block != "latest" or cross_check or self.full_read_every_s == 0:
-            # read in full whatever the logs say: the market and the accounts' configurations in one pass, the
-            # balances pinned to its block (two round trips for 1,000 accounts); nothing held (a later read at
-            # "latest" of another kind starts over with a full read)
+            # read in full whatever the logs say: the market and the accounts' configurations in one pass (with
+            # the last such read's balances pass), the balances of the others pinned to its block (at most two
+            # round trips for 1,000 accounts); nothing held (a later read at "latest" of another kind starts over
+            # with a full read)
             if block == "latest":
                 self._held = None
                 why = "cross-check (getUserAccountData) reads every account" if cross_check else "full_read_every_s = 0"
             else:
                 why = f"a read of block {block}"
-            market, trips, got = self._market_pass(block, users, cross_check)
-            return self._accounts_pass(users, users, market, market.block_number, cross_check, trips, why, got=got)
+            market, trips, got, ahead = self._market_pass(block, users, cross_check)
+            return self._accounts_pass(
+                users, users, market, market.block_number, cross_check, trips, why, got=got, ahead=ahead
+            )
         held = self._held
         calls: list[tuple[str, list]] = [("eth_getBlockByNumber", ["latest", False])]
         if held is not None:  # in the same batch, after the head: the last read's block as the head's chain has it
@@ -591,12 +626,12 @@ class AaveV3Adapter(AccountAdapter):
         head = answers[0]
         number, block_hash, stamp = int(head["number"], 16), str(head["hash"]), int(head["timestamp"], 16)
         pin: dict[str, Any] = {"blockHash": block_hash, "requireCanonical": True}
-        market, trips, _ = self._market_pass(pin)
+        market, trips, _, _ = self._market_pass(pin)
         trips += 1
         reason = self._full_read_reason(held, number, stamp, answers[1] if held is not None else None)
         sig = _token_signature(market.reserves)
-        if reason is None and held is not None and sig != held.tokens:
-            reason = "a reserve's token address changed"
+        if reason is None and held is not None:
+            reason = _market_change(held, market, sig)
         touched: set[str] = set()
         recent: set[str] | None = None
         # the logs since the last read's block less reorg_depth; in a full read those of the last reorg_depth
@@ -606,7 +641,7 @@ class AaveV3Adapter(AccountAdapter):
         try:
             trips += 1
             touched, recent, upgraded = self._logs_touching(
-                max(last - self.reorg_depth + 1, 0), number, block_hash, market.reserves
+                max(last - self.reorg_depth + 1, 0), number, block_hash, market.reserves, upgraded_after=last
             )
             if upgraded and reason is None:
                 reason = "a contract of the market was upgraded (Upgraded event)"
@@ -615,10 +650,16 @@ class AaveV3Adapter(AccountAdapter):
             if reason is None:
                 what = "refused the range" if is_range_error(exc) else "failed"
                 reason = f"eth_getLogs {what}: {str(exc)[:160]}"
+                if isinstance(exc, RpcErrorResponse) and is_range_error(exc):
+                    # the node answered that the range since the last read is too much for it: this read is
+                    # full, and learns the logs of its own last reorg_depth blocks (a narrow range) so that the
+                    # next read can be incremental again
+                    recent = self._recent_logs(number, block_hash, market.reserves)
+                    trips += 1
         if reason is not None or held is None:
             log.info("aave_full_read", pool=self.pool, block=number, accounts=len(users), reason=reason)
             snap = self._accounts_pass(users, users, market, pin, cross_check, trips, reason)
-            self._held = _Held(number, block_hash, stamp, dict(snap.accounts), sig, recent)
+            self._held = _Held(number, block_hash, stamp, dict(snap.accounts), sig, recent, market.emodes)
             for u in snap.failed:
                 self._held.accounts.pop(u, None)
             self._drop_unsure(snap)
@@ -633,7 +674,7 @@ class AaveV3Adapter(AccountAdapter):
         if cached.keys() <= set(users):
             fresh = {u: snap.accounts[u] for u in snap.read if u in snap.accounts}
             kept = {u: a for u, a in cached.items() if u not in fresh}
-            self._held = _Held(number, block_hash, held.full_read_at_s, {**kept, **fresh}, sig, recent)
+            self._held = _Held(number, block_hash, held.full_read_at_s, {**kept, **fresh}, sig, recent, market.emodes)
             for u in snap.failed:
                 self._held.accounts.pop(u, None)
             self._drop_unsure(snap)
@@ -662,12 +703,20 @@ class AaveV3Adapter(AccountAdapter):
         return None
 
     def _logs_touching(
-        self, from_block: int, to_block: int, block_hash: str, reserves: dict[str, ReserveState]
+        self,
+        from_block: int,
+        to_block: int,
+        block_hash: str,
+        reserves: dict[str, ReserveState],
+        *,
+        upgraded_after: int = -1,
     ) -> tuple[set[str], set[str], bool]:
-        """(users any log names, those named in the last ``reorg_depth`` blocks, whether a contract was upgraded)
-        over the logs of the Pool and every reserve's tokens in [from_block, to_block], one filter with the
-        address list, ranges of ``log_chunk_blocks``, all in one JSON-RPC batch with the header of ``to_block``,
-        which must be ``block_hash`` (the node that answered has the read's block: its logs are complete).
+        """(users any log names, those named in the last ``reorg_depth`` blocks, whether a contract was upgraded
+        after block ``upgraded_after``) over the logs of the Pool and every reserve's tokens in [from_block,
+        to_block], one filter with the address list, ranges of ``log_chunk_blocks``, all in one JSON-RPC batch
+        with the header of ``to_block``, which must be ``block_hash`` (the node that answered has the read's
+        block: its logs are complete). An ``Upgraded`` at or before the last read's block (in the overlap) was
+        seen by that read, which was full for it.
 
         A user is named by any topic or any 32-byte data word of any log that equals its address word: not an
         event list, so an event forgotten here can only cause an extra read, never a missed one."""
@@ -694,11 +743,19 @@ class AaveV3Adapter(AccountAdapter):
                 data = str(lg.get("data") or "0x")[2:].lower()
                 words = topics + [data[i : i + 64] for i in range(0, len(data) - 63, 64)]
                 named = {by_word[w[-64:]] for w in words if w[-64:] in by_word}
-                upgraded |= bool(topics) and topics[0] == UPGRADED_TOPIC
+                at = int(lg.get("blockNumber", "0x0"), 16)
+                upgraded |= bool(topics) and topics[0] == UPGRADED_TOPIC and at > upgraded_after
                 touched |= named
-                if named and int(lg.get("blockNumber", "0x0"), 16) >= recent_from:
+                if named and at >= recent_from:
                     recent |= named
         return touched, recent, upgraded
+
+    def _recent_logs(self, number: int, block_hash: str, reserves: dict[str, ReserveState]) -> set[str] | None:
+        """The users the logs of the last ``reorg_depth`` blocks up to ``number`` name (``None``: not known)."""
+        try:
+            return self._logs_touching(max(number - self.reorg_depth + 1, 0), number, block_hash, reserves)[1]
+        except (RpcErrorResponse, TransientRpcError, _LogsUnsure):
+            return None
 
     def _drop_unsure(self, snap: AaveSnapshot) -> None:
         """Accounts whose balance reads failed are not held (read again next time)."""
@@ -721,11 +778,12 @@ class AaveV3Adapter(AccountAdapter):
 
     def _market_pass(
         self, block: BlockId, with_users: list[str] | None = None, cross_check: bool = False
-    ) -> tuple[_MarketRead, int, list[Result] | None]:
+    ) -> tuple[_MarketRead, int, list[Result] | None, tuple[_SecondPass, list[Result]] | None]:
         """Everything per reserve at ``block``: reserve data, price source rounds, e-mode categories, stable debt
         totals, and the reserve list itself (a changed list or e-mode set reloads and reads again); with
         ``with_users`` their :meth:`_user_calls` in the same pass (their results returned; the calls and their
-        encoding kept while they repeat)."""
+        encoding kept while they repeat), and the last read's balances pass sent ahead in it (returned with its
+        results: :meth:`_accounts_pass` keeps the answers of every account whose bitmap did not change)."""
         trips = 0
         for _ in range(3):
             assets = list(self.reserves)
@@ -737,12 +795,15 @@ class AaveV3Adapter(AccountAdapter):
             calls += [Call(self.reserves[a].stable_debt_token, F_TOTAL_SUPPLY.encode()) for a in assets]
             calls.append(Call(self.pool, F_RESERVES_LIST.encode()))
             k = len(calls)
+            ahead = self._second_pass if with_users is not None else None
             if with_users is None:
                 first = self.multicall.aggregate3(calls, block)
             else:
                 key: tuple = (self.multicall, self.pool, cross_check, tuple(calls), tuple(with_users))
+                key += (None if ahead is None else ahead.key,)
                 if self._first_pass is None or self._first_pass[0] != key:
-                    self._first_pass = (key, self.multicall.prepare(calls + self._user_calls(with_users, cross_check)))
+                    pass_calls = calls + self._user_calls(with_users, cross_check)
+                    self._first_pass = (key, self.multicall.prepare(pass_calls + (ahead.calls if ahead else [])))
                 first = self.multicall.aggregate3(self._first_pass[1], block)
             trips += first.round_trips
             r = first.results
@@ -776,7 +837,10 @@ class AaveV3Adapter(AccountAdapter):
                 if not x.success or _word(x.data, 0) > 0
             }
             market = _MarketRead(reserves, rounds, emodes, stable_any, first.block_number, first.block_timestamp)
-            return market, trips, None if with_users is None else r[k:]
+            if with_users is None:
+                return market, trips, None, None
+            end = k + (3 if cross_check else 2) * len(with_users)
+            return market, trips, r[k:end], None if ahead is None else (ahead, r[end:])
         raise ChainMismatchError(
             f"the pool {self.pool}'s reserve list or e-mode categories keep changing under the read"
         )
@@ -793,11 +857,13 @@ class AaveV3Adapter(AccountAdapter):
         cached: dict[str, AaveAccount] | None = None,
         *,
         got: list[Result] | None = None,
+        ahead: tuple[_SecondPass, list[Result]] | None = None,
     ) -> AaveSnapshot:
         """``to_read``'s configuration and e-mode (and ``getUserAccountData`` with ``cross_check``; ``got``: their
         results, read with the market), then the oracle's prices and their balances, at ``block``; the other
-        ``users`` from ``cached``."""
-        words = self._address_words
+        ``users`` from ``cached``. ``ahead``: the last read's balances pass and its answers, read with the market
+        (the same block): the prices and the balances of every account whose bitmap is the one it had then are
+        taken from it, the others read in a pass of their own (none: no more round trip)."""
         reserves = market.reserves
         per_user = 3 if cross_check else 2
         pool = self.pool
@@ -827,19 +893,20 @@ class AaveV3Adapter(AccountAdapter):
         price_assets = list(reserves) + sorted({e.price_source for e in emodes.values() if e.price_source})
         layouts = _Layouts(reserves, market.stable_any)
         # the second pass's calls follow from the configuration bitmaps, which rarely change: kept like the first
-        key2: tuple = (self.multicall, self.oracle, tuple(price_assets), layouts.signature)
-        key2 += (tuple((u, bits) for u, bits, _ in read),)
-        if self._second_pass is None or self._second_pass[0] != key2:
-            second: list[Call] = [Call(self.oracle, F_ASSETS_PRICES.encode(price_assets), False)]
-            for u, bits, _ in read:
-                w = words[u]
-                second += [Call(target, sel + w) for target, sel in layouts.of(bits).calls]
-            self._second_pass = (key2, self.multicall.prepare(second))
-        res2 = self.multicall.aggregate3(self._second_pass[1], block)
-        trips += res2.round_trips
-        prices = dict(zip(price_assets, F_ASSETS_PRICES.decode(res2.results[0].data)[0], strict=True))
+        frame: tuple = (self.multicall, self.oracle, tuple(price_assets), layouts.signature)
+        key2 = (*frame, tuple((u, bits) for u, bits, _ in read))
+        if ahead is not None and ahead[0].key[:4] == frame:
+            results, price_answer, trips = self._balances_with(ahead, read, layouts, block, trips)
+        else:
+            if self._second_pass is None or self._second_pass.key != key2:
+                self._second_pass = self._balances_pass(key2, price_assets, read, layouts)
+            res2 = self.multicall.aggregate3(self._second_pass.prepared, block)
+            trips += res2.round_trips
+            price_answer, results = res2.results[0], res2.results[1:]
+        if self._second_pass is None or self._second_pass.key != key2:  # what the next full read sends ahead
+            self._second_pass = self._balances_pass(key2, price_assets, read, layouts)
+        prices = dict(zip(price_assets, F_ASSETS_PRICES.decode(price_answer.data)[0], strict=True))
         word = int.from_bytes
-        results = res2.results[1:]
         values = [word(x.data[:32], "big") if x.success else 0 for x in results]  # every balance read
         all_ok = all(x.success for x in results)
         accounts: dict[str, AaveAccount] = {}
@@ -879,6 +946,50 @@ class AaveV3Adapter(AccountAdapter):
             full_read=full_read,
             unsure=tuple(unsure),
         )
+
+    def _balances_pass(
+        self, key: tuple, price_assets: list[str], read: list[tuple[str, int, int]], layouts: _Layouts
+    ) -> _SecondPass:
+        """The oracle's prices, then per account the balances its bitmap flags (:class:`_SecondPass`)."""
+        words = self._address_words
+        calls: list[Call] = [Call(self.oracle, F_ASSETS_PRICES.encode(price_assets), False)]
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for u, bits, _ in read:
+            w = words[u]
+            start = len(calls)
+            calls += [Call(target, sel + w) for target, sel in layouts.of(bits).calls]
+            spans[(u, bits)] = (start, len(calls))
+        return _SecondPass(key, calls, spans, self.multicall.prepare(calls))
+
+    def _balances_with(
+        self,
+        ahead: tuple[_SecondPass, list[Result]],
+        read: list[tuple[str, int, int]],
+        layouts: _Layouts,
+        block: BlockId,
+        trips: int,
+    ) -> tuple[list[Result], Result, int]:
+        """The balances of ``read`` (in :meth:`_balances_pass` order, the prices apart) from the pass sent ahead
+        where an account's bitmap is the one it had then, the others read now at ``block``; and the round trips."""
+        sent, answers = ahead
+        spans = sent.spans
+        missing = [(u, bits) for u, bits, _ in read if (u, bits) not in spans]
+        extra: dict[tuple[str, int], list[Result]] = {}
+        if missing:
+            words = self._address_words
+            calls = [Call(t, sel + words[u]) for u, bits in missing for t, sel in layouts.of(bits).calls]
+            got = self.multicall.aggregate3(calls, block)
+            trips += got.round_trips
+            at = 0
+            for u, bits in missing:
+                size = len(layouts.of(bits).calls)
+                extra[(u, bits)] = got.results[at : at + size]
+                at += size
+        results: list[Result] = []
+        for u, bits, _ in read:
+            span = spans.get((u, bits))
+            results += answers[span[0] : span[1]] if span is not None else extra[(u, bits)]
+        return results, answers[0], trips
 
     def _checksummed(self, user: str) -> str:
         """``user`` in EIP-55 form, and its ABI word (kept: the same accounts are read every cycle)."""

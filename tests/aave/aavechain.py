@@ -7,6 +7,7 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
+from keeper.accounts.aave_v3 import AaveRules, account_data
 from keeper.chain.anvil import Anvil
 from keeper.chain.rpc import ChainClient
 from keeper.dev.aave_v3 import AaveOps, deploy_aave
@@ -62,3 +63,20 @@ class AaveChain(AaveOps):
     @staticmethod
     def address(key: str) -> str:
         return Account.from_key(key).address
+
+
+def assert_equal_to_a_fresh_full_read(aave, client, snap, users: list[str]) -> None:
+    """``snap`` equals a new adapter's full read of its block, account by account, and the contract's own
+    getUserAccountData (read at that block) equals the keeper's arithmetic on ``snap``."""
+    fresh = aave.adapter(client).read_accounts(users, snap.block_number, cross_check=True)
+    assert set(fresh.read) == set(users)
+    assert not snap.failed and not fresh.failed
+    assert snap.accounts.keys() == fresh.accounts.keys() == set(users)
+    for u in users:
+        assert snap.accounts[u] == fresh.accounts[u], u
+        assert account_data(snap.accounts[u], snap.market) == fresh.onchain[u], u
+    assert snap.market == fresh.market
+    assert snap.rounds == fresh.rounds
+    mine, theirs = AaveRules(snap.accounts, snap.market), AaveRules(fresh.accounts, fresh.market)
+    for u in users:
+        assert mine.margin_account(u, snap.block_number) == theirs.margin_account(u, fresh.block_number), u

@@ -10,6 +10,7 @@ decoding of the Multicall3 answers, and with per-account direct ``eth_call`` vie
 from __future__ import annotations
 
 import pytest
+from aavechain import assert_equal_to_a_fresh_full_read
 from eth_abi import decode as abi_decode
 from eth_utils import keccak, to_checksum_address
 
@@ -124,3 +125,50 @@ def test_concurrent_small_batches_read_exactly_the_sequential_generic_read(aave,
             if ur.borrowing:
                 direct = client.call(state.variable_debt_token, F_SCALED_BALANCE.selector + word)
                 assert int.from_bytes(direct, "big") == ur.scaled_variable_debt
+
+
+def test_a_full_read_sends_the_last_balances_pass_ahead_and_equals_a_fresh_read(aave, book):
+    """A full read sends the last read's balances pass with the market pass (one round trip when no account's
+    configuration bitmap changed); an account whose bitmap changed, or a new one, is read in a pass of its own;
+    a changed layout (stable debt appears on a reserve) reads the balances pass afresh. Each read equals a fresh
+    adapter's read of its block (no pass sent ahead) and the contract's own getUserAccountData."""
+    client = aave.client()
+    adapter = aave.adapter(client, full_read_every_s=0)
+    first = adapter.read_accounts(book, cross_check=False)
+    assert first.round_trips == 2  # nothing to send ahead yet: market + configurations, then balances
+
+    aave.anvil.request("evm_mine", [])
+    same = adapter.read_accounts(book, cross_check=False)
+    assert same.round_trips == 1 and same.block_number > first.block_number
+    assert_equal_to_a_fresh_full_read(aave, client, same, book)
+
+    aave.borrow(ANVIL_KEYS[3], "DAI", aave.units("DAI", 500.0))  # template 0: a new borrowing bit
+    aave.supply(ANVIL_KEYS[4], "WBTC", aave.units("WBTC", 0.2))  # template 1: a new collateral bit
+    newcomer = ANVIL_KEYS[7]
+    aave.open_account(newcomer, SeedAccount((("LINK", 100.0),), ()))
+    users = [*book, aave.address(newcomer)]
+    changed = adapter.read_accounts(users, cross_check=False)
+    assert changed.round_trips == 2  # the market with the balances sent ahead, then the three others' balances
+    dai = aave.token("DAI")
+    assert changed.accounts[book[0]].reserve(dai) is not None and first.accounts[book[0]].reserve(dai) is None
+    assert_equal_to_a_fresh_full_read(aave, client, changed, users)
+
+    usdc = aave.token("USDC")
+    aave._do(aave.deployer_key, aave.configurator.functions.setReserveStableRateBorrowing(usdc, True))
+    borrower = aave.address(ANVIL_KEYS[6])
+    aave.supply(ANVIL_KEYS[6], "WETH", aave.units("WETH", 5.0))
+    aave._do(ANVIL_KEYS[6], aave.pool.functions.borrow(usdc, aave.units("USDC", 1_000.0), 1, 0, borrower))
+    users.append(borrower)
+    stable = adapter.read_accounts(users, cross_check=False)
+    assert stable.round_trips == 2  # the layout changed (USDC has stable debt now): the balances pass afresh
+    assert_equal_to_a_fresh_full_read(aave, client, stable, users)
+    aave.anvil.request("evm_mine", [])
+    again = adapter.read_accounts(users, cross_check=False)
+    assert again.round_trips == 1
+    assert_equal_to_a_fresh_full_read(aave, client, again, users)
+
+    # with the contract's getUserAccountData (the daemon's read of books up to 1,000 accounts): one round trip too
+    checked = adapter.read_accounts(users, cross_check=True)
+    assert checked.round_trips == 1 and checked.onchain.keys() == set(users)
+    assert all(account_data(a, checked.market) == checked.onchain[u] for u, a in checked.accounts.items())
+    assert checked.accounts == again.accounts  # nothing happened between them (interest accrues by index only)

@@ -10,11 +10,11 @@ transport that makes ``eth_getLogs`` fail (a real anvil cannot be told to refuse
 from __future__ import annotations
 
 import pytest
+from aavechain import assert_equal_to_a_fresh_full_read
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from keeper.accounts.aave_v3 import AaveRules, account_data
 from keeper.chain.rpc import ChainClient, HttpTransport, RetryPolicy
 from keeper.chain.testing import FaultTransport
 from keeper.dev.aave_v3 import SeedAccount, aave_artifact
@@ -77,23 +77,6 @@ def _change_every_way(aave, keys: dict[str, str], users: dict[str, str]) -> None
     aave.liquidate(keys[LIQUIDATOR], "WETH", "USDC", users["D"], aave.units("USDC", 5_000.0))
 
 
-def _assert_equal_to_a_fresh_full_read(aave, client, snap, users: list[str]) -> None:
-    """``snap`` equals a new adapter's full read of its block, account by account, and the contract's own
-    getUserAccountData (read at that block) equals the keeper's arithmetic on ``snap``."""
-    fresh = aave.adapter(client).read_accounts(users, snap.block_number, cross_check=True)
-    assert set(fresh.read) == set(users)
-    assert not snap.failed and not fresh.failed
-    assert snap.accounts.keys() == fresh.accounts.keys() == set(users)
-    for u in users:
-        assert snap.accounts[u] == fresh.accounts[u], u
-        assert account_data(snap.accounts[u], snap.market) == fresh.onchain[u], u
-    assert snap.market == fresh.market
-    assert snap.rounds == fresh.rounds
-    mine, theirs = AaveRules(snap.accounts, snap.market), AaveRules(fresh.accounts, fresh.market)
-    for u in users:
-        assert mine.margin_account(u, snap.block_number) == theirs.margin_account(u, fresh.block_number), u
-
-
 def test_incremental_read_reads_only_the_accounts_the_logs_name_and_equals_a_full_read(aave, book):
     keys, by_name = book
     users = [by_name[n] for n in WATCHED]
@@ -110,13 +93,13 @@ def test_incremental_read_reads_only_the_accounts_the_logs_name_and_equals_a_ful
     assert snap.block_number > first.block_number
     for name in TOUCHED:  # every one of them did change (the test would prove nothing otherwise)
         assert first.accounts[by_name[name]] != snap.accounts[by_name[name]], name
-    _assert_equal_to_a_fresh_full_read(aave, client, snap, users)
+    assert_equal_to_a_fresh_full_read(aave, client, snap, users)
 
     # nothing happened since: the overlap of reorg_depth blocks names the same accounts again, no others
     again = adapter.read_accounts(users, cross_check=False, must_read=[by_name["P"].lower()])
     assert again.full_read is None
     assert set(again.read) == {by_name[n] for n in TOUCHED | {"P"}}
-    _assert_equal_to_a_fresh_full_read(aave, client, again, users)
+    assert_equal_to_a_fresh_full_read(aave, client, again, users)
 
     # past the overlap: the accounts the last read's logs named in its last reorg_depth blocks once more (a reorg
     # could have undone their transactions), the must-read account and a new one (read on its first read)
@@ -125,13 +108,13 @@ def test_incremental_read_reads_only_the_accounts_the_logs_name_and_equals_a_ful
     later = adapter.read_accounts([*users, newcomer], cross_check=False, must_read=[by_name["F"]])
     assert later.full_read is None
     assert set(later.read) == {by_name[n] for n in TOUCHED} | {by_name["F"], newcomer}
-    _assert_equal_to_a_fresh_full_read(aave, client, later, [*users, newcomer])
+    assert_equal_to_a_fresh_full_read(aave, client, later, [*users, newcomer])
     _mine(aave, 1)
     quiet = adapter.read_accounts([*users, newcomer], cross_check=False, must_read=[by_name["F"]])
     assert quiet.full_read is None and quiet.read == (by_name["F"],)
     assert quiet.round_trips == 5  # head, market, logs, the two accounts passes (every one a JSON-RPC batch)
     later = quiet
-    _assert_equal_to_a_fresh_full_read(aave, client, later, [*users, newcomer])
+    assert_equal_to_a_fresh_full_read(aave, client, later, [*users, newcomer])
 
 
 def test_full_read_after_blocks_and_after_full_read_every_s(aave, book):
@@ -154,7 +137,7 @@ def test_full_read_after_blocks_and_after_full_read_every_s(aave, book):
     timed = adapter.read_accounts(users, cross_check=False)
     assert timed.full_read is not None and "full_read_every_s = 600" in timed.full_read
     assert set(timed.read) == set(users)
-    _assert_equal_to_a_fresh_full_read(aave, aave.client(), timed, users)
+    assert_equal_to_a_fresh_full_read(aave, aave.client(), timed, users)
 
     # cross_check keeps reading every account with the contract's own figures, every time
     checked = adapter.read_accounts(users, cross_check=True)
@@ -177,7 +160,7 @@ def test_a_reorg_that_drops_a_transaction_forces_a_full_read(aave, book):
     after = adapter.read_accounts(users, cross_check=False)
     assert after.full_read == f"block {with_supply.block_number} of the last read was replaced (reorg)"
     assert after.accounts[by_name["P"]] != with_supply.accounts[by_name["P"]]  # the supply is gone
-    _assert_equal_to_a_fresh_full_read(aave, client, after, users)
+    assert_equal_to_a_fresh_full_read(aave, client, after, users)
 
 
 def test_a_failing_get_logs_forces_a_full_read(aave, book):
@@ -195,7 +178,7 @@ def test_a_failing_get_logs_forces_a_full_read(aave, book):
     assert failed.full_read is not None and failed.full_read.startswith("eth_getLogs ")
     assert set(failed.read) == set(users)
     assert transport.seen["eth_getLogs"] == 2  # the first read's (its last blocks) and this one's
-    _assert_equal_to_a_fresh_full_read(aave, client, failed, users)
+    assert_equal_to_a_fresh_full_read(aave, client, failed, users)
 
     transport.fail_methods = set()
     unknown = adapter.read_accounts(users, cross_check=False)  # the failed read's own logs are unknown

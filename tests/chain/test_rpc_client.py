@@ -80,6 +80,17 @@ class TestRetries:
         c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None)
         assert c.block_number() == 2
 
+    def test_a_query_refused_as_too_large_is_not_retried_whatever_its_code(self):
+        """Infura answers "query returned more than 10000 results" with -32005, its rate-limit code: asking the
+        same range again gets the same answer, so it is raised at once (the caller asks for less)."""
+        refusal = {"error": {"code": -32005, "message": "query returned more than 10000 results"}}
+        t = ScriptedTransport([CHAIN, refusal])
+        c = ChainClient([t], 31337, retry=FAST, sleep=lambda s: None)
+        with pytest.raises(RpcErrorResponse) as err:
+            c.request("eth_getLogs", [{"fromBlock": "0x0", "toBlock": "0x2710"}])
+        assert err.value.code == -32005 and "more than 10000 results" in err.value.message
+        assert len(t.bodies) == 2 and c.stats.retries == 0
+
     def test_revert_maps_to_execution_reverted_with_data(self):
         """An eth_call revert becomes ExecutionReverted carrying the revert bytes; it is not retried."""
         t = ScriptedTransport([CHAIN, {"error": {"code": 3, "message": "execution reverted", "data": "0xdeadbeef"}}])
